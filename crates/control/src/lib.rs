@@ -1,0 +1,92 @@
+//! The control plane: the authenticated meta HTTP API over the state store. It is the only
+//! component that touches the store; it must never trust a request it has not authenticated,
+//! and never acknowledge a write before the store has made it durable.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod extract;
+mod metrics;
+mod openapi;
+mod problem;
+mod registry;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use chrono::Utc;
+use enjin_store::Store;
+use tokio::net::TcpListener;
+
+pub use auth::{ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE};
+pub use problem::ApiError;
+pub use registry::{Registry, RegistryError};
+pub use routes::{Perm, RouteDef};
+
+use crate::metrics::Metrics;
+use crate::routes::AppState;
+
+/// The control plane over one store.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    state: AppState,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let registry = Registry::new(store);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let openapi = Arc::new(openapi::document(&routes::table()));
+        let state = AppState {
+            auth: Auth::new(registry.clone()),
+            registry,
+            metrics: Arc::new(Metrics::default()),
+            openapi,
+            stopping,
+        };
+        ControlPlane { state, stop: Arc::new(stop) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.state.registry
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.state.auth
+    }
+
+    /// Create the system account, the built-in roles and the admin membership if missing.
+    pub async fn bootstrap(&self) -> Result<(), RegistryError> {
+        self.state.auth.bootstrap(Utc::now()).await
+    }
+
+    /// The OpenAPI document served at `/v1/openapi.json`.
+    pub fn openapi(&self) -> &serde_json::Value {
+        &self.state.openapi
+    }
+
+    pub fn router(&self) -> Router {
+        routes::router(self.state.clone(), routes::table())
+    }
+
+    /// Serve the API on `listener` until `shutdown` completes, then stop taking connections
+    /// and let those in flight finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        let stop = self.stop;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Watches are endless streams; end them so that the drain can finish.
+                stop.send_replace(true);
+            })
+            .await
+    }
+}

@@ -1,0 +1,79 @@
+//! The control plane's metrics, rendered in Prometheus text format on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the request latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<(String, String), Histogram>,
+    auth_failures: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        *m.requests.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
+        let h = m.latency.entry((method.to_string(), route.to_string())).or_default();
+        let secs = took.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        *m.auth_failures.entry(reason).or_default() += 1;
+    }
+
+    pub fn render(&self, store_revision: i64) -> String {
+        let mut out = String::new();
+        let Ok(m) = self.inner.lock() else { return out };
+        let _ = writeln!(out, "# HELP enjin_http_requests_total API requests by method, route and status.");
+        let _ = writeln!(out, "# TYPE enjin_http_requests_total counter");
+        for ((method, route, status), n) in &m.requests {
+            let _ = writeln!(out, "enjin_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP enjin_http_request_duration_seconds API request latency.");
+        let _ = writeln!(out, "# TYPE enjin_http_request_duration_seconds histogram");
+        for ((method, route), h) in &m.latency {
+            let labels = format!("method=\"{method}\",route=\"{route}\"");
+            for (le, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(out, "enjin_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(out, "enjin_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "enjin_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "enjin_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP enjin_auth_failures_total Requests refused by authentication or authorization.");
+        let _ = writeln!(out, "# TYPE enjin_auth_failures_total counter");
+        for (reason, n) in &m.auth_failures {
+            let _ = writeln!(out, "enjin_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");
+        let _ = writeln!(out, "# TYPE enjin_store_revision gauge");
+        let _ = writeln!(out, "enjin_store_revision {store_revision}");
+        out
+    }
+}

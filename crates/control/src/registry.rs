@@ -1,0 +1,504 @@
+//! The registry: model objects in the store, with every invariant of the model enforced by
+//! compare-and-swap transactions, so that it stays correct with several writers (several
+//! control-plane servers on one etcd) and never needs an in-process lock.
+//!
+//! Key layout (all under one store):
+//! - `/registry/<kind>/<uuid>` — the object (JSON). Watches follow this prefix only.
+//! - `/index/label/<kind>/<ring>/<scope>/<label>` — the uuid owning a label among siblings.
+//! - `/refs/<target>/<source-kind>/<source>` — "source refers to target", with the field.
+//! - `/guards/<target>` — written by every write that adds a reference to `target`; a delete of
+//!   `target` compares it, so a reference added concurrently makes the delete retry and see it.
+//! - `/guards/compartment-graph` — written by every change of compartment parents, so two
+//!   concurrent changes that together would close a cycle cannot both commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
+use enjin_model::kinds::references_of;
+use enjin_model::{
+    FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag,
+    validate_label, validate_labels,
+};
+use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How often a write is retried when something it depends on changed under it.
+const MAX_ATTEMPTS: usize = 8;
+
+const DAG_GUARD: &str = "/guards/compartment-graph";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{kind} {uuid} not found")]
+    NotFound { kind: Kind, uuid: Uuid },
+    #[error("token {0} not found")]
+    TokenNotFound(Uuid),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{detail}")]
+    Conflict { field: Option<String>, detail: String },
+    #[error("{detail}")]
+    StillReferenced { detail: String },
+    #[error("stored {key} is unreadable: {error}")]
+    Corrupt { key: String, error: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    fn conflict(field: Option<&str>, detail: impl Into<String>) -> Self {
+        RegistryError::Conflict { field: field.map(str::to_string), detail: detail.into() }
+    }
+}
+
+/// What a reference key holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct RefRecord {
+    field: String,
+    cascade: bool,
+}
+
+pub fn object_key(kind: Kind, uuid: Uuid) -> String {
+    format!("/registry/{}/{uuid}", kind.name())
+}
+
+pub fn kind_prefix(kind: Kind) -> String {
+    format!("/registry/{}/", kind.name())
+}
+
+pub const REGISTRY_PREFIX: &str = "/registry/";
+
+fn label_key(kind: Kind, ring: Ring, scope: Option<Uuid>, label: &str) -> String {
+    let scope = scope.map_or_else(|| "-".to_string(), |s| s.to_string());
+    format!("/index/label/{}/{ring}/{scope}/{label}", kind.name())
+}
+
+fn ref_key(target: Uuid, source_kind: Kind, source: Uuid) -> String {
+    format!("/refs/{target}/{}/{source}", source_kind.name())
+}
+
+fn refs_prefix(target: Uuid) -> String {
+    format!("/refs/{target}/")
+}
+
+fn guard_key(target: Uuid) -> String {
+    format!("/guards/{target}")
+}
+
+/// Decode a stored object, stamping the revision from the store.
+pub fn decode<S: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<Object<S>, RegistryError> {
+    let mut obj: Object<S> = serde_json::from_slice(&kv.value)
+        .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+    obj.meta.revision = kv.mod_revision;
+    Ok(obj)
+}
+
+fn encode<S: Serialize>(obj: &Object<S>) -> Vec<u8> {
+    // Object and spec types serialize infallibly (no maps with non-string keys).
+    serde_json::to_vec(obj).unwrap_or_default()
+}
+
+/// A referenced object as read, with the revision to guard on.
+struct Resolved {
+    reference: Reference,
+    target: Target,
+    revision: i64,
+}
+
+/// The model objects in the store.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, RegistryError> {
+        let kv = self.store.get(&object_key(S::KIND, uuid)).await?;
+        let kv = kv.ok_or(RegistryError::NotFound { kind: S::KIND, uuid })?;
+        decode(&kv)
+    }
+
+    pub async fn list<S: Spec>(&self, q: &ListQuery) -> Result<(Vec<Object<S>>, i64), RegistryError> {
+        let selector = parse_selector(q.selector.as_deref())?;
+        let range = self.store.range(&kind_prefix(S::KIND)).await?;
+        let mut items = Vec::new();
+        for kv in &range.kvs {
+            let obj: Object<S> = decode(kv)?;
+            let m = &obj.meta;
+            let keep = q.ring.is_none_or(|r| m.ring.get() == r)
+                && q.label.as_ref().is_none_or(|l| m.label.as_ref() == Some(l))
+                && q.compartment.is_none_or(|c| obj.spec.compartment() == Some(c))
+                && q.tier.is_none_or(|t| obj.spec.tiers().contains(&t))
+                && q.parent.is_none_or(|p| obj.spec.parent() == Some(p))
+                && selector.iter().all(|(k, v)| m.labels.get(k) == Some(v));
+            if keep {
+                items.push(obj);
+            }
+        }
+        items.sort_by(|a, b| {
+            (a.meta.ring, &a.meta.label, a.meta.created_at).cmp(&(b.meta.ring, &b.meta.label, b.meta.created_at))
+        });
+        Ok((items, range.revision))
+    }
+
+    pub async fn create<S: Spec>(
+        &self,
+        req: CreateRequest<S>,
+        now: DateTime<Utc>,
+    ) -> Result<Object<S>, RegistryError> {
+        let kind = S::KIND;
+        check_meta(kind, req.label.as_deref(), &req.labels)?;
+        req.spec.validate(req.ring)?;
+        let uuid = Uuid::new_v4();
+        let key = object_key(kind, uuid);
+        let mut obj = Object {
+            meta: ObjectMeta {
+                uuid,
+                kind,
+                ring: req.ring,
+                label: req.label,
+                labels: req.labels,
+                created_at: now,
+                updated_at: now,
+                revision: 0,
+            },
+            spec: req.spec,
+        };
+        let lkey = obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
+        for _ in 0..MAX_ATTEMPTS {
+            let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
+            check_targets(&obj.spec, obj.meta.ring, &resolved)?;
+            let mut txn = Txn::new().when([Compare::absent(&key)]);
+            let mut failure = Vec::new();
+            if let Some(lkey) = &lkey {
+                txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
+                failure.push(Op::Get { key: lkey.clone() });
+            }
+            txn = txn.then_txn(add_refs(kind, uuid, &resolved));
+            txn = txn.then([Op::put(&key, encode(&obj))]);
+            let resp = self.store.txn(txn.otherwise(failure)).await?;
+            if resp.succeeded {
+                obj.meta.revision = resp.revision;
+                return Ok(obj);
+            }
+            if let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.first() {
+                return Err(label_taken(kind, obj.meta.ring, obj.meta.label.as_deref()));
+            }
+            // A referenced object changed between resolving and committing: resolve again.
+        }
+        Err(busy(kind))
+    }
+
+    pub async fn update<S: Spec>(
+        &self,
+        uuid: Uuid,
+        req: UpdateRequest<S>,
+        now: DateTime<Utc>,
+    ) -> Result<Object<S>, RegistryError> {
+        let kind = S::KIND;
+        let key = object_key(kind, uuid);
+        check_meta(kind, req.label.as_deref(), &req.labels)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let old: Object<S> = self.get(uuid).await?;
+            if old.meta.revision != req.revision {
+                return Err(stale(kind, uuid, req.revision, old.meta.revision));
+            }
+            let ring = old.meta.ring;
+            req.spec.validate(ring)?;
+            req.spec.check_update(&old.spec)?;
+            let new_refs = req.spec.references();
+            let old_refs = old.spec.references();
+            let added: Vec<Reference> =
+                new_refs.iter().filter(|r| !old_refs.iter().any(|o| same_target(o, r))).cloned().collect();
+            let removed: Vec<&Reference> =
+                old_refs.iter().filter(|o| !new_refs.iter().any(|r| same_target(o, r))).collect();
+            // Every reference is checked against its target, but only new ones need guarding:
+            // a target that is already referenced cannot be deleted or change ring.
+            let resolved = self.resolve(ring, new_refs.clone()).await?;
+            check_targets(&req.spec, ring, &resolved)?;
+            let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
+            let mut failure = vec![Op::Get { key: key.clone() }];
+            if kind == Kind::Compartment && req.spec.references() != old.spec.references() {
+                let guard = self.check_compartment_graph(uuid, &req.spec).await?;
+                txn = txn.when([Compare::mod_revision(DAG_GUARD, guard)]).then([Op::put(DAG_GUARD, uuid.to_string())]);
+            }
+            let old_lkey = old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), l));
+            let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, req.spec.compartment(), l));
+            if old_lkey != new_lkey {
+                if let Some(k) = &old_lkey {
+                    txn = txn.then([Op::delete(k)]);
+                }
+                if let Some(k) = &new_lkey {
+                    txn = txn.when([Compare::absent(k)]).then([Op::put(k, uuid.to_string())]);
+                    failure.push(Op::Get { key: k.clone() });
+                }
+            }
+            let added_resolved: Vec<Resolved> =
+                resolved.into_iter().filter(|r| added.iter().any(|a| same_target(a, &r.reference))).collect();
+            txn = txn.then_txn(add_refs(kind, uuid, &added_resolved));
+            txn = txn.then(removed.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
+            let obj = Object {
+                meta: ObjectMeta {
+                    label: req.label.clone(),
+                    labels: req.labels.clone(),
+                    updated_at: now,
+                    ..old.meta.clone()
+                },
+                spec: req.spec.clone(),
+            };
+            txn = txn.then([Op::put(&key, encode(&obj))]);
+            let resp = self.store.txn(txn.otherwise(failure)).await?;
+            if resp.succeeded {
+                let mut obj = obj;
+                obj.meta.revision = resp.revision;
+                return Ok(obj);
+            }
+            match resp.responses.first() {
+                Some(OpResponse::Get { kv: None }) => return Err(RegistryError::NotFound { kind, uuid }),
+                Some(OpResponse::Get { kv: Some(kv) }) if kv.mod_revision != req.revision => {
+                    return Err(stale(kind, uuid, req.revision, kv.mod_revision));
+                }
+                _ => {}
+            }
+            if let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.get(1) {
+                return Err(label_taken(kind, ring, req.label.as_deref()));
+            }
+        }
+        Err(busy(kind))
+    }
+
+    /// Delete an object. Objects that refer to it with a cascading reference (observations of a
+    /// node) go with it; any other reference refuses the delete.
+    pub async fn delete(&self, kind: Kind, uuid: Uuid, revision: Option<i64>) -> Result<(), RegistryError> {
+        let key = object_key(kind, uuid);
+        for _ in 0..MAX_ATTEMPTS {
+            let kv = self.store.get(&key).await?.ok_or(RegistryError::NotFound { kind, uuid })?;
+            if let Some(rev) = revision
+                && rev != kv.mod_revision
+            {
+                return Err(stale(kind, uuid, rev, kv.mod_revision));
+            }
+            let guard_rev = self.store.get(&guard_key(uuid)).await?.map_or(0, |g| g.mod_revision);
+            let incoming = self.store.range(&refs_prefix(uuid)).await?;
+            let mut txn = Txn::new()
+                .when([Compare::mod_revision(&key, kv.mod_revision), Compare::mod_revision(guard_key(uuid), guard_rev)]);
+            txn = txn.then(self.removal_ops(&kv)?);
+            txn = txn.then([Op::DeletePrefix { prefix: refs_prefix(uuid) }]);
+            for r in &incoming.kvs {
+                let (source_kind, source) = parse_ref_key(&r.key)?;
+                let record: RefRecord = serde_json::from_slice(&r.value)
+                    .map_err(|e| RegistryError::Corrupt { key: r.key.clone(), error: e.to_string() })?;
+                let source_kv = self.store.get(&object_key(source_kind, source)).await?;
+                let Some(source_kv) = source_kv else { continue };
+                if !record.cascade {
+                    let label = decode::<serde_json::Value>(&source_kv)
+                        .ok()
+                        .and_then(|o| o.meta.label)
+                        .map_or_else(String::new, |l| format!(" {l}"));
+                    return Err(RegistryError::StillReferenced {
+                        detail: format!(
+                            "{kind} {uuid} is still referenced by {source_kind}{label} ({source}) in {}; \
+                             change or delete that first",
+                            record.field
+                        ),
+                    });
+                }
+                let nested = self.store.range(&refs_prefix(source)).await?;
+                if let Some(n) = nested.kvs.first() {
+                    let (k, u) = parse_ref_key(&n.key)?;
+                    return Err(RegistryError::StillReferenced {
+                        detail: format!("{kind} {uuid} would take {source_kind} {source} with it, which {k} {u} refers to"),
+                    });
+                }
+                let source_guard = self.store.get(&guard_key(source)).await?.map_or(0, |g| g.mod_revision);
+                txn = txn
+                    .when([
+                        Compare::mod_revision(object_key(source_kind, source), source_kv.mod_revision),
+                        Compare::mod_revision(guard_key(source), source_guard),
+                    ])
+                    .then(self.removal_ops(&source_kv)?);
+            }
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(busy(kind))
+    }
+
+    /// The ops that remove one stored object and everything it wrote beside itself.
+    fn removal_ops(&self, kv: &KeyValue) -> Result<Vec<Op>, RegistryError> {
+        let obj: Object<serde_json::Value> = decode(kv)?;
+        let (kind, uuid) = (obj.meta.kind, obj.meta.uuid);
+        let (refs, scope) = references_of(kind, &obj.spec)
+            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+        let mut ops = vec![Op::delete(&kv.key), Op::delete(guard_key(uuid))];
+        if let Some(l) = &obj.meta.label {
+            ops.push(Op::delete(label_key(kind, obj.meta.ring, scope, l)));
+        }
+        ops.extend(refs.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
+        Ok(ops)
+    }
+
+    /// Read every referenced object and check that it exists and sits in an allowed ring.
+    async fn resolve(&self, ring: Ring, refs: Vec<Reference>) -> Result<Vec<Resolved>, RegistryError> {
+        let mut out = Vec::with_capacity(refs.len());
+        for reference in refs {
+            let kv = self.store.get(&object_key(reference.kind, reference.uuid)).await?;
+            let Some(kv) = kv else {
+                return Err(FieldError::new(
+                    &reference.field,
+                    format!("{} {} does not exist", reference.kind, reference.uuid),
+                )
+                .into());
+            };
+            let obj: Object<serde_json::Value> = decode(&kv)?;
+            if !reference.ring.allows(ring, obj.meta.ring) {
+                return Err(FieldError::new(
+                    &reference.field,
+                    format!(
+                        "{} {} is in ring {}, but it {}",
+                        reference.kind,
+                        reference.uuid,
+                        obj.meta.ring,
+                        reference.ring.describe(ring)
+                    ),
+                )
+                .into());
+            }
+            let target = Target { kind: reference.kind, ring: obj.meta.ring, label: obj.meta.label, spec: obj.spec };
+            out.push(Resolved { reference, target, revision: kv.mod_revision });
+        }
+        Ok(out)
+    }
+
+    /// Check that giving compartment `uuid` the parents in `spec` keeps the graph acyclic;
+    /// returns the graph guard's revision the check was made at.
+    async fn check_compartment_graph<S: Spec>(&self, uuid: Uuid, spec: &S) -> Result<i64, RegistryError> {
+        let guard = self.store.get(DAG_GUARD).await?.map_or(0, |g| g.mod_revision);
+        let range = self.store.range(&kind_prefix(Kind::Compartment)).await?;
+        let mut graph: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut labels: HashMap<Uuid, String> = HashMap::new();
+        for kv in &range.kvs {
+            let c: Object<enjin_model::kinds::CompartmentSpec> = decode(kv)?;
+            labels.insert(c.meta.uuid, c.meta.label.clone().unwrap_or_default());
+            graph.insert(c.meta.uuid, c.spec.parents);
+        }
+        let parents: Vec<Uuid> = spec
+            .references()
+            .into_iter()
+            .filter(|r| r.field.starts_with("spec.parents"))
+            .map(|r| r.uuid)
+            .collect();
+        if let Some(cycle) = dag::cycle_through(&graph, uuid, &parents) {
+            let path: Vec<String> =
+                cycle.iter().map(|u| labels.get(u).cloned().unwrap_or_else(|| u.to_string())).collect();
+            return Err(FieldError::new(
+                "spec.parents",
+                format!("the compartment graph must stay acyclic; this would close the cycle {}", path.join(" → ")),
+            )
+            .into());
+        }
+        Ok(guard)
+    }
+}
+
+fn same_target(a: &Reference, b: &Reference) -> bool {
+    a.kind == b.kind && a.uuid == b.uuid
+}
+
+/// Compares and puts that record `source → target` for each resolved reference.
+fn add_refs(kind: Kind, uuid: Uuid, resolved: &[Resolved]) -> Txn {
+    let mut txn = Txn::new();
+    let mut seen = Vec::new();
+    for r in resolved {
+        let target = r.reference.uuid;
+        let record = RefRecord { field: r.reference.field.clone(), cascade: r.reference.on_delete == OnDelete::Cascade };
+        if seen.contains(&target) {
+            continue;
+        }
+        seen.push(target);
+        txn = txn
+            .when([Compare::mod_revision(object_key(r.reference.kind, target), r.revision)])
+            .then([
+                Op::put(ref_key(target, kind, uuid), serde_json::to_vec(&record).unwrap_or_default()),
+                Op::put(guard_key(target), uuid.to_string()),
+            ]);
+    }
+    txn
+}
+
+trait TxnExt {
+    fn then_txn(self, other: Txn) -> Txn;
+}
+
+impl TxnExt for Txn {
+    fn then_txn(mut self, other: Txn) -> Txn {
+        self.compare.extend(other.compare);
+        self.success.extend(other.success);
+        self
+    }
+}
+
+fn check_targets<S: Spec>(spec: &S, ring: Ring, resolved: &[Resolved]) -> Result<(), FieldError> {
+    let pairs: Vec<(Reference, Target)> =
+        resolved.iter().map(|r| (r.reference.clone(), r.target.clone())).collect();
+    spec.check_targets(ring, &pairs)
+}
+
+fn check_meta(kind: Kind, label: Option<&str>, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    match label {
+        Some(l) => validate_label(l).map_err(|m| FieldError::new("label", format!("{l:?} {m}")))?,
+        None if kind.named() => return Err(FieldError::new("label", format!("a {kind} needs a label (its name)"))),
+        None => {}
+    }
+    validate_labels(labels)
+}
+
+fn parse_selector(s: Option<&str>) -> Result<Vec<(String, String)>, FieldError> {
+    let Some(s) = s.filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
+    s.split(',')
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| FieldError::new("selector", format!("{pair:?} is not key=value")))
+        })
+        .collect()
+}
+
+fn parse_ref_key(key: &str) -> Result<(Kind, Uuid), RegistryError> {
+    let corrupt = || RegistryError::Corrupt { key: key.to_string(), error: "malformed reference key".into() };
+    let mut parts = key.trim_start_matches('/').split('/');
+    let (_, _, kind, source) = (parts.next(), parts.next(), parts.next(), parts.next());
+    let kind: Kind = kind.and_then(|k| k.parse().ok()).ok_or_else(corrupt)?;
+    let source: Uuid = source.and_then(|s| s.parse().ok()).ok_or_else(corrupt)?;
+    Ok((kind, source))
+}
+
+fn label_taken(kind: Kind, ring: Ring, label: Option<&str>) -> RegistryError {
+    RegistryError::conflict(
+        Some("label"),
+        format!("a {kind} labelled {:?} already exists in ring {ring} in the same compartment", label.unwrap_or("")),
+    )
+}
+
+fn stale(kind: Kind, uuid: Uuid, sent: i64, current: i64) -> RegistryError {
+    RegistryError::conflict(
+        Some("revision"),
+        format!("{kind} {uuid} has changed: you sent revision {sent}, it is now at {current}; get it again and retry"),
+    )
+}
+
+fn busy(kind: Kind) -> RegistryError {
+    RegistryError::conflict(None, format!("the {kind} kept changing under this write; retry"))
+}

@@ -1,0 +1,324 @@
+//! The route table. Every route is declared once, with its permission and its schemas; the
+//! axum router and the OpenAPI document are both built from this table, so a route cannot be
+//! served without being documented and guarded.
+
+mod objects;
+mod system;
+mod tokens;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use enjin_model::api::{
+    CreateRequest, DeleteQuery, Health, List, ListQuery, TokenCreateRequest, TokenCreated, TokenList,
+    UpdateRequest, WatchBatch, WatchQuery,
+};
+use enjin_model::kinds::{Resource, Verb};
+use enjin_model::{Kind, Object, Spec, with_spec_type};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use tracing::Instrument;
+
+use crate::auth::Auth;
+use crate::metrics::Metrics;
+use crate::problem::ApiError;
+use crate::registry::Registry;
+
+/// Shared by every handler: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub openapi: Arc<serde_json::Value>,
+    /// Turns true when the server begins to shut down; endless responses (watches) end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    /// Anyone (only `/healthz`).
+    Public,
+    Require(Verb, Resource),
+    /// `watch` on the kind named in the query, or on every kind when none is named.
+    WatchQuery,
+}
+
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// What a route answers with on success.
+#[derive(Debug, Clone, Copy)]
+pub enum Success {
+    Json(u16, SchemaFn),
+    NoContent,
+    EventStream(SchemaFn),
+    Text,
+}
+
+/// One route, as served and as documented.
+#[derive(Debug)]
+pub struct RouteDef {
+    pub method: Method,
+    pub path: String,
+    pub perm: Perm,
+    pub operation_id: String,
+    pub summary: String,
+    pub tag: String,
+    pub query: Option<SchemaFn>,
+    pub body: Option<SchemaFn>,
+    pub success: Success,
+    /// Error statuses this route can answer with besides 401 and 403.
+    pub errors: Vec<u16>,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn kind_routes<S: Spec>() -> Vec<RouteDef> {
+    let k = S::KIND;
+    let coll = format!("/{}/{}", enjin_model::api::VERSION, k.plural());
+    let item = format!("{coll}/{{uuid}}");
+    let tag = k.title().to_string();
+    let res = Resource::Kind(k);
+    vec![
+        RouteDef {
+            method: Method::GET,
+            path: coll.clone(),
+            perm: Perm::Require(Verb::List, res),
+            operation_id: format!("list{}", k.title()),
+            summary: format!("List {}s, filtered by ring, compartment, tier, label, parent or selector", k.name()),
+            tag: tag.clone(),
+            query: Some(schema::<ListQuery>),
+            body: None,
+            success: Success::Json(200, schema::<List<S>>),
+            errors: vec![400],
+            handler: get(objects::list::<S>),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: coll.clone(),
+            perm: Perm::Require(Verb::Create, res),
+            operation_id: format!("create{}", k.title()),
+            summary: format!("Create a {}", k.name()),
+            tag: tag.clone(),
+            query: None,
+            body: Some(schema::<CreateRequest<S>>),
+            success: Success::Json(201, schema::<Object<S>>),
+            errors: vec![400, 409, 413, 415, 422],
+            handler: post(objects::create::<S>),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: item.clone(),
+            perm: Perm::Require(Verb::Get, res),
+            operation_id: format!("get{}", k.title()),
+            summary: format!("Get a {}", k.name()),
+            tag: tag.clone(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<Object<S>>),
+            errors: vec![404],
+            handler: get(objects::get::<S>),
+        },
+        RouteDef {
+            method: Method::PUT,
+            path: item.clone(),
+            perm: Perm::Require(Verb::Update, res),
+            operation_id: format!("update{}", k.title()),
+            summary: format!("Replace a {}'s label, labels and spec, if it is still at the given revision", k.name()),
+            tag: tag.clone(),
+            query: None,
+            body: Some(schema::<UpdateRequest<S>>),
+            success: Success::Json(200, schema::<Object<S>>),
+            errors: vec![400, 404, 409, 413, 415, 422],
+            handler: put(objects::update::<S>),
+        },
+        RouteDef {
+            method: Method::DELETE,
+            path: item,
+            perm: Perm::Require(Verb::Delete, res),
+            operation_id: format!("delete{}", k.title()),
+            summary: format!("Delete a {}; refused while other objects refer to it", k.name()),
+            tag,
+            query: Some(schema::<DeleteQuery>),
+            body: None,
+            success: Success::NoContent,
+            errors: vec![404, 409],
+            handler: delete(objects::delete::<S>),
+        },
+    ]
+}
+
+/// Every route of the API.
+pub fn table() -> Vec<RouteDef> {
+    let v = enjin_model::api::VERSION;
+    let mut routes = vec![RouteDef {
+        method: Method::GET,
+        path: "/healthz".into(),
+        perm: Perm::Public,
+        operation_id: "health".into(),
+        summary: "Liveness; needs no token".into(),
+        tag: "System".into(),
+        query: None,
+        body: None,
+        success: Success::Json(200, schema::<Health>),
+        errors: vec![],
+        handler: get(system::health),
+    }];
+    for kind in Kind::ALL {
+        routes.extend(with_spec_type!(kind, S => kind_routes::<S>()));
+    }
+    routes.extend([
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/watch"),
+            perm: Perm::WatchQuery,
+            operation_id: "watch".into(),
+            summary: "Stream changes as server-sent events, one event per store transaction, \
+                      with the revision as its id; resume with `from` or `Last-Event-ID`"
+                .into(),
+            tag: "Watch".into(),
+            query: Some(schema::<WatchQuery>),
+            body: None,
+            success: Success::EventStream(schema::<WatchBatch>),
+            errors: vec![400, 410],
+            handler: get(watch::watch),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/tokens"),
+            perm: Perm::Require(Verb::List, Resource::Token),
+            operation_id: "listTokens".into(),
+            summary: "List API tokens (never their secrets)".into(),
+            tag: "Token".into(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<TokenList>),
+            errors: vec![],
+            handler: get(tokens::list),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/tokens"),
+            perm: Perm::Require(Verb::Create, Resource::Token),
+            operation_id: "createToken".into(),
+            summary: "Issue an API token for a principal; the secret is in this response only".into(),
+            tag: "Token".into(),
+            query: None,
+            body: Some(schema::<TokenCreateRequest>),
+            success: Success::Json(201, schema::<TokenCreated>),
+            errors: vec![400, 413, 415, 422],
+            handler: post(tokens::create),
+        },
+        RouteDef {
+            method: Method::DELETE,
+            path: format!("/{v}/tokens/{{id}}"),
+            perm: Perm::Require(Verb::Delete, Resource::Token),
+            operation_id: "revokeToken".into(),
+            summary: "Revoke an API token".into(),
+            tag: "Token".into(),
+            query: None,
+            body: None,
+            success: Success::NoContent,
+            errors: vec![404],
+            handler: delete(tokens::revoke),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/openapi.json"),
+            perm: Perm::Require(Verb::Get, Resource::OpenApi),
+            operation_id: "openapi".into(),
+            summary: "This document".into(),
+            tag: "System".into(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<serde_json::Value>),
+            errors: vec![],
+            handler: get(system::openapi),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: "/metrics".into(),
+            perm: Perm::Require(Verb::Get, Resource::Metrics),
+            operation_id: "metrics".into(),
+            summary: "Prometheus metrics in text format".into(),
+            tag: "System".into(),
+            query: None,
+            body: None,
+            success: Success::Text,
+            errors: vec![],
+            handler: get(system::metrics),
+        },
+    ]);
+    routes
+}
+
+/// The axum router for a table of routes.
+pub fn router(state: AppState, routes: Vec<RouteDef>) -> Router {
+    let mut router = Router::new();
+    for r in routes {
+        let handler = match r.perm {
+            Perm::Public => r.handler,
+            perm => r.handler.route_layer(middleware::from_fn_with_state((state.clone(), perm), authorize)),
+        };
+        router = router.route(&r.path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(enjin_model::api::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Authenticate, then authorize against the route's permission, before any extractor runs:
+/// a caller without the right learns nothing about bodies, paths or objects.
+async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let principal = match state.auth.authenticate(header).await {
+        Ok(p) => p,
+        Err(e) => {
+            state.metrics.auth_failure("unauthenticated");
+            return ApiError::from(e).into_response();
+        }
+    };
+    let allowed = match perm {
+        Perm::Public => true,
+        Perm::Require(verb, resource) => principal.allows(verb, resource),
+        Perm::WatchQuery => match watch::kind_in_query(req.uri().query()) {
+            Ok(Some(kind)) => principal.allows(Verb::Watch, Resource::Kind(kind)),
+            Ok(None) => Kind::ALL.into_iter().all(|k| principal.allows(Verb::Watch, Resource::Kind(k))),
+            // Malformed queries are the handler's to report, once the caller may watch at all.
+            Err(()) => Kind::ALL.into_iter().any(|k| principal.allows(Verb::Watch, Resource::Kind(k))),
+        },
+    };
+    if !allowed {
+        state.metrics.auth_failure("forbidden");
+        let what = match perm {
+            Perm::Require(verb, resource) => format!("{} {resource}", verb.name()),
+            _ => "watch these kinds".to_string(),
+        };
+        return ApiError::forbidden(format!("principal {} may not {what}", principal.name)).into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Count and time every request, inside a span carrying its method and route.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().clone();
+    let span = tracing::debug_span!("request", %method, route = %route);
+    let started = Instant::now();
+    let resp = next.run(req).instrument(span).await;
+    state.metrics.request(method.as_str(), &route, resp.status().as_u16(), started.elapsed());
+    resp
+}

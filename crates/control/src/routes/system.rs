@@ -1,0 +1,23 @@
+//! Health, the API document and metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use enjin_model::api::Health;
+
+use super::AppState;
+
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+}
+
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.openapi.as_ref().clone())
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let revision = state.registry.store().current_revision().await.unwrap_or(0);
+    let body = state.metrics.render(revision);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

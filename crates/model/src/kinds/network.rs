@@ -1,0 +1,380 @@
+use std::fmt;
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Kind, Spec, no_duplicates, reference, text};
+use crate::{FieldError, OnDelete, Reference, Ring, RingRule, Target};
+
+/// An address range such as `10.80.0.0/24` or `fd00::/64`; host bits must be zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) =
+            s.split_once('/').ok_or_else(|| format!("{s:?} is not an address range like 10.0.0.0/24"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix length {prefix:?} must be a number from 0 to {max}"))?;
+        let cidr = Cidr { addr, prefix };
+        let network = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        if network != addr {
+            return Err(format!("{s} has host bits set; did you mean {network}/{prefix}?"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a network is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkStrategy {
+    /// A bridge or segment on one machine.
+    Local,
+    /// An encrypted link between compartments.
+    Vpn,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub strategy: NetworkStrategy,
+    /// The range IPAM hands addresses out of.
+    pub cidr: Cidr,
+    /// Where the network is: one compartment for `local`, the linked ones (two or more) for
+    /// `vpn`.
+    #[serde(default)]
+    pub compartments: Vec<Uuid>,
+}
+
+impl Spec for NetworkSpec {
+    const KIND: Kind = Kind::Network;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        no_duplicates("spec.compartments", &self.compartments)?;
+        match self.strategy {
+            NetworkStrategy::Local if self.compartments.len() > 1 => Err(FieldError::new(
+                "spec.compartments",
+                "a local network lies in at most one compartment; use strategy vpn to link several",
+            )),
+            NetworkStrategy::Vpn if self.compartments.len() < 2 => Err(FieldError::new(
+                "spec.compartments",
+                "a vpn network links two or more compartments",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        self.compartments
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                reference(
+                    format!("spec.compartments[{i}]"),
+                    Kind::Compartment,
+                    *c,
+                    RingRule::SameOrLower,
+                    OnDelete::Restrict,
+                )
+            })
+            .collect()
+    }
+
+    fn compartment(&self) -> Option<Uuid> {
+        self.compartments.first().copied()
+    }
+}
+
+/// A node's attachment to a network, with the addresses IPAM gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceSpec {
+    pub network: Uuid,
+    pub node: Uuid,
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// A MAC address such as `02:00:00:00:00:01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+}
+
+impl Spec for NetworkInterfaceSpec {
+    const KIND: Kind = Kind::NetworkInterface;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        for (i, a) in self.addresses.iter().enumerate() {
+            if self.addresses[..i].contains(a) {
+                return Err(FieldError::new(format!("spec.addresses[{i}]"), format!("{a} is listed twice")));
+            }
+        }
+        match &self.mac {
+            Some(mac) if !valid_mac(mac) => Err(FieldError::new(
+                "spec.mac",
+                format!("{mac:?} is not a MAC address like 02:00:00:00:00:01"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        vec![
+            reference("spec.network", Kind::Network, self.network, RingRule::Same, OnDelete::Restrict),
+            reference("spec.node", Kind::Node, self.node, RingRule::Same, OnDelete::Restrict),
+        ]
+    }
+
+    fn check_targets(&self, _ring: Ring, targets: &[(Reference, Target)]) -> Result<(), FieldError> {
+        let Some((_, network)) = targets.iter().find(|(r, _)| r.kind == Kind::Network) else {
+            return Ok(());
+        };
+        let spec: NetworkSpec = serde_json::from_value(network.spec.clone())
+            .map_err(|e| FieldError::new("spec.network", format!("network is unreadable: {e}")))?;
+        for (i, a) in self.addresses.iter().enumerate() {
+            if !spec.cidr.contains(*a) {
+                return Err(FieldError::new(
+                    format!("spec.addresses[{i}]"),
+                    format!("{a} is outside the network's range {}", spec.cidr),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A set of access rules for one network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRuleSetSpec {
+    pub network: Uuid,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl Spec for AccessRuleSetSpec {
+    const KIND: Kind = Kind::AccessRuleSet;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        text("spec.description", &self.description, 1024)
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        vec![reference("spec.network", Kind::Network, self.network, RingRule::Same, OnDelete::Restrict)]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A port or an inclusive range: `443` or `8000-8100`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let port = |p: &str| {
+            p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if first > last {
+            return Err(format!("port range {s} runs backwards"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who may reach what on a ring network; the agent of the ring that contains the network turns
+/// these into kernel firewall rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRuleSpec {
+    pub rule_set: Uuid,
+    pub action: Action,
+    pub direction: Direction,
+    #[serde(default = "any_protocol")]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// The other end; absent means anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Cidr>,
+    /// Lower numbers are evaluated first.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+}
+
+fn any_protocol() -> Protocol {
+    Protocol::Any
+}
+
+fn default_priority() -> u32 {
+    1000
+}
+
+impl Spec for AccessRuleSpec {
+    const KIND: Kind = Kind::AccessRule;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        if self.ports.is_some() && !matches!(self.protocol, Protocol::Tcp | Protocol::Udp) {
+            return Err(FieldError::new("spec.ports", "ports need protocol tcp or udp"));
+        }
+        Ok(())
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        vec![reference(
+            "spec.rule_set",
+            Kind::AccessRuleSet,
+            self.rule_set,
+            RingRule::Same,
+            OnDelete::Cascade,
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.80.0.0/24".parse().expect("valid");
+        assert!(c.contains("10.80.0.7".parse().expect("ip")));
+        assert!(!c.contains("10.80.1.7".parse().expect("ip")));
+        assert!(!c.contains("fd00::1".parse().expect("ip")));
+        assert!("10.80.0.1/24".parse::<Cidr>().is_err());
+        assert!("10.80.0.0/33".parse::<Cidr>().is_err());
+        assert!("banana".parse::<Cidr>().is_err());
+        let all: Cidr = "0.0.0.0/0".parse().expect("valid");
+        assert!(all.contains("192.0.2.1".parse().expect("ip")));
+        let v6: Cidr = "fd00::/64".parse().expect("valid");
+        assert!(v6.contains("fd00::5".parse().expect("ip")));
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("80".parse::<PortRange>(), Ok(PortRange { first: 80, last: 80 }));
+        assert_eq!("8000-8100".parse::<PortRange>(), Ok(PortRange { first: 8000, last: 8100 }));
+        assert!("9-1".parse::<PortRange>().is_err());
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn vpn_needs_two_compartments() {
+        let spec = NetworkSpec {
+            strategy: NetworkStrategy::Vpn,
+            cidr: "10.0.0.0/16".parse().expect("valid"),
+            compartments: vec![Uuid::new_v4()],
+        };
+        assert_eq!(spec.validate(Ring::META).map_err(|e| e.field), Err("spec.compartments".into()));
+    }
+}

@@ -1,0 +1,237 @@
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Kind, Spec, no_duplicates, reference, text};
+use crate::{FieldError, OnDelete, Reference, Ring, RingRule};
+
+/// How a parent runs a child (DESIGN.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// A plain child process; the fallback without root.
+    Process,
+    /// A ring-1 agent in its own network namespace on a ring-0 machine.
+    Netns,
+    /// A QEMU microVM.
+    Vm,
+    /// An existing machine reached over SSH.
+    Ssh,
+    /// A dedicated UNIX user with cgroup limits and private namespaces.
+    UnixUser,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Process => "process",
+            Strategy::Netns => "netns",
+            Strategy::Vm => "vm",
+            Strategy::Ssh => "ssh",
+            Strategy::UnixUser => "unix-user",
+        }
+    }
+
+    /// Whether a child in `ring` can be run this way by its parent.
+    pub fn supports(self, ring: Ring) -> bool {
+        match self {
+            Strategy::Process => ring != Ring::META,
+            Strategy::Netns | Strategy::Ssh => ring == Ring::INFRASTRUCTURE,
+            Strategy::Vm => ring != Ring::META,
+            Strategy::UnixUser => ring == Ring::PLATFORM,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// What a node may use; absent means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// Anything supervised. Desired state only: what was observed lives in node observations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The supervising node, one ring below; none for ring 0 (the operator supervises).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Uuid>,
+    /// How the parent runs this node; none for ring 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compartment: Option<Uuid>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub desired_state: DesiredState,
+}
+
+impl Spec for NodeSpec {
+    const KIND: Kind = Kind::Node;
+
+    fn validate(&self, ring: Ring) -> Result<(), FieldError> {
+        match (ring.parent(), self.parent) {
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "spec.parent",
+                    "a ring 0 node has no parent: the operator supervises it",
+                ));
+            }
+            (Some(p), None) => {
+                return Err(FieldError::new(
+                    "spec.parent",
+                    format!("a ring {ring} node needs a parent node in ring {p}"),
+                ));
+            }
+            _ => {}
+        }
+        match (ring, self.strategy) {
+            (Ring::META, Some(s)) => {
+                return Err(FieldError::new(
+                    "spec.strategy",
+                    format!("a ring 0 node is run by the operator, not by strategy {}", s.name()),
+                ));
+            }
+            (r, None) if r != Ring::META => {
+                return Err(FieldError::new(
+                    "spec.strategy",
+                    format!("a ring {r} node needs a supervision strategy"),
+                ));
+            }
+            (r, Some(s)) if !s.supports(r) => {
+                return Err(FieldError::new(
+                    "spec.strategy",
+                    format!("strategy {} cannot run a ring {r} node", s.name()),
+                ));
+            }
+            _ => {}
+        }
+        no_duplicates("spec.tiers", &self.tiers)?;
+        let r = &self.resources;
+        if r.cpu_millis == Some(0) || r.memory_bytes == Some(0) || r.pids == Some(0) {
+            return Err(FieldError::new("spec.resources", "a limit of 0 would stop the node from running; leave it out for no limit"));
+        }
+        Ok(())
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        let mut refs = Vec::new();
+        if let Some(p) = self.parent {
+            refs.push(reference("spec.parent", Kind::Node, p, RingRule::Parent, OnDelete::Restrict));
+        }
+        if let Some(c) = self.compartment {
+            refs.push(reference("spec.compartment", Kind::Compartment, c, RingRule::Same, OnDelete::Restrict));
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            refs.push(reference(format!("spec.tiers[{i}]"), Kind::Tier, *t, RingRule::Same, OnDelete::Restrict));
+        }
+        refs
+    }
+
+    fn compartment(&self) -> Option<Uuid> {
+        self.compartment
+    }
+
+    fn tiers(&self) -> &[Uuid] {
+        &self.tiers
+    }
+
+    fn parent(&self) -> Option<Uuid> {
+        self.parent
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationStrategy {
+    Process,
+    Tcp,
+    Http,
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationState {
+    Pending,
+    Starting,
+    Running,
+    Unhealthy,
+    Exited,
+    Failed,
+    Disconnected,
+    Lost,
+}
+
+/// What an observation strategy saw of a node, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeObservationSpec {
+    pub node: Uuid,
+    pub strategy: ObservationStrategy,
+    pub state: ObservationState,
+    pub observed_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl Spec for NodeObservationSpec {
+    const KIND: Kind = Kind::NodeObservation;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        text("spec.message", &self.message, 4096)
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        vec![reference("spec.node", Kind::Node, self.node, RingRule::Same, OnDelete::Cascade)]
+    }
+
+    fn parent(&self) -> Option<Uuid> {
+        Some(self.node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(spec: &NodeSpec, ring: Ring) -> Option<String> {
+        spec.validate(ring).err().map(|e| e.field)
+    }
+
+    #[test]
+    fn ring_rules_for_nodes() {
+        let meta = NodeSpec::default();
+        assert_eq!(field(&meta, Ring::META), None);
+        let orphan = NodeSpec { strategy: Some(Strategy::Netns), ..NodeSpec::default() };
+        assert_eq!(field(&orphan, Ring::INFRASTRUCTURE), Some("spec.parent".into()));
+        let host = NodeSpec { parent: Some(Uuid::new_v4()), strategy: Some(Strategy::Netns), ..NodeSpec::default() };
+        assert_eq!(field(&host, Ring::INFRASTRUCTURE), None);
+        assert_eq!(field(&host, Ring::PLATFORM), Some("spec.strategy".into()));
+        let app = NodeSpec { parent: Some(Uuid::new_v4()), strategy: Some(Strategy::UnixUser), ..NodeSpec::default() };
+        assert_eq!(field(&app, Ring::PLATFORM), None);
+        let no_strategy = NodeSpec { parent: Some(Uuid::new_v4()), ..NodeSpec::default() };
+        assert_eq!(field(&no_strategy, Ring::PLATFORM), Some("spec.strategy".into()));
+    }
+}

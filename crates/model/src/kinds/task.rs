@@ -1,0 +1,185 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Kind, Spec, text};
+use crate::{FieldError, Ring};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    Deploy,
+    Failover,
+    Backup,
+    Periodic,
+    CodeUpdate,
+}
+
+/// A task's life: `pending → running → succeeded | failed`, and `cancelled` from either of the
+/// first two. The last three are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    pub fn can_become(self, next: TaskState) -> bool {
+        use TaskState::*;
+        self == next
+            || matches!(
+                (self, next),
+                (Pending, Running | Cancelled) | (Running, Succeeded | Failed | Cancelled)
+            )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskProgress {
+    pub done: u64,
+    /// 0 while the amount of work is unknown.
+    pub total: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A unit of work with a state machine and progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    #[serde(rename = "type")]
+    pub task_type: TaskKind,
+    #[serde(default = "pending")]
+    pub state: TaskState,
+    #[serde(default)]
+    pub progress: TaskProgress,
+    /// The object the task works on. Informational: it is not kept from being deleted, since a
+    /// task's history outlives what it worked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Uuid>,
+    /// What a finished task produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why a failed task failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn pending() -> TaskState {
+    TaskState::Pending
+}
+
+impl Spec for TaskSpec {
+    const KIND: Kind = Kind::Task;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        let p = &self.progress;
+        if p.total != 0 && p.done > p.total {
+            return Err(FieldError::new(
+                "spec.progress.done",
+                format!("{} is more than the total {}", p.done, p.total),
+            ));
+        }
+        text("spec.progress.message", &p.message, 4096)?;
+        if let Some(e) = &self.error {
+            text("spec.error", e, 16 * 1024)?;
+        }
+        if self.error.is_some() && self.state != TaskState::Failed {
+            return Err(FieldError::new("spec.error", "only a failed task carries an error"));
+        }
+        Ok(())
+    }
+
+    fn check_update(&self, old: &Self) -> Result<(), FieldError> {
+        if self.task_type != old.task_type {
+            return Err(FieldError::new("spec.type", "a task's type cannot change"));
+        }
+        if old.state.is_final() && self != old {
+            return Err(FieldError::new(
+                "spec.state",
+                format!("the task is {} and can no longer change", state_name(old.state)),
+            ));
+        }
+        if !old.state.can_become(self.state) {
+            return Err(FieldError::new(
+                "spec.state",
+                format!("a {} task cannot become {}", state_name(old.state), state_name(self.state)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Pending => "pending",
+        TaskState::Running => "running",
+        TaskState::Succeeded => "succeeded",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn task(state: TaskState) -> TaskSpec {
+        TaskSpec {
+            task_type: TaskKind::Deploy,
+            state,
+            progress: TaskProgress::default(),
+            subject: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    fn any_state() -> impl Strategy<Value = TaskState> {
+        prop_oneof![
+            Just(TaskState::Pending),
+            Just(TaskState::Running),
+            Just(TaskState::Succeeded),
+            Just(TaskState::Failed),
+            Just(TaskState::Cancelled),
+        ]
+    }
+
+    proptest! {
+        /// Whatever sequence of updates is tried, a task never leaves a final state and never
+        /// goes back to pending once it ran.
+        #[test]
+        fn state_machine_is_monotonic(steps in proptest::collection::vec(any_state(), 1..20)) {
+            let mut current = task(TaskState::Pending);
+            let mut ran = false;
+            for next in steps {
+                let candidate = task(next);
+                if candidate.check_update(&current).is_ok() {
+                    if current.state.is_final() {
+                        prop_assert_eq!(next, current.state);
+                    }
+                    current = candidate;
+                }
+                ran |= current.state != TaskState::Pending;
+                prop_assert!(!(ran && current.state == TaskState::Pending));
+            }
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        assert!(task(TaskState::Running).check_update(&task(TaskState::Pending)).is_ok());
+        assert!(task(TaskState::Succeeded).check_update(&task(TaskState::Pending)).is_err());
+        assert!(task(TaskState::Running).check_update(&task(TaskState::Failed)).is_err());
+    }
+}

@@ -1,0 +1,223 @@
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Kind, Spec, reference, text};
+use crate::{FieldError, OnDelete, Reference, Ring, RingRule, validate_label};
+
+/// A tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl Spec for AccountSpec {
+    const KIND: Kind = Kind::Account;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        text("spec.description", &self.description, 1024)
+    }
+}
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    Get,
+    List,
+    Create,
+    Update,
+    Delete,
+    Watch,
+    #[serde(rename = "*")]
+    Any,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+            Verb::Watch => "watch",
+            Verb::Any => "*",
+        }
+    }
+}
+
+/// What a permission applies to: a kind, API tokens, the API document, metrics, or anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+#[schemars(with = "String")]
+pub enum Resource {
+    Kind(Kind),
+    Token,
+    OpenApi,
+    Metrics,
+    Any,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Kind(k) => f.write_str(k.name()),
+            Resource::Token => f.write_str("token"),
+            Resource::OpenApi => f.write_str("openapi"),
+            Resource::Metrics => f.write_str("metrics"),
+            Resource::Any => f.write_str("*"),
+        }
+    }
+}
+
+impl std::str::FromStr for Resource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "*" => Resource::Any,
+            "token" => Resource::Token,
+            "openapi" => Resource::OpenApi,
+            "metrics" => Resource::Metrics,
+            other => Resource::Kind(other.parse().map_err(|_| {
+                format!("unknown resource {other:?}: use a kind name, token, openapi, metrics or *")
+            })?),
+        })
+    }
+}
+
+impl Serialize for Resource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Verbs allowed on resources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    pub verbs: Vec<Verb>,
+    pub resources: Vec<Resource>,
+}
+
+/// A set of permissions, bound to principals by memberships.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl RoleSpec {
+    pub fn allows(&self, verb: Verb, resource: Resource) -> bool {
+        self.permissions.iter().any(|p| {
+            p.verbs.iter().any(|v| *v == Verb::Any || *v == verb)
+                && p.resources.iter().any(|r| *r == Resource::Any || *r == resource)
+        })
+    }
+
+    /// Everything.
+    pub fn admin() -> Self {
+        RoleSpec {
+            permissions: vec![Permission { verbs: vec![Verb::Any], resources: vec![Resource::Any] }],
+            description: "may do everything".into(),
+        }
+    }
+
+    /// Read everything but tokens.
+    pub fn viewer() -> Self {
+        let resources = Kind::ALL
+            .into_iter()
+            .map(Resource::Kind)
+            .chain([Resource::OpenApi, Resource::Metrics])
+            .collect();
+        RoleSpec {
+            permissions: vec![Permission {
+                verbs: vec![Verb::Get, Verb::List, Verb::Watch],
+                resources,
+            }],
+            description: "may read every object".into(),
+        }
+    }
+}
+
+impl Spec for RoleSpec {
+    const KIND: Kind = Kind::Role;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        for (i, p) in self.permissions.iter().enumerate() {
+            if p.verbs.is_empty() {
+                return Err(FieldError::new(format!("spec.permissions[{i}].verbs"), "is empty"));
+            }
+            if p.resources.is_empty() {
+                return Err(FieldError::new(format!("spec.permissions[{i}].resources"), "is empty"));
+            }
+        }
+        text("spec.description", &self.description, 1024)
+    }
+}
+
+/// A principal's membership of an account in a role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSpec {
+    /// Who: the principal name that API tokens are issued to.
+    pub principal: String,
+    pub account: Uuid,
+    pub role: Uuid,
+}
+
+impl Spec for MembershipSpec {
+    const KIND: Kind = Kind::Membership;
+
+    fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        validate_label(&self.principal).map_err(|m| FieldError::new("spec.principal", m))
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        vec![
+            reference("spec.account", Kind::Account, self.account, RingRule::Any, OnDelete::Restrict),
+            reference("spec.role", Kind::Role, self.role, RingRule::Any, OnDelete::Restrict),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_what_they_list() {
+        let admin = RoleSpec::admin();
+        assert!(admin.allows(Verb::Delete, Resource::Token));
+        let viewer = RoleSpec::viewer();
+        assert!(viewer.allows(Verb::List, Resource::Kind(Kind::Node)));
+        assert!(!viewer.allows(Verb::Create, Resource::Kind(Kind::Node)));
+        assert!(!viewer.allows(Verb::Get, Resource::Token));
+        assert!(!RoleSpec::default().allows(Verb::Get, Resource::OpenApi));
+    }
+
+    #[test]
+    fn resources_parse() {
+        assert_eq!("node".parse::<Resource>(), Ok(Resource::Kind(Kind::Node)));
+        assert_eq!("*".parse::<Resource>(), Ok(Resource::Any));
+        assert!("nodez".parse::<Resource>().is_err());
+        let p: Permission =
+            serde_json::from_str(r#"{"verbs":["get","*"],"resources":["task","token"]}"#)
+                .expect("valid permission");
+        assert_eq!(p.resources, vec![Resource::Kind(Kind::Task), Resource::Token]);
+    }
+}

@@ -1,0 +1,35 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Kind, Ring};
+
+/// What every object carries besides its spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ObjectMeta {
+    pub uuid: Uuid,
+    pub kind: Kind,
+    pub ring: Ring,
+    /// The object's name, unique among its siblings (same kind, ring and compartment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Free-form key/value labels for selection (`--selector tier=web`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The store revision that last wrote this object; send it back on update for optimistic
+    /// concurrency.
+    pub revision: i64,
+}
+
+/// An object of the model: its metadata and its kind's spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Object<S> {
+    #[serde(flatten)]
+    pub meta: ObjectMeta,
+    pub spec: S,
+}
