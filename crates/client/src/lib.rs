@@ -1,1 +1,269 @@
-//! placeholder
+//! A typed client of the enjin meta API: the only way the CLI (and, later, agents and
+//! services) talk to the control plane. It must never touch the store, and every call it makes
+//! is bounded by a timeout, except watches, which reconnect instead.
+
+#![forbid(unsafe_code)]
+
+mod sse;
+
+use std::time::Duration;
+
+use enjin_model::api::{
+    CreateRequest, Health, List, ListQuery, Problem, TokenCreateRequest, TokenCreated, TokenList,
+    UpdateRequest, VERSION, WatchBatch,
+};
+use enjin_model::{Kind, Object, Spec};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+pub use sse::Watch;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a problem document.
+    #[error("{}", problem_text(.0))]
+    Api(Box<Problem>),
+    #[error("cannot reach the enjin API at {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("unexpected answer from {url}: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error("invalid server address {0:?}: it should look like http://127.0.0.1:7480")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP status, when the server answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(p) => Some(p.status),
+            _ => None,
+        }
+    }
+}
+
+fn problem_text(p: &Problem) -> String {
+    let detail = p.detail.as_deref().unwrap_or(&p.title);
+    match &p.field {
+        Some(f) => format!("{detail} (field {f}, HTTP {})", p.status),
+        None => format!("{detail} (HTTP {})", p.status),
+    }
+}
+
+/// A client for one server and one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// For watches: no overall timeout, since they last.
+    streaming: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(base));
+        }
+        let build = |timeout: Option<Duration>| {
+            let b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).user_agent(concat!("enjin/", env!("CARGO_PKG_VERSION")));
+            let b = match timeout {
+                Some(t) => b.timeout(t),
+                None => b,
+            };
+            b.build().map_err(|e| ClientError::Http { url: base.clone(), source: e })
+        };
+        Ok(Client { http: build(Some(REQUEST_TIMEOUT))?, streaming: build(None)?, base, token })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, rb: RequestBuilder, path: &str) -> Result<T, ClientError> {
+        let resp = self.execute(rb, path).await?;
+        let url = self.url(path);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Http { url: url.clone(), source: e })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol { url, detail: e.to_string() })
+    }
+
+    async fn execute(&self, rb: RequestBuilder, path: &str) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(path);
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                ClientError::Connect { url: self.base.clone(), source: e }
+            } else {
+                ClientError::Http { url: url.clone(), source: e }
+            }
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(error_from(resp, &url).await)
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.send(self.request(Method::GET, "/healthz"), "/healthz").await
+    }
+
+    // Untyped calls, for callers that know the kind only at run time (the CLI).
+
+    pub async fn create_json(&self, kind: Kind, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let path = collection(kind);
+        self.send(self.request(Method::POST, &path).json(body), &path).await
+    }
+
+    pub async fn get_json(&self, kind: Kind, uuid: Uuid) -> Result<serde_json::Value, ClientError> {
+        let path = item(kind, uuid);
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn list_json(&self, kind: Kind, q: &ListQuery) -> Result<List<serde_json::Value>, ClientError> {
+        let path = collection(kind);
+        self.send(self.request(Method::GET, &path).query(q), &path).await
+    }
+
+    pub async fn update_json(&self, kind: Kind, uuid: Uuid, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let path = item(kind, uuid);
+        self.send(self.request(Method::PUT, &path).json(body), &path).await
+    }
+
+    pub async fn delete(&self, kind: Kind, uuid: Uuid, revision: Option<i64>) -> Result<(), ClientError> {
+        let path = item(kind, uuid);
+        let mut rb = self.request(Method::DELETE, &path);
+        if let Some(r) = revision {
+            rb = rb.query(&[("revision", r)]);
+        }
+        self.execute(rb, &path).await.map(drop)
+    }
+
+    // Typed calls.
+
+    pub async fn create<S: Spec>(&self, req: &CreateRequest<S>) -> Result<Object<S>, ClientError> {
+        let path = collection(S::KIND);
+        self.send(self.request(Method::POST, &path).json(req), &path).await
+    }
+
+    pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, ClientError> {
+        let path = item(S::KIND, uuid);
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn list<S: Spec>(&self, q: &ListQuery) -> Result<List<S>, ClientError> {
+        let path = collection(S::KIND);
+        self.send(self.request(Method::GET, &path).query(q), &path).await
+    }
+
+    pub async fn update<S: Spec>(&self, uuid: Uuid, req: &UpdateRequest<S>) -> Result<Object<S>, ClientError> {
+        let path = item(S::KIND, uuid);
+        self.send(self.request(Method::PUT, &path).json(req), &path).await
+    }
+
+    pub async fn token_create(&self, principal: &str, description: &str) -> Result<TokenCreated, ClientError> {
+        let path = format!("/{VERSION}/tokens");
+        let body = TokenCreateRequest { principal: principal.into(), description: description.into() };
+        self.send(self.request(Method::POST, &path).json(&body), &path).await
+    }
+
+    pub async fn token_list(&self) -> Result<TokenList, ClientError> {
+        let path = format!("/{VERSION}/tokens");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn token_revoke(&self, id: Uuid) -> Result<(), ClientError> {
+        let path = format!("/{VERSION}/tokens/{id}");
+        self.execute(self.request(Method::DELETE, &path), &path).await.map(drop)
+    }
+
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/{VERSION}/openapi.json");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    /// Follow changes of `kind` (all kinds if `None`) from revision `from` (changes after now
+    /// if `None`). The watch reconnects by itself after a broken connection, resuming after the
+    /// last revision it delivered.
+    pub fn watch(&self, kind: Option<Kind>, from: Option<i64>) -> Watch {
+        Watch::new(self.clone(), kind, from)
+    }
+
+    pub(crate) async fn open_watch(
+        &self,
+        kind: Option<Kind>,
+        from: Option<i64>,
+        last_seen: Option<i64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        #[derive(Serialize)]
+        struct Q {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kind: Option<Kind>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            from: Option<i64>,
+        }
+        let path = format!("/{VERSION}/watch");
+        let mut rb = self.streaming.get(self.url(&path)).query(&Q { kind, from });
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(id) = last_seen {
+            rb = rb.header("Last-Event-ID", id.to_string());
+        }
+        rb = rb.header("Accept", "text/event-stream");
+        self.execute(rb, &path).await
+    }
+}
+
+fn collection(kind: Kind) -> String {
+    format!("/{VERSION}/{}", kind.plural())
+}
+
+fn item(kind: Kind, uuid: Uuid) -> String {
+    format!("/{VERSION}/{}/{uuid}", kind.plural())
+}
+
+async fn error_from(resp: reqwest::Response, url: &str) -> ClientError {
+    let status = resp.status();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<Problem>(&bytes) {
+        Ok(p) => ClientError::Api(Box::new(p)),
+        Err(_) => ClientError::Api(Box::new(Problem {
+            problem_type: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("error").into(),
+            status: status.as_u16(),
+            detail: Some(format!("{} from {url}: {}", status, String::from_utf8_lossy(&bytes).trim())),
+            instance: None,
+            field: None,
+        })),
+    }
+}
+
+/// True for errors worth retrying: the server was unreachable or unavailable.
+pub fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::Http { .. } => true,
+        ClientError::Api(p) => p.status == StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+        _ => false,
+    }
+}
+
+/// A decoded batch, re-exported for watchers.
+pub type Batch = WatchBatch;

@@ -68,41 +68,77 @@ pub struct Compare {
 impl Compare {
     /// The key does not exist.
     pub fn absent(key: impl Into<String>) -> Self {
-        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(0),
+        }
     }
 
     /// The key exists and was last written at `rev`.
     pub fn mod_revision(key: impl Into<String>, rev: Revision) -> Self {
-        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(rev),
+        }
     }
 
     /// The key exists and holds exactly `value`.
     pub fn value(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::Value(value.into()) }
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::Value(value.into()),
+        }
     }
 }
 
 /// One operation inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
     /// Delete one key; deleting a missing key is not an error (it reports 0 deleted).
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     /// Delete every key starting with `prefix`.
-    DeletePrefix { prefix: String },
-    Get { key: String },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
     /// Every key starting with `prefix`, in key order.
-    Range { prefix: String },
+    Range {
+        prefix: String,
+    },
 }
 
 impl Op {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put { key: key.into(), value: value.into(), lease: None }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
     }
 
     /// A put that attaches the key to `lease`: the key is deleted when the lease ends.
-    pub fn put_with_lease(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
-        Op::Put { key: key.into(), value: value.into(), lease: Some(lease) }
+    pub fn put_with_lease(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Self {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: Some(lease),
+        }
     }
 
     pub fn delete(key: impl Into<String>) -> Self {
@@ -110,7 +146,9 @@ impl Op {
     }
 
     pub fn delete_prefix(prefix: impl Into<String>) -> Self {
-        Op::DeletePrefix { prefix: prefix.into() }
+        Op::DeletePrefix {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn get(key: impl Into<String>) -> Self {
@@ -118,11 +156,16 @@ impl Op {
     }
 
     pub fn range(prefix: impl Into<String>) -> Self {
-        Op::Range { prefix: prefix.into() }
+        Op::Range {
+            prefix: prefix.into(),
+        }
     }
 
     fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::DeletePrefix { .. })
+        matches!(
+            self,
+            Op::Put { .. } | Op::Delete { .. } | Op::DeletePrefix { .. }
+        )
     }
 }
 
@@ -130,11 +173,19 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResponse {
     /// The previous value, if the key existed.
-    Put { prev: Option<KeyValue> },
+    Put {
+        prev: Option<KeyValue>,
+    },
     /// The deleted keys with their last values.
-    Delete { deleted: Vec<KeyValue> },
-    Get { kv: Option<KeyValue> },
-    Range { kvs: Vec<KeyValue> },
+    Delete {
+        deleted: Vec<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
+    Range {
+        kvs: Vec<KeyValue>,
+    },
 }
 
 /// `if all(compare) then success else failure`, applied atomically.
@@ -167,7 +218,11 @@ impl Txn {
 
     /// Whether the branch that ran can change the store (and so bump the revision).
     pub fn writes(&self, succeeded: bool) -> bool {
-        let ops = if succeeded { &self.success } else { &self.failure };
+        let ops = if succeeded {
+            &self.success
+        } else {
+            &self.failure
+        };
         ops.iter().any(Op::is_write)
     }
 
@@ -193,7 +248,8 @@ impl Txn {
                     }
                 }
                 Op::Delete { key } | Op::Get { key } if key.is_empty() => return Err(empty_key()),
-                Op::Delete { .. } | Op::Get { .. } | Op::DeletePrefix { .. } | Op::Range { .. } => {}
+                Op::Delete { .. } | Op::Get { .. } | Op::DeletePrefix { .. } | Op::Range { .. } => {
+                }
             }
         }
         Ok(())
@@ -253,15 +309,24 @@ pub enum StoreError {
     /// The store could not be opened: missing directory, unreadable or foreign file, a newer
     /// schema, or another process (or handle) already owns it.
     #[error("failed to open state store at {}: {reason}", path.display())]
-    Open { path: std::path::PathBuf, reason: String },
+    Open {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("state store backend failed: {0}")]
     Backend(String),
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
     #[error("revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("revision {requested} is in the future (current is {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("state store is closed")]
@@ -271,7 +336,10 @@ pub enum StoreError {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
     #[error("watch start revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("watch failed: {0}")]
     Backend(String),
     #[error("state store is closed")]

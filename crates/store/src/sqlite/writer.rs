@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::ops::{self, ExecError, META_COMPACTED, META_NEXT_LEASE, META_REVISION, WriteCtx, backend};
+use super::ops::{
+    self, ExecError, META_COMPACTED, META_NEXT_LEASE, META_REVISION, WriteCtx, backend,
+};
 use super::schema::Opened;
 use crate::{Lease, LeaseId, Revision, StoreError, Txn, TxnResponse};
 
@@ -29,13 +31,30 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// ran in is durable (or failed).
 #[derive(Debug)]
 pub(super) enum Command {
-    Txn { txn: Txn, reply: Reply<TxnResponse> },
-    LeaseGrant { ttl: Duration, reply: Reply<Lease> },
-    LeaseKeepAlive { id: LeaseId, reply: Reply<Lease> },
-    LeaseRevoke { id: LeaseId, reply: Reply<()> },
-    Compact { revision: Revision, reply: Reply<()> },
+    Txn {
+        txn: Txn,
+        reply: Reply<TxnResponse>,
+    },
+    LeaseGrant {
+        ttl: Duration,
+        reply: Reply<Lease>,
+    },
+    LeaseKeepAlive {
+        id: LeaseId,
+        reply: Reply<Lease>,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+        reply: Reply<()>,
+    },
+    Compact {
+        revision: Revision,
+        reply: Reply<()>,
+    },
     /// Finish the queued commands, then stop. Answered once the file is closed and unlocked.
-    Close { reply: oneshot::Sender<()> },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Command {
@@ -88,10 +107,16 @@ impl Outcome {
 struct Fatal(String);
 
 /// Splits a savepoint's result into the command's own result and a fatal error, if any.
-fn settle<T>(path: &Path, result: Result<Result<T, StoreError>, Fatal>) -> (Result<T, StoreError>, Option<Fatal>) {
+fn settle<T>(
+    path: &Path,
+    result: Result<Result<T, StoreError>, Fatal>,
+) -> (Result<T, StoreError>, Option<Fatal>) {
     match result {
         Ok(result) => (result, None),
-        Err(Fatal(msg)) => (Err(backend(path, "failed to write", &msg)), Some(Fatal(msg))),
+        Err(Fatal(msg)) => (
+            Err(backend(path, "failed to write", &msg)),
+            Some(Fatal(msg)),
+        ),
     }
 }
 
@@ -198,13 +223,20 @@ impl Writer {
 
     /// Serves commands until closed or until every sender is gone; returns the `Close` reply.
     fn serve(&mut self) -> Option<oneshot::Sender<()>> {
-        tracing::info!(revision = self.revision, leases = self.leases.len(), "state store writer started");
+        tracing::info!(
+            revision = self.revision,
+            leases = self.leases.len(),
+            "state store writer started"
+        );
         loop {
             let first = match self.deadlines.first() {
-                None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(&(deadline, _)) => {
-                    self.commands.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
+                None => self
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(&(deadline, _)) => self
+                    .commands
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
             };
             let mut commands = Vec::new();
             match first {
@@ -225,7 +257,15 @@ impl Writer {
     }
 
     fn shutdown(self, close: Option<oneshot::Sender<()>>) {
-        let Writer { path, conn, lock, commands, revisions, revision, .. } = self;
+        let Writer {
+            path,
+            conn,
+            lock,
+            commands,
+            revisions,
+            revision,
+            ..
+        } = self;
         while let Ok(command) = commands.try_recv() {
             if let Some(reply) = command.refuse(|| StoreError::Closed) {
                 let _ = reply.send(());
@@ -261,7 +301,9 @@ impl Writer {
     fn apply_lease_changes(&mut self, changes: Vec<LeaseChange>, now: Instant) {
         for change in changes {
             match change {
-                LeaseChange::Granted(id, ttl) => self.set_deadline(id, ttl, deadline_after(now, ttl)),
+                LeaseChange::Granted(id, ttl) => {
+                    self.set_deadline(id, ttl, deadline_after(now, ttl))
+                }
                 LeaseChange::Refreshed(id) => {
                     if let Some(ttl) = self.leases.get(&id).map(|timer| timer.ttl) {
                         self.set_deadline(id, ttl, deadline_after(now, ttl));
@@ -284,7 +326,9 @@ impl Writer {
         f: impl FnOnce(&Connection) -> Result<T, ExecError>,
     ) -> Result<Result<T, StoreError>, Fatal> {
         let fatal = |e: rusqlite::Error| Fatal(e.to_string());
-        self.conn.execute_batch("SAVEPOINT command").map_err(fatal)?;
+        self.conn
+            .execute_batch("SAVEPOINT command")
+            .map_err(fatal)?;
         match f(&self.conn) {
             Ok(value) => {
                 self.conn.execute_batch("RELEASE command").map_err(fatal)?;
@@ -295,7 +339,9 @@ impl Writer {
                 if self.conn.is_autocommit() {
                     return Err(Fatal(format!("transaction aborted: {e}")));
                 }
-                self.conn.execute_batch("ROLLBACK TO command; RELEASE command").map_err(fatal)?;
+                self.conn
+                    .execute_batch("ROLLBACK TO command; RELEASE command")
+                    .map_err(fatal)?;
                 Ok(Err(e))
             }
         }
@@ -305,8 +351,12 @@ impl Writer {
     /// Returns the reply of a `Close` found in the group: the commands after it are refused.
     fn commit_batch(&mut self, commands: Vec<Command>) -> Option<oneshot::Sender<()>> {
         let now = Instant::now();
-        let expired: Vec<LeaseId> =
-            self.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).map(|(_, id)| *id).collect();
+        let expired: Vec<LeaseId> = self
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| *id)
+            .collect();
         if commands.is_empty() && expired.is_empty() {
             return None;
         }
@@ -365,7 +415,11 @@ impl Writer {
                 if changed {
                     self.revisions.send_replace(self.revision);
                 }
-                tracing::debug!(commands = count, revision = self.revision, "committed group");
+                tracing::debug!(
+                    commands = count,
+                    revision = self.revision,
+                    "committed group"
+                );
                 for outcome in batch.outcomes {
                     outcome.send();
                 }
@@ -380,7 +434,9 @@ impl Writer {
                 let postponed = expired.into_iter().map(LeaseChange::Postponed).collect();
                 self.apply_lease_changes(postponed, now);
                 for outcome in batch.outcomes {
-                    outcome.fail(|| backend(&self.path, "failed to commit to", &msg)).send();
+                    outcome
+                        .fail(|| backend(&self.path, "failed to commit to", &msg))
+                        .send();
                 }
             }
         }
@@ -417,13 +473,17 @@ impl Writer {
                 if changed {
                     batch.revision = revision;
                 }
-                batch.changes.extend(expired.iter().map(|&id| LeaseChange::Ended(id)));
+                batch
+                    .changes
+                    .extend(expired.iter().map(|&id| LeaseChange::Ended(id)));
                 tracing::info!(leases = ?expired, keys = deleted, revision = batch.revision, "leases expired");
                 None
             }
             Ok(Err(e)) => {
                 tracing::warn!(leases = ?expired, error = %e, "failed to expire leases, retrying");
-                batch.changes.extend(expired.iter().map(|&id| LeaseChange::Postponed(id)));
+                batch
+                    .changes
+                    .extend(expired.iter().map(|&id| LeaseChange::Postponed(id)));
                 None
             }
             Err(fatal) => Some(fatal),
@@ -456,7 +516,9 @@ impl Writer {
             Command::LeaseGrant { ttl, reply } => {
                 let id = batch.next_lease;
                 let result = match id.checked_add(1) {
-                    Some(_) => self.savepoint(|conn| Ok(ops::insert_lease(conn, id, ttl_to_ms(ttl))?)),
+                    Some(_) => {
+                        self.savepoint(|conn| Ok(ops::insert_lease(conn, id, ttl_to_ms(ttl))?))
+                    }
                     None => Ok(Err(StoreError::Invalid("lease ids are exhausted".into()))),
                 };
                 let (result, fatal) = settle(&self.path, result);
@@ -470,12 +532,16 @@ impl Writer {
             }
             Command::LeaseKeepAlive { id, reply } => {
                 let result = self.savepoint(|conn| {
-                    ops::lease_ttl_ms(conn, id)?.ok_or(ExecError::Store(StoreError::LeaseNotFound(id)))
+                    ops::lease_ttl_ms(conn, id)?
+                        .ok_or(ExecError::Store(StoreError::LeaseNotFound(id)))
                 });
                 let (result, fatal) = settle(&self.path, result);
                 let result = result.map(|ttl_ms| {
                     batch.changes.push(LeaseChange::Refreshed(id));
-                    Lease { id, ttl: ttl_from_ms(ttl_ms) }
+                    Lease {
+                        id,
+                        ttl: ttl_from_ms(ttl_ms),
+                    }
                 });
                 batch.outcomes.push(Outcome::Lease(reply, result));
                 fatal
@@ -497,16 +563,27 @@ impl Writer {
                         batch.revision = revision;
                     }
                     batch.changes.push(LeaseChange::Ended(id));
-                    tracing::debug!(lease = id, keys = deleted, revision = batch.revision, "lease revoked");
+                    tracing::debug!(
+                        lease = id,
+                        keys = deleted,
+                        revision = batch.revision,
+                        "lease revoked"
+                    );
                 });
                 batch.outcomes.push(Outcome::Unit(reply, result));
                 fatal
             }
             Command::Compact { revision, reply } => {
                 let result = if revision > batch.revision {
-                    Ok(Err(StoreError::FutureRevision { requested: revision, current: batch.revision }))
+                    Ok(Err(StoreError::FutureRevision {
+                        requested: revision,
+                        current: batch.revision,
+                    }))
                 } else if revision < batch.compacted {
-                    Ok(Err(StoreError::Compacted { requested: revision, compacted: batch.compacted }))
+                    Ok(Err(StoreError::Compacted {
+                        requested: revision,
+                        compacted: batch.compacted,
+                    }))
                 } else if revision == batch.compacted {
                     Ok(Ok(()))
                 } else {

@@ -12,27 +12,28 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use enjin_store::{
-    Op, SqliteStore, SqliteStoreConfig, Store, Txn, TxnResponse, WatchBatch, WatchError, WatchStream,
+    Op, SqliteStore, SqliteStoreConfig, Store, Txn, TxnResponse, WatchBatch, WatchError,
+    WatchStream,
 };
 use tempfile::TempDir;
 
 /// How long a test waits for something that should happen within milliseconds.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A store in its own temporary directory, removed on drop.
-pub struct TestStore {
-    pub store: SqliteStore,
-    pub path: PathBuf,
+pub(crate) struct TestStore {
+    pub(crate) store: SqliteStore,
+    pub(crate) path: PathBuf,
     // Kept last so that the store closes before the directory goes.
-    pub dir: TempDir,
+    pub(crate) dir: TempDir,
 }
 
 impl TestStore {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(|_| {})
     }
 
-    pub fn with(tune: impl FnOnce(&mut SqliteStoreConfig)) -> Self {
+    pub(crate) fn with(tune: impl FnOnce(&mut SqliteStoreConfig)) -> Self {
         let dir = tempfile::tempdir().expect("create temp dir");
         let path = dir.path().join("state.db");
         let mut config = SqliteStoreConfig::new(&path);
@@ -42,49 +43,67 @@ impl TestStore {
     }
 
     /// Closes the store and opens the same file again.
-    pub async fn reopen(self) -> Self {
+    pub(crate) async fn reopen(self) -> Self {
         self.store.close().await.expect("close store");
         let store = open_at(&self.path);
-        TestStore { store, path: self.path, dir: self.dir }
+        TestStore {
+            store,
+            path: self.path,
+            dir: self.dir,
+        }
     }
 }
 
-pub fn open_at(path: &Path) -> SqliteStore {
+pub(crate) fn open_at(path: &Path) -> SqliteStore {
     SqliteStore::open(SqliteStoreConfig::new(path)).expect("open store")
 }
 
-pub async fn put(store: &impl Store, key: &str, value: &str) -> TxnResponse {
-    store.txn(Txn::new().then([Op::put(key, value)])).await.expect("put")
+pub(crate) async fn put(store: &impl Store, key: &str, value: &str) -> TxnResponse {
+    store
+        .txn(Txn::new().then([Op::put(key, value)]))
+        .await
+        .expect("put")
 }
 
-pub async fn delete(store: &impl Store, key: &str) -> TxnResponse {
-    store.txn(Txn::new().then([Op::delete(key)])).await.expect("delete")
+pub(crate) async fn delete(store: &impl Store, key: &str) -> TxnResponse {
+    store
+        .txn(Txn::new().then([Op::delete(key)]))
+        .await
+        .expect("delete")
 }
 
 /// The next item of a watch, failing the test if none comes in time.
-pub async fn next_item(stream: &mut WatchStream) -> Option<Result<WatchBatch, WatchError>> {
-    tokio::time::timeout(PATIENCE, stream.recv()).await.expect("watch item within the patience")
+pub(crate) async fn next_item(stream: &mut WatchStream) -> Option<Result<WatchBatch, WatchError>> {
+    tokio::time::timeout(PATIENCE, stream.recv())
+        .await
+        .expect("watch item within the patience")
 }
 
-pub async fn next_batch(stream: &mut WatchStream) -> WatchBatch {
-    next_item(stream).await.expect("watch still open").expect("watch batch, not an error")
+pub(crate) async fn next_batch(stream: &mut WatchStream) -> WatchBatch {
+    next_item(stream)
+        .await
+        .expect("watch still open")
+        .expect("watch batch, not an error")
 }
 
 /// Asserts that no item arrives for a short while (used after the expected items arrived).
-pub async fn assert_quiet(stream: &mut WatchStream) {
+pub(crate) async fn assert_quiet(stream: &mut WatchStream) {
     let item = tokio::time::timeout(Duration::from_millis(100), stream.recv()).await;
     assert!(item.is_err(), "unexpected watch item: {item:?}");
 }
 
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,213 @@
+//! The command line's shape.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use enjin_model::Ring;
+
+#[derive(Debug, Parser)]
+#[command(name = "enjin", version, about = "A cloud in one binary: machines, hosts and apps, each ring supervising the next")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The API server (default: the one `enjin up` runs from the data dir, else http://127.0.0.1:7480)
+    #[arg(long, global = true, env = "ENJIN_SERVER")]
+    pub server: Option<String>,
+    /// API token (default: the admin token in the data dir, when readable)
+    #[arg(long, global = true, env = "ENJIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Data directory (default: /var/lib/enjin as root, else $XDG_DATA_HOME/enjin)
+    #[arg(long, global = true, env = "ENJIN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole cloud on this machine: the control plane and this machine as the ring 0 node
+    Up(ServeArgs),
+    /// Run the control plane only
+    Server(ServeArgs),
+    /// Accounts (tenants)
+    #[command(subcommand)]
+    Account(ObjectCommand),
+    /// Roles (permission sets)
+    #[command(subcommand)]
+    Role(ObjectCommand),
+    /// Memberships: a principal in an account with a role
+    #[command(subcommand)]
+    Membership(ObjectCommand),
+    /// Networks
+    #[command(subcommand)]
+    Network(ObjectCommand),
+    /// Network interfaces: nodes attached to networks
+    #[command(subcommand)]
+    NetworkInterface(ObjectCommand),
+    /// Access rule sets of a network
+    #[command(subcommand)]
+    AccessRuleSet(ObjectCommand),
+    /// Access rules
+    #[command(subcommand)]
+    AccessRule(ObjectCommand),
+    /// Compartments: localities forming a DAG
+    #[command(subcommand)]
+    Compartment(CompartmentCommand),
+    /// Tiers: groups or roles nodes serve
+    #[command(subcommand)]
+    Tier(ObjectCommand),
+    /// Nodes: anything supervised
+    #[command(subcommand)]
+    Node(ObjectCommand),
+    /// What was observed of nodes
+    #[command(subcommand)]
+    NodeObservation(ObjectCommand),
+    /// Tasks: long operations
+    #[command(subcommand)]
+    Task(ObjectCommand),
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Follow changes as they are committed
+    Watch(WatchArgs),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve the API on
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand {
+    /// Create one (spec from --file and/or --set)
+    Create(CreateArgs),
+    /// List them
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show one, by uuid or label
+    Get { id: String },
+    /// Change one: fetch, apply --label/--labels/--set/--file, write back at the fetched revision
+    Update(UpdateArgs),
+    /// Delete one, by uuid or label
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: String,
+        /// Only if it is still at this revision
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CompartmentCommand {
+    #[command(flatten)]
+    Object(ObjectCommand),
+    /// Draw the compartment graph
+    Tree,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The label (name)
+    pub label: Option<String>,
+    /// Ring: 0 meta, 1 infrastructure, 2 platform
+    #[arg(long, default_value = "0")]
+    pub ring: Ring,
+    /// Selector label, key=value (repeatable)
+    #[arg(long = "labels", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A spec field, path=value: the value is JSON if it parses, else a string; references
+    /// may be given by label (repeatable)
+    #[arg(long = "set", short = 's', value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// A JSON or TOML file with the spec (or a whole create request with a `spec` key); - for stdin
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// New label
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(long = "labels", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long = "set", short = 's', value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub ring: Option<u8>,
+    /// Compartment uuid or label
+    #[arg(long)]
+    pub compartment: Option<String>,
+    /// Tier uuid or label
+    #[arg(long)]
+    pub tier: Option<String>,
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Parent uuid or label
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// key=value[,key=value]
+    #[arg(long)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for a principal (shown once)
+    Create {
+        principal: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets)
+    #[command(visible_alias = "ls")]
+    List,
+    /// Revoke a token by id
+    Revoke { id: uuid::Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this kind
+    #[arg(long)]
+    pub kind: Option<enjin_model::Kind>,
+    /// From this revision (default: changes after now)
+    #[arg(long)]
+    pub from: Option<i64>,
+}
+
+impl Cli {
+    /// Whether this command runs a long-lived server (and so logs at info by default).
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Up(_) | Command::Server(_))
+    }
+}

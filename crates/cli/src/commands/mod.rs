@@ -1,0 +1,48 @@
+//! One module per command.
+
+mod objects;
+mod serve;
+mod token;
+mod tree;
+mod watch;
+
+use anyhow::Result;
+use clap::CommandFactory;
+use enjin_client::Client;
+use enjin_model::Kind;
+
+use crate::args::{Cli, Command, CompartmentCommand, Global};
+use crate::config;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Up(args) => serve::run(g, &args, true).await,
+        Command::Server(args) => serve::run(g, &args, false).await,
+        Command::Account(c) => objects::run(g, Kind::Account, c).await,
+        Command::Role(c) => objects::run(g, Kind::Role, c).await,
+        Command::Membership(c) => objects::run(g, Kind::Membership, c).await,
+        Command::Network(c) => objects::run(g, Kind::Network, c).await,
+        Command::NetworkInterface(c) => objects::run(g, Kind::NetworkInterface, c).await,
+        Command::AccessRuleSet(c) => objects::run(g, Kind::AccessRuleSet, c).await,
+        Command::AccessRule(c) => objects::run(g, Kind::AccessRule, c).await,
+        Command::Compartment(CompartmentCommand::Object(c)) => objects::run(g, Kind::Compartment, c).await,
+        Command::Compartment(CompartmentCommand::Tree) => tree::run(g).await,
+        Command::Tier(c) => objects::run(g, Kind::Tier, c).await,
+        Command::Node(c) => objects::run(g, Kind::Node, c).await,
+        Command::NodeObservation(c) => objects::run(g, Kind::NodeObservation, c).await,
+        Command::Task(c) => objects::run(g, Kind::Task, c).await,
+        Command::Token(c) => token::run(g, c).await,
+        Command::Watch(args) => watch::run(g, &args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "enjin", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// A client for the server and token the global flags point at.
+pub fn client(g: &Global) -> Result<Client> {
+    let t = config::target(g)?;
+    Ok(Client::new(&t.server, t.token)?)
+}

@@ -1,0 +1,289 @@
+//! `enjin <kind> create|list|get|update|delete`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use enjin_client::Client;
+use enjin_model::Kind;
+use enjin_model::api::ListQuery;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::client;
+use crate::args::{CreateArgs, Global, ListArgs, ObjectCommand, Output, UpdateArgs};
+use crate::output;
+
+pub async fn run(g: &Global, kind: Kind, cmd: ObjectCommand) -> Result<()> {
+    let c = client(g)?;
+    match cmd {
+        ObjectCommand::Create(a) => create(g, &c, kind, a).await,
+        ObjectCommand::List(a) => list(g, &c, kind, a).await,
+        ObjectCommand::Get { id } => {
+            let uuid = resolve(&c, kind, &id).await?;
+            show(g, &c.get_json(kind, uuid).await?);
+            Ok(())
+        }
+        ObjectCommand::Update(a) => update(g, &c, kind, a).await,
+        ObjectCommand::Delete { id, revision } => {
+            let uuid = resolve(&c, kind, &id).await?;
+            c.delete(kind, uuid, revision).await?;
+            if g.output == Output::Table {
+                println!("deleted {kind} {id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(g: &Global, c: &Client, kind: Kind, a: CreateArgs) -> Result<()> {
+    let mut body = json!({"ring": a.ring, "spec": {}});
+    if let Some(f) = &a.file {
+        let v = read_document(f)?;
+        match v.get("spec") {
+            // A whole create request.
+            Some(_) => body = v,
+            None => body["spec"] = v,
+        }
+        if body.get("ring").is_none() {
+            body["ring"] = json!(a.ring);
+        }
+    }
+    if let Some(l) = &a.label {
+        body["label"] = json!(l);
+    }
+    if !a.labels.is_empty() {
+        body["labels"] = json!(parse_labels(&a.labels)?);
+    }
+    for s in &a.set {
+        set(c, &mut body["spec"], s).await?;
+    }
+    let obj = c.create_json(kind, &body).await?;
+    match g.output {
+        Output::Json => output::json(&obj),
+        Output::Table => println!(
+            "created {kind} {} ({}) at revision {}",
+            obj["label"].as_str().unwrap_or("-"),
+            obj["uuid"].as_str().unwrap_or("?"),
+            obj["revision"]
+        ),
+    }
+    Ok(())
+}
+
+async fn update(g: &Global, c: &Client, kind: Kind, a: UpdateArgs) -> Result<()> {
+    let uuid = resolve(c, kind, &a.id).await?;
+    let current = c.get_json(kind, uuid).await?;
+    let mut body = json!({
+        "revision": current["revision"],
+        "spec": current["spec"],
+    });
+    if let Some(l) = current.get("label") {
+        body["label"] = l.clone();
+    }
+    if let Some(l) = current.get("labels") {
+        body["labels"] = l.clone();
+    }
+    if let Some(f) = &a.file {
+        body["spec"] = read_document(f)?;
+    }
+    if let Some(l) = &a.label {
+        body["label"] = json!(l);
+    }
+    if !a.labels.is_empty() {
+        let mut labels: BTreeMap<String, String> =
+            serde_json::from_value(body.get("labels").cloned().unwrap_or(json!({}))).unwrap_or_default();
+        labels.extend(parse_labels(&a.labels)?);
+        body["labels"] = json!(labels);
+    }
+    for s in &a.set {
+        set(c, &mut body["spec"], s).await?;
+    }
+    let obj = c.update_json(kind, uuid, &body).await?;
+    match g.output {
+        Output::Json => output::json(&obj),
+        Output::Table => println!("updated {kind} {} at revision {}", a.id, obj["revision"]),
+    }
+    Ok(())
+}
+
+async fn list(g: &Global, c: &Client, kind: Kind, a: ListArgs) -> Result<()> {
+    let parent_kind = match kind {
+        Kind::Compartment => Kind::Compartment,
+        _ => Kind::Node,
+    };
+    let q = ListQuery {
+        ring: a.ring,
+        compartment: match &a.compartment {
+            Some(id) => Some(resolve(c, Kind::Compartment, id).await?),
+            None => None,
+        },
+        tier: match &a.tier {
+            Some(id) => Some(resolve(c, Kind::Tier, id).await?),
+            None => None,
+        },
+        label: a.label,
+        parent: match &a.parent {
+            Some(id) => Some(resolve(c, parent_kind, id).await?),
+            None => None,
+        },
+        selector: a.selector,
+    };
+    let list = c.list_json(kind, &q).await?;
+    match g.output {
+        Output::Json => output::json(&list),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = list
+                .items
+                .iter()
+                .map(|o| {
+                    let o = serde_json::to_value(o).unwrap_or_default();
+                    vec![
+                        o["label"].as_str().unwrap_or("-").to_string(),
+                        o["uuid"].as_str().unwrap_or("?").to_string(),
+                        o["ring"].to_string(),
+                        output::age(&o["created_at"]),
+                        output::summary(&o["spec"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("no {}", kind.plural());
+            } else {
+                output::table(&["LABEL", "UUID", "RING", "AGE", "SPEC"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(g: &Global, obj: &Value) {
+    match g.output {
+        Output::Json => output::json(obj),
+        Output::Table => {
+            for key in ["kind", "label", "uuid", "ring", "revision", "created_at", "updated_at"] {
+                if let Some(v) = obj.get(key) {
+                    println!("{key:<11} {}", v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                }
+            }
+            if let Some(l) = obj.get("labels").and_then(Value::as_object) {
+                let text: Vec<String> = l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+                println!("{:<11} {}", "labels", text.join(","));
+            }
+            println!("spec:");
+            let spec = serde_json::to_string_pretty(&obj["spec"]).unwrap_or_default();
+            for line in spec.lines() {
+                println!("  {line}");
+            }
+        }
+    }
+}
+
+/// A uuid, or the uuid of the one object of `kind` with that label.
+pub async fn resolve(c: &Client, kind: Kind, id: &str) -> Result<Uuid> {
+    if let Ok(u) = Uuid::parse_str(id) {
+        return Ok(u);
+    }
+    let q = ListQuery { label: Some(id.to_string()), ..ListQuery::default() };
+    let found = c.list_json(kind, &q).await?;
+    match found.items.as_slice() {
+        [] => bail!("no {kind} is labelled {id:?}: `enjin {kind} list` shows them"),
+        [one] => Ok(one.meta.uuid),
+        many => {
+            let ids: Vec<String> = many.iter().map(|o| format!("{} (ring {})", o.meta.uuid, o.meta.ring)).collect();
+            bail!("{} {}s are labelled {id:?}; name one by uuid: {}", many.len(), kind, ids.join(", "))
+        }
+    }
+}
+
+/// Spec fields that name other objects, so that `--set parent=m1` can use labels.
+fn reference_kind(field: &str) -> Option<Kind> {
+    Some(match field {
+        "parent" | "node" => Kind::Node,
+        "compartment" | "compartments" | "parents" | "links" => Kind::Compartment,
+        "tiers" => Kind::Tier,
+        "network" => Kind::Network,
+        "rule_set" => Kind::AccessRuleSet,
+        "account" => Kind::Account,
+        "role" => Kind::Role,
+        _ => return None,
+    })
+}
+
+fn is_list_field(field: &str) -> bool {
+    matches!(field, "compartments" | "parents" | "links" | "tiers" | "addresses")
+}
+
+/// Apply `path=value` to a spec: the value is JSON if it parses, otherwise a string (a
+/// comma-separated list for list fields); labels in reference fields become uuids.
+async fn set(c: &Client, spec: &mut Value, assignment: &str) -> Result<()> {
+    let (path, raw) =
+        assignment.split_once('=').ok_or_else(|| anyhow!("--set {assignment:?} is not path=value"))?;
+    let field = path.rsplit('.').next().unwrap_or(path);
+    let mut value = match serde_json::from_str::<Value>(raw) {
+        Ok(v) if !v.is_string() || !is_list_field(field) => v,
+        _ if is_list_field(field) => {
+            Value::Array(raw.split(',').filter(|s| !s.is_empty()).map(|s| json!(s.trim())).collect())
+        }
+        _ => json!(raw),
+    };
+    if let Some(kind) = reference_kind(field) {
+        value = match value {
+            Value::String(s) => json!(resolve(c, kind, &s).await?),
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for i in items {
+                    match i {
+                        Value::String(s) => out.push(json!(resolve(c, kind, &s).await?)),
+                        other => out.push(other),
+                    }
+                }
+                Value::Array(out)
+            }
+            other => other,
+        };
+    }
+    let mut at = spec;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(Map::new());
+        }
+        let map = at.as_object_mut().ok_or_else(|| anyhow!("cannot set {path}"))?;
+        if i + 1 == parts.len() {
+            map.insert(part.to_string(), value);
+            return Ok(());
+        }
+        at = map.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok(())
+}
+
+fn parse_labels(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("label {p:?} is not key=value"))
+        })
+        .collect()
+}
+
+/// A JSON or TOML document from a file, or from stdin for `-`.
+fn read_document(path: &Path) -> Result<Value> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("failed to read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?
+    };
+    let looks_json = text.trim_start().starts_with('{') || path.extension().is_some_and(|e| e == "json");
+    if looks_json {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))
+    }
+}

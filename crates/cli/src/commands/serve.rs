@@ -1,0 +1,150 @@
+//! `enjin up` and `enjin server`: open the store, bootstrap, serve until Ctrl-C or SIGTERM.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_model::api::{CreateRequest, ListQuery};
+use enjin_model::kinds::{NodeSpec, Resources};
+use enjin_model::{Object, Ring};
+use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
+use tokio::net::TcpListener;
+
+use crate::args::{Global, ServeArgs};
+use crate::config::{self, DEFAULT_LISTEN, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
+
+pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> {
+    let dir = config::data_dir(g)?;
+    config::ensure_data_dir(&dir)?;
+    let file = config::load_file_config(&dir)?;
+    let default: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
+    let listen = args.listen.or(file.api.listen).unwrap_or(default);
+
+    let db = dir.join(STATE_FILE);
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(SqliteStoreConfig::new(db)))
+        .await
+        .context("store opener panicked")??;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let cp = ControlPlane::new(store.clone());
+    cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
+
+    let token_path = dir.join(TOKEN_FILE);
+    if !token_path.exists() {
+        let created = cp.auth().issue(ADMIN_PRINCIPAL, "the admin token of this data directory", Utc::now()).await?;
+        config::write_secret(&token_path, &created.token)?;
+        tracing::info!(path = %token_path.display(), "admin token created");
+    }
+
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("failed to listen on {listen}: is another enjin running? pick another address with --listen")
+    })?;
+    let addr = listener.local_addr().context("listener address")?;
+    let url = format!("http://{addr}");
+    fs::write(dir.join(ENDPOINT_FILE), format!("{url}\n"))
+        .with_context(|| format!("failed to write {}", dir.join(ENDPOINT_FILE).display()))?;
+
+    let machine = if whole_cloud { Some(register_machine(&cp).await?) } else { None };
+    banner(&url, &dir, &token_path, machine.as_ref());
+
+    let served = cp.serve(listener, shutdown_signal()).await;
+    store.close().await.context("failed to close the state store")?;
+    served.with_context(|| format!("the API server on {addr} failed"))?;
+    println!("enjin: stopped cleanly; run it again to resume");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// This machine as the ring 0 node, created once and found again on later starts.
+async fn register_machine(cp: &ControlPlane) -> Result<Object<NodeSpec>> {
+    let label = machine_label();
+    let q = ListQuery { ring: Some(0), label: Some(label.clone()), ..ListQuery::default() };
+    let (found, _) = cp.registry().list::<NodeSpec>(&q).await?;
+    if let Some(node) = found.into_iter().next() {
+        return Ok(node);
+    }
+    let spec = NodeSpec { resources: machine_resources(), ..NodeSpec::default() };
+    let labels = [("enjin.dev/role".to_string(), "machine".to_string())].into();
+    let req = CreateRequest { ring: Ring::META, label: Some(label.clone()), labels, spec };
+    let node = cp.registry().create(req, Utc::now()).await.with_context(|| format!("failed to register this machine as ring 0 node {label}"))?;
+    tracing::info!(uuid = %node.meta.uuid, %label, "registered this machine as a ring 0 node");
+    Ok(node)
+}
+
+/// The host name, made into a valid label.
+fn machine_label() -> String {
+    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    sanitize_label(raw.trim())
+}
+
+fn sanitize_label(raw: &str) -> String {
+    let mapped: String = raw
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .take(63)
+        .collect();
+    let trimmed = mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() { "machine".into() } else { trimmed.into() }
+}
+
+fn machine_resources() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    Resources { cpu_millis: Some(cpus * 1000), memory_bytes: memory, disk_bytes: None, pids: None }
+}
+
+fn banner(url: &str, dir: &Path, token: &Path, machine: Option<&Object<NodeSpec>>) {
+    println!("enjin is up");
+    println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
+    println!("  data:       {}", dir.display());
+    println!("  token:      {}   (admin; send it as `Authorization: Bearer <token>`)", token.display());
+    if let Some(m) = machine {
+        println!("  this node:  ring 0 node {} ({})", m.meta.label.as_deref().unwrap_or("?"), m.meta.uuid);
+    }
+    println!("try:");
+    println!("  enjin node list                 (from a checkout: cargo run -- node list)");
+    println!("  curl -H \"Authorization: Bearer $(cat {})\" {url}/v1/nodes", token.display());
+    println!("Ctrl-C stops it; running it again resumes the same cloud.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_become_labels() {
+        assert_eq!(sanitize_label("Build-Box.local"), "build-box.local");
+        assert_eq!(sanitize_label("--weird host!"), "weird-host");
+        assert_eq!(sanitize_label(""), "machine");
+        assert!(enjin_model::validate_label(&sanitize_label(&"x".repeat(100))).is_ok());
+    }
+}

@@ -1,0 +1,252 @@
+//! A control plane served on loopback port 0 over a SQLite store in a temporary directory, and
+//! a small HTTP client that speaks to it with the admin token.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen within milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A running control plane. Stop it with [`TestServer::stop`] to check that it shuts down
+/// cleanly; dropping it only asks it to stop.
+#[derive(Debug)]
+pub struct TestServer {
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub base: String,
+    /// A token of the bootstrapped admin principal.
+    pub token: String,
+    /// For ordinary requests: every request times out.
+    pub http: reqwest::Client,
+    /// For watches, which are endless: only connecting times out; reads are bounded by the
+    /// test with [`PATIENCE`].
+    pub streaming: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<std::io::Result<()>>>,
+    store: Arc<SqliteStore>,
+    // Last, so that the store and the server are gone before the directory is removed.
+    _dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let store = SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
+        let store = Arc::new(store);
+        let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
+        plane.bootstrap().await.expect("bootstrap");
+        let token = plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(plane.serve(listener, async move {
+            // A dropped sender stops the server too.
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().timeout(PATIENCE).build().expect("http client");
+        let streaming = reqwest::Client::builder().connect_timeout(PATIENCE).build().expect("streaming client");
+        TestServer {
+            base: format!("http://{addr}"),
+            token,
+            http,
+            streaming,
+            shutdown: Some(shutdown),
+            serving: Some(serving),
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// Stop the server, wait for it to finish serving, and close the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(serving) = self.serving.take() {
+            let result = tokio::time::timeout(PATIENCE, serving).await.expect("server stops within the patience");
+            result.expect("server task did not panic").expect("server ended without an error");
+        }
+        self.store.close().await.expect("close the store");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the admin token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        send(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        send(self.request(Method::PUT, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        send(self.request(Method::DELETE, path)).await
+    }
+
+    /// Create an object, asserting 201, and return it.
+    pub async fn create(&self, plural: &str, body: Value) -> Value {
+        let reply = self.post(&format!("/v1/{plural}"), &body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "create {plural} {body}: {}", reply.body);
+        reply.body
+    }
+
+    /// The uuid of a newly created object.
+    pub async fn create_id(&self, plural: &str, body: Value) -> String {
+        uuid_of(&self.create(plural, body).await)
+    }
+
+    /// Replace an object's label, labels and spec at its current revision, asserting 200.
+    pub async fn update(&self, plural: &str, object: &Value, spec: Value) -> Value {
+        let uuid = uuid_of(object);
+        let mut body = json!({"revision": object["revision"], "spec": spec});
+        if let Some(label) = object.get("label") {
+            body["label"] = label.clone();
+        }
+        if let Some(labels) = object.get("labels") {
+            body["labels"] = labels.clone();
+        }
+        let reply = self.put(&format!("/v1/{plural}/{uuid}"), &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "update {plural}/{uuid} with {body}: {}", reply.body);
+        reply.body
+    }
+
+    pub async fn fetch(&self, plural: &str, uuid: &str) -> Value {
+        let reply = self.get(&format!("/v1/{plural}/{uuid}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "get {plural}/{uuid}: {}", reply.body);
+        reply.body
+    }
+
+    /// A list, asserting 200: the items and the revision it was read at.
+    pub async fn list(&self, plural: &str, query: &[(&str, &str)]) -> (Vec<Value>, i64) {
+        let reply = send(self.request(Method::GET, &format!("/v1/{plural}")).query(query)).await;
+        assert_eq!(reply.status, StatusCode::OK, "list {plural} {query:?}: {}", reply.body);
+        let items = reply.body["items"].as_array().cloned().expect("items is an array");
+        let revision = reply.body["revision"].as_i64().expect("revision is a number");
+        (items, revision)
+    }
+
+    /// The uuids a filtered list returns, sorted.
+    pub async fn list_ids(&self, plural: &str, query: &[(&str, &str)]) -> Vec<String> {
+        let mut ids: Vec<String> = self.list(plural, query).await.0.iter().map(uuid_of).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The store's current revision, as a list reads it.
+    pub async fn revision(&self) -> i64 {
+        self.list("accounts", &[]).await.1
+    }
+
+    /// Issue a token for `principal` through the API.
+    pub async fn issue(&self, principal: &str) -> Value {
+        let reply = self.post("/v1/tokens", &json!({"principal": principal, "description": "test"})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "issue a token for {principal}: {}", reply.body);
+        reply.body
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The body as JSON, or as a JSON string when it is not JSON, or null when empty.
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> &str {
+        self.body.as_str().unwrap_or("")
+    }
+}
+
+pub async fn send(rb: RequestBuilder) -> Reply {
+    let resp = rb.send().await.expect("request reaches the server");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("read the response body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Reply { status, headers, body }
+}
+
+pub fn uuid_of(object: &Value) -> String {
+    object["uuid"].as_str().unwrap_or_else(|| panic!("object without a uuid: {object}")).to_string()
+}
+
+pub fn revision_of(object: &Value) -> i64 {
+    object["revision"].as_i64().unwrap_or_else(|| panic!("object without a revision: {object}"))
+}
+
+/// Asserts that `reply` is an `application/problem+json` document with `status` naming `field`.
+#[track_caller]
+pub fn assert_problem(reply: &Reply, status: u16, field: Option<&str>) {
+    assert_eq!(reply.status.as_u16(), status, "status of {}", reply.body);
+    assert!(
+        reply.content_type().starts_with(PROBLEM_JSON),
+        "content type {:?} of a {status} ({})",
+        reply.content_type(),
+        reply.body
+    );
+    let p = &reply.body;
+    assert_eq!(p["status"].as_u64(), Some(u64::from(status)), "problem status in {p}");
+    assert!(p["type"].as_str().is_some_and(|t| !t.is_empty()), "problem type in {p}");
+    assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "problem title in {p}");
+    assert!(p["detail"].as_str().is_some_and(|t| !t.is_empty()), "problem detail in {p}");
+    assert_eq!(p.get("field").and_then(Value::as_str), field, "problem field in {p}");
+}
+
+/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
