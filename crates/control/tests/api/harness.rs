@@ -81,6 +81,11 @@ impl TestServer {
         self.store.close().await.expect("close the store");
     }
 
+    /// The store under the server, for what the API does not offer (compaction).
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -165,6 +170,28 @@ impl TestServer {
         let reply = self.post("/v1/tokens", &json!({"principal": principal, "description": "test"})).await;
         assert_eq!(reply.status, StatusCode::CREATED, "issue a token for {principal}: {}", reply.body);
         reply.body
+    }
+}
+
+/// Everything stored, as the API lists it: the store revision and each kind's objects with
+/// their revisions. Equal snapshots mean nothing was written in between.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub objects: Vec<(&'static str, Vec<(String, i64)>)>,
+}
+
+impl Snapshot {
+    pub async fn take(s: &TestServer) -> Snapshot {
+        let revision = s.revision().await;
+        let mut objects = Vec::new();
+        for (_, plural) in crate::fixtures::KINDS {
+            let (items, _) = s.list(plural, &[]).await;
+            let mut ids: Vec<(String, i64)> = items.iter().map(|o| (uuid_of(o), revision_of(o))).collect();
+            ids.sort();
+            objects.push((plural, ids));
+        }
+        Snapshot { revision, objects }
     }
 }
 

@@ -1,0 +1,120 @@
+//! Boot the real `enjin` binary on loopback, port 0, in a temporary data directory.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_enjin");
+
+/// A running `enjin up` or `enjin server`; killed on drop.
+pub struct Running {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Running {
+    /// Start `enjin <mode>` and wait until it prints its API address.
+    pub fn start(mode: &str, data_dir: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([mode, "--listen", "127.0.0.1:0"])
+            .env("ENJIN_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn enjin");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("enjin printed its API address in time");
+            if let Some(rest) = line.trim().strip_prefix("API:") {
+                break rest.split_whitespace().next().expect("an address after API:").to_string();
+            }
+        };
+        // Keep draining stdout so that the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Running { child, url, data_dir: data_dir.to_path_buf() }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+
+    pub fn client(&self) -> enjin_client::Client {
+        enjin_client::Client::new(&self.url, Some(self.token())).expect("client")
+    }
+
+    /// Send SIGINT (what Ctrl-C sends) and wait for a clean exit.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-INT", &pid]).status().expect("run kill");
+        assert!(ok.success(), "kill -INT {pid}");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20))
+            .expect("enjin stopped after SIGINT");
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn crash(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Run the CLI against a data directory (it finds the server and token there).
+pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("ENJIN_SERVER")
+        .env_remove("ENJIN_TOKEN")
+        .output()
+        .expect("run enjin")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,93 @@
+//! `enjin up` from a fresh data directory, as a user meets it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Running, cli, stderr, stdout};
+
+#[test]
+fn up_answers_node_list_and_resumes_after_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let up = Running::start("up", &data);
+
+    let mode = std::fs::metadata(data.join("admin.token")).expect("token file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the admin token is private");
+
+    let out = cli(&data, &["-o", "json", "node", "list"]);
+    assert!(out.status.success(), "node list failed: {}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json list");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "exactly this machine: {list}");
+    assert_eq!(items[0]["ring"], 0);
+    let machine = items[0]["uuid"].clone();
+
+    let table = cli(&data, &["node", "list"]);
+    assert!(stdout(&table).contains("LABEL"), "{}", stdout(&table));
+
+    let status = up.interrupt();
+    assert!(status.success(), "Ctrl-C is a clean exit: {status:?}");
+
+    // Again on the same data directory: the same cloud, the same machine node, no duplicate.
+    let again = Running::start("up", &data);
+    let out = cli(&data, &["-o", "json", "node", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json list");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["items"][0]["uuid"], machine);
+    drop(again);
+}
+
+#[test]
+fn cli_errors_are_plain_and_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _server = Running::start("server", &data);
+
+    let out = cli(&data, &["node", "create", "orphan", "--ring", "1", "--set", "strategy=netns"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("spec.parent") && err.contains("422"), "{err}");
+
+    let out = cli(&data, &["--token", "enjin_not-a-token", "node", "list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+
+    let out = cli(&data, &["tier", "get", "no-such-tier"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no tier is labelled"), "{}", stderr(&out));
+
+    // Labels stand in for uuids in references.
+    let ok = cli(&data, &["node", "create", "m1"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let ok = cli(&data, &["node", "create", "h1", "--ring", "1", "--set", "parent=m1", "--set", "strategy=netns"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let out = cli(&data, &["-o", "json", "node", "list", "--parent", "m1"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["items"][0]["label"], "h1");
+}
+
+#[test]
+fn compartment_tree_draws_the_dag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _server = Running::start("server", &data);
+    for args in [
+        &["compartment", "create", "eu", "--set", "type=region"][..],
+        &["compartment", "create", "dc-a", "--set", "type=datacenter", "--set", "parents=eu"],
+        &["compartment", "create", "dc-b", "--set", "type=datacenter", "--set", "parents=eu"],
+        &["compartment", "create", "rack-1", "--set", "type=rack", "--set", "parents=dc-a,dc-b"],
+    ] {
+        let out = cli(&data, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = cli(&data, &["compartment", "tree"]);
+    let text = stdout(&out);
+    assert!(text.starts_with("eu (region, ring 0)\n"), "{text}");
+    assert!(text.contains("│   └── rack-1 (rack, ring 0)"), "{text}");
+    assert!(text.contains("rack-1 ↗ (drawn under dc-a)"), "{text}");
+
+    let cycle = cli(&data, &["compartment", "update", "eu", "--set", "parents=rack-1"]);
+    assert!(!cycle.status.success());
+    assert!(stderr(&cycle).contains("acyclic"), "{}", stderr(&cycle));
+}
