@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use enjin_model::Ring;
 
 #[derive(Debug, Parser)]
-#[command(name = "enjin", version, about = "A cloud in one binary: machines, hosts and apps, each ring supervising the next")]
+#[command(
+    name = "enjin",
+    version,
+    about = "A cloud in one binary: machines, hosts and apps, each ring supervising the next"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

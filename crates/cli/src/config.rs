@@ -81,7 +81,9 @@ pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("failed to create {}", tmp.display()))?;
-    f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("failed to write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))
 }
 
@@ -105,7 +107,10 @@ pub fn target(global: &Global) -> Result<Target> {
     };
     let token = match &global.token {
         Some(t) => Some(t.clone()),
-        None => dir.as_ref().and_then(|d| fs::read_to_string(d.join(TOKEN_FILE)).ok()).map(|t| t.trim().to_string()),
+        None => dir
+            .as_ref()
+            .and_then(|d| fs::read_to_string(d.join(TOKEN_FILE)).ok())
+            .map(|t| t.trim().to_string()),
     };
     if token.is_none() {
         tracing::debug!("no token given and none readable in the data directory");

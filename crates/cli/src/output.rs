@@ -58,9 +58,11 @@ pub fn summary(spec: &Value) -> String {
             Value::Null => continue,
             Value::String(s) => short(s),
             Value::Array(a) if a.is_empty() => continue,
-            Value::Array(a) if a.len() <= 3 => {
-                a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), short)).collect::<Vec<_>>().join(",")
-            }
+            Value::Array(a) if a.len() <= 3 => a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), short))
+                .collect::<Vec<_>>()
+                .join(","),
             Value::Array(a) => format!("[{} items]", a.len()),
             Value::Object(o) if o.is_empty() => continue,
             Value::Object(_) => summary(v).replace(' ', ","),

@@ -73,7 +73,9 @@ impl Client {
             return Err(ClientError::BadUrl(base));
         }
         let build = |timeout: Option<Duration>| {
-            let b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).user_agent(concat!("enjin/", env!("CARGO_PKG_VERSION")));
+            let b = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("enjin/", env!("CARGO_PKG_VERSION")));
             let b = match timeout {
                 Some(t) => b.timeout(t),
                 None => b,
@@ -127,7 +129,11 @@ impl Client {
 
     // Untyped calls, for callers that know the kind only at run time (the CLI).
 
-    pub async fn create_json(&self, kind: Kind, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+    pub async fn create_json(
+        &self,
+        kind: Kind,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let path = collection(kind);
         self.send(self.request(Method::POST, &path).json(body), &path).await
     }
@@ -142,7 +148,12 @@ impl Client {
         self.send(self.request(Method::GET, &path).query(q), &path).await
     }
 
-    pub async fn update_json(&self, kind: Kind, uuid: Uuid, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+    pub async fn update_json(
+        &self,
+        kind: Kind,
+        uuid: Uuid,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let path = item(kind, uuid);
         self.send(self.request(Method::PUT, &path).json(body), &path).await
     }
@@ -173,12 +184,20 @@ impl Client {
         self.send(self.request(Method::GET, &path).query(q), &path).await
     }
 
-    pub async fn update<S: Spec>(&self, uuid: Uuid, req: &UpdateRequest<S>) -> Result<Object<S>, ClientError> {
+    pub async fn update<S: Spec>(
+        &self,
+        uuid: Uuid,
+        req: &UpdateRequest<S>,
+    ) -> Result<Object<S>, ClientError> {
         let path = item(S::KIND, uuid);
         self.send(self.request(Method::PUT, &path).json(req), &path).await
     }
 
-    pub async fn token_create(&self, principal: &str, description: &str) -> Result<TokenCreated, ClientError> {
+    pub async fn token_create(
+        &self,
+        principal: &str,
+        description: &str,
+    ) -> Result<TokenCreated, ClientError> {
         let path = format!("/{VERSION}/tokens");
         let body = TokenCreateRequest { principal: principal.into(), description: description.into() };
         self.send(self.request(Method::POST, &path).json(&body), &path).await

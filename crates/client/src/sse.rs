@@ -14,13 +14,16 @@ use crate::{Client, ClientError, is_transient};
 const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The open response body of a watch.
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>;
+
 /// A running watch; see [`Client::watch`].
 pub struct Watch {
     client: Client,
     kind: Option<Kind>,
     from: Option<i64>,
     last_seen: Option<i64>,
-    body: Option<Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>>,
+    body: Option<Body>,
     buf: Vec<u8>,
     backoff: Duration,
     done: bool,
@@ -42,7 +45,16 @@ pub(crate) struct SseEvent {
 
 impl Watch {
     pub(crate) fn new(client: Client, kind: Option<Kind>, from: Option<i64>) -> Self {
-        Watch { client, kind, from, last_seen: None, body: None, buf: Vec::new(), backoff: Duration::from_millis(100), done: false }
+        Watch {
+            client,
+            kind,
+            from,
+            last_seen: None,
+            body: None,
+            buf: Vec::new(),
+            backoff: Duration::from_millis(100),
+            done: false,
+        }
     }
 
     /// The revision of the last batch delivered.
@@ -65,14 +77,20 @@ impl Watch {
                         }
                         Err(e) => {
                             self.done = true;
-                            return Some(Err(ClientError::Protocol { url: self.client.base().into(), detail: format!("bad watch event: {e}") }));
+                            return Some(Err(ClientError::Protocol {
+                                url: self.client.base().into(),
+                                detail: format!("bad watch event: {e}"),
+                            }));
                         }
                     },
                     "error" => {
                         self.done = true;
                         let err = match serde_json::from_str::<Problem>(&event.data) {
                             Ok(p) => ClientError::Api(Box::new(p)),
-                            Err(e) => ClientError::Protocol { url: self.client.base().into(), detail: e.to_string() },
+                            Err(e) => ClientError::Protocol {
+                                url: self.client.base().into(),
+                                detail: e.to_string(),
+                            },
                         };
                         return Some(Err(err));
                     }
@@ -81,7 +99,10 @@ impl Watch {
             }
             if self.buf.len() > MAX_EVENT_BYTES {
                 self.done = true;
-                return Some(Err(ClientError::Protocol { url: self.client.base().into(), detail: "watch event too large".into() }));
+                return Some(Err(ClientError::Protocol {
+                    url: self.client.base().into(),
+                    detail: "watch event too large".into(),
+                }));
             }
             let Some(body) = self.body.as_mut() else {
                 // Resume after what was delivered; only the first connection uses `from`.
@@ -129,7 +150,8 @@ pub(crate) fn take_event(buf: &mut Vec<u8>) -> Option<SseEvent> {
             if line.is_empty() || line.starts_with(':') {
                 continue;
             }
-            let (field, value) = line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+            let (field, value) =
+                line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
             match field {
                 "event" => event.name = value.to_string(),
                 "data" => data.push(value.to_string()),

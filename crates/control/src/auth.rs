@@ -95,7 +95,8 @@ impl Auth {
         if !token.starts_with(TOKEN_MARK) {
             return Err(AuthError::Invalid);
         }
-        let kv = self.store().get(&format!("{TOKEN_PREFIX}{}", hash(token))).await.map_err(RegistryError::from)?;
+        let kv =
+            self.store().get(&format!("{TOKEN_PREFIX}{}", hash(token))).await.map_err(RegistryError::from)?;
         let kv = kv.ok_or(AuthError::Invalid)?;
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
@@ -117,13 +118,19 @@ impl Auth {
     }
 
     /// Issue a new token for `principal`; the secret is returned only here.
-    pub async fn issue(&self, principal: &str, description: &str, now: DateTime<Utc>) -> Result<TokenCreated, RegistryError> {
+    pub async fn issue(
+        &self,
+        principal: &str,
+        description: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenCreated, RegistryError> {
         validate_label(principal).map_err(|m| FieldError::new("principal", m))?;
         if description.len() > 1024 {
             return Err(FieldError::new("description", "is longer than 1024 bytes").into());
         }
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
+        getrandom::fill(&mut secret)
+            .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
         let token = format!("{TOKEN_MARK}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let record = TokenRecord {
             id: Uuid::new_v4(),
@@ -133,7 +140,8 @@ impl Auth {
         };
         let key = format!("{TOKEN_PREFIX}{}", hash(&token));
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let resp = self.store().txn(Txn::new().when([Compare::absent(&key)]).then([Op::put(&key, value)])).await?;
+        let resp =
+            self.store().txn(Txn::new().when([Compare::absent(&key)]).then([Op::put(&key, value)])).await?;
         if !resp.succeeded {
             return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
         }
@@ -157,7 +165,9 @@ impl Auth {
         for kv in range.kvs {
             let record: Result<TokenRecord, _> = serde_json::from_slice(&kv.value);
             if record.is_ok_and(|r| r.id == id) {
-                let txn = Txn::new().when([Compare::mod_revision(&kv.key, kv.mod_revision)]).then([Op::delete(&kv.key)]);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(&kv.key, kv.mod_revision)])
+                    .then([Op::delete(&kv.key)]);
                 self.store().txn(txn).await?;
                 return Ok(());
             }
@@ -168,13 +178,19 @@ impl Auth {
     /// Make sure the system account, the admin and viewer roles and the admin principal's
     /// membership exist. Idempotent: a restart finds them and changes nothing.
     pub async fn bootstrap(&self, now: DateTime<Utc>) -> Result<(), RegistryError> {
-        let account = self.ensure::<AccountSpec>(SYSTEM_ACCOUNT, AccountSpec { description: "the operator's own account".into() }, now).await?;
+        let account = self
+            .ensure::<AccountSpec>(
+                SYSTEM_ACCOUNT,
+                AccountSpec { description: "the operator's own account".into() },
+                now,
+            )
+            .await?;
         let admin = self.ensure::<RoleSpec>(ADMIN_ROLE, RoleSpec::admin(), now).await?;
         self.ensure::<RoleSpec>(VIEWER_ROLE, RoleSpec::viewer(), now).await?;
         let (memberships, _) = self.registry.list::<MembershipSpec>(&ListQuery::default()).await?;
-        let exists = memberships
-            .iter()
-            .any(|m| m.spec.principal == ADMIN_PRINCIPAL && m.spec.role == admin && m.spec.account == account);
+        let exists = memberships.iter().any(|m| {
+            m.spec.principal == ADMIN_PRINCIPAL && m.spec.role == admin && m.spec.account == account
+        });
         if !exists {
             let spec = MembershipSpec { principal: ADMIN_PRINCIPAL.into(), account, role: admin };
             let req = CreateRequest { ring: Ring::META, label: None, labels: Default::default(), spec };
@@ -183,13 +199,19 @@ impl Auth {
         Ok(())
     }
 
-    async fn ensure<S: enjin_model::Spec>(&self, label: &str, spec: S, now: DateTime<Utc>) -> Result<Uuid, RegistryError> {
+    async fn ensure<S: enjin_model::Spec>(
+        &self,
+        label: &str,
+        spec: S,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid, RegistryError> {
         let q = ListQuery { ring: Some(0), label: Some(label.into()), ..ListQuery::default() };
         let (found, _) = self.registry.list::<S>(&q).await?;
         if let Some(o) = found.first() {
             return Ok(o.meta.uuid);
         }
-        let req = CreateRequest { ring: Ring::META, label: Some(label.into()), labels: Default::default(), spec };
+        let req =
+            CreateRequest { ring: Ring::META, label: Some(label.into()), labels: Default::default(), spec };
         match self.registry.create(req, now).await {
             Ok(o) => Ok(o.meta.uuid),
             // Another server bootstrapped it at the same moment.

@@ -73,9 +73,8 @@ impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for ApiPa
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no such object: {}", e.body_text())))
+        Path::<T>::from_request_parts(parts, state).await.map(|p| ApiPath(p.0)).map_err(|e| {
+            ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no such object: {}", e.body_text()))
+        })
     }
 }

@@ -14,6 +14,7 @@ mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use chrono::Utc;
@@ -81,6 +82,7 @@ impl ControlPlane {
     ) -> std::io::Result<()> {
         let app = self.router();
         let stop = self.stop;
+        tokio::spawn(compact_history(self.state.registry.store().clone(), stop.subscribe()));
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -88,5 +90,35 @@ impl ControlPlane {
                 stop.send_replace(true);
             })
             .await
+    }
+}
+
+/// How many revisions of history are kept for watches to resume from.
+pub const HISTORY_REVISIONS: i64 = 10_000;
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Discard history older than [`HISTORY_REVISIONS`] now and then, so the store stays bounded;
+/// a watcher further behind than that gets 410 and lists again.
+async fn compact_history(store: Arc<dyn Store>, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(COMPACT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let (current, compacted) = match (store.current_revision().await, store.compacted_revision().await) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read revisions for compaction");
+                continue;
+            }
+        };
+        let target = current - HISTORY_REVISIONS;
+        if target > compacted {
+            match store.compact(target).await {
+                Ok(()) => tracing::info!(revision = target, "compacted store history"),
+                Err(e) => tracing::warn!(error = %e, revision = target, "store compaction failed"),
+            }
+        }
     }
 }

@@ -53,20 +53,31 @@ impl Metrics {
         let _ = writeln!(out, "# HELP enjin_http_requests_total API requests by method, route and status.");
         let _ = writeln!(out, "# TYPE enjin_http_requests_total counter");
         for ((method, route, status), n) in &m.requests {
-            let _ = writeln!(out, "enjin_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "enjin_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP enjin_http_request_duration_seconds API request latency.");
         let _ = writeln!(out, "# TYPE enjin_http_request_duration_seconds histogram");
         for ((method, route), h) in &m.latency {
             let labels = format!("method=\"{method}\",route=\"{route}\"");
             for (le, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "enjin_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
+                let _ =
+                    writeln!(out, "enjin_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
             }
-            let _ = writeln!(out, "enjin_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "enjin_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
             let _ = writeln!(out, "enjin_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
             let _ = writeln!(out, "enjin_http_request_duration_seconds_count{{{labels}}} {}", h.count);
         }
-        let _ = writeln!(out, "# HELP enjin_auth_failures_total Requests refused by authentication or authorization.");
+        let _ = writeln!(
+            out,
+            "# HELP enjin_auth_failures_total Requests refused by authentication or authorization."
+        );
         let _ = writeln!(out, "# TYPE enjin_auth_failures_total counter");
         for (reason, n) in &m.auth_failures {
             let _ = writeln!(out, "enjin_auth_failures_total{{reason=\"{reason}\"}} {n}");

@@ -77,7 +77,10 @@ pub fn document(routes: &[RouteDef]) -> Value {
         }
         errors.sort_unstable();
         for code in errors {
-            let reason = axum::http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("error");
+            let reason = axum::http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error");
             responses.insert(
                 code.to_string(),
                 json!({"description": reason, "content": {"application/problem+json": {"schema": problem}}}),

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
 use enjin_model::kinds::references_of;
 use enjin_model::{
-    FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag,
-    validate_label, validate_labels,
+    FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag, validate_label,
+    validate_labels,
 };
 use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
@@ -147,7 +147,11 @@ impl Registry {
             }
         }
         items.sort_by(|a, b| {
-            (a.meta.ring, &a.meta.label, a.meta.created_at).cmp(&(b.meta.ring, &b.meta.label, b.meta.created_at))
+            (a.meta.ring, &a.meta.label, a.meta.created_at).cmp(&(
+                b.meta.ring,
+                &b.meta.label,
+                b.meta.created_at,
+            ))
         });
         Ok((items, range.revision))
     }
@@ -175,7 +179,8 @@ impl Registry {
             },
             spec: req.spec,
         };
-        let lkey = obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
+        let lkey =
+            obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
         for _ in 0..MAX_ATTEMPTS {
             let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
@@ -231,9 +236,12 @@ impl Registry {
             let mut failure = vec![Op::Get { key: key.clone() }];
             if kind == Kind::Compartment && req.spec.references() != old.spec.references() {
                 let guard = self.check_compartment_graph(uuid, &req.spec).await?;
-                txn = txn.when([Compare::mod_revision(DAG_GUARD, guard)]).then([Op::put(DAG_GUARD, uuid.to_string())]);
+                txn = txn
+                    .when([Compare::mod_revision(DAG_GUARD, guard)])
+                    .then([Op::put(DAG_GUARD, uuid.to_string())]);
             }
-            let old_lkey = old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), l));
+            let old_lkey =
+                old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), l));
             let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, req.spec.compartment(), l));
             if old_lkey != new_lkey {
                 if let Some(k) = &old_lkey {
@@ -291,8 +299,10 @@ impl Registry {
             }
             let guard_rev = self.store.get(&guard_key(uuid)).await?.map_or(0, |g| g.mod_revision);
             let incoming = self.store.range(&refs_prefix(uuid)).await?;
-            let mut txn = Txn::new()
-                .when([Compare::mod_revision(&key, kv.mod_revision), Compare::mod_revision(guard_key(uuid), guard_rev)]);
+            let mut txn = Txn::new().when([
+                Compare::mod_revision(&key, kv.mod_revision),
+                Compare::mod_revision(guard_key(uuid), guard_rev),
+            ]);
             txn = txn.then(self.removal_ops(&kv)?);
             txn = txn.then([Op::DeletePrefix { prefix: refs_prefix(uuid) }]);
             for r in &incoming.kvs {
@@ -318,7 +328,9 @@ impl Registry {
                 if let Some(n) = nested.kvs.first() {
                     let (k, u) = parse_ref_key(&n.key)?;
                     return Err(RegistryError::StillReferenced {
-                        detail: format!("{kind} {uuid} would take {source_kind} {source} with it, which {k} {u} refers to"),
+                        detail: format!(
+                            "{kind} {uuid} would take {source_kind} {source} with it, which {k} {u} refers to"
+                        ),
                     });
                 }
                 let source_guard = self.store.get(&guard_key(source)).await?.map_or(0, |g| g.mod_revision);
@@ -376,7 +388,8 @@ impl Registry {
                 )
                 .into());
             }
-            let target = Target { kind: reference.kind, ring: obj.meta.ring, label: obj.meta.label, spec: obj.spec };
+            let target =
+                Target { kind: reference.kind, ring: obj.meta.ring, label: obj.meta.label, spec: obj.spec };
             out.push(Resolved { reference, target, revision: kv.mod_revision });
         }
         Ok(out)
@@ -405,7 +418,10 @@ impl Registry {
                 cycle.iter().map(|u| labels.get(u).cloned().unwrap_or_else(|| u.to_string())).collect();
             return Err(FieldError::new(
                 "spec.parents",
-                format!("the compartment graph must stay acyclic; this would close the cycle {}", path.join(" → ")),
+                format!(
+                    "the compartment graph must stay acyclic; this would close the cycle {}",
+                    path.join(" → ")
+                ),
             )
             .into());
         }
@@ -423,17 +439,18 @@ fn add_refs(kind: Kind, uuid: Uuid, resolved: &[Resolved]) -> Txn {
     let mut seen = Vec::new();
     for r in resolved {
         let target = r.reference.uuid;
-        let record = RefRecord { field: r.reference.field.clone(), cascade: r.reference.on_delete == OnDelete::Cascade };
+        let record = RefRecord {
+            field: r.reference.field.clone(),
+            cascade: r.reference.on_delete == OnDelete::Cascade,
+        };
         if seen.contains(&target) {
             continue;
         }
         seen.push(target);
-        txn = txn
-            .when([Compare::mod_revision(object_key(r.reference.kind, target), r.revision)])
-            .then([
-                Op::put(ref_key(target, kind, uuid), serde_json::to_vec(&record).unwrap_or_default()),
-                Op::put(guard_key(target), uuid.to_string()),
-            ]);
+        txn = txn.when([Compare::mod_revision(object_key(r.reference.kind, target), r.revision)]).then([
+            Op::put(ref_key(target, kind, uuid), serde_json::to_vec(&record).unwrap_or_default()),
+            Op::put(guard_key(target), uuid.to_string()),
+        ]);
     }
     txn
 }
@@ -459,7 +476,9 @@ fn check_targets<S: Spec>(spec: &S, ring: Ring, resolved: &[Resolved]) -> Result
 fn check_meta(kind: Kind, label: Option<&str>, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
     match label {
         Some(l) => validate_label(l).map_err(|m| FieldError::new("label", format!("{l:?} {m}")))?,
-        None if kind.named() => return Err(FieldError::new("label", format!("a {kind} needs a label (its name)"))),
+        None if kind.named() => {
+            return Err(FieldError::new("label", format!("a {kind} needs a label (its name)")));
+        }
         None => {}
     }
     validate_labels(labels)
@@ -488,14 +507,19 @@ fn parse_ref_key(key: &str) -> Result<(Kind, Uuid), RegistryError> {
 fn label_taken(kind: Kind, ring: Ring, label: Option<&str>) -> RegistryError {
     RegistryError::conflict(
         Some("label"),
-        format!("a {kind} labelled {:?} already exists in ring {ring} in the same compartment", label.unwrap_or("")),
+        format!(
+            "a {kind} labelled {:?} already exists in ring {ring} in the same compartment",
+            label.unwrap_or("")
+        ),
     )
 }
 
 fn stale(kind: Kind, uuid: Uuid, sent: i64, current: i64) -> RegistryError {
     RegistryError::conflict(
         Some("revision"),
-        format!("{kind} {uuid} has changed: you sent revision {sent}, it is now at {current}; get it again and retry"),
+        format!(
+            "{kind} {uuid} has changed: you sent revision {sent}, it is now at {current}; get it again and retry"
+        ),
     )
 }
 

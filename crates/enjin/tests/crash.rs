@@ -46,7 +46,10 @@ async fn acknowledged_writes_survive_sigkill() {
     // Kill mid-stream: writers have requests in flight right now.
     server.crash();
     for w in writers {
-        tokio::time::timeout(Duration::from_secs(30), w).await.expect("writers notice the crash").expect("writer");
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("writers notice the crash")
+            .expect("writer");
     }
     let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() >= KILL_AFTER);
@@ -54,11 +57,15 @@ async fn acknowledged_writes_survive_sigkill() {
     let restarted = Running::start("server", &data);
     let client = restarted.client();
     for (uuid, label) in &acked {
-        let obj = client.get_json(Kind::Node, uuid.parse().expect("uuid")).await.unwrap_or_else(|e| {
-            panic!("acknowledged node {label} ({uuid}) was lost in the crash: {e}")
-        });
+        let obj = client
+            .get_json(Kind::Node, uuid.parse().expect("uuid"))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged node {label} ({uuid}) was lost in the crash: {e}"));
         assert_eq!(obj["label"], label.as_str());
     }
     // And the store goes on from where it was: new writes succeed.
-    client.create_json(Kind::Node, &json!({"ring": 0, "label": "after-crash", "spec": {}})).await.expect("write after restart");
+    client
+        .create_json(Kind::Node, &json!({"ring": 0, "label": "after-crash", "spec": {}}))
+        .await
+        .expect("write after restart");
 }

@@ -99,9 +99,7 @@ pub fn validate_label(label: &str) -> Result<(), String> {
     if let Some(c) =
         label.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(*c)))
     {
-        return Err(format!(
-            "contains {c:?}; only lowercase letters, digits, '-', '_' and '.' are allowed"
-        ));
+        return Err(format!("contains {c:?}; only lowercase letters, digits, '-', '_' and '.' are allowed"));
     }
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !alnum(label.chars().next()) || !alnum(label.chars().last()) {

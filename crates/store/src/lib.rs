@@ -68,29 +68,17 @@ pub struct Compare {
 impl Compare {
     /// The key does not exist.
     pub fn absent(key: impl Into<String>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CompareOp::Equal,
-            target: CompareTarget::CreateRevision(0),
-        }
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
     }
 
     /// The key exists and was last written at `rev`.
     pub fn mod_revision(key: impl Into<String>, rev: Revision) -> Self {
-        Compare {
-            key: key.into(),
-            op: CompareOp::Equal,
-            target: CompareTarget::ModRevision(rev),
-        }
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }
     }
 
     /// The key exists and holds exactly `value`.
     pub fn value(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CompareOp::Equal,
-            target: CompareTarget::Value(value.into()),
-        }
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::Value(value.into()) }
     }
 }
 
@@ -121,24 +109,12 @@ pub enum Op {
 
 impl Op {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: None,
-        }
+        Op::Put { key: key.into(), value: value.into(), lease: None }
     }
 
     /// A put that attaches the key to `lease`: the key is deleted when the lease ends.
-    pub fn put_with_lease(
-        key: impl Into<String>,
-        value: impl Into<Vec<u8>>,
-        lease: LeaseId,
-    ) -> Self {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: Some(lease),
-        }
+    pub fn put_with_lease(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+        Op::Put { key: key.into(), value: value.into(), lease: Some(lease) }
     }
 
     pub fn delete(key: impl Into<String>) -> Self {
@@ -146,9 +122,7 @@ impl Op {
     }
 
     pub fn delete_prefix(prefix: impl Into<String>) -> Self {
-        Op::DeletePrefix {
-            prefix: prefix.into(),
-        }
+        Op::DeletePrefix { prefix: prefix.into() }
     }
 
     pub fn get(key: impl Into<String>) -> Self {
@@ -156,16 +130,11 @@ impl Op {
     }
 
     pub fn range(prefix: impl Into<String>) -> Self {
-        Op::Range {
-            prefix: prefix.into(),
-        }
+        Op::Range { prefix: prefix.into() }
     }
 
     fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Op::Put { .. } | Op::Delete { .. } | Op::DeletePrefix { .. }
-        )
+        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::DeletePrefix { .. })
     }
 }
 
@@ -218,11 +187,7 @@ impl Txn {
 
     /// Whether the branch that ran can change the store (and so bump the revision).
     pub fn writes(&self, succeeded: bool) -> bool {
-        let ops = if succeeded {
-            &self.success
-        } else {
-            &self.failure
-        };
+        let ops = if succeeded { &self.success } else { &self.failure };
         ops.iter().any(Op::is_write)
     }
 
@@ -248,8 +213,7 @@ impl Txn {
                     }
                 }
                 Op::Delete { key } | Op::Get { key } if key.is_empty() => return Err(empty_key()),
-                Op::Delete { .. } | Op::Get { .. } | Op::DeletePrefix { .. } | Op::Range { .. } => {
-                }
+                Op::Delete { .. } | Op::Get { .. } | Op::DeletePrefix { .. } | Op::Range { .. } => {}
             }
         }
         Ok(())
@@ -309,24 +273,15 @@ pub enum StoreError {
     /// The store could not be opened: missing directory, unreadable or foreign file, a newer
     /// schema, or another process (or handle) already owns it.
     #[error("failed to open state store at {}: {reason}", path.display())]
-    Open {
-        path: std::path::PathBuf,
-        reason: String,
-    },
+    Open { path: std::path::PathBuf, reason: String },
     #[error("state store backend failed: {0}")]
     Backend(String),
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
     #[error("revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     #[error("revision {requested} is in the future (current is {current})")]
-    FutureRevision {
-        requested: Revision,
-        current: Revision,
-    },
+    FutureRevision { requested: Revision, current: Revision },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("state store is closed")]
@@ -336,10 +291,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
     #[error("watch start revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     #[error("watch failed: {0}")]
     Backend(String),
     #[error("state store is closed")]

@@ -21,8 +21,7 @@ use self::reader::ReadPool;
 use self::watch::WatchTask;
 use self::writer::{Command, Reply, Writer};
 use crate::{
-    KeyValue, Lease, LeaseId, RangeResponse, Revision, Store, StoreError, Txn, TxnResponse,
-    WatchStream,
+    KeyValue, Lease, LeaseId, RangeResponse, Revision, Store, StoreError, Txn, TxnResponse, WatchStream,
 };
 
 /// The longest lease TTL accepted. Leases exist to detect that their holder is gone; a TTL
@@ -152,26 +151,16 @@ impl SqliteStore {
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(StoreError::Closed)
-        } else {
-            Ok(())
-        }
+        if self.closed.load(Ordering::Acquire) { Err(StoreError::Closed) } else { Ok(()) }
     }
 
     /// Sends one command to the writer and waits for its answer. If the caller stops waiting,
     /// the command still runs (as with etcd, a cancelled request may have been applied).
     async fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         self.check_open()?;
-        let _slot = self
-            .queue_slots
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let _slot = self.queue_slots.acquire().await.map_err(|_| StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| StoreError::Closed)?;
+        self.commands.send(command(reply)).map_err(|_| StoreError::Closed)?;
         // A dropped reply means the writer stopped before answering.
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -188,24 +177,16 @@ impl SqliteStore {
 
 fn validate_ttl(ttl: Duration) -> Result<(), StoreError> {
     if ttl < Duration::from_millis(1) {
-        return Err(StoreError::Invalid(format!(
-            "lease ttl {ttl:?} is shorter than 1ms"
-        )));
+        return Err(StoreError::Invalid(format!("lease ttl {ttl:?} is shorter than 1ms")));
     }
     if ttl > MAX_LEASE_TTL {
-        return Err(StoreError::Invalid(format!(
-            "lease ttl {ttl:?} is longer than {MAX_LEASE_TTL:?}"
-        )));
+        return Err(StoreError::Invalid(format!("lease ttl {ttl:?} is longer than {MAX_LEASE_TTL:?}")));
     }
     Ok(())
 }
 
 fn validate_lease_id(id: LeaseId) -> Result<(), StoreError> {
-    if id <= 0 {
-        Err(StoreError::LeaseNotFound(id))
-    } else {
-        Ok(())
-    }
+    if id <= 0 { Err(StoreError::LeaseNotFound(id)) } else { Ok(()) }
 }
 
 #[async_trait]
@@ -241,19 +222,12 @@ impl Store for SqliteStore {
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
         self.check_open()?;
         if from < 0 {
-            return Err(StoreError::Invalid(format!(
-                "watch start revision {from} is negative"
-            )));
+            return Err(StoreError::Invalid(format!("watch start revision {from} is negative")));
         }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Invalid("the state store must be used inside a tokio runtime".into())
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Invalid("the state store must be used inside a tokio runtime".into()))?;
         let mut revisions = self.revisions.clone();
-        let next = if from == 0 {
-            *revisions.borrow_and_update() + 1
-        } else {
-            from
-        };
+        let next = if from == 0 { *revisions.borrow_and_update() + 1 } else { from };
         let (events, stream) = mpsc::channel(self.watch_buffer);
         let task = WatchTask {
             reads: Arc::clone(&self.reads),
@@ -263,8 +237,7 @@ impl Store for SqliteStore {
             revisions,
             events,
         };
-        let span =
-            tracing::debug_span!("store_watch", path = %self.path.display(), prefix, from = next);
+        let span = tracing::debug_span!("store_watch", path = %self.path.display(), prefix, from = next);
         runtime.spawn(task.run().instrument(span));
         Ok(stream)
     }
@@ -273,30 +246,24 @@ impl Store for SqliteStore {
         validate_ttl(ttl)?;
         // The TTL is kept in whole milliseconds; report what was granted.
         let ttl = writer::ttl_from_ms(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        self.request(|reply| Command::LeaseGrant { ttl, reply })
-            .await
+        self.request(|reply| Command::LeaseGrant { ttl, reply }).await
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease, StoreError> {
         validate_lease_id(id)?;
-        self.request(|reply| Command::LeaseKeepAlive { id, reply })
-            .await
+        self.request(|reply| Command::LeaseKeepAlive { id, reply }).await
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<(), StoreError> {
         validate_lease_id(id)?;
-        self.request(|reply| Command::LeaseRevoke { id, reply })
-            .await
+        self.request(|reply| Command::LeaseRevoke { id, reply }).await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         if revision < 1 {
-            return Err(StoreError::Invalid(format!(
-                "compaction revision {revision} is not positive"
-            )));
+            return Err(StoreError::Invalid(format!("compaction revision {revision} is not positive")));
         }
-        self.request(|reply| Command::Compact { revision, reply })
-            .await
+        self.request(|reply| Command::Compact { revision, reply }).await
     }
 
     async fn compacted_revision(&self) -> Result<Revision, StoreError> {

@@ -168,7 +168,8 @@ fn show(g: &Global, obj: &Value) {
                 }
             }
             if let Some(l) = obj.get("labels").and_then(Value::as_object) {
-                let text: Vec<String> = l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+                let text: Vec<String> =
+                    l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
                 println!("{:<11} {}", "labels", text.join(","));
             }
             println!("spec:");
@@ -191,7 +192,8 @@ pub async fn resolve(c: &Client, kind: Kind, id: &str) -> Result<Uuid> {
         [] => bail!("no {kind} is labelled {id:?}: `enjin {kind} list` shows them"),
         [one] => Ok(one.meta.uuid),
         many => {
-            let ids: Vec<String> = many.iter().map(|o| format!("{} (ring {})", o.meta.uuid, o.meta.ring)).collect();
+            let ids: Vec<String> =
+                many.iter().map(|o| format!("{} (ring {})", o.meta.uuid, o.meta.ring)).collect();
             bail!("{} {}s are labelled {id:?}; name one by uuid: {}", many.len(), kind, ids.join(", "))
         }
     }

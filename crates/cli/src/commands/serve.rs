@@ -34,7 +34,8 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
 
     let token_path = dir.join(TOKEN_FILE);
     if !token_path.exists() {
-        let created = cp.auth().issue(ADMIN_PRINCIPAL, "the admin token of this data directory", Utc::now()).await?;
+        let created =
+            cp.auth().issue(ADMIN_PRINCIPAL, "the admin token of this data directory", Utc::now()).await?;
         config::write_secret(&token_path, &created.token)?;
         tracing::info!(path = %token_path.display(), "admin token created");
     }
@@ -88,7 +89,11 @@ async fn register_machine(cp: &ControlPlane) -> Result<Object<NodeSpec>> {
     let spec = NodeSpec { resources: machine_resources(), ..NodeSpec::default() };
     let labels = [("enjin.dev/role".to_string(), "machine".to_string())].into();
     let req = CreateRequest { ring: Ring::META, label: Some(label.clone()), labels, spec };
-    let node = cp.registry().create(req, Utc::now()).await.with_context(|| format!("failed to register this machine as ring 0 node {label}"))?;
+    let node = cp
+        .registry()
+        .create(req, Utc::now())
+        .await
+        .with_context(|| format!("failed to register this machine as ring 0 node {label}"))?;
     tracing::info!(uuid = %node.meta.uuid, %label, "registered this machine as a ring 0 node");
     Ok(node)
 }

@@ -27,7 +27,14 @@ pub async fn run(g: &Global, cmd: TokenCommand) -> Result<()> {
                     let rows: Vec<Vec<String>> = list
                         .items
                         .iter()
-                        .map(|t| vec![t.id.to_string(), t.principal.clone(), t.created_at.to_rfc3339(), t.description.clone()])
+                        .map(|t| {
+                            vec![
+                                t.id.to_string(),
+                                t.principal.clone(),
+                                t.created_at.to_rfc3339(),
+                                t.description.clone(),
+                            ]
+                        })
                         .collect();
                     output::table(&["ID", "PRINCIPAL", "CREATED", "DESCRIPTION"], &rows);
                 }

@@ -28,7 +28,7 @@ pub async fn run(g: &Global, args: &WatchArgs) -> Result<()> {
                 };
                 writeln!(
                     out,
-                        "{:>6}  {:<7}  {:<17}  {:<20}  {}",
+                    "{:>6}  {:<7}  {:<17}  {:<20}  {}",
                     batch.revision,
                     event_type,
                     e.kind.name(),

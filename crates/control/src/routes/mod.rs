@@ -95,7 +95,10 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
             path: coll.clone(),
             perm: Perm::Require(Verb::List, res),
             operation_id: format!("list{}", k.title()),
-            summary: format!("List {}s, filtered by ring, compartment, tier, label, parent or selector", k.name()),
+            summary: format!(
+                "List {}s, filtered by ring, compartment, tier, label, parent or selector",
+                k.name()
+            ),
             tag: tag.clone(),
             query: Some(schema::<ListQuery>),
             body: None,
@@ -134,7 +137,10 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
             path: item.clone(),
             perm: Perm::Require(Verb::Update, res),
             operation_id: format!("update{}", k.title()),
-            summary: format!("Replace a {}'s label, labels and spec, if it is still at the given revision", k.name()),
+            summary: format!(
+                "Replace a {}'s label, labels and spec, if it is still at the given revision",
+                k.name()
+            ),
             tag: tag.clone(),
             query: None,
             body: Some(schema::<UpdateRequest<S>>),

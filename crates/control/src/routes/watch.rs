@@ -37,7 +37,10 @@ pub async fn watch(
     let from = match (q.from, last_seen) {
         (Some(from), _) => from,
         (None, Some(id)) => {
-            id.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("Last-Event-ID {id:?} is not a revision")))? + 1
+            id.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("Last-Event-ID {id:?} is not a revision")))?
+                + 1
         }
         (None, None) => 0,
     };
@@ -50,7 +53,9 @@ pub async fn watch(
         return Err(ApiError::new(
             axum::http::StatusCode::GONE,
             "compacted",
-            format!("revision {from} has been compacted; the oldest kept is {compacted}: list again and watch from the list's revision + 1"),
+            format!(
+                "revision {from} has been compacted; the oldest kept is {compacted}: list again and watch from the list's revision + 1"
+            ),
         ));
     }
     let prefix = q.kind.map_or_else(|| REGISTRY_PREFIX.to_string(), kind_prefix);
@@ -74,13 +79,20 @@ fn events(
             Ok(batch) => {
                 let batch = convert(batch);
                 let event = Event::default().id(batch.revision.to_string()).event("batch");
-                let event = event.json_data(&batch).unwrap_or_else(|_| Event::default().comment("unencodable"));
+                let event =
+                    event.json_data(&batch).unwrap_or_else(|_| Event::default().comment("unencodable"));
                 (Ok(event), Some(rx))
             }
             Err(e) => {
                 let problem = match &e {
-                    WatchError::Compacted { .. } => ApiError::new(axum::http::StatusCode::GONE, "compacted", e.to_string()),
-                    _ => ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+                    WatchError::Compacted { .. } => {
+                        ApiError::new(axum::http::StatusCode::GONE, "compacted", e.to_string())
+                    }
+                    _ => ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        e.to_string(),
+                    ),
                 };
                 let event = Event::default().event("error").json_data(problem.problem()).unwrap_or_default();
                 (Ok(event), None)

@@ -39,9 +39,8 @@ impl Running {
             }
         });
         let url = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("enjin printed its API address in time");
+            let line =
+                rx.recv_timeout(Duration::from_secs(60)).expect("enjin printed its API address in time");
             if let Some(rest) = line.trim().strip_prefix("API:") {
                 break rest.split_whitespace().next().expect("an address after API:").to_string();
             }
@@ -52,10 +51,7 @@ impl Running {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin token").trim().to_string()
     }
 
     pub fn client(&self) -> enjin_client::Client {
@@ -67,8 +63,8 @@ impl Running {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill").args(["-INT", &pid]).status().expect("run kill");
         assert!(ok.success(), "kill -INT {pid}");
-        let status = wait_timeout(&mut self.child, Duration::from_secs(20))
-            .expect("enjin stopped after SIGINT");
+        let status =
+            wait_timeout(&mut self.child, Duration::from_secs(20)).expect("enjin stopped after SIGINT");
         std::mem::forget(self);
         status
     }

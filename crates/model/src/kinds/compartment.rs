@@ -48,7 +48,13 @@ impl Spec for CompartmentSpec {
 
     fn references(&self) -> Vec<Reference> {
         let parents = self.parents.iter().enumerate().map(|(i, p)| {
-            reference(format!("spec.parents[{i}]"), Kind::Compartment, *p, RingRule::SameOrLower, OnDelete::Restrict)
+            reference(
+                format!("spec.parents[{i}]"),
+                Kind::Compartment,
+                *p,
+                RingRule::SameOrLower,
+                OnDelete::Restrict,
+            )
         });
         let links = self.links.iter().enumerate().map(|(i, l)| {
             reference(format!("spec.links[{i}]"), Kind::Compartment, *l, RingRule::Any, OnDelete::Restrict)

@@ -17,12 +17,11 @@ use uuid::Uuid;
 
 pub use compartment::{CompartmentSpec, CompartmentType};
 pub use network::{
-    AccessRuleSetSpec, AccessRuleSpec, Action, Cidr, Direction, NetworkInterfaceSpec,
-    NetworkSpec, NetworkStrategy, PortRange, Protocol,
+    AccessRuleSetSpec, AccessRuleSpec, Action, Cidr, Direction, NetworkInterfaceSpec, NetworkSpec,
+    NetworkStrategy, PortRange, Protocol,
 };
 pub use node::{
-    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, Resources,
-    Strategy,
+    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, Resources, Strategy,
 };
 pub use task::{TaskKind, TaskProgress, TaskSpec, TaskState};
 pub use tenancy::{AccountSpec, MembershipSpec, Permission, Resource, RoleSpec, Verb};
@@ -31,9 +30,7 @@ pub use tier::TierSpec;
 use crate::{FieldError, Reference, Ring, Target};
 
 /// Every kind of object in the model.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Account,
@@ -122,10 +119,7 @@ impl Kind {
 
     /// Whether objects of this kind must carry a label (a name).
     pub fn named(self) -> bool {
-        !matches!(
-            self,
-            Kind::Membership | Kind::NetworkInterface | Kind::AccessRule | Kind::NodeObservation
-        )
+        !matches!(self, Kind::Membership | Kind::NetworkInterface | Kind::AccessRule | Kind::NodeObservation)
     }
 }
 
@@ -224,21 +218,6 @@ pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), FieldErro
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kind_names_round_trip() {
-        for k in Kind::ALL {
-            assert_eq!(k.name().parse::<Kind>(), Ok(k));
-            assert_eq!(k.plural().parse::<Kind>(), Ok(k));
-            assert_eq!(serde_json::to_value(k).ok(), Some(serde_json::json!(k.name())));
-        }
-        assert!("widget".parse::<Kind>().is_err());
-    }
-}
-
 /// Runs `$body` with `$S` bound to the spec type of `$kind`, for code that handles objects of
 /// a kind only known at run time.
 #[macro_export]
@@ -246,18 +225,54 @@ macro_rules! with_spec_type {
     ($kind:expr, $S:ident => $body:expr) => {{
         use $crate::kinds::*;
         match $kind {
-            $crate::Kind::Account => { type $S = AccountSpec; $body }
-            $crate::Kind::Role => { type $S = RoleSpec; $body }
-            $crate::Kind::Membership => { type $S = MembershipSpec; $body }
-            $crate::Kind::Network => { type $S = NetworkSpec; $body }
-            $crate::Kind::NetworkInterface => { type $S = NetworkInterfaceSpec; $body }
-            $crate::Kind::AccessRuleSet => { type $S = AccessRuleSetSpec; $body }
-            $crate::Kind::AccessRule => { type $S = AccessRuleSpec; $body }
-            $crate::Kind::Compartment => { type $S = CompartmentSpec; $body }
-            $crate::Kind::Tier => { type $S = TierSpec; $body }
-            $crate::Kind::Node => { type $S = NodeSpec; $body }
-            $crate::Kind::NodeObservation => { type $S = NodeObservationSpec; $body }
-            $crate::Kind::Task => { type $S = TaskSpec; $body }
+            $crate::Kind::Account => {
+                type $S = AccountSpec;
+                $body
+            }
+            $crate::Kind::Role => {
+                type $S = RoleSpec;
+                $body
+            }
+            $crate::Kind::Membership => {
+                type $S = MembershipSpec;
+                $body
+            }
+            $crate::Kind::Network => {
+                type $S = NetworkSpec;
+                $body
+            }
+            $crate::Kind::NetworkInterface => {
+                type $S = NetworkInterfaceSpec;
+                $body
+            }
+            $crate::Kind::AccessRuleSet => {
+                type $S = AccessRuleSetSpec;
+                $body
+            }
+            $crate::Kind::AccessRule => {
+                type $S = AccessRuleSpec;
+                $body
+            }
+            $crate::Kind::Compartment => {
+                type $S = CompartmentSpec;
+                $body
+            }
+            $crate::Kind::Tier => {
+                type $S = TierSpec;
+                $body
+            }
+            $crate::Kind::Node => {
+                type $S = NodeSpec;
+                $body
+            }
+            $crate::Kind::NodeObservation => {
+                type $S = NodeObservationSpec;
+                $body
+            }
+            $crate::Kind::Task => {
+                type $S = TaskSpec;
+                $body
+            }
         }
     }};
 }
@@ -272,4 +287,19 @@ pub fn references_of(
         let s: S = S::deserialize(spec)?;
         Ok((s.references(), s.compartment()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(k.name().parse::<Kind>(), Ok(k));
+            assert_eq!(k.plural().parse::<Kind>(), Ok(k));
+            assert_eq!(serde_json::to_value(k).ok(), Some(serde_json::json!(k.name())));
+        }
+        assert!("widget".parse::<Kind>().is_err());
+    }
 }

@@ -113,10 +113,9 @@ impl Spec for NetworkSpec {
                 "spec.compartments",
                 "a local network lies in at most one compartment; use strategy vpn to link several",
             )),
-            NetworkStrategy::Vpn if self.compartments.len() < 2 => Err(FieldError::new(
-                "spec.compartments",
-                "a vpn network links two or more compartments",
-            )),
+            NetworkStrategy::Vpn if self.compartments.len() < 2 => {
+                Err(FieldError::new("spec.compartments", "a vpn network links two or more compartments"))
+            }
             _ => Ok(()),
         }
     }
@@ -257,7 +256,11 @@ pub struct PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
     }
 }
 
@@ -266,7 +269,11 @@ impl std::str::FromStr for PortRange {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let port = |p: &str| {
-            p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
         };
         let (first, last) = match s.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),

@@ -130,7 +130,10 @@ impl Spec for NodeSpec {
         no_duplicates("spec.tiers", &self.tiers)?;
         let r = &self.resources;
         if r.cpu_millis == Some(0) || r.memory_bytes == Some(0) || r.pids == Some(0) {
-            return Err(FieldError::new("spec.resources", "a limit of 0 would stop the node from running; leave it out for no limit"));
+            return Err(FieldError::new(
+                "spec.resources",
+                "a limit of 0 would stop the node from running; leave it out for no limit",
+            ));
         }
         Ok(())
     }
@@ -141,10 +144,22 @@ impl Spec for NodeSpec {
             refs.push(reference("spec.parent", Kind::Node, p, RingRule::Parent, OnDelete::Restrict));
         }
         if let Some(c) = self.compartment {
-            refs.push(reference("spec.compartment", Kind::Compartment, c, RingRule::Same, OnDelete::Restrict));
+            refs.push(reference(
+                "spec.compartment",
+                Kind::Compartment,
+                c,
+                RingRule::Same,
+                OnDelete::Restrict,
+            ));
         }
         for (i, t) in self.tiers.iter().enumerate() {
-            refs.push(reference(format!("spec.tiers[{i}]"), Kind::Tier, *t, RingRule::Same, OnDelete::Restrict));
+            refs.push(reference(
+                format!("spec.tiers[{i}]"),
+                Kind::Tier,
+                *t,
+                RingRule::Same,
+                OnDelete::Restrict,
+            ));
         }
         refs
     }
@@ -226,10 +241,15 @@ mod tests {
         assert_eq!(field(&meta, Ring::META), None);
         let orphan = NodeSpec { strategy: Some(Strategy::Netns), ..NodeSpec::default() };
         assert_eq!(field(&orphan, Ring::INFRASTRUCTURE), Some("spec.parent".into()));
-        let host = NodeSpec { parent: Some(Uuid::new_v4()), strategy: Some(Strategy::Netns), ..NodeSpec::default() };
+        let host =
+            NodeSpec { parent: Some(Uuid::new_v4()), strategy: Some(Strategy::Netns), ..NodeSpec::default() };
         assert_eq!(field(&host, Ring::INFRASTRUCTURE), None);
         assert_eq!(field(&host, Ring::PLATFORM), Some("spec.strategy".into()));
-        let app = NodeSpec { parent: Some(Uuid::new_v4()), strategy: Some(Strategy::UnixUser), ..NodeSpec::default() };
+        let app = NodeSpec {
+            parent: Some(Uuid::new_v4()),
+            strategy: Some(Strategy::UnixUser),
+            ..NodeSpec::default()
+        };
         assert_eq!(field(&app, Ring::PLATFORM), None);
         let no_strategy = NodeSpec { parent: Some(Uuid::new_v4()), ..NodeSpec::default() };
         assert_eq!(field(&no_strategy, Ring::PLATFORM), Some("spec.strategy".into()));

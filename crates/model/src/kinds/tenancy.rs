@@ -139,16 +139,10 @@ impl RoleSpec {
 
     /// Read everything but tokens.
     pub fn viewer() -> Self {
-        let resources = Kind::ALL
-            .into_iter()
-            .map(Resource::Kind)
-            .chain([Resource::OpenApi, Resource::Metrics])
-            .collect();
+        let resources =
+            Kind::ALL.into_iter().map(Resource::Kind).chain([Resource::OpenApi, Resource::Metrics]).collect();
         RoleSpec {
-            permissions: vec![Permission {
-                verbs: vec![Verb::Get, Verb::List, Verb::Watch],
-                resources,
-            }],
+            permissions: vec![Permission { verbs: vec![Verb::Get, Verb::List, Verb::Watch], resources }],
             description: "may read every object".into(),
         }
     }
@@ -215,9 +209,8 @@ mod tests {
         assert_eq!("node".parse::<Resource>(), Ok(Resource::Kind(Kind::Node)));
         assert_eq!("*".parse::<Resource>(), Ok(Resource::Any));
         assert!("nodez".parse::<Resource>().is_err());
-        let p: Permission =
-            serde_json::from_str(r#"{"verbs":["get","*"],"resources":["task","token"]}"#)
-                .expect("valid permission");
+        let p: Permission = serde_json::from_str(r#"{"verbs":["get","*"],"resources":["task","token"]}"#)
+            .expect("valid permission");
         assert_eq!(p.resources, vec![Resource::Kind(Kind::Task), Resource::Token]);
     }
 }

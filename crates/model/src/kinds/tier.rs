@@ -24,7 +24,8 @@ impl Spec for TierSpec {
     fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
         text("spec.description", &self.description, 1024)?;
         for (name, command) in &self.hooks {
-            validate_label(name).map_err(|m| FieldError::new(format!("spec.hooks.{name}"), format!("hook name {m}")))?;
+            validate_label(name)
+                .map_err(|m| FieldError::new(format!("spec.hooks.{name}"), format!("hook name {m}")))?;
             text(&format!("spec.hooks.{name}"), command, 4096)?;
             if command.trim().is_empty() {
                 return Err(FieldError::new(format!("spec.hooks.{name}"), "command is empty"));

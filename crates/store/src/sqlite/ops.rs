@@ -12,8 +12,8 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, LeaseId, Op, OpResponse,
-    Revision, StoreError, Txn, WatchBatch, prefix_end,
+    Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, LeaseId, Op, OpResponse, Revision,
+    StoreError, Txn, WatchBatch, prefix_end,
 };
 
 /// Names of the rows of the `meta` table.
@@ -103,11 +103,9 @@ pub(super) fn compacted_revision(conn: &Connection) -> rusqlite::Result<Revision
 }
 
 pub(super) fn get_kv(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyValue>> {
-    conn.prepare_cached(
-        "SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key = ?1",
-    )?
-    .query_row([key.as_bytes()], |row| kv_at(row, 0))
-    .optional()
+    conn.prepare_cached("SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key = ?1")?
+        .query_row([key.as_bytes()], |row| kv_at(row, 0))
+        .optional()
 }
 
 pub(super) fn range_kvs(conn: &Connection, prefix: &str) -> rusqlite::Result<Vec<KeyValue>> {
@@ -138,14 +136,12 @@ pub(super) fn lease_ttl_ms(conn: &Connection, id: LeaseId) -> rusqlite::Result<O
 }
 
 pub(super) fn insert_lease(conn: &Connection, id: LeaseId, ttl_ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO leases (id, ttl_ms) VALUES (?1, ?2)")?
-        .execute(params![id, ttl_ms])?;
+    conn.prepare_cached("INSERT INTO leases (id, ttl_ms) VALUES (?1, ?2)")?.execute(params![id, ttl_ms])?;
     Ok(())
 }
 
 pub(super) fn delete_lease(conn: &Connection, id: LeaseId) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM leases WHERE id = ?1")?
-        .execute([id])?;
+    conn.prepare_cached("DELETE FROM leases WHERE id = ?1")?.execute([id])?;
     Ok(())
 }
 
@@ -158,8 +154,7 @@ pub(super) fn all_leases(conn: &Connection) -> rusqlite::Result<Vec<(LeaseId, i6
 
 /// Drops the history of every revision below `revision`.
 pub(super) fn compact_history(conn: &Connection, revision: Revision) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM history WHERE rev < ?1")?
-        .execute([revision])?;
+    conn.prepare_cached("DELETE FROM history WHERE rev < ?1")?.execute([revision])?;
     Ok(())
 }
 
@@ -268,9 +263,7 @@ impl<'c> WriteCtx<'c> {
     /// Deletes the given keys (already read, in key order), recording one event each.
     fn delete_kvs(&mut self, kvs: &[KeyValue]) -> rusqlite::Result<()> {
         for kv in kvs {
-            self.conn
-                .prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                .execute([kv.key.as_bytes()])?;
+            self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([kv.key.as_bytes()])?;
             self.record(KIND_DELETE, kv)?;
         }
         Ok(())
@@ -313,11 +306,7 @@ pub(super) struct TxnOutcome {
 
 /// Runs `txn` at candidate revision `rev`; the caller wraps it in a savepoint so that an error
 /// leaves nothing behind.
-pub(super) fn exec_txn(
-    conn: &Connection,
-    txn: &Txn,
-    rev: Revision,
-) -> Result<TxnOutcome, ExecError> {
+pub(super) fn exec_txn(conn: &Connection, txn: &Txn, rev: Revision) -> Result<TxnOutcome, ExecError> {
     let mut succeeded = true;
     for compare in &txn.compare {
         let kv = get_kv(conn, &compare.key)?;
@@ -326,48 +315,27 @@ pub(super) fn exec_txn(
             break;
         }
     }
-    let ops = if succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
+    let ops = if succeeded { &txn.success } else { &txn.failure };
     let mut ctx = WriteCtx::new(conn, rev);
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match op {
-            Op::Put { key, value, lease } => OpResponse::Put {
-                prev: ctx.put(key, value, *lease)?,
-            },
-            Op::Delete { key } => OpResponse::Delete {
-                deleted: ctx.delete(key)?,
-            },
-            Op::DeletePrefix { prefix } => OpResponse::Delete {
-                deleted: ctx.delete_prefix(prefix)?,
-            },
-            Op::Get { key } => OpResponse::Get {
-                kv: get_kv(conn, key)?,
-            },
-            Op::Range { prefix } => OpResponse::Range {
-                kvs: range_kvs(conn, prefix)?,
-            },
+            Op::Put { key, value, lease } => OpResponse::Put { prev: ctx.put(key, value, *lease)? },
+            Op::Delete { key } => OpResponse::Delete { deleted: ctx.delete(key)? },
+            Op::DeletePrefix { prefix } => OpResponse::Delete { deleted: ctx.delete_prefix(prefix)? },
+            Op::Get { key } => OpResponse::Get { kv: get_kv(conn, key)? },
+            Op::Range { prefix } => OpResponse::Range { kvs: range_kvs(conn, prefix)? },
         };
         responses.push(response);
     }
-    Ok(TxnOutcome {
-        succeeded,
-        responses,
-        changed: ctx.changed(),
-    })
+    Ok(TxnOutcome { succeeded, responses, changed: ctx.changed() })
 }
 
 /// One read of the history for a watch, from one snapshot.
 #[derive(Debug)]
 pub(super) enum HistoryRead {
     /// The watch needs revision `requested`, but history before `compacted` is gone.
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     /// Whole transactions, in revision order, and the revision to read from next.
     Batches {
         batches: Vec<WatchBatch>,
@@ -383,11 +351,7 @@ fn event_at(row: &Row<'_>) -> rusqlite::Result<(Revision, Event)> {
     let kind: i64 = row.get(1)?;
     let kv = kv_at(row, 2)?;
     let event = match kind {
-        KIND_PUT => Event {
-            kind: EventKind::Put,
-            kv,
-            prev: None,
-        },
+        KIND_PUT => Event { kind: EventKind::Put, kv, prev: None },
         KIND_DELETE => Event {
             kind: EventKind::Delete,
             kv: KeyValue {
@@ -416,10 +380,7 @@ fn group(rows: Vec<(Revision, Event)>) -> Vec<WatchBatch> {
     for (rev, event) in rows {
         match batches.last_mut() {
             Some(batch) if batch.revision == rev => batch.events.push(event),
-            _ => batches.push(WatchBatch {
-                revision: rev,
-                events: vec![event],
-            }),
+            _ => batches.push(WatchBatch { revision: rev, events: vec![event] }),
         }
     }
     batches
@@ -438,20 +399,13 @@ pub(super) fn read_history(
 ) -> rusqlite::Result<HistoryRead> {
     let compacted = compacted_revision(conn)?;
     if from < compacted {
-        return Ok(HistoryRead::Compacted {
-            requested: from,
-            compacted,
-        });
+        return Ok(HistoryRead::Compacted { requested: from, compacted });
     }
     let current = current_revision(conn)?;
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
     let start = prefix.as_bytes();
     let end = prefix_end(start);
-    let key_filter = if end.is_some() {
-        "key >= ?2 AND key < ?3"
-    } else {
-        "key >= ?2 AND ?3 IS NULL"
-    };
+    let key_filter = if end.is_some() { "key >= ?2 AND key < ?3" } else { "key >= ?2 AND ?3 IS NULL" };
 
     let sql = format!(
         "SELECT {HISTORY_COLUMNS}, sub FROM history WHERE rev >= ?1 AND {key_filter}
@@ -467,37 +421,19 @@ pub(super) fn read_history(
 
     let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
     let Some(&(last_rev, last_sub, _)) = rows.last() else {
-        return Ok(HistoryRead::Batches {
-            batches: Vec::new(),
-            next: from.max(current + 1),
-            more: false,
-        });
+        return Ok(HistoryRead::Batches { batches: Vec::new(), next: from.max(current + 1), more: false });
     };
     if !full {
-        let rows = rows
-            .into_iter()
-            .map(|(rev, _, event)| (rev, event))
-            .collect();
-        return Ok(HistoryRead::Batches {
-            batches: group(rows),
-            next: from.max(current + 1),
-            more: false,
-        });
+        let rows = rows.into_iter().map(|(rev, _, event)| (rev, event)).collect();
+        return Ok(HistoryRead::Batches { batches: group(rows), next: from.max(current + 1), more: false });
     }
 
     // The limit may have cut the last revision short: never deliver half a transaction.
     let first_rev = rows[0].0;
     if first_rev != last_rev {
         rows.retain(|(rev, _, _)| *rev != last_rev);
-        let rows = rows
-            .into_iter()
-            .map(|(rev, _, event)| (rev, event))
-            .collect();
-        return Ok(HistoryRead::Batches {
-            batches: group(rows),
-            next: last_rev,
-            more: true,
-        });
+        let rows = rows.into_iter().map(|(rev, _, event)| (rev, event)).collect();
+        return Ok(HistoryRead::Batches { batches: group(rows), next: last_rev, more: true });
     }
     // One transaction larger than the limit: read the rest of it whole.
     let sql = format!(
@@ -508,16 +444,8 @@ pub(super) fn read_history(
         .prepare_cached(&sql)?
         .query_map(params![last_rev, start, end, last_sub], event_at)?
         .collect::<rusqlite::Result<_>>()?;
-    let rows = rows
-        .into_iter()
-        .map(|(rev, _, event)| (rev, event))
-        .chain(rest)
-        .collect();
-    Ok(HistoryRead::Batches {
-        batches: group(rows),
-        next: last_rev + 1,
-        more: true,
-    })
+    let rows = rows.into_iter().map(|(rev, _, event)| (rev, event)).chain(rest).collect();
+    Ok(HistoryRead::Batches { batches: group(rows), next: last_rev + 1, more: true })
 }
 
 #[cfg(test)]
@@ -536,11 +464,7 @@ mod tests {
     }
 
     fn cmp(op: CompareOp, target: CompareTarget) -> Compare {
-        Compare {
-            key: "k".into(),
-            op,
-            target,
-        }
+        Compare { key: "k".into(), op, target }
     }
 
     #[test]
@@ -553,15 +477,9 @@ mod tests {
         assert!(holds(CompareOp::NotEqual, CompareTarget::ModRevision(3)));
         assert!(!holds(CompareOp::Equal, CompareTarget::ModRevision(3)));
         assert!(holds(CompareOp::Equal, CompareTarget::Lease(7)));
-        assert!(holds(
-            CompareOp::Greater,
-            CompareTarget::Value(b"a".to_vec())
-        ));
+        assert!(holds(CompareOp::Greater, CompareTarget::Value(b"a".to_vec())));
         assert!(holds(CompareOp::Less, CompareTarget::Value(b"ba".to_vec())));
-        assert!(!holds(
-            CompareOp::NotEqual,
-            CompareTarget::Value(b"b".to_vec())
-        ));
+        assert!(!holds(CompareOp::NotEqual, CompareTarget::Value(b"b".to_vec())));
     }
 
     #[test]
@@ -571,12 +489,7 @@ mod tests {
         assert!(holds(CompareOp::Equal, CompareTarget::CreateRevision(0)));
         assert!(holds(CompareOp::Less, CompareTarget::ModRevision(1)));
         assert!(holds(CompareOp::Equal, CompareTarget::Lease(0)));
-        for op in [
-            CompareOp::Equal,
-            CompareOp::NotEqual,
-            CompareOp::Greater,
-            CompareOp::Less,
-        ] {
+        for op in [CompareOp::Equal, CompareOp::NotEqual, CompareOp::Greater, CompareOp::Less] {
             assert!(!holds(op, CompareTarget::Value(Vec::new())));
         }
     }

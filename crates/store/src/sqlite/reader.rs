@@ -22,36 +22,20 @@ pub(super) struct ReadPool {
 
 impl ReadPool {
     pub(super) fn new(path: PathBuf, max_readers: usize) -> Self {
-        ReadPool {
-            path,
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(max_readers.max(1))),
-        }
+        ReadPool { path, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max_readers.max(1))) }
     }
 
     /// Drops the idle connections; reads still running (a watch catching up) open new ones.
     pub(super) fn clear(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
-    fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // The lock guards only the pop: the connection is used with the lock released.
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut conn = match idle {
             Some(conn) => conn,
-            None => {
-                open_reader(&self.path).map_err(|e| backend(&self.path, "failed to open", &e))?
-            }
+            None => open_reader(&self.path).map_err(|e| backend(&self.path, "failed to open", &e))?,
         };
         let result = (|| -> rusqlite::Result<T> {
             let tx = conn.transaction()?;
@@ -61,10 +45,7 @@ impl ReadPool {
         })();
         match result {
             Ok(value) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
+                self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
                 Ok(value)
             }
             // The connection is dropped rather than pooled: it may be stuck in a bad state.
@@ -78,13 +59,9 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Invalid("the state store must be used inside a tokio runtime".into())
-        })?;
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Invalid("the state store must be used inside a tokio runtime".into()))?;
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let pool = Arc::clone(self);
         // The permit moves into the blocking task: a cancelled caller must not free it while
         // the read still holds a connection.

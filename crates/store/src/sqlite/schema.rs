@@ -71,10 +71,7 @@ pub(super) struct Opened {
 }
 
 fn open_error(path: &Path, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Open {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
+    StoreError::Open { path: path.to_owned(), reason: reason.to_string() }
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -87,28 +84,18 @@ fn lock_path(path: &Path) -> PathBuf {
 /// memory, so two writers on one file would hand out the same revision twice.
 fn take_lock(path: &Path) -> Result<File, StoreError> {
     let lock_path = lock_path(path);
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| {
-            open_error(
-                path,
-                format_args!("cannot open lock file {}: {e}", lock_path.display()),
-            )
-        })?;
+    let lock =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(
+            |e| open_error(path, format_args!("cannot open lock file {}: {e}", lock_path.display())),
+        )?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
-        Err(TryLockError::WouldBlock) => Err(open_error(
-            path,
-            "it is already open (by this or another process)",
-        )),
-        Err(TryLockError::Error(e)) => Err(open_error(
-            path,
-            format_args!("cannot lock {}: {e}", lock_path.display()),
-        )),
+        Err(TryLockError::WouldBlock) => {
+            Err(open_error(path, "it is already open (by this or another process)"))
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(open_error(path, format_args!("cannot lock {}: {e}", lock_path.display())))
+        }
     }
 }
 
@@ -117,13 +104,10 @@ pub(super) fn open_writer(path: &Path) -> Result<Opened, StoreError> {
     let lock = take_lock(path)?;
     let mut conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_error(path, e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
     // WAL lets readers run beside the writer; FULL syncs the WAL on every commit, so that an
@@ -132,23 +116,16 @@ pub(super) fn open_writer(path: &Path) -> Result<Opened, StoreError> {
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| open_error(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(open_error(
-            path,
-            format_args!("cannot switch to WAL mode (journal mode is {mode})"),
-        ));
+        return Err(open_error(path, format_args!("cannot switch to WAL mode (journal mode is {mode})")));
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| open_error(path, e))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| open_error(path, e))?;
 
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| open_error(path, e))?;
+    let tx =
+        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| open_error(path, e))?;
     let has_meta: bool = tx
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |row| {
+            row.get::<_, i64>(0)
+        })
         .map(|n| n > 0)
         .map_err(|e| open_error(path, e))?;
     if has_meta {
@@ -158,9 +135,7 @@ pub(super) fn open_writer(path: &Path) -> Result<Opened, StoreError> {
             Some(other) => {
                 return Err(open_error(
                     path,
-                    format_args!(
-                        "unsupported schema version {other} (this build reads {SCHEMA_VERSION})"
-                    ),
+                    format_args!("unsupported schema version {other} (this build reads {SCHEMA_VERSION})"),
                 ));
             }
             None => return Err(open_error(path, "not a state store (no schema version)")),
@@ -170,10 +145,7 @@ pub(super) fn open_writer(path: &Path) -> Result<Opened, StoreError> {
             .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
             .map_err(|e| open_error(path, e))?;
         if tables > 0 {
-            return Err(open_error(
-                path,
-                "not a state store (foreign tables, no meta table)",
-            ));
+            return Err(open_error(path, "not a state store (foreign tables, no meta table)"));
         }
         tx.execute_batch(SCHEMA).map_err(|e| open_error(path, e))?;
         for (name, value) in [
@@ -193,14 +165,7 @@ pub(super) fn open_writer(path: &Path) -> Result<Opened, StoreError> {
         .ok_or_else(|| open_error(path, "meta row next_lease is missing"))?;
     let leases = ops::all_leases(&tx).map_err(|e| open_error(path, e))?;
     tx.commit().map_err(|e| open_error(path, e))?;
-    Ok(Opened {
-        conn,
-        lock,
-        revision,
-        compacted,
-        next_lease,
-        leases,
-    })
+    Ok(Opened { conn, lock, revision, compacted, next_lease, leases })
 }
 
 /// Opens a connection for the read pool; the writer has already created the file and the schema.
@@ -226,21 +191,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.db");
         let opened = open_writer(&path).expect("open");
-        let mode: String = opened
-            .conn
-            .pragma_query_value(None, "journal_mode", |row| row.get(0))
-            .expect("journal_mode");
+        let mode: String =
+            opened.conn.pragma_query_value(None, "journal_mode", |row| row.get(0)).expect("journal_mode");
         assert_eq!(mode, "wal");
         // 2 is FULL: the WAL is synced on every commit.
-        let synchronous: i64 = opened
-            .conn
-            .pragma_query_value(None, "synchronous", |row| row.get(0))
-            .expect("synchronous");
+        let synchronous: i64 =
+            opened.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).expect("synchronous");
         assert_eq!(synchronous, 2);
-        assert_eq!(
-            (opened.revision, opened.compacted, opened.next_lease),
-            (1, 1, 1)
-        );
+        assert_eq!((opened.revision, opened.compacted, opened.next_lease), (1, 1, 1));
         let version = ops::meta_get(&opened.conn, META_SCHEMA_VERSION).expect("meta");
         assert_eq!(version, Some(SCHEMA_VERSION));
     }
@@ -254,10 +212,7 @@ mod tests {
             ops::meta_set(&opened.conn, META_SCHEMA_VERSION, SCHEMA_VERSION + 1).expect("meta");
         }
         let err = open_writer(&path).err().expect("newer schema refused");
-        assert!(
-            err.to_string().contains("unsupported schema version 2"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unsupported schema version 2"), "{err}");
     }
 
     #[test]

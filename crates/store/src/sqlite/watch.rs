@@ -40,26 +40,12 @@ impl WatchTask {
                 }
             };
             match read {
-                HistoryRead::Compacted {
-                    requested,
-                    compacted,
-                } => {
+                HistoryRead::Compacted { requested, compacted } => {
                     tracing::debug!(prefix = %self.prefix, requested, compacted, "watch compacted");
-                    drop(
-                        self.events
-                            .send(Err(WatchError::Compacted {
-                                requested,
-                                compacted,
-                            }))
-                            .await,
-                    );
+                    drop(self.events.send(Err(WatchError::Compacted { requested, compacted })).await);
                     return;
                 }
-                HistoryRead::Batches {
-                    batches,
-                    next,
-                    more,
-                } => {
+                HistoryRead::Batches { batches, next, more } => {
                     for batch in batches {
                         if self.events.send(Ok(batch)).await.is_err() {
                             return;
@@ -102,11 +88,7 @@ impl WatchTask {
         loop {
             let prefix = Arc::clone(&self.prefix);
             let (from, limit) = (self.next, self.rows_per_read);
-            match self
-                .reads
-                .read(move |conn| ops::read_history(conn, &prefix, from, limit))
-                .await
-            {
+            match self.reads.read(move |conn| ops::read_history(conn, &prefix, from, limit)).await {
                 Ok(read) => return Ok(read),
                 Err(e) if attempt >= READ_ATTEMPTS => {
                     return Err(WatchError::Backend(e.to_string()));

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::ops::{
-    self, ExecError, META_COMPACTED, META_NEXT_LEASE, META_REVISION, WriteCtx, backend,
-};
+use super::ops::{self, ExecError, META_COMPACTED, META_NEXT_LEASE, META_REVISION, WriteCtx, backend};
 use super::schema::Opened;
 use crate::{Lease, LeaseId, Revision, StoreError, Txn, TxnResponse};
 
@@ -113,10 +111,7 @@ fn settle<T>(
 ) -> (Result<T, StoreError>, Option<Fatal>) {
     match result {
         Ok(result) => (result, None),
-        Err(Fatal(msg)) => (
-            Err(backend(path, "failed to write", &msg)),
-            Some(Fatal(msg)),
-        ),
+        Err(Fatal(msg)) => (Err(backend(path, "failed to write", &msg)), Some(Fatal(msg))),
     }
 }
 
@@ -203,10 +198,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("enjin-store-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::Open {
-                path,
-                reason: format!("cannot start the writer thread: {e}"),
-            })?;
+            .map_err(|e| StoreError::Open { path, reason: format!("cannot start the writer thread: {e}") })?;
         Ok((commands_tx, revisions_rx))
     }
 
@@ -223,20 +215,13 @@ impl Writer {
 
     /// Serves commands until closed or until every sender is gone; returns the `Close` reply.
     fn serve(&mut self) -> Option<oneshot::Sender<()>> {
-        tracing::info!(
-            revision = self.revision,
-            leases = self.leases.len(),
-            "state store writer started"
-        );
+        tracing::info!(revision = self.revision, leases = self.leases.len(), "state store writer started");
         loop {
             let first = match self.deadlines.first() {
-                None => self
-                    .commands
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(&(deadline, _)) => self
-                    .commands
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(&(deadline, _)) => {
+                    self.commands.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
             };
             let mut commands = Vec::new();
             match first {
@@ -257,15 +242,7 @@ impl Writer {
     }
 
     fn shutdown(self, close: Option<oneshot::Sender<()>>) {
-        let Writer {
-            path,
-            conn,
-            lock,
-            commands,
-            revisions,
-            revision,
-            ..
-        } = self;
+        let Writer { path, conn, lock, commands, revisions, revision, .. } = self;
         while let Ok(command) = commands.try_recv() {
             if let Some(reply) = command.refuse(|| StoreError::Closed) {
                 let _ = reply.send(());
@@ -301,9 +278,7 @@ impl Writer {
     fn apply_lease_changes(&mut self, changes: Vec<LeaseChange>, now: Instant) {
         for change in changes {
             match change {
-                LeaseChange::Granted(id, ttl) => {
-                    self.set_deadline(id, ttl, deadline_after(now, ttl))
-                }
+                LeaseChange::Granted(id, ttl) => self.set_deadline(id, ttl, deadline_after(now, ttl)),
                 LeaseChange::Refreshed(id) => {
                     if let Some(ttl) = self.leases.get(&id).map(|timer| timer.ttl) {
                         self.set_deadline(id, ttl, deadline_after(now, ttl));
@@ -326,9 +301,7 @@ impl Writer {
         f: impl FnOnce(&Connection) -> Result<T, ExecError>,
     ) -> Result<Result<T, StoreError>, Fatal> {
         let fatal = |e: rusqlite::Error| Fatal(e.to_string());
-        self.conn
-            .execute_batch("SAVEPOINT command")
-            .map_err(fatal)?;
+        self.conn.execute_batch("SAVEPOINT command").map_err(fatal)?;
         match f(&self.conn) {
             Ok(value) => {
                 self.conn.execute_batch("RELEASE command").map_err(fatal)?;
@@ -339,9 +312,7 @@ impl Writer {
                 if self.conn.is_autocommit() {
                     return Err(Fatal(format!("transaction aborted: {e}")));
                 }
-                self.conn
-                    .execute_batch("ROLLBACK TO command; RELEASE command")
-                    .map_err(fatal)?;
+                self.conn.execute_batch("ROLLBACK TO command; RELEASE command").map_err(fatal)?;
                 Ok(Err(e))
             }
         }
@@ -351,12 +322,8 @@ impl Writer {
     /// Returns the reply of a `Close` found in the group: the commands after it are refused.
     fn commit_batch(&mut self, commands: Vec<Command>) -> Option<oneshot::Sender<()>> {
         let now = Instant::now();
-        let expired: Vec<LeaseId> = self
-            .deadlines
-            .iter()
-            .take_while(|(deadline, _)| *deadline <= now)
-            .map(|(_, id)| *id)
-            .collect();
+        let expired: Vec<LeaseId> =
+            self.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).map(|(_, id)| *id).collect();
         if commands.is_empty() && expired.is_empty() {
             return None;
         }
@@ -415,11 +382,7 @@ impl Writer {
                 if changed {
                     self.revisions.send_replace(self.revision);
                 }
-                tracing::debug!(
-                    commands = count,
-                    revision = self.revision,
-                    "committed group"
-                );
+                tracing::debug!(commands = count, revision = self.revision, "committed group");
                 for outcome in batch.outcomes {
                     outcome.send();
                 }
@@ -434,9 +397,7 @@ impl Writer {
                 let postponed = expired.into_iter().map(LeaseChange::Postponed).collect();
                 self.apply_lease_changes(postponed, now);
                 for outcome in batch.outcomes {
-                    outcome
-                        .fail(|| backend(&self.path, "failed to commit to", &msg))
-                        .send();
+                    outcome.fail(|| backend(&self.path, "failed to commit to", &msg)).send();
                 }
             }
         }
@@ -473,17 +434,13 @@ impl Writer {
                 if changed {
                     batch.revision = revision;
                 }
-                batch
-                    .changes
-                    .extend(expired.iter().map(|&id| LeaseChange::Ended(id)));
+                batch.changes.extend(expired.iter().map(|&id| LeaseChange::Ended(id)));
                 tracing::info!(leases = ?expired, keys = deleted, revision = batch.revision, "leases expired");
                 None
             }
             Ok(Err(e)) => {
                 tracing::warn!(leases = ?expired, error = %e, "failed to expire leases, retrying");
-                batch
-                    .changes
-                    .extend(expired.iter().map(|&id| LeaseChange::Postponed(id)));
+                batch.changes.extend(expired.iter().map(|&id| LeaseChange::Postponed(id)));
                 None
             }
             Err(fatal) => Some(fatal),
@@ -516,9 +473,7 @@ impl Writer {
             Command::LeaseGrant { ttl, reply } => {
                 let id = batch.next_lease;
                 let result = match id.checked_add(1) {
-                    Some(_) => {
-                        self.savepoint(|conn| Ok(ops::insert_lease(conn, id, ttl_to_ms(ttl))?))
-                    }
+                    Some(_) => self.savepoint(|conn| Ok(ops::insert_lease(conn, id, ttl_to_ms(ttl))?)),
                     None => Ok(Err(StoreError::Invalid("lease ids are exhausted".into()))),
                 };
                 let (result, fatal) = settle(&self.path, result);
@@ -532,16 +487,12 @@ impl Writer {
             }
             Command::LeaseKeepAlive { id, reply } => {
                 let result = self.savepoint(|conn| {
-                    ops::lease_ttl_ms(conn, id)?
-                        .ok_or(ExecError::Store(StoreError::LeaseNotFound(id)))
+                    ops::lease_ttl_ms(conn, id)?.ok_or(ExecError::Store(StoreError::LeaseNotFound(id)))
                 });
                 let (result, fatal) = settle(&self.path, result);
                 let result = result.map(|ttl_ms| {
                     batch.changes.push(LeaseChange::Refreshed(id));
-                    Lease {
-                        id,
-                        ttl: ttl_from_ms(ttl_ms),
-                    }
+                    Lease { id, ttl: ttl_from_ms(ttl_ms) }
                 });
                 batch.outcomes.push(Outcome::Lease(reply, result));
                 fatal
@@ -563,27 +514,16 @@ impl Writer {
                         batch.revision = revision;
                     }
                     batch.changes.push(LeaseChange::Ended(id));
-                    tracing::debug!(
-                        lease = id,
-                        keys = deleted,
-                        revision = batch.revision,
-                        "lease revoked"
-                    );
+                    tracing::debug!(lease = id, keys = deleted, revision = batch.revision, "lease revoked");
                 });
                 batch.outcomes.push(Outcome::Unit(reply, result));
                 fatal
             }
             Command::Compact { revision, reply } => {
                 let result = if revision > batch.revision {
-                    Ok(Err(StoreError::FutureRevision {
-                        requested: revision,
-                        current: batch.revision,
-                    }))
+                    Ok(Err(StoreError::FutureRevision { requested: revision, current: batch.revision }))
                 } else if revision < batch.compacted {
-                    Ok(Err(StoreError::Compacted {
-                        requested: revision,
-                        compacted: batch.compacted,
-                    }))
+                    Ok(Err(StoreError::Compacted { requested: revision, compacted: batch.compacted }))
                 } else if revision == batch.compacted {
                     Ok(Ok(()))
                 } else {

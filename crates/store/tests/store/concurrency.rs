@@ -19,10 +19,7 @@ async fn concurrent_txns_get_distinct_consecutive_revisions() {
             let mut revisions = Vec::new();
             for i in 0..per_task {
                 let key = format!("t{task}/{i}");
-                let response = store
-                    .txn(Txn::new().then([Op::put(&key, "v")]))
-                    .await
-                    .expect("txn");
+                let response = store.txn(Txn::new().then([Op::put(&key, "v")])).await.expect("txn");
                 revisions.push((key, response.revision));
             }
             revisions
@@ -34,11 +31,7 @@ async fn concurrent_txns_get_distinct_consecutive_revisions() {
     }
     let revisions: BTreeSet<i64> = all.iter().map(|(_, rev)| *rev).collect();
     let total = i64::from(tasks * per_task);
-    assert_eq!(
-        revisions,
-        (2..=total + 1).collect::<BTreeSet<_>>(),
-        "distinct and consecutive"
-    );
+    assert_eq!(revisions, (2..=total + 1).collect::<BTreeSet<_>>(), "distinct and consecutive");
     assert_eq!(store.current_revision().await.expect("revision"), total + 1);
     for (key, revision) in &all {
         let kv = store.get(key).await.expect("get").expect("key written");
@@ -56,11 +49,7 @@ async fn failing_txns_do_not_affect_their_group() {
         handles.push(tokio::spawn(async move {
             let key = format!("k{i:03}");
             // Every other txn names a lease that does not exist and must fail alone.
-            let op = if i % 2 == 0 {
-                Op::put(&key, "v")
-            } else {
-                Op::put_with_lease(&key, "v", 424242)
-            };
+            let op = if i % 2 == 0 { Op::put(&key, "v") } else { Op::put_with_lease(&key, "v", 424242) };
             (key, store.txn(Txn::new().then([op])).await)
         }));
     }
@@ -71,10 +60,7 @@ async fn failing_txns_do_not_affect_their_group() {
             revisions.insert(result.expect("good txn").revision);
             assert!(store.get(&key).await.expect("get").is_some());
         } else {
-            assert!(
-                matches!(result, Err(StoreError::LeaseNotFound(424242))),
-                "{result:?}"
-            );
+            assert!(matches!(result, Err(StoreError::LeaseNotFound(424242))), "{result:?}");
             assert_eq!(store.get(&key).await.expect("get"), None);
         }
     }
@@ -96,17 +82,13 @@ async fn cas_increments_from_many_tasks_lose_nothing() {
                     let current = store.get("counter").await.expect("get");
                     let (value, guard) = match &current {
                         Some(kv) => {
-                            let n: u32 = std::str::from_utf8(&kv.value)
-                                .expect("utf8")
-                                .parse()
-                                .expect("number");
+                            let n: u32 =
+                                std::str::from_utf8(&kv.value).expect("utf8").parse().expect("number");
                             (n, Compare::mod_revision("counter", kv.mod_revision))
                         }
                         None => (0, Compare::absent("counter")),
                     };
-                    let txn = Txn::new()
-                        .when([guard])
-                        .then([Op::put("counter", (value + 1).to_string())]);
+                    let txn = Txn::new().when([guard]).then([Op::put("counter", (value + 1).to_string())]);
                     let response = store.txn(txn).await.expect("txn");
                     if response.succeeded {
                         assert!(matches!(response.responses[0], OpResponse::Put { .. }));

@@ -15,10 +15,7 @@ async fn reopen_resumes_data_revision_history_and_compaction() {
     put(&t.store, "a", "1").await; // 2
     put(&t.store, "b", "1").await; // 3
     put(&t.store, "a", "2").await; // 4
-    t.store
-        .txn(Txn::new().then([Op::delete("b"), Op::put("c", "1")]))
-        .await
-        .expect("txn"); // 5
+    t.store.txn(Txn::new().then([Op::delete("b"), Op::put("c", "1")])).await.expect("txn"); // 5
     t.store.compact(3).await.expect("compact");
     let before = t.store.range("").await.expect("range");
 
@@ -33,15 +30,8 @@ async fn reopen_resumes_data_revision_history_and_compaction() {
     let four = next_batch(&mut stream).await;
     assert_eq!((four.revision, four.events[0].kv.version), (4, 2));
     let five = next_batch(&mut stream).await;
-    let events: Vec<_> = five
-        .events
-        .iter()
-        .map(|e| (e.kind, e.kv.key.as_str()))
-        .collect();
-    assert_eq!(
-        (five.revision, events),
-        (5, vec![(EventKind::Delete, "b"), (EventKind::Put, "c")])
-    );
+    let events: Vec<_> = five.events.iter().map(|e| (e.kind, e.kv.key.as_str())).collect();
+    assert_eq!((five.revision, events), (5, vec![(EventKind::Delete, "b"), (EventKind::Put, "c")]));
     assert_quiet(&mut stream).await;
 
     // New writes continue the revision sequence.
@@ -59,11 +49,8 @@ fn kill9_child_writer() {
     let Some(path) = std::env::var_os(CHILD_DB) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let store = Arc::new(open_at(std::path::Path::new(&path)));
         let mut tasks = Vec::new();
@@ -73,10 +60,7 @@ fn kill9_child_writer() {
                 // Bounded, so that an orphaned child stops on its own.
                 for i in 0..5000 {
                     let key = format!("w{writer}/{i:05}");
-                    let response = store
-                        .txn(Txn::new().then([Op::put(&key, "v")]))
-                        .await
-                        .expect("txn");
+                    let response = store.txn(Txn::new().then([Op::put(&key, "v")])).await.expect("txn");
                     println!("acked {key} {}", response.revision);
                 }
             }));
@@ -115,9 +99,7 @@ async fn no_acknowledged_write_is_lost_to_kill_9() {
     // Let it acknowledge a good number of writes, then kill it mid-stream.
     let mut acked = Vec::new();
     while acked.len() < 300 {
-        let line = lines_rx
-            .recv_timeout(PATIENCE)
-            .expect("child keeps acknowledging writes");
+        let line = lines_rx.recv_timeout(PATIENCE).expect("child keeps acknowledging writes");
         if let Some(rest) = line.strip_prefix("acked ") {
             acked.push(rest.to_owned());
         }
@@ -125,22 +107,14 @@ async fn no_acknowledged_write_is_lost_to_kill_9() {
     child.kill().expect("kill -9 the child");
     child.wait().expect("reap the child");
     reader.join().expect("reader thread");
-    acked.extend(
-        lines_rx
-            .try_iter()
-            .filter_map(|line| line.strip_prefix("acked ").map(str::to_owned)),
-    );
+    acked.extend(lines_rx.try_iter().filter_map(|line| line.strip_prefix("acked ").map(str::to_owned)));
 
     let store = open_at(&path);
     let revision = store.current_revision().await.expect("revision");
     for entry in &acked {
         let (key, acked_revision) = entry.split_once(' ').expect("key and revision");
         let acked_revision: i64 = acked_revision.parse().expect("revision number");
-        let kv = store
-            .get(key)
-            .await
-            .expect("get")
-            .unwrap_or_else(|| panic!("acknowledged {key} was lost"));
+        let kv = store.get(key).await.expect("get").unwrap_or_else(|| panic!("acknowledged {key} was lost"));
         assert_eq!(kv.mod_revision, acked_revision, "{key}");
         assert!(acked_revision <= revision);
     }

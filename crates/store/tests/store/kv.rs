@@ -1,8 +1,8 @@
 //! Keys, values, revisions and transactions.
 
 use enjin_store::{
-    Compare, CompareOp, CompareTarget, KeyValue, Op, OpResponse, SqliteStore, SqliteStoreConfig,
-    Store, StoreError, Txn,
+    Compare, CompareOp, CompareTarget, KeyValue, Op, OpResponse, SqliteStore, SqliteStoreConfig, Store,
+    StoreError, Txn,
 };
 
 use crate::{TestStore, delete, put};
@@ -47,15 +47,7 @@ async fn put_tracks_version_and_revisions() {
     assert_eq!(second.revision, 3);
     assert_eq!(second.responses, vec![OpResponse::Put { prev: Some(kv) }]);
     let kv = t.store.get("a").await.expect("get").expect("a exists");
-    assert_eq!(
-        (
-            kv.value.as_slice(),
-            kv.create_revision,
-            kv.mod_revision,
-            kv.version
-        ),
-        (&b"2"[..], 2, 3, 2)
-    );
+    assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version), (&b"2"[..], 2, 3, 2));
 
     assert_eq!(put(&t.store, "b", "x").await.revision, 4);
     assert_eq!(t.store.current_revision().await.expect("revision"), 4);
@@ -81,19 +73,9 @@ async fn non_ascii_prefixes_cover_exactly_their_keys() {
     for key in ["é", "é/1", "éa", "ê", "e", "f", "\u{10FFFF}", "\u{10FFFF}x"] {
         put(&t.store, key, "v").await;
     }
-    assert_eq!(
-        keys(&t.store.range("é").await.expect("range").kvs),
-        ["é", "é/1", "éa"]
-    );
-    assert_eq!(
-        keys(&t.store.range("\u{10FFFF}").await.expect("range").kvs),
-        ["\u{10FFFF}", "\u{10FFFF}x"]
-    );
-    let deleted = t
-        .store
-        .txn(Txn::new().then([Op::delete_prefix("é")]))
-        .await
-        .expect("txn");
+    assert_eq!(keys(&t.store.range("é").await.expect("range").kvs), ["é", "é/1", "éa"]);
+    assert_eq!(keys(&t.store.range("\u{10FFFF}").await.expect("range").kvs), ["\u{10FFFF}", "\u{10FFFF}x"]);
+    let deleted = t.store.txn(Txn::new().then([Op::delete_prefix("é")])).await.expect("txn");
     assert!(matches!(&deleted.responses[0], OpResponse::Delete { deleted } if deleted.len() == 3));
     assert_eq!(
         keys(&t.store.range("").await.expect("range").kvs),
@@ -113,29 +95,17 @@ async fn delete_and_delete_prefix() {
     let missing = delete(&t.store, "nope").await;
     assert!(missing.succeeded);
     assert_eq!(missing.revision, 6);
-    assert_eq!(
-        missing.responses,
-        vec![OpResponse::Delete { deleted: vec![] }]
-    );
+    assert_eq!(missing.responses, vec![OpResponse::Delete { deleted: vec![] }]);
 
     let k = t.store.get("k").await.expect("get").expect("k exists");
     let deleted = delete(&t.store, "k").await;
     assert_eq!(deleted.revision, 7);
-    assert_eq!(
-        deleted.responses,
-        vec![OpResponse::Delete { deleted: vec![k] }]
-    );
+    assert_eq!(deleted.responses, vec![OpResponse::Delete { deleted: vec![k] }]);
     assert_eq!(t.store.get("k").await.expect("get"), None);
 
-    let prefix = t
-        .store
-        .txn(Txn::new().then([Op::delete_prefix("d/")]))
-        .await
-        .expect("txn");
+    let prefix = t.store.txn(Txn::new().then([Op::delete_prefix("d/")])).await.expect("txn");
     assert_eq!(prefix.revision, 8, "one revision for the whole prefix");
-    let OpResponse::Delete { deleted } = &prefix.responses[0] else {
-        panic!("delete response")
-    };
+    let OpResponse::Delete { deleted } = &prefix.responses[0] else { panic!("delete response") };
     assert_eq!(keys(deleted), ["d/1", "d/2", "d/3"]);
     assert_eq!(keys(&t.store.range("").await.expect("range").kvs), ["dx"]);
 
@@ -149,16 +119,9 @@ async fn delete_and_delete_prefix() {
 #[tokio::test]
 async fn compare_targets_and_operators() {
     let t = TestStore::new();
-    let lease = t
-        .store
-        .lease_grant(std::time::Duration::from_secs(60))
-        .await
-        .expect("grant");
+    let lease = t.store.lease_grant(std::time::Duration::from_secs(60)).await.expect("grant");
     put(&t.store, "k", "a").await; // rev 2
-    t.store
-        .txn(Txn::new().then([Op::put_with_lease("k", "m", lease.id)]))
-        .await
-        .expect("put"); // rev 3
+    t.store.txn(Txn::new().then([Op::put_with_lease("k", "m", lease.id)])).await.expect("put"); // rev 3
     // k: version 2, create 2, mod 3, value "m", lease.
 
     use CompareOp::{Equal, Greater, Less, NotEqual};
@@ -206,15 +169,8 @@ async fn compare_targets_and_operators() {
         ("x", Less, Value(b"z".to_vec()), false),
     ];
     for (key, op, target, expected) in cases {
-        let compare = Compare {
-            key: key.into(),
-            op,
-            target: target.clone(),
-        };
-        let txn = Txn::new()
-            .when([compare])
-            .then([Op::get("k")])
-            .otherwise([Op::range("")]);
+        let compare = Compare { key: key.into(), op, target: target.clone() };
+        let txn = Txn::new().when([compare]).then([Op::get("k")]).otherwise([Op::range("")]);
         let response = t.store.txn(txn).await.expect("txn");
         assert_eq!(response.succeeded, expected, "{key} {op:?} {target:?}");
         assert_eq!(response.revision, 3, "a read-only txn keeps the revision");
@@ -227,19 +183,15 @@ async fn compare_targets_and_operators() {
 async fn cas_success_writes_and_failure_runs_the_other_branch() {
     let t = TestStore::new();
     // Create only if absent.
-    let create = Txn::new()
-        .when([Compare::absent("lock")])
-        .then([Op::put("lock", "me")])
-        .otherwise([Op::get("lock")]);
+    let create =
+        Txn::new().when([Compare::absent("lock")]).then([Op::put("lock", "me")]).otherwise([Op::get("lock")]);
     let first = t.store.txn(create.clone()).await.expect("txn");
     assert!(first.succeeded);
     assert_eq!(first.revision, 2);
     let second = t.store.txn(create).await.expect("txn");
     assert!(!second.succeeded);
     assert_eq!(second.revision, 2);
-    let OpResponse::Get { kv: Some(holder) } = &second.responses[0] else {
-        panic!("get response")
-    };
+    let OpResponse::Get { kv: Some(holder) } = &second.responses[0] else { panic!("get response") };
     assert_eq!(holder.value, b"me");
 
     // Update only at the revision we read; a stale revision fails and writes the failure branch.
@@ -252,17 +204,11 @@ async fn cas_success_writes_and_failure_runs_the_other_branch() {
     let stale = t.store.txn(update(1)).await.expect("txn");
     assert!(!stale.succeeded);
     assert_eq!(stale.revision, 3, "the failure branch wrote");
-    assert_eq!(
-        t.store.get("lock").await.expect("get").expect("lock").value,
-        b"me"
-    );
+    assert_eq!(t.store.get("lock").await.expect("get").expect("lock").value, b"me");
     let fresh = t.store.txn(update(2)).await.expect("txn");
     assert!(fresh.succeeded);
     assert_eq!(fresh.revision, 4);
-    assert_eq!(
-        t.store.get("lock").await.expect("get").expect("lock").value,
-        b"you"
-    );
+    assert_eq!(t.store.get("lock").await.expect("get").expect("lock").value, b"you");
 
     // Every compare must hold.
     let both = Txn::new()
@@ -290,31 +236,15 @@ async fn txn_reads_its_own_writes_and_bumps_once() {
     assert_eq!(response.revision, 3);
     assert_eq!(t.store.current_revision().await.expect("revision"), 3);
     let r = &response.responses;
-    let OpResponse::Get { kv: Some(a) } = &r[1] else {
-        panic!("get a")
-    };
-    assert_eq!(
-        (
-            a.value.as_slice(),
-            a.version,
-            a.mod_revision,
-            a.create_revision
-        ),
-        (&b"1"[..], 2, 3, 2)
-    );
-    let OpResponse::Range { kvs } = &r[4] else {
-        panic!("range")
-    };
+    let OpResponse::Get { kv: Some(a) } = &r[1] else { panic!("get a") };
+    assert_eq!((a.value.as_slice(), a.version, a.mod_revision, a.create_revision), (&b"1"[..], 2, 3, 2));
+    let OpResponse::Range { kvs } = &r[4] else { panic!("range") };
     assert_eq!(keys(kvs), ["a", "b"]);
     assert_eq!((kvs[0].value.as_slice(), kvs[0].version), (&b"2"[..], 3));
-    let OpResponse::Delete { deleted } = &r[5] else {
-        panic!("delete")
-    };
+    let OpResponse::Delete { deleted } = &r[5] else { panic!("delete") };
     assert_eq!(keys(deleted), ["b"]);
     assert_eq!(r[6], OpResponse::Get { kv: None });
-    let OpResponse::Range { kvs } = &r[7] else {
-        panic!("range")
-    };
+    let OpResponse::Range { kvs } = &r[7] else { panic!("range") };
     assert_eq!(keys(kvs), ["a"]);
 }
 
@@ -322,11 +252,7 @@ async fn txn_reads_its_own_writes_and_bumps_once() {
 async fn read_only_and_empty_txns_keep_the_revision() {
     let t = TestStore::new();
     put(&t.store, "a", "1").await;
-    let read = t
-        .store
-        .txn(Txn::new().then([Op::get("a"), Op::range("")]))
-        .await
-        .expect("txn");
+    let read = t.store.txn(Txn::new().then([Op::get("a"), Op::range("")])).await.expect("txn");
     assert_eq!(read.revision, 2);
     let empty = t.store.txn(Txn::new()).await.expect("txn");
     assert!(empty.succeeded);
@@ -340,64 +266,28 @@ async fn read_only_and_empty_txns_keep_the_revision() {
 async fn failed_txn_leaves_nothing_behind() {
     let t = TestStore::new();
     put(&t.store, "a", "1").await;
-    let txn = Txn::new().then([
-        Op::put("x", "1"),
-        Op::delete("a"),
-        Op::put_with_lease("y", "1", 999),
-    ]);
+    let txn = Txn::new().then([Op::put("x", "1"), Op::delete("a"), Op::put_with_lease("y", "1", 999)]);
     let err = t.store.txn(txn).await.expect_err("unknown lease");
     assert!(matches!(err, StoreError::LeaseNotFound(999)), "{err}");
     assert_eq!(t.store.get("x").await.expect("get"), None);
     assert!(t.store.get("a").await.expect("get").is_some());
     assert_eq!(t.store.current_revision().await.expect("revision"), 2);
-    assert_eq!(
-        put(&t.store, "z", "1").await.revision,
-        3,
-        "the failed txn used no revision"
-    );
+    assert_eq!(put(&t.store, "z", "1").await.revision, 3, "the failed txn used no revision");
 }
 
 #[tokio::test]
 async fn invalid_requests_are_refused() {
     let t = TestStore::new();
     let invalid = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Invalid(_)));
-    assert!(invalid(
-        t.store
-            .txn(Txn::new().then([Op::put("", "v")]))
-            .await
-            .map(|_| ())
-    ));
-    assert!(invalid(
-        t.store
-            .txn(Txn::new().then([Op::delete("")]))
-            .await
-            .map(|_| ())
-    ));
-    assert!(invalid(
-        t.store
-            .txn(Txn::new().when([Compare::absent("")]))
-            .await
-            .map(|_| ())
-    ));
+    assert!(invalid(t.store.txn(Txn::new().then([Op::put("", "v")])).await.map(|_| ())));
+    assert!(invalid(t.store.txn(Txn::new().then([Op::delete("")])).await.map(|_| ())));
+    assert!(invalid(t.store.txn(Txn::new().when([Compare::absent("")])).await.map(|_| ())));
     assert!(invalid(t.store.get("").await.map(|_| ())));
     assert!(invalid(t.store.watch("", -1).await.map(|_| ())));
     assert!(invalid(t.store.compact(0).await));
-    assert!(invalid(
-        t.store
-            .lease_grant(std::time::Duration::ZERO)
-            .await
-            .map(|_| ())
-    ));
-    assert!(invalid(
-        t.store
-            .lease_grant(std::time::Duration::from_secs(u64::MAX))
-            .await
-            .map(|_| ())
-    ));
-    let zero_lease = t
-        .store
-        .txn(Txn::new().then([Op::put_with_lease("k", "v", 0)]))
-        .await;
+    assert!(invalid(t.store.lease_grant(std::time::Duration::ZERO).await.map(|_| ())));
+    assert!(invalid(t.store.lease_grant(std::time::Duration::from_secs(u64::MAX)).await.map(|_| ())));
+    let zero_lease = t.store.txn(Txn::new().then([Op::put_with_lease("k", "v", 0)])).await;
     assert!(matches!(zero_lease, Err(StoreError::LeaseNotFound(0))));
     assert_eq!(t.store.current_revision().await.expect("revision"), 1);
 }
@@ -413,12 +303,7 @@ async fn close_refuses_later_calls() {
     assert!(closed(t.store.range("").await.map(|_| ())));
     assert!(closed(t.store.current_revision().await.map(|_| ())));
     assert!(closed(t.store.watch("", 0).await.map(|_| ())));
-    assert!(closed(
-        t.store
-            .lease_grant(std::time::Duration::from_secs(1))
-            .await
-            .map(|_| ())
-    ));
+    assert!(closed(t.store.lease_grant(std::time::Duration::from_secs(1)).await.map(|_| ())));
     assert!(closed(t.store.compact(1).await));
     assert!(closed(t.store.close().await));
 }
@@ -430,10 +315,7 @@ async fn a_file_has_one_owner() {
     let message = second.to_string();
     assert!(matches!(second, StoreError::Open { .. }));
     assert!(message.contains(&t.path.display().to_string()), "{message}");
-    assert!(
-        message.starts_with("failed to open state store at "),
-        "{message}"
-    );
+    assert!(message.starts_with("failed to open state store at "), "{message}");
     t.store.close().await.expect("close");
     let again = SqliteStore::open(SqliteStoreConfig::new(&t.path)).expect("open after close");
     again.close().await.expect("close");
@@ -444,18 +326,12 @@ async fn open_errors_name_the_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("no/such/dir/state.db");
     let err = SqliteStore::open(SqliteStoreConfig::new(&missing)).expect_err("missing directory");
-    assert!(
-        err.to_string().contains(&missing.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
 
     let garbage = dir.path().join("garbage.db");
     std::fs::write(&garbage, vec![0x42; 8192]).expect("write garbage");
     let err = SqliteStore::open(SqliteStoreConfig::new(&garbage)).expect_err("not a database");
-    assert!(
-        err.to_string().contains(&garbage.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&garbage.display().to_string()), "{err}");
 
     let mut config = SqliteStoreConfig::new(dir.path().join("state.db"));
     config.watch_buffer = 0;

@@ -10,89 +10,46 @@ use crate::{TestStore, eventually, next_batch, put};
 #[tokio::test]
 async fn expiry_deletes_the_attached_keys_in_one_revision() {
     let t = TestStore::new();
-    let lease = t
-        .store
-        .lease_grant(Duration::from_millis(300))
-        .await
-        .expect("grant");
+    let lease = t.store.lease_grant(Duration::from_millis(300)).await.expect("grant");
     assert_eq!(lease.ttl, Duration::from_millis(300));
-    let txn = Txn::new().then([
-        Op::put_with_lease("a", "1", lease.id),
-        Op::put_with_lease("b", "1", lease.id),
-    ]);
+    let txn =
+        Txn::new().then([Op::put_with_lease("a", "1", lease.id), Op::put_with_lease("b", "1", lease.id)]);
     t.store.txn(txn).await.expect("txn"); // 2
     put(&t.store, "c", "1").await; // 3
     let a = t.store.get("a").await.expect("get").expect("a");
     assert_eq!(a.lease, Some(lease.id));
     let mut stream = t.store.watch("", 0).await.expect("watch");
 
-    eventually("the lease to expire", || async {
-        t.store.get("a").await.expect("get").is_none()
-    })
-    .await;
+    eventually("the lease to expire", || async { t.store.get("a").await.expect("get").is_none() }).await;
     assert_eq!(t.store.get("b").await.expect("get"), None);
-    assert!(
-        t.store.get("c").await.expect("get").is_some(),
-        "c is not attached to the lease"
-    );
-    assert_eq!(
-        t.store.current_revision().await.expect("revision"),
-        4,
-        "one revision for the expiry"
-    );
+    assert!(t.store.get("c").await.expect("get").is_some(), "c is not attached to the lease");
+    assert_eq!(t.store.current_revision().await.expect("revision"), 4, "one revision for the expiry");
 
     let batch = next_batch(&mut stream).await;
     assert_eq!(batch.revision, 4);
-    let events: Vec<_> = batch
-        .events
-        .iter()
-        .map(|e| (e.kind, e.kv.key.as_str()))
-        .collect();
+    let events: Vec<_> = batch.events.iter().map(|e| (e.kind, e.kv.key.as_str())).collect();
     assert_eq!(events, [(EventKind::Delete, "a"), (EventKind::Delete, "b")]);
     assert_eq!(batch.events[0].prev, Some(a));
 
     let gone = t.store.lease_keep_alive(lease.id).await;
-    assert!(
-        matches!(gone, Err(StoreError::LeaseNotFound(id)) if id == lease.id),
-        "{gone:?}"
-    );
-    let put_gone = t
-        .store
-        .txn(Txn::new().then([Op::put_with_lease("d", "1", lease.id)]))
-        .await;
-    assert!(
-        matches!(put_gone, Err(StoreError::LeaseNotFound(_))),
-        "{put_gone:?}"
-    );
+    assert!(matches!(gone, Err(StoreError::LeaseNotFound(id)) if id == lease.id), "{gone:?}");
+    let put_gone = t.store.txn(Txn::new().then([Op::put_with_lease("d", "1", lease.id)])).await;
+    assert!(matches!(put_gone, Err(StoreError::LeaseNotFound(_))), "{put_gone:?}");
 }
 
 #[tokio::test]
 async fn keep_alive_prevents_expiry() {
     let t = TestStore::new();
     // Generous against the keep-alive period so that a loaded machine does not make it flaky.
-    let lease = t
-        .store
-        .lease_grant(Duration::from_millis(800))
-        .await
-        .expect("grant");
-    t.store
-        .txn(Txn::new().then([Op::put_with_lease("k", "v", lease.id)]))
-        .await
-        .expect("txn");
+    let lease = t.store.lease_grant(Duration::from_millis(800)).await.expect("grant");
+    t.store.txn(Txn::new().then([Op::put_with_lease("k", "v", lease.id)])).await.expect("txn");
     let until = Instant::now() + Duration::from_millis(2000);
     while Instant::now() < until {
-        let refreshed = t
-            .store
-            .lease_keep_alive(lease.id)
-            .await
-            .expect("keep alive");
+        let refreshed = t.store.lease_keep_alive(lease.id).await.expect("keep alive");
         assert_eq!(refreshed, lease);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        t.store.get("k").await.expect("get").is_some(),
-        "kept alive for well past its ttl"
-    );
+    assert!(t.store.get("k").await.expect("get").is_some(), "kept alive for well past its ttl");
     eventually("the lease to expire once no longer kept alive", || async {
         t.store.get("k").await.expect("get").is_none()
     })
@@ -102,16 +59,8 @@ async fn keep_alive_prevents_expiry() {
 #[tokio::test]
 async fn revoke_deletes_the_attached_keys_in_one_revision() {
     let t = TestStore::new();
-    let lease = t
-        .store
-        .lease_grant(Duration::from_secs(60))
-        .await
-        .expect("grant");
-    let other = t
-        .store
-        .lease_grant(Duration::from_secs(60))
-        .await
-        .expect("grant");
+    let lease = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
+    let other = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     assert_ne!(lease.id, other.id);
     let txn = Txn::new().then([
         Op::put_with_lease("a", "1", lease.id),
@@ -121,57 +70,29 @@ async fn revoke_deletes_the_attached_keys_in_one_revision() {
     t.store.txn(txn).await.expect("txn"); // 2
     // Overwriting without a lease detaches the key.
     put(&t.store, "b", "2").await; // 3
-    let lease_compare = Compare {
-        key: "a".into(),
-        op: CompareOp::Equal,
-        target: CompareTarget::Lease(lease.id),
-    };
-    assert!(
-        t.store
-            .txn(Txn::new().when([lease_compare]))
-            .await
-            .expect("txn")
-            .succeeded
-    );
+    let lease_compare =
+        Compare { key: "a".into(), op: CompareOp::Equal, target: CompareTarget::Lease(lease.id) };
+    assert!(t.store.txn(Txn::new().when([lease_compare])).await.expect("txn").succeeded);
 
     let mut stream = t.store.watch("", 0).await.expect("watch");
     t.store.lease_revoke(lease.id).await.expect("revoke");
     assert_eq!(t.store.current_revision().await.expect("revision"), 4);
     assert_eq!(t.store.get("a").await.expect("get"), None);
-    assert!(
-        t.store.get("b").await.expect("get").is_some(),
-        "b was detached"
-    );
-    assert!(
-        t.store.get("o").await.expect("get").is_some(),
-        "o belongs to another lease"
-    );
+    assert!(t.store.get("b").await.expect("get").is_some(), "b was detached");
+    assert!(t.store.get("o").await.expect("get").is_some(), "o belongs to another lease");
     let batch = next_batch(&mut stream).await;
-    assert_eq!(
-        (batch.revision, batch.events.len(), batch.events[0].kind),
-        (4, 1, EventKind::Delete)
-    );
+    assert_eq!((batch.revision, batch.events.len(), batch.events[0].kind), (4, 1, EventKind::Delete));
 
     let again = t.store.lease_revoke(lease.id).await;
-    assert!(
-        matches!(again, Err(StoreError::LeaseNotFound(_))),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(StoreError::LeaseNotFound(_))), "{again:?}");
     let unknown = t.store.lease_keep_alive(12345).await;
-    assert!(
-        matches!(unknown, Err(StoreError::LeaseNotFound(12345))),
-        "{unknown:?}"
-    );
+    assert!(matches!(unknown, Err(StoreError::LeaseNotFound(12345))), "{unknown:?}");
 }
 
 #[tokio::test]
 async fn revoking_a_lease_without_keys_keeps_the_revision() {
     let t = TestStore::new();
-    let lease = t
-        .store
-        .lease_grant(Duration::from_secs(60))
-        .await
-        .expect("grant");
+    let lease = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     t.store.lease_revoke(lease.id).await.expect("revoke");
     assert_eq!(t.store.current_revision().await.expect("revision"), 1);
 }
@@ -179,32 +100,15 @@ async fn revoking_a_lease_without_keys_keeps_the_revision() {
 #[tokio::test]
 async fn leases_survive_reopen_with_a_fresh_deadline() {
     let t = TestStore::new();
-    let long = t
-        .store
-        .lease_grant(Duration::from_secs(60))
-        .await
-        .expect("grant");
-    let short = t
-        .store
-        .lease_grant(Duration::from_millis(300))
-        .await
-        .expect("grant");
-    let txn = Txn::new().then([
-        Op::put_with_lease("long", "1", long.id),
-        Op::put_with_lease("short", "1", short.id),
-    ]);
+    let long = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
+    let short = t.store.lease_grant(Duration::from_millis(300)).await.expect("grant");
+    let txn = Txn::new()
+        .then([Op::put_with_lease("long", "1", long.id), Op::put_with_lease("short", "1", short.id)]);
     t.store.txn(txn).await.expect("txn");
 
     let t = t.reopen().await;
-    assert_eq!(
-        t.store.lease_keep_alive(long.id).await.expect("keep alive"),
-        long
-    );
-    let fresh = t
-        .store
-        .lease_grant(Duration::from_secs(60))
-        .await
-        .expect("grant");
+    assert_eq!(t.store.lease_keep_alive(long.id).await.expect("keep alive"), long);
+    let fresh = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     assert!(fresh.id > short.id, "lease ids are not reused after reopen");
     eventually("the short lease to expire after reopen", || async {
         t.store.get("short").await.expect("get").is_none()

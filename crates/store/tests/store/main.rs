@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use enjin_store::{
-    Op, SqliteStore, SqliteStoreConfig, Store, Txn, TxnResponse, WatchBatch, WatchError,
-    WatchStream,
+    Op, SqliteStore, SqliteStoreConfig, Store, Txn, TxnResponse, WatchBatch, WatchError, WatchStream,
 };
 use tempfile::TempDir;
 
@@ -46,11 +45,7 @@ impl TestStore {
     pub(crate) async fn reopen(self) -> Self {
         self.store.close().await.expect("close store");
         let store = open_at(&self.path);
-        TestStore {
-            store,
-            path: self.path,
-            dir: self.dir,
-        }
+        TestStore { store, path: self.path, dir: self.dir }
     }
 }
 
@@ -59,31 +54,20 @@ pub(crate) fn open_at(path: &Path) -> SqliteStore {
 }
 
 pub(crate) async fn put(store: &impl Store, key: &str, value: &str) -> TxnResponse {
-    store
-        .txn(Txn::new().then([Op::put(key, value)]))
-        .await
-        .expect("put")
+    store.txn(Txn::new().then([Op::put(key, value)])).await.expect("put")
 }
 
 pub(crate) async fn delete(store: &impl Store, key: &str) -> TxnResponse {
-    store
-        .txn(Txn::new().then([Op::delete(key)]))
-        .await
-        .expect("delete")
+    store.txn(Txn::new().then([Op::delete(key)])).await.expect("delete")
 }
 
 /// The next item of a watch, failing the test if none comes in time.
 pub(crate) async fn next_item(stream: &mut WatchStream) -> Option<Result<WatchBatch, WatchError>> {
-    tokio::time::timeout(PATIENCE, stream.recv())
-        .await
-        .expect("watch item within the patience")
+    tokio::time::timeout(PATIENCE, stream.recv()).await.expect("watch item within the patience")
 }
 
 pub(crate) async fn next_batch(stream: &mut WatchStream) -> WatchBatch {
-    next_item(stream)
-        .await
-        .expect("watch still open")
-        .expect("watch batch, not an error")
+    next_item(stream).await.expect("watch still open").expect("watch batch, not an error")
 }
 
 /// Asserts that no item arrives for a short while (used after the expected items arrived).
@@ -100,10 +84,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use enjin_store::{
-    Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Op, OpResponse, Store, Txn,
-    TxnResponse, WatchBatch,
+    Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Op, OpResponse, Store, Txn, TxnResponse,
+    WatchBatch,
 };
 use proptest::prelude::*;
 
@@ -53,11 +53,7 @@ fn txn() -> impl Strategy<Value = Txn> {
         prop::collection::vec(op(), 0..4),
         prop::collection::vec(op(), 0..3),
     )
-        .prop_map(|(compare, success, failure)| Txn {
-            compare,
-            success,
-            failure,
-        })
+        .prop_map(|(compare, success, failure)| Txn { compare, success, failure })
 }
 
 /// Groups of transactions: the groups run one after the other, the transactions of one group
@@ -76,15 +72,8 @@ fn changed(response: &TxnResponse) -> bool {
 }
 
 /// The (kind, key, value, prev) of the events a committed transaction must have produced.
-fn expected_events(
-    txn: &Txn,
-    response: &TxnResponse,
-) -> Vec<(EventKind, String, Vec<u8>, Option<KeyValue>)> {
-    let ops = if response.succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
+fn expected_events(txn: &Txn, response: &TxnResponse) -> Vec<(EventKind, String, Vec<u8>, Option<KeyValue>)> {
+    let ops = if response.succeeded { &txn.success } else { &txn.failure };
     let mut events = Vec::new();
     for (op, result) in ops.iter().zip(&response.responses) {
         match (op, result) {
@@ -93,12 +82,7 @@ fn expected_events(
             }
             (_, OpResponse::Delete { deleted }) => {
                 for kv in deleted {
-                    events.push((
-                        EventKind::Delete,
-                        kv.key.clone(),
-                        Vec::new(),
-                        Some(kv.clone()),
-                    ));
+                    events.push((EventKind::Delete, kv.key.clone(), Vec::new(), Some(kv.clone())));
                 }
             }
             _ => {}
@@ -137,11 +121,7 @@ fn apply(state: &mut BTreeMap<String, KeyValue>, batch: &WatchBatch) {
                     Some(old) => (old.create_revision, old.version + 1),
                     None => (batch.revision, 1),
                 };
-                assert_eq!(
-                    (kv.create_revision, kv.version),
-                    (create, version),
-                    "{kv:?}"
-                );
+                assert_eq!((kv.create_revision, kv.version), (create, version), "{kv:?}");
                 state.insert(kv.key.clone(), kv.clone());
             }
             EventKind::Delete => {
@@ -181,20 +161,11 @@ async fn check(plan: Vec<Vec<Txn>>) {
         let response = &entry.1;
         assert!(response.revision >= 1 && response.revision <= last.revision);
         if changed(response) {
-            assert!(
-                entry.0.writes(response.succeeded),
-                "only a writing branch changes keys"
-            );
-            assert!(
-                by_revision.insert(response.revision, entry).is_none(),
-                "revision given twice"
-            );
+            assert!(entry.0.writes(response.succeeded), "only a writing branch changes keys");
+            assert!(by_revision.insert(response.revision, entry).is_none(), "revision given twice");
         }
     }
-    assert_eq!(
-        by_revision.keys().copied().collect::<Vec<_>>(),
-        (2..=last.revision).collect::<Vec<_>>()
-    );
+    assert_eq!(by_revision.keys().copied().collect::<Vec<_>>(), (2..=last.revision).collect::<Vec<_>>());
 
     // The watch delivers each of them once, in order, with the events their responses name,
     // and each one's compare result matches the state the replay has reached.
@@ -209,17 +180,10 @@ async fn check(plan: Vec<Vec<Txn>>) {
             .collect();
         assert_eq!(got, expected_events(txn, response), "revision {revision}");
         let succeeded = txn.compare.iter().all(|c| holds(&state, c));
-        assert_eq!(
-            succeeded, response.succeeded,
-            "compare outcome at revision {revision}"
-        );
+        assert_eq!(succeeded, response.succeeded, "compare outcome at revision {revision}");
         apply(&mut state, &batch);
     }
-    assert_eq!(
-        state.into_values().collect::<Vec<_>>(),
-        last.kvs,
-        "replay rebuilds the final state"
-    );
+    assert_eq!(state.into_values().collect::<Vec<_>>(), last.kvs, "replay rebuilds the final state");
 
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await.expect("close");

@@ -5,23 +5,11 @@ use enjin_store::{Event, EventKind, KeyValue, Op, Store, StoreError, Txn, WatchB
 use crate::{TestStore, assert_quiet, delete, next_batch, next_item, put};
 
 fn summary(batch: &WatchBatch) -> (i64, Vec<(EventKind, String)>) {
-    (
-        batch.revision,
-        batch
-            .events
-            .iter()
-            .map(|e| (e.kind, e.kv.key.clone()))
-            .collect(),
-    )
+    (batch.revision, batch.events.iter().map(|e| (e.kind, e.kv.key.clone())).collect())
 }
 
 fn puts(rev: i64, keys: &[&str]) -> (i64, Vec<(EventKind, String)>) {
-    (
-        rev,
-        keys.iter()
-            .map(|k| (EventKind::Put, (*k).to_owned()))
-            .collect(),
-    )
+    (rev, keys.iter().map(|k| (EventKind::Put, (*k).to_owned())).collect())
 }
 
 #[tokio::test]
@@ -54,13 +42,7 @@ async fn watch_from_an_old_revision_replays_then_goes_live() {
     assert_eq!(summary(&next_batch(&mut stream).await), puts(3, &["b"]));
     let third = next_batch(&mut stream).await;
     assert_eq!(summary(&third), puts(4, &["a"]));
-    assert_eq!(
-        (
-            third.events[0].kv.version,
-            third.events[0].kv.create_revision
-        ),
-        (2, 2)
-    );
+    assert_eq!((third.events[0].kv.version, third.events[0].kv.create_revision), (2, 2));
     let deleted = next_batch(&mut stream).await;
     assert_eq!(
         deleted.events,
@@ -108,20 +90,11 @@ async fn a_multi_key_txn_arrives_as_one_batch() {
     let t = TestStore::new();
     put(&t.store, "d", "1").await;
     let mut stream = t.store.watch("", 0).await.expect("watch");
-    let txn = Txn::new().then([
-        Op::put("a", "1"),
-        Op::put("b", "1"),
-        Op::delete("d"),
-        Op::put("c", "1"),
-    ]);
+    let txn = Txn::new().then([Op::put("a", "1"), Op::put("b", "1"), Op::delete("d"), Op::put("c", "1")]);
     t.store.txn(txn).await.expect("txn");
     let batch = next_batch(&mut stream).await;
     assert_eq!(batch.revision, 3);
-    let kinds: Vec<_> = batch
-        .events
-        .iter()
-        .map(|e| (e.kind, e.kv.key.as_str(), e.kv.mod_revision))
-        .collect();
+    let kinds: Vec<_> = batch.events.iter().map(|e| (e.kind, e.kv.key.as_str(), e.kv.mod_revision)).collect();
     assert_eq!(
         kinds,
         [
@@ -160,34 +133,22 @@ async fn watches_filter_by_prefix() {
     put(&t.store, "apple", "1").await; // 4
     let txn = Txn::new().then([Op::put("other/q", "1"), Op::put("app/z", "1")]);
     t.store.txn(txn).await.expect("txn"); // 5
-    t.store
-        .txn(Txn::new().then([Op::delete_prefix("")]))
-        .await
-        .expect("txn"); // 6
+    t.store.txn(Txn::new().then([Op::delete_prefix("")])).await.expect("txn"); // 6
 
     assert_eq!(summary(&next_batch(&mut apps).await), puts(2, &["app/x"]));
     assert_eq!(summary(&next_batch(&mut apps).await), puts(5, &["app/z"]));
     let cleared = next_batch(&mut apps).await;
     assert_eq!(
         summary(&cleared),
-        (
-            6,
-            vec![
-                (EventKind::Delete, "app/x".to_owned()),
-                (EventKind::Delete, "app/z".to_owned())
-            ]
-        )
+        (6, vec![(EventKind::Delete, "app/x".to_owned()), (EventKind::Delete, "app/z".to_owned())])
     );
     assert_quiet(&mut apps).await;
 
     // The same filter when replaying from history.
     let mut replay = t.store.watch("app/", 1).await.expect("watch");
-    let revisions = [
-        next_batch(&mut replay).await,
-        next_batch(&mut replay).await,
-        next_batch(&mut replay).await,
-    ]
-    .map(|b| b.revision);
+    let revisions =
+        [next_batch(&mut replay).await, next_batch(&mut replay).await, next_batch(&mut replay).await]
+            .map(|b| b.revision);
     assert_eq!(revisions, [2, 5, 6]);
     assert_quiet(&mut replay).await;
 }
@@ -202,18 +163,8 @@ async fn watch_from_before_compaction_fails_with_compacted() {
     assert_eq!(t.store.compacted_revision().await.expect("compacted"), 4);
 
     let mut stream = t.store.watch("", 2).await.expect("watch");
-    assert_eq!(
-        next_item(&mut stream).await,
-        Some(Err(WatchError::Compacted {
-            requested: 2,
-            compacted: 4
-        }))
-    );
-    assert_eq!(
-        next_item(&mut stream).await,
-        None,
-        "the stream ends after the error"
-    );
+    assert_eq!(next_item(&mut stream).await, Some(Err(WatchError::Compacted { requested: 2, compacted: 4 })));
+    assert_eq!(next_item(&mut stream).await, None, "the stream ends after the error");
 
     let mut kept = t.store.watch("", 4).await.expect("watch");
     assert_eq!(next_batch(&mut kept).await.revision, 4);
@@ -227,32 +178,11 @@ async fn compaction_bounds() {
     put(&t.store, "a", "1").await; // 2
     put(&t.store, "a", "2").await; // 3
     let future = t.store.compact(4).await;
-    assert!(
-        matches!(
-            future,
-            Err(StoreError::FutureRevision {
-                requested: 4,
-                current: 3
-            })
-        ),
-        "{future:?}"
-    );
+    assert!(matches!(future, Err(StoreError::FutureRevision { requested: 4, current: 3 })), "{future:?}");
     t.store.compact(3).await.expect("compact to current");
-    t.store
-        .compact(3)
-        .await
-        .expect("compacting again is a no-op");
+    t.store.compact(3).await.expect("compacting again is a no-op");
     let older = t.store.compact(2).await;
-    assert!(
-        matches!(
-            older,
-            Err(StoreError::Compacted {
-                requested: 2,
-                compacted: 3
-            })
-        ),
-        "{older:?}"
-    );
+    assert!(matches!(older, Err(StoreError::Compacted { requested: 2, compacted: 3 })), "{older:?}");
     // Compaction drops history, not data, and uses no revision.
     assert_eq!(t.store.current_revision().await.expect("revision"), 3);
     assert_eq!(t.store.get("a").await.expect("get").expect("a").value, b"2");
@@ -274,30 +204,18 @@ async fn a_lagging_watcher_whose_next_revision_is_compacted_gets_compacted() {
     t.store.compact(15).await.expect("compact");
     let mut expected = 3;
     loop {
-        match next_item(&mut stream)
-            .await
-            .expect("an item before the end")
-        {
+        match next_item(&mut stream).await.expect("an item before the end") {
             Ok(batch) => {
                 assert_eq!(batch.revision, expected);
                 expected += 1;
             }
             Err(err) => {
-                assert_eq!(
-                    err,
-                    WatchError::Compacted {
-                        requested: expected,
-                        compacted: 15
-                    }
-                );
+                assert_eq!(err, WatchError::Compacted { requested: expected, compacted: 15 });
                 break;
             }
         }
     }
-    assert!(
-        expected < 15,
-        "the watcher got ahead of the compaction: {expected}"
-    );
+    assert!(expected < 15, "the watcher got ahead of the compaction: {expected}");
     assert_eq!(next_item(&mut stream).await, None);
 }
 
@@ -312,11 +230,7 @@ async fn two_watchers_see_identical_sequences() {
         writers.push(tokio::spawn(async move {
             for i in 0..25 {
                 let key = format!("k{}", (w * 7 + i) % 10);
-                let op = if i % 5 == 4 {
-                    Op::delete(key)
-                } else {
-                    Op::put(key, format!("{w}-{i}"))
-                };
+                let op = if i % 5 == 4 { Op::delete(key) } else { Op::put(key, format!("{w}-{i}")) };
                 store.txn(Txn::new().then([op])).await.expect("txn");
             }
         }));
@@ -338,13 +252,7 @@ async fn two_watchers_see_identical_sequences() {
     }
     assert_eq!(sequences[0], sequences[1]);
     for batch in &sequences[0] {
-        assert!(
-            batch
-                .events
-                .iter()
-                .all(|e| e.kv.mod_revision == batch.revision),
-            "{batch:?}"
-        );
+        assert!(batch.events.iter().all(|e| e.kv.mod_revision == batch.revision), "{batch:?}");
     }
 }
 
