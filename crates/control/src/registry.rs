@@ -234,6 +234,22 @@ impl Registry {
             check_targets(&req.spec, ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
             let mut failure = vec![Op::Get { key: key.clone() }];
+            if let Some(field) = req.spec.change_referrers_rely_on(&old.spec) {
+                // Guarded like a delete: a reference added concurrently makes this retry.
+                let guard_rev = self.store.get(&guard_key(uuid)).await?.map_or(0, |g| g.mod_revision);
+                let referrers = self.store.range(&refs_prefix(uuid)).await?;
+                if !referrers.kvs.is_empty() {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "cannot change while {} other object(s) refer to this {kind}; change or delete them first",
+                            referrers.kvs.len()
+                        ),
+                    )
+                    .into());
+                }
+                txn = txn.when([Compare::mod_revision(guard_key(uuid), guard_rev)]);
+            }
             if kind == Kind::Compartment && req.spec.references() != old.spec.references() {
                 let guard = self.check_compartment_graph(uuid, &req.spec).await?;
                 txn = txn

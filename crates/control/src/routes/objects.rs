@@ -12,12 +12,17 @@ use uuid::Uuid;
 use super::AppState;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::ApiError;
+use crate::registry::RegistryError;
 
 pub async fn list<S: Spec>(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<List<S>>, ApiError> {
-    let (items, revision) = state.registry.list::<S>(&q).await?;
+    let (items, revision) = state.registry.list::<S>(&q).await.map_err(|e| match e {
+        // The only field a list can find fault with is its selector: a malformed query.
+        RegistryError::Invalid(f) => ApiError::bad_request(f.message).with_field(f.field),
+        e => e.into(),
+    })?;
     Ok(Json(List { items, revision }))
 }
 

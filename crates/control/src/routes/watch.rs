@@ -34,14 +34,16 @@ pub async fn watch(
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let last_seen = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    // A reconnecting EventSource repeats the URL it first used; its Last-Event-ID says where
+    // it really is, so it wins over `from`.
     let from = match (q.from, last_seen) {
-        (Some(from), _) => from,
-        (None, Some(id)) => {
+        (_, Some(id)) => {
             id.trim()
                 .parse::<i64>()
                 .map_err(|_| ApiError::bad_request(format!("Last-Event-ID {id:?} is not a revision")))?
                 + 1
         }
+        (Some(from), None) => from,
         (None, None) => 0,
     };
     if from < 0 {

@@ -52,7 +52,10 @@ async fn roundtrip(plural: &'static str) {
     let both = format!("suite=crud,case={plural}");
     assert_eq!(s.list_ids(plural, &[("selector", &both)]).await, vec![uuid.clone()], "two-label selector");
     assert!(s.list_ids(plural, &[("selector", "suite=other")]).await.is_empty(), "selector excludes");
-    assert!(s.list_ids(plural, &[("selector", "suite=crud,case=other")]).await.is_empty(), "all of a selector must match");
+    assert!(
+        s.list_ids(plural, &[("selector", "suite=crud,case=other")]).await.is_empty(),
+        "all of a selector must match"
+    );
 
     // Update at the current revision: 200, a later revision, the new spec and labels.
     let mut body = json!({"revision": created["revision"], "labels": {"suite": "crud", "phase": "updated"}, "spec": new_spec});
@@ -163,6 +166,9 @@ async fn crud_tasks() {
     roundtrip("tasks").await;
 }
 
+/// A list query, as `(name, value)` pairs.
+type Query<'a> = Vec<(&'a str, &'a str)>;
+
 /// Every list filter on a small topology: three rings of nodes in two regions serving two
 /// tiers, with selector labels.
 #[tokio::test(flavor = "multi_thread")]
@@ -193,7 +199,7 @@ async fn list_filters() {
         v.sort();
         v.into_iter().cloned().collect::<Vec<String>>()
     };
-    let cases: Vec<(Vec<(&str, &str)>, Vec<String>)> = vec![
+    let cases: Vec<(Query, Vec<String>)> = vec![
         (vec![("ring", "0")], sorted(vec![&m1, &m2, &m3])),
         (vec![("ring", "1")], sorted(vec![&h1, &h2, &h3])),
         (vec![("ring", "2")], sorted(vec![&a1])),
@@ -249,7 +255,12 @@ async fn list_filters() {
         assert_problem(&reply, 400, None);
     }
     let reply = send(s.request(Method::GET, "/v1/nodes").query(&[("selector", "role")])).await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "a selector without '=' is a malformed query: {}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_REQUEST,
+        "a selector without '=' is a malformed query: {}",
+        reply.body
+    );
     assert_problem(&reply, 400, Some("selector"));
     s.stop().await;
 }

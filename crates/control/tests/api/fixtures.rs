@@ -85,7 +85,6 @@ pub fn task(label: &str) -> Value {
 #[derive(Debug)]
 pub struct Case {
     pub singular: &'static str,
-    pub plural: &'static str,
     pub create: Value,
     pub new_spec: Value,
 }
@@ -138,7 +137,9 @@ pub async fn case(s: &TestServer, plural: &'static str) -> Case {
             let us = s.create_id("compartments", compartment(0, "us", "region", &[])).await;
             (compartment(0, "dc1", "datacenter", &[&eu]), json!({"type": "datacenter", "parents": [us, eu]}))
         }
-        "tiers" => (tier(2, "web"), json!({"description": "web processes", "hooks": {"promote": "/bin/true"}})),
+        "tiers" => {
+            (tier(2, "web"), json!({"description": "web processes", "hooks": {"promote": "/bin/true"}}))
+        }
         "nodes" => {
             let m1 = s.create_id("nodes", machine("m1")).await;
             let h1 = s.create_id("nodes", node(1, "h1", &m1)).await;
@@ -156,10 +157,13 @@ pub async fn case(s: &TestServer, plural: &'static str) -> Case {
             });
             (observation(0, &m1), new_spec)
         }
-        "tasks" => (task("deploy-1"), json!({"type": "deploy", "state": "running", "progress": {"done": 1, "total": 3}})),
+        "tasks" => (
+            task("deploy-1"),
+            json!({"type": "deploy", "state": "running", "progress": {"done": 1, "total": 3}}),
+        ),
         other => panic!("no CRUD case for {other}"),
     };
-    Case { singular, plural, create, new_spec }
+    Case { singular, create, new_spec }
 }
 
 /// Asserts that every field of `sent` appears in `stored` with the same value (the server may

@@ -1,7 +1,6 @@
 //! A control plane served on loopback port 0 over a SQLite store in a temporary directory, and
 //! a small HTTP client that speaks to it with the admin token.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +42,13 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let store = SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
+        let store =
+            SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
         let store = Arc::new(store);
         let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
         plane.bootstrap().await.expect("bootstrap");
-        let token = plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;
+        let token =
+            plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -56,7 +57,8 @@ impl TestServer {
             let _ = stopped.await;
         }));
         let http = reqwest::Client::builder().timeout(PATIENCE).build().expect("http client");
-        let streaming = reqwest::Client::builder().connect_timeout(PATIENCE).build().expect("streaming client");
+        let streaming =
+            reqwest::Client::builder().connect_timeout(PATIENCE).build().expect("streaming client");
         TestServer {
             base: format!("http://{addr}"),
             token,
@@ -75,7 +77,8 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(serving) = self.serving.take() {
-            let result = tokio::time::timeout(PATIENCE, serving).await.expect("server stops within the patience");
+            let result =
+                tokio::time::timeout(PATIENCE, serving).await.expect("server stops within the patience");
             result.expect("server task did not panic").expect("server ended without an error");
         }
         self.store.close().await.expect("close the store");
@@ -84,6 +87,11 @@ impl TestServer {
     /// The store under the server, for what the API does not offer (compaction).
     pub fn store(&self) -> &SqliteStore {
         &self.store
+    }
+
+    /// The store, shared, to build a second control plane over it.
+    pub fn shared_store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store) as Arc<dyn Store>
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -234,7 +242,8 @@ pub async fn send(rb: RequestBuilder) -> Reply {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     Reply { status, headers, body }
 }
@@ -270,17 +279,4 @@ pub fn assert_problem_status(reply: &Reply, status: u16) {
     assert!(p["type"].as_str().is_some_and(|t| !t.is_empty()), "problem type in {p}");
     assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "problem title in {p}");
     assert!(p["detail"].as_str().is_some_and(|t| !t.is_empty()), "problem detail in {p}");
-}
-
-/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -7,10 +7,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::fixtures::{
-    account, compartment, interface, machine, membership, network, node, observation, role, rule, rule_set, task,
-    tier,
+    account, compartment, interface, machine, membership, network, node, observation, role, rule, rule_set,
+    task, tier,
 };
-use crate::harness::{Reply, Snapshot, TestServer, assert_problem, assert_problem_status, revision_of, send, uuid_of};
+use crate::harness::{
+    Reply, Snapshot, TestServer, assert_problem, assert_problem_status, revision_of, send, uuid_of,
+};
 
 /// Sends a request that must be refused with `status`, whatever field it names, and checks
 /// that nothing stored changed.
@@ -34,7 +36,14 @@ async fn refuse_create(s: &TestServer, plural: &str, body: Value, status: u16, f
 }
 
 /// Refuses replacing `object`'s spec (label and labels kept) at its current revision.
-async fn refuse_update(s: &TestServer, plural: &str, object: &Value, spec: Value, status: u16, field: Option<&str>) {
+async fn refuse_update(
+    s: &TestServer,
+    plural: &str,
+    object: &Value,
+    spec: Value,
+    status: u16,
+    field: Option<&str>,
+) {
     let mut body = json!({"revision": object["revision"], "spec": spec});
     if let Some(label) = object.get("label") {
         body["label"] = label.clone();
@@ -77,11 +86,7 @@ async fn node_parents_follow_the_rings() {
     let s = TestServer::start().await;
     let m1 = s.create_id("nodes", machine("m1")).await;
     let m2 = s.create_id("nodes", machine("m2")).await;
-    let h1 = s.create(
-        "nodes",
-        node(1, "h1", &m1),
-    )
-    .await;
+    let h1 = s.create("nodes", node(1, "h1", &m1)).await;
     let h1_id = uuid_of(&h1);
     let a1 = s.create_id("nodes", node(2, "a1", &h1_id)).await;
 
@@ -108,8 +113,10 @@ async fn node_parents_follow_the_rings() {
     refuse_create(&s, "nodes", json!({"ring": 3, "label": "x", "spec": {}}), 400, Some("ring")).await;
 
     // The same rules hold on update: a move to another machine is fine, to a ring-1 node not.
-    refuse_update(&s, "nodes", &h1, json!({"parent": a1, "strategy": "netns"}), 422, Some("spec.parent")).await;
-    refuse_update(&s, "nodes", &h1, json!({"parent": h1_id, "strategy": "netns"}), 422, Some("spec.parent")).await;
+    refuse_update(&s, "nodes", &h1, json!({"parent": a1, "strategy": "netns"}), 422, Some("spec.parent"))
+        .await;
+    refuse_update(&s, "nodes", &h1, json!({"parent": h1_id, "strategy": "netns"}), 422, Some("spec.parent"))
+        .await;
     refuse_update(&s, "nodes", &h1, json!({"strategy": "netns"}), 422, Some("spec.parent")).await;
     let moved = s.update("nodes", &h1, json!({"parent": m2, "strategy": "netns"})).await;
     assert_eq!(moved["spec"]["parent"], json!(m2));
@@ -156,7 +163,8 @@ async fn references_must_exist_in_the_right_ring() {
     refuse_create(&s, "memberships", membership("bob", &sys, &random()), 422, Some("spec.role")).await;
     refuse_create(&s, "memberships", membership("bob", &viewer, &sys), 422, Some("spec.account")).await;
     refuse_create(&s, "node-observations", observation(0, &random()), 422, Some("spec.node")).await;
-    refuse_create(&s, "network-interfaces", interface(1, &random(), &h1, &[]), 422, Some("spec.network")).await;
+    refuse_create(&s, "network-interfaces", interface(1, &random(), &h1, &[]), 422, Some("spec.network"))
+        .await;
     refuse_create(&s, "access-rule-sets", rule_set(1, "x", &random()), 422, Some("spec.network")).await;
     refuse_create(&s, "access-rules", rule(1, &random()), 422, Some("spec.rule_set")).await;
     let body = compartment(0, "x", "datacenter", &[&random()]);
@@ -165,7 +173,8 @@ async fn references_must_exist_in_the_right_ring() {
     // Networks and what hangs off them stay in one ring.
     let net1 = s.create_id("networks", network(1, "backplane", "10.80.0.0/24")).await;
     refuse_create(&s, "network-interfaces", interface(1, &net1, &m1_id, &[]), 422, Some("spec.node")).await;
-    refuse_create(&s, "network-interfaces", interface(0, &net1, &m1_id, &[]), 422, Some("spec.network")).await;
+    refuse_create(&s, "network-interfaces", interface(0, &net1, &m1_id, &[]), 422, Some("spec.network"))
+        .await;
     refuse_create(&s, "access-rule-sets", rule_set(2, "x", &net1), 422, Some("spec.network")).await;
     let set1 = s.create_id("access-rule-sets", rule_set(1, "web-in", &net1)).await;
     refuse_create(&s, "access-rules", rule(0, &set1), 422, Some("spec.rule_set")).await;
@@ -184,20 +193,73 @@ async fn compartments_form_a_dag() {
     let c_id = uuid_of(&c);
 
     // Closing a cycle, long or short, and a self-parent are refused.
-    refuse_update(&s, "compartments", &a, json!({"type": "region", "parents": [c_id]}), 422, Some("spec.parents")).await;
-    refuse_update(&s, "compartments", &a, json!({"type": "region", "parents": [b_id]}), 422, Some("spec.parents")).await;
-    refuse_update(&s, "compartments", &a, json!({"type": "region", "parents": [a_id]}), 422, Some("spec.parents")).await;
-    refuse_update(&s, "compartments", &b, json!({"type": "datacenter", "parents": [c_id]}), 422, Some("spec.parents"))
-        .await;
-    refuse_update(&s, "compartments", &c, json!({"type": "rack", "parents": [b_id, c_id]}), 422, Some("spec.parents"))
-        .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &a,
+        json!({"type": "region", "parents": [c_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &a,
+        json!({"type": "region", "parents": [b_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &a,
+        json!({"type": "region", "parents": [a_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &b,
+        json!({"type": "datacenter", "parents": [c_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &c,
+        json!({"type": "rack", "parents": [b_id, c_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
     // A second parent that closes a cycle through the first is refused as well.
     let d = s.create("compartments", compartment(0, "d", "zone", &[&a_id])).await;
     let d_id = uuid_of(&d);
-    refuse_update(&s, "compartments", &a, json!({"type": "region", "parents": [d_id]}), 422, Some("spec.parents")).await;
+    refuse_update(
+        &s,
+        "compartments",
+        &a,
+        json!({"type": "region", "parents": [d_id]}),
+        422,
+        Some("spec.parents"),
+    )
+    .await;
     // Listing a parent twice is refused, naming the second.
-    refuse_update(&s, "compartments", &c, json!({"type": "rack", "parents": [b_id, b_id]}), 422, Some("spec.parents[1]"))
-        .await;
+    refuse_update(
+        &s,
+        "compartments",
+        &c,
+        json!({"type": "rack", "parents": [b_id, b_id]}),
+        422,
+        Some("spec.parents[1]"),
+    )
+    .await;
 
     // Diamonds are fine.
     let c2 = s.update("compartments", &c, json!({"type": "rack", "parents": [b_id, d_id, a_id]})).await;
@@ -209,8 +271,10 @@ async fn compartments_form_a_dag() {
     let body = compartment(0, "x", "zone", &[&z1]);
     refuse_create(&s, "compartments", body, 422, Some("spec.parents[0]")).await;
     refuse_create(&s, "compartments", compartment(2, "x", "region", &[]), 422, Some("spec.type")).await;
-    refuse_create(&s, "compartments", compartment(0, "x", "app-environment", &[]), 422, Some("spec.type")).await;
-    refuse_create(&s, "compartments", compartment(1, "x", "app-environment", &[]), 422, Some("spec.type")).await;
+    refuse_create(&s, "compartments", compartment(0, "x", "app-environment", &[]), 422, Some("spec.type"))
+        .await;
+    refuse_create(&s, "compartments", compartment(1, "x", "app-environment", &[]), 422, Some("spec.type"))
+        .await;
     s.create("compartments", compartment(2, "shop-prod", "app-environment", &[&z1])).await;
     s.stop().await;
 }
@@ -240,7 +304,8 @@ async fn labels_are_unique_among_siblings() {
 
     // Compartments: per ring and primary parent.
     s.create("compartments", compartment(0, "dc1", "datacenter", &[&eu])).await;
-    refuse_create(&s, "compartments", compartment(0, "dc1", "datacenter", &[&eu, &us]), 409, Some("label")).await;
+    refuse_create(&s, "compartments", compartment(0, "dc1", "datacenter", &[&eu, &us]), 409, Some("label"))
+        .await;
     s.create("compartments", compartment(0, "dc1", "datacenter", &[&us, &eu])).await;
     refuse_create(&s, "compartments", compartment(0, "eu", "region", &[]), 409, Some("label")).await;
 
@@ -307,8 +372,14 @@ async fn interface_addresses_lie_in_the_network() {
     for (addresses, field) in cases {
         refuse_create(&s, "network-interfaces", interface(1, &net, &h1, addresses), 422, Some(field)).await;
     }
-    refuse_create(&s, "network-interfaces", interface(1, &v6, &h1, &["10.80.0.5"]), 422, Some("spec.addresses[0]"))
-        .await;
+    refuse_create(
+        &s,
+        "network-interfaces",
+        interface(1, &v6, &h1, &["10.80.0.5"]),
+        422,
+        Some("spec.addresses[0]"),
+    )
+    .await;
     let ok = s.create("network-interfaces", interface(1, &net, &h1, &["10.80.0.0", "10.80.0.255"])).await;
     s.create("network-interfaces", interface(1, &v6, &h1, &["fd00::1"])).await;
     refuse_update(
@@ -318,6 +389,17 @@ async fn interface_addresses_lie_in_the_network() {
         json!({"network": net, "node": h1, "addresses": ["10.80.0.1", "10.80.2.1"]}),
         422,
         Some("spec.addresses[1]"),
+    )
+    .await;
+    // The range cannot move away from the interfaces that rely on it.
+    let network_obj = s.fetch("networks", &net).await;
+    refuse_update(
+        &s,
+        "networks",
+        &network_obj,
+        json!({"strategy": "local", "cidr": "192.168.0.0/24"}),
+        422,
+        Some("spec.cidr"),
     )
     .await;
     let mut bad_mac = interface(1, &net, &h1, &["10.80.0.9"]);
@@ -407,7 +489,11 @@ async fn deletes_cascade_to_observations_and_rules() {
     gone(&s, "node-observations", &o1).await;
     gone(&s, "node-observations", &o2).await;
     assert!(s.list_ids("node-observations", &[("parent", &m1)]).await.is_empty());
-    assert_eq!(s.list_ids("node-observations", &[]).await, vec![other.clone()], "other nodes' observations stay");
+    assert_eq!(
+        s.list_ids("node-observations", &[]).await,
+        vec![other.clone()],
+        "other nodes' observations stay"
+    );
 
     // A rule set takes its rules with it.
     let net = s.create_id("networks", network(1, "backplane", "10.80.0.0/24")).await;
@@ -430,7 +516,8 @@ async fn tasks_follow_their_state_machine() {
 
     refuse_update(&s, "tasks", &t, spec("succeeded", 3), 422, Some("spec.state")).await;
     refuse_update(&s, "tasks", &t, spec("failed", 0), 422, Some("spec.state")).await;
-    refuse_update(&s, "tasks", &t, json!({"type": "backup", "state": "pending"}), 422, Some("spec.type")).await;
+    refuse_update(&s, "tasks", &t, json!({"type": "backup", "state": "pending"}), 422, Some("spec.type"))
+        .await;
     refuse_update(&s, "tasks", &t, spec("running", 4), 422, Some("spec.progress.done")).await;
     let mut failing = spec("running", 1);
     failing["error"] = json!("disk full");
@@ -464,13 +551,17 @@ async fn malformed_requests_are_refused() {
     let body = json!({"ring": 0, "label": "x", "spec": {"description": "d", "colour": "red"}});
     let reply = refuse_status(&s, post().json(&body), 400).await;
     let field = reply.body["field"].as_str().unwrap_or("");
-    assert!(field == "spec" || field.starts_with("spec."), "the unknown field is placed in the spec: {}", reply.body);
+    assert!(
+        field == "spec" || field.starts_with("spec."),
+        "the unknown field is placed in the spec: {}",
+        reply.body
+    );
     assert!(reply.body["detail"].as_str().is_some_and(|d| d.contains("colour")), "and named: {}", reply.body);
     let body = json!({"ring": 0, "label": "x", "spec": {}, "colour": "red"});
-    refuse(&s, post().json(&body), 400, None).await;
+    refuse(&s, post().json(&body), 400, Some("colour")).await;
     // The ring cannot change: an update has no such field.
     let body = json!({"revision": t["revision"], "label": "web", "ring": 1, "spec": {}});
-    refuse(&s, put().json(&body), 400, None).await;
+    refuse(&s, put().json(&body), 400, Some("ring")).await;
     // Wrong types and missing fields.
     refuse(&s, post().json(&json!({"ring": 0, "label": "x", "spec": 5})), 400, Some("spec")).await;
     refuse(&s, post().json(&json!({"ring": "zero", "label": "x", "spec": {}})), 400, Some("ring")).await;
@@ -495,15 +586,21 @@ async fn malformed_requests_are_refused() {
     // A body over 1 MiB, even a valid one.
     let huge = json!({"ring": 0, "label": "x", "spec": {"description": "d".repeat(1024 * 1024)}});
     refuse(&s, post().json(&huge), 413, None).await;
-    let huge = json!({"revision": t["revision"], "label": "web", "spec": {"description": "d".repeat(1024 * 1024)}});
+    let huge =
+        json!({"revision": t["revision"], "label": "web", "spec": {"description": "d".repeat(1024 * 1024)}});
     refuse(&s, put().json(&huge), 413, None).await;
     // Just under the limit is decoded (and then refused for its too long description).
     let near = json!({"ring": 0, "label": "x", "spec": {"description": "d".repeat(1024 * 1024 - 100)}});
     refuse(&s, post().json(&near), 422, Some("spec.description")).await;
 
     // A path that is not a uuid names no object.
-    refuse(&s, s.request(Method::PUT, "/v1/tiers/not-a-uuid").json(&json!({"revision": 1, "spec": {}})), 404, None)
-        .await;
+    refuse(
+        &s,
+        s.request(Method::PUT, "/v1/tiers/not-a-uuid").json(&json!({"revision": 1, "spec": {}})),
+        404,
+        None,
+    )
+    .await;
     refuse(&s, s.request(Method::DELETE, "/v1/tiers/not-a-uuid"), 404, None).await;
     refuse(&s, s.request(Method::DELETE, &format!("{item}?revision=abc")), 400, None).await;
     s.stop().await;
@@ -532,16 +629,29 @@ async fn refused_writes_change_nothing() {
         ("node-observations", observation(0, &random())),
         ("access-rules", rule(0, &random())),
         ("accounts", json!({"ring": 0, "label": "x", "spec": {"description": "\u{7}"}})),
-        ("roles", json!({"ring": 0, "label": "x", "spec": {"permissions": [{"verbs": [], "resources": ["node"]}]}})),
+        (
+            "roles",
+            json!({"ring": 0, "label": "x", "spec": {"permissions": [{"verbs": [], "resources": ["node"]}]}}),
+        ),
         ("networks", json!({"ring": 0, "label": "x", "spec": {"strategy": "vpn", "cidr": "10.0.0.0/8"}})),
     ];
     for (plural, body) in attempts {
         let reply = s.post(&format!("/v1/{plural}"), &body).await;
-        assert!(reply.status.is_client_error(), "{plural} {body} was refused: {} {}", reply.status, reply.body);
+        assert!(
+            reply.status.is_client_error(),
+            "{plural} {body} was refused: {} {}",
+            reply.status,
+            reply.body
+        );
         assert!(reply.content_type().starts_with("application/problem+json"));
     }
     let spec = json!({"type": "deploy", "state": "succeeded"});
-    let reply = s.put(&format!("/v1/tasks/{}", uuid_of(&t)), &json!({"revision": t["revision"], "label": "t", "spec": spec})).await;
+    let reply = s
+        .put(
+            &format!("/v1/tasks/{}", uuid_of(&t)),
+            &json!({"revision": t["revision"], "label": "t", "spec": spec}),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
     for (plural, uuid) in [("nodes", &m1), ("networks", &net)] {
         let stale = s.delete(&format!("/v1/{plural}/{uuid}?revision=1")).await;

@@ -148,9 +148,14 @@ fn parse_block(block: &str) -> SseEvent {
 }
 
 fn decode_batch(event: &SseEvent) -> Batch {
-    let raw: Value = serde_json::from_str(&event.data).unwrap_or_else(|e| panic!("batch data is JSON ({e}): {event:?}"));
+    let raw: Value =
+        serde_json::from_str(&event.data).unwrap_or_else(|e| panic!("batch data is JSON ({e}): {event:?}"));
     let revision = raw["revision"].as_i64().unwrap_or_else(|| panic!("batch without a revision: {raw}"));
-    let id: i64 = event.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("batch without a numeric id: {event:?}"));
+    let id: i64 = event
+        .id
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("batch without a numeric id: {event:?}"));
     assert_eq!(id, revision, "a batch's event id is its revision");
     let events = raw["events"].as_array().unwrap_or_else(|| panic!("batch without events: {raw}"));
     assert!(!events.is_empty(), "an empty batch was sent: {raw}");
@@ -160,9 +165,15 @@ fn decode_batch(event: &SseEvent) -> Batch {
             let object = &e["object"];
             assert_eq!(e["kind"], object["kind"], "event kind matches its object: {e}");
             Change {
-                event_type: e["type"].as_str().unwrap_or_else(|| panic!("event without a type: {e}")).to_string(),
+                event_type: e["type"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("event without a type: {e}"))
+                    .to_string(),
                 kind: e["kind"].as_str().unwrap_or_else(|| panic!("event without a kind: {e}")).to_string(),
-                uuid: object["uuid"].as_str().unwrap_or_else(|| panic!("event without an object uuid: {e}")).to_string(),
+                uuid: object["uuid"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("event without an object uuid: {e}"))
+                    .to_string(),
             }
         })
         .collect();

@@ -47,7 +47,10 @@ fn assert_batches(got: &[Batch], expected: &[Expected]) {
         want.sort();
         assert_eq!(changes, want, "changes of revision {}", exp.revision);
         if let Some(object) = &exp.object {
-            assert_eq!(&batch.raw["events"][0]["object"], object, "the watched object is the object as written");
+            assert_eq!(
+                &batch.raw["events"][0]["object"], object,
+                "the watched object is the object as written"
+            );
         }
     }
 }
@@ -70,7 +73,10 @@ async fn watch_delivers_every_change_and_resumes_after_last_event_id() {
     first.push(put("node", &m1));
     let o1 = s.create("node-observations", observation(0, &uuid_of(&m1))).await;
     first.push(put("node-observation", &o1));
-    let gone = vec![Change::new("deleted", "node", &uuid_of(&m1)), Change::new("deleted", "node-observation", &uuid_of(&o1))];
+    let gone = vec![
+        Change::new("deleted", "node", &uuid_of(&m1)),
+        Change::new("deleted", "node-observation", &uuid_of(&o1)),
+    ];
     first.push(deleted(&s, "nodes", gone).await);
     let revisions: Vec<i64> = first.iter().map(|e| e.revision).collect();
     assert_eq!(revisions, ((start + 1)..=(start + 5)).collect::<Vec<_>>(), "each write is one revision");
@@ -79,7 +85,8 @@ async fn watch_delivers_every_change_and_resumes_after_last_event_id() {
     assert_batches(&got, &first);
     // A deleted object is shown as it was last written.
     let cascade = &got[4].raw["events"];
-    let node_event = cascade.as_array().and_then(|events| events.iter().find(|e| e["kind"] == "node")).cloned();
+    let node_event =
+        cascade.as_array().and_then(|events| events.iter().find(|e| e["kind"] == "node")).cloned();
     assert_eq!(node_event.map(|e| e["object"].clone()), Some(m1.clone()), "the deleted node as it was");
     let last_seen = got[4].id;
 
@@ -117,7 +124,8 @@ async fn watch_from_the_start_replays_the_bootstrap() {
     let kinds: Vec<&str> = got.iter().map(|b| b.changes[0].kind.as_str()).collect();
     assert_eq!(kinds, ["account", "role", "role", "membership"], "the bootstrap, in order: {got:?}");
     assert!(got.windows(2).all(|p| p[0].revision < p[1].revision), "revisions increase");
-    let labels: Vec<&str> = got.iter().filter_map(|b| b.raw["events"][0]["object"]["label"].as_str()).collect();
+    let labels: Vec<&str> =
+        got.iter().filter_map(|b| b.raw["events"][0]["object"]["label"].as_str()).collect();
     assert_eq!(labels, ["system", "admin", "viewer"]);
     assert_eq!(got[3].raw["events"][0]["object"]["spec"]["principal"], json!("admin"));
     // Tokens are not model objects: the next event is the next change of the model.
@@ -156,7 +164,10 @@ async fn watch_filters_by_kind() {
     assert_batches(&tiers.batches(4).await, &want_tiers);
     let want_nodes = [put("node", &m1), put("node", &m2), del_m1, put("node", &last_node)];
     assert_batches(&nodes.batches(4).await, &want_nodes);
-    assert_batches(&observations.batches(3).await, &[put("node-observation", &o1), del_o1, put("node-observation", &last_o)]);
+    assert_batches(
+        &observations.batches(3).await,
+        &[put("node-observation", &o1), del_o1, put("node-observation", &last_o)],
+    );
 
     // An unknown kind is the caller's mistake.
     let reply = send(s.request(reqwest::Method::GET, "/v1/watch").query(&[("kind", "widget")])).await;

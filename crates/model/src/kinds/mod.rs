@@ -169,6 +169,12 @@ pub trait Spec:
         Ok(())
     }
 
+    /// A field changed from `old` that objects referring to this one rely on (an interface's
+    /// addresses lie in its network's range): such a change is refused while they exist.
+    fn change_referrers_rely_on(&self, _old: &Self) -> Option<&'static str> {
+        None
+    }
+
     /// The compartment the object is in: labels are unique per kind, ring and compartment, and
     /// lists filter on it.
     fn compartment(&self) -> Option<Uuid> {

@@ -136,6 +136,10 @@ impl Spec for NetworkSpec {
             .collect()
     }
 
+    fn change_referrers_rely_on(&self, old: &Self) -> Option<&'static str> {
+        (self.cidr != old.cidr).then_some("spec.cidr")
+    }
+
     fn compartment(&self) -> Option<Uuid> {
         self.compartments.first().copied()
     }

@@ -1,0 +1,12 @@
+//! Integration tests of the control plane's HTTP API, served on loopback over a SQLite store
+//! in a temporary directory and driven with plain HTTP.
+
+mod auth;
+mod concurrency;
+mod crud;
+mod fixtures;
+mod harness;
+mod invariants;
+mod sse;
+mod system;
+mod watch;
