@@ -32,43 +32,35 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let store = store::open(dir).await?;
     let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
-    plane
-        .bootstrap()
-        .await
-        .context("failed to bootstrap the control plane")?;
+    plane.bootstrap().await.context("failed to bootstrap the control plane")?;
     let token = plane
         .auth()
         .issue(ADMIN_PRINCIPAL, "bench", chrono::Utc::now())
         .await
         .context("failed to issue an admin token")?
         .token;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("failed to bind 127.0.0.1:0")?;
-    let addr = listener
-        .local_addr()
-        .context("failed to read the listener's address")?;
+    let listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.context("failed to bind 127.0.0.1:0")?;
+    let addr = listener.local_addr().context("failed to read the listener's address")?;
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(plane.serve(listener, async move {
         // A dropped sender stops the server too.
         drop(stopped.await);
     }));
 
-    let client = Client::new(&format!("http://{addr}"), Some(token))
-        .context("failed to build the API client")?;
+    let client =
+        Client::new(&format!("http://{addr}"), Some(token)).context("failed to build the API client")?;
     let measured = measure(&client, limits).await;
 
-    drop(stop.send(()));
+    // The server may already have stopped on its own; the wait below tells.
+    let _ = stop.send(());
     match tokio::time::timeout(SHUTDOWN_PATIENCE, serving).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e).context("the control plane failed while serving"),
         Ok(Err(e)) => return Err(e).context("the control plane task panicked"),
         Err(_) => anyhow::bail!("the control plane did not stop within {SHUTDOWN_PATIENCE:?}"),
     }
-    store
-        .close()
-        .await
-        .context("failed to close the API benchmark store")?;
+    store.close().await.context("failed to close the API benchmark store")?;
     measured
 }
 
@@ -99,14 +91,11 @@ async fn measure(client: &Client, limits: Limits) -> anyhow::Result<Vec<Row>> {
             }
         })
         .await?;
-        rows.push(Row::new("POST /v1/nodes (create ring-0 node)", sample));
+        rows.push(Row::write("POST /v1/nodes (create ring-0 node)", sample));
     }
 
-    let uuids: Arc<[Uuid]> = created
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the list of created nodes is poisoned"))?
-        .clone()
-        .into();
+    let uuids: Arc<[Uuid]> =
+        created.lock().map_err(|_| anyhow::anyhow!("the list of created nodes is poisoned"))?.clone().into();
     anyhow::ensure!(!uuids.is_empty(), "no node was created, so none can be read");
     warm_up(client, GET_CONCURRENCY).await?;
     let sample = timed(GET_CONCURRENCY, limits, client, move |client, i| {
@@ -118,17 +107,12 @@ async fn measure(client: &Client, limits: Limits) -> anyhow::Result<Vec<Row>> {
         }
     })
     .await?;
-    rows.push(Row::new("GET /v1/nodes/{uuid} (read)", sample));
+    rows.push(Row::read("GET /v1/nodes/{uuid} (read)", sample));
     Ok(rows)
 }
 
 /// Runs `op` (given a client and the operation's index) from `concurrency` tasks, timing each.
-async fn timed<F, Fut>(
-    concurrency: usize,
-    limits: Limits,
-    client: &Client,
-    op: F,
-) -> anyhow::Result<Sample>
+async fn timed<F, Fut>(concurrency: usize, limits: Limits, client: &Client, op: F) -> anyhow::Result<Sample>
 where
     F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -161,9 +145,7 @@ async fn warm_up(client: &Client, concurrency: usize) -> anyhow::Result<()> {
         })
         .collect();
     for call in calls {
-        call.await
-            .context("a warm-up request panicked")?
-            .context("warm-up health check failed")?;
+        call.await.context("a warm-up request panicked")?.context("warm-up health check failed")?;
     }
     Ok(())
 }

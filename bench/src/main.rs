@@ -18,8 +18,8 @@ use clap::Parser;
 use crate::report::{Machine, Row};
 use crate::run::Limits;
 
-const DEFAULT_OPS: u64 = 2000;
-const DEFAULT_SECONDS: f64 = 10.0;
+const DEFAULT_OPS: u64 = 10_000;
+const DEFAULT_SECONDS: f64 = 5.0;
 const QUICK_OPS: u64 = 20;
 const QUICK_SECONDS: f64 = 2.0;
 
@@ -30,10 +30,10 @@ const QUICK_SECONDS: f64 = 2.0;
 #[derive(Debug, Parser)]
 #[command(name = "enjin-bench", version)]
 struct Args {
-    /// Operations per row [default: 2000, or 20 with --quick]
+    /// Operations per row [default: 10000, or 20 with --quick]
     #[arg(long, value_name = "N")]
     ops: Option<u64>,
-    /// Time limit per row, in seconds [default: 10, or 2 with --quick]
+    /// Time limit per row, in seconds [default: 5, or 2 with --quick]
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
     /// A tiny run that only checks that everything works (for CI)
@@ -43,11 +43,8 @@ struct Args {
 
 impl Args {
     fn limits(&self) -> anyhow::Result<Limits> {
-        let (ops, seconds) = if self.quick {
-            (QUICK_OPS, QUICK_SECONDS)
-        } else {
-            (DEFAULT_OPS, DEFAULT_SECONDS)
-        };
+        let (ops, seconds) =
+            if self.quick { (QUICK_OPS, QUICK_SECONDS) } else { (DEFAULT_OPS, DEFAULT_SECONDS) };
         let ops = self.ops.unwrap_or(ops);
         anyhow::ensure!(ops >= 1, "--ops must be at least 1");
         let seconds = self.seconds.unwrap_or(seconds);
@@ -68,10 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -103,11 +97,7 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
     println!("- cores: {} (available_parallelism)", machine.cores);
     println!("- kernel: {}", machine.kernel);
     println!("- load average at start: {}", machine.load);
-    println!(
-        "- temp dir: {} ({})",
-        dir.path().display(),
-        machine.filesystem
-    );
+    println!("- temp dir: {} ({})", dir.path().display(), machine.filesystem);
     println!("- build: {build}");
     println!(
         "- settings: up to {} ops or {:.1} s per row, whichever comes first{}; store values {} B; \
@@ -136,11 +126,10 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
     eprintln!("measuring the fsync anchor again…");
     let last = store::fsync_anchor(dir.path(), limits).await?;
     let anchors = [
-        Row::new("append 1 B + fdatasync, at start", first),
-        Row::new("append 1 B + fdatasync, at end", last),
+        Row::write("append 1 B + fdatasync, at start", first),
+        Row::write("append 1 B + fdatasync, at end", last),
     ];
-    let fsyncs_per_sec =
-        anchors.iter().map(|r| r.sample.per_sec()).sum::<f64>() / anchors.len() as f64;
+    let fsyncs_per_sec = anchors.iter().map(|r| r.sample.per_sec()).sum::<f64>() / anchors.len() as f64;
 
     report::print_anchor(&anchors);
     report::print_store(&store_rows, fsyncs_per_sec);
@@ -151,15 +140,10 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
          is batching. Client and server share this process and its cores.",
     );
 
-    dir.close()
-        .context("failed to remove the temporary directory")?;
+    dir.close().context("failed to remove the temporary directory")?;
 
-    let failed: Vec<&Row> = anchors
-        .iter()
-        .chain(&store_rows)
-        .chain(&api_rows)
-        .filter(|r| r.sample.errors > 0)
-        .collect();
+    let failed: Vec<&Row> =
+        anchors.iter().chain(&store_rows).chain(&api_rows).filter(|r| r.sample.errors > 0).collect();
     if let Some(row) = failed.first() {
         anyhow::bail!(
             "{} row(s) had failed operations; first in {:?}: {}",

@@ -10,14 +10,22 @@ use crate::run::Sample;
 pub struct Row {
     pub name: String,
     pub sample: Sample,
+    /// Whether its operations wait for the disk (and so compare with the fsync anchor).
+    pub writes: bool,
 }
 
 impl Row {
-    pub fn new(name: impl Into<String>, sample: Sample) -> Self {
-        Row {
-            name: name.into(),
-            sample,
-        }
+    pub fn write(name: impl Into<String>, sample: Sample) -> Self {
+        Row { name: name.into(), sample, writes: true }
+    }
+
+    pub fn read(name: impl Into<String>, sample: Sample) -> Self {
+        Row { name: name.into(), sample, writes: false }
+    }
+
+    /// `rate` per anchor fsync, or "-" for reads, which never wait for the disk.
+    fn per_fsync(&self, rate: f64, fsyncs_per_sec: f64) -> String {
+        if self.writes && fsyncs_per_sec > 0.0 { format!("{:.2}", rate / fsyncs_per_sec) } else { "-".into() }
     }
 }
 
@@ -32,23 +40,14 @@ pub struct Machine {
 
 impl Machine {
     pub fn probe(dir: &Path) -> Self {
-        let cores = std::thread::available_parallelism()
-            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+        let cores =
+            std::thread::available_parallelism().map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
         let read = |path: &str| {
             std::fs::read_to_string(path)
                 .map_or_else(|e| format!("unknown ({path}: {e})"), |s| s.trim().to_string())
         };
-        let load = read("/proc/loadavg")
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ");
-        Machine {
-            cores,
-            kernel: read("/proc/sys/kernel/osrelease"),
-            load,
-            filesystem: filesystem_of(dir),
-        }
+        let load = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        Machine { cores, kernel: read("/proc/sys/kernel/osrelease"), load, filesystem: filesystem_of(dir) }
     }
 }
 
@@ -65,8 +64,7 @@ fn filesystem_of(dir: &Path) -> String {
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let (device, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            dir.starts_with(point)
-                .then(|| (point.len(), format!("{fstype} on {device}, mounted at {point}")))
+            dir.starts_with(point).then(|| (point.len(), format!("{fstype} on {device}, mounted at {point}")))
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "unknown".into(), |(_, desc)| desc)
@@ -77,23 +75,15 @@ fn ms(d: Duration) -> String {
 }
 
 fn per_sec(rate: f64) -> String {
-    if rate >= 100.0 {
-        format!("{rate:.0}")
-    } else {
-        format!("{rate:.1}")
-    }
+    if rate >= 100.0 { format!("{rate:.0}") } else { format!("{rate:.1}") }
 }
 
 fn ops(s: &Sample) -> String {
-    if s.time_limited() {
-        format!("{} of {} (time limit)", s.ops(), s.planned)
-    } else {
-        s.ops().to_string()
-    }
+    if s.time_limited() { format!("{} of {} (time limit)", s.ops(), s.planned) } else { s.ops().to_string() }
 }
 
 fn secs(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64())
+    format!("{:.3}", d.as_secs_f64())
 }
 
 pub fn print_anchor(rows: &[Row]) {
@@ -146,7 +136,7 @@ pub fn print_store(rows: &[Row], fsyncs_per_sec: f64) {
             ms(s.quantile(0.5)),
             ms(s.quantile(0.99)),
             ms(s.max()),
-            ratio(s.attempts_per_sec(), fsyncs_per_sec),
+            r.per_fsync(s.attempts_per_sec(), fsyncs_per_sec),
             notes.join("; "),
         );
     }
@@ -161,12 +151,6 @@ pub fn print_api(rows: &[Row], fsyncs_per_sec: f64) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let s = &r.sample;
-        // Reads never wait for the disk: comparing them with fsync would mean nothing.
-        let vs_fsync = if r.name.starts_with("GET") {
-            "-".to_string()
-        } else {
-            ratio(s.per_sec(), fsyncs_per_sec)
-        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
@@ -177,17 +161,9 @@ pub fn print_api(rows: &[Row], fsyncs_per_sec: f64) {
             ms(s.quantile(0.5)),
             ms(s.quantile(0.99)),
             ms(s.max()),
-            vs_fsync,
+            r.per_fsync(s.per_sec(), fsyncs_per_sec),
             s.errors,
         );
     }
     println!();
-}
-
-fn ratio(rate: f64, fsyncs_per_sec: f64) -> String {
-    if fsyncs_per_sec > 0.0 {
-        format!("{:.2}", rate / fsyncs_per_sec)
-    } else {
-        "-".into()
-    }
 }

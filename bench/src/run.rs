@@ -26,11 +26,7 @@ pub struct Budget {
 
 impl Budget {
     fn new(limits: Limits) -> Self {
-        Budget {
-            next: AtomicU64::new(0),
-            ops: limits.ops,
-            deadline: Instant::now() + limits.time,
-        }
+        Budget { next: AtomicU64::new(0), ops: limits.ops, deadline: Instant::now() + limits.time }
     }
 
     /// The index of the next operation to run, or `None` once the count or the time is used up.
@@ -153,9 +149,7 @@ where
 {
     let budget = Arc::new(Budget::new(limits));
     let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| tokio::spawn(worker(t, Arc::clone(&budget))))
-        .collect();
+    let handles: Vec<_> = (0..tasks).map(|t| tokio::spawn(worker(t, Arc::clone(&budget)))).collect();
     let mut reports = Vec::with_capacity(tasks);
     for handle in handles {
         reports.push(handle.await.context("a benchmark task panicked")?);
@@ -194,10 +188,7 @@ mod tests {
             latencies: ms.iter().map(|&m| Duration::from_millis(m)).collect(),
             ..TaskReport::default()
         };
-        let limits = Limits {
-            ops: ms.len() as u64,
-            time: Duration::from_secs(1),
-        };
+        let limits = Limits { ops: ms.len() as u64, time: Duration::from_secs(1) };
         Sample::new(1, limits, Duration::from_secs(1), vec![report])
     }
 

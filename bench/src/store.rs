@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use enjin_store::{Compare, OpResponse, SqliteStore, SqliteStoreConfig, Store, Txn};
-use enjin_store::{Op, Revision};
+use enjin_store::{Compare, Op, OpResponse, Revision, SqliteStore, SqliteStoreConfig, Store, Txn};
 
 use crate::report::Row;
 use crate::run::{self, Limits, Sample, TaskReport};
@@ -56,18 +55,21 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
 
     let seq = puts(&store, &value, 1, limits, "seq").await?;
-    rows.push(Row::new("put, 1 new key per txn", seq));
+    rows.push(Row::write("put, 1 new key per txn", seq));
     let conc = puts(&store, &value, TASKS, limits, "conc").await?;
-    rows.push(Row::new("put, 1 new key per txn", conc));
+    rows.push(Row::write("put, 1 new key per txn", conc));
     let cas = cas_own_keys(&store, &value, TASKS, limits).await?;
-    rows.push(Row::new("CAS (mod_revision) + put, own key per task", cas));
+    rows.push(Row::write("CAS (mod_revision) + put, own key per task", cas));
     let hot = cas_hot_key(&store, &value, TASKS, limits).await?;
-    rows.push(Row::new("CAS (mod_revision) + put, 1 shared key, retry until won", hot));
+    rows.push(Row::write("CAS (mod_revision) + put, 1 shared key, retry until won", hot));
+    // Reads of the keys the first row wrote: what each store read the API makes costs.
+    let written = rows[0].sample.ops().max(1);
+    for tasks in [1, TASKS] {
+        let sample = gets(&store, tasks, limits, written).await?;
+        rows.push(Row::read("get 1 key (read pool)", sample));
+    }
 
-    store
-        .close()
-        .await
-        .context("failed to close the benchmark store")?;
+    store.close().await.context("failed to close the benchmark store")?;
     Ok(rows)
 }
 
@@ -88,6 +90,32 @@ async fn puts(
                 let start = Instant::now();
                 match store.txn(txn).await {
                     Ok(_) => report.latencies.push(start.elapsed()),
+                    Err(e) => report.error(e),
+                }
+            }
+            report
+        }
+    })
+    .await
+}
+
+/// Single-key gets of the keys `puts(.., "seq")` wrote (`written` of them).
+async fn gets(
+    store: &Arc<SqliteStore>,
+    tasks: usize,
+    limits: Limits,
+    written: u64,
+) -> anyhow::Result<Sample> {
+    run::run(tasks, limits, |_, budget| {
+        let store = Arc::clone(store);
+        async move {
+            let mut report = TaskReport::default();
+            while let Some(i) = budget.claim() {
+                let key = format!("/bench/seq/{}", i % written);
+                let start = Instant::now();
+                match store.get(&key).await {
+                    Ok(Some(_)) => report.latencies.push(start.elapsed()),
+                    Ok(None) => report.error(format!("{key} is missing")),
                     Err(e) => report.error(e),
                 }
             }
