@@ -138,16 +138,8 @@ pub struct CreateArgs {
     /// Ring: 0 meta, 1 infrastructure, 2 platform
     #[arg(long, default_value = "0")]
     pub ring: Ring,
-    /// Selector label, key=value (repeatable)
-    #[arg(long = "labels", short = 'l', value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
-    /// A spec field, path=value: the value is JSON if it parses, else a string; references
-    /// may be given by label (repeatable)
-    #[arg(long = "set", short = 's', value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
-    /// A JSON or TOML file with the spec (or a whole create request with a `spec` key); - for stdin
-    #[arg(long, short = 'f')]
-    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub content: ContentArgs,
 }
 
 #[derive(Debug, Args)]
@@ -156,10 +148,22 @@ pub struct UpdateArgs {
     /// New label
     #[arg(long)]
     pub label: Option<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
+}
+
+/// What goes into an object besides its label, for create and update.
+#[derive(Debug, Args)]
+pub struct ContentArgs {
+    /// Selector label, key=value (repeatable)
     #[arg(long = "labels", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// A spec field, path=value: the value is JSON if it parses, else a string; references
+    /// may be given by label (repeatable)
     #[arg(long = "set", short = 's', value_name = "PATH=VALUE")]
     pub set: Vec<String>,
+    /// A JSON or TOML file with the spec (for create, also a whole request with a `spec` key);
+    /// - for stdin
     #[arg(long, short = 'f')]
     pub file: Option<PathBuf>,
 }

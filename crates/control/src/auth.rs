@@ -2,7 +2,8 @@
 //! only their SHA-256, so a copy of the store grants nothing. A token speaks for a principal,
 //! and the principal's memberships (account + role) give it its permissions.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, TokenCreated, TokenInfo};
@@ -13,7 +14,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
+
+/// Cached principals beyond this many are dropped all at once; a cache miss costs only a few
+/// store reads.
+const CACHE_MAX: usize = 4096;
 
 const TOKEN_PREFIX: &str = "/auth/tokens/";
 /// Every token starts with this, so that a leaked one is easy to recognise and scan for.
@@ -73,11 +78,23 @@ fn hash(token: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Auth {
     registry: Registry,
+    /// Principals by token hash, with the authorization generation they were resolved at. An
+    /// entry is used only while the generation in the store is unchanged, so a revoked token
+    /// or a removed membership stops working at once, on every server sharing the store.
+    cache: Arc<Mutex<HashMap<String, (i64, Principal)>>>,
 }
 
 impl Auth {
     pub fn new(registry: Registry) -> Self {
-        Auth { registry }
+        Auth { registry, cache: Arc::default() }
+    }
+
+    async fn generation(&self) -> Result<i64, RegistryError> {
+        Ok(self.store().get(AUTH_GENERATION).await?.map_or(0, |kv| kv.mod_revision))
+    }
+
+    fn bump_generation() -> Op {
+        Op::put(AUTH_GENERATION, Vec::new())
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -95,13 +112,29 @@ impl Auth {
         if !token.starts_with(TOKEN_MARK) {
             return Err(AuthError::Invalid);
         }
-        let kv =
-            self.store().get(&format!("{TOKEN_PREFIX}{}", hash(token))).await.map_err(RegistryError::from)?;
+        let digest = hash(token);
+        // Read the generation first: a change after this read bumps it, so the entry cached
+        // below can only be too old to use, never wrongly fresh.
+        let generation = self.generation().await?;
+        if let Ok(cache) = self.cache.lock()
+            && let Some((g, p)) = cache.get(&digest)
+            && *g == generation
+        {
+            return Ok(p.clone());
+        }
+        let kv = self.store().get(&format!("{TOKEN_PREFIX}{digest}")).await.map_err(RegistryError::from)?;
         let kv = kv.ok_or(AuthError::Invalid)?;
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
         let roles = self.roles_of(&record.principal).await?;
-        Ok(Principal { name: record.principal, token: record.id, roles: Arc::new(roles) })
+        let principal = Principal { name: record.principal, token: record.id, roles: Arc::new(roles) };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(digest, (generation, principal.clone()));
+        }
+        Ok(principal)
     }
 
     async fn roles_of(&self, principal: &str) -> Result<Vec<RoleSpec>, RegistryError> {
@@ -140,8 +173,14 @@ impl Auth {
         };
         let key = format!("{TOKEN_PREFIX}{}", hash(&token));
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let resp =
-            self.store().txn(Txn::new().when([Compare::absent(&key)]).then([Op::put(&key, value)])).await?;
+        let resp = self
+            .store()
+            .txn(
+                Txn::new()
+                    .when([Compare::absent(&key)])
+                    .then([Op::put(&key, value), Self::bump_generation()]),
+            )
+            .await?;
         if !resp.succeeded {
             return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
         }
@@ -167,7 +206,7 @@ impl Auth {
             if record.is_ok_and(|r| r.id == id) {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(&kv.key, kv.mod_revision)])
-                    .then([Op::delete(&kv.key)]);
+                    .then([Op::delete(&kv.key), Self::bump_generation()]);
                 self.store().txn(txn).await?;
                 return Ok(());
             }

@@ -30,6 +30,18 @@ const MAX_ATTEMPTS: usize = 8;
 
 const DAG_GUARD: &str = "/guards/compartment-graph";
 
+/// Written by every change of who may do what (roles, memberships, tokens), so that cached
+/// authorizations know when they are stale: its mod revision is the authorization generation.
+pub const AUTH_GENERATION: &str = "/auth/generation";
+
+/// Add the authorization-generation bump to writes of kinds that grant permissions.
+fn bump_auth(kind: Kind, txn: Txn) -> Txn {
+    match kind {
+        Kind::Role | Kind::Membership => txn.then([Op::put(AUTH_GENERATION, Vec::new())]),
+        _ => txn,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{kind} {uuid} not found")]
@@ -181,7 +193,8 @@ impl Registry {
         };
         let lkey =
             obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt).await;
             let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::absent(&key)]);
@@ -192,7 +205,7 @@ impl Registry {
             }
             txn = txn.then_txn(add_refs(kind, uuid, &resolved));
             txn = txn.then([Op::put(&key, encode(&obj))]);
-            let resp = self.store.txn(txn.otherwise(failure)).await?;
+            let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
             if resp.succeeded {
                 obj.meta.revision = resp.revision;
                 return Ok(obj);
@@ -214,7 +227,8 @@ impl Registry {
         let kind = S::KIND;
         let key = object_key(kind, uuid);
         check_meta(kind, req.label.as_deref(), &req.labels)?;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt).await;
             let old: Object<S> = self.get(uuid).await?;
             if old.meta.revision != req.revision {
                 return Err(stale(kind, uuid, req.revision, old.meta.revision));
@@ -282,7 +296,7 @@ impl Registry {
                 spec: req.spec.clone(),
             };
             txn = txn.then([Op::put(&key, encode(&obj))]);
-            let resp = self.store.txn(txn.otherwise(failure)).await?;
+            let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
             if resp.succeeded {
                 let mut obj = obj;
                 obj.meta.revision = resp.revision;
@@ -306,7 +320,8 @@ impl Registry {
     /// node) go with it; any other reference refuses the delete.
     pub async fn delete(&self, kind: Kind, uuid: Uuid, revision: Option<i64>) -> Result<(), RegistryError> {
         let key = object_key(kind, uuid);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt).await;
             let kv = self.store.get(&key).await?.ok_or(RegistryError::NotFound { kind, uuid })?;
             if let Some(rev) = revision
                 && rev != kv.mod_revision
@@ -357,7 +372,7 @@ impl Registry {
                     ])
                     .then(self.removal_ops(&source_kv)?);
             }
-            if self.store.txn(txn).await?.succeeded {
+            if self.store.txn(bump_auth(kind, txn)).await?.succeeded {
                 return Ok(());
             }
         }
@@ -443,6 +458,17 @@ impl Registry {
         }
         Ok(guard)
     }
+}
+
+/// Before a retry, wait a little, growing and jittered, so that writers racing for the same
+/// guard do not keep colliding in lockstep.
+async fn backoff(attempt: usize) {
+    if attempt == 0 {
+        return;
+    }
+    let ceiling_us = (500u64 << attempt.min(7)).min(50_000);
+    let jitter = (Uuid::new_v4().as_u128() % u128::from(ceiling_us)) as u64;
+    tokio::time::sleep(std::time::Duration::from_micros(ceiling_us / 2 + jitter / 2)).await;
 }
 
 fn same_target(a: &Reference, b: &Reference) -> bool {

@@ -39,7 +39,7 @@ pub async fn run(g: &Global, kind: Kind, cmd: ObjectCommand) -> Result<()> {
 
 async fn create(g: &Global, c: &Client, kind: Kind, a: CreateArgs) -> Result<()> {
     let mut body = json!({"ring": a.ring, "spec": {}});
-    if let Some(f) = &a.file {
+    if let Some(f) = &a.content.file {
         let v = read_document(f)?;
         match v.get("spec") {
             // A whole create request.
@@ -53,10 +53,10 @@ async fn create(g: &Global, c: &Client, kind: Kind, a: CreateArgs) -> Result<()>
     if let Some(l) = &a.label {
         body["label"] = json!(l);
     }
-    if !a.labels.is_empty() {
-        body["labels"] = json!(parse_labels(&a.labels)?);
+    if !a.content.labels.is_empty() {
+        body["labels"] = json!(parse_labels(&a.content.labels)?);
     }
-    for s in &a.set {
+    for s in &a.content.set {
         set(c, &mut body["spec"], s).await?;
     }
     let obj = c.create_json(kind, &body).await?;
@@ -85,19 +85,19 @@ async fn update(g: &Global, c: &Client, kind: Kind, a: UpdateArgs) -> Result<()>
     if let Some(l) = current.get("labels") {
         body["labels"] = l.clone();
     }
-    if let Some(f) = &a.file {
+    if let Some(f) = &a.content.file {
         body["spec"] = read_document(f)?;
     }
     if let Some(l) = &a.label {
         body["label"] = json!(l);
     }
-    if !a.labels.is_empty() {
+    if !a.content.labels.is_empty() {
         let mut labels: BTreeMap<String, String> =
             serde_json::from_value(body.get("labels").cloned().unwrap_or(json!({}))).unwrap_or_default();
-        labels.extend(parse_labels(&a.labels)?);
+        labels.extend(parse_labels(&a.content.labels)?);
         body["labels"] = json!(labels);
     }
-    for s in &a.set {
+    for s in &a.content.set {
         set(c, &mut body["spec"], s).await?;
     }
     let obj = c.update_json(kind, uuid, &body).await?;
