@@ -168,3 +168,121 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// A bus identity as the control plane knows it: the public half only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyInfo {
+    /// The Ed25519 public key, hex.
+    pub id: String,
+    /// The ring whose bus the key speaks on.
+    pub ring: Ring,
+    /// `parent` keys may change the ring's trust; `member` keys are the ring's nodes.
+    pub role: String,
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
+    /// `active`, `retiring` (rotated; accepted until `not_after`) or `revoked`.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// Whether this machine holds the private half (and so can rotate it).
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyList {
+    pub items: Vec<KeyInfo>,
+}
+
+/// `POST /v1/keys/{id}/rotate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old key stays accepted, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_seconds: Option<u64>,
+}
+
+/// `POST /v1/join-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreateRequest {
+    /// The ring the child will join.
+    pub ring: Ring,
+    /// The node, one ring below, that will supervise the child.
+    pub parent: Uuid,
+    /// How long the token may be used, in seconds (default 900, at most 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A join token; the secret is shown this once and works once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JoinTokenCreated {
+    pub id: Uuid,
+    pub ring: Ring,
+    pub parent: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub token: String,
+}
+
+/// `POST /v1/join`, authenticated by a join token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The joining node's label.
+    pub label: String,
+    /// Its Ed25519 public key, hex: its identity on the bus.
+    pub public_key: String,
+    /// A PEM certificate signing request for its TLS key (the key never leaves the child).
+    pub csr_pem: String,
+}
+
+/// What a joining child gets: its certificate, the ring CA, and its trust bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JoinResponse {
+    pub ring: Ring,
+    pub parent: Uuid,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// The signed trust bundle (an encoded bus envelope, hex) from the parent ring.
+    pub bundle: String,
+    /// Where the ring's hub listens, if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+}
+
+/// One bus message as `enjin bus tail` shows it, after verification by the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusMessage {
+    pub ring: Ring,
+    pub topic: String,
+    /// The sender's key id, hex.
+    pub sender: String,
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The payload as text when it is UTF-8, else hex.
+    pub payload: String,
+    /// `utf-8` or `hex`.
+    pub encoding: String,
+}
+
+/// Query of `GET /v1/bus/tail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TailQuery {
+    /// The ring whose bus to read (default 1).
+    #[serde(default = "ring_one")]
+    pub ring: u8,
+    /// A topic or pattern: `*` matches one token, `>` the rest.
+    pub topic: String,
+}
+
+fn ring_one() -> u8 {
+    1
+}

@@ -57,6 +57,14 @@ impl Verb {
 pub enum Resource {
     Kind(Kind),
     Token,
+    /// Bus identities: list, rotate, revoke.
+    Key,
+    /// Single-use tokens with which a child joins its ring.
+    JoinToken,
+    /// The join itself, which only a join token may do.
+    Join,
+    /// Reading the ring bus (`enjin bus tail`).
+    Bus,
     OpenApi,
     Metrics,
     Any,
@@ -67,6 +75,10 @@ impl fmt::Display for Resource {
         match self {
             Resource::Kind(k) => f.write_str(k.name()),
             Resource::Token => f.write_str("token"),
+            Resource::Key => f.write_str("key"),
+            Resource::JoinToken => f.write_str("join-token"),
+            Resource::Join => f.write_str("join"),
+            Resource::Bus => f.write_str("bus"),
             Resource::OpenApi => f.write_str("openapi"),
             Resource::Metrics => f.write_str("metrics"),
             Resource::Any => f.write_str("*"),
@@ -81,10 +93,14 @@ impl std::str::FromStr for Resource {
         Ok(match s {
             "*" => Resource::Any,
             "token" => Resource::Token,
+            "key" => Resource::Key,
+            "join-token" => Resource::JoinToken,
+            "join" => Resource::Join,
+            "bus" => Resource::Bus,
             "openapi" => Resource::OpenApi,
             "metrics" => Resource::Metrics,
             other => Resource::Kind(other.parse().map_err(|_| {
-                format!("unknown resource {other:?}: use a kind name, token, openapi, metrics or *")
+                format!("unknown resource {other:?}: use a kind name, token, key, join-token, join, bus, openapi, metrics or *")
             })?),
         })
     }

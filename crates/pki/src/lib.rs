@@ -1,0 +1,255 @@
+//! Key generation, a ring 0 service: a certificate authority per ring, TLS certificates for the
+//! nodes of a ring issued by it, and private key files that are private from the moment they
+//! exist. It must never write a private key anywhere but a 0600 file, and never hand one to
+//! the store or an API response; it does no cryptography of its own (rcgen and ring do).
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("failed to generate {what}: {source}")]
+    Generate { what: String, source: rcgen::Error },
+    #[error("failed to read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("failed to write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is readable by other users (mode {mode:o}); private keys must be 0600")]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("{path} holds no usable private key: {source}")]
+    BadKey { path: PathBuf, source: rcgen::Error },
+    #[error("invalid certificate name {0:?}")]
+    BadName(String),
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+}
+
+/// A ring's certificate authority: it issues the TLS certificates of the ring's nodes, and its
+/// certificate is what every node of the ring trusts.
+pub struct RingCa {
+    ring: u8,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for RingCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingCa").field("ring", &self.ring).finish_non_exhaustive()
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"<secret>").finish()
+    }
+}
+
+/// The CA's distinguished name. Deterministic, so that a CA reloaded from its key file issues
+/// certificates whose issuer name matches its certificate.
+fn ca_params(ring: u8) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| PkiError::Generate { what: format!("ring {ring} CA parameters"), source: e })?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "enjin");
+    dn.push(DnType::CommonName, format!("enjin ring {ring} CA"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+fn cert_file(dir: &Path, ring: u8) -> PathBuf {
+    dir.join(format!("ring-{ring}-ca.crt"))
+}
+
+fn key_file(dir: &Path, ring: u8) -> PathBuf {
+    dir.join(format!("ring-{ring}-ca.key"))
+}
+
+impl RingCa {
+    /// A new CA for `ring`, valid for ten years.
+    pub fn generate(ring: u8) -> Result<RingCa, PkiError> {
+        let key = KeyPair::generate()
+            .map_err(|e| PkiError::Generate { what: format!("ring {ring} CA key"), source: e })?;
+        let mut params = ca_params(ring)?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| PkiError::Generate { what: format!("ring {ring} CA certificate"), source: e })?;
+        Ok(RingCa { ring, cert_pem: cert.pem(), issuer: Issuer::new(ca_params(ring)?, key) })
+    }
+
+    /// The ring's CA from `dir` (`ring-<n>-ca.crt`, `ring-<n>-ca.key`), created there on first
+    /// use with the key file at 0600.
+    pub fn load_or_create(dir: &Path, ring: u8) -> Result<RingCa, PkiError> {
+        let (cert_path, key_path) = (cert_file(dir, ring), key_file(dir, ring));
+        if key_path.exists() && cert_path.exists() {
+            let key_pem = read_private(&key_path)?;
+            let key = KeyPair::from_pem(&key_pem)
+                .map_err(|e| PkiError::BadKey { path: key_path.clone(), source: e })?;
+            let cert_pem =
+                fs::read_to_string(&cert_path).map_err(|e| PkiError::Read { path: cert_path, source: e })?;
+            return Ok(RingCa { ring, cert_pem, issuer: Issuer::new(ca_params(ring)?, key) });
+        }
+        fs::create_dir_all(dir).map_err(|e| PkiError::Write { path: dir.to_path_buf(), source: e })?;
+        let ca = RingCa::generate(ring)?;
+        write_private(&key_path, &ca.issuer.key().serialize_pem())?;
+        fs::write(&cert_path, &ca.cert_pem)
+            .map_err(|e| PkiError::Write { path: cert_path.clone(), source: e })?;
+        tracing::info!(ring, path = %cert_path.display(), "created ring certificate authority");
+        Ok(ca)
+    }
+
+    pub fn ring(&self) -> u8 {
+        self.ring
+    }
+
+    /// The CA certificate every node of the ring trusts.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Sign a child's certificate signing request: the child keeps its TLS key. Only the CSR's
+    /// public key is used; name, usages and validity are the CA's choice, never the requester's.
+    pub fn sign_csr(&self, name: &str, csr_pem: &str, validity: Duration) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let params = self.leaf_params(name, &[], validity)?;
+        let cert = rcgen::CertificateSigningRequestParams { params, public_key: csr.public_key }
+            .signed_by(&self.issuer)
+            .map_err(|e| PkiError::Generate { what: format!("certificate for {name}"), source: e })?;
+        Ok(cert.pem())
+    }
+
+    fn leaf_params(
+        &self,
+        name: &str,
+        sans: &[String],
+        validity: Duration,
+    ) -> Result<CertificateParams, PkiError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(PkiError::BadName(name.to_string()));
+        }
+        let mut params = CertificateParams::new(sans.to_vec()).map_err(|e| PkiError::Generate {
+            what: format!("certificate parameters for {name}"),
+            source: e,
+        })?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "enjin");
+        dn.push(DnType::OrganizationalUnitName, format!("ring {}", self.ring));
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after =
+            now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
+        params.use_authority_key_identifier_extension = true;
+        Ok(params)
+    }
+
+    /// A TLS certificate for `name` (its common name) with the given subject alternative names
+    /// (DNS names or IP addresses), for both server and client authentication, with a new key.
+    pub fn issue(&self, name: &str, sans: &[String], validity: Duration) -> Result<Issued, PkiError> {
+        let params = self.leaf_params(name, sans, validity)?;
+        let key = KeyPair::generate()
+            .map_err(|e| PkiError::Generate { what: format!("key for {name}"), source: e })?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| PkiError::Generate { what: format!("certificate for {name}"), source: e })?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// Write a private file: created 0600 under a temporary name, synced, then renamed into place,
+/// so it is never readable by others, not even for a moment.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let err = |e| PkiError::Write { path: path.to_path_buf(), source: e };
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+/// Read a private file, refusing one that others can read.
+pub fn read_private(path: &Path) -> Result<String, PkiError> {
+    let meta = fs::metadata(path).map_err(|e| PkiError::Read { path: path.to_path_buf(), source: e })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::Exposed { path: path.to_path_buf(), mode });
+    }
+    fs::read_to_string(path).map_err(|e| PkiError::Read { path: path.to_path_buf(), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reloaded_ca_issues_under_the_same_name_and_keys_stay_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = RingCa::load_or_create(dir.path(), 1).expect("create");
+        let mode = fs::metadata(key_file(dir.path(), 1)).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = RingCa::load_or_create(dir.path(), 1).expect("reload");
+        assert_eq!(ca.cert_pem(), again.cert_pem());
+        let issued =
+            again.issue("host-1", &["localhost".into(), "127.0.0.1".into()], Duration::from_secs(3600));
+        let issued = issued.expect("issue");
+        assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(issued.key_pem.contains("PRIVATE KEY"));
+        assert!(!format!("{issued:?}").contains("PRIVATE KEY"), "Debug never shows the key");
+    }
+
+    #[test]
+    fn exposed_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("k");
+        fs::write(&p, "secret").expect("write");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(read_private(&p), Err(PkiError::Exposed { .. })));
+        write_private(&p, "secret").expect("rewrite");
+        assert_eq!(read_private(&p).expect("read"), "secret");
+    }
+
+    #[test]
+    fn csrs_are_signed_with_the_cas_choice_of_name() {
+        let ca = RingCa::generate(1).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "i-am-the-ca");
+        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let cert = ca.sign_csr("host-7", &csr, Duration::from_secs(60)).expect("signed");
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(matches!(ca.sign_csr("x", "garbage", Duration::from_secs(60)), Err(PkiError::BadCsr(_))));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let ca = RingCa::generate(2).expect("ca");
+        assert!(matches!(ca.issue("", &[], Duration::from_secs(60)), Err(PkiError::BadName(_))));
+    }
+}
