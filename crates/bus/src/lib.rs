@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod frame;
 pub mod hub;
 pub mod identity;
+pub mod node;
 pub mod tls;
 pub mod topic;
 pub mod transport;

@@ -21,8 +21,11 @@ use crate::counters::{Counters, RejectReason};
 use crate::envelope::{self, Envelope, SIGNATURE_DOMAIN, SealError, SignatureError};
 use crate::identity::{Identity, KeyId};
 
-/// The topic trust updates are published on; their payload is a JSON [`TrustUpdate`].
-pub const TRUST_UPDATE_TOPIC: &str = "trust.update";
+/// The topic trust updates are published on; their payload is a JSON [`TrustUpdate`]. It is
+/// under the hub's retained prefix (`state.`): a node that (re)subscribes gets the last update
+/// at once, so parents publish whole bundles (`Replace`) there and a reconnecting node is
+/// brought level, never left half-applied.
+pub const TRUST_UPDATE_TOPIC: &str = "state.trust";
 /// Longest key label, in bytes; labels end up in logs, so they are short and printable.
 pub const MAX_LABEL_LEN: usize = 128;
 
@@ -300,6 +303,19 @@ impl Verifier {
 
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
+    }
+
+    /// Adopt a newer bundle that another verifier of the same node already applied (from its
+    /// parent, through [`Verifier::apply_update`]), keeping this verifier's replay state.
+    /// Returns whether it changed anything; an older or equal version is ignored.
+    pub fn adopt(&mut self, bundle: &TrustBundle) -> Result<bool, BundleError> {
+        if bundle.ring != self.bundle.ring || bundle.version <= self.bundle.version {
+            return Ok(false);
+        }
+        let keys = bundle.index()?;
+        self.bundle = bundle.clone();
+        self.keys = keys;
+        Ok(true)
     }
 
     pub fn counters(&self) -> &Arc<Counters> {

@@ -86,6 +86,15 @@ pub enum Command {
     /// API tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Bus identities (Ed25519 keys): list, rotate, revoke
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Single-use tokens for a child that joins its ring from elsewhere
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+    /// The ring bus
+    #[command(subcommand)]
+    Bus(BusCommand),
     /// Follow changes as they are committed
     Watch(WatchArgs),
     /// Print a shell completion script
@@ -100,6 +109,9 @@ pub struct ServeArgs {
     /// Address to serve the API on
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the ring 1 bus hub (`enjin up` only)
+    #[arg(long)]
+    pub bus_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +213,52 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by id
     Revoke { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List bus identities (public keys only)
+    #[command(visible_alias = "ls")]
+    List,
+    /// Replace a key held by this machine; the old one stays accepted for the overlap
+    Rotate {
+        /// Key id (hex, or a unique prefix of it)
+        id: String,
+        /// Seconds the old key stays accepted
+        #[arg(long)]
+        overlap: Option<u64>,
+    },
+    /// Revoke a key: every node of its ring stops accepting it
+    Revoke {
+        /// Key id (hex, or a unique prefix of it)
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Issue a join token (shown once, works once)
+    Create {
+        /// The ring the child joins
+        #[arg(long)]
+        ring: Ring,
+        /// The supervising node, one ring below (uuid or label)
+        #[arg(long)]
+        parent: String,
+        /// Seconds the token stays valid
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BusCommand {
+    /// Print verified messages on a topic (`*` one token, `>` the rest) until Ctrl-C
+    Tail {
+        topic: String,
+        #[arg(long, default_value_t = 1)]
+        ring: u8,
+    },
 }
 
 #[derive(Debug, Args)]

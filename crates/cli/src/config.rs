@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::args::Global;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+pub const DEFAULT_BUS_LISTEN: &str = "127.0.0.1:7481";
 pub const CONFIG_FILE: &str = "enjin.toml";
 pub const TOKEN_FILE: &str = "admin.token";
 pub const ENDPOINT_FILE: &str = "endpoint";
@@ -25,6 +26,15 @@ pub const STATE_FILE: &str = "state.db";
 pub struct FileConfig {
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub bus: BusFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusFileConfig {
+    /// Where the ring 1 bus hub listens (default 127.0.0.1:7481).
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

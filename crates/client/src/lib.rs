@@ -9,7 +9,8 @@ mod sse;
 use std::time::Duration;
 
 use enjin_model::api::{
-    CreateRequest, Health, List, ListQuery, Problem, TokenCreateRequest, TokenCreated, TokenList,
+    CreateRequest, Health, JoinRequest, JoinResponse, JoinTokenCreateRequest, JoinTokenCreated, KeyInfo,
+    KeyList, List, ListQuery, Problem, RotateRequest, TokenCreateRequest, TokenCreated, TokenList,
     UpdateRequest, VERSION, WatchBatch,
 };
 use enjin_model::{Kind, Object, Spec};
@@ -18,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-pub use sse::Watch;
+pub use sse::{Tail, Watch};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,6 +212,49 @@ impl Client {
     pub async fn token_revoke(&self, id: Uuid) -> Result<(), ClientError> {
         let path = format!("/{VERSION}/tokens/{id}");
         self.execute(self.request(Method::DELETE, &path), &path).await.map(drop)
+    }
+
+    pub async fn key_list(&self) -> Result<KeyList, ClientError> {
+        let path = format!("/{VERSION}/keys");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn key_rotate(&self, id: &str, overlap_seconds: Option<u64>) -> Result<KeyInfo, ClientError> {
+        let path = format!("/{VERSION}/keys/{id}/rotate");
+        let body = RotateRequest { overlap_seconds };
+        self.send(self.request(Method::POST, &path).json(&body), &path).await
+    }
+
+    pub async fn key_revoke(&self, id: &str) -> Result<KeyInfo, ClientError> {
+        let path = format!("/{VERSION}/keys/{id}/revoke");
+        self.send(self.request(Method::POST, &path), &path).await
+    }
+
+    pub async fn join_token_create(
+        &self,
+        req: &JoinTokenCreateRequest,
+    ) -> Result<JoinTokenCreated, ClientError> {
+        let path = format!("/{VERSION}/join-tokens");
+        self.send(self.request(Method::POST, &path).json(req), &path).await
+    }
+
+    /// Join a ring; this client's token must be a join token.
+    pub async fn join(&self, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        let path = format!("/{VERSION}/join");
+        self.send(self.request(Method::POST, &path).json(req), &path).await
+    }
+
+    /// Follow a bus topic through the control plane (`GET /v1/bus/tail`).
+    pub async fn bus_tail(&self, ring: u8, topic: &str) -> Result<Tail, ClientError> {
+        let path = format!("/{VERSION}/bus/tail");
+        let mut rb = self
+            .streaming
+            .get(self.url(&path))
+            .query(&[("ring", ring.to_string()), ("topic", topic.to_string())]);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        self.execute(rb.header("Accept", "text/event-stream"), &path).await.map(Tail::new)
     }
 
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {

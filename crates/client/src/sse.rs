@@ -171,6 +171,45 @@ pub(crate) fn take_event(buf: &mut Vec<u8>) -> Option<SseEvent> {
     }
 }
 
+/// `enjin bus tail`: verified bus messages as the control plane relays them.
+pub struct Tail {
+    body: Body,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail").finish_non_exhaustive()
+    }
+}
+
+impl Tail {
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
+        Tail { body: Box::pin(resp.bytes_stream().map(|r| r.map(|b| b.to_vec()))), buf: Vec::new() }
+    }
+
+    /// The next message; `None` when the server ends the stream.
+    pub async fn next(&mut self) -> Option<Result<enjin_model::api::BusMessage, String>> {
+        loop {
+            if let Some(event) = take_event(&mut self.buf) {
+                return Some(match event.name.as_str() {
+                    "message" => {
+                        serde_json::from_str(&event.data).map_err(|e| format!("bad tail event: {e}"))
+                    }
+                    _ => Err(event.data),
+                });
+            }
+            if self.buf.len() > MAX_EVENT_BYTES {
+                return Some(Err("tail event too large".into()));
+            }
+            match self.body.next().await? {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(e) => return Some(Err(format!("tail connection broke: {e}"))),
+            }
+        }
+    }
+}
+
 /// Where the first event ends: (end of its text, end including the blank line).
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use enjin_model::api::{CreateRequest, ListQuery, TokenCreated, TokenInfo};
-use enjin_model::kinds::{AccountSpec, MembershipSpec, Resource, RoleSpec, Verb};
+use enjin_model::api::{CreateRequest, JoinTokenCreated, ListQuery, TokenCreated, TokenInfo};
+use enjin_model::kinds::{AccountSpec, MembershipSpec, NodeSpec, Permission, Resource, RoleSpec, Verb};
 use enjin_model::{FieldError, Ring, validate_label};
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,12 @@ use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 const CACHE_MAX: usize = 4096;
 
 const TOKEN_PREFIX: &str = "/auth/tokens/";
+const JOIN_PREFIX: &str = "/auth/join/";
+/// Join tokens are marked apart from API tokens: they authenticate exactly one call, the join.
+const JOIN_MARK: &str = "enjin_join_";
+/// How long a join token lives unless asked otherwise, and at most.
+const JOIN_TTL_DEFAULT: u64 = 900;
+const JOIN_TTL_MAX: u64 = 86_400;
 /// Every token starts with this, so that a leaked one is easy to recognise and scan for.
 const TOKEN_MARK: &str = "enjin_";
 
@@ -51,6 +57,28 @@ pub struct Principal {
     pub name: String,
     pub token: Uuid,
     pub roles: Arc<Vec<RoleSpec>>,
+    /// Set when the caller presented a join token: what it may join.
+    pub join: Option<JoinGrant>,
+}
+
+/// What a join token allows: joining `ring` under `parent`, once (the join consumes `key` at
+/// `revision`).
+#[derive(Debug, Clone)]
+pub struct JoinGrant {
+    pub id: Uuid,
+    pub ring: Ring,
+    pub parent: Uuid,
+    pub key: String,
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JoinRecord {
+    id: Uuid,
+    ring: Ring,
+    parent: Uuid,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
 }
 
 impl Principal {
@@ -109,6 +137,9 @@ impl Auth {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or(AuthError::Missing)?;
+        if token.starts_with(JOIN_MARK) {
+            return self.authenticate_join(token).await;
+        }
         if !token.starts_with(TOKEN_MARK) {
             return Err(AuthError::Invalid);
         }
@@ -127,7 +158,8 @@ impl Auth {
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
         let roles = self.roles_of(&record.principal).await?;
-        let principal = Principal { name: record.principal, token: record.id, roles: Arc::new(roles) };
+        let principal =
+            Principal { name: record.principal, token: record.id, roles: Arc::new(roles), join: None };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();
@@ -135,6 +167,87 @@ impl Auth {
             cache.insert(digest, (generation, principal.clone()));
         }
         Ok(principal)
+    }
+
+    async fn authenticate_join(&self, token: &str) -> Result<Principal, AuthError> {
+        let key = format!("{JOIN_PREFIX}{}", hash(token));
+        let kv = self.store().get(&key).await.map_err(RegistryError::from)?.ok_or(AuthError::Invalid)?;
+        let record: JoinRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+        if record.expires_at <= Utc::now() {
+            // Expired tokens are useless; drop this one while we are here.
+            let _ = self
+                .store()
+                .txn(Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).then([Op::delete(&key)]))
+                .await;
+            return Err(AuthError::Invalid);
+        }
+        let role = RoleSpec {
+            permissions: vec![Permission { verbs: vec![Verb::Create], resources: vec![Resource::Join] }],
+            description: "may join its ring once".into(),
+        };
+        Ok(Principal {
+            name: format!("join-{}", record.id),
+            token: record.id,
+            roles: Arc::new(vec![role]),
+            join: Some(JoinGrant {
+                id: record.id,
+                ring: record.ring,
+                parent: record.parent,
+                key,
+                revision: kv.mod_revision,
+            }),
+        })
+    }
+
+    /// A single-use, expiring token for a child of `parent` to join `ring` from elsewhere.
+    pub async fn issue_join(
+        &self,
+        ring: Ring,
+        parent: Uuid,
+        ttl_seconds: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<JoinTokenCreated, RegistryError> {
+        let Some(parent_ring) = ring.parent() else {
+            return Err(
+                FieldError::new("ring", "ring 0 machines are added by the operator, not joined").into()
+            );
+        };
+        let ttl = ttl_seconds.unwrap_or(JOIN_TTL_DEFAULT);
+        if ttl == 0 || ttl > JOIN_TTL_MAX {
+            return Err(FieldError::new("ttl_seconds", format!("must be from 1 to {JOIN_TTL_MAX}")).into());
+        }
+        let node = match self.registry.get::<NodeSpec>(parent).await {
+            Ok(n) => n,
+            Err(RegistryError::NotFound { .. }) => {
+                return Err(FieldError::new("parent", format!("node {parent} does not exist")).into());
+            }
+            Err(e) => return Err(e),
+        };
+        if node.meta.ring != parent_ring {
+            return Err(FieldError::new(
+                "parent",
+                format!(
+                    "node {parent} is in ring {}; a ring {ring} child needs a ring {parent_ring} parent",
+                    node.meta.ring
+                ),
+            )
+            .into());
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
+        let token = format!("{JOIN_MARK}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let expires_at = now + chrono::TimeDelta::seconds(i64::try_from(ttl).unwrap_or(900));
+        let record = JoinRecord { id: Uuid::new_v4(), ring, parent, created_at: now, expires_at };
+        let key = format!("{JOIN_PREFIX}{}", hash(&token));
+        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let resp =
+            self.store().txn(Txn::new().when([Compare::absent(&key)]).then([Op::put(&key, value)])).await?;
+        if !resp.succeeded {
+            return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
+        }
+        Ok(JoinTokenCreated { id: record.id, ring, parent, expires_at, token })
     }
 
     async fn roles_of(&self, principal: &str) -> Result<Vec<RoleSpec>, RegistryError> {

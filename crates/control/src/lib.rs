@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod bus;
 mod extract;
 mod metrics;
 mod openapi;
@@ -21,7 +22,9 @@ use chrono::Utc;
 use enjin_store::Store;
 use tokio::net::TcpListener;
 
-pub use auth::{ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE};
+pub use auth::{
+    ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
+};
 pub use problem::ApiError;
 pub use registry::{Registry, RegistryError};
 pub use routes::{Perm, RouteDef};
@@ -47,8 +50,15 @@ impl ControlPlane {
             metrics: Arc::new(Metrics::default()),
             openapi,
             stopping,
+            bus: None,
         };
         ControlPlane { state, stop: Arc::new(stop) }
+    }
+
+    /// Run the keys-and-trust service (and serve its routes) on this control plane.
+    pub fn with_bus(mut self, bus: Arc<bus::BusAuthority>) -> Self {
+        self.state.bus = Some(bus);
+        self
     }
 
     pub fn registry(&self) -> &Registry {

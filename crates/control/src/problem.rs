@@ -7,6 +7,7 @@ use enjin_model::api::Problem;
 use enjin_store::StoreError;
 
 use crate::auth::AuthError;
+use crate::bus::BusError;
 use crate::registry::RegistryError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -110,6 +111,22 @@ impl From<AuthError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             }
             AuthError::Registry(r) => r.into(),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::NoSuchKey(..) => ApiError::new(StatusCode::NOT_FOUND, "not-found", e.to_string()),
+            BusError::Refused(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            BusError::Invalid { field, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
+            }
+            BusError::NoHub => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            BusError::Setup(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            BusError::Store(s) => s.into(),
+            BusError::Registry(r) => r.into(),
         }
     }
 }

@@ -26,6 +26,22 @@ fn up_answers_node_list_and_resumes_after_ctrl_c() {
     let table = cli(&data, &["node", "list"]);
     assert!(stdout(&table).contains("LABEL"), "{}", stdout(&table));
 
+    // The ring 1 bus: this machine's parent key, and a join token for a ring 1 child.
+    let keys = cli(&data, &["-o", "json", "key", "list"]);
+    assert!(keys.status.success(), "{}", stderr(&keys));
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).expect("json keys");
+    assert_eq!(keys["items"][0]["role"], "parent");
+    assert_eq!(keys["items"][0]["local"], true);
+    let mode = std::fs::metadata(data.join("keys/ring-1-parent.key")).expect("key file").permissions().mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "private keys are 0600");
+    let machine_label = items[0]["label"].as_str().expect("label").to_string();
+    let token = cli(&data, &["join-token", "create", "--ring", "1", "--parent", &machine_label]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    assert!(stdout(&token).contains("enjin_join_"), "{}", stdout(&token));
+    let refused = cli(&data, &["join-token", "create", "--ring", "2", "--parent", &machine_label]);
+    assert!(stderr(&refused).contains("ring 1 parent"), "{}", stderr(&refused));
+
     let status = up.interrupt();
     assert!(status.success(), "Ctrl-C is a clean exit: {status:?}");
 

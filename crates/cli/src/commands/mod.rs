@@ -1,5 +1,7 @@
 //! One module per command.
 
+mod bus;
+mod keys;
 mod objects;
 mod serve;
 mod token;
@@ -33,6 +35,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::NodeObservation(c) => objects::run(g, Kind::NodeObservation, c).await,
         Command::Task(c) => objects::run(g, Kind::Task, c).await,
         Command::Token(c) => token::run(g, c).await,
+        Command::Key(c) => keys::run(g, c).await,
+        Command::JoinToken(c) => keys::join_token(g, c).await,
+        Command::Bus(c) => bus::run(g, c).await,
         Command::Watch(args) => watch::run(g, &args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enjin", &mut std::io::stdout());

@@ -15,7 +15,10 @@ use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use tokio::net::TcpListener;
 
 use crate::args::{Global, ServeArgs};
-use crate::config::{self, DEFAULT_LISTEN, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
+use crate::config::{self, DEFAULT_BUS_LISTEN, DEFAULT_LISTEN, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
+use enjin_bus::client::{BusClient, ClientConfig};
+use enjin_bus::hub::{Hub, HubConfig};
+use enjin_control::bus::{BusAuthority, BusConfig};
 
 pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> {
     let dir = config::data_dir(g)?;
@@ -49,9 +52,52 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         .with_context(|| format!("failed to write {}", dir.join(ENDPOINT_FILE).display()))?;
 
     let machine = if whole_cloud { Some(register_machine(&cp).await?) } else { None };
-    banner(&url, &dir, &token_path, machine.as_ref());
 
-    let served = cp.serve(listener, shutdown_signal()).await;
+    // One shutdown signal for every part: the API, the hub.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Keys and trust are a ring 0 service; `enjin up` also hosts the ring 1 bus as its parent.
+    let bus_config = BusConfig {
+        ring: Ring::INFRASTRUCTURE,
+        keys_dir: dir.join("keys"),
+        pki_dir: dir.join("pki"),
+        label: machine.as_ref().and_then(|m| m.meta.label.clone()).unwrap_or_else(machine_label),
+        node: machine.as_ref().map(|m| m.meta.uuid),
+    };
+    let authority =
+        BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
+    let mut hub_addr = None;
+    if whole_cloud {
+        let default_bus: SocketAddr = DEFAULT_BUS_LISTEN.parse().context("default bus address")?;
+        let bus_listen = args.bus_listen.or(file.bus.listen).unwrap_or(default_bus);
+        let sans = vec!["localhost".to_string(), bus_listen.ip().to_string()];
+        let hub_tls = authority.local_tls("hub", &sans)?;
+        let hub = Hub::bind(bus_listen, &hub_tls, HubConfig::default())
+            .await
+            .with_context(|| {
+                format!("failed to start the ring 1 bus hub on {bus_listen}; pick another with --bus-listen")
+            })?
+            .with_filter(authority.hub_filter());
+        let addr = hub.local_addr();
+        authority.set_hub(addr, hub.stats());
+        tokio::spawn(hub.run(stopped(stop_rx.clone())));
+        let own_tls = authority.local_tls("control-plane", &[])?;
+        let client = BusClient::connect(addr, "localhost", &own_tls, ClientConfig::default())
+            .context("failed to connect the control plane to its bus")?;
+        authority.attach(Arc::new(client)).await.context("failed to join the ring 1 bus")?;
+        hub_addr = Some(addr);
+    }
+    let cp = cp.with_bus(authority);
+    banner(&url, &dir, &token_path, machine.as_ref(), hub_addr);
+
+    let served = cp.serve(listener, stopped(stop_rx)).await;
     store.close().await.context("failed to close the state store")?;
     served.with_context(|| format!("the API server on {addr} failed"))?;
     println!("enjin: stopped cleanly; run it again to resume");
@@ -127,13 +173,16 @@ fn machine_resources() -> Resources {
     Resources { cpu_millis: Some(cpus * 1000), memory_bytes: memory, disk_bytes: None, pids: None }
 }
 
-fn banner(url: &str, dir: &Path, token: &Path, machine: Option<&Object<NodeSpec>>) {
+fn banner(url: &str, dir: &Path, token: &Path, machine: Option<&Object<NodeSpec>>, hub: Option<SocketAddr>) {
     println!("enjin is up");
     println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
     println!("  data:       {}", dir.display());
     println!("  token:      {}   (admin; send it as `Authorization: Bearer <token>`)", token.display());
     if let Some(m) = machine {
         println!("  this node:  ring 0 node {} ({})", m.meta.label.as_deref().unwrap_or("?"), m.meta.uuid);
+    }
+    if let Some(h) = hub {
+        println!("  bus:        ring 1 hub on {h} (mutual TLS, certificates from {}/pki)", dir.display());
     }
     println!("try:");
     println!("  enjin node list                 (from a checkout: cargo run -- node list)");

@@ -2,6 +2,8 @@
 //! axum router and the OpenAPI document are both built from this table, so a route cannot be
 //! served without being documented and guarded.
 
+mod bus;
+mod keys;
 mod objects;
 mod system;
 mod tokens;
@@ -17,8 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use enjin_model::api::{
-    CreateRequest, DeleteQuery, Health, List, ListQuery, TokenCreateRequest, TokenCreated, TokenList,
-    UpdateRequest, WatchBatch, WatchQuery,
+    BusMessage, CreateRequest, DeleteQuery, Health, JoinRequest, JoinResponse, JoinTokenCreateRequest,
+    JoinTokenCreated, KeyInfo, KeyList, List, ListQuery, RotateRequest, TailQuery, TokenCreateRequest,
+    TokenCreated, TokenList, UpdateRequest, WatchBatch, WatchQuery,
 };
 use enjin_model::kinds::{Resource, Verb};
 use enjin_model::{Kind, Object, Spec, with_spec_type};
@@ -39,6 +42,8 @@ pub struct AppState {
     pub openapi: Arc<serde_json::Value>,
     /// Turns true when the server begins to shut down; endless responses (watches) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The keys-and-trust service and the ring bus, where this server runs them.
+    pub bus: Option<Arc<crate::bus::BusAuthority>>,
 }
 
 /// Who may call a route.
@@ -237,6 +242,86 @@ pub fn table() -> Vec<RouteDef> {
             success: Success::NoContent,
             errors: vec![404],
             handler: delete(tokens::revoke),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/keys"),
+            perm: Perm::Require(Verb::List, Resource::Key),
+            operation_id: "listKeys".into(),
+            summary: "List bus identities: public keys, roles and states".into(),
+            tag: "Key".into(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<KeyList>),
+            errors: vec![503],
+            handler: get(keys::list),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/keys/{{id}}/rotate"),
+            perm: Perm::Require(Verb::Update, Resource::Key),
+            operation_id: "rotateKey".into(),
+            summary: "Replace a key this machine holds; the old one stays accepted for the overlap".into(),
+            tag: "Key".into(),
+            query: None,
+            body: Some(schema::<RotateRequest>),
+            success: Success::Json(200, schema::<KeyInfo>),
+            errors: vec![400, 404, 409, 503],
+            handler: post(keys::rotate),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/keys/{{id}}/revoke"),
+            perm: Perm::Require(Verb::Delete, Resource::Key),
+            operation_id: "revokeKey".into(),
+            summary: "Revoke a key: every node of its ring stops accepting it".into(),
+            tag: "Key".into(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<KeyInfo>),
+            errors: vec![404, 409, 503],
+            handler: post(keys::revoke),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/join-tokens"),
+            perm: Perm::Require(Verb::Create, Resource::JoinToken),
+            operation_id: "createJoinToken".into(),
+            summary: "Issue a single-use, expiring token for a child to join a ring under a parent".into(),
+            tag: "Key".into(),
+            query: None,
+            body: Some(schema::<JoinTokenCreateRequest>),
+            success: Success::Json(201, schema::<JoinTokenCreated>),
+            errors: vec![400, 413, 415, 422],
+            handler: post(keys::create_join_token),
+        },
+        RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/join"),
+            perm: Perm::Require(Verb::Create, Resource::Join),
+            operation_id: "join".into(),
+            summary:
+                "Join a ring with a join token: whitelist a public key, sign a CSR, get the trust bundle"
+                    .into(),
+            tag: "Key".into(),
+            query: None,
+            body: Some(schema::<JoinRequest>),
+            success: Success::Json(200, schema::<JoinResponse>),
+            errors: vec![400, 409, 413, 415, 422, 503],
+            handler: post(keys::join),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/bus/tail"),
+            perm: Perm::Require(Verb::Watch, Resource::Bus),
+            operation_id: "tailBus".into(),
+            summary: "Follow verified messages on a bus topic as server-sent events".into(),
+            tag: "Bus".into(),
+            query: Some(schema::<TailQuery>),
+            body: None,
+            success: Success::EventStream(schema::<BusMessage>),
+            errors: vec![400, 404, 503],
+            handler: get(bus::tail),
         },
         RouteDef {
             method: Method::GET,

@@ -18,6 +18,9 @@ pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let revision = state.registry.store().current_revision().await.unwrap_or(0);
-    let body = state.metrics.render(revision);
+    let mut body = state.metrics.render(revision);
+    if let Some(bus) = &state.bus {
+        body.push_str(&bus.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -77,6 +77,12 @@ async fn openapi_documents_every_route() {
         ("DELETE", "/v1/tokens/{id}"),
         ("GET", "/v1/openapi.json"),
         ("GET", "/metrics"),
+        ("GET", "/v1/keys"),
+        ("POST", "/v1/keys/{id}/rotate"),
+        ("POST", "/v1/keys/{id}/revoke"),
+        ("POST", "/v1/join-tokens"),
+        ("POST", "/v1/join"),
+        ("GET", "/v1/bus/tail"),
     ] {
         expected.insert((method.to_string(), path.to_string()));
     }

@@ -23,7 +23,7 @@ impl Running {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([mode, "--listen", "127.0.0.1:0"])
+            .args([mode, "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0"])
             .env("ENJIN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

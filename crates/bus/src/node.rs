@@ -1,0 +1,171 @@
+//! A node on its ring's bus: it signs what it publishes, delivers only what its trust set
+//! accepts, and follows its parent's trust updates on the retained trust topic — so a node
+//! that reconnects is brought level by the next (retained) bundle, and its trust changes only
+//! when its parent says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::counters::Counters;
+use crate::envelope::{Envelope, SealError};
+use crate::identity::{Identity, KeyId};
+use crate::transport::{Subscription, Transport, TransportError};
+use crate::trust::{
+    BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, Verifier,
+    VerifierConfig,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("invalid trust bundle: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("the bundle at birth is not usable: {0}")]
+    Birth(String),
+    #[error("timed out waiting for trust version {0}")]
+    Timeout(u64),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The trust bundle a child got from its parent when it joined: a signed envelope whose payload
+/// is a `Replace` update. It is trusted because it came over the authenticated join, and it
+/// must be self-consistent: signed by a parent key that it lists itself.
+pub fn bundle_from_birth(sealed: &[u8]) -> Result<TrustBundle, NodeError> {
+    let env = Envelope::decode(sealed).map_err(|e| NodeError::Birth(e.to_string()))?;
+    let update: TrustUpdate =
+        serde_json::from_slice(env.payload()).map_err(|e| NodeError::Birth(e.to_string()))?;
+    let TrustChange::Replace(bundle) = update.change else {
+        return Err(NodeError::Birth("it is not a whole bundle".into()));
+    };
+    bundle.validate()?;
+    let signer = bundle.key(&env.sender()).filter(|k| k.role == KeyRole::Parent && !k.revoked);
+    if signer.is_none() || bundle.ring != env.ring() {
+        return Err(NodeError::Birth("it is not signed by a parent key it lists".into()));
+    }
+    env.verify_signature().map_err(|e| NodeError::Birth(e.to_string()))?;
+    Ok(bundle)
+}
+
+/// One node's presence on the bus.
+pub struct BusNode {
+    transport: Arc<dyn Transport>,
+    publisher: Publisher,
+    trust: watch::Receiver<TrustBundle>,
+    config: VerifierConfig,
+    counters: Arc<Counters>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BusNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusNode").field("key", &self.publisher.identity().key_id()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for BusNode {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl BusNode {
+    /// Join the bus through `transport` as `identity`, trusting `bundle` until the parent says
+    /// otherwise. Must be called inside a tokio runtime.
+    pub fn start(
+        transport: Arc<dyn Transport>,
+        identity: Identity,
+        bundle: TrustBundle,
+        config: VerifierConfig,
+    ) -> Result<BusNode, NodeError> {
+        let counters = Arc::new(Counters::new());
+        let mut verifier = Verifier::new(bundle.clone(), config, counters.clone())?;
+        let ring = bundle.ring;
+        let (tx, rx) = watch::channel(bundle);
+        let mut sub = transport.subscribe(TRUST_UPDATE_TOPIC)?;
+        let follower = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let now = now_ms();
+                let Ok(env) = verifier.accept(&m.payload, now) else { continue };
+                match verifier.apply_update(&env, now) {
+                    Ok(true) => {
+                        tx.send_replace(verifier.bundle().clone());
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(ring, error = %e, "trust update refused"),
+                }
+            }
+        });
+        let publisher = Publisher::starting_now(identity, ring, counters.clone());
+        Ok(BusNode { transport, publisher, trust: rx, config, counters, follower })
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.publisher.identity().key_id()
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// The trust set in force now.
+    pub fn bundle(&self) -> TrustBundle {
+        self.trust.borrow().clone()
+    }
+
+    /// Wait until the trust set reaches `version` (or later).
+    pub async fn wait_for_trust(&self, version: u64, timeout: Duration) -> Result<TrustBundle, NodeError> {
+        let mut rx = self.trust.clone();
+        let wait = rx.wait_for(|b| b.version >= version);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(b)) => Ok(b.clone()),
+            _ => Err(NodeError::Timeout(version)),
+        }
+    }
+
+    /// Sign and publish.
+    pub fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), NodeError> {
+        let sealed = self.publisher.seal(topic, None, payload, now_ms())?;
+        Ok(self.transport.publish(topic, None, sealed)?)
+    }
+
+    /// Verified envelopes on topics matching `pattern`.
+    pub fn subscribe(&self, pattern: &str) -> Result<NodeSubscription, NodeError> {
+        let sub = self.transport.subscribe(pattern)?;
+        let verifier = Verifier::new(self.bundle(), self.config, self.counters.clone())?;
+        Ok(NodeSubscription { sub, verifier, trust: self.trust.clone() })
+    }
+}
+
+/// A subscription that yields only envelopes the node's trust set accepts; the rest are
+/// counted by reason and dropped.
+#[derive(Debug)]
+pub struct NodeSubscription {
+    sub: Subscription,
+    verifier: Verifier,
+    trust: watch::Receiver<TrustBundle>,
+}
+
+impl NodeSubscription {
+    pub async fn next(&mut self) -> Option<Envelope> {
+        loop {
+            let m = self.sub.next().await?;
+            if self.trust.has_changed().unwrap_or(false) {
+                let bundle = self.trust.borrow_and_update().clone();
+                if let Err(e) = self.verifier.adopt(&bundle) {
+                    tracing::warn!(error = %e, "cannot adopt the new trust bundle");
+                }
+            }
+            if let Ok(env) = self.verifier.accept(&m.payload, now_ms()) {
+                return Some(env);
+            }
+        }
+    }
+}

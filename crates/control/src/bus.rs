@@ -1,0 +1,595 @@
+//! Keys and trust, a ring 0 service: the ring's certificate authority, this machine's identity
+//! as the ring's parent, the public keys of the ring's nodes (in the store; private halves never
+//! leave the machine that made them), join tokens for children that start elsewhere, rotation
+//! and revocation — and the trust bundle, published whole on the ring bus's retained trust topic
+//! after every change, signed by the parent key, so every node learns whom to trust from the
+//! ring that runs it and a reconnecting node is brought level at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use enjin_bus::counters::Counters;
+use enjin_bus::envelope::Envelope;
+use enjin_bus::hub::HubStats;
+use enjin_bus::identity::{Identity, KeyId};
+use enjin_bus::tls::TlsMaterial;
+use enjin_bus::transport::{Transport, TransportError};
+use enjin_bus::trust::{
+    KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey, Verifier,
+    VerifierConfig,
+};
+use enjin_model::api::{BusMessage, JoinRequest, JoinResponse, KeyInfo};
+use enjin_model::{Ring, validate_label};
+use enjin_pki::RingCa;
+use enjin_store::{Compare, Op, Store, StoreError, Txn};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::auth::JoinGrant;
+use crate::registry::RegistryError;
+
+/// How long a rotated key stays accepted unless the caller says otherwise.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(300);
+/// Validity of TLS certificates issued to a ring's nodes.
+pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("no key {0} in ring {1}")]
+    NoSuchKey(String, u8),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the ring bus is not running on this server")]
+    NoHub,
+    #[error("failed to set up keys: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Where the service keeps its files and who it speaks for.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// The ring whose bus this machine runs (as that ring's parent).
+    pub ring: Ring,
+    /// Private identities of this machine (0700 directory, 0600 files).
+    pub keys_dir: PathBuf,
+    /// Ring certificate authorities.
+    pub pki_dir: PathBuf,
+    /// This machine's label, the name of its parent key.
+    pub label: String,
+    /// This machine's node.
+    pub node: Option<Uuid>,
+}
+
+/// A key as stored: public half and life cycle only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyRecord {
+    id: KeyId,
+    ring: u8,
+    role: KeyRole,
+    label: String,
+    #[serde(default)]
+    node: Option<Uuid>,
+    /// The machine label that holds the private half, when that machine is a parent here.
+    #[serde(default)]
+    holder: Option<String>,
+    revoked: bool,
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    not_after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    replaced_by: Option<KeyId>,
+}
+
+fn keys_prefix(ring: u8) -> String {
+    format!("/keys/{ring}/")
+}
+
+fn key_key(ring: u8, id: &KeyId) -> String {
+    format!("/keys/{ring}/{id}")
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The keys-and-trust service of one ring.
+pub struct BusAuthority {
+    store: Arc<dyn Store>,
+    ring: u8,
+    ca: RingCa,
+    config: BusConfig,
+    /// Signs as this machine; replaced on rotation.
+    publisher: Mutex<Arc<Publisher>>,
+    transport: Mutex<Option<Arc<dyn Transport>>>,
+    hub: Mutex<Option<(SocketAddr, Arc<HubStats>)>>,
+    /// What this server, as a receiver, counted on the bus.
+    counters: Arc<Counters>,
+    /// Verified messages, for `enjin bus tail`.
+    messages: broadcast::Sender<BusMessage>,
+    /// The ring's parent keys and when each stops being accepted, for the hub's edge check.
+    parents: Arc<RwLock<ParentKeys>>,
+}
+
+/// Each parent key and the time (ms) it stops being accepted, if it is retiring.
+type ParentKeys = Vec<(KeyId, Option<i64>)>;
+
+/// How often the bundle is published again even without a change, so that a node that missed
+/// everything (or a hub that restarted and lost its retained state) is brought level.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(15);
+
+impl std::fmt::Debug for BusAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusAuthority").field("ring", &self.ring).finish_non_exhaustive()
+    }
+}
+
+impl BusAuthority {
+    /// Load (or create, on first start) the ring's CA and this machine's parent key, and
+    /// record the key's public half.
+    pub async fn open(store: Arc<dyn Store>, config: BusConfig) -> Result<Arc<BusAuthority>, BusError> {
+        let ring = config.ring.get();
+        let setup = |e: &dyn std::fmt::Display| BusError::Setup(e.to_string());
+        let ca = RingCa::load_or_create(&config.pki_dir, ring).map_err(|e| setup(&e))?;
+        for d in [&config.keys_dir, &config.pki_dir] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(d).map_err(|e| setup(&format!("{}: {e}", d.display())))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| setup(&format!("{}: {e}", d.display())))?;
+        }
+        let path = config.keys_dir.join(format!("ring-{ring}-parent.key"));
+        let identity = if path.exists() {
+            Identity::load(&path).map_err(|e| setup(&e))?
+        } else {
+            let id = Identity::generate().map_err(|e| setup(&e))?;
+            id.save(&path).map_err(|e| setup(&e))?;
+            id
+        };
+        let counters = Arc::new(Counters::new());
+        let key = identity.key_id();
+        let publisher = Publisher::starting_now(identity, ring, counters.clone());
+        let (messages, _) = broadcast::channel(1024);
+        let authority = BusAuthority {
+            store,
+            ring,
+            ca,
+            config,
+            publisher: Mutex::new(Arc::new(publisher)),
+            transport: Mutex::new(None),
+            hub: Mutex::new(None),
+            counters,
+            messages,
+            parents: Arc::default(),
+        };
+        authority.record_own_key(key).await?;
+        Ok(Arc::new(authority))
+    }
+
+    async fn record_own_key(&self, id: KeyId) -> Result<(), BusError> {
+        let k = key_key(self.ring, &id);
+        let record = KeyRecord {
+            id,
+            ring: self.ring,
+            role: KeyRole::Parent,
+            label: self.config.label.clone(),
+            node: self.config.node,
+            holder: Some(self.config.label.clone()),
+            revoked: false,
+            created_at: Utc::now(),
+            not_after: None,
+            replaced_by: None,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // Only the first start writes it; later starts find it.
+        self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, value)])).await?;
+        Ok(())
+    }
+
+    pub fn ring(&self) -> u8 {
+        self.ring
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    /// TLS material for a component of this machine (the hub, the control plane's own bus
+    /// client), issued by the ring CA. Kept in memory only.
+    pub fn local_tls(&self, name: &str, sans: &[String]) -> Result<TlsMaterial, BusError> {
+        let issued = self.ca.issue(name, sans, CERT_VALIDITY).map_err(|e| BusError::Setup(e.to_string()))?;
+        Ok(TlsMaterial {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        })
+    }
+
+    /// The hub's edge check. Receivers verify everything end to end and count what they
+    /// refuse, so the hub passes all topics but one: the retained trust topic, which only the
+    /// ring's parent keys may write — otherwise a member could replace the retained bundle that
+    /// reconnecting nodes are brought level with.
+    pub fn hub_filter(&self) -> enjin_bus::hub::Filter {
+        let parents = self.parents.clone();
+        Arc::new(move |m: &enjin_bus::transport::Message| {
+            if m.topic != TRUST_UPDATE_TOPIC {
+                return true;
+            }
+            let Ok(env) = Envelope::decode(&m.payload) else { return false };
+            let now = now_ms();
+            let allowed = parents
+                .read()
+                .map(|p| p.iter().any(|(id, until)| *id == env.sender() && until.is_none_or(|t| now < t)))
+                .unwrap_or(false);
+            allowed && env.verify_signature().is_ok()
+        })
+    }
+
+    pub fn set_hub(&self, addr: SocketAddr, stats: Arc<HubStats>) {
+        if let Ok(mut h) = self.hub.lock() {
+            *h = Some((addr, stats));
+        }
+    }
+
+    fn hub_addr(&self) -> Option<SocketAddr> {
+        self.hub.lock().ok().and_then(|h| h.as_ref().map(|(a, _)| *a))
+    }
+
+    fn publisher(&self) -> Arc<Publisher> {
+        match self.publisher.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Connect the service to its ring's bus: it follows every topic (verifying, counting and
+    /// relaying to tails) and publishes the current trust bundle.
+    pub async fn attach(self: &Arc<Self>, transport: Arc<dyn Transport>) -> Result<(), BusError> {
+        let sub = transport.subscribe(">").map_err(|e| BusError::Setup(e.to_string()))?;
+        if let Ok(mut t) = self.transport.lock() {
+            *t = Some(transport);
+        }
+        let bundle = self.bundle().await?;
+        let verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        tokio::spawn(self.clone().monitor(sub, verifier));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.publish_trust().await {
+                    tracing::warn!(error = %e, "failed to republish the trust bundle");
+                }
+            }
+        });
+        self.publish_trust().await
+    }
+
+    /// Verify everything on the bus: count it, follow trust updates, relay the rest to tails.
+    async fn monitor(self: Arc<Self>, mut sub: enjin_bus::transport::Subscription, mut verifier: Verifier) {
+        while let Some(m) = sub.next().await {
+            let now = now_ms();
+            let env = match verifier.accept(&m.payload, now) {
+                Ok(env) => env,
+                Err(reason) => {
+                    tracing::debug!(topic = %m.topic, reason = reason.label(), "bus message rejected");
+                    continue;
+                }
+            };
+            if env.topic() == TRUST_UPDATE_TOPIC {
+                if let Err(e) = verifier.apply_update(&env, now) {
+                    tracing::warn!(error = %e, "trust update not applied");
+                }
+                continue;
+            }
+            let (payload, encoding) = match std::str::from_utf8(env.payload()) {
+                Ok(text) => (text.to_string(), "utf-8"),
+                Err(_) => (env.payload().iter().map(|b| format!("{b:02x}")).collect(), "hex"),
+            };
+            let msg = BusMessage {
+                ring: Ring::new(i64::from(env.ring())).unwrap_or(Ring::INFRASTRUCTURE),
+                topic: env.topic().to_string(),
+                sender: env.sender().to_string(),
+                seq: env.seq(),
+                timestamp_ms: env.timestamp_ms(),
+                reply_to: env.reply_to().map(str::to_string),
+                payload,
+                encoding: encoding.into(),
+            };
+            // No tail listening is fine.
+            let _ = self.messages.send(msg);
+        }
+        tracing::info!(ring = self.ring, "bus monitor stopped");
+    }
+
+    /// Verified messages from now on, for `enjin bus tail`.
+    pub fn tail(&self) -> Result<broadcast::Receiver<BusMessage>, BusError> {
+        if self.transport.lock().ok().and_then(|t| t.clone()).is_none() {
+            return Err(BusError::NoHub);
+        }
+        Ok(self.messages.subscribe())
+    }
+
+    /// The ring's trust set as the store has it, versioned by the store revision it was read
+    /// at, so versions only grow.
+    pub async fn bundle(&self) -> Result<TrustBundle, BusError> {
+        let range = self.store.range(&keys_prefix(self.ring)).await?;
+        let mut keys = Vec::new();
+        for kv in &range.kvs {
+            let r: KeyRecord = serde_json::from_slice(&kv.value)
+                .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+            keys.push(TrustedKey {
+                id: r.id,
+                role: r.role,
+                label: r.label,
+                not_after_ms: r.not_after.map(|t| t.timestamp_millis()),
+                revoked: r.revoked,
+            });
+        }
+        if let Ok(mut p) = self.parents.write() {
+            *p = keys
+                .iter()
+                .filter(|k| k.role == KeyRole::Parent && !k.revoked)
+                .map(|k| (k.id, k.not_after_ms))
+                .collect();
+        }
+        Ok(TrustBundle { ring: self.ring, version: u64::try_from(range.revision).unwrap_or(0), keys })
+    }
+
+    /// The current bundle as a signed envelope, for a child's birth.
+    async fn sealed_bundle(&self, publisher: &Publisher) -> Result<Vec<u8>, BusError> {
+        let bundle = self.bundle().await?;
+        let update = TrustUpdate { version: bundle.version, change: TrustChange::Replace(bundle) };
+        let payload = update.to_json().map_err(|e| BusError::Setup(e.to_string()))?;
+        publisher
+            .seal(TRUST_UPDATE_TOPIC, None, payload, now_ms())
+            .map_err(|e| BusError::Setup(e.to_string()))
+    }
+
+    /// Publish the whole bundle on the retained trust topic (level-triggered).
+    pub async fn publish_trust(&self) -> Result<(), BusError> {
+        self.publish_trust_as(&self.publisher()).await
+    }
+
+    async fn publish_trust_as(&self, publisher: &Publisher) -> Result<(), BusError> {
+        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Ok(()) };
+        let sealed = self.sealed_bundle(publisher).await?;
+        match t.publish(TRUST_UPDATE_TOPIC, None, sealed) {
+            Ok(()) => Ok(()),
+            // The bundle is state: the next change or reconnect publishes it again.
+            Err(TransportError::Full) => {
+                tracing::warn!(ring = self.ring, "bus queue full; trust bundle will be republished");
+                Ok(())
+            }
+            Err(e) => Err(BusError::Setup(e.to_string())),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, BusError> {
+        let range = self.store.range(&keys_prefix(self.ring)).await?;
+        let mut out = Vec::new();
+        for kv in &range.kvs {
+            let r: KeyRecord = serde_json::from_slice(&kv.value)
+                .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+            out.push(self.info(&r));
+        }
+        out.sort_by_key(|k| k.created_at);
+        Ok(out)
+    }
+
+    fn info(&self, r: &KeyRecord) -> KeyInfo {
+        let now = Utc::now();
+        let state = if r.revoked {
+            "revoked"
+        } else if r.not_after.is_some_and(|t| t <= now) {
+            "retired"
+        } else if r.not_after.is_some() {
+            "retiring"
+        } else {
+            "active"
+        };
+        KeyInfo {
+            id: r.id.to_string(),
+            ring: Ring::new(i64::from(r.ring)).unwrap_or(Ring::INFRASTRUCTURE),
+            role: match r.role {
+                KeyRole::Parent => "parent".into(),
+                KeyRole::Member => "member".into(),
+            },
+            label: r.label.clone(),
+            node: r.node,
+            state: state.into(),
+            created_at: r.created_at,
+            not_after: r.not_after,
+            replaced_by: r.replaced_by.map(|k| k.to_string()),
+            local: r.holder.as_deref() == Some(self.config.label.as_str()),
+        }
+    }
+
+    async fn record(&self, id: &str) -> Result<(KeyRecord, i64), BusError> {
+        let key: KeyId = id.parse().map_err(|_| BusError::NoSuchKey(id.to_string(), self.ring))?;
+        let kv = self.store.get(&key_key(self.ring, &key)).await?;
+        let kv = kv.ok_or_else(|| BusError::NoSuchKey(id.to_string(), self.ring))?;
+        let r: KeyRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+        Ok((r, kv.mod_revision))
+    }
+
+    /// Rotate a key this machine holds: a new key takes over at once, the old one stays
+    /// accepted for `overlap`. The bundle announcing it is signed by the old key, which every
+    /// node still trusts; from then on this machine signs with the new one.
+    pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<KeyInfo, BusError> {
+        let (old, rev) = self.record(id).await?;
+        let current = self.publisher();
+        if old.id != current.identity().key_id() || old.revoked || old.not_after.is_some() {
+            return Err(BusError::Refused(format!(
+                "key {} is not the active key this machine holds; a node rotates its own key",
+                old.id.short()
+            )));
+        }
+        let fresh = Identity::generate().map_err(|e| BusError::Setup(e.to_string()))?;
+        let path = self.config.keys_dir.join(format!("ring-{}-parent.key", self.ring));
+        let next_path = path.with_extension("key.next");
+        let _ = std::fs::remove_file(&next_path);
+        fresh.save(&next_path).map_err(|e| BusError::Setup(e.to_string()))?;
+        let now = Utc::now();
+        let overlap = TimeDelta::from_std(overlap).unwrap_or(TimeDelta::seconds(300));
+        let new = KeyRecord {
+            id: fresh.key_id(),
+            created_at: now,
+            not_after: None,
+            replaced_by: None,
+            ..old.clone()
+        };
+        let retiring = KeyRecord { not_after: Some(now + overlap), replaced_by: Some(new.id), ..old.clone() };
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key_key(self.ring, &old.id), rev),
+                Compare::absent(key_key(self.ring, &new.id)),
+            ])
+            .then([
+                Op::put(key_key(self.ring, &old.id), to_json(&retiring)?),
+                Op::put(key_key(self.ring, &new.id), to_json(&new)?),
+            ]);
+        if !self.store.txn(txn).await?.succeeded {
+            let _ = std::fs::remove_file(&next_path);
+            return Err(BusError::Refused(format!("key {} changed meanwhile; retry", old.id.short())));
+        }
+        self.publish_trust_as(&current).await?;
+        std::fs::rename(&next_path, &path)
+            .map_err(|e| BusError::Setup(format!("{}: {e}", path.display())))?;
+        let publisher = Publisher::starting_now(fresh, self.ring, self.counters.clone());
+        if let Ok(mut p) = self.publisher.lock() {
+            *p = Arc::new(publisher);
+        }
+        tracing::info!(ring = self.ring, old = %old.id.short(), new = %new.id.short(), "rotated key");
+        Ok(self.info(&new))
+    }
+
+    /// Revoke a key: every node of the ring stops accepting it with the next bundle.
+    pub async fn revoke(&self, id: &str) -> Result<KeyInfo, BusError> {
+        let (r, rev) = self.record(id).await?;
+        if r.id == self.publisher().identity().key_id() {
+            return Err(BusError::Refused(
+                "this is the key this machine signs the ring's trust with; rotate it instead".into(),
+            ));
+        }
+        let revoked = KeyRecord { revoked: true, ..r };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key_key(self.ring, &revoked.id), rev)])
+            .then([Op::put(key_key(self.ring, &revoked.id), to_json(&revoked)?)]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(BusError::Refused(format!("key {} changed meanwhile; retry", revoked.id.short())));
+        }
+        self.publish_trust().await?;
+        tracing::info!(ring = self.ring, key = %revoked.id.short(), "revoked key");
+        Ok(self.info(&revoked))
+    }
+
+    /// A child joins with a join token: its public key is whitelisted, its CSR signed by the
+    /// ring CA, and it gets the signed bundle — its trust at birth. The token is consumed in
+    /// the same transaction that records the key, so it works exactly once.
+    pub async fn join(&self, grant: &JoinGrant, req: JoinRequest) -> Result<JoinResponse, BusError> {
+        if grant.ring.get() != self.ring {
+            return Err(BusError::Refused(format!(
+                "this join token is for ring {}; this server runs ring {}",
+                grant.ring, self.ring
+            )));
+        }
+        validate_label(&req.label).map_err(|m| BusError::Invalid { field: "label", message: m })?;
+        let id: KeyId = req.public_key.parse().map_err(|_| BusError::Invalid {
+            field: "public_key",
+            message: "not a hex Ed25519 public key".into(),
+        })?;
+        if id.verifying_key().is_none() {
+            return Err(BusError::Invalid {
+                field: "public_key",
+                message: "not a valid Ed25519 point".into(),
+            });
+        }
+        let cert_pem = self
+            .ca
+            .sign_csr(&req.label, &req.csr_pem, CERT_VALIDITY)
+            .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
+        let record = KeyRecord {
+            id,
+            ring: self.ring,
+            role: KeyRole::Member,
+            label: req.label.clone(),
+            node: None,
+            holder: None,
+            revoked: false,
+            created_at: Utc::now(),
+            not_after: None,
+            replaced_by: None,
+        };
+        let k = key_key(self.ring, &id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(&grant.key, grant.revision), Compare::absent(&k)])
+            .then([Op::delete(&grant.key), Op::put(&k, to_json(&record)?)]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(BusError::Refused(
+                "the join token was already used, or the key is already known".into(),
+            ));
+        }
+        let bundle = self.sealed_bundle(&self.publisher()).await?;
+        self.publish_trust().await?;
+        tracing::info!(ring = self.ring, label = %req.label, key = %id.short(), "node joined");
+        Ok(JoinResponse {
+            ring: grant.ring,
+            parent: grant.parent,
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            bundle: bundle.iter().map(|b| format!("{b:02x}")).collect(),
+            hub: self.hub_addr().map(|a| a.to_string()),
+        })
+    }
+
+    /// Prometheus lines: this server's receive-side counters and the hub's.
+    pub fn render_metrics(&self) -> String {
+        let mut out = enjin_bus::counters::render_prometheus(&[(self.ring, &self.counters)]);
+        if let Some((_, stats)) = self.hub.lock().ok().and_then(|h| h.clone()) {
+            let s = stats.snapshot();
+            let ring = self.ring;
+            for (name, help, value) in [
+                ("enjin_bus_hub_connections", "Open hub connections.", s.connections),
+                ("enjin_bus_hub_published_total", "Messages published through the hub.", s.published),
+                ("enjin_bus_hub_delivered_total", "Messages the hub delivered to subscribers.", s.delivered),
+                (
+                    "enjin_bus_hub_filtered_total",
+                    "Messages dropped at the hub's edge (unsigned or wrong ring).",
+                    s.filtered,
+                ),
+                (
+                    "enjin_bus_hub_slow_consumer_disconnects_total",
+                    "Subscribers disconnected for falling behind.",
+                    s.slow_consumer_disconnects,
+                ),
+                ("enjin_bus_hub_handshake_failures_total", "TLS handshakes refused.", s.handshake_failures),
+            ] {
+                let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{ring=\"{ring}\"}} {value}\n"
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, BusError> {
+    serde_json::to_vec(v).map_err(|e| BusError::Setup(e.to_string()))
+}
