@@ -1,19 +1,22 @@
 //! `enjin-bench`: measures store transactions and the meta API in one run and prints Markdown
-//! tables, next to the disk's raw fsync rate measured in the same directory. It only ever
-//! talks to loopback and writes only inside its own temporary directory.
+//! tables, next to the disk's raw fsync rate measured in the same directory; and the ring bus,
+//! next to raw Ed25519. It only ever talks to loopback and writes only inside its own temporary
+//! directory.
 
 #![forbid(unsafe_code)]
 
 mod api;
+mod bus;
 mod report;
 mod run;
 mod store;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::report::{Machine, Row};
 use crate::run::Limits;
@@ -23,10 +26,13 @@ const DEFAULT_SECONDS: f64 = 5.0;
 const QUICK_OPS: u64 = 20;
 const QUICK_SECONDS: f64 = 2.0;
 
-/// Measure store transactions and the meta API, and print the results as Markdown tables.
+/// Measure store transactions, the meta API and the ring bus, and print the results as Markdown
+/// tables.
 ///
 /// Every row stops after `--ops` operations or `--seconds`, whichever comes first, and says
-/// how many operations it ran.
+/// how many operations it ran. Bus broadcast rows have their own message counts; they publish
+/// for at most `--seconds`, then let the subscribers take what is in flight for as long as they
+/// make progress.
 #[derive(Debug, Parser)]
 #[command(name = "enjin-bench", version)]
 struct Args {
@@ -39,9 +45,32 @@ struct Args {
     /// A tiny run that only checks that everything works (for CI)
     #[arg(long)]
     quick: bool,
+    /// Messages the publisher may be ahead of the slowest subscriber in the bus throughput rows
+    /// [default: 128]. Near 1024 (the hub's and the client's queues) subscribers get cut off,
+    /// and the run fails with missing deliveries.
+    #[arg(long, value_name = "N")]
+    bus_window: Option<u64>,
+    /// Run only these sections (repeat the flag or separate with commas) [default: all]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+    only: Vec<Section>,
+}
+
+/// A part of the benchmark that can run on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Store transactions (with the fsync anchor)
+    Store,
+    /// The meta HTTP API (with the fsync anchor)
+    Api,
+    /// The ring bus: envelope crypto and broadcast over mutual TLS
+    Bus,
 }
 
 impl Args {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+
     fn limits(&self) -> anyhow::Result<Limits> {
         let (ops, seconds) =
             if self.quick { (QUICK_OPS, QUICK_SECONDS) } else { (DEFAULT_OPS, DEFAULT_SECONDS) };
@@ -54,12 +83,18 @@ impl Args {
             .with_context(|| format!("--seconds must be a positive number, not {seconds}"))?;
         Ok(Limits { ops, time })
     }
+
+    fn bus_window(&self) -> anyhow::Result<u64> {
+        let window = self.bus_window.unwrap_or(bus::WINDOW);
+        anyhow::ensure!(window >= 1, "--bus-window must be at least 1");
+        Ok(window)
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let limits = match args.limits() {
-        Ok(l) => l,
+    let (limits, window) = match args.limits().and_then(|l| Ok((l, args.bus_window()?))) {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
@@ -72,7 +107,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench(&args, limits)) {
+    match runtime.block_on(bench(&args, limits, window)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -81,7 +116,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
+/// A row that failed, and why.
+struct Failure {
+    row: String,
+    why: String,
+}
+
+async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("enjin-bench-")
         .tempdir()
@@ -92,6 +133,7 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
     } else {
         "release"
     };
+    let plans = bus::plans(args.quick, window);
 
     println!("# enjin-bench\n");
     println!("- cores: {} (available_parallelism)", machine.cores);
@@ -108,23 +150,60 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
         store::VALUE_BYTES,
         store::TASKS,
     );
+    if args.runs(Section::Bus) {
+        let rows: Vec<String> =
+            plans.iter().map(|p| format!("{}x{} (window {})", p.subscribers, p.messages, p.window)).collect();
+        println!(
+            "- bus: crypto rows on {:?} B payloads; broadcast rows (subscribers x messages) {}; each \
+             publishes for at most {:.1} s, then waits for the messages in flight until none \
+             arrives for {} s",
+            bus::CRYPTO_PAYLOADS,
+            rows.join(", "),
+            limits.time.as_secs_f64(),
+            bus::STALL_PATIENCE.as_secs(),
+        );
+    }
     println!();
 
-    let store_dir = dir.path().join("store");
-    let api_dir = dir.path().join("api");
+    let mut failures = Vec::new();
+    if args.runs(Section::Store) || args.runs(Section::Api) {
+        failures.extend(disk(args, dir.path(), limits).await?);
+    }
+    if args.runs(Section::Bus) {
+        failures.extend(ring_bus(&plans, limits).await?);
+    }
+
+    dir.close().context("failed to remove the temporary directory")?;
+
+    if let Some(first) = failures.first() {
+        anyhow::bail!("{} row(s) failed; first {:?}: {}", failures.len(), first.row, first.why);
+    }
+    Ok(())
+}
+
+/// The store and API sections, which write to `dir`, with the fsync anchor they compare with.
+async fn disk(args: &Args, dir: &Path, limits: Limits) -> anyhow::Result<Vec<Failure>> {
+    let store_dir = dir.join("store");
+    let api_dir = dir.join("api");
     for d in [&store_dir, &api_dir] {
         std::fs::create_dir(d).with_context(|| format!("failed to create {}", d.display()))?;
     }
 
     eprintln!("measuring the fsync anchor…");
-    let first = store::fsync_anchor(dir.path(), limits).await?;
-    eprintln!("measuring store transactions…");
-    let store_rows = store::rows(&store_dir, limits).await?;
-    eprintln!("measuring the HTTP API…");
-    let api_rows = api::rows(&api_dir, limits).await?;
+    let first = store::fsync_anchor(dir, limits).await?;
+    let mut store_rows = Vec::new();
+    if args.runs(Section::Store) {
+        eprintln!("measuring store transactions…");
+        store_rows = store::rows(&store_dir, limits).await?;
+    }
+    let mut api_rows = Vec::new();
+    if args.runs(Section::Api) {
+        eprintln!("measuring the HTTP API…");
+        api_rows = api::rows(&api_dir, limits).await?;
+    }
     // Measured again at the end: the disk is shared, and its rate can drift during the run.
     eprintln!("measuring the fsync anchor again…");
-    let last = store::fsync_anchor(dir.path(), limits).await?;
+    let last = store::fsync_anchor(dir, limits).await?;
     let anchors = [
         Row::write("append 1 B + fdatasync, at start", first),
         Row::write("append 1 B + fdatasync, at end", last),
@@ -132,25 +211,46 @@ async fn bench(args: &Args, limits: Limits) -> anyhow::Result<()> {
     let fsyncs_per_sec = anchors.iter().map(|r| r.sample.per_sec()).sum::<f64>() / anchors.len() as f64;
 
     report::print_anchor(&anchors);
-    report::print_store(&store_rows, fsyncs_per_sec);
-    report::print_api(&api_rows, fsyncs_per_sec);
+    if args.runs(Section::Store) {
+        report::print_store(&store_rows, fsyncs_per_sec);
+    }
+    if args.runs(Section::Api) {
+        report::print_api(&api_rows, fsyncs_per_sec);
+    }
     println!(
         "\"per anchor fsync\" divides a row's rate by the mean of the two anchor rates \
          ({fsyncs_per_sec:.0}/s): about 1 means one commit per fsync, more means group commit \
-         is batching. Client and server share this process and its cores.",
+         is batching. Client and server share this process and its cores.\n",
     );
 
-    dir.close().context("failed to remove the temporary directory")?;
+    Ok(anchors
+        .iter()
+        .chain(&store_rows)
+        .chain(&api_rows)
+        .filter(|r| r.sample.errors > 0)
+        .map(|r| Failure {
+            row: r.name.clone(),
+            why: r.sample.first_error.clone().unwrap_or_else(|| "unknown error".into()),
+        })
+        .collect())
+}
 
-    let failed: Vec<&Row> =
-        anchors.iter().chain(&store_rows).chain(&api_rows).filter(|r| r.sample.errors > 0).collect();
-    if let Some(row) = failed.first() {
-        anyhow::bail!(
-            "{} row(s) had failed operations; first in {:?}: {}",
-            failed.len(),
-            row.name,
-            row.sample.first_error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    Ok(())
+/// The bus section: envelope crypto, then broadcast.
+async fn ring_bus(plans: &[bus::Plan], limits: Limits) -> anyhow::Result<Vec<Failure>> {
+    eprintln!("measuring bus envelope crypto…");
+    let crypto = bus::crypto_rows(limits).await?;
+    eprintln!("measuring bus broadcast…");
+    let broadcast = bus::broadcast_rows(plans, limits).await?;
+    report::print_bus_crypto(&crypto);
+    report::print_bus_broadcast(&broadcast, &crypto);
+
+    let crypto_failures = crypto.iter().filter(|r| r.sample.errors > 0).map(|r| Failure {
+        row: format!("{} ({} B)", r.op.name(), r.payload),
+        why: r.sample.first_error.clone().unwrap_or_else(|| "unknown error".into()),
+    });
+    let broadcast_failures = broadcast.iter().filter_map(|r| {
+        let why = r.failure()?;
+        Some(Failure { row: format!("{}, subscribers: {}", r.plan.name, r.plan.subscribers), why })
+    });
+    Ok(crypto_failures.chain(broadcast_failures).collect())
 }

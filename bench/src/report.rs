@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::bus::{self, BroadcastRow, CryptoOp, CryptoRow};
 use crate::run::Sample;
 
 /// One measured line of a table.
@@ -166,4 +167,103 @@ pub fn print_api(rows: &[Row], fsyncs_per_sec: f64) {
         );
     }
     println!();
+}
+
+pub fn print_bus_crypto(rows: &[CryptoRow]) {
+    println!("## Ring bus: one envelope, one thread (enjin-bus; anchor: raw Ed25519 in the same run)\n");
+    println!("| bus crypto | payload (B) | ops | time (s) | ns/op | ops/s | x anchor |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let s = &r.sample;
+        let anchor = bus::ns_per_op(rows, r.op.anchor(), r.payload).filter(|ns| *ns > 0.0);
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {} | {} |",
+            r.op.name(),
+            r.payload,
+            ops(s),
+            secs(s.elapsed),
+            r.ns_per_op(),
+            per_sec(s.per_sec()),
+            anchor.map_or_else(|| "-".into(), |a| format!("{:.2}", r.ns_per_op() / a)),
+        );
+    }
+    println!();
+    println!(
+        "The raw rows sign and verify exactly the bytes the envelope rows do (domain prefix and \
+         envelope body). verify_signature parses the sender's key from its bytes every time; \
+         accept keeps keys parsed, but decodes the envelope and copies its body.\n",
+    );
+}
+
+pub fn print_bus_broadcast(rows: &[BroadcastRow], crypto: &[CryptoRow]) {
+    let seal = bus::ns_per_op(crypto, CryptoOp::Seal, bus::BROADCAST_PAYLOAD);
+    let accept = bus::ns_per_op(crypto, CryptoOp::Accept, bus::BROADCAST_PAYLOAD);
+    println!(
+        "## Ring bus: broadcast over mutual TLS on 127.0.0.1 (one hub; a signing publisher, \
+         verifying subscribers; {} B payloads)\n",
+        bus::BROADCAST_PAYLOAD
+    );
+    println!(
+        "| bus broadcast | subscribers | window | msgs | time (s) | msgs/s | deliveries/s | p50 (ms) | p99 (ms) | max (ms) | CPU cores busy | sign+verify cores | slow-consumer disconnects | missing deliveries | publish Full retries | notes |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let s = &r.deliveries;
+        let msgs = if r.time_limited {
+            format!("{} of {} (time limit)", r.published, r.plan.messages)
+        } else {
+            r.published.to_string()
+        };
+        let crypto_cores = seal.zip(accept).map(|(seal, accept)| {
+            let busy = r.published as f64 * seal + s.ops() as f64 * accept;
+            let wall = s.elapsed.max(r.publish_time).as_secs_f64().max(f64::MIN_POSITIVE);
+            format!("{:.2}", busy / 1e9 / wall)
+        });
+        let mut notes = Vec::new();
+        if r.lagged_subscriptions > 0 {
+            notes.push(format!("subscriptions ended for lagging: {}", r.lagged_subscriptions));
+        }
+        if r.disconnects > 0 {
+            notes.push(format!("connections lost: {}", r.disconnects));
+        }
+        if s.errors > 0 {
+            notes.push(format!("errors: {}", s.errors));
+        }
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.plan.name,
+            r.plan.subscribers,
+            r.plan.window,
+            msgs,
+            secs(s.elapsed),
+            per_sec(r.messages_per_sec()),
+            per_sec(s.per_sec()),
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99)),
+            ms(s.max()),
+            r.cpu_cores.map_or_else(|| "-".into(), |c| format!("{c:.2}")),
+            crypto_cores.unwrap_or_else(|| "-".into()),
+            r.slow_consumer_disconnects,
+            r.missing,
+            r.full_retries,
+            notes.join("; "),
+        );
+    }
+    println!();
+    println!(
+        "Every subscriber has its own mTLS connection, certificate and BusNode, and verifies every \
+         message itself. Pacing is closed-loop: the publisher sends a message only while it is \
+         fewer than \"window\" messages ahead of the slowest subscriber (it reads their progress \
+         in-process, which a real publisher cannot). No queue on the way (the hub's per-connection \
+         outbound queue, the client's per-subscription queue: 1024 each) then ever holds more than \
+         the window, so neither the hub's slow-consumer policy nor the client's lagging-subscriber \
+         policy can fire; --bus-window sets the window. With window 1 a message goes out only when \
+         every subscriber has the previous one: latency without queueing. With a full window, \
+         latency is mostly queueing: about window / msgs/s. Latency is receive time (after \
+         verification) minus the send time in the payload (taken before signing), for every \
+         delivery; time runs from the first publish to the last delivery; msgs/s counts until \
+         the last publish. \"CPU cores busy\" is the CPU time of the whole process (hub, clients, \
+         subscribers) per second of the row; \"sign+verify cores\" is the part the single-thread seal \
+         and accept costs above account for (msgs x seal + deliveries x accept, per second).\n",
+    );
 }

@@ -1,11 +1,23 @@
 //! Runs the built benchmark with `--quick` and checks that it prints every table with a
-//! non-zero rate in each row. It checks that the benchmark works, not how fast anything is.
+//! non-zero rate in each row, and that the bus lost nothing. It checks that the benchmark
+//! works, not how fast anything is.
 
 use std::process::Command;
 
 /// The tables and the column holding each one's rate.
 const TABLES: [(&str, &str); 3] =
     [("| anchor |", "fsyncs/s"), ("| store workload |", "txns/s"), ("| api request |", "req/s")];
+
+/// The bus tables and the columns that must be positive in every row.
+const BUS_TABLES: [(&str, &str); 4] = [
+    ("| bus crypto |", "ops/s"),
+    ("| bus broadcast |", "msgs/s"),
+    ("| bus broadcast |", "deliveries/s"),
+    ("| bus broadcast |", "p50 (ms)"),
+];
+
+/// The bus broadcast columns that must be zero in every row.
+const BUS_ZEROS: [&str; 3] = ["slow-consumer disconnects", "missing deliveries", "publish Full retries"];
 
 fn cells(line: &str) -> Vec<&str> {
     line.trim().trim_matches('|').split('|').map(str::trim).collect()
@@ -29,22 +41,50 @@ fn rates(output: &str, header: &str, column: &str) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn quick_run_prints_every_table_with_nonzero_rates() {
+/// Runs enjin-bench with `args` and returns its standard output, which it must have exited 0.
+fn quick_run(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_enjin-bench"))
-        .arg("--quick")
+        .args(args)
         .output()
-        .expect("run enjin-bench --quick");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .unwrap_or_else(|e| panic!("run enjin-bench {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "enjin-bench --quick failed with {}:\n{stdout}\n{stderr}", out.status);
+    assert!(out.status.success(), "enjin-bench {args:?} failed with {}:\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("- cores: "), "no machine facts in:\n{stdout}");
-    for (header, column) in TABLES {
-        let rates = rates(&stdout, header, column);
+    stdout
+}
+
+fn assert_positive(stdout: &str, tables: &[(&str, &str)]) {
+    for (header, column) in tables {
+        let rates = rates(stdout, header, column);
         assert!(!rates.is_empty(), "table {header:?} has no rows:\n{stdout}");
         for rate in rates {
             assert!(rate > 0.0, "a zero {column} in {header:?}:\n{stdout}");
         }
+    }
+}
+
+fn assert_bus_tables(stdout: &str) {
+    assert_positive(stdout, &BUS_TABLES);
+    for column in BUS_ZEROS {
+        let counts = rates(stdout, "| bus broadcast |", column);
+        assert!(counts.iter().all(|c| *c == 0.0), "non-zero {column:?}:\n{stdout}");
+    }
+}
+
+#[test]
+fn quick_run_prints_every_table_with_nonzero_rates() {
+    let stdout = quick_run(&["--quick"]);
+    assert_positive(&stdout, &TABLES);
+    assert_bus_tables(&stdout);
+}
+
+#[test]
+fn only_bus_runs_the_bus_section_alone() {
+    let stdout = quick_run(&["--quick", "--only", "bus"]);
+    assert_bus_tables(&stdout);
+    for (header, _) in TABLES {
+        assert!(!stdout.contains(header), "{header:?} should not run with --only bus:\n{stdout}");
     }
 }
 
