@@ -7,6 +7,7 @@
 mod auth;
 pub mod bus;
 mod extract;
+pub mod ipam;
 mod metrics;
 mod openapi;
 mod problem;

@@ -11,12 +11,13 @@
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
-use enjin_model::kinds::references_of;
+use enjin_model::kinds::{NetworkInterfaceSpec, NetworkSpec, references_of};
 use enjin_model::{
     FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag, validate_label,
     validate_labels,
@@ -24,6 +25,8 @@ use enjin_model::{
 use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::ipam;
 
 /// How often a write is retried when something it depends on changed under it.
 const MAX_ATTEMPTS: usize = 8;
@@ -193,15 +196,33 @@ impl Registry {
         };
         let lkey =
             obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
+        let requested = obj.spec.clone();
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt).await;
             let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
+            // An interface without addresses gets one from its network's range (again on each
+            // attempt: a concurrent create may have taken the one chosen last time).
+            let addresses = match kind {
+                Kind::NetworkInterface => {
+                    obj.spec = requested.clone();
+                    Some(self.assign_addresses(&mut obj.spec, &resolved).await?)
+                }
+                _ => None,
+            };
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::absent(&key)]);
             let mut failure = Vec::new();
             if let Some(lkey) = &lkey {
                 txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
                 failure.push(Op::Get { key: lkey.clone() });
+            }
+            let ipam_keys: Vec<String> = addresses
+                .as_ref()
+                .map(|(network, addrs, _)| addrs.iter().map(|a| ipam::key(*network, *a)).collect())
+                .unwrap_or_default();
+            for k in &ipam_keys {
+                txn = txn.when([Compare::absent(k)]).then([Op::put(k, uuid.to_string())]);
+                failure.push(Op::Get { key: k.clone() });
             }
             txn = txn.then_txn(add_refs(kind, uuid, &resolved));
             txn = txn.then([Op::put(&key, encode(&obj))]);
@@ -210,10 +231,31 @@ impl Registry {
                 obj.meta.revision = resp.revision;
                 return Ok(obj);
             }
-            if let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.first() {
+            let skip = usize::from(lkey.is_some());
+            if lkey.is_some()
+                && let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.first()
+            {
                 return Err(label_taken(kind, obj.meta.ring, obj.meta.label.as_deref()));
             }
-            // A referenced object changed between resolving and committing: resolve again.
+            if let Some((_, addrs, auto)) = &addresses
+                && !auto
+            {
+                for (i, r) in resp.responses.iter().skip(skip).enumerate() {
+                    if let OpResponse::Get { kv: Some(held) } = r {
+                        return Err(FieldError::new(
+                            format!("spec.addresses[{i}]"),
+                            format!(
+                                "{} is already assigned to network interface {}",
+                                addrs[i],
+                                String::from_utf8_lossy(&held.value)
+                            ),
+                        )
+                        .into());
+                    }
+                }
+            }
+            // A referenced object changed between resolving and committing, or an address
+            // chosen for us was taken meanwhile: resolve and choose again.
         }
         Err(busy(kind))
     }
@@ -248,6 +290,7 @@ impl Registry {
             check_targets(&req.spec, ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
             let mut failure = vec![Op::Get { key: key.clone() }];
+            let mut ipam_failures: Vec<(String, usize, IpAddr)> = Vec::new();
             if let Some(field) = req.spec.change_referrers_rely_on(&old.spec) {
                 // Guarded like a delete: a reference added concurrently makes this retry.
                 let guard_rev = self.store.get(&guard_key(uuid)).await?.map_or(0, |g| g.mod_revision);
@@ -286,6 +329,12 @@ impl Registry {
                 resolved.into_iter().filter(|r| added.iter().any(|a| same_target(a, &r.reference))).collect();
             txn = txn.then_txn(add_refs(kind, uuid, &added_resolved));
             txn = txn.then(removed.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
+            if kind == Kind::NetworkInterface {
+                let (txn2, held_at) = ipam_changes(uuid, &old.spec, &req.spec, txn)?;
+                txn = txn2;
+                ipam_failures = held_at;
+                failure.extend(ipam_failures.iter().map(|(k, _, _)| Op::Get { key: k.clone() }));
+            }
             let obj = Object {
                 meta: ObjectMeta {
                     label: req.label.clone(),
@@ -309,8 +358,23 @@ impl Registry {
                 }
                 _ => {}
             }
-            if let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.get(1) {
+            let label_checked = usize::from(old_lkey != new_lkey && new_lkey.is_some());
+            if label_checked == 1
+                && let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.get(1)
+            {
                 return Err(label_taken(kind, ring, req.label.as_deref()));
+            }
+            for (n, (_, i, address)) in ipam_failures.iter().enumerate() {
+                if let Some(OpResponse::Get { kv: Some(held) }) = resp.responses.get(1 + label_checked + n) {
+                    return Err(FieldError::new(
+                        format!("spec.addresses[{i}]"),
+                        format!(
+                            "{address} is already assigned to network interface {}",
+                            String::from_utf8_lossy(&held.value)
+                        ),
+                    )
+                    .into());
+                }
             }
         }
         Err(busy(kind))
@@ -390,7 +454,45 @@ impl Registry {
             ops.push(Op::delete(label_key(kind, obj.meta.ring, scope, l)));
         }
         ops.extend(refs.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
+        if kind == Kind::NetworkInterface
+            && let Ok(iface) = serde_json::from_value::<NetworkInterfaceSpec>(obj.spec.clone())
+        {
+            ops.extend(iface.addresses.iter().map(|a| Op::delete(ipam::key(iface.network, *a))));
+        }
         Ok(ops)
+    }
+
+    /// For an interface: its network, its addresses (one chosen from the network's range when
+    /// none were asked for) and whether they were chosen here.
+    async fn assign_addresses<S: Spec>(
+        &self,
+        spec: &mut S,
+        resolved: &[Resolved],
+    ) -> Result<(Uuid, Vec<IpAddr>, bool), RegistryError> {
+        let corrupt = |e: serde_json::Error| RegistryError::Corrupt {
+            key: "interface spec".into(),
+            error: e.to_string(),
+        };
+        let mut iface: NetworkInterfaceSpec =
+            serde_json::to_value(&*spec).and_then(serde_json::from_value).map_err(corrupt)?;
+        if !iface.addresses.is_empty() {
+            return Ok((iface.network, iface.addresses, false));
+        }
+        let Some(network) = resolved.iter().find(|r| r.reference.kind == Kind::Network) else {
+            return Ok((iface.network, Vec::new(), true));
+        };
+        let net: NetworkSpec = serde_json::from_value(network.target.spec.clone()).map_err(corrupt)?;
+        let held = self.store.range(&ipam::prefix(iface.network)).await?;
+        let used: HashSet<IpAddr> = held.kvs.iter().filter_map(|kv| ipam::address_of(&kv.key)).collect();
+        let address = ipam::first_free(&net.cidr, &used).ok_or_else(|| {
+            FieldError::new(
+                "spec.network",
+                format!("network {} has no free address left in {}", iface.network, net.cidr),
+            )
+        })?;
+        iface.addresses = vec![address];
+        *spec = serde_json::to_value(&iface).and_then(serde_json::from_value).map_err(corrupt)?;
+        Ok((iface.network, iface.addresses, true))
     }
 
     /// Read every referenced object and check that it exists and sits in an allowed ring.
@@ -469,6 +571,37 @@ async fn backoff(attempt: usize) {
     let ceiling_us = (500u64 << attempt.min(7)).min(50_000);
     let jitter = (Uuid::new_v4().as_u128() % u128::from(ceiling_us)) as u64;
     tokio::time::sleep(std::time::Duration::from_micros(ceiling_us / 2 + jitter / 2)).await;
+}
+
+/// The address reservations an interface update adds and releases, and, for each address it
+/// adds, the key it needs free with the address's index (to name the field if it is taken).
+#[allow(clippy::type_complexity, reason = "a private helper returning a transaction and its checks")]
+fn ipam_changes<S: Spec>(
+    uuid: Uuid,
+    old: &S,
+    new: &S,
+    mut txn: Txn,
+) -> Result<(Txn, Vec<(String, usize, IpAddr)>), RegistryError> {
+    let read = |s: &S| {
+        serde_json::to_value(s)
+            .and_then(serde_json::from_value::<NetworkInterfaceSpec>)
+            .map_err(|e| RegistryError::Corrupt { key: "interface spec".into(), error: e.to_string() })
+    };
+    let (old, new) = (read(old)?, read(new)?);
+    let mut checks = Vec::new();
+    for (i, a) in new.addresses.iter().enumerate() {
+        if !(new.network == old.network && old.addresses.contains(a)) {
+            let k = ipam::key(new.network, *a);
+            txn = txn.when([Compare::absent(&k)]).then([Op::put(&k, uuid.to_string())]);
+            checks.push((k, i, *a));
+        }
+    }
+    for a in &old.addresses {
+        if !(new.network == old.network && new.addresses.contains(a)) {
+            txn = txn.then([Op::delete(ipam::key(old.network, *a))]);
+        }
+    }
+    Ok((txn, checks))
 }
 
 fn same_target(a: &Reference, b: &Reference) -> bool {

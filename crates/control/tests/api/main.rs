@@ -7,6 +7,7 @@ mod crud;
 mod fixtures;
 mod harness;
 mod invariants;
+mod ipam;
 mod sse;
 mod system;
 mod watch;
