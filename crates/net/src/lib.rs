@@ -1,0 +1,159 @@
+//! Host networking for the `netns` strategy: each ring 1 host on a ring 0 machine is a network
+//! namespace joined to a bridge (one per network) by a veth pair, with the address IPAM gave it
+//! and a default route to the bridge's address. It drives iproute2's `ip` (the kernel's own
+//! tool for netlink) rather than writing netlink by hand. It must never route or masquerade
+//! traffic off the machine: hosts reach each other and their supervisor, nothing else.
+
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("failed to run `ip {args}`: {source}")]
+    Spawn { args: String, source: std::io::Error },
+    #[error("`ip {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("invalid name {0:?}: at most 15 characters of letters, digits, '-' and '_'")]
+    BadName(String),
+}
+
+/// Run `ip` with `args`.
+fn ip(args: &[&str]) -> Result<String, NetError> {
+    let joined = args.join(" ");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Spawn { args: joined.clone(), source: e })?;
+    if !out.status.success() {
+        return Err(NetError::Failed {
+            args: joined,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `ip` reports that the thing already exists (for idempotent setup).
+fn exists(e: &NetError) -> bool {
+    matches!(e, NetError::Failed { stderr, .. } if stderr.contains("File exists") || stderr.contains("already exists") || stderr.contains("already assigned"))
+}
+
+fn ok_if_exists(r: Result<String, NetError>) -> Result<(), NetError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if exists(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NetError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+    if ok { Ok(()) } else { Err(NetError::BadName(name.to_string())) }
+}
+
+/// Names derived from an id (a node's or a network's uuid), short enough for Linux's 15-byte
+/// interface names.
+pub fn names(id: &str) -> Names {
+    let short: String = id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    Names { bridge: format!("ejb-{short}"), veth: format!("ejv-{short}"), netns: format!("enjin-{short}") }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub bridge: String,
+    pub veth: String,
+    pub netns: String,
+}
+
+/// A bridge with the network's gateway address on it, up. Idempotent.
+pub fn ensure_bridge(bridge: &str, gateway: IpAddr, prefix: u8) -> Result<(), NetError> {
+    check_name(bridge)?;
+    ok_if_exists(ip(&["link", "add", bridge, "type", "bridge"]))?;
+    ok_if_exists(ip(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]))?;
+    ip(&["link", "set", bridge, "up"])?;
+    Ok(())
+}
+
+pub fn remove_bridge(bridge: &str) -> Result<(), NetError> {
+    check_name(bridge)?;
+    match ip(&["link", "del", bridge]) {
+        Err(NetError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// A host: a network namespace whose `eth0` is one end of a veth pair, the other end (`veth`)
+/// on `bridge`; `address/prefix` on eth0, loopback up, default route via `gateway`. Idempotent.
+pub fn ensure_host(
+    netns: &str,
+    veth: &str,
+    bridge: &str,
+    address: IpAddr,
+    prefix: u8,
+    gateway: IpAddr,
+) -> Result<(), NetError> {
+    check_name(veth)?;
+    check_name(netns)?;
+    ok_if_exists(ip(&["netns", "add", netns]))?;
+    let peer = format!("{veth}p");
+    check_name(&peer)?;
+    let has_eth0 = ip(&["-n", netns, "link", "show", "eth0"]).is_ok();
+    if !has_eth0 {
+        // A half-made pair from an interrupted setup is removed and made again.
+        let _ = ip(&["link", "del", veth]);
+        ip(&["link", "add", veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &peer, "netns", netns])?;
+        ip(&["-n", netns, "link", "set", &peer, "name", "eth0"])?;
+    }
+    ip(&["link", "set", veth, "master", bridge])?;
+    ip(&["link", "set", veth, "up"])?;
+    ok_if_exists(ip(&["-n", netns, "addr", "add", &format!("{address}/{prefix}"), "dev", "eth0"]))?;
+    ip(&["-n", netns, "link", "set", "lo", "up"])?;
+    ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+    ok_if_exists(ip(&["-n", netns, "route", "add", "default", "via", &gateway.to_string()]))?;
+    Ok(())
+}
+
+/// Remove a host's namespace and veth pair (what ran inside must be stopped first).
+pub fn remove_host(netns: &str, veth: &str) -> Result<(), NetError> {
+    check_name(netns)?;
+    check_name(veth)?;
+    let _ = ip(&["link", "del", veth]);
+    match ip(&["netns", "del", netns]) {
+        Err(NetError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Cut a host off its network (`up = false`) or bring it back: its supervisor-side link goes
+/// down, as when a cable is pulled.
+pub fn set_link(veth: &str, up: bool) -> Result<(), NetError> {
+    check_name(veth)?;
+    ip(&["link", "set", veth, if up { "up" } else { "down" }]).map(drop)
+}
+
+/// The command prefix that runs a program inside `netns`.
+pub fn exec_prefix(netns: &str) -> Vec<String> {
+    vec!["ip".into(), "netns".into(), "exec".into(), netns.into()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_linux_limits() {
+        let n = names("6c9b5c2e-0d1f-4a55-9f0e-3f1a2b3c4d5e");
+        assert_eq!(n.bridge, "ejb-6c9b5c2e");
+        assert_eq!(n.veth, "ejv-6c9b5c2e");
+        for name in [&n.bridge, &n.veth, &format!("{}p", n.veth)] {
+            assert!(check_name(name).is_ok(), "{name}");
+        }
+        assert!(check_name("much-too-long-interface").is_err());
+        assert!(check_name("bad name").is_err());
+    }
+}
