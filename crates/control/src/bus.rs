@@ -21,7 +21,11 @@ use enjin_bus::trust::{
     KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey, Verifier,
     VerifierConfig,
 };
-use enjin_model::api::{BusMessage, JoinRequest, JoinResponse, KeyInfo};
+use enjin_model::api::{
+    BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
+    UpdateRequest,
+};
+use enjin_model::kinds::{NodeObservationSpec, NodeSpec};
 use enjin_model::{Ring, validate_label};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
@@ -30,7 +34,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::auth::JoinGrant;
-use crate::registry::RegistryError;
+use crate::registry::{Registry, RegistryError};
 
 /// How long a rotated key stays accepted unless the caller says otherwise.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(300);
@@ -105,6 +109,7 @@ fn now_ms() -> i64 {
 /// The keys-and-trust service of one ring.
 pub struct BusAuthority {
     store: Arc<dyn Store>,
+    registry: Registry,
     ring: u8,
     ca: RingCa,
     config: BusConfig,
@@ -159,6 +164,7 @@ impl BusAuthority {
         let publisher = Publisher::starting_now(identity, ring, counters.clone());
         let (messages, _) = broadcast::channel(1024);
         let authority = BusAuthority {
+            registry: Registry::new(store.clone()),
             store,
             ring,
             ca,
@@ -292,6 +298,11 @@ impl BusAuthority {
                 }
                 continue;
             }
+            if env.topic().starts_with("observe.") {
+                if let Err(e) = self.record_observation(&env).await {
+                    tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
+                }
+            }
             let (payload, encoding) = match std::str::from_utf8(env.payload()) {
                 Ok(text) => (text.to_string(), "utf-8"),
                 Err(_) => (env.payload().iter().map(|b| format!("{b:02x}")).collect(), "hex"),
@@ -310,6 +321,52 @@ impl BusAuthority {
             let _ = self.messages.send(msg);
         }
         tracing::info!(ring = self.ring, "bus monitor stopped");
+    }
+
+    /// Store an agent's report as the node's observation for that strategy (one per node and
+    /// strategy, updated in place). A key may report only on the node it is bound to and on
+    /// the nodes that node supervises.
+    async fn record_observation(&self, env: &Envelope) -> Result<(), BusError> {
+        let report: ObservationReport = serde_json::from_slice(env.payload())
+            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
+        if env.topic() != enjin_model::api::observation_topic(report.node) {
+            return Err(BusError::Refused("the report's node does not match its topic".into()));
+        }
+        let kv = self.store.get(&key_key(self.ring, &env.sender())).await?;
+        let sender: Option<KeyRecord> = kv.and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let Some(reporter) = sender.and_then(|r| r.node) else {
+            return Err(BusError::Refused("the sender's key is bound to no node".into()));
+        };
+        let node = self.registry.get::<NodeSpec>(report.node).await?;
+        if report.node != reporter && node.spec.parent != Some(reporter) {
+            return Err(BusError::Refused(format!(
+                "node {reporter} does not supervise node {}",
+                report.node
+            )));
+        }
+        let spec = NodeObservationSpec {
+            node: report.node,
+            strategy: report.strategy,
+            state: report.state,
+            observed_at: report.observed_at,
+            message: report.message,
+        };
+        let q = ListQuery { parent: Some(report.node), ..ListQuery::default() };
+        let (existing, _) = self.registry.list::<NodeObservationSpec>(&q).await?;
+        let now = Utc::now();
+        match existing.into_iter().find(|o| o.spec.strategy == spec.strategy) {
+            Some(o) => {
+                let req =
+                    UpdateRequest { revision: o.meta.revision, label: None, labels: o.meta.labels, spec };
+                self.registry.update(o.meta.uuid, req, now).await?;
+            }
+            None => {
+                let req =
+                    CreateRequest { ring: node.meta.ring, label: None, labels: Default::default(), spec };
+                self.registry.create(req, now).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Verified messages from now on, for `enjin bus tail`.
@@ -520,12 +577,30 @@ impl BusAuthority {
             .ca
             .sign_csr(&req.label, &req.csr_pem, CERT_VALIDITY)
             .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
+        if let Some(node) = req.node {
+            let n = match self.registry.get::<NodeSpec>(node).await {
+                Ok(n) => n,
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(BusError::Invalid {
+                        field: "node",
+                        message: format!("node {node} does not exist"),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n.meta.ring != grant.ring || n.spec.parent != Some(grant.parent) {
+                return Err(BusError::Invalid {
+                    field: "node",
+                    message: format!("node {node} is not a ring {} node under {}", grant.ring, grant.parent),
+                });
+            }
+        }
         let record = KeyRecord {
             id,
             ring: self.ring,
             role: KeyRole::Member,
             label: req.label.clone(),
-            node: None,
+            node: req.node,
             holder: None,
             revoked: false,
             created_at: Utc::now(),

@@ -239,6 +239,28 @@ pub struct JoinRequest {
     pub public_key: String,
     /// A PEM certificate signing request for its TLS key (the key never leaves the child).
     pub csr_pem: String,
+    /// The node this key speaks for: a node of the token's ring under the token's parent. A
+    /// key bound to a node may report observations of it and of the nodes it supervises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
+}
+
+/// What an agent reports about a node it runs (or about itself), on the bus topic
+/// `observe.<node>`; the control plane stores it as the node's observation for that strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationReport {
+    pub node: Uuid,
+    pub strategy: crate::kinds::ObservationStrategy,
+    pub state: crate::kinds::ObservationState,
+    pub observed_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// The bus topic observations of `node` are reported on.
+pub fn observation_topic(node: Uuid) -> String {
+    format!("observe.{node}")
 }
 
 /// What a joining child gets: its certificate, the ring CA, and its trust bundle.

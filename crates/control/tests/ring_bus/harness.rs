@@ -183,6 +183,24 @@ impl Ring1 {
 
     /// A child that joins ring 1 under m0 with a join token, keeping its keys to itself.
     pub async fn join(&self, label: &str) -> Child {
+        self.join_as(label, None).await
+    }
+
+    /// Create a ring 1 node under m0 through the API.
+    pub async fn create_host(&self, label: &str) -> uuid::Uuid {
+        let body = json!({"ring": 1, "label": label, "spec": {"parent": self.machine, "strategy": "netns"}});
+        let obj = self.post("/v1/nodes", &self.token, body).await;
+        obj["uuid"].as_str().expect("uuid").parse().expect("uuid")
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp =
+            self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.expect("send");
+        resp.json().await.expect("json")
+    }
+
+    /// A child that joins as the key of `node`.
+    pub async fn join_as(&self, label: &str, node: Option<uuid::Uuid>) -> Child {
         let token =
             self.post("/v1/join-tokens", &self.token, json!({"ring": 1, "parent": self.machine})).await;
         let token = token["token"].as_str().expect("join token").to_string();
@@ -196,7 +214,10 @@ impl Ring1 {
             .expect("csr")
             .pem()
             .expect("pem");
-        let body = json!({"label": label, "public_key": identity.key_id().to_string(), "csr_pem": csr});
+        let mut body = json!({"label": label, "public_key": identity.key_id().to_string(), "csr_pem": csr});
+        if let Some(n) = node {
+            body["node"] = json!(n);
+        }
         let joined: JoinResponse =
             serde_json::from_value(self.post("/v1/join", &token, body).await).expect("join response");
         // The token works once.

@@ -226,3 +226,48 @@ async fn bus_tail_relays_verified_messages_only() {
     assert_eq!(m["sender"].as_str(), Some(a.node.key_id().to_string().as_str()));
     ring.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_reported_on_the_bus_are_stored_for_supervised_nodes_only() {
+    let ring = Ring1::start().await;
+    let h1 = ring.create_host("h1").await;
+    let h2 = ring.create_host("h2").await;
+    let agent = ring.join_as("h1", Some(h1)).await;
+    let report = |node: uuid::Uuid, state: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "node": node, "strategy": "heartbeat", "state": state, "observed_at": chrono::Utc::now(),
+        }))
+        .expect("json")
+    };
+    agent.node.publish(&enjin_model::api::observation_topic(h1), report(h1, "running")).expect("publish");
+    // Not its node, nor one it supervises: refused.
+    agent.node.publish(&enjin_model::api::observation_topic(h2), report(h2, "lost")).expect("publish");
+    let path = format!("/v1/node-observations?parent={h1}");
+    let mut stored = serde_json::Value::Null;
+    for _ in 0..200 {
+        stored = ring.get_json(&path).await;
+        if stored["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(stored["items"][0]["spec"]["state"], "running", "{stored}");
+    // A later report updates the same observation in place.
+    agent.node.publish(&enjin_model::api::observation_topic(h1), report(h1, "unhealthy")).expect("publish");
+    eventually_async(&ring, &path, "unhealthy").await;
+    let others = ring.get_json(&format!("/v1/node-observations?parent={h2}")).await;
+    assert_eq!(others["items"].as_array().map(Vec::len), Some(0), "{others}");
+    let all = ring.get_json(&path).await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1));
+    ring.stop().await;
+}
+
+async fn eventually_async(ring: &Ring1, path: &str, state: &str) {
+    for _ in 0..200 {
+        if ring.get_json(path).await["items"][0]["spec"]["state"] == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{path} never showed {state}");
+}
