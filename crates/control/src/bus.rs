@@ -298,10 +298,10 @@ impl BusAuthority {
                 }
                 continue;
             }
-            if env.topic().starts_with("observe.") {
-                if let Err(e) = self.record_observation(&env).await {
-                    tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
-                }
+            if env.topic().starts_with("observe.")
+                && let Err(e) = self.record_observation(&env).await
+            {
+                tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
             }
             let (payload, encoding) = match std::str::from_utf8(env.payload()) {
                 Ok(text) => (text.to_string(), "utf-8"),
