@@ -76,7 +76,7 @@ pub enum Command {
     Tier(ObjectCommand),
     /// Nodes: anything supervised
     #[command(subcommand)]
-    Node(ObjectCommand),
+    Node(NodeCommand),
     /// What was observed of nodes
     #[command(subcommand)]
     NodeObservation(ObjectCommand),
@@ -141,6 +141,53 @@ pub enum CompartmentCommand {
     Object(ObjectCommand),
     /// Draw the compartment graph
     Tree,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    #[command(flatten)]
+    Object(ObjectCommand),
+    /// Run a command as a supervised ring 2 node on a ring 1 host
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The node's label
+    pub label: String,
+    /// The ring 1 host to run it on (uuid or label)
+    #[arg(long)]
+    pub host: String,
+    /// How the host runs it: unix-user (isolated, needs root on the host) or process
+    #[arg(long, default_value = "unix-user")]
+    pub strategy: String,
+    /// permanent, transient or temporary
+    #[arg(long, default_value = "permanent")]
+    pub restart: String,
+    /// At most this many restarts …
+    #[arg(long, default_value_t = 5)]
+    pub max_restarts: u32,
+    /// … in this many seconds
+    #[arg(long, default_value_t = 60)]
+    pub period: u64,
+    /// Health probe: `tcp:PORT`, `http:PORT[/PATH]` or `process`
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// Environment variable, KEY=VALUE (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Memory limit in bytes
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// CPU limit in thousandths of a core
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// Process limit
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// The command and its arguments
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -220,13 +220,14 @@ impl BusAuthority {
     }
 
     /// The hub's edge check. Receivers verify everything end to end and count what they
-    /// refuse, so the hub passes all topics but one: the retained trust topic, which only the
-    /// ring's parent keys may write — otherwise a member could replace the retained bundle that
-    /// reconnecting nodes are brought level with.
+    /// refuse, so the hub passes every topic but the retained ones (`state.*`: the trust
+    /// bundle, each host's desired children), which only the ring's parent keys may write —
+    /// otherwise a member could replace the state that reconnecting nodes are brought level
+    /// with.
     pub fn hub_filter(&self) -> enjin_bus::hub::Filter {
         let parents = self.parents.clone();
         Arc::new(move |m: &enjin_bus::transport::Message| {
-            if m.topic != TRUST_UPDATE_TOPIC {
+            if !m.topic.starts_with("state.") {
                 return true;
             }
             let Ok(env) = Envelope::decode(&m.payload) else { return false };
@@ -235,7 +236,7 @@ impl BusAuthority {
                 .read()
                 .map(|p| p.iter().any(|(id, until)| *id == env.sender() && until.is_none_or(|t| now < t)))
                 .unwrap_or(false);
-            allowed && env.verify_signature().is_ok()
+            allowed && env.topic() == m.topic && env.verify_signature().is_ok()
         })
     }
 

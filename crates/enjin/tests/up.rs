@@ -24,7 +24,7 @@ fn up_answers_node_list_and_resumes_after_ctrl_c() {
     let machine = items[0]["uuid"].clone();
 
     let table = cli(&data, &["node", "list"]);
-    assert!(stdout(&table).contains("LABEL"), "{}", stdout(&table));
+    assert!(stdout(&table).contains("NODE") && stdout(&table).contains("STATE"), "{}", stdout(&table));
 
     // The ring 1 bus: this machine's parent key, and a join token for a ring 1 child.
     let keys = cli(&data, &["-o", "json", "key", "list"]);
@@ -82,6 +82,25 @@ fn cli_errors_are_plain_and_fail() {
     let out = cli(&data, &["-o", "json", "node", "list", "--parent", "m1"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(list["items"][0]["label"], "h1");
+
+    // `enjin node run`: a ring 2 node that runs a command on a ring 1 host.
+    let run = cli(
+        &data,
+        &["node", "run", "web", "--host", "h1", "--probe", "tcp:8080", "--pids", "64", "--", "sleep", "100"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let web = cli(&data, &["-o", "json", "node", "get", "web"]);
+    let web: serde_json::Value = serde_json::from_slice(&web.stdout).expect("json");
+    assert_eq!(web["ring"], 2);
+    assert_eq!(web["spec"]["strategy"], "unix-user");
+    assert_eq!(web["spec"]["run"]["command"], serde_json::json!(["sleep", "100"]));
+    assert_eq!(web["spec"]["run"]["probe"]["port"], 8080);
+    assert_eq!(web["spec"]["resources"]["pids"], 64);
+    let bad = cli(&data, &["node", "run", "bad", "--host", "h1", "--probe", "http:web", "--", "true"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("is not a port"), "{}", stderr(&bad));
+    let tree = cli(&data, &["node", "list"]);
+    assert!(stdout(&tree).contains("   └─ web"), "{}", stdout(&tree));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use clap::CommandFactory;
 use enjin_client::Client;
 use enjin_model::Kind;
 
-use crate::args::{Cli, Command, CompartmentCommand, Global};
+use crate::args::{Cli, Command, CompartmentCommand, Global, NodeCommand};
 use crate::config;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -31,7 +31,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Compartment(CompartmentCommand::Object(c)) => objects::run(g, Kind::Compartment, c).await,
         Command::Compartment(CompartmentCommand::Tree) => tree::run(g).await,
         Command::Tier(c) => objects::run(g, Kind::Tier, c).await,
-        Command::Node(c) => objects::run(g, Kind::Node, c).await,
+        Command::Node(NodeCommand::Object(c)) => objects::run(g, Kind::Node, c).await,
+        Command::Node(NodeCommand::Run(args)) => objects::run_node(g, args).await,
         Command::NodeObservation(c) => objects::run(g, Kind::NodeObservation, c).await,
         Command::Task(c) => objects::run(g, Kind::Task, c).await,
         Command::Token(c) => token::run(g, c).await,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::client;
-use crate::args::{CreateArgs, Global, ListArgs, ObjectCommand, Output, UpdateArgs};
+use crate::args::{CreateArgs, Global, ListArgs, ObjectCommand, Output, RunArgs, UpdateArgs};
 use crate::output;
 
 pub async fn run(g: &Global, kind: Kind, cmd: ObjectCommand) -> Result<()> {
@@ -131,6 +131,9 @@ async fn list(g: &Global, c: &Client, kind: Kind, a: ListArgs) -> Result<()> {
         selector: a.selector,
     };
     let list = c.list_json(kind, &q).await?;
+    if kind == Kind::Node && g.output == Output::Table && !list.items.is_empty() {
+        return node_tree(c, &list.items).await;
+    }
     match g.output {
         Output::Json => output::json(&list),
         Output::Table => {
@@ -288,4 +291,106 @@ fn read_document(path: &Path) -> Result<Value> {
     } else {
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))
     }
+}
+
+/// `enjin node run`: a ring 2 node that runs a command on a ring 1 host.
+pub async fn run_node(g: &Global, a: RunArgs) -> Result<()> {
+    let c = client(g)?;
+    let host = resolve(&c, Kind::Node, &a.host).await?;
+    let probe = match a.probe.as_deref() {
+        None => Value::Null,
+        Some("process") => json!({"strategy": "process"}),
+        Some(p) => {
+            let (kind, rest) = p
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--probe {p:?}: use tcp:PORT, http:PORT[/PATH] or process"))?;
+            let (port, path) = match rest.split_once('/') {
+                Some((port, path)) => (port, Some(format!("/{path}"))),
+                None => (rest, None),
+            };
+            let port: u16 = port.parse().map_err(|_| anyhow!("--probe {p:?}: {port:?} is not a port"))?;
+            match kind {
+                "tcp" => json!({"strategy": "tcp", "port": port}),
+                "http" => {
+                    json!({"strategy": "http", "port": port, "path": path.unwrap_or_else(|| "/".into())})
+                }
+                other => bail!("--probe {p:?}: unknown probe {other:?}"),
+            }
+        }
+    };
+    let env = parse_labels(&a.env)?;
+    let mut run = json!({
+        "command": a.command,
+        "env": env,
+        "restart": {"kind": a.restart, "max_restarts": a.max_restarts, "period_seconds": a.period},
+    });
+    if !probe.is_null() {
+        run["probe"] = probe;
+    }
+    let mut resources = Map::new();
+    for (k, v) in [("memory_bytes", a.memory), ("cpu_millis", a.cpu_millis), ("pids", a.pids)] {
+        if let Some(v) = v {
+            resources.insert(k.into(), json!(v));
+        }
+    }
+    let body = json!({
+        "ring": 2,
+        "label": a.label,
+        "spec": {"parent": host, "strategy": a.strategy, "run": run, "resources": resources},
+    });
+    let obj = c.create_json(Kind::Node, &body).await?;
+    match g.output {
+        Output::Json => output::json(&obj),
+        Output::Table => println!(
+            "node {} ({}) will run on {}; `enjin node-observation list --parent {}` shows how it goes",
+            obj["label"].as_str().unwrap_or("?"),
+            obj["uuid"].as_str().unwrap_or("?"),
+            a.host,
+            obj["label"].as_str().unwrap_or("?"),
+        ),
+    }
+    Ok(())
+}
+
+/// Nodes as the ring tree (each under its supervisor), with the latest observed state.
+async fn node_tree(c: &Client, nodes: &[enjin_model::Object<Value>]) -> Result<()> {
+    let observations = c.list_json(Kind::NodeObservation, &ListQuery::default()).await?;
+    let mut state: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for o in &observations.items {
+        let node = o.spec["node"].as_str().unwrap_or_default().to_string();
+        let at = o.spec["observed_at"].as_str().unwrap_or_default().to_string();
+        let s = o.spec["state"].as_str().unwrap_or("?").to_string();
+        if state.get(&node).is_none_or(|(t, _)| *t < at) {
+            state.insert(node, (at, s));
+        }
+    }
+    let ids: std::collections::HashSet<String> = nodes.iter().map(|n| n.meta.uuid.to_string()).collect();
+    let parent_of = |n: &enjin_model::Object<Value>| n.spec["parent"].as_str().map(str::to_string);
+    let mut rows = Vec::new();
+    fn walk(
+        at: &enjin_model::Object<Value>,
+        depth: usize,
+        nodes: &[enjin_model::Object<Value>],
+        state: &BTreeMap<String, (String, String)>,
+        rows: &mut Vec<Vec<String>>,
+    ) {
+        let uuid = at.meta.uuid.to_string();
+        let indent = if depth == 0 { String::new() } else { format!("{}└─ ", "   ".repeat(depth - 1)) };
+        rows.push(vec![
+            format!("{indent}{}", at.meta.label.as_deref().unwrap_or("-")),
+            at.meta.ring.to_string(),
+            at.spec["strategy"].as_str().unwrap_or("-").to_string(),
+            state.get(&uuid).map_or_else(|| "-".to_string(), |(_, s)| s.clone()),
+            uuid.clone(),
+            output::age(&serde_json::to_value(at.meta.created_at).unwrap_or_default()),
+        ]);
+        for child in nodes.iter().filter(|n| n.spec["parent"].as_str() == Some(uuid.as_str())) {
+            walk(child, depth + 1, nodes, state, rows);
+        }
+    }
+    for root in nodes.iter().filter(|n| parent_of(n).is_none_or(|p| !ids.contains(&p))) {
+        walk(root, 0, nodes, &state, &mut rows);
+    }
+    output::table(&["NODE", "RING", "STRATEGY", "STATE", "UUID", "AGE"], &rows);
+    Ok(())
 }

@@ -21,7 +21,8 @@ pub use network::{
     NetworkStrategy, PortRange, Protocol,
 };
 pub use node::{
-    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, Resources, Strategy,
+    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec, Resources,
+    RestartKind, RestartPolicy, RunSpec, Strategy,
 };
 pub use task::{TaskKind, TaskProgress, TaskSpec, TaskState};
 pub use tenancy::{AccountSpec, MembershipSpec, Permission, Resource, RoleSpec, Verb};

@@ -67,6 +67,158 @@ pub struct Resources {
     pub pids: Option<u64>,
 }
 
+/// How a child is restarted, in the Erlang/OTP style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartKind {
+    /// Always restarted.
+    #[default]
+    Permanent,
+    /// Restarted only after an abnormal exit (non-zero status or a signal).
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// Restart policy: at most `max_restarts` in `period_seconds`, then the node has failed and
+/// its parent is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    #[serde(default)]
+    pub kind: RestartKind,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_period")]
+    pub period_seconds: u64,
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+
+fn default_period() -> u64 {
+    60
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            kind: RestartKind::Permanent,
+            max_restarts: default_max_restarts(),
+            period_seconds: default_period(),
+        }
+    }
+}
+
+/// How a running node's health is observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub strategy: ObservationStrategy,
+    /// For tcp and http probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// For http probes (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the node unhealthy.
+    #[serde(default = "default_threshold")]
+    pub failure_threshold: u32,
+    /// Consecutive successes that make it healthy again.
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+}
+
+fn default_interval_ms() -> u64 {
+    2000
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_threshold() -> u32 {
+    3
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a node runs, for strategies that run a command (ring 2 instances, `enjin node run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
+    /// Seconds between SIGTERM and SIGKILL when stopping.
+    #[serde(default = "default_grace")]
+    pub stop_grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    10
+}
+
+impl RunSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        match self.command.first() {
+            None => return Err(FieldError::new("spec.run.command", "is empty")),
+            Some(p) if p.is_empty() => return Err(FieldError::new("spec.run.command[0]", "is empty")),
+            _ => {}
+        }
+        for (i, a) in self.command.iter().enumerate() {
+            text(&format!("spec.run.command[{i}]"), a, 4096)?;
+        }
+        for (k, v) in &self.env {
+            let ok = !k.is_empty()
+                && !k.contains('=')
+                && !k.contains('\0')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(FieldError::new(format!("spec.run.env.{k}"), "is not a valid variable name"));
+            }
+            text(&format!("spec.run.env.{k}"), v, 32 * 1024)?;
+        }
+        if self.restart.max_restarts > 1000 || self.restart.period_seconds == 0 {
+            return Err(FieldError::new(
+                "spec.run.restart",
+                "max_restarts is at most 1000 and period_seconds at least 1",
+            ));
+        }
+        if let Some(p) = &self.probe {
+            let needs_port = matches!(p.strategy, ObservationStrategy::Tcp | ObservationStrategy::Http);
+            if needs_port && p.port.is_none() {
+                return Err(FieldError::new("spec.run.probe.port", "tcp and http probes need a port"));
+            }
+            if p.interval_ms == 0 || p.timeout_ms == 0 || p.failure_threshold == 0 || p.success_threshold == 0
+            {
+                return Err(FieldError::new(
+                    "spec.run.probe",
+                    "intervals, timeouts and thresholds must be positive",
+                ));
+            }
+            if p.strategy == ObservationStrategy::Heartbeat {
+                return Err(FieldError::new(
+                    "spec.run.probe.strategy",
+                    "heartbeats are sent by agents, not probed",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Anything supervised. Desired state only: what was observed lives in node observations.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +237,9 @@ pub struct NodeSpec {
     pub resources: Resources,
     #[serde(default)]
     pub desired_state: DesiredState,
+    /// What the node runs, where its strategy runs a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSpec>,
 }
 
 impl Spec for NodeSpec {
@@ -128,6 +283,9 @@ impl Spec for NodeSpec {
             _ => {}
         }
         no_duplicates("spec.tiers", &self.tiers)?;
+        if let Some(run) = &self.run {
+            run.validate()?;
+        }
         let r = &self.resources;
         if r.cpu_millis == Some(0) || r.memory_bytes == Some(0) || r.pids == Some(0) {
             return Err(FieldError::new(
