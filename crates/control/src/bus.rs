@@ -22,10 +22,12 @@ use enjin_bus::trust::{
     VerifierConfig,
 };
 use enjin_model::api::{
-    BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
-    UpdateRequest,
+    BusMessage, CreateRequest, DesiredChild, DesiredChildren, JoinRequest, JoinResponse, KeyInfo, ListQuery,
+    ObservationReport, UpdateRequest, desired_topic,
 };
-use enjin_model::kinds::{NodeObservationSpec, NodeSpec};
+use enjin_model::kinds::{
+    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy,
+};
 use enjin_model::{Ring, validate_label};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
@@ -72,6 +74,10 @@ pub struct BusConfig {
     pub label: String,
     /// This machine's node.
     pub node: Option<Uuid>,
+    /// A host whose heartbeat is this late is *disconnected* …
+    pub disconnected_after: Duration,
+    /// … and this late, *lost*.
+    pub lost_after: Duration,
 }
 
 /// A key as stored: public half and life cycle only.
@@ -123,6 +129,8 @@ pub struct BusAuthority {
     messages: broadcast::Sender<BusMessage>,
     /// The ring's parent keys and when each stops being accepted, for the hub's edge check.
     parents: Arc<RwLock<ParentKeys>>,
+    /// After how long without a heartbeat a host is disconnected, and then lost.
+    liveness: (Duration, Duration),
 }
 
 /// Each parent key and the time (ms) it stops being accepted, if it is retiring.
@@ -163,6 +171,7 @@ impl BusAuthority {
         let key = identity.key_id();
         let publisher = Publisher::starting_now(identity, ring, counters.clone());
         let (messages, _) = broadcast::channel(1024);
+        let liveness = (config.disconnected_after, config.lost_after);
         let authority = BusAuthority {
             registry: Registry::new(store.clone()),
             store,
@@ -175,6 +184,7 @@ impl BusAuthority {
             counters,
             messages,
             parents: Arc::default(),
+            liveness,
         };
         authority.record_own_key(key).await?;
         Ok(Arc::new(authority))
@@ -268,6 +278,8 @@ impl BusAuthority {
         let verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
             .map_err(|e| BusError::Setup(e.to_string()))?;
         tokio::spawn(self.clone().monitor(sub, verifier));
+        tokio::spawn(self.clone().desired_loop());
+        tokio::spawn(self.clone().liveness_loop(self.liveness.0, self.liveness.1));
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REPUBLISH_EVERY);
@@ -368,6 +380,161 @@ impl BusAuthority {
             }
         }
         Ok(())
+    }
+
+    /// Give birth to a host this machine supervises: its bus identity (kept in `dir`, 0600,
+    /// and only its public half in the store, bound to `node`), its TLS certificate from the
+    /// ring CA and the signed trust bundle — the files its agent starts from. Idempotent: a
+    /// host that already has its files keeps its identity (its agent is being restarted).
+    pub async fn enroll_local(&self, node: Uuid, label: &str, dir: &std::path::Path) -> Result<(), BusError> {
+        use std::os::unix::fs::PermissionsExt;
+        let setup = |e: &dyn std::fmt::Display| BusError::Setup(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| setup(&e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| setup(&e))?;
+        let key_path = dir.join("bus.key");
+        let identity = if key_path.exists() {
+            Identity::load(&key_path).map_err(|e| setup(&e))?
+        } else {
+            let id = Identity::generate().map_err(|e| setup(&e))?;
+            id.save(&key_path).map_err(|e| setup(&e))?;
+            id
+        };
+        let id = identity.key_id();
+        let record = KeyRecord {
+            id,
+            ring: self.ring,
+            role: KeyRole::Member,
+            label: label.to_string(),
+            node: Some(node),
+            holder: None,
+            revoked: false,
+            created_at: Utc::now(),
+            not_after: None,
+            replaced_by: None,
+        };
+        let k = key_key(self.ring, &id);
+        self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, to_json(&record)?)])).await?;
+        let tls = self.local_tls(label, &[])?;
+        enjin_pki::write_private(&dir.join("tls.key"), &tls.key_pem).map_err(|e| setup(&e))?;
+        std::fs::write(dir.join("tls.crt"), &tls.cert_pem).map_err(|e| setup(&e))?;
+        std::fs::write(dir.join("ca.crt"), &tls.ca_pem).map_err(|e| setup(&e))?;
+        let sealed = self.sealed_bundle(&self.publisher()).await?;
+        std::fs::write(dir.join("bundle.env"), sealed).map_err(|e| setup(&e))?;
+        self.publish_trust().await
+    }
+
+    /// Publish the whole set of children `host` should run, on its retained desired topic.
+    pub async fn publish_desired(&self, host: Uuid) -> Result<(), BusError> {
+        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Ok(()) };
+        let q = ListQuery { parent: Some(host), ..ListQuery::default() };
+        let (nodes, revision) = self.registry.list::<NodeSpec>(&q).await?;
+        let children = nodes
+            .into_iter()
+            .filter(|n| n.spec.desired_state == DesiredState::Running)
+            .filter_map(|n| {
+                Some(DesiredChild {
+                    uuid: n.meta.uuid,
+                    label: n.meta.label.clone().unwrap_or_default(),
+                    strategy: n.spec.strategy?,
+                    run: n.spec.run.clone()?,
+                    resources: n.spec.resources.clone(),
+                })
+            })
+            .collect();
+        let desired = DesiredChildren { node: host, revision, children };
+        let payload = to_json(&desired)?;
+        let topic = desired_topic(host);
+        let sealed = self
+            .publisher()
+            .seal(&topic, None, payload, now_ms())
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        match t.publish(&topic, None, sealed) {
+            Ok(()) | Err(TransportError::Full) => Ok(()),
+            Err(e) => Err(BusError::Setup(e.to_string())),
+        }
+    }
+
+    /// The ring 1 hosts this machine supervises.
+    async fn own_hosts(&self) -> Result<Vec<Uuid>, BusError> {
+        let Some(machine) = self.config.node else { return Ok(Vec::new()) };
+        let q = ListQuery { parent: Some(machine), ..ListQuery::default() };
+        Ok(self.registry.list::<NodeSpec>(&q).await?.0.into_iter().map(|n| n.meta.uuid).collect())
+    }
+
+    /// Keep every host's desired children published: after each change to nodes (watched from
+    /// the store), and every [`REPUBLISH_EVERY`] in case anything was missed.
+    async fn desired_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+        let mut watch = match self
+            .store
+            .watch(&crate::registry::kind_prefix(enjin_model::Kind::Node), 0)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch nodes; desired state is only republished periodically");
+                let (_tx, rx) = tokio::sync::mpsc::channel(1);
+                rx
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                batch = watch.recv() => if batch.is_none() { tick.tick().await; },
+            }
+            match self.own_hosts().await {
+                Ok(hosts) => {
+                    for h in hosts {
+                        if let Err(e) = self.publish_desired(h).await {
+                            tracing::warn!(host = %h, error = %e, "cannot publish desired children");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list hosts"),
+            }
+        }
+    }
+
+    /// A host whose heartbeat stopped is first *disconnected* (its children are presumed to
+    /// be running: a network blip must never double or kill healthy work), and only after
+    /// `lost_after` *lost*.
+    async fn liveness_loop(self: Arc<Self>, disconnected_after: Duration, lost_after: Duration) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Ok(hosts) = self.own_hosts().await else { continue };
+            for host in hosts {
+                let q = ListQuery { parent: Some(host), ..ListQuery::default() };
+                let Ok((obs, _)) = self.registry.list::<NodeObservationSpec>(&q).await else { continue };
+                let Some(beat) = obs.into_iter().find(|o| o.spec.strategy == ObservationStrategy::Heartbeat)
+                else {
+                    continue;
+                };
+                let silent = (Utc::now() - beat.spec.observed_at).to_std().unwrap_or_default();
+                let next = if silent >= lost_after {
+                    ObservationState::Lost
+                } else if silent >= disconnected_after {
+                    ObservationState::Disconnected
+                } else {
+                    continue;
+                };
+                if beat.spec.state == next || beat.spec.state == ObservationState::Lost {
+                    continue;
+                }
+                let message = format!("no heartbeat for {}s", silent.as_secs());
+                let spec = NodeObservationSpec { state: next, message, ..beat.spec.clone() };
+                let req = UpdateRequest {
+                    revision: beat.meta.revision,
+                    label: None,
+                    labels: beat.meta.labels,
+                    spec,
+                };
+                match self.registry.update(beat.meta.uuid, req, Utc::now()).await {
+                    Ok(_) => tracing::warn!(%host, state = ?next, "host heartbeat missing"),
+                    Err(e) => tracing::debug!(%host, error = %e, "liveness update raced"),
+                }
+            }
+        }
     }
 
     /// Verified messages from now on, for `enjin bus tail`.

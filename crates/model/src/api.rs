@@ -308,3 +308,32 @@ pub struct TailQuery {
 fn ring_one() -> u8 {
     1
 }
+
+/// What a parent wants one of its children (a host) to run: the whole set, every time, on the
+/// retained bus topic `state.desired.<node>` — level-triggered, so a host that missed updates
+/// or restarted is brought level by the next (or the retained) message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredChildren {
+    /// The host these are for.
+    pub node: Uuid,
+    /// The store revision the set was read at; a host ignores a set older than one it has.
+    pub revision: i64,
+    pub children: Vec<DesiredChild>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredChild {
+    pub uuid: Uuid,
+    pub label: String,
+    pub strategy: crate::kinds::Strategy,
+    pub run: crate::kinds::RunSpec,
+    #[serde(default)]
+    pub resources: crate::kinds::Resources,
+}
+
+/// The retained bus topic of a host's desired children.
+pub fn desired_topic(node: Uuid) -> String {
+    format!("state.desired.{node}")
+}

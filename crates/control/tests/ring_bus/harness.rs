@@ -114,6 +114,8 @@ impl Ring1 {
             pki_dir: dir.path().join("pki"),
             label: "m0".into(),
             node: Some(machine),
+            disconnected_after: Duration::from_secs(1),
+            lost_after: Duration::from_secs(3),
         };
         let authority = BusAuthority::open(store.clone(), config).await.expect("key service");
         let hub_tls = authority.local_tls("hub", &["localhost".into(), "127.0.0.1".into()]).expect("hub tls");
@@ -191,6 +193,10 @@ impl Ring1 {
         let body = json!({"ring": 1, "label": label, "spec": {"parent": self.machine, "strategy": "netns"}});
         let obj = self.post("/v1/nodes", &self.token, body).await;
         obj["uuid"].as_str().expect("uuid").parse().expect("uuid")
+    }
+
+    pub async fn post_admin(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        self.post(path, &self.token, body).await
     }
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {

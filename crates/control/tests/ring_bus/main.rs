@@ -271,3 +271,47 @@ async fn eventually_async(ring: &Ring1, path: &str, state: &str) {
     }
     panic!("{path} never showed {state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gets_its_desired_children_from_its_parent_and_goes_disconnected_then_lost() {
+    let ring = Ring1::start().await;
+    let h1 = ring.create_host("h1").await;
+    let agent = ring.join_as("h1", Some(h1)).await;
+    let mut desired = agent.node.subscribe(&enjin_model::api::desired_topic(h1)).expect("subscribe");
+    let web = ring
+        .post_admin(
+            "/v1/nodes",
+            serde_json::json!({"ring": 2, "label": "web", "spec": {"parent": h1, "strategy": "unix-user",
+                "run": {"command": ["sleep", "100"]}}}),
+        )
+        .await;
+    let wanted = loop {
+        let env = tokio::time::timeout(Duration::from_secs(10), desired.next())
+            .await
+            .expect("in time")
+            .expect("open");
+        // Only the parent may say what a host runs.
+        let sender = agent.node.bundle().key(&env.sender()).map(|k| k.role);
+        assert_eq!(sender, Some(KeyRole::Parent));
+        let set: enjin_model::api::DesiredChildren =
+            serde_json::from_slice(env.payload()).expect("desired set");
+        if !set.children.is_empty() {
+            break set;
+        }
+    };
+    assert_eq!(wanted.node, h1);
+    assert_eq!(wanted.children[0].uuid.to_string(), web["uuid"].as_str().expect("uuid"));
+    assert_eq!(wanted.children[0].run.command, ["sleep", "100"]);
+
+    // The host's heartbeat, then silence: disconnected first, lost only later.
+    let beat = serde_json::json!({"node": h1, "strategy": "heartbeat", "state": "running", "observed_at": chrono::Utc::now()});
+    agent
+        .node
+        .publish(&enjin_model::api::observation_topic(h1), serde_json::to_vec(&beat).expect("json"))
+        .expect("publish");
+    let path = format!("/v1/node-observations?parent={h1}");
+    eventually_async(&ring, &path, "running").await;
+    eventually_async(&ring, &path, "disconnected").await;
+    eventually_async(&ring, &path, "lost").await;
+    ring.stop().await;
+}
