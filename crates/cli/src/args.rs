@@ -47,6 +47,8 @@ pub enum Command {
     Up(ServeArgs),
     /// Run the control plane only
     Server(ServeArgs),
+    /// Run a ring agent from the directory its parent prepared (started by the parent)
+    Agent(AgentArgs),
     /// Accounts (tenants)
     #[command(subcommand)]
     Account(ObjectCommand),
@@ -102,6 +104,16 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The ring this agent's node is in
+    #[arg(long)]
+    pub ring: u8,
+    /// The directory its parent prepared (agent.json, keys, certificates, trust bundle)
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +333,6 @@ pub struct WatchArgs {
 impl Cli {
     /// Whether this command runs a long-lived server (and so logs at info by default).
     pub fn is_server(&self) -> bool {
-        matches!(self.command, Command::Up(_) | Command::Server(_))
+        matches!(self.command, Command::Up(_) | Command::Server(_) | Command::Agent(_))
     }
 }

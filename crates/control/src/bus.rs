@@ -357,6 +357,12 @@ impl BusAuthority {
                 report.node
             )));
         }
+        self.store_observation(report, node.meta.ring).await
+    }
+
+    /// Store `report` as its node's observation for that strategy (one per node and strategy,
+    /// updated in place), for observers in this process (the ring 0 supervisor of hosts).
+    pub async fn store_observation(&self, report: ObservationReport, ring: Ring) -> Result<(), BusError> {
         let spec = NodeObservationSpec {
             node: report.node,
             strategy: report.strategy,
@@ -374,8 +380,7 @@ impl BusAuthority {
                 self.registry.update(o.meta.uuid, req, now).await?;
             }
             None => {
-                let req =
-                    CreateRequest { ring: node.meta.ring, label: None, labels: Default::default(), spec };
+                let req = CreateRequest { ring, label: None, labels: Default::default(), spec };
                 self.registry.create(req, now).await?;
             }
         }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod agent;
 mod bus;
 mod keys;
 mod objects;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => serve::run(g, &args, true).await,
         Command::Server(args) => serve::run(g, &args, false).await,
+        Command::Agent(args) => agent::run(&args).await,
         Command::Account(c) => objects::run(g, Kind::Account, c).await,
         Command::Role(c) => objects::run(g, Kind::Role, c).await,
         Command::Membership(c) => objects::run(g, Kind::Membership, c).await,

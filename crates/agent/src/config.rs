@@ -1,0 +1,95 @@
+//! What a parent gives an agent at birth, in the agent's directory: `agent.json` (ring, node,
+//! hub), `bus.key` (its Ed25519 identity, 0600), `tls.crt`/`tls.key` (0600)/`ca.crt` (its ring's
+//! TLS), and `bundle.env` (its signed trust bundle).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use enjin_bus::tls::TlsMaterial;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {path}: {error}")]
+    Read { path: PathBuf, error: String },
+    #[error("invalid {path}: {error}")]
+    Invalid { path: PathBuf, error: String },
+    #[error("bad identity: {0}")]
+    Key(String),
+}
+
+/// `agent.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub ring: u8,
+    pub node: Uuid,
+    pub hub: SocketAddr,
+    #[serde(default = "localhost")]
+    pub server_name: String,
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub dir: PathBuf,
+    pub ring: u8,
+    pub node: Uuid,
+    pub hub: SocketAddr,
+    pub server_name: String,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), error: e.to_string() })
+}
+
+impl AgentConfig {
+    pub const FILE: &'static str = "agent.json";
+
+    /// Read the agent's directory.
+    pub fn load(dir: &Path) -> Result<AgentConfig, ConfigError> {
+        let path = dir.join(Self::FILE);
+        let f: AgentFile = serde_json::from_slice(&read(&path)?)
+            .map_err(|e| ConfigError::Invalid { path: path.clone(), error: e.to_string() })?;
+        Ok(AgentConfig {
+            dir: dir.to_path_buf(),
+            ring: f.ring,
+            node: f.node,
+            hub: f.hub,
+            server_name: f.server_name,
+        })
+    }
+
+    /// Write `agent.json` (the parent does this when it prepares a host).
+    pub fn write(dir: &Path, file: &AgentFile) -> Result<(), ConfigError> {
+        let path = dir.join(Self::FILE);
+        let bytes = serde_json::to_vec_pretty(file)
+            .map_err(|e| ConfigError::Invalid { path: path.clone(), error: e.to_string() })?;
+        std::fs::write(&path, bytes).map_err(|e| ConfigError::Read { path, error: e.to_string() })
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("bus.key")
+    }
+
+    pub fn tls(&self) -> Result<TlsMaterial, ConfigError> {
+        let text = |name: &str| {
+            let p = self.dir.join(name);
+            String::from_utf8(read(&p)?).map_err(|e| ConfigError::Invalid { path: p, error: e.to_string() })
+        };
+        Ok(TlsMaterial { ca_pem: text("ca.crt")?, cert_pem: text("tls.crt")?, key_pem: text("tls.key")? })
+    }
+
+    pub fn bundle(&self) -> Result<Vec<u8>, ConfigError> {
+        read(&self.dir.join("bundle.env"))
+    }
+
+    /// Where the agent keeps its children's state and logs.
+    pub fn children_dir(&self) -> PathBuf {
+        self.dir.join("children")
+    }
+}

@@ -1,0 +1,608 @@
+//! A supervised child: what to run ([`ChildSpec`]), and how to run and stop it ([`Launcher`]).
+//!
+//! [`ProcessLauncher`] is the `process` strategy of DESIGN.md §6: a plain child process in its own
+//! process group, with no isolation. It is the fallback without root. Without `unsafe` this crate
+//! cannot call kill(2), so it signals process groups by running `/bin/kill`; `enjin-sys` implements
+//! [`Launcher`] with real syscalls (pidfds, cgroups, namespaces, a UNIX user per child) and takes
+//! its place where the parent may use them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{Exit, PolicyError, RestartPolicy};
+use crate::probe::{self, ProbeSpec, ProbeSpecError};
+
+/// A child's name among its siblings; also names its log files, so it is restricted to
+/// `[A-Za-z0-9._-]`, at most 128 bytes, not starting with a dot. A uuid is a fine id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChildId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChildIdError {
+    #[error("child id must not be empty")]
+    Empty,
+    #[error("child id {id:?} is longer than 128 bytes")]
+    TooLong { id: String },
+    #[error(
+        "child id {id:?} may only contain letters, digits, '.', '_' and '-', and must not start with '.'"
+    )]
+    Invalid { id: String },
+}
+
+impl ChildId {
+    pub fn new(id: impl Into<String>) -> Result<Self, ChildIdError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(ChildIdError::Empty);
+        }
+        if id.len() > 128 {
+            return Err(ChildIdError::TooLong { id });
+        }
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if id.starts_with('.') || !id.chars().all(ok) {
+            return Err(ChildIdError::Invalid { id });
+        }
+        Ok(ChildId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A stable 64-bit hash (FNV-1a) of the id; seeds the restart jitter.
+    pub fn seed(&self) -> u64 {
+        self.0.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+}
+
+impl TryFrom<String> for ChildId {
+    type Error = ChildIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ChildId::new(s)
+    }
+}
+
+impl From<ChildId> for String {
+    fn from(id: ChildId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ChildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The signals a supervisor sends; numbers are Linux's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Signal {
+    Hup,
+    Int,
+    Quit,
+    Kill,
+    Usr1,
+    Usr2,
+    #[default]
+    Term,
+}
+
+impl Signal {
+    const ALL: [Signal; 7] =
+        [Signal::Hup, Signal::Int, Signal::Quit, Signal::Kill, Signal::Usr1, Signal::Usr2, Signal::Term];
+
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+            Signal::Kill => 9,
+            Signal::Usr1 => 10,
+            Signal::Usr2 => 12,
+            Signal::Term => 15,
+        }
+    }
+
+    /// The name without the `SIG` prefix, as `kill -s` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "HUP",
+            Signal::Int => "INT",
+            Signal::Quit => "QUIT",
+            Signal::Kill => "KILL",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+            Signal::Term => "TERM",
+        }
+    }
+
+    pub fn from_number(n: i32) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.number() == n)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+/// How a child is stopped: `signal` to its whole process group, then SIGKILL to the group if
+/// anything in it is still alive after `grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopSpec {
+    #[serde(default)]
+    pub signal: Signal,
+    #[serde(rename = "grace_ms", with = "crate::serde_ms")]
+    pub grace: Duration,
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec { signal: Signal::Term, grace: Duration::from_secs(10) }
+    }
+}
+
+/// What to run and how to keep it running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildSpec {
+    pub id: ChildId,
+    /// Program and arguments; the program is looked up in `PATH` unless it contains a slash.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Whether the child also sees the supervisor's own environment. Launchers that sandbox
+    /// tenants ignore this and give them only `env`.
+    #[serde(default = "yes")]
+    pub inherit_env: bool,
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub stop: StopSpec,
+    #[serde(default)]
+    pub probe: Option<ProbeSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("child {id} has an empty command")]
+    EmptyCommand { id: ChildId },
+    #[error("child {id} has a command or environment containing a NUL byte")]
+    Nul { id: ChildId },
+    #[error("child {id} has an invalid environment variable name {name:?}")]
+    EnvName { id: ChildId, name: String },
+    #[error("child {id} has an invalid restart policy: {source}")]
+    Policy { id: ChildId, source: PolicyError },
+    #[error("child {id} has an invalid probe: {source}")]
+    Probe { id: ChildId, source: ProbeSpecError },
+}
+
+impl ChildSpec {
+    /// A permanent child with default policy, stop and no probe.
+    pub fn new(id: ChildId, command: Vec<String>) -> Self {
+        ChildSpec {
+            id,
+            command,
+            env: BTreeMap::new(),
+            inherit_env: true,
+            workdir: None,
+            restart: RestartPolicy::default(),
+            stop: StopSpec::default(),
+            probe: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let id = || self.id.clone();
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return Err(SpecError::EmptyCommand { id: id() });
+        }
+        let nul = |s: &String| s.contains('\0');
+        if self.command.iter().any(nul) || self.env.values().any(nul) {
+            return Err(SpecError::Nul { id: id() });
+        }
+        if let Some(name) = self.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(SpecError::EnvName { id: id(), name: name.clone() });
+        }
+        self.restart.validate().map_err(|source| SpecError::Policy { id: id(), source })?;
+        if let Some(p) = &self.probe {
+            p.validate().map_err(|source| SpecError::Probe { id: id(), source })?;
+        }
+        Ok(())
+    }
+
+    /// A hash of everything in the spec; a child whose hash changed is restarted.
+    pub fn hash(&self) -> SpecHash {
+        // A struct of plain fields and BTreeMaps always serialises, and in a stable order.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&json);
+        SpecHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Hex SHA-256 of a spec's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpecHash(String);
+
+impl SpecHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpecHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get(..12).unwrap_or(&self.0))
+    }
+}
+
+/// A running child's process: the leader's pid and start time (together they name one process
+/// for as long as the machine is up) and its process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessHandle {
+    pub pid: u32,
+    pub pgid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// Resolves when the launched process exits. For a launcher's own child this is a real wait;
+/// the supervisor polls it on its runtime, never on a thread of its own.
+pub struct ExitWaiter(Pin<Box<dyn Future<Output = io::Result<Exit>> + Send>>);
+
+impl ExitWaiter {
+    pub fn new(wait: impl Future<Output = io::Result<Exit>> + Send + 'static) -> Self {
+        ExitWaiter(Box::pin(wait))
+    }
+}
+
+impl Future for ExitWaiter {
+    type Output = io::Result<Exit>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ExitWaiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExitWaiter")
+    }
+}
+
+/// A freshly started child.
+#[derive(Debug)]
+pub struct Launched {
+    pub process: ProcessHandle,
+    pub waiter: ExitWaiter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("child {id} was not launched: {source}")]
+    Spec { id: ChildId, source: SpecError },
+    #[error("failed to open log file {path}: {source}")]
+    Log { path: PathBuf, source: io::Error },
+    #[error("failed to start {program:?} for child {id}: {source}")]
+    Spawn { id: ChildId, program: String, source: io::Error },
+    #[error("child {id} started but its pid is unknown")]
+    NoPid { id: ChildId },
+    #[error("child {id} started as pid {pid} but its start time is unreadable: {source}")]
+    StartTime { id: ChildId, pid: u32, source: probe::ReadStatError },
+    #[error("child {id} must be launched from a thread of a tokio runtime")]
+    NoRuntime { id: ChildId },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("refusing to signal process group {pgid}: it is not a child's group")]
+    InvalidGroup { pgid: u32 },
+    #[error("no process left in group {pgid}")]
+    NoSuchProcess { pgid: u32 },
+    #[error("failed to run {program} to send {signal} to process group {pgid}: {source}")]
+    Spawn { program: PathBuf, signal: Signal, pgid: u32, source: io::Error },
+    #[error("failed to send {signal} to process group {pgid}: {stderr}")]
+    Failed { signal: Signal, pgid: u32, stderr: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("failed to stop pid {pid}: {source}")]
+    Signal { pid: u32, source: SignalError },
+    #[error("process group {pgid} survived SIGKILL for {waited:?}")]
+    Survived { pgid: u32, waited: Duration },
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Nothing was left to stop.
+    AlreadyGone,
+    /// The whole group exited within the grace period after the stop signal.
+    Graceful { signal: Signal, after: Duration },
+    /// Something was still alive after the grace period and the group was killed.
+    Killed { signal: Signal, grace: Duration },
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stopped::AlreadyGone => f.write_str("already gone"),
+            Stopped::Graceful { signal, after } => write!(f, "exited {after:?} after {signal}"),
+            Stopped::Killed { signal, grace } => {
+                write!(f, "still running {grace:?} after {signal}; killed with SIGKILL")
+            }
+        }
+    }
+}
+
+/// How long to wait for a group to vanish after SIGKILL before calling it a failure.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a stop checks whether the group is gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// Starts and stops children's processes. Every method blocks (fork/exec, signals, /proc reads)
+/// and is called on a blocking thread of the supervisor's runtime.
+pub trait Launcher: Send + Sync + fmt::Debug + 'static {
+    /// Starts the child in a process group of its own; the group id is the leader's pid.
+    fn launch(&self, spec: &ChildSpec) -> Result<Launched, LaunchError>;
+
+    /// Sends `signal` to every process in the child's process group.
+    fn signal(&self, process: &ProcessHandle, signal: Signal) -> Result<(), SignalError>;
+
+    /// Whether the leader is still the process that was launched: same pid, same start time, not
+    /// a zombie. This is how adopted children (not our children, so not waitable) are watched.
+    fn is_alive(&self, process: &ProcessHandle) -> bool {
+        probe::process_alive(process.pid, process.start_time)
+    }
+
+    /// Whether any process in the child's group is still alive (zombies do not count).
+    fn group_alive(&self, process: &ProcessHandle) -> bool {
+        probe::group_alive(process.pgid)
+    }
+
+    /// Graceful stop: `stop.signal` to the group, up to `stop.grace` for the whole group to exit,
+    /// then SIGKILL to the group.
+    fn stop(&self, process: &ProcessHandle, stop: &StopSpec) -> Result<Stopped, StopError> {
+        let started = Instant::now();
+        if !self.group_alive(process) {
+            return Ok(Stopped::AlreadyGone);
+        }
+        match self.signal(process, stop.signal) {
+            Ok(()) => {}
+            Err(SignalError::NoSuchProcess { .. }) => return Ok(Stopped::AlreadyGone),
+            Err(source) => return Err(StopError::Signal { pid: process.pid, source }),
+        }
+        if wait_until_gone(self, process, stop.grace) {
+            return Ok(Stopped::Graceful { signal: stop.signal, after: started.elapsed() });
+        }
+        match self.signal(process, Signal::Kill) {
+            Ok(()) | Err(SignalError::NoSuchProcess { .. }) => {}
+            Err(source) => return Err(StopError::Signal { pid: process.pid, source }),
+        }
+        if wait_until_gone(self, process, KILL_WAIT) {
+            Ok(Stopped::Killed { signal: stop.signal, grace: stop.grace })
+        } else {
+            Err(StopError::Survived { pgid: process.pgid, waited: KILL_WAIT })
+        }
+    }
+}
+
+fn wait_until_gone<L: Launcher + ?Sized>(launcher: &L, process: &ProcessHandle, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !launcher.group_alive(process) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(STOP_POLL.min(deadline - now));
+    }
+}
+
+/// The `process` strategy: a plain child process in its own process group, stdout and stderr
+/// appended to `<log_dir>/<id>.stdout.log` and `<id>.stderr.log`.
+///
+/// Output goes straight to the files, not through pipes: a pipe would tie the child's life to
+/// the supervisor's (SIGPIPE once the supervisor is gone), and children must outlive an agent
+/// restart to be re-adopted. So lines carry no timestamps; each start is marked by a header line.
+///
+/// Signals are sent by running `kill -s <SIG> -- -<pgid>` (procps or util-linux): the no-root,
+/// no-`unsafe` fallback. `enjin-sys` sends them with kill(2) or pidfd_send_signal(2).
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    log_dir: PathBuf,
+    kill_program: PathBuf,
+}
+
+impl ProcessLauncher {
+    pub fn new(log_dir: impl Into<PathBuf>) -> Self {
+        ProcessLauncher { log_dir: log_dir.into(), kill_program: PathBuf::from("/bin/kill") }
+    }
+
+    /// Another `kill` program, for systems without `/bin/kill`.
+    pub fn with_kill_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.kill_program = program.into();
+        self
+    }
+
+    /// Where the child's stdout and stderr go.
+    pub fn log_paths(&self, id: &ChildId) -> (PathBuf, PathBuf) {
+        (self.log_dir.join(format!("{id}.stdout.log")), self.log_dir.join(format!("{id}.stderr.log")))
+    }
+
+    fn open_log(path: &Path, header: &str) -> Result<File, LaunchError> {
+        let log = |source| LaunchError::Log { path: path.to_owned(), source };
+        let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(log)?;
+        file.write_all(header.as_bytes()).map_err(log)?;
+        Ok(file)
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch(&self, spec: &ChildSpec) -> Result<Launched, LaunchError> {
+        let id = &spec.id;
+        spec.validate().map_err(|source| LaunchError::Spec { id: id.clone(), source })?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(LaunchError::NoRuntime { id: id.clone() });
+        }
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|source| LaunchError::Log { path: self.log_dir.clone(), source })?;
+        let (out_path, err_path) = self.log_paths(id);
+        let header = format!(
+            "--- {} enjin-supervisor: starting {id}: {:?}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            spec.command
+        );
+        let stdout = Self::open_log(&out_path, &header)?;
+        let stderr = Self::open_log(&err_path, &header)?;
+
+        let program = &spec.command[0];
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(&spec.command[1..]);
+        if !spec.inherit_env {
+            cmd.env_clear();
+        }
+        cmd.envs(&spec.env);
+        if let Some(dir) = &spec.workdir {
+            cmd.current_dir(dir);
+        }
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        let mut cmd = tokio::process::Command::from(cmd);
+        // The child must outlive us to be re-adopted: never kill it when its handle goes.
+        cmd.kill_on_drop(false);
+        let spawn = |source| LaunchError::Spawn { id: id.clone(), program: program.clone(), source };
+        let mut child = cmd.spawn().map_err(spawn)?;
+        let Some(pid) = child.id() else {
+            return Err(LaunchError::NoPid { id: id.clone() });
+        };
+        // The leader is unreaped until its waiter runs, so its stat is there even if it already
+        // exited.
+        let start_time = match probe::read_stat(pid) {
+            Ok(stat) => stat.start_time,
+            Err(source) => {
+                let _ = child.start_kill();
+                return Err(LaunchError::StartTime { id: id.clone(), pid, source });
+            }
+        };
+        let waiter = ExitWaiter::new(async move { child.wait().await.map(Exit::from_std) });
+        Ok(Launched { process: ProcessHandle { pid, pgid: pid, start_time }, waiter })
+    }
+
+    fn signal(&self, process: &ProcessHandle, signal: Signal) -> Result<(), SignalError> {
+        let pgid = process.pgid;
+        // `kill -- -1` would signal every process we may signal.
+        if pgid <= 1 {
+            return Err(SignalError::InvalidGroup { pgid });
+        }
+        let output = std::process::Command::new(&self.kill_program)
+            .args(["-s", signal.name(), "--", &format!("-{pgid}")])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| SignalError::Spawn {
+                program: self.kill_program.clone(),
+                signal,
+                pgid,
+                source,
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        if stderr.contains("No such process") {
+            Err(SignalError::NoSuchProcess { pgid })
+        } else {
+            Err(SignalError::Failed { signal, pgid, stderr })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(ChildId::new("web.1_a-b").is_ok());
+        assert!(ChildId::new("0f0c6f4e-8a1b-4c5e-9b59-2d8f7c1e0a11").is_ok());
+        assert_eq!(ChildId::new(""), Err(ChildIdError::Empty));
+        assert!(matches!(ChildId::new(".hidden"), Err(ChildIdError::Invalid { .. })));
+        assert!(matches!(ChildId::new("a/b"), Err(ChildIdError::Invalid { .. })));
+        assert!(matches!(ChildId::new("x".repeat(129)), Err(ChildIdError::TooLong { .. })));
+        let err: Result<ChildId, _> = serde_json::from_str("\"../etc\"");
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn spec_hash_tracks_every_field() {
+        let id = ChildId::new("web").expect("id");
+        let a = ChildSpec::new(id, vec!["sleep".into(), "1".into()]);
+        let mut b = a.clone();
+        assert_eq!(a.hash(), b.hash());
+        b.env.insert("PORT".into(), "8080".into());
+        assert_ne!(a.hash(), b.hash());
+        let mut c = a.clone();
+        c.stop.grace = Duration::from_secs(1);
+        assert_ne!(a.hash(), c.hash());
+        let json = serde_json::to_string(&a).expect("serialise");
+        let back: ChildSpec = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.hash(), a.hash());
+    }
+
+    #[test]
+    fn spec_validation() {
+        let id = ChildId::new("web").expect("id");
+        let empty = ChildSpec::new(id.clone(), vec![]);
+        assert_eq!(
+            empty.validate().expect_err("empty command").to_string(),
+            "child web has an empty command"
+        );
+        let mut env = ChildSpec::new(id, vec!["true".into()]);
+        env.env.insert("A=B".into(), "c".into());
+        assert!(matches!(env.validate(), Err(SpecError::EnvName { .. })));
+    }
+
+    #[test]
+    fn signals() {
+        for s in Signal::ALL {
+            assert_eq!(Signal::from_number(s.number()), Some(s));
+        }
+        assert_eq!(Exit::Signal(9).to_string(), "signal 9 (SIGKILL)");
+        assert_eq!(serde_json::to_string(&Signal::Term).expect("json"), "\"TERM\"");
+    }
+
+    #[test]
+    fn refuses_to_signal_every_process() {
+        let l = ProcessLauncher::new("/nonexistent");
+        for pgid in [0, 1] {
+            let p = ProcessHandle { pid: 1, pgid, start_time: 0 };
+            assert!(matches!(l.signal(&p, Signal::Kill), Err(SignalError::InvalidGroup { .. })));
+        }
+    }
+}
