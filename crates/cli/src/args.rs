@@ -121,9 +121,13 @@ pub struct ServeArgs {
     /// Address to serve the API on
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Address of the ring 1 bus hub (`enjin up` only)
+    /// Address of the ring 1 bus hub (`enjin up` only; with network namespaces only its port
+    /// counts: the hub listens on the hosts' bridge)
     #[arg(long)]
     pub bus_listen: Option<SocketAddr>,
+    /// How many ring 1 hosts to run (`enjin up` only; default 2)
+    #[arg(long)]
+    pub hosts: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,6 +28,17 @@ pub struct FileConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub bus: BusFileConfig,
+    #[serde(default)]
+    pub hosts: HostsFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsFileConfig {
+    /// How many ring 1 hosts `enjin up` runs (default 2).
+    pub count: Option<usize>,
+    /// The hosts network's range, when hosts get network namespaces (default 10.250.0.0/24).
+    pub cidr: Option<enjin_model::kinds::Cidr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

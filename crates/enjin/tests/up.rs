@@ -15,7 +15,7 @@ fn up_answers_node_list_and_resumes_after_ctrl_c() {
     let mode = std::fs::metadata(data.join("admin.token")).expect("token file").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the admin token is private");
 
-    let out = cli(&data, &["-o", "json", "node", "list"]);
+    let out = cli(&data, &["-o", "json", "node", "list", "--ring", "0"]);
     assert!(out.status.success(), "node list failed: {}", stderr(&out));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json list");
     let items = list["items"].as_array().expect("items");
@@ -47,11 +47,16 @@ fn up_answers_node_list_and_resumes_after_ctrl_c() {
 
     // Again on the same data directory: the same cloud, the same machine node, no duplicate.
     let again = Running::start("up", &data);
-    let out = cli(&data, &["-o", "json", "node", "list"]);
+    let out = cli(&data, &["-o", "json", "node", "list", "--ring", "0"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json list");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(list["items"][0]["uuid"], machine);
-    drop(again);
+    let all = cli(&data, &["-o", "json", "node", "list"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).expect("json list");
+    let nets = cli(&data, &["-o", "json", "network", "list"]);
+    let nets: serde_json::Value = serde_json::from_slice(&nets.stdout).expect("json list");
+    assert!(again.interrupt().success());
+    common::remove_host_networks(&all, &nets);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bus;
+mod hosts;
 mod keys;
 mod objects;
 mod serve;

@@ -14,6 +14,7 @@ use enjin_model::{Object, Ring};
 use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use tokio::net::TcpListener;
 
+use super::hosts;
 use crate::args::{Global, ServeArgs};
 use crate::config::{self, DEFAULT_BUS_LISTEN, DEFAULT_LISTEN, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
 use enjin_bus::client::{BusClient, ClientConfig};
@@ -76,9 +77,19 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     let authority =
         BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
     let mut hub_addr = None;
+    let mut host_supervisor = None;
     if whole_cloud {
         let default_bus: SocketAddr = DEFAULT_BUS_LISTEN.parse().context("default bus address")?;
-        let bus_listen = args.bus_listen.or(file.bus.listen).unwrap_or(default_bus);
+        let mut bus_listen = args.bus_listen.or(file.bus.listen).unwrap_or(default_bus);
+        // Hosts in network namespaces reach this machine on their bridge, not on loopback.
+        let hosts_net = if hosts::can_netns() {
+            let cidr = file.hosts.cidr.unwrap_or(hosts::HOSTS_CIDR.parse().map_err(anyhow::Error::msg)?);
+            let net = hosts::hosts_network(&cp, cidr).await?;
+            bus_listen = SocketAddr::new(net.gateway, bus_listen.port());
+            Some(net)
+        } else {
+            None
+        };
         let sans = vec!["localhost".to_string(), bus_listen.ip().to_string()];
         let hub_tls = authority.local_tls("hub", &sans)?;
         let hub = Hub::bind(bus_listen, &hub_tls, HubConfig::default())
@@ -95,11 +106,24 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
             .context("failed to connect the control plane to its bus")?;
         authority.attach(Arc::new(client)).await.context("failed to join the ring 1 bus")?;
         hub_addr = Some(addr);
+        if let Some(machine) = &machine {
+            let count = args.hosts.or(file.hosts.count).unwrap_or(2);
+            let sup = hosts::start(&cp, &authority, machine, &dir, addr, hosts_net.as_ref(), count)
+                .await
+                .context("failed to start the ring 1 hosts")?;
+            host_supervisor = Some(sup);
+        }
     }
     let cp = cp.with_bus(authority);
     banner(&url, &dir, &token_path, machine.as_ref(), hub_addr);
 
     let served = cp.serve(listener, stopped(stop_rx)).await;
+    if let Some(sup) = host_supervisor {
+        // Stop the hosts' agents gracefully; each stops its own children.
+        if let Err(e) = sup.shutdown().await {
+            tracing::warn!(error = %e, "hosts' supervisor was already gone");
+        }
+    }
     store.close().await.context("failed to close the state store")?;
     served.with_context(|| format!("the API server on {addr} failed"))?;
     println!("enjin: stopped cleanly; run it again to resume");

@@ -20,10 +20,15 @@ pub struct Running {
 impl Running {
     /// Start `enjin <mode>` and wait until it prints its API address.
     pub fn start(mode: &str, data_dir: &Path) -> Running {
+        Running::start_with(mode, data_dir, &[])
+    }
+
+    pub fn start_with(mode: &str, data_dir: &Path, extra: &[&str]) -> Running {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
             .args([mode, "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0"])
+            .args(extra)
             .env("ENJIN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,4 +118,19 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Remove the network namespaces and bridge `enjin up` made for the nodes in `list` (they
+/// outlive the process by design, so that a restart finds them).
+pub fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) {
+    let short = |u: &str| u.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>();
+    for n in list["items"].as_array().into_iter().flatten() {
+        let uuid = n["uuid"].as_str().unwrap_or_default();
+        let _ = Command::new("ip").args(["link", "del", &format!("ejv-{}", short(uuid))]).status();
+        let _ = Command::new("ip").args(["netns", "del", &format!("enjin-{}", short(uuid))]).status();
+    }
+    for n in networks["items"].as_array().into_iter().flatten() {
+        let uuid = n["uuid"].as_str().unwrap_or_default();
+        let _ = Command::new("ip").args(["link", "del", &format!("ejb-{}", short(uuid))]).status();
+    }
 }
