@@ -6,11 +6,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use enjin_model::api::{DesiredChild, DesiredChildren, ObservationReport};
-use enjin_model::kinds::{ObservationStrategy, RestartKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use enjin_model::kinds::{ObservationStrategy, RestartKind, Strategy};
 use enjin_supervisor::{
-    Backoff, ChildId, ChildSpec, Intensity, Observation, ProbeSpec, Restart, RestartPolicy, StopSpec,
-    SupervisorHandle,
+    Backoff, ChildId, ChildSpec, Intensity, LaunchError, Launched, Launcher, Observation, ProbeSpec,
+    ProcessHandle, ProcessLauncher, Restart, RestartPolicy, Signal, SignalError, StopSpec, SupervisorHandle,
 };
+
+use crate::SandboxLauncher;
 use tokio::sync::mpsc;
 
 use crate::Children;
@@ -55,20 +60,74 @@ pub fn child_spec(c: &DesiredChild) -> Option<ChildSpec> {
     }
 }
 
+/// Launches each child the way its node's strategy says: `unix-user` in the sandbox when this
+/// agent can (root, a uid range), plain processes otherwise (said loudly).
+#[derive(Debug)]
+pub struct RoutingLauncher {
+    process: ProcessLauncher,
+    sandbox: Option<SandboxLauncher>,
+    strategies: Mutex<HashMap<String, Strategy>>,
+}
+
+impl RoutingLauncher {
+    pub fn new(process: ProcessLauncher, sandbox: Option<SandboxLauncher>) -> Self {
+        RoutingLauncher { process, sandbox, strategies: Mutex::new(HashMap::new()) }
+    }
+
+    fn sandboxed(&self, id: &ChildId) -> Option<&SandboxLauncher> {
+        let strategy = self.strategies.lock().ok()?.get(id.as_str()).copied();
+        match (strategy, &self.sandbox) {
+            (Some(Strategy::UnixUser), Some(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn note(&self, c: &DesiredChild) {
+        if let Ok(mut m) = self.strategies.lock() {
+            m.insert(c.uuid.to_string(), c.strategy);
+        }
+        match (&self.sandbox, c.strategy) {
+            (Some(s), Strategy::UnixUser) => s.set_limits(&c.uuid.to_string(), c.resources.clone()),
+            (None, Strategy::UnixUser) => tracing::warn!(
+                child = %c.uuid,
+                "unix-user isolation is not available here (needs root and a uid range): running it as a plain process"
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl Launcher for RoutingLauncher {
+    fn launch(&self, spec: &ChildSpec) -> Result<Launched, LaunchError> {
+        match self.sandboxed(&spec.id) {
+            Some(s) => s.launch(spec),
+            None => self.process.launch(spec),
+        }
+    }
+
+    fn signal(&self, p: &ProcessHandle, s: Signal) -> Result<(), SignalError> {
+        self.process.signal(p, s)
+    }
+}
+
 /// Children run by a supervisor.
 #[derive(Debug, Clone)]
 pub struct SupervisedChildren {
     handle: SupervisorHandle,
+    launcher: Arc<RoutingLauncher>,
 }
 
 impl SupervisedChildren {
-    pub fn new(handle: SupervisorHandle) -> Self {
-        SupervisedChildren { handle }
+    pub fn new(handle: SupervisorHandle, launcher: Arc<RoutingLauncher>) -> Self {
+        SupervisedChildren { handle, launcher }
     }
 }
 
 impl Children for SupervisedChildren {
     fn apply(&self, desired: &DesiredChildren) {
+        for c in &desired.children {
+            self.launcher.note(c);
+        }
         let specs: Vec<ChildSpec> = desired.children.iter().filter_map(child_spec).collect();
         let handle = self.handle.clone();
         let revision = desired.revision;

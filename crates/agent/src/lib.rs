@@ -8,6 +8,7 @@
 
 mod children;
 mod config;
+mod sandbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,9 @@ use enjin_model::api::{DesiredChildren, ObservationReport, desired_topic, observ
 use enjin_model::kinds::{ObservationState, ObservationStrategy};
 use tokio::sync::mpsc;
 
-pub use children::{SupervisedChildren, child_spec, forward_observations};
+pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations};
 pub use config::{AgentConfig, AgentFile, ConfigError};
+pub use sandbox::{SandboxLauncher, UidRange};
 
 /// How often the agent says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);

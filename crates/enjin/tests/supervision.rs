@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{Running, cli, stderr};
 
-/// Pids of processes whose command line is exactly `cmdline` (arguments joined by spaces).
+/// Pids of processes whose command line is exactly `cmdline` (arguments joined by spaces; a
+/// sandboxed program shows its resolved path, so `sleep 1` also matches `/usr/bin/sleep 1`).
 fn pids_of(cmdline: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -21,7 +22,8 @@ fn pids_of(cmdline: &str) -> Vec<u32> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.join(" ") == cmdline {
+        let line = args.join(" ");
+        if line == cmdline || line.ends_with(&format!("/{cmdline}")) {
             out.push(pid);
         }
     }
@@ -54,23 +56,37 @@ fn kill9(pid: u32) {
 
 #[test]
 fn instances_and_agents_survive_sigkill_without_duplicates() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Not under /tmp: sandboxed instances get a private /tmp, so their workdirs live elsewhere.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let data = dir.path().join("data");
     let up = Running::start_with("up", &data, &["--hosts", "1"]);
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
     wait_until("host-1 sends heartbeats", Duration::from_secs(30), || {
         (state_of(&data, "host-1", "heartbeat").as_deref() == Some("running")).then_some(())
     });
 
     let cmd = "sleep 3171";
-    let run = cli(
-        &data,
-        &["node", "run", "web", "--host", "host-1", "--strategy", "process", "--", "sleep", "3171"],
-    );
+    // The default strategy: its own uid, cgroup and namespaces (as root; a plain process otherwise).
+    let run = cli(&data, &["node", "run", "web", "--host", "host-1", "--pids", "64", "--", "sleep", "3171"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let first = wait_until("web runs", Duration::from_secs(30), || match pids_of(cmd).as_slice() {
         [one] => Some(*one),
         _ => None,
     });
+    if root {
+        let status = std::fs::read_to_string(format!("/proc/{first}/status")).expect("status");
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .expect("uid");
+        assert!((200_000..210_000).contains(&uid), "the instance runs as its own uid, not {uid}");
+        assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{status}");
+        let cgroup = std::fs::read_to_string(format!("/proc/{first}/cgroup")).expect("cgroup");
+        assert!(cgroup.lines().any(|l| l.contains(":pids:/enjin/")), "its own cgroup: {cgroup}");
+    }
     wait_until("web is observed running", Duration::from_secs(30), || {
         (state_of(&data, "web", "process").as_deref() == Some("running")).then_some(())
     });

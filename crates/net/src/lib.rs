@@ -136,9 +136,11 @@ pub fn set_link(veth: &str, up: bool) -> Result<(), NetError> {
     ip(&["link", "set", veth, if up { "up" } else { "down" }]).map(drop)
 }
 
-/// The command prefix that runs a program inside `netns`.
+/// The command prefix that runs a program inside `netns`. `nsenter` switches only the network
+/// namespace; `ip netns exec` would also mount a fresh `/sys`, hiding the cgroup hierarchy the
+/// host's agent needs for its children.
 pub fn exec_prefix(netns: &str) -> Vec<String> {
-    vec!["ip".into(), "netns".into(), "exec".into(), netns.into()]
+    vec!["nsenter".into(), format!("--net=/run/netns/{netns}"), "--".into()]
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use enjin_agent::{AgentConfig, SupervisedChildren, forward_observations};
+use enjin_agent::{AgentConfig, RoutingLauncher, SandboxLauncher, SupervisedChildren, forward_observations};
 use enjin_supervisor::{ProcessLauncher, Supervisor, SupervisorConfig};
 use tokio::sync::mpsc;
 
@@ -20,16 +20,43 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     let children_dir = config.children_dir();
     std::fs::create_dir_all(children_dir.join("logs"))
         .with_context(|| format!("failed to create {}", children_dir.display()))?;
-    // Children run as plain processes here; the unix-user sandbox plugs in as another launcher.
-    tracing::warn!("children run with the process strategy: no per-child user, cgroup or namespaces yet");
-    let launcher = Arc::new(ProcessLauncher::new(children_dir.join("logs")));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The supervisor's state and the instances' logs: root's alone.
+        std::fs::set_permissions(&children_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("failed to set the mode of {}", children_dir.display()))?;
+        let instances = config.dir.join("instances");
+        std::fs::create_dir_all(&instances)
+            .with_context(|| format!("failed to create {}", instances.display()))?;
+        std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("failed to set the mode of {}", instances.display()))?;
+    }
+    let sandbox = match config.uids {
+        Some(range) => {
+            let cgroup = format!("enjin/{}", config.node);
+            match SandboxLauncher::new(
+                &config.dir.join("instances"),
+                &children_dir.join("logs"),
+                range,
+                &cgroup,
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no unix-user isolation here: cgroups unavailable");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let launcher = Arc::new(RoutingLauncher::new(ProcessLauncher::new(children_dir.join("logs")), sandbox));
     let (sup_tx, sup_rx) = mpsc::channel(256);
-    let supervisor = Supervisor::start(SupervisorConfig::new(&children_dir), launcher, sup_tx)
+    let supervisor = Supervisor::start(SupervisorConfig::new(&children_dir), launcher.clone(), sup_tx)
         .await
         .with_context(|| format!("failed to start the supervisor in {}", children_dir.display()))?;
     let (report_tx, report_rx) = mpsc::channel(256);
     forward_observations(sup_rx, report_tx);
-    let children = Arc::new(SupervisedChildren::new(supervisor.handle()));
+    let children = Arc::new(SupervisedChildren::new(supervisor.handle(), launcher));
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

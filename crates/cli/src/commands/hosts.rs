@@ -32,6 +32,9 @@ pub struct HostsNetwork {
 }
 
 pub const HOSTS_CIDR: &str = "10.250.0.0/24";
+/// Ring 2 instances run as uids from here up, a block per host.
+const UID_BASE: u32 = 200_000;
+const UID_BLOCK: u32 = 10_000;
 
 /// Whether this process may make network namespaces (root, with iproute2).
 pub fn can_netns() -> bool {
@@ -112,18 +115,40 @@ pub async fn start(
     }
     let exe = std::env::current_exe().context("cannot find the enjin binary to run agents")?;
     let root = data_dir.join("hosts");
+    std::fs::create_dir_all(&root).with_context(|| format!("failed to create {}", root.display()))?;
+    // Instances run as their own uids and must reach their workdirs below here: the
+    // directories on the way are traversable (0711) but not listable; everything secret in
+    // them is 0600 or in 0700 directories.
+    for d in [data_dir, root.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("failed to set the mode of {}", d.display()))?;
+    }
     let mut specs = Vec::new();
-    for host in &hosts {
+    let root_user = can_netns();
+    for (index, host) in hosts.iter().enumerate() {
         let label = host.meta.label.clone().unwrap_or_else(|| host.meta.uuid.to_string());
         let dir = root.join(&label);
         authority
             .enroll_local(host.meta.uuid, &label, &dir)
             .await
             .with_context(|| format!("failed to enrol {label}"))?;
-        AgentConfig::write(
-            &dir,
-            &AgentFile { ring: 1, node: host.meta.uuid, hub, server_name: "localhost".into() },
-        )?;
+        // Each host gets its own block of uids for its unix-user children, so no two instances
+        // on this machine ever share one.
+        let (uid_base, uid_count) = if root_user {
+            (Some(UID_BASE + UID_BLOCK * u32::try_from(index).unwrap_or(0)), Some(UID_BLOCK))
+        } else {
+            (None, None)
+        };
+        let file = AgentFile {
+            ring: 1,
+            node: host.meta.uuid,
+            hub,
+            server_name: "localhost".into(),
+            uid_base,
+            uid_count,
+        };
+        AgentConfig::write(&dir, &file)?;
         let agent = vec![
             exe.display().to_string(),
             "agent".to_string(),

@@ -32,6 +32,15 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(SqliteStoreConfig::new(db)))
         .await
         .context("store opener panicked")??;
+    // The store holds every object: readable by the owner alone.
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(format!("{STATE_FILE}{suffix}"));
+        if p.exists() {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("failed to make {} private", p.display()))?;
+        }
+    }
     let store: Arc<dyn Store> = Arc::new(store);
     let cp = ControlPlane::new(store.clone());
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
