@@ -128,3 +128,57 @@ fn instances_and_agents_survive_sigkill_without_duplicates() {
     wait_until("everything stopped", Duration::from_secs(20), || pids_of(cmd).is_empty().then_some(()));
     common::remove_host_networks(&all, &nets);
 }
+
+/// Cut a host off (its veth down) and bring it back: it goes *disconnected*, never *lost*, its
+/// instance keeps running, and when the link returns it is *running* again with the very same
+/// instance — nothing killed, nothing doubled.
+#[test]
+fn a_partitioned_host_goes_disconnected_and_comes_back_without_harm() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    if !root {
+        eprintln!("skipped: cutting a host's link needs root (network namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let data = dir.path().join("data");
+    let up = Running::start_with("up", &data, &["--hosts", "1"]);
+    wait_until("host-1 sends heartbeats", Duration::from_secs(30), || {
+        (state_of(&data, "host-1", "heartbeat").as_deref() == Some("running")).then_some(())
+    });
+    let cmd = "sleep 3172";
+    let run = cli(&data, &["node", "run", "app", "--host", "host-1", "--", "sleep", "3172"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let pid = wait_until("app runs", Duration::from_secs(30), || match pids_of(cmd).as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    });
+    let host = cli(&data, &["-o", "json", "node", "get", "host-1"]);
+    let host: serde_json::Value = serde_json::from_slice(&host.stdout).expect("json");
+    let short: String =
+        host["uuid"].as_str().expect("uuid").chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let veth = format!("ejv-{short}");
+
+    let link = |state: &str| {
+        let ok = Command::new("ip").args(["link", "set", &veth, state]).status().expect("ip");
+        assert!(ok.success(), "ip link set {veth} {state}");
+    };
+    link("down");
+    wait_until("host-1 is disconnected", Duration::from_secs(40), || {
+        (state_of(&data, "host-1", "heartbeat").as_deref() == Some("disconnected")).then_some(())
+    });
+    assert_eq!(pids_of(cmd), vec![pid], "the instance keeps running while its host is cut off");
+    link("up");
+    wait_until("host-1 is back", Duration::from_secs(60), || {
+        (state_of(&data, "host-1", "heartbeat").as_deref() == Some("running")).then_some(())
+    });
+    assert_eq!(pids_of(cmd), vec![pid], "the same single instance after the partition");
+
+    let all = cli(&data, &["-o", "json", "node", "list"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).expect("json");
+    let nets = cli(&data, &["-o", "json", "network", "list"]);
+    let nets: serde_json::Value = serde_json::from_slice(&nets.stdout).expect("json");
+    assert!(up.interrupt().success());
+    wait_until("everything stopped", Duration::from_secs(20), || pids_of(cmd).is_empty().then_some(()));
+    common::remove_host_networks(&all, &nets);
+}
