@@ -23,7 +23,10 @@ fn pids_of(cmdline: &str) -> Vec<u32> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let line = args.join(" ");
-        if line == cmdline || line.ends_with(&format!("/{cmdline}")) {
+        // A sandbox's tiny init is a fork of the agent that never execs: same command line,
+        // different name.
+        let init = std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "enjin-init");
+        if !init && (line == cmdline || line.ends_with(&format!("/{cmdline}"))) {
             out.push(pid);
         }
     }

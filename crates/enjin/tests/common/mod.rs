@@ -129,6 +129,19 @@ pub fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Val
         let _ = Command::new("ip").args(["link", "del", &format!("ejv-{}", short(uuid))]).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("enjin-{}", short(uuid))]).status();
     }
+    // Empty cgroups of the hosts' instances (the launcher leaves them; see the closing note).
+    for n in list["items"].as_array().into_iter().flatten() {
+        let uuid = n["uuid"].as_str().unwrap_or_default();
+        for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let host = controller.path().join("enjin").join(uuid);
+            for inst in std::fs::read_dir(&host).into_iter().flatten().flatten() {
+                if inst.path().is_dir() {
+                    let _ = std::fs::remove_dir(inst.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&host);
+        }
+    }
     for n in networks["items"].as_array().into_iter().flatten() {
         let uuid = n["uuid"].as_str().unwrap_or_default();
         let _ = Command::new("ip").args(["link", "del", &format!("ejb-{}", short(uuid))]).status();

@@ -99,9 +99,18 @@ impl Rig {
         self.seen.iter().filter(|o| o.child.as_str() == id).map(|o| o.state).collect()
     }
 
+    /// The child's pid, once it has one (a launch runs on a blocking thread and may still be in
+    /// flight right after `ensure`).
     pub async fn pid(&self, id: &str) -> u32 {
-        let snap = self.sup.handle().snapshot().await.expect("snapshot");
-        snap.get(&cid(id)).and_then(|c| c.pid).unwrap_or_else(|| panic!("{id} has no pid: {snap:#?}"))
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let snap = self.sup.handle().snapshot().await.expect("snapshot");
+            if let Some(pid) = snap.get(&cid(id)).and_then(|c| c.pid) {
+                return pid;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} has no pid: {snap:#?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }
 
