@@ -1,15 +1,20 @@
 //! `enjin-bench`: measures store transactions and the meta API in one run and prints Markdown
 //! tables, next to the disk's raw fsync rate measured in the same directory; and the ring bus,
-//! next to raw Ed25519. It only ever talks to loopback and writes only inside its own temporary
-//! directory.
+//! next to raw Ed25519; and supervised restarts in the unix-user sandbox, next to plain processes,
+//! with the idle memory of `enjin up` and its agent. It only ever talks to loopback and writes only
+//! inside its own temporary directories, and the cgroups, network namespaces and links it makes
+//! it removes again.
 
 #![forbid(unsafe_code)]
 
 mod api;
 mod bus;
+mod idle;
+mod procfs;
 mod report;
 mod run;
 mod store;
+mod supervise;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,13 +31,13 @@ const DEFAULT_SECONDS: f64 = 5.0;
 const QUICK_OPS: u64 = 20;
 const QUICK_SECONDS: f64 = 2.0;
 
-/// Measure store transactions, the meta API and the ring bus, and print the results as Markdown
-/// tables.
+/// Measure store transactions, the meta API, the ring bus and supervision, and print the results
+/// as Markdown tables.
 ///
 /// Every row stops after `--ops` operations or `--seconds`, whichever comes first, and says
 /// how many operations it ran. Bus broadcast rows have their own message counts; they publish
 /// for at most `--seconds`, then let the subscribers take what is in flight for as long as they
-/// make progress.
+/// make progress. Supervision rows have their own kill counts and time limits.
 #[derive(Debug, Parser)]
 #[command(name = "enjin-bench", version)]
 struct Args {
@@ -53,6 +58,9 @@ struct Args {
     /// Run only these sections (repeat the flag or separate with commas) [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
+    /// The supervision rows' child: serve a per-process token on 127.0.0.1:PORT until killed
+    #[arg(long, hide = true, value_name = "PORT")]
+    serve_token: Option<u16>,
 }
 
 /// A part of the benchmark that can run on its own.
@@ -64,6 +72,8 @@ enum Section {
     Api,
     /// The ring bus: envelope crypto and broadcast over mutual TLS
     Bus,
+    /// Supervision: SIGKILL to replacement, processes per instance, idle memory of `enjin up`
+    Supervise,
 }
 
 impl Args {
@@ -93,6 +103,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(port) = args.serve_token {
+        return supervise::serve(port);
+    }
     let (limits, window) = match args.limits().and_then(|l| Ok((l, args.bus_window()?))) {
         Ok(settings) => settings,
         Err(e) => {
@@ -163,6 +176,27 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
             bus::STALL_PATIENCE.as_secs(),
         );
     }
+    let supervise_settings = supervise::Settings::new(args.quick);
+    if args.runs(Section::Supervise) {
+        let uids = supervise::uid_range();
+        println!(
+            "- supervise: up to {} SIGKILLs or {:.0} s per row, each replacement serving {} ms \
+             before it is killed (0 in the back-to-back rows); the child is this binary serving a \
+             token on a fixed 127.0.0.1 port (permanent, at most {} restarts in 60 s); the port is \
+             tried every {} ms; each replacement may take {} s; sandbox uids {}..{}, cgroup \
+             branch {}; enjin up idles {} s before its memory is read",
+            supervise_settings.kills,
+            supervise_settings.row_time.as_secs_f64(),
+            supervise::UPTIME.as_millis(),
+            supervise::MAX_RESTARTS,
+            supervise::POLL.as_millis(),
+            supervise::PATIENCE.as_secs(),
+            uids.base,
+            uids.base + uids.count,
+            supervise::cgroup_parent(),
+            idle::SETTLE.as_secs(),
+        );
+    }
     println!();
 
     let mut failures = Vec::new();
@@ -171,6 +205,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::Bus) {
         failures.extend(ring_bus(&plans, limits).await?);
+    }
+    if args.runs(Section::Supervise) {
+        failures.extend(supervision(supervise_settings).await?);
     }
 
     dir.close().context("failed to remove the temporary directory")?;
@@ -253,4 +290,40 @@ async fn ring_bus(plans: &[bus::Plan], limits: Limits) -> anyhow::Result<Vec<Fai
         Some(Failure { row: format!("{}, subscribers: {}", r.plan.name, r.plan.subscribers), why })
     });
     Ok(crypto_failures.chain(broadcast_failures).collect())
+}
+
+/// The supervision section: restarts after SIGKILL, what an instance is made of, and the idle
+/// memory of `enjin up`; all in one directory under /var/tmp.
+async fn supervision(settings: supervise::Settings) -> anyhow::Result<Vec<Failure>> {
+    let dir = supervise::section_dir("enjin-bench-supervise-")?;
+    eprintln!("measuring supervision: SIGKILL to replacement…");
+    let results = supervise::run(dir.path(), settings).await?;
+    eprintln!("measuring the idle memory of enjin up…");
+    let idle = idle::measure(dir.path().to_path_buf()).await;
+    dir.close().context("failed to remove the supervision directory")?;
+
+    report::print_supervise_restarts(&results.rows);
+    report::print_supervise_instances(&results.instances);
+    let anchor = results.instances.iter().find(|i| i.strategy == supervise::Strategy::Process);
+    let mut failures: Vec<Failure> = results
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let why = r.failure()?;
+            let p = r.plan;
+            let row = format!("{}, backoff {}, uptime {:?}", p.strategy.name(), p.delay.name(), p.uptime);
+            Some(Failure { row, why })
+        })
+        .collect();
+    match &idle {
+        Ok(outcome) => report::print_idle(outcome, anchor.map(|i| &i.program)),
+        Err(e) => {
+            report::print_idle(&idle::Outcome::Skipped(format!("failed: {e:#}")), anchor.map(|i| &i.program));
+            failures.push(Failure { row: "idle memory of enjin up".into(), why: format!("{e:#}") });
+        }
+    }
+    failures.extend(
+        results.cleanup.iter().map(|why| Failure { row: "supervision cleanup".into(), why: why.clone() }),
+    );
+    Ok(failures)
 }

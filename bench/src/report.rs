@@ -4,7 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::bus::{self, BroadcastRow, CryptoOp, CryptoRow};
+use crate::idle::Outcome;
+use crate::procfs::Memory;
 use crate::run::Sample;
+use crate::supervise::{self, Instance, KillRow, Proc};
 
 /// One measured line of a table.
 #[derive(Debug)]
@@ -265,5 +268,169 @@ pub fn print_bus_broadcast(rows: &[BroadcastRow], crypto: &[CryptoRow]) {
          the last publish. \"CPU cores busy\" is the CPU time of the whole process (hub, clients, \
          subscribers) per second of the row; \"sign+verify cores\" is the part the single-thread seal \
          and accept costs above account for (msgs x seal + deliveries x accept, per second).\n",
+    );
+}
+
+pub fn print_supervise_restarts(rows: &[KillRow]) {
+    println!(
+        "## Supervision: SIGKILL to replacement (enjin-supervisor, permanent child; anchor: \
+         ProcessLauncher in the same run)\n"
+    );
+    println!(
+        "| restart after SIGKILL | backoff | uptime before kill (ms) | kills | running p50 (ms) | running p99 (ms) | running max (ms) | serving p50 (ms) | serving p99 (ms) | serving max (ms) | serving p50 x anchor | restarts counted | notes |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let p = r.plan;
+        let uptime = p.uptime.as_millis();
+        if let Some(why) = &r.skipped {
+            println!(
+                "| {} | {} | {uptime} | skipped: {why} | - | - | - | - | - | - | - | - | |",
+                p.strategy.name(),
+                p.delay.name()
+            );
+            continue;
+        }
+        let anchor = rows
+            .iter()
+            .find(|a| a.plan == p.anchor() && a.skipped.is_none())
+            .map(|a| a.serving.quantile(0.5).as_secs_f64())
+            .filter(|a| *a > 0.0);
+        let mut notes = Vec::new();
+        if let Some(e) = r.failure() {
+            notes.push(format!("errors: {}; first: {e}", r.running.errors + r.serving.errors));
+        }
+        if r.observations_dropped > 0 {
+            notes.push(format!("observations dropped: {}", r.observations_dropped));
+        }
+        let (run, serve) = (&r.running, &r.serving);
+        println!(
+            "| {} | {} | {uptime} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            p.strategy.name(),
+            p.delay.name(),
+            ops(run),
+            ms(run.quantile(0.5)),
+            ms(run.quantile(0.99)),
+            ms(run.max()),
+            ms(serve.quantile(0.5)),
+            ms(serve.quantile(0.99)),
+            ms(serve.max()),
+            anchor.map_or_else(|| "-".into(), |a| format!("{:.2}", serve.quantile(0.5).as_secs_f64() / a)),
+            r.restarts,
+            notes.join("; "),
+        );
+    }
+    println!();
+    println!(
+        "Each replacement serves for \"uptime\" before it is killed. Back to back (0) the \
+         sandbox looks far cheaper than it is: its first write to a cgroup v1 `cgroup.procs` \
+         (joining its group) takes about 10 ms here, because the kernel's write lock for moving \
+         tasks between cgroups waits for an RCU grace period, unless another move happened a \
+         few milliseconds before. Each kill is kill(2) with SIGKILL to the program: the plain \
+         process itself, or in the sandbox the program under the tiny init (PID 2 of its \
+         namespace), so the init noticing and exiting is part of the time. The clock starts \
+         just before kill(2). \"running\" ends when the supervisor's observation channel \
+         delivers the replacement's `running` (after the exit is reaped, the state file is \
+         written with fsync, the backoff has passed and the launcher's spawn has returned); \
+         \"serving\" ends when a TCP connection to the child's fixed port (tried every {} ms \
+         from the kill on, on a thread of its own) is answered by the replacement, told from \
+         the killed process by a per-process token. Serving can come first: the child listens \
+         as soon as it runs, while the observation waits for the launcher to return and for \
+         the supervisor's task. Backoff 0 ms is `Backoff::none()`; the default backoff is \
+         100 ms doubling to 30 s with 10% jitter, its `reset_after` (10 s) lowered to 0 so \
+         that every kill waits the first step of a crash loop, as a child that crashes now \
+         and then does. The sandbox launches with clone3 into new mount and PID namespaces, a \
+         read-only root, private /tmp, its own uid and a cgroup (memory, cpu, pids) per \
+         child.\n",
+        supervise::POLL.as_millis(),
+    );
+}
+
+fn kib(k: u64) -> String {
+    k.to_string()
+}
+
+fn mib(k: u64) -> String {
+    format!("{:.1}", k as f64 / 1024.0)
+}
+
+pub fn print_supervise_instances(instances: &[Instance]) {
+    println!("## Supervision: what one instance is made of (/proc, while serving, after the kills above)\n");
+    println!(
+        "| instance | processes in its tree | in its process group | beside the program | extra process | extra RSS (KiB) | extra PSS (KiB) | extra private (KiB) | program RSS (KiB) | program private (KiB) |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    for i in instances {
+        let names: Vec<String> = i.extra.iter().map(|p| format!("{} (pid {})", p.comm, p.pid)).collect();
+        let sum = |f: fn(&Memory) -> u64| i.extra.iter().map(|p| f(&p.memory)).sum::<u64>();
+        let has_extra = !i.extra.is_empty();
+        let extra = |f: fn(&Memory) -> u64| if has_extra { kib(sum(f)) } else { "-".into() };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            i.strategy.name(),
+            i.tree,
+            i.group,
+            i.extra.len(),
+            if names.is_empty() { "-".into() } else { names.join(", ") },
+            extra(|m| m.rss),
+            extra(|m| m.pss),
+            extra(|m| m.private),
+            kib(i.program.memory.rss),
+            kib(i.program.memory.private),
+        );
+    }
+    println!();
+    println!(
+        "The tree is the supervised pid and everything below it by parent pid; the program is \
+         this binary's tiny TCP server. Memory is from /proc/<pid>/smaps_rollup: RSS counts \
+         shared pages (code, the page cache) in full, PSS divides them among the processes that \
+         map them, private is Private_Clean + Private_Dirty. The init is a fork of the launching \
+         process (here enjin-bench, in an agent the agent) that drops its copy of the parent's \
+         memory; page tables and kernel stacks are not included.\n"
+    );
+}
+
+pub fn print_idle(outcome: &Outcome, anchor: Option<&Proc>) {
+    println!(
+        "## Idle memory: enjin up with one ring 1 host (anchor: the tiny TCP server above, a plain \
+         process)\n"
+    );
+    println!("| idle process | RSS (MiB) | PSS (MiB) | private (MiB) | threads | RSS x anchor |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, m: &Memory| {
+        let ratio = anchor
+            .filter(|a| a.memory.rss > 0)
+            .map_or_else(|| "-".into(), |a| format!("{:.1}", m.rss as f64 / a.memory.rss as f64));
+        println!(
+            "| {name} | {} | {} | {} | {} | {ratio} |",
+            mib(m.rss),
+            mib(m.pss),
+            mib(m.private),
+            m.threads
+        );
+    };
+    let notes = match outcome {
+        Outcome::Skipped(why) => {
+            println!(
+                "| enjin up: skipped ({}) | - | - | - | - | - |",
+                why.replace('\n', " ").replace('|', "/")
+            );
+            &[][..]
+        }
+        Outcome::Measured(idle) => {
+            row("enjin up (API, store, ring 1 hub, the hosts' supervisor)", &idle.up);
+            row("enjin agent --ring 1 (its host; no instances)", &idle.agent);
+            &idle.notes[..]
+        }
+    };
+    if let Some(a) = anchor {
+        row("anchor: enjin-bench --serve-token (plain process)", &a.memory);
+    }
+    println!();
+    println!(
+        "Read {} s after `enjin up --hosts 1` printed its API address and its host's agent \
+         appeared; data under /var/tmp, API and hub on 127.0.0.1 port 0, ENJIN_LOG=warn. {}\n",
+        crate::idle::SETTLE.as_secs(),
+        notes.join("; "),
     );
 }

@@ -1,8 +1,10 @@
 //! Runs the built benchmark with `--quick` and checks that it prints every table with a
 //! non-zero rate in each row, and that the bus lost nothing. It checks that the benchmark
-//! works, not how fast anything is.
+//! works, not how fast anything is. The supervision section needs root for its sandbox rows,
+//! and gets it: these tests run as root in CI, and are not skipped.
 
 use std::process::Command;
+use std::sync::Mutex;
 
 /// The tables and the column holding each one's rate.
 const TABLES: [(&str, &str); 3] =
@@ -15,6 +17,21 @@ const BUS_TABLES: [(&str, &str); 4] = [
     ("| bus broadcast |", "deliveries/s"),
     ("| bus broadcast |", "p50 (ms)"),
 ];
+
+/// The supervision tables and the columns that must be positive in every row.
+const SUPERVISE_TABLES: [(&str, &str); 7] = [
+    ("| restart after SIGKILL |", "kills"),
+    ("| restart after SIGKILL |", "running p50 (ms)"),
+    ("| restart after SIGKILL |", "serving p50 (ms)"),
+    ("| restart after SIGKILL |", "serving max (ms)"),
+    ("| restart after SIGKILL |", "restarts counted"),
+    ("| instance |", "processes in its tree"),
+    ("| instance |", "program RSS (KiB)"),
+];
+
+/// One run at a time: the supervision section starts `enjin up`, whose hosts' bridge always
+/// takes the same address range, and its timings mean little with another run beside it.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The bus broadcast columns that must be zero in every row.
 const BUS_ZEROS: [&str; 3] = ["slow-consumer disconnects", "missing deliveries", "publish Full retries"];
@@ -43,6 +60,7 @@ fn rates(output: &str, header: &str, column: &str) -> Vec<f64> {
 
 /// Runs enjin-bench with `args` and returns its standard output, which it must have exited 0.
 fn quick_run(args: &[&str]) -> String {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_enjin-bench"))
         .args(args)
         .output()
@@ -72,11 +90,50 @@ fn assert_bus_tables(stdout: &str) {
     }
 }
 
+/// The cells of column `column` in the table whose header starts with `header`, as text.
+fn column(output: &str, header: &str, column: &str) -> Vec<String> {
+    let mut lines = output.lines().skip_while(|l| !l.starts_with(header));
+    let head = lines.next().unwrap_or_else(|| panic!("no table {header:?} in:\n{output}"));
+    let index = cells(head)
+        .iter()
+        .position(|c| *c == column)
+        .unwrap_or_else(|| panic!("no column {column:?} in {head:?}"));
+    lines.skip(1).take_while(|l| l.starts_with('|')).map(|row| cells(row)[index].to_string()).collect()
+}
+
+fn assert_supervise_tables(stdout: &str) {
+    assert_positive(stdout, &SUPERVISE_TABLES);
+    let rows = column(stdout, "| restart after SIGKILL |", "restart after SIGKILL");
+    assert!(rows.iter().any(|r| r.contains("sandbox")), "no sandbox rows:\n{stdout}");
+    // A plain process is the program alone; a sandbox adds its init.
+    let extra = rates(stdout, "| instance |", "beside the program");
+    assert_eq!(extra, [0.0, 1.0], "processes beside the program:\n{stdout}");
+    // Idle memory: measured when the enjin binary was built beside this one, "-" otherwise;
+    // the anchor row is always measured.
+    let rss = column(stdout, "| idle process |", "RSS (MiB)");
+    assert!(!rss.is_empty(), "the idle memory table has no rows:\n{stdout}");
+    for cell in rss.iter().filter(|c| *c != "-") {
+        let mib: f64 = cell.parse().unwrap_or_else(|e| panic!("{cell:?} is not a number: {e}"));
+        assert!(mib > 0.0, "a zero RSS:\n{stdout}");
+    }
+    assert!(rss.last().is_some_and(|c| c != "-"), "the anchor row has no RSS:\n{stdout}");
+}
+
 #[test]
 fn quick_run_prints_every_table_with_nonzero_rates() {
     let stdout = quick_run(&["--quick"]);
     assert_positive(&stdout, &TABLES);
     assert_bus_tables(&stdout);
+    assert_supervise_tables(&stdout);
+}
+
+#[test]
+fn only_supervise_runs_the_supervision_section_alone() {
+    let stdout = quick_run(&["--quick", "--only", "supervise"]);
+    assert_supervise_tables(&stdout);
+    for (header, _) in TABLES.iter().chain(&BUS_TABLES) {
+        assert!(!stdout.contains(header), "{header:?} should not run with --only supervise:\n{stdout}");
+    }
 }
 
 #[test]
