@@ -122,6 +122,30 @@ fn instances_and_agents_survive_sigkill_without_duplicates() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // A crash loop backs off and ends failed, and the host tells its parent (the store has it).
+    let crashy = cli(
+        &data,
+        &[
+            "node",
+            "run",
+            "crashy",
+            "--host",
+            "host-1",
+            "--max-restarts",
+            "2",
+            "--period",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            "exit 1",
+        ],
+    );
+    assert!(crashy.status.success(), "{}", stderr(&crashy));
+    wait_until("crashy has failed", Duration::from_secs(30), || {
+        (state_of(&data, "crashy", "process").as_deref() == Some("failed")).then_some(())
+    });
+
     let all = cli(&data, &["-o", "json", "node", "list"]);
     let all: serde_json::Value = serde_json::from_slice(&all.stdout).expect("json");
     let nets = cli(&data, &["-o", "json", "network", "list"]);
