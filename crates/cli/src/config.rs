@@ -39,6 +39,10 @@ pub struct HostsFileConfig {
     pub count: Option<usize>,
     /// The hosts network's range, when hosts get network namespaces (default 10.250.0.0/24).
     pub cidr: Option<enjin_model::kinds::Cidr>,
+    /// Seconds without a heartbeat before a host is *disconnected* (default 10) …
+    pub disconnected_after_seconds: Option<u64>,
+    /// … and before it is *lost* (default 300).
+    pub lost_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

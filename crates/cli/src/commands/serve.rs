@@ -80,8 +80,10 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         pki_dir: dir.join("pki"),
         label: machine.as_ref().and_then(|m| m.meta.label.clone()).unwrap_or_else(machine_label),
         node: machine.as_ref().map(|m| m.meta.uuid),
-        disconnected_after: std::time::Duration::from_secs(10),
-        lost_after: std::time::Duration::from_secs(300),
+        disconnected_after: std::time::Duration::from_secs(
+            file.hosts.disconnected_after_seconds.unwrap_or(10),
+        ),
+        lost_after: std::time::Duration::from_secs(file.hosts.lost_after_seconds.unwrap_or(300)),
     };
     let authority =
         BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
