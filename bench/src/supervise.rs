@@ -362,7 +362,17 @@ struct Env {
 /// Runs every row, then removes the cgroup branch; `dir` is a directory under [`VAR_TMP`] that
 /// sandbox users may traverse.
 pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<Results> {
-    let exe = std::env::current_exe().context("cannot find this binary to run it as the child")?;
+    let own = std::env::current_exe().context("cannot find this binary to run it as the child")?;
+    // The child runs from a copy beside the sandboxes: this binary may live under /tmp (a
+    // checkout there), which a sandbox replaces with its own private /tmp.
+    let exe = dir.join("serve-token");
+    std::fs::copy(&own, &exe)
+        .with_context(|| format!("failed to copy {} to {}", own.display(), exe.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("failed to make {} executable", exe.display()))?;
+    }
     let env = Env {
         dir: dir.to_path_buf(),
         exe,
