@@ -324,9 +324,9 @@ pub fn print_supervise_restarts(rows: &[KillRow]) {
     println!(
         "Each replacement serves for \"uptime\" before it is killed. Back to back (0) the \
          sandbox looks far cheaper than it is: its first write to a cgroup v1 `cgroup.procs` \
-         (joining its group) takes about 10 ms here, because the kernel's write lock for moving \
-         tasks between cgroups waits for an RCU grace period, unless another move happened a \
-         few milliseconds before. Each kill is kill(2) with SIGKILL to the program: the plain \
+         (joining its group) took 10-15 ms under strace here, unless another move happened a few \
+         milliseconds before (probably the kernel's cgroup-migration lock waiting for an RCU \
+         grace period; not confirmed). Each kill is kill(2) with SIGKILL to the program: the plain \
          process itself, or in the sandbox the program under the tiny init (PID 2 of its \
          namespace), so the init noticing and exiting is part of the time. The clock starts \
          just before kill(2). \"running\" ends when the supervisor's observation channel \
