@@ -140,19 +140,25 @@ impl Children for SupervisedChildren {
     }
 }
 
+/// A supervisor's observation as a report about the node it is of (children are named by
+/// their node's uuid); `None` for a child that is not a node.
+pub fn report_of(o: &Observation) -> Option<ObservationReport> {
+    let node = o.child.as_str().parse().ok()?;
+    let spec = o.to_node_observation(node);
+    Some(ObservationReport {
+        node,
+        strategy: spec.strategy,
+        state: spec.state,
+        observed_at: spec.observed_at,
+        message: spec.message,
+    })
+}
+
 /// Turn the supervisor's observations into reports about the nodes they are of.
 pub fn forward_observations(mut from: mpsc::Receiver<Observation>, to: mpsc::Sender<ObservationReport>) {
     tokio::spawn(async move {
         while let Some(o) = from.recv().await {
-            let Ok(node) = o.child.as_str().parse() else { continue };
-            let spec = o.to_node_observation(node);
-            let report = ObservationReport {
-                node,
-                strategy: spec.strategy,
-                state: spec.state,
-                observed_at: spec.observed_at,
-                message: spec.message,
-            };
+            let Some(report) = report_of(&o) else { continue };
             if to.send(report).await.is_err() {
                 return;
             }

@@ -22,7 +22,7 @@ use enjin_model::api::{DesiredChildren, ObservationReport, desired_topic, observ
 use enjin_model::kinds::{ObservationState, ObservationStrategy};
 use tokio::sync::mpsc;
 
-pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations};
+pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations, report_of};
 pub use config::{AgentConfig, AgentFile, ConfigError};
 pub use sandbox::{SandboxLauncher, UidRange};
 

@@ -100,6 +100,31 @@ struct KeyRecord {
     replaced_by: Option<KeyId>,
 }
 
+impl KeyRecord {
+    /// A newly recorded, active key.
+    fn new(
+        id: KeyId,
+        ring: u8,
+        role: KeyRole,
+        label: &str,
+        node: Option<Uuid>,
+        holder: Option<String>,
+    ) -> Self {
+        KeyRecord {
+            id,
+            ring,
+            role,
+            label: label.to_string(),
+            node,
+            holder,
+            revoked: false,
+            created_at: Utc::now(),
+            not_after: None,
+            replaced_by: None,
+        }
+    }
+}
+
 fn keys_prefix(ring: u8) -> String {
     format!("/keys/{ring}/")
 }
@@ -192,18 +217,9 @@ impl BusAuthority {
 
     async fn record_own_key(&self, id: KeyId) -> Result<(), BusError> {
         let k = key_key(self.ring, &id);
-        let record = KeyRecord {
-            id,
-            ring: self.ring,
-            role: KeyRole::Parent,
-            label: self.config.label.clone(),
-            node: self.config.node,
-            holder: Some(self.config.label.clone()),
-            revoked: false,
-            created_at: Utc::now(),
-            not_after: None,
-            replaced_by: None,
-        };
+        let label = &self.config.label;
+        let record =
+            KeyRecord::new(id, self.ring, KeyRole::Parent, label, self.config.node, Some(label.clone()));
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
         // Only the first start writes it; later starts find it.
         self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, value)])).await?;
@@ -406,18 +422,7 @@ impl BusAuthority {
             id
         };
         let id = identity.key_id();
-        let record = KeyRecord {
-            id,
-            ring: self.ring,
-            role: KeyRole::Member,
-            label: label.to_string(),
-            node: Some(node),
-            holder: None,
-            revoked: false,
-            created_at: Utc::now(),
-            not_after: None,
-            replaced_by: None,
-        };
+        let record = KeyRecord::new(id, self.ring, KeyRole::Member, label, Some(node), None);
         let k = key_key(self.ring, &id);
         self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, to_json(&record)?)])).await?;
         let tls = self.local_tls(label, &[])?;
@@ -769,18 +774,7 @@ impl BusAuthority {
                 });
             }
         }
-        let record = KeyRecord {
-            id,
-            ring: self.ring,
-            role: KeyRole::Member,
-            label: req.label.clone(),
-            node: req.node,
-            holder: None,
-            revoked: false,
-            created_at: Utc::now(),
-            not_after: None,
-            replaced_by: None,
-        };
+        let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, req.node, None);
         let k = key_key(self.ring, &id);
         let txn = Txn::new()
             .when([Compare::mod_revision(&grant.key, grant.revision), Compare::absent(&k)])

@@ -146,14 +146,9 @@ fn instances_and_agents_survive_sigkill_without_duplicates() {
         (state_of(&data, "crashy", "process").as_deref() == Some("failed")).then_some(())
     });
 
-    let all = cli(&data, &["-o", "json", "node", "list"]);
-    let all: serde_json::Value = serde_json::from_slice(&all.stdout).expect("json");
-    let nets = cli(&data, &["-o", "json", "network", "list"]);
-    let nets: serde_json::Value = serde_json::from_slice(&nets.stdout).expect("json");
-    assert!(up.interrupt().success());
+    assert!(up.interrupt_and_clean().success());
     // A clean stop stops the hosts, and the hosts stop their children.
     wait_until("everything stopped", Duration::from_secs(20), || pids_of(cmd).is_empty().then_some(()));
-    common::remove_host_networks(&all, &nets);
 }
 
 /// Cut a host off (its veth down) and bring it back: it goes *disconnected*, never *lost*, its
@@ -201,11 +196,6 @@ fn a_partitioned_host_goes_disconnected_and_comes_back_without_harm() {
     });
     assert_eq!(pids_of(cmd), vec![pid], "the same single instance after the partition");
 
-    let all = cli(&data, &["-o", "json", "node", "list"]);
-    let all: serde_json::Value = serde_json::from_slice(&all.stdout).expect("json");
-    let nets = cli(&data, &["-o", "json", "network", "list"]);
-    let nets: serde_json::Value = serde_json::from_slice(&nets.stdout).expect("json");
-    assert!(up.interrupt().success());
+    assert!(up.interrupt_and_clean().success());
     wait_until("everything stopped", Duration::from_secs(20), || pids_of(cmd).is_empty().then_some(()));
-    common::remove_host_networks(&all, &nets);
 }

@@ -457,6 +457,7 @@ mod tests {
                     let reply = match status {
                         0 => "garbage\r\n\r\n".to_owned(),
                         1 => {
+                            // Hold the connection without answering, past any probe timeout.
                             tokio::time::sleep(Duration::from_secs(60)).await;
                             return;
                         }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use enjin_agent::{AgentConfig, AgentFile};
 use enjin_control::ControlPlane;
 use enjin_control::bus::BusAuthority;
-use enjin_model::api::{CreateRequest, ListQuery, ObservationReport};
+use enjin_model::api::{CreateRequest, ListQuery};
 use enjin_model::kinds::{Cidr, NetworkInterfaceSpec, NetworkSpec, NetworkStrategy, NodeSpec, Strategy};
 use enjin_model::{Object, Ring};
 use enjin_supervisor::{
@@ -190,15 +190,8 @@ pub async fn start(
     let authority = authority.clone();
     tokio::spawn(async move {
         while let Some(o) = obs_rx.recv().await {
-            let Ok(node) = o.child.as_str().parse::<Uuid>() else { continue };
-            let spec = o.to_node_observation(node);
-            let report = ObservationReport {
-                node,
-                strategy: spec.strategy,
-                state: spec.state,
-                observed_at: spec.observed_at,
-                message: spec.message,
-            };
+            let Some(report) = enjin_agent::report_of(&o) else { continue };
+            let node = report.node;
             if let Err(e) = authority.store_observation(report, Ring::INFRASTRUCTURE).await {
                 tracing::warn!(%node, error = %e, "host observation not stored");
             }

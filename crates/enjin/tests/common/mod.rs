@@ -74,6 +74,19 @@ impl Running {
         status
     }
 
+    /// Stop it as Ctrl-C does, then remove the network namespaces, bridge and cgroups it made
+    /// for its hosts (they outlive the process by design, so that a restart finds them).
+    pub fn interrupt_and_clean(self) -> std::process::ExitStatus {
+        let json = |args: &[&str]| -> serde_json::Value {
+            serde_json::from_slice(&cli(&self.data_dir, args).stdout).unwrap_or_default()
+        };
+        let nodes = json(&["-o", "json", "node", "list"]);
+        let networks = json(&["-o", "json", "network", "list"]);
+        let status = self.interrupt();
+        remove_host_networks(&nodes, &networks);
+        status
+    }
+
     /// SIGKILL, as a crash.
     pub fn crash(mut self) {
         self.child.kill().expect("SIGKILL");
@@ -120,9 +133,9 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Remove the network namespaces and bridge `enjin up` made for the nodes in `list` (they
-/// outlive the process by design, so that a restart finds them).
-pub fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) {
+/// Remove the network namespaces, bridges and cgroups `enjin up` made for the nodes and
+/// networks listed.
+fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) {
     let short = |u: &str| u.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>();
     for n in list["items"].as_array().into_iter().flatten() {
         let uuid = n["uuid"].as_str().unwrap_or_default();

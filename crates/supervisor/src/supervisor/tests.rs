@@ -228,6 +228,8 @@ async fn transient_and_temporary_children_finish() {
     h.ensure(spec("once", Restart::Temporary)).await.expect("ensure");
     h.ensure(spec("retry", Restart::Transient)).await.expect("ensure");
     rig.until("job", ObservationState::Exited).await;
+    // Paused clock: this only advances virtual time, far past any backoff, so a restart that
+    // should not happen would have happened by now.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(rig.fake.launches("job").len(), 1);
     assert_eq!(rig.fake.launches("once").len(), 1);

@@ -21,6 +21,7 @@
 //! complete a fork; it reads pids and then signals them, so in theory a pid that exits and is
 //! reused in between could be hit — the freezer and `cgroup.kill` paths have no such window.
 
+mod pids;
 pub mod v1;
 pub mod v2;
 
