@@ -75,6 +75,8 @@ fn measure_blocking(dir: &Path) -> anyhow::Result<Outcome> {
         .arg("--data-dir")
         .arg(&data)
         .args(["up", "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0", "--hosts", "1"])
+        // A range of its own, apart from any `enjin up` the machine is running.
+        .args(["--hosts-cidr", &format!("10.252.{}.0/24", std::process::id() % 250 + 1)])
         .env("ENJIN_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

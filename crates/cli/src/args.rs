@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// How many ring 1 hosts to run (`enjin up` only; default 2)
     #[arg(long)]
     pub hosts: Option<usize>,
+    /// The hosts' network range (`enjin up` as root; default 10.250.0.0/24)
+    #[arg(long)]
+    pub hosts_cidr: Option<enjin_model::kinds::Cidr>,
 }
 
 #[derive(Debug, Subcommand)]

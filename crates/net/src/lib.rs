@@ -17,6 +17,11 @@ pub enum NetError {
     Failed { args: String, stderr: String },
     #[error("invalid name {0:?}: at most 15 characters of letters, digits, '-' and '_'")]
     BadName(String),
+    #[error(
+        "{address} is already on interface {interface} (another enjin's hosts network?); \
+         give this one another range"
+    )]
+    AddressInUse { address: IpAddr, interface: String },
 }
 
 /// Run `ip` with `args`.
@@ -72,10 +77,25 @@ pub struct Names {
 /// A bridge with the network's gateway address on it, up. Idempotent.
 pub fn ensure_bridge(bridge: &str, gateway: IpAddr, prefix: u8) -> Result<(), NetError> {
     check_name(bridge)?;
+    // The same address on two bridges would leave routing to chance: refuse it plainly.
+    if let Some(other) = interface_with(gateway)?.filter(|i| i != bridge) {
+        return Err(NetError::AddressInUse { address: gateway, interface: other });
+    }
     ok_if_exists(ip(&["link", "add", bridge, "type", "bridge"]))?;
     ok_if_exists(ip(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]))?;
     ip(&["link", "set", bridge, "up"])?;
     Ok(())
+}
+
+/// The interface (in this namespace) that holds `address`, if any.
+fn interface_with(address: IpAddr) -> Result<Option<String>, NetError> {
+    let out = ip(&["-o", "addr", "show"])?;
+    let wanted = format!(" {address}/");
+    Ok(out
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|i| i.split('@').next().unwrap_or(i).to_string()))
 }
 
 pub fn remove_bridge(bridge: &str) -> Result<(), NetError> {

@@ -81,6 +81,15 @@ fn hosts_on_a_bridge_reach_each_other_and_a_cut_link_partitions_one() {
     ensure_host(&b.0, &b.1, &bridge, b_ip, 24, gateway).expect("host b");
     // Idempotent: setting up again changes nothing and fails nothing.
     ensure_host(&a.0, &a.1, &bridge, a_ip, 24, gateway).expect("host a again");
+    ensure_bridge(&bridge, gateway, 24).expect("bridge again");
+    // A second bridge claiming the same gateway is refused, naming the first.
+    let other = format!("ejbu{tag}");
+    let refused = ensure_bridge(&other, gateway, 24);
+    let _ = remove_bridge(&other);
+    assert!(
+        matches!(&refused, Err(enjin_net::NetError::AddressInUse { interface, .. }) if *interface == bridge),
+        "{refused:?}"
+    );
 
     let server = in_ns(&b.0, &["python3", "-c", "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7999)); s.listen(16)\nwhile True:\n  c,_=s.accept(); c.close()"])
         .spawn()

@@ -72,7 +72,7 @@ pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork
     tokio::task::spawn_blocking(move || enjin_net::ensure_bridge(&b, g, p))
         .await
         .context("bridge setup panicked")?
-        .with_context(|| format!("failed to set up bridge {bridge}"))?;
+        .with_context(|| format!("failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr)"))?;
     Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge })
 }
 

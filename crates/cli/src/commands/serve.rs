@@ -94,7 +94,10 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         let mut bus_listen = args.bus_listen.or(file.bus.listen).unwrap_or(default_bus);
         // Hosts in network namespaces reach this machine on their bridge, not on loopback.
         let hosts_net = if hosts::can_netns() {
-            let cidr = file.hosts.cidr.unwrap_or(hosts::HOSTS_CIDR.parse().map_err(anyhow::Error::msg)?);
+            let cidr = match args.hosts_cidr.or(file.hosts.cidr) {
+                Some(c) => c,
+                None => hosts::HOSTS_CIDR.parse().map_err(anyhow::Error::msg)?,
+            };
             let net = hosts::hosts_network(&cp, cidr).await?;
             bus_listen = SocketAddr::new(net.gateway, bus_listen.port());
             Some(net)

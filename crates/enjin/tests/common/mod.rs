@@ -10,6 +10,12 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_enjin");
 
+/// A hosts' network range of this test process's own (10.251.x.0/24), so that it meets neither
+/// another test's nor an `enjin up` the machine may be running.
+pub fn own_range() -> String {
+    format!("10.251.{}.0/24", std::process::id() % 250 + 1)
+}
+
 /// A running `enjin up` or `enjin server`; killed on drop.
 pub struct Running {
     pub child: Child,
@@ -28,6 +34,7 @@ impl Running {
             .arg("--data-dir")
             .arg(data_dir)
             .args([mode, "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0"])
+            .args(if mode == "up" { vec!["--hosts-cidr".to_string(), own_range()] } else { Vec::new() })
             .args(extra)
             .env("ENJIN_LOG", "warn")
             .stdin(Stdio::null())
