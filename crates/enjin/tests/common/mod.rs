@@ -103,9 +103,16 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// A test that fails part-way still stops `enjin up` the way Ctrl-C does, so that its hosts'
+    /// agents and their children stop too rather than live on as orphans; SIGKILL only if that
+    /// does not work in time.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        if wait_timeout(&mut self.child, Duration::from_secs(15)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
