@@ -337,3 +337,145 @@ pub struct DesiredChild {
 pub fn desired_topic(node: Uuid) -> String {
     format!("state.desired.{node}")
 }
+
+/// The HTTP router's table, on the retained bus topic [`ROUTES_TOPIC`]: every route, whole,
+/// each time (a snapshot). A router applies a table only if its version is newer than the one
+/// it serves, and keeps serving the last one it applied while no newer one comes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// The store revision the table was computed at.
+    pub version: i64,
+    pub routes: Vec<RouteEntry>,
+}
+
+/// Requests whose `Host` is one of `hosts` (without a port, lowercase) and whose path starts
+/// with `path_prefix` go to one of `backends`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// The app the route serves (its label), for metrics and error pages.
+    pub app: String,
+    pub hosts: Vec<String>,
+    /// `/` for the whole host.
+    pub path_prefix: String,
+    /// The app's healthy instances; empty means the app is known but nothing may serve it.
+    pub backends: Vec<RouteBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBackend {
+    /// The instance node.
+    pub instance: Uuid,
+    pub label: String,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The retained bus topic of the route table.
+pub const ROUTES_TOPIC: &str = "state.routes";
+
+/// The DNS service's zone, on the retained bus topic [`DNS_TOPIC`], whole each time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsZone {
+    /// The store revision the zone was computed at.
+    pub version: i64,
+    /// The zone's origin, e.g. `enjin.internal` (no trailing dot).
+    pub origin: String,
+    pub records: Vec<DnsRecord>,
+}
+
+/// One record; names are fully qualified, without a trailing dot, inside the origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "UPPERCASE")]
+pub enum DnsRecord {
+    A { name: String, addr: std::net::Ipv4Addr },
+    Srv { name: String, priority: u16, weight: u16, port: u16, target: String },
+}
+
+/// The retained bus topic of the DNS zone.
+pub const DNS_TOPIC: &str = "state.dns";
+
+/// A request, on the bus topic [`logs_topic`] of a host, for the logs of instances it runs;
+/// the host's agent answers with [`LogsReply`] on the request's reply inbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsRequest {
+    pub instances: Vec<Uuid>,
+    /// Only lines collected at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Per instance, only lines with a greater `seq` (a follower's cursor).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub after: BTreeMap<Uuid, u64>,
+    /// At most this many lines per instance, the newest (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One line an instance wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// When the line was collected from the instance's output.
+    pub at: DateTime<Utc>,
+    pub instance: Uuid,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Increases by one per line of the instance, across rotations and agent restarts.
+    pub seq: u64,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsReply {
+    /// Oldest first, per instance; instances interleaved by `at`.
+    pub lines: Vec<LogLine>,
+}
+
+/// The bus topic a host answers log requests on.
+pub fn logs_topic(host: Uuid) -> String {
+    format!("logs.{host}")
+}
+
+/// What an instance uses now, read from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStats {
+    pub instance: Uuid,
+    /// CPU time used since it started, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+}
+
+/// A host's periodic report of its instances' use, on the bus topic [`stats_topic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    pub node: Uuid,
+    pub at: DateTime<Utc>,
+    pub instances: Vec<InstanceStats>,
+}
+
+/// The bus topic a host reports its instances' use on.
+pub fn stats_topic(host: Uuid) -> String {
+    format!("stats.{host}")
+}
+
+/// A request, on [`PACKAGES_TOPIC`], for part of a package from the package store; the
+/// answer is the raw bytes (at most [`PACKAGE_CHUNK`]), empty past the end, on the reply inbox.
+/// Packages are content-addressed, so the asker checks the whole by its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageChunkRequest {
+    pub digest: String,
+    pub offset: u64,
+}
+
+/// The bus topic the package store answers chunk requests on.
+pub const PACKAGES_TOPIC: &str = "packages.fetch";
+
+/// The most bytes one chunk reply carries.
+pub const PACKAGE_CHUNK: usize = 1024 * 1024;

@@ -4,6 +4,7 @@
 mod compartment;
 mod network;
 mod node;
+mod release;
 mod task;
 mod tenancy;
 mod tier;
@@ -23,6 +24,10 @@ pub use network::{
 pub use node::{
     DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec, Resources,
     RestartKind, RestartPolicy, RunSpec, Strategy,
+};
+pub use release::{
+    AppManifest, HealthCheck, HealthKind, MAX_INSTANCES, PackageRef, ProcessType, ReleaseSpec, ReleaseState,
+    WEB, valid_app_name, validate_manifest,
 };
 pub use task::{TaskKind, TaskProgress, TaskSpec, TaskState};
 pub use tenancy::{AccountSpec, MembershipSpec, Permission, Resource, RoleSpec, Verb};
@@ -46,10 +51,11 @@ pub enum Kind {
     Node,
     NodeObservation,
     Task,
+    Release,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Account,
         Kind::Role,
         Kind::Membership,
@@ -62,6 +68,7 @@ impl Kind {
         Kind::Node,
         Kind::NodeObservation,
         Kind::Task,
+        Kind::Release,
     ];
 
     /// The singular name, as in the CLI noun and store keys (`network-interface`).
@@ -79,6 +86,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::NodeObservation => "node-observation",
             Kind::Task => "task",
+            Kind::Release => "release",
         }
     }
 
@@ -97,6 +105,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::NodeObservation => "node-observations",
             Kind::Task => "tasks",
+            Kind::Release => "releases",
         }
     }
 
@@ -115,6 +124,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::NodeObservation => "NodeObservation",
             Kind::Task => "Task",
+            Kind::Release => "Release",
         }
     }
 
@@ -278,6 +288,10 @@ macro_rules! with_spec_type {
             }
             $crate::Kind::Task => {
                 type $S = TaskSpec;
+                $body
+            }
+            $crate::Kind::Release => {
+                type $S = ReleaseSpec;
                 $body
             }
         }

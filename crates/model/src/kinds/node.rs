@@ -164,6 +164,12 @@ pub struct RunSpec {
     /// Seconds between SIGTERM and SIGKILL when stopping.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u64,
+    /// A package from the package store, unpacked into the child's directory before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<super::PackageRef>,
+    /// The port ring 1 gave the child (also in its `PORT`), unique on its host's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn default_grace() -> u64 {
@@ -195,6 +201,17 @@ impl RunSpec {
                 "spec.run.restart",
                 "max_restarts is at most 1000 and period_seconds at least 1",
             ));
+        }
+        if let Some(p) = &self.package
+            && !super::PackageRef::valid_digest(&p.digest)
+        {
+            return Err(FieldError::new(
+                "spec.run.package.digest",
+                "is not sha256: and 64 lowercase hex digits",
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(FieldError::new("spec.run.port", "must not be 0"));
         }
         if let Some(p) = &self.probe {
             let needs_port = matches!(p.strategy, ObservationStrategy::Tcp | ObservationStrategy::Http);
