@@ -1,7 +1,8 @@
 //! `enjin-bench`: measures store transactions and the meta API in one run and prints Markdown
 //! tables, next to the disk's raw fsync rate measured in the same directory; and the ring bus,
 //! next to raw Ed25519; and supervised restarts in the unix-user sandbox, next to plain processes,
-//! with the idle memory of `enjin up` and its agent. It only ever talks to loopback and writes only
+//! with the idle memory of `enjin up` and its agent; and the HTTP router under wrk, next to the
+//! backend alone and to nginx. It only ever talks to loopback and writes only
 //! inside its own temporary directories, and the cgroups, network namespaces and links it makes
 //! it removes again.
 
@@ -12,6 +13,7 @@ mod bus;
 mod idle;
 mod procfs;
 mod report;
+mod router;
 mod run;
 mod store;
 mod supervise;
@@ -31,8 +33,8 @@ const DEFAULT_SECONDS: f64 = 5.0;
 const QUICK_OPS: u64 = 20;
 const QUICK_SECONDS: f64 = 2.0;
 
-/// Measure store transactions, the meta API, the ring bus and supervision, and print the results
-/// as Markdown tables.
+/// Measure store transactions, the meta API, the ring bus, supervision and the HTTP router, and
+/// print the results as Markdown tables.
 ///
 /// Every row stops after `--ops` operations or `--seconds`, whichever comes first, and says
 /// how many operations it ran. Bus broadcast rows have their own message counts; they publish
@@ -74,6 +76,8 @@ enum Section {
     Bus,
     /// Supervision: SIGKILL to replacement, processes per instance, idle memory of `enjin up`
     Supervise,
+    /// The HTTP router under wrk: direct, through enjin-router, through nginx
+    Router,
 }
 
 impl Args {
@@ -208,6 +212,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::Supervise) {
         failures.extend(supervision(supervise_settings).await?);
+    }
+    if args.runs(Section::Router) {
+        failures.extend(router::run(args.quick).await?);
     }
 
     dir.close().context("failed to remove the temporary directory")?;

@@ -16,6 +16,8 @@ use enjin_supervisor::{
 };
 
 use crate::SandboxLauncher;
+use crate::packages::{self, PackageCache};
+use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use crate::Children;
@@ -67,11 +69,31 @@ pub struct RoutingLauncher {
     process: ProcessLauncher,
     sandbox: Option<SandboxLauncher>,
     strategies: Mutex<HashMap<String, Strategy>>,
+    /// Packages children run, and where plain-process children get their directories.
+    packages: Option<(Arc<PackageCache>, PathBuf)>,
+    digests: Mutex<HashMap<String, String>>,
 }
 
 impl RoutingLauncher {
     pub fn new(process: ProcessLauncher, sandbox: Option<SandboxLauncher>) -> Self {
-        RoutingLauncher { process, sandbox, strategies: Mutex::new(HashMap::new()) }
+        RoutingLauncher {
+            process,
+            sandbox,
+            strategies: Mutex::new(HashMap::new()),
+            packages: None,
+            digests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Children with a package run it from a directory of their own; plain-process children's
+    /// directories are made under `work`.
+    pub fn with_packages(mut self, cache: Arc<PackageCache>, work: PathBuf) -> Self {
+        self.packages = Some((cache, work));
+        self
+    }
+
+    fn cache(&self) -> Option<&Arc<PackageCache>> {
+        self.packages.as_ref().map(|(c, _)| c)
     }
 
     fn sandboxed(&self, id: &ChildId) -> Option<&SandboxLauncher> {
@@ -86,6 +108,12 @@ impl RoutingLauncher {
         if let Ok(mut m) = self.strategies.lock() {
             m.insert(c.uuid.to_string(), c.strategy);
         }
+        if let (Some(p), Ok(mut d)) = (&c.run.package, self.digests.lock()) {
+            d.insert(c.uuid.to_string(), p.digest.clone());
+        }
+        if let (Some(s), Some(p), Some(cache)) = (&self.sandbox, &c.run.package, self.cache()) {
+            s.set_app(&c.uuid.to_string(), cache.path(&p.digest), p.digest.clone());
+        }
         match (&self.sandbox, c.strategy) {
             (Some(s), Strategy::UnixUser) => s.set_limits(&c.uuid.to_string(), c.resources.clone()),
             (None, Strategy::UnixUser) => tracing::warn!(
@@ -99,9 +127,25 @@ impl RoutingLauncher {
 
 impl Launcher for RoutingLauncher {
     fn launch(&self, spec: &ChildSpec) -> Result<Launched, LaunchError> {
-        match self.sandboxed(&spec.id) {
-            Some(s) => s.launch(spec),
-            None => self.process.launch(spec),
+        if let Some(s) = self.sandboxed(&spec.id) {
+            return s.launch(spec);
+        }
+        let digest = self.digests.lock().ok().and_then(|d| d.get(spec.id.as_str()).cloned());
+        match (digest, &self.packages) {
+            (Some(digest), Some((cache, work))) => {
+                let dir = work.join(spec.id.as_str());
+                packages::install(&cache.path(&digest), &dir, &digest, None).map_err(|e| {
+                    LaunchError::Spawn {
+                        id: spec.id.clone(),
+                        program: spec.command.first().cloned().unwrap_or_default(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })?;
+                let mut spec = spec.clone();
+                spec.workdir = Some(dir);
+                self.process.launch(&spec)
+            }
+            _ => self.process.launch(spec),
         }
     }
 
@@ -115,23 +159,49 @@ impl Launcher for RoutingLauncher {
 pub struct SupervisedChildren {
     handle: SupervisorHandle,
     launcher: Arc<RoutingLauncher>,
+    source: Option<Arc<crate::BusPackageSource>>,
 }
 
 impl SupervisedChildren {
     pub fn new(handle: SupervisorHandle, launcher: Arc<RoutingLauncher>) -> Self {
-        SupervisedChildren { handle, launcher }
+        SupervisedChildren { handle, launcher, source: None }
+    }
+
+    /// Packages come over the bus through `source`, attached when the agent joins it.
+    pub fn with_source(mut self, source: Arc<crate::BusPackageSource>) -> Self {
+        self.source = Some(source);
+        self
     }
 }
 
 impl Children for SupervisedChildren {
+    fn attach(&self, node: &Arc<enjin_bus::node::BusNode>) {
+        if let Some(s) = &self.source {
+            s.attach(node.clone());
+        }
+    }
+
     fn apply(&self, desired: &DesiredChildren) {
         for c in &desired.children {
             self.launcher.note(c);
         }
-        let specs: Vec<ChildSpec> = desired.children.iter().filter_map(child_spec).collect();
         let handle = self.handle.clone();
         let revision = desired.revision;
+        let cache = self.launcher.cache().cloned();
+        let children = desired.children.clone();
         tokio::spawn(async move {
+            // A child runs only once its package is here; one whose package cannot be fetched
+            // now is left out (the next desired set, at most 15 s away, tries again).
+            let mut specs = Vec::new();
+            for c in &children {
+                if let (Some(p), Some(cache)) = (&c.run.package, &cache)
+                    && let Err(e) = cache.ensure(p).await
+                {
+                    tracing::warn!(child = %c.uuid, error = %e, "package not ready; child not started yet");
+                    continue;
+                }
+                specs.extend(child_spec(c));
+            }
             match handle.set_desired(specs).await {
                 Ok(summary) => tracing::info!(revision, ?summary, "children reconciled"),
                 Err(e) => tracing::warn!(revision, error = %e, "children not reconciled"),

@@ -31,6 +31,8 @@ pub struct SandboxLauncher {
     uids: Mutex<BTreeMap<String, u32>>,
     /// The node's limits, by child, set before the supervisor launches it.
     limits: Mutex<HashMap<String, Resources>>,
+    /// The unpacked package (and its digest) to install into each child's directory.
+    apps: Mutex<HashMap<String, (PathBuf, String)>>,
 }
 
 impl std::fmt::Debug for SandboxLauncher {
@@ -70,6 +72,7 @@ impl SandboxLauncher {
             cgroups,
             uids: Mutex::new(uids),
             limits: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
         })
     }
 
@@ -77,6 +80,13 @@ impl SandboxLauncher {
     pub fn set_limits(&self, id: &str, resources: Resources) {
         if let Ok(mut l) = self.limits.lock() {
             l.insert(id.to_string(), resources);
+        }
+    }
+
+    /// The unpacked package `id` runs, installed into its directory before its first start.
+    pub fn set_app(&self, id: &str, unpacked: PathBuf, digest: String) {
+        if let Ok(mut a) = self.apps.lock() {
+            a.insert(id.to_string(), (unpacked, digest));
         }
     }
 
@@ -117,6 +127,11 @@ impl Launcher for SandboxLauncher {
         let uid = self
             .uid_for(id.as_str())
             .ok_or_else(|| spawn_error(&id, &name, "no free uid left in the host's range"))?;
+        let app = self.apps.lock().ok().and_then(|a| a.get(id.as_str()).cloned());
+        if let Some((unpacked, digest)) = app {
+            crate::packages::install(&unpacked, &self.root.join(id.as_str()), &digest, Some((uid, uid)))
+                .map_err(|e| spawn_error(&id, &name, e))?;
+        }
         let group = self.cgroups.create(id.as_str()).map_err(|e| spawn_error(&id, &name, e))?;
         let resources = self.limits.lock().ok().and_then(|l| l.get(id.as_str()).cloned()).unwrap_or_default();
         let limits = Limits {

@@ -1,7 +1,8 @@
 //! A node on its ring's bus: it signs what it publishes, delivers only what its trust set
 //! accepts, and follows its parent's trust updates on the retained trust topic — so a node
 //! that reconnects is brought level by the next (retained) bundle, and its trust changes only
-//! when its parent says so.
+//! when its parent says so. Requests and replies are signed envelopes too: a request names a
+//! fresh inbox as its reply-to, and only a verified envelope sealed for that inbox answers it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::sync::watch;
 use crate::counters::Counters;
 use crate::envelope::{Envelope, SealError};
 use crate::identity::{Identity, KeyId};
-use crate::transport::{Subscription, Transport, TransportError};
+use crate::transport::{Subscription, Transport, TransportError, random_inbox};
 use crate::trust::{
     BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, Verifier,
     VerifierConfig,
@@ -29,6 +30,12 @@ pub enum NodeError {
     Birth(String),
     #[error("timed out waiting for trust version {0}")]
     Timeout(u64),
+    #[error("no verified reply to the request on {topic} within {after:?}")]
+    RequestTimeout { topic: String, after: Duration },
+    #[error("cannot make a reply inbox for the request on {topic}: {error}")]
+    Inbox { topic: String, error: getrandom::Error },
+    #[error("the envelope on {topic} asks for no reply")]
+    NoReplyTo { topic: String },
 }
 
 fn now_ms() -> i64 {
@@ -134,6 +141,49 @@ impl BusNode {
     pub fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), NodeError> {
         let sealed = self.publisher.seal(topic, None, payload, now_ms())?;
         Ok(self.transport.publish(topic, None, sealed)?)
+    }
+
+    /// Ask on `topic` and wait for the answer: the first reply on a fresh inbox that the node's
+    /// trust set accepts, or [`NodeError::RequestTimeout`]. The request is signed with the
+    /// inbox as its reply-to, so an answer is bound to this request: a reply sealed for any
+    /// other inbox (a replay of an old answer) is refused, as is anything unsigned or from a key
+    /// the node does not trust. Who may answer *what* is the caller's to check on the
+    /// envelope's sender.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Envelope, NodeError> {
+        let inbox = random_inbox().map_err(|error| NodeError::Inbox { topic: topic.to_string(), error })?;
+        // Subscribing first: the transport keeps per-connection order, so the inbox is
+        // registered at the hub before the request can reach anyone who answers it.
+        let mut replies = self.subscribe(&inbox)?;
+        let sealed = self.publisher.seal(topic, Some(&inbox), payload, now_ms())?;
+        self.transport.publish(topic, Some(&inbox), sealed)?;
+        let first = async {
+            while let Some(env) = replies.next().await {
+                if env.topic() == inbox {
+                    return Some(env);
+                }
+                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), "reply sealed for another inbox ignored");
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, first).await {
+            Ok(Some(env)) => Ok(env),
+            Ok(None) => Err(TransportError::Closed.into()),
+            Err(_) => Err(NodeError::RequestTimeout { topic: topic.to_string(), after: timeout }),
+        }
+    }
+
+    /// Answer `request` (an envelope this node accepted) on its reply-to inbox, signed.
+    pub fn reply(&self, request: &Envelope, payload: Vec<u8>) -> Result<(), NodeError> {
+        let Some(inbox) = request.reply_to() else {
+            return Err(NodeError::NoReplyTo { topic: request.topic().to_string() });
+        };
+        let sealed = self.publisher.seal(inbox, None, payload, now_ms())?;
+        Ok(self.transport.publish(inbox, None, sealed)?)
     }
 
     /// Verified envelopes on topics matching `pattern`.

@@ -85,6 +85,35 @@ pub enum Command {
     /// Tasks: long operations
     #[command(subcommand)]
     Task(ObjectCommand),
+    /// Releases of apps (as objects; `enjin releases APP` lists an app's)
+    #[command(subcommand)]
+    Release(ObjectCommand),
+    /// Deploy an app from a directory with an enjin.toml or a Procfile
+    Deploy(DeployArgs),
+    /// List apps
+    Apps,
+    /// One app
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Set how many instances of each process an app runs: `enjin scale APP web=3`
+    Scale {
+        app: String,
+        /// PROCESS=COUNT (repeatable)
+        #[arg(required = true)]
+        counts: Vec<String>,
+    },
+    /// Replace every instance of an app, without downtime
+    Restart { app: String },
+    /// Go back to an earlier release (default: the one before the live one)
+    Rollback {
+        app: String,
+        /// The release, e.g. v2
+        version: Option<String>,
+    },
+    /// An app's releases, newest first
+    Releases { app: String },
+    /// What an app's instances wrote
+    Logs(LogsArgs),
     /// API tokens
     #[command(subcommand)]
     Token(TokenCommand),
@@ -104,6 +133,42 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app's directory
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The app's name (default: from enjin.toml, else the directory's name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Start the rollout and return without waiting for it
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Its live release, instances (health, host, CPU, memory) and traffic
+    Status { app: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub app: String,
+    /// Keep printing new lines
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only lines since then: 10m, 2h, 1d, or an RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this instance (label or uuid)
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// At most this many lines per instance, the newest
+    #[arg(long, default_value_t = 200)]
+    pub tail: u32,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +196,12 @@ pub struct ServeArgs {
     /// The hosts' network range (`enjin up` as root; default 10.250.0.0/24)
     #[arg(long)]
     pub hosts_cidr: Option<enjin_model::kinds::Cidr>,
+    /// Address of the HTTP router that serves apps (`enjin up` only; default 127.0.0.1:7482)
+    #[arg(long)]
+    pub router_listen: Option<SocketAddr>,
+    /// Address of the DNS service, UDP and TCP (`enjin up` only; default 127.0.0.1:7453)
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,8 @@ pub const CONFIG_FILE: &str = "enjin.toml";
 pub const TOKEN_FILE: &str = "admin.token";
 pub const ENDPOINT_FILE: &str = "endpoint";
 pub const STATE_FILE: &str = "state.db";
+pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:7482";
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:7453";
 
 /// `enjin.toml` in the data directory. Every field is optional; defaults are in code and in
 /// docs/configuration.md.
@@ -30,6 +32,28 @@ pub struct FileConfig {
     pub bus: BusFileConfig,
     #[serde(default)]
     pub hosts: HostsFileConfig,
+    #[serde(default)]
+    pub router: RouterFileConfig,
+    #[serde(default)]
+    pub dns: DnsFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFileConfig {
+    /// Where the HTTP router listens (default 127.0.0.1:7482).
+    pub listen: Option<SocketAddr>,
+    /// Apps are served at `<app>.<domain>` (default `localhost`).
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFileConfig {
+    /// Where the DNS service listens, UDP and TCP (default 127.0.0.1:7453).
+    pub listen: Option<SocketAddr>,
+    /// The zone of apps, instances and hosts (default `enjin.internal`).
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

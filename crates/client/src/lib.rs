@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod apps;
 mod sse;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+pub use apps::Progress;
 pub use sse::{Tail, Watch};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -156,6 +156,8 @@ pub struct BusAuthority {
     parents: Arc<RwLock<ParentKeys>>,
     /// After how long without a heartbeat a host is disconnected, and then lost.
     liveness: (Duration, Duration),
+    /// The latest use report of each host, by host node.
+    host_stats: Mutex<std::collections::HashMap<Uuid, enjin_model::api::HostStats>>,
 }
 
 /// Each parent key and the time (ms) it stops being accepted, if it is retiring.
@@ -210,6 +212,7 @@ impl BusAuthority {
             messages,
             parents: Arc::default(),
             liveness,
+            host_stats: Mutex::default(),
         };
         authority.record_own_key(key).await?;
         Ok(Arc::new(authority))
@@ -331,6 +334,11 @@ impl BusAuthority {
                 && let Err(e) = self.record_observation(&env).await
             {
                 tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
+            }
+            if env.topic().starts_with("stats.")
+                && let Err(e) = self.record_stats(&env).await
+            {
+                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "stats report refused");
             }
             let (payload, encoding) = match std::str::from_utf8(env.payload()) {
                 Ok(text) => (text.to_string(), "utf-8"),
@@ -825,6 +833,7 @@ impl BusAuthority {
                 ));
             }
         }
+        out.push_str(&self.render_instance_metrics());
         out
     }
 
@@ -835,4 +844,228 @@ impl BusAuthority {
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, BusError> {
     serde_json::to_vec(v).map_err(|e| BusError::Setup(e.to_string()))
+}
+
+/// Answers one request's payload with a reply's payload.
+pub type RequestHandler = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+/// Retained state and request serving for the platform's ring 1 services.
+impl BusAuthority {
+    /// Publish `payload` on a retained `state.*` topic, signed by the parent key.
+    pub fn publish_state(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
+        let sealed = self
+            .publisher()
+            .seal(topic, None, payload, now_ms())
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        match t.publish(topic, None, sealed) {
+            Ok(()) | Err(TransportError::Full) => Ok(()),
+            Err(e) => Err(BusError::Setup(e.to_string())),
+        }
+    }
+
+    /// Answer requests on `topic` from the ring's keys with `handler`, signed by the parent key,
+    /// on each request's reply inbox; runs until the bus goes away. Handlers run on a blocking
+    /// thread (they may read files).
+    pub async fn serve_requests(&self, topic: &str, handler: RequestHandler) -> Result<(), BusError> {
+        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
+        let mut sub = t.subscribe(topic).map_err(|e| BusError::Setup(e.to_string()))?;
+        let bundle = self.bundle().await?;
+        let mut verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        let mut refreshed = std::time::Instant::now();
+        while let Some(m) = sub.next().await {
+            // Follow trust changes (joins, revocations) now and then.
+            if refreshed.elapsed() > Duration::from_secs(5) {
+                if let Ok(b) = self.bundle().await
+                    && let Err(e) = verifier.adopt(&b)
+                {
+                    tracing::warn!(error = %e, "request server cannot adopt the trust bundle");
+                }
+                refreshed = std::time::Instant::now();
+            }
+            let Ok(env) = verifier.accept(&m.payload, now_ms()) else { continue };
+            let Some(inbox) = env.reply_to().map(str::to_string) else { continue };
+            let handler = handler.clone();
+            let payload = env.into_payload();
+            let reply = match tokio::task::spawn_blocking(move || handler(&payload)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "request handler panicked");
+                    continue;
+                }
+            };
+            let sealed = match self.publisher().seal(&inbox, None, reply, now_ms()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "reply not sealed");
+                    continue;
+                }
+            };
+            if let Err(e) = t.publish(&inbox, None, sealed) {
+                tracing::debug!(%topic, error = %e, "reply not sent");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A host's answer to a log request it will not serve (the agent's `LogsRefused`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsRefused {
+    error: String,
+}
+
+/// How long a log request waits for its host.
+pub const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Use reports older than this are left out of `/metrics`: the host stopped reporting.
+pub const STATS_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Requests to hosts, and what hosts report of their instances' use.
+impl BusAuthority {
+    /// Ask on `topic`, signed by the parent key, and return the payload of the first reply
+    /// that the ring's trust set accepts (see [`BusAuthority::logs`] for a reply that must come
+    /// from one host in particular).
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BusError> {
+        Ok(self.request_envelope(topic, payload, timeout).await?.into_payload())
+    }
+
+    async fn request_envelope(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Envelope, BusError> {
+        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
+        let bundle = self.bundle().await?;
+        // Counted apart: the monitor already counts every envelope on the bus, replies included.
+        let mut verifier = Verifier::new(bundle, VerifierConfig::default(), Arc::new(Counters::new()))
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        let inbox = enjin_bus::transport::random_inbox()
+            .map_err(|e| BusError::Setup(format!("cannot make a reply inbox for {topic}: {e}")))?;
+        // Subscribed before publishing, so the inbox is known at the hub before anyone answers.
+        let mut replies = t.subscribe(&inbox).map_err(|e| BusError::Setup(e.to_string()))?;
+        let sealed = self
+            .publisher()
+            .seal(topic, Some(&inbox), payload, now_ms())
+            .map_err(|e| BusError::Setup(e.to_string()))?;
+        t.publish(topic, Some(&inbox), sealed)
+            .map_err(|e| BusError::Setup(format!("request on {topic}: {e}")))?;
+        let first = async {
+            while let Some(m) = replies.next().await {
+                // A verified envelope sealed for another inbox is a replayed answer.
+                if let Ok(env) = verifier.accept(&m.payload, now_ms())
+                    && env.topic() == inbox
+                {
+                    return Some(env);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, first).await {
+            Ok(Some(env)) => Ok(env),
+            Ok(None) => Err(BusError::NoHub),
+            Err(_) => Err(BusError::Setup(format!(
+                "no verified reply to the request on {topic} within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// The logs of instances `host` runs, asked of the host's agent; the reply must be signed
+    /// by the key bound to `host`.
+    pub async fn logs(
+        &self,
+        host: Uuid,
+        req: &enjin_model::api::LogsRequest,
+    ) -> Result<enjin_model::api::LogsReply, BusError> {
+        let topic = enjin_model::api::logs_topic(host);
+        let env = self.request_envelope(&topic, to_json(req)?, LOGS_TIMEOUT).await?;
+        if self.node_of_key(&env.sender()).await? != Some(host) {
+            return Err(BusError::Refused(format!(
+                "the reply to the log request of host {host} is not signed by that host's key"
+            )));
+        }
+        if let Ok(reply) = serde_json::from_slice::<enjin_model::api::LogsReply>(env.payload()) {
+            return Ok(reply);
+        }
+        match serde_json::from_slice::<LogsRefused>(env.payload()) {
+            Ok(refused) => Err(BusError::Refused(format!("host {host}: {}", refused.error))),
+            Err(e) => Err(BusError::Invalid {
+                field: "reply",
+                message: format!("host {host} sent an unreadable log reply: {e}"),
+            }),
+        }
+    }
+
+    /// The node a key of this ring is bound to.
+    async fn node_of_key(&self, key: &KeyId) -> Result<Option<Uuid>, BusError> {
+        let kv = self.store.get(&key_key(self.ring, key)).await?;
+        Ok(kv.and_then(|kv| serde_json::from_slice::<KeyRecord>(&kv.value).ok()).and_then(|r| r.node))
+    }
+
+    /// Keep a host's use report, if it comes from the key bound to that host.
+    async fn record_stats(&self, env: &Envelope) -> Result<(), BusError> {
+        let report: enjin_model::api::HostStats = serde_json::from_slice(env.payload())
+            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
+        if env.topic() != enjin_model::api::stats_topic(report.node) {
+            return Err(BusError::Refused("the report's node does not match its topic".into()));
+        }
+        if self.node_of_key(&env.sender()).await? != Some(report.node) {
+            return Err(BusError::Refused(format!("the sender's key is not bound to node {}", report.node)));
+        }
+        if let Ok(mut stats) = self.host_stats.lock() {
+            stats.insert(report.node, report);
+        }
+        Ok(())
+    }
+
+    /// The latest reported use of every instance, with when its host reported it.
+    pub fn instance_stats(
+        &self,
+    ) -> std::collections::HashMap<Uuid, (enjin_model::api::InstanceStats, DateTime<Utc>)> {
+        let Ok(stats) = self.host_stats.lock() else { return Default::default() };
+        stats
+            .values()
+            .flat_map(|h| h.instances.iter().map(move |i| (i.instance, (i.clone(), h.at))))
+            .collect()
+    }
+
+    /// `/metrics` lines of instances' use, from reports fresher than [`STATS_STALE_AFTER`].
+    fn render_instance_metrics(&self) -> String {
+        let stale = Utc::now() - TimeDelta::from_std(STATS_STALE_AFTER).unwrap_or(TimeDelta::MAX);
+        let mut instances: Vec<_> =
+            self.instance_stats().into_values().filter(|(_, at)| *at >= stale).map(|(i, _)| i).collect();
+        if instances.is_empty() {
+            return String::new();
+        }
+        instances.sort_by_key(|i| i.instance);
+        let mut out = String::from(
+            "# HELP enjin_instance_cpu_seconds_total CPU time used by an instance since it started.\n\
+             # TYPE enjin_instance_cpu_seconds_total counter\n",
+        );
+        for i in &instances {
+            let seconds = i.cpu_usage_ns as f64 / 1e9;
+            out.push_str(&format!(
+                "enjin_instance_cpu_seconds_total{{instance=\"{}\"}} {seconds}\n",
+                i.instance
+            ));
+        }
+        out.push_str(
+            "# HELP enjin_instance_memory_bytes Memory charged to an instance now.\n\
+             # TYPE enjin_instance_memory_bytes gauge\n",
+        );
+        for i in &instances {
+            out.push_str(&format!(
+                "enjin_instance_memory_bytes{{instance=\"{}\"}} {}\n",
+                i.instance, i.memory_bytes
+            ));
+        }
+        out
+    }
 }

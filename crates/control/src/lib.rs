@@ -10,6 +10,8 @@ mod extract;
 pub mod ipam;
 mod metrics;
 mod openapi;
+pub mod platform;
+pub mod ports;
 mod problem;
 mod registry;
 mod routes;
@@ -52,6 +54,7 @@ impl ControlPlane {
             openapi,
             stopping,
             bus: None,
+            platform: None,
         };
         ControlPlane { state, stop: Arc::new(stop) }
     }
@@ -59,6 +62,12 @@ impl ControlPlane {
     /// Run the keys-and-trust service (and serve its routes) on this control plane.
     pub fn with_bus(mut self, bus: Arc<bus::BusAuthority>) -> Self {
         self.state.bus = Some(bus);
+        self
+    }
+
+    /// Run the platform (apps, packages, routes) on this control plane.
+    pub fn with_platform(mut self, platform: Arc<platform::Platform>) -> Self {
+        self.state.platform = Some(platform);
         self
     }
 

@@ -8,6 +8,7 @@
 //! - `/refs/<target>/<source-kind>/<source>` — "source refers to target", with the field.
 //! - `/guards/<target>` — written by every write that adds a reference to `target`; a delete of
 //!   `target` compares it, so a reference added concurrently makes the delete retry and see it.
+//! - `/ports/<port>` — the node holding a port (see `ports.rs`).
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
-use enjin_model::kinds::{NetworkInterfaceSpec, NetworkSpec, references_of};
+use enjin_model::kinds::{NetworkInterfaceSpec, NetworkSpec, NodeSpec, references_of};
 use enjin_model::{
     FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag, validate_label,
     validate_labels,
@@ -26,7 +27,7 @@ use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::ipam;
+use crate::{ipam, ports};
 
 /// How often a write is retried when something it depends on changed under it.
 const MAX_ATTEMPTS: usize = 8;
@@ -67,6 +68,15 @@ impl RegistryError {
     fn conflict(field: Option<&str>, detail: impl Into<String>) -> Self {
         RegistryError::Conflict { field: field.map(str::to_string), detail: detail.into() }
     }
+}
+
+/// The port a node's spec claims, for any spec type (only nodes have one).
+fn port_of_spec<S: Spec>(spec: &S) -> Option<u16> {
+    if S::KIND != Kind::Node {
+        return None;
+    }
+    let v = serde_json::to_value(spec).ok()?;
+    v.get("run")?.get("port")?.as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
 /// What a reference key holds.
@@ -224,6 +234,12 @@ impl Registry {
                 txn = txn.when([Compare::absent(k)]).then([Op::put(k, uuid.to_string())]);
                 failure.push(Op::Get { key: k.clone() });
             }
+            let port = port_of_spec(&obj.spec);
+            if let Some(p) = port {
+                let k = ports::key(p);
+                txn = txn.when([Compare::absent(&k)]).then([Op::put(&k, uuid.to_string())]);
+                failure.push(Op::Get { key: k });
+            }
             txn = txn.then_txn(add_refs(kind, uuid, &resolved));
             txn = txn.then([Op::put(&key, encode(&obj))]);
             let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
@@ -236,6 +252,15 @@ impl Registry {
                 && let Some(OpResponse::Get { kv: Some(_) }) = resp.responses.first()
             {
                 return Err(label_taken(kind, obj.meta.ring, obj.meta.label.as_deref()));
+            }
+            if let Some(p) = port
+                && let Some(OpResponse::Get { kv: Some(held) }) = resp.responses.get(skip + ipam_keys.len())
+            {
+                return Err(FieldError::new(
+                    "spec.run.port",
+                    format!("port {p} is already held by node {}", String::from_utf8_lossy(&held.value)),
+                )
+                .into());
             }
             if let Some((_, addrs, auto)) = &addresses
                 && !auto
@@ -278,6 +303,13 @@ impl Registry {
             let ring = old.meta.ring;
             req.spec.validate(ring)?;
             req.spec.check_update(&old.spec)?;
+            if port_of_spec(&req.spec) != port_of_spec(&old.spec) {
+                return Err(FieldError::new(
+                    "spec.run.port",
+                    "a node's port cannot change: create a new node for a new port",
+                )
+                .into());
+            }
             let new_refs = req.spec.references();
             let old_refs = old.spec.references();
             let added: Vec<Reference> =
@@ -458,6 +490,12 @@ impl Registry {
             && let Ok(iface) = serde_json::from_value::<NetworkInterfaceSpec>(obj.spec.clone())
         {
             ops.extend(iface.addresses.iter().map(|a| Op::delete(ipam::key(iface.network, *a))));
+        }
+        if kind == Kind::Node
+            && let Ok(node) = serde_json::from_value::<NodeSpec>(obj.spec.clone())
+            && let Some(p) = node.run.and_then(|r| r.port)
+        {
+            ops.push(Op::delete(ports::key(p)));
         }
         Ok(ops)
     }

@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = cli.is_server();
     let default_level = if serving { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("ENJIN_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The DNS library logs every query at info: only its warnings are worth a line.
+    let filter = EnvFilter::try_from_env("ENJIN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},hickory_server=warn")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

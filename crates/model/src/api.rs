@@ -479,3 +479,109 @@ pub const PACKAGES_TOPIC: &str = "packages.fetch";
 
 /// The most bytes one chunk reply carries.
 pub const PACKAGE_CHUNK: usize = 1024 * 1024;
+
+/// `POST /v1/apps/{app}/deploys`: a new release of an app from an uploaded package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub manifest: crate::kinds::AppManifest,
+    pub package: crate::kinds::PackageRef,
+}
+
+/// A rollout under way: follow its task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RolloutStarted {
+    pub app: Uuid,
+    pub task: Uuid,
+    pub release: Uuid,
+    pub version: u32,
+}
+
+/// `POST /v1/apps/{app}/scale`: instances per process type of the live release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub processes: BTreeMap<String, u32>,
+}
+
+/// `POST /v1/apps/{app}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to go back to; absent means the one before the live one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// `POST /v1/packages`: what the package store holds for the uploaded bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PackageUploaded {
+    pub package: crate::kinds::PackageRef,
+    /// Whether identical content was already stored (and so stored only once).
+    pub existed: bool,
+}
+
+/// One instance of an app, as `enjin app status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InstanceStatus {
+    pub uuid: Uuid,
+    pub label: String,
+    pub process: String,
+    pub version: u32,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::SocketAddr>,
+    /// `healthy`, `starting`, `unhealthy`, `failed` or `draining`.
+    pub state: String,
+    /// Whether the router sends it traffic.
+    pub routed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// `GET /v1/apps/{app}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppStatus {
+    pub name: String,
+    pub uuid: Uuid,
+    /// Where the router serves it.
+    pub url: String,
+    /// The live release's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    pub instances: Vec<InstanceStatus>,
+    /// The router's counters for the app, where this server runs the router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<serde_json::Value>,
+}
+
+/// `GET /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppList {
+    pub items: Vec<AppStatus>,
+}
+
+/// `GET /v1/apps/{app}/releases`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReleaseList {
+    pub items: Vec<Object<crate::kinds::ReleaseSpec>>,
+}
+
+/// Query of `GET /v1/apps/{app}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines collected at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// One instance, by label or uuid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// At most this many lines per instance, the newest (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use enjin_agent::{AgentConfig, RoutingLauncher, SandboxLauncher, SupervisedChildren, forward_observations};
+use enjin_agent::{
+    AgentConfig, BusPackageSource, PackageCache, RoutingLauncher, SandboxLauncher, SupervisedChildren,
+    forward_observations,
+};
 use enjin_supervisor::{ProcessLauncher, Supervisor, SupervisorConfig};
 use tokio::sync::mpsc;
 
@@ -49,14 +52,19 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         }
         None => None,
     };
-    let launcher = Arc::new(RoutingLauncher::new(ProcessLauncher::new(children_dir.join("logs")), sandbox));
+    let source = Arc::new(BusPackageSource::default());
+    let cache = Arc::new(PackageCache::new(config.dir.join("packages"), source.clone()));
+    let launcher = Arc::new(
+        RoutingLauncher::new(ProcessLauncher::new(children_dir.join("logs")), sandbox)
+            .with_packages(cache, config.dir.join("work")),
+    );
     let (sup_tx, sup_rx) = mpsc::channel(256);
     let supervisor = Supervisor::start(SupervisorConfig::new(&children_dir), launcher.clone(), sup_tx)
         .await
         .with_context(|| format!("failed to start the supervisor in {}", children_dir.display()))?;
     let (report_tx, report_rx) = mpsc::channel(256);
     forward_observations(sup_rx, report_tx);
-    let children = Arc::new(SupervisedChildren::new(supervisor.handle(), launcher));
+    let children = Arc::new(SupervisedChildren::new(supervisor.handle(), launcher).with_source(source));
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

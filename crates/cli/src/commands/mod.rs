@@ -1,7 +1,9 @@
 //! One module per command.
 
 mod agent;
+mod apps;
 mod bus;
+mod edge;
 mod hosts;
 mod keys;
 mod objects;
@@ -15,7 +17,7 @@ use clap::CommandFactory;
 use enjin_client::Client;
 use enjin_model::Kind;
 
-use crate::args::{Cli, Command, CompartmentCommand, Global, NodeCommand};
+use crate::args::{AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
 use crate::config;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -38,6 +40,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(NodeCommand::Run(args)) => objects::run_node(g, args).await,
         Command::NodeObservation(c) => objects::run(g, Kind::NodeObservation, c).await,
         Command::Task(c) => objects::run(g, Kind::Task, c).await,
+        Command::Release(c) => objects::run(g, Kind::Release, c).await,
+        Command::Deploy(args) => apps::deploy(g, &args).await,
+        Command::Apps => apps::list(g).await,
+        Command::App(AppCommand::Status { app }) => apps::status(g, &app).await,
+        Command::Scale { app, counts } => apps::scale(g, &app, &counts).await,
+        Command::Restart { app } => apps::restart(g, &app).await,
+        Command::Rollback { app, version } => apps::rollback(g, &app, version.as_deref()).await,
+        Command::Releases { app } => apps::releases(g, &app).await,
+        Command::Logs(args) => apps::logs(g, &args).await,
         Command::Token(c) => token::run(g, c).await,
         Command::Key(c) => keys::run(g, c).await,
         Command::JoinToken(c) => keys::join_token(g, c).await,

@@ -14,12 +14,16 @@ use enjin_model::{Object, Ring};
 use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use tokio::net::TcpListener;
 
-use super::hosts;
+use super::{edge, hosts};
 use crate::args::{Global, ServeArgs};
-use crate::config::{self, DEFAULT_BUS_LISTEN, DEFAULT_LISTEN, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
+use crate::config::{
+    self, DEFAULT_BUS_LISTEN, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_ROUTER_LISTEN, ENDPOINT_FILE,
+    STATE_FILE, TOKEN_FILE,
+};
 use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::hub::{Hub, HubConfig};
 use enjin_control::bus::{BusAuthority, BusConfig};
+use enjin_control::platform::{Platform, PlatformConfig};
 
 pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> {
     let dir = config::data_dir(g)?;
@@ -87,6 +91,26 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     };
     let authority =
         BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
+    let edge = if whole_cloud {
+        let router_listen = match args.router_listen.or(file.router.listen) {
+            Some(a) => a,
+            None => DEFAULT_ROUTER_LISTEN.parse().context("default router address")?,
+        };
+        let dns_listen = match args.dns_listen.or(file.dns.listen) {
+            Some(a) => a,
+            None => DEFAULT_DNS_LISTEN.parse().context("default DNS address")?,
+        };
+        let rx = stop_rx.clone();
+        let stop = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+            let mut rx = rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+        };
+        Some(edge::start(&dir.join("edge"), router_listen, dns_listen, stop).await?)
+    } else {
+        None
+    };
     let mut hub_addr = None;
     let mut host_supervisor = None;
     if whole_cloud {
@@ -128,8 +152,33 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
             host_supervisor = Some(sup);
         }
     }
-    let cp = cp.with_bus(authority);
-    banner(&url, &dir, &token_path, machine.as_ref(), hub_addr);
+    let platform_config = {
+        let mut c = PlatformConfig::new(dir.join("packages"));
+        if let Some(d) = &file.router.domain {
+            c.domain.clone_from(d);
+        }
+        if let Some(z) = &file.dns.zone {
+            c.zone.clone_from(z);
+        }
+        c.router = edge.as_ref().map(|e| e.router_addr);
+        c
+    };
+    let platform =
+        Platform::open(cp.registry().clone(), platform_config).context("failed to open the package store")?;
+    if let Err(e) = platform.recover().await {
+        tracing::warn!(error = %e, "unfinished rollouts not cleaned up");
+    }
+    if let Some(e) = &edge {
+        platform.set_traffic(Arc::new(edge::RouterTraffic(e.router.clone())));
+    }
+    if hub_addr.is_some() {
+        platform.attach_bus(authority.clone());
+    }
+    if let (Some(e), Some(hub)) = (&edge, hub_addr) {
+        edge::follow(e, &authority, hub, &dir.join("edge")).await?;
+    }
+    let cp = cp.with_bus(authority).with_platform(platform);
+    banner(&url, &dir, &token_path, machine.as_ref(), hub_addr, edge.as_ref());
 
     let served = cp.serve(listener, stopped(stop_rx)).await;
     if let Some(sup) = host_supervisor {
@@ -213,7 +262,14 @@ fn machine_resources() -> Resources {
     Resources { cpu_millis: Some(cpus * 1000), memory_bytes: memory, disk_bytes: None, pids: None }
 }
 
-fn banner(url: &str, dir: &Path, token: &Path, machine: Option<&Object<NodeSpec>>, hub: Option<SocketAddr>) {
+fn banner(
+    url: &str,
+    dir: &Path,
+    token: &Path,
+    machine: Option<&Object<NodeSpec>>,
+    hub: Option<SocketAddr>,
+    edge: Option<&edge::Edge>,
+) {
     println!("enjin is up");
     println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
     println!("  data:       {}", dir.display());
@@ -223,6 +279,18 @@ fn banner(url: &str, dir: &Path, token: &Path, machine: Option<&Object<NodeSpec>
     }
     if let Some(h) = hub {
         println!("  bus:        ring 1 hub on {h} (mutual TLS, certificates from {}/pki)", dir.display());
+    }
+    if let Some(e) = edge {
+        println!(
+            "  router:     http://<app>.localhost:{}   (apps, once deployed: enjin deploy examples/python-hello)",
+            e.router_addr.port()
+        );
+        println!(
+            "  dns:        {}   (dig @{} -p {} <app>.enjin.internal)",
+            e.dns_addr,
+            e.dns_addr.ip(),
+            e.dns_addr.port()
+        );
     }
     println!("try:");
     println!("  enjin node list                 (from a checkout: cargo run -- node list)");

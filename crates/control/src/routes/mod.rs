@@ -2,6 +2,7 @@
 //! axum router and the OpenAPI document are both built from this table, so a route cannot be
 //! served without being documented and guarded.
 
+mod apps;
 mod bus;
 mod keys;
 mod objects;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The keys-and-trust service and the ring bus, where this server runs them.
     pub bus: Option<Arc<crate::bus::BusAuthority>>,
+    /// The platform (apps, packages), where this server runs it.
+    pub platform: Option<Arc<crate::platform::Platform>>,
 }
 
 /// Who may call a route.
@@ -350,6 +353,8 @@ pub fn table() -> Vec<RouteDef> {
             handler: get(system::metrics),
         },
     ]);
+    routes.extend(app_routes(v));
+
     routes
 }
 
@@ -412,4 +417,146 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let resp = next.run(req).instrument(span).await;
     state.metrics.request(method.as_str(), &route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+fn app_route(
+    method: Method,
+    path: String,
+    perm: (Verb, Kind),
+    id: &str,
+    summary: &str,
+    body: Option<SchemaFn>,
+    success: Success,
+    errors: Vec<u16>,
+    handler: MethodRouter<AppState>,
+) -> RouteDef {
+    RouteDef {
+        method,
+        path,
+        perm: Perm::Require(perm.0, Resource::Kind(perm.1)),
+        operation_id: id.into(),
+        summary: summary.into(),
+        tag: "App".into(),
+        query: None,
+        body,
+        success,
+        errors,
+        handler,
+    }
+}
+
+/// The platform's routes: deploying and running apps. Deploys, rollbacks, restarts and
+/// scaling make releases and tasks, and need the right to create releases.
+fn app_routes(v: &str) -> Vec<RouteDef> {
+    use enjin_model::api::{
+        AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList,
+        RollbackRequest, RolloutStarted, ScaleRequest,
+    };
+    let started = Success::Json(202, schema::<RolloutStarted>);
+    let change = vec![400, 404, 409, 413, 415, 422, 503];
+    let mut upload = app_route(
+        Method::POST,
+        format!("/{v}/packages"),
+        (Verb::Create, Kind::Release),
+        "uploadPackage",
+        "Store an app package (tar + zstd) in the content-addressed package store; identical bytes are kept once",
+        None,
+        Success::Json(201, schema::<PackageUploaded>),
+        vec![400, 413, 503],
+        post(apps::upload).layer(axum::extract::DefaultBodyLimit::max(crate::platform::MAX_PACKAGE_BYTES)),
+    );
+    upload.errors.push(200);
+    let mut logs = app_route(
+        Method::GET,
+        format!("/{v}/apps/{{app}}/logs"),
+        (Verb::Get, Kind::Release),
+        "appLogs",
+        "Lines the app's instances wrote, with times and instance ids, from the hosts that run them",
+        None,
+        Success::Json(200, schema::<LogsReply>),
+        vec![400, 404, 422, 503],
+        get(apps::logs),
+    );
+    logs.query = Some(schema::<LogsQuery>);
+    vec![
+        upload,
+        app_route(
+            Method::POST,
+            format!("/{v}/apps/{{app}}/deploys"),
+            (Verb::Create, Kind::Release),
+            "deployApp",
+            "Deploy a new release from an uploaded package: a rollout task starts it beside the live one",
+            Some(schema::<DeployRequest>),
+            started,
+            change.clone(),
+            post(apps::deploy),
+        ),
+        app_route(
+            Method::POST,
+            format!("/{v}/apps/{{app}}/rollback"),
+            (Verb::Create, Kind::Release),
+            "rollbackApp",
+            "Deploy an earlier release's code and configuration again, as a new release",
+            Some(schema::<RollbackRequest>),
+            started,
+            change.clone(),
+            post(apps::rollback),
+        ),
+        app_route(
+            Method::POST,
+            format!("/{v}/apps/{{app}}/restart"),
+            (Verb::Create, Kind::Release),
+            "restartApp",
+            "Replace every instance of the live release, without downtime",
+            None,
+            started,
+            change.clone(),
+            post(apps::restart),
+        ),
+        app_route(
+            Method::POST,
+            format!("/{v}/apps/{{app}}/scale"),
+            (Verb::Update, Kind::Release),
+            "scaleApp",
+            "Set the instance counts of the live release's process types",
+            Some(schema::<ScaleRequest>),
+            started,
+            change,
+            post(apps::scale),
+        ),
+        app_route(
+            Method::GET,
+            format!("/{v}/apps"),
+            (Verb::List, Kind::Release),
+            "listApps",
+            "Every app with its live release and instances",
+            None,
+            Success::Json(200, schema::<AppList>),
+            vec![503],
+            get(apps::list),
+        ),
+        app_route(
+            Method::GET,
+            format!("/{v}/apps/{{app}}"),
+            (Verb::Get, Kind::Release),
+            "appStatus",
+            "An app's live release, instances (health, host, address, CPU and memory) and traffic",
+            None,
+            Success::Json(200, schema::<AppStatus>),
+            vec![404, 503],
+            get(apps::status),
+        ),
+        app_route(
+            Method::GET,
+            format!("/{v}/apps/{{app}}/releases"),
+            (Verb::List, Kind::Release),
+            "listAppReleases",
+            "An app's releases, newest first",
+            None,
+            Success::Json(200, schema::<ReleaseList>),
+            vec![404, 503],
+            get(apps::releases),
+        ),
+        logs,
+    ]
 }

@@ -21,6 +21,9 @@ pub struct Running {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// `enjin up`'s HTTP router and DNS service.
+    pub router: Option<std::net::SocketAddr>,
+    pub dns: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -34,7 +37,20 @@ impl Running {
             .arg("--data-dir")
             .arg(data_dir)
             .args([mode, "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0"])
-            .args(if mode == "up" { vec!["--hosts-cidr".to_string(), own_range()] } else { Vec::new() })
+            .args(if mode == "up" {
+                [
+                    "--hosts-cidr",
+                    &own_range(),
+                    "--router-listen",
+                    "127.0.0.1:0",
+                    "--dns-listen",
+                    "127.0.0.1:0",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                Vec::new()
+            })
             .args(extra)
             .env("ENJIN_LOG", "warn")
             .stdin(Stdio::null())
@@ -57,9 +73,31 @@ impl Running {
                 break rest.split_whitespace().next().expect("an address after API:").to_string();
             }
         };
+        let (mut router, mut dns) = (None, None);
+        if mode == "up" {
+            loop {
+                let line =
+                    rx.recv_timeout(Duration::from_secs(60)).expect("enjin up printed its banner in time");
+                let line = line.trim();
+                if let Some(rest) = line.strip_prefix("router:") {
+                    let port = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|u| u.rsplit(':').next())
+                        .and_then(|p| p.parse().ok());
+                    router = port.map(|p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+                }
+                if let Some(rest) = line.strip_prefix("dns:") {
+                    dns = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if line.starts_with("try:") {
+                    break;
+                }
+            }
+        }
         // Keep draining stdout so that the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Running { child, url, data_dir: data_dir.to_path_buf() }
+        Running { child, url, data_dir: data_dir.to_path_buf(), router, dns }
     }
 
     pub fn token(&self) -> String {

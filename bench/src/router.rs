@@ -1,0 +1,528 @@
+//! The HTTP router against nginx: one fast backend (a hyper hello server on its own runtime),
+//! driven by wrk directly, through enjin's router (in this process, on its own runtime) and
+//! through nginx (a separate process with a generated config in a temp dir). Everything listens
+//! on 127.0.0.1 only; nginx is stopped and its directory removed when the section ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use enjin_model::api::{RouteBackend, RouteEntry, RouteTable};
+use enjin_router::{Router, RouterConfig};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+use crate::Failure;
+
+/// The host the route table routes, and wrk asks for.
+const HOST: &str = "bench.localhost";
+const APP: &str = "bench";
+const BODY: &[u8] = b"hello from the bench backend\n";
+
+/// wrk's load: threads and connections. Two threads for two cores; 64 connections is enough to
+/// keep every thread of every server busy without measuring the accept queue.
+const WRK_THREADS: u32 = 2;
+const WRK_CONNECTIONS: u32 = 64;
+const SECONDS: u32 = 10;
+const QUICK_SECONDS: u32 = 2;
+/// A short run before each measured one, so that both proxies have their upstream pools
+/// filled and nothing is measured cold.
+const WARMUP_SECONDS: u32 = 1;
+/// Past its `-d`, how long wrk may take before it is killed.
+const WRK_GRACE: Duration = Duration::from_secs(15);
+/// How long nginx may take to answer on its port, and to stop.
+const NGINX_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Worker threads of the backend's and the router's runtimes. nginx runs `worker_processes
+/// auto`, one per core, and the router gets as many threads.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path3 {
+    Direct,
+    Enjin,
+    Nginx,
+}
+
+impl Path3 {
+    fn name(self) -> &'static str {
+        match self {
+            Path3::Direct => "direct to the backend",
+            Path3::Enjin => "through enjin-router",
+            Path3::Nginx => "through nginx",
+        }
+    }
+}
+
+/// What wrk reported for one path.
+#[derive(Debug, Clone, Default)]
+struct Wrk {
+    requests: u64,
+    per_sec: f64,
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    non_2xx: u64,
+    socket_errors: String,
+}
+
+#[derive(Debug)]
+struct Row {
+    path: Path3,
+    outcome: Result<Wrk, String>,
+}
+
+/// Runs the section and prints its table. Blocking: it owns two runtimes of its own and waits
+/// for wrk, so it runs on a blocking thread.
+pub async fn run(quick: bool) -> anyhow::Result<Vec<Failure>> {
+    tokio::task::spawn_blocking(move || section(quick)).await.context("the router section panicked")?
+}
+
+fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
+    let seconds = if quick { QUICK_SECONDS } else { SECONDS };
+    let warmup = if quick { 0 } else { WARMUP_SECONDS };
+    let wrk = which("wrk", "/usr/bin/wrk")
+        .context("wrk is needed for the router section (Debian: apt-get install wrk)")?;
+    let nginx = which("nginx", "/usr/sbin/nginx")
+        .context("nginx is needed for the router section (Debian: apt-get install nginx)")?;
+
+    let backend_rt = runtime("bench-backend")?;
+    let backend = backend_rt.block_on(hello_server())?;
+
+    let router_rt = runtime("bench-router")?;
+    let router = Router::new(RouterConfig::default());
+    router.apply(RouteTable {
+        version: 1,
+        routes: vec![RouteEntry {
+            app: APP.into(),
+            hosts: vec![HOST.into()],
+            path_prefix: "/".into(),
+            backends: vec![RouteBackend {
+                instance: uuid::Uuid::new_v4(),
+                label: "bench-0".into(),
+                addr: backend,
+            }],
+        }],
+    });
+    let listener = router_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .context("failed to bind the router on 127.0.0.1:0")?;
+    let router_addr = listener.local_addr().context("failed to read the router's address")?;
+    let (stop_router, router_stopped) = oneshot::channel::<()>();
+    let serving = {
+        let router = router.clone();
+        router_rt.spawn(async move {
+            router
+                .serve(listener, async move {
+                    drop(router_stopped.await);
+                })
+                .await
+        })
+    };
+
+    let dir = tempfile::Builder::new()
+        .prefix("enjin-bench-nginx-")
+        .tempdir()
+        .context("failed to create nginx's directory")?;
+    let mut rows = Vec::new();
+    eprintln!("measuring the router: direct, through enjin-router, through nginx…");
+    let load = |addr: SocketAddr| -> Result<Wrk, String> {
+        if warmup > 0 {
+            wrk_run(&wrk, addr, warmup)?;
+        }
+        wrk_run(&wrk, addr, seconds)
+    };
+    rows.push(Row { path: Path3::Direct, outcome: load(backend) });
+    rows.push(Row { path: Path3::Enjin, outcome: load(router_addr) });
+    let nginx_outcome = match Nginx::start(&nginx, dir.path(), backend) {
+        Ok(mut n) => {
+            let outcome = load(n.addr);
+            let stopped = n.stop();
+            match (outcome, stopped) {
+                (Ok(w), Ok(())) => Ok(w),
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(format!("{e:#}")),
+            }
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    rows.push(Row { path: Path3::Nginx, outcome: nginx_outcome });
+
+    let _ = stop_router.send(());
+    let served = router_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), serving).await });
+    let stats = router.stats(APP);
+    // Connections the backend still holds end with its runtime.
+    router_rt.shutdown_timeout(Duration::from_secs(1));
+    backend_rt.shutdown_timeout(Duration::from_secs(1));
+    dir.close().context("failed to remove nginx's directory")?;
+
+    print(&rows, seconds, stats.as_ref());
+
+    let mut failures: Vec<Failure> = rows
+        .iter()
+        .filter_map(|r| {
+            let why = match &r.outcome {
+                Err(e) => e.clone(),
+                Ok(w) if w.non_2xx > 0 => format!("{} responses were not 2xx", w.non_2xx),
+                Ok(w) if w.requests == 0 => "no request completed".into(),
+                Ok(_) => return None,
+            };
+            Some(Failure { row: format!("router: {}", r.path.name()), why })
+        })
+        .collect();
+    match served {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => failures.push(Failure { row: "router: serve".into(), why: e.to_string() }),
+        Ok(Err(e)) => failures.push(Failure { row: "router: serve".into(), why: format!("panicked: {e}") }),
+        Err(_) => failures.push(Failure { row: "router: serve".into(), why: "did not stop in 10 s".into() }),
+    }
+    Ok(failures)
+}
+
+fn runtime(name: &str) -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers())
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("failed to start the {name} runtime"))
+}
+
+/// `name` on PATH, else the path Debian installs it at.
+fn which(name: &str, debian: &str) -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    match on_path {
+        Some(p) => Ok(p),
+        None if Path::new(debian).is_file() => Ok(debian.into()),
+        None => bail!("{name} is not on PATH nor at {debian}"),
+    }
+}
+
+/// The backend: HTTP/1.1 keep-alive, the same small body every time.
+async fn hello_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("failed to bind the backend on 127.0.0.1:0")?;
+    let addr = listener.local_addr().context("failed to read the backend's address")?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    let mut response = hyper::Response::new(Full::new(Bytes::from_static(BODY)));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain"),
+                    );
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs wrk against `addr` for `seconds` and parses what it prints.
+fn wrk_run(wrk: &Path, addr: SocketAddr, seconds: u32) -> Result<Wrk, String> {
+    let mut child = Command::new(wrk)
+        .arg(format!("-t{WRK_THREADS}"))
+        .arg(format!("-c{WRK_CONNECTIONS}"))
+        .arg(format!("-d{seconds}s"))
+        .args(["--latency", "--timeout", "2s", "-H"])
+        .arg(format!("Host: {HOST}"))
+        .arg(format!("http://{addr}/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("failed to start {}: {e}", wrk.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(seconds.into()) + WRK_GRACE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("wrk ran past {seconds} s + {} s and was killed", WRK_GRACE.as_secs()));
+            }
+            Err(e) => return Err(format!("failed to wait for wrk: {e}")),
+        }
+    }
+    let output = child.wait_with_output().map_err(|e| format!("failed to read wrk's output: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("wrk failed ({}): {}{}", output.status, stdout.trim(), stderr.trim()));
+    }
+    parse_wrk(&stdout).ok_or_else(|| format!("could not read wrk's output:\n{stdout}"))
+}
+
+fn parse_wrk(out: &str) -> Option<Wrk> {
+    let mut w = Wrk::default();
+    let mut rate = None;
+    for line in out.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => rate = v.parse().ok(),
+            (Some("50%"), Some(v)) => w.p50 = parse_duration(v),
+            (Some("99%"), Some(v)) => w.p99 = parse_duration(v),
+            (Some(n), Some("requests")) => w.requests = n.parse().ok()?,
+            _ if line.starts_with("Non-2xx or 3xx responses:") => {
+                w.non_2xx = line.rsplit(' ').next()?.parse().ok()?;
+            }
+            _ if line.starts_with("Socket errors:") => {
+                w.socket_errors = line.trim_start_matches("Socket errors:").trim().to_string();
+            }
+            _ => {}
+        }
+    }
+    w.per_sec = rate?;
+    Some(w)
+}
+
+/// wrk's durations: `291.00us`, `1.08ms`, `2.00s`, `1.00m`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// nginx as a reverse proxy to the backend, in its own process group, from a config in `dir`.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(binary: &Path, dir: &Path, backend: SocketAddr) -> anyhow::Result<Nginx> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let d = dir.display();
+        // Every path nginx writes is inside `dir`; `-e` keeps even the log it opens before
+        // reading this file there.
+        let config = format!(
+            "daemon off;\n\
+             master_process on;\n\
+             worker_processes auto;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+             \x20 access_log off;\n\
+             \x20 client_body_temp_path {d}/client_body;\n\
+             \x20 proxy_temp_path {d}/proxy;\n\
+             \x20 fastcgi_temp_path {d}/fastcgi;\n\
+             \x20 uwsgi_temp_path {d}/uwsgi;\n\
+             \x20 scgi_temp_path {d}/scgi;\n\
+             \x20 upstream backend {{ server {backend}; keepalive 128; }}\n\
+             \x20 server {{\n\
+             \x20   listen {addr};\n\
+             \x20   location / {{\n\
+             \x20     proxy_pass http://backend;\n\
+             \x20     proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n\
+             \x20     proxy_set_header Host $host;\n\
+             \x20   }}\n\
+             \x20 }}\n\
+             }}\n"
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).with_context(|| format!("failed to write {}", conf.display()))?;
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        let mut nginx = Nginx { child, addr, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + NGINX_PATIENCE;
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                bail!("nginx exited ({status}) before serving: {}", nginx.log());
+            }
+            if Instant::now() >= deadline {
+                let log = nginx.log();
+                let _ = nginx.stop();
+                bail!("nginx did not listen on {addr} within {} s: {log}", NGINX_PATIENCE.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_else(|e| format!("(no error log: {e})"))
+    }
+
+    /// SIGTERM to the master (a fast shutdown that takes its workers along), SIGKILL to the
+    /// whole group if that does not do it in time.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return Ok(());
+        }
+        let pid =
+            enjin_sys::Pid::from_raw(i32::try_from(self.child.id()).context("nginx's pid is out of range")?);
+        let _ = enjin_sys::proc::signal(pid, enjin_sys::Signal::SIGTERM);
+        let deadline = Instant::now() + NGINX_PATIENCE;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = enjin_sys::proc::signal_group(pid, enjin_sys::Signal::SIGKILL);
+        let _ = self.child.wait();
+        bail!("nginx did not stop on SIGTERM within {} s and was killed", NGINX_PATIENCE.as_secs())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// A port free on 127.0.0.1 a moment ago, for nginx, which cannot be told to pick one.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
+    Ok(listener.local_addr().context("failed to read a free port")?.port())
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
+}
+
+fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
+    println!(
+        "## HTTP router: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s on 127.0.0.1, one hyper hello backend, \
+         HTTP/1.1 keep-alive on both sides; the router and the backend each on a {}-thread runtime in this \
+         process, nginx with worker_processes auto\n",
+        workers()
+    );
+    println!("| router path | req/s | p50 (ms) | p99 (ms) | vs direct | requests | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    let direct = rows
+        .iter()
+        .find(|r| r.path == Path3::Direct)
+        .and_then(|r| r.outcome.as_ref().ok())
+        .map(|w| w.per_sec);
+    for r in rows {
+        match &r.outcome {
+            Ok(w) => {
+                let vs = direct
+                    .filter(|d| *d > 0.0)
+                    .map_or_else(|| "-".into(), |d| format!("{:.2}", w.per_sec / d));
+                let mut errors = Vec::new();
+                if w.non_2xx > 0 {
+                    errors.push(format!("{} not 2xx", w.non_2xx));
+                }
+                if !w.socket_errors.is_empty() {
+                    errors.push(format!("socket: {}", w.socket_errors));
+                }
+                let errors = if errors.is_empty() { "0".to_string() } else { errors.join("; ") };
+                println!(
+                    "| {} | {:.0} | {} | {} | {vs} | {} | {errors} |",
+                    r.path.name(),
+                    w.per_sec,
+                    ms(w.p50),
+                    ms(w.p99),
+                    w.requests
+                );
+            }
+            Err(e) => {
+                println!("| {} | - | - | - | - | - | failed: {} |", r.path.name(), e.replace('\n', " "))
+            }
+        }
+    }
+    println!();
+    let rate =
+        |p: Path3| rows.iter().find(|r| r.path == p).and_then(|r| r.outcome.as_ref().ok()).map(|w| w.per_sec);
+    match (rate(Path3::Enjin), rate(Path3::Nginx)) {
+        (Some(e), Some(n)) if n > 0.0 => {
+            let verdict = if e > n { "ahead of" } else { "behind" };
+            println!("enjin-router is {verdict} nginx: {:.2}x nginx's req/s ({e:.0} vs {n:.0}).", e / n);
+        }
+        _ => println!("enjin-router vs nginx: not compared (a row failed)."),
+    }
+    if let Some(s) = stats {
+        println!(
+            "The router's own count for the app: {} responses ({} 2xx, {} 5xx), p50 {} ms, p99 {} ms to response \
+             headers (from its histogram).",
+            s.requests,
+            s.by_class.success,
+            s.by_class.server_error,
+            ms(s.p50),
+            ms(s.p99)
+        );
+    }
+    println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   635.91us    0.89ms  12.92ms   93.69%
+    Req/Sec    56.20k     8.07k   62.00k    86.54%
+  Latency Distribution
+     50%  291.00us
+     75%  523.00us
+     90%    1.08ms
+     99%    4.46ms
+  1117853 requests in 10.01s, 118.35MB read
+  Socket errors: connect 0, read 3, write 0, timeout 0
+  Non-2xx or 3xx responses: 12
+Requests/sec: 111686.16
+Transfer/sec:     11.82MB
+";
+        let w = parse_wrk(out).expect("parsed");
+        assert_eq!(w.requests, 1_117_853);
+        assert!((w.per_sec - 111_686.16).abs() < 0.01);
+        assert_eq!(w.p50, Some(Duration::from_micros(291)));
+        assert_eq!(w.p99, Some(Duration::from_micros(4460)));
+        assert_eq!(w.non_2xx, 12);
+        assert_eq!(w.socket_errors, "connect 0, read 3, write 0, timeout 0");
+        assert!(parse_wrk("nothing useful").is_none());
+        assert_eq!(parse_duration("2.00s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("bogus"), None);
+    }
+}

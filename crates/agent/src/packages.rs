@@ -1,0 +1,242 @@
+//! App packages on a host: fetched in chunks from the package store over the bus, checked
+//! against their digest (they are content-addressed, so nothing else needs trusting), unpacked
+//! once into `<dir>/<hex>`, and copied into each instance's own directory, owned by its uid,
+//! before its first start.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use enjin_model::kinds::PackageRef;
+use sha2::{Digest, Sha256};
+
+/// Where package bytes come from.
+pub trait PackageSource: Send + Sync + 'static {
+    /// Up to one chunk of `digest` from `offset`; empty past the end.
+    fn chunk(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("package {digest}: {message}")]
+    Fetch { digest: String, message: String },
+    #[error("package {digest} does not match its digest (got {got})")]
+    Digest { digest: String, got: String },
+    #[error("package {digest}: failed to unpack into {}: {message}", path.display())]
+    Unpack { digest: String, path: PathBuf, message: String },
+    #[error("failed to install the app into {}: {error}", path.display())]
+    Install { path: PathBuf, error: std::io::Error },
+}
+
+/// The host's unpacked packages.
+pub struct PackageCache {
+    dir: PathBuf,
+    source: Arc<dyn PackageSource>,
+    /// Digests being fetched now, so two children of one release fetch it once.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for PackageCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackageCache").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+impl PackageCache {
+    pub fn new(dir: PathBuf, source: Arc<dyn PackageSource>) -> Self {
+        PackageCache { dir, source, busy: Mutex::new(HashSet::new()) }
+    }
+
+    /// Where `digest` is unpacked (whether or not it is yet).
+    pub fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(hex_of(digest))
+    }
+
+    pub fn has(&self, digest: &str) -> bool {
+        PackageRef::valid_digest(digest) && self.path(digest).is_dir()
+    }
+
+    /// Fetch and unpack `package` unless it is here already.
+    pub async fn ensure(&self, package: &PackageRef) -> Result<PathBuf, PackageError> {
+        let digest = package.digest.clone();
+        let err = |message: String| PackageError::Fetch { digest: digest.clone(), message };
+        if !PackageRef::valid_digest(&digest) {
+            return Err(err("not a sha256 digest".into()));
+        }
+        if self.has(&digest) {
+            return Ok(self.path(&digest));
+        }
+        if !self.busy.lock().map(|mut b| b.insert(digest.clone())).unwrap_or(false) {
+            return Err(err("already being fetched".into()));
+        }
+        let out = self.fetch(package).await;
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(&digest);
+        }
+        out
+    }
+
+    async fn fetch(&self, package: &PackageRef) -> Result<PathBuf, PackageError> {
+        let digest = package.digest.clone();
+        let mut bytes = Vec::with_capacity(usize::try_from(package.size).unwrap_or(0).min(64 << 20));
+        while (bytes.len() as u64) < package.size {
+            let chunk = self
+                .source
+                .chunk(&digest, bytes.len() as u64)
+                .await
+                .map_err(|message| PackageError::Fetch { digest: digest.clone(), message })?;
+            if chunk.is_empty() {
+                return Err(PackageError::Fetch {
+                    digest: digest.clone(),
+                    message: format!("the store ended it at {} of {} bytes", bytes.len(), package.size),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let got = format!("sha256:{:x}", Sha256::digest(&bytes));
+        if got != digest {
+            return Err(PackageError::Digest { digest, got });
+        }
+        let dest = self.path(&digest);
+        let (d, dir) = (dest.clone(), self.dir.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            enjin_app::package::unpack(&bytes, &d, &enjin_app::package::UnpackLimits::default())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match unpacked {
+            Ok(_) => {
+                tracing::info!(%digest, path = %dest.display(), "package unpacked");
+                Ok(dest)
+            }
+            Err(message) => Err(PackageError::Unpack { digest, path: dest, message }),
+        }
+    }
+}
+
+/// Copy the unpacked package at `from` into `to` (an instance's directory) once: a marker
+/// records which package it holds, so a restarted instance keeps the files it changed. Files
+/// are given to `owner` (uid, gid) when set.
+pub fn install(from: &Path, to: &Path, digest: &str, owner: Option<(u32, u32)>) -> Result<(), PackageError> {
+    let marker = to.join(".enjin-package");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == digest) {
+        return Ok(());
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| PackageError::Install { path, error }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    copy_tree(from, to, owner).map_err(io(to))?;
+    std::fs::write(&marker, digest).map_err(io(&marker))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(&marker, Some(uid), Some(gid)).map_err(io(&marker))?;
+        std::os::unix::fs::chown(to, Some(uid), Some(gid)).map_err(io(to))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src)?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&src)?;
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(target, &dst)?;
+        } else if kind.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755 | 0o700))?;
+            copy_tree(&src, &dst, owner)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755 | 0o600))?;
+        } else {
+            continue;
+        }
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Packages from the package store of the ring's parent, over the bus; until the agent has
+/// joined the bus, fetches fail (and are tried again with the next desired set).
+#[derive(Debug, Default)]
+pub struct BusPackageSource {
+    node: std::sync::OnceLock<Arc<enjin_bus::node::BusNode>>,
+}
+
+/// How long one chunk may take.
+const CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl BusPackageSource {
+    pub fn attach(&self, node: Arc<enjin_bus::node::BusNode>) {
+        let _ = self.node.set(node);
+    }
+}
+
+impl PackageSource for BusPackageSource {
+    fn chunk(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        let req = enjin_model::api::PackageChunkRequest { digest: digest.to_string(), offset };
+        Box::pin(async move {
+            let node = self.node.get().ok_or("not on the bus yet")?;
+            let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+            let reply = node
+                .request(enjin_model::api::PACKAGES_TOPIC, payload, CHUNK_TIMEOUT)
+                .await
+                .map_err(|e| format!("no answer from the package store: {e}"))?;
+            // Only the parent's store is asked; any other answer is ignored.
+            if node.bundle().key(&reply.sender()).map(|k| k.role) != Some(enjin_bus::trust::KeyRole::Parent) {
+                return Err("a chunk came from a key that is not the ring's parent".into());
+            }
+            Ok(reply.into_payload())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_copies_once_and_keeps_modes_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("pkg");
+        std::fs::create_dir_all(from.join("bin")).unwrap();
+        std::fs::write(from.join("bin/run"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(from.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("bin/run", from.join("run")).unwrap();
+        let to = dir.path().join("work");
+        install(&from, &to, "sha256:aa", None).unwrap();
+        let mode = std::fs::metadata(to.join("bin/run")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        assert_eq!(std::fs::read_link(to.join("run")).unwrap(), Path::new("bin/run"));
+        // A second install of the same package leaves the instance's own changes alone.
+        std::fs::write(to.join("bin/run"), "changed").unwrap();
+        install(&from, &to, "sha256:aa", None).unwrap();
+        assert_eq!(std::fs::read_to_string(to.join("bin/run")).unwrap(), "changed");
+    }
+}

@@ -1,0 +1,91 @@
+//! The platform's calls: packages, deploys and the rest of an app's life.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use enjin_model::api::{
+    AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList, RollbackRequest,
+    RolloutStarted, ScaleRequest, VERSION,
+};
+use reqwest::Method;
+
+use crate::{Client, ClientError};
+
+/// How long an upload may take in all (packages are at most 512 MiB).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// The piece of a package sent between progress reports.
+const UPLOAD_PIECE: usize = 64 * 1024;
+
+/// Called with the bytes sent so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl Client {
+    /// Upload a package to the package store, reporting progress as bytes go out.
+    pub async fn upload_package(
+        &self,
+        bytes: Vec<u8>,
+        progress: Progress,
+    ) -> Result<PackageUploaded, ClientError> {
+        let path = format!("/{VERSION}/packages");
+        let bytes = bytes::Bytes::from(bytes);
+        let total = bytes.len();
+        let pieces = (0..total.div_ceil(UPLOAD_PIECE)).map(move |i| {
+            let end = ((i + 1) * UPLOAD_PIECE).min(total);
+            progress(end as u64);
+            Ok::<_, std::io::Error>(bytes.slice(i * UPLOAD_PIECE..end))
+        });
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+        let rb = self
+            .request(Method::POST, &path)
+            .timeout(UPLOAD_TIMEOUT)
+            .header("Content-Type", "application/zstd")
+            .header("Content-Length", total.to_string())
+            .body(body);
+        self.send(rb, &path).await
+    }
+
+    pub async fn deploy(&self, app: &str, req: &DeployRequest) -> Result<RolloutStarted, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/deploys");
+        self.send(self.request(Method::POST, &path).json(req), &path).await
+    }
+
+    pub async fn rollback(&self, app: &str, version: Option<u32>) -> Result<RolloutStarted, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/rollback");
+        self.send(self.request(Method::POST, &path).json(&RollbackRequest { version }), &path).await
+    }
+
+    pub async fn restart(&self, app: &str) -> Result<RolloutStarted, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/restart");
+        self.send(self.request(Method::POST, &path), &path).await
+    }
+
+    pub async fn scale(
+        &self,
+        app: &str,
+        processes: BTreeMap<String, u32>,
+    ) -> Result<RolloutStarted, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/scale");
+        self.send(self.request(Method::POST, &path).json(&ScaleRequest { processes }), &path).await
+    }
+
+    pub async fn apps(&self) -> Result<AppList, ClientError> {
+        let path = format!("/{VERSION}/apps");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn releases(&self, app: &str) -> Result<ReleaseList, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/releases");
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
+    pub async fn logs(&self, app: &str, q: &LogsQuery) -> Result<LogsReply, ClientError> {
+        let path = format!("/{VERSION}/apps/{app}/logs");
+        self.send(self.request(Method::GET, &path).query(q), &path).await
+    }
+}

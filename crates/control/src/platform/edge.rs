@@ -1,0 +1,237 @@
+//! The router's table and the DNS zone, computed from the store and published whole on the
+//! ring bus (retained topics, signed by the parent key) after every change and periodically.
+//! Ring 1 services serve from the last snapshot they got, so they keep working while the
+//! control plane is away.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use enjin_model::Object;
+use enjin_model::api::{
+    DNS_TOPIC, DnsRecord, DnsZone, ListQuery, ROUTES_TOPIC, RouteBackend, RouteEntry, RouteTable,
+};
+use enjin_model::kinds::{
+    CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec, ObservationState,
+    ObservationStrategy, ReleaseSpec, ReleaseState, WEB,
+};
+use uuid::Uuid;
+
+use super::{APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL};
+use crate::bus::BusAuthority;
+use crate::registry::Registry;
+
+/// How often the snapshots are published even without a change.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything the tables are computed from, read at one moment.
+#[derive(Debug, Default)]
+pub struct View {
+    pub revision: i64,
+    pub apps: Vec<Object<CompartmentSpec>>,
+    pub releases: HashMap<Uuid, Object<ReleaseSpec>>,
+    pub instances: Vec<Object<NodeSpec>>,
+    pub hosts: HashMap<Uuid, Object<NodeSpec>>,
+    pub interfaces: Vec<Object<NetworkInterfaceSpec>>,
+    pub observations: HashMap<Uuid, Vec<Object<NodeObservationSpec>>>,
+}
+
+impl View {
+    pub async fn read(registry: &Registry) -> Result<View, PlatformError> {
+        let ring = |r: u8| ListQuery { ring: Some(r), ..ListQuery::default() };
+        let (apps, revision) = registry.list::<CompartmentSpec>(&ring(2)).await?;
+        let apps =
+            apps.into_iter().filter(|c| c.spec.compartment_type == CompartmentType::AppEnvironment).collect();
+        let (releases, _) = registry.list::<ReleaseSpec>(&ring(2)).await?;
+        let (instances, _) = registry.list::<NodeSpec>(&ring(2)).await?;
+        let (hosts, _) = registry.list::<NodeSpec>(&ring(1)).await?;
+        let (interfaces, _) = registry.list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
+        let (observations, _) = registry.list::<NodeObservationSpec>(&ListQuery::default()).await?;
+        let mut by_node: HashMap<Uuid, Vec<Object<NodeObservationSpec>>> = HashMap::new();
+        for o in observations {
+            by_node.entry(o.spec.node).or_default().push(o);
+        }
+        Ok(View {
+            revision,
+            apps,
+            releases: releases.into_iter().map(|r| (r.meta.uuid, r)).collect(),
+            instances: instances.into_iter().filter(|n| n.meta.labels.contains_key(APP_LABEL)).collect(),
+            hosts: hosts.into_iter().map(|h| (h.meta.uuid, h)).collect(),
+            interfaces,
+            observations: by_node,
+        })
+    }
+
+    pub fn live_release(&self, app: Uuid) -> Option<&Object<ReleaseSpec>> {
+        self.releases
+            .values()
+            .filter(|r| r.spec.app == app && r.spec.state == ReleaseState::Active)
+            .max_by_key(|r| r.spec.version)
+    }
+
+    pub fn instances_of(&self, app: Uuid) -> impl Iterator<Item = &Object<NodeSpec>> {
+        self.instances.iter().filter(move |n| n.spec.compartment == Some(app))
+    }
+
+    pub fn health(&self, node: &Object<NodeSpec>) -> Health {
+        let obs: Vec<&Object<NodeObservationSpec>> =
+            self.observations.get(&node.meta.uuid).map(|v| v.iter().collect()).unwrap_or_default();
+        Health::of(&node.spec, &obs)
+    }
+
+    /// Whether the host's heartbeat says it is gone for good.
+    fn host_lost(&self, host: Uuid) -> bool {
+        self.observations.get(&host).is_some_and(|obs| {
+            obs.iter().any(|o| {
+                o.spec.strategy == ObservationStrategy::Heartbeat && o.spec.state == ObservationState::Lost
+            })
+        })
+    }
+
+    pub fn address_of(&self, node: &Object<NodeSpec>) -> Option<SocketAddr> {
+        let port = node.spec.run.as_ref()?.port?;
+        let host = node.spec.parent?;
+        Some(SocketAddr::new(super::host_address(host, &self.interfaces), port))
+    }
+
+    /// Whether the router sends the instance requests: a web instance of a live release, not
+    /// draining, healthy, on a host not lost.
+    pub fn routed(&self, node: &Object<NodeSpec>) -> bool {
+        let release = node.meta.labels.get(RELEASE_LABEL).and_then(|r| r.parse::<Uuid>().ok());
+        let live =
+            release.and_then(|r| self.releases.get(&r)).is_some_and(|r| r.spec.state == ReleaseState::Active);
+        live && node.meta.labels.get(PROCESS_LABEL).map(String::as_str) == Some(WEB)
+            && !node.meta.labels.contains_key(DRAINING_LABEL)
+            && !node.spec.parent.is_some_and(|h| self.host_lost(h))
+            && matches!(self.health(node), Health::Healthy(_))
+            && self.address_of(node).is_some()
+    }
+
+    pub fn routes(&self, domain: &str) -> RouteTable {
+        let mut routes: Vec<RouteEntry> = self
+            .apps
+            .iter()
+            .map(|app| {
+                let name = app.meta.label.clone().unwrap_or_default();
+                let mut backends: Vec<RouteBackend> = self
+                    .instances_of(app.meta.uuid)
+                    .filter(|n| self.routed(n))
+                    .filter_map(|n| {
+                        Some(RouteBackend {
+                            instance: n.meta.uuid,
+                            label: n.meta.label.clone().unwrap_or_default(),
+                            addr: self.address_of(n)?,
+                        })
+                    })
+                    .collect();
+                backends.sort_by(|a, b| a.label.cmp(&b.label));
+                RouteEntry {
+                    hosts: vec![format!("{name}.{domain}")],
+                    app: name,
+                    path_prefix: "/".into(),
+                    backends,
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| a.app.cmp(&b.app));
+        RouteTable { version: self.revision, routes }
+    }
+
+    pub fn zone(&self, origin: &str, router: Option<SocketAddr>) -> DnsZone {
+        let router_ip = match router.map(|r| r.ip()) {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => ip,
+            _ => Ipv4Addr::LOCALHOST,
+        };
+        let mut records = Vec::new();
+        for h in self.hosts.values() {
+            let Some(label) = &h.meta.label else { continue };
+            if let IpAddr::V4(ip) = super::host_address(h.meta.uuid, &self.interfaces) {
+                records.push(DnsRecord::A { name: format!("{label}.hosts.{origin}"), addr: ip });
+            }
+        }
+        for app in &self.apps {
+            let Some(name) = &app.meta.label else { continue };
+            records.push(DnsRecord::A { name: format!("{name}.{origin}"), addr: router_ip });
+            for n in self.instances_of(app.meta.uuid) {
+                let (Some(label), Some(addr)) = (&n.meta.label, self.address_of(n)) else { continue };
+                let IpAddr::V4(ip) = addr.ip() else { continue };
+                let target = format!("{label}.{name}.{origin}");
+                records.push(DnsRecord::A { name: target.clone(), addr: ip });
+                if self.routed(n) {
+                    records.push(DnsRecord::Srv {
+                        name: format!("_http._tcp.{name}.{origin}"),
+                        priority: 10,
+                        weight: 10,
+                        port: addr.port(),
+                        target,
+                    });
+                }
+            }
+        }
+        records.sort_by_key(|r| format!("{r:?}"));
+        DnsZone { version: self.revision, origin: origin.to_string(), records }
+    }
+}
+
+/// Keep both snapshots published: after each change in the store (a burst of changes makes
+/// one publication) and every [`REPUBLISH_EVERY`].
+pub(super) async fn publish_loop(platform: Arc<Platform>, bus: Arc<BusAuthority>) {
+    let registry = platform.registry.clone();
+    let mut watch = match registry.store().watch("/registry/", 0).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the store; routes are only republished periodically");
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            rx
+        }
+    };
+    let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+    let mut last: Option<(Vec<RouteEntry>, Vec<DnsRecord>)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => last = None,
+            batch = watch.recv() => {
+                if batch.is_none() {
+                    tick.tick().await;
+                }
+                // Let the rest of a burst arrive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, watch.recv()).await {}
+            }
+        }
+        let view = match View::read(&registry).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store for routes");
+                continue;
+            }
+        };
+        let routes = view.routes(&platform.config.domain);
+        let zone = view.zone(&platform.config.zone, platform.config.router);
+        let current = (routes.routes.clone(), zone.records.clone());
+        if last.as_ref() == Some(&current) {
+            continue;
+        }
+        let payloads = serde_json::to_vec(&routes).and_then(|r| Ok((r, serde_json::to_vec(&zone)?)));
+        let Ok((r, z)) = payloads else { continue };
+        let sent = bus.publish_state(ROUTES_TOPIC, r).and_then(|()| bus.publish_state(DNS_TOPIC, z));
+        match sent {
+            Ok(()) => {
+                tracing::debug!(
+                    version = routes.version,
+                    routes = routes.routes.len(),
+                    "routes and zone published"
+                );
+                last = Some(current);
+            }
+            Err(e) => tracing::warn!(error = %e, "routes not published"),
+        }
+    }
+}
+
+/// For tests and callers that want the tables without a bus.
+pub async fn tables(platform: &Platform) -> Result<(RouteTable, DnsZone), PlatformError> {
+    let view = View::read(&platform.registry).await?;
+    Ok((view.routes(&platform.config.domain), view.zone(&platform.config.zone, platform.config.router)))
+}

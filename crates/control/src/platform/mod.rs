@@ -1,0 +1,678 @@
+//! The platform: apps deployed onto ring 1 hosts. An app environment is a ring-2 compartment,
+//! its process types are tiers (`<app>-<process>`), its instances ring-2 nodes under the hosts
+//! that run them, and every change of what runs (deploy, rollback, scale, restart) is a task
+//! carried out by a rollout in this process. The router's table and the DNS zone are computed
+//! from the same objects (`edge.rs`) and published on the ring bus, never read by the router
+//! or the DNS service from the store.
+//!
+//! A rollout only ever adds instances beside the live ones, waits for their health checks,
+//! switches which release is live, drains, and only then removes the old ones, so a release
+//! that never becomes healthy never receives traffic and the live one is never interrupted.
+
+pub mod edge;
+pub mod placement;
+mod rollout;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use enjin_app::store::PackageStore;
+use enjin_model::api::{
+    AppStatus, CreateRequest, InstanceStatus, ListQuery, PackageUploaded, RolloutStarted, UpdateRequest,
+};
+use enjin_model::kinds::{
+    AppManifest, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec,
+    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, TaskKind, TaskProgress,
+    TaskSpec, TaskState, TierSpec, validate_manifest,
+};
+use enjin_model::{FieldError, Object, Ring};
+use uuid::Uuid;
+
+use crate::bus::BusAuthority;
+use crate::registry::{Registry, RegistryError};
+
+/// Labels the platform puts on the nodes it makes.
+pub const APP_LABEL: &str = "enjin.dev/app";
+pub const PROCESS_LABEL: &str = "enjin.dev/process";
+pub const RELEASE_LABEL: &str = "enjin.dev/release";
+pub const ROLLOUT_LABEL: &str = "enjin.dev/rollout";
+/// On an instance being taken out of service: the router stops sending it requests before
+/// it is stopped.
+pub const DRAINING_LABEL: &str = "enjin.dev/draining";
+
+/// The largest package the store takes.
+pub const MAX_PACKAGE_BYTES: usize = 512 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where the content-addressed package store keeps packages.
+    pub packages_dir: PathBuf,
+    /// Apps are served at `<app>.<domain>` by the router.
+    pub domain: String,
+    /// The router's address, for app URLs and the apps' DNS records.
+    pub router: Option<SocketAddr>,
+    /// The DNS zone of apps, instances and hosts.
+    pub zone: String,
+    /// How long a removed instance keeps running after the router stopped sending it
+    /// requests, for the ones in flight.
+    pub drain: Duration,
+}
+
+impl PlatformConfig {
+    pub fn new(packages_dir: PathBuf) -> Self {
+        PlatformConfig {
+            packages_dir,
+            domain: "localhost".into(),
+            router: None,
+            zone: "enjin.internal".into(),
+            drain: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the router in this process says about an app's traffic.
+pub trait TrafficStats: Send + Sync + std::fmt::Debug + 'static {
+    fn app(&self, app: &str) -> Option<serde_json::Value>;
+    /// Its Prometheus metrics, appended to `/metrics`.
+    fn metrics_text(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("no app named {0}")]
+    NoApp(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("package store: {0}")]
+    Packages(String),
+}
+
+impl From<FieldError> for PlatformError {
+    fn from(e: FieldError) -> Self {
+        PlatformError::Invalid(e)
+    }
+}
+
+/// The platform service of one control plane.
+#[derive(Debug)]
+pub struct Platform {
+    registry: Registry,
+    packages: PackageStore,
+    config: PlatformConfig,
+    bus: Mutex<Option<Arc<BusAuthority>>>,
+    traffic: Mutex<Option<Arc<dyn TrafficStats>>>,
+}
+
+impl Platform {
+    pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
+        let packages =
+            PackageStore::open(&config.packages_dir).map_err(|e| PlatformError::Packages(e.to_string()))?;
+        Ok(Arc::new(Platform {
+            registry,
+            packages,
+            config,
+            bus: Mutex::new(None),
+            traffic: Mutex::new(None),
+        }))
+    }
+
+    pub fn config(&self) -> &PlatformConfig {
+        &self.config
+    }
+
+    pub fn packages(&self) -> &PackageStore {
+        &self.packages
+    }
+
+    /// Publish the router's table and the DNS zone on this bus from now on, and serve
+    /// packages to hosts over it.
+    pub fn attach_bus(self: &Arc<Self>, bus: Arc<BusAuthority>) {
+        if let Ok(mut b) = self.bus.lock() {
+            *b = Some(bus.clone());
+        }
+        tokio::spawn(edge::publish_loop(self.clone(), bus.clone()));
+        tokio::spawn(rollout::serve_packages(self.clone(), bus));
+    }
+
+    pub fn set_traffic(&self, stats: Arc<dyn TrafficStats>) {
+        if let Ok(mut t) = self.traffic.lock() {
+            *t = Some(stats);
+        }
+    }
+
+    pub fn traffic(&self) -> Option<Arc<dyn TrafficStats>> {
+        self.traffic.lock().ok().and_then(|t| t.clone())
+    }
+
+    fn bus(&self) -> Option<Arc<BusAuthority>> {
+        self.bus.lock().ok().and_then(|b| b.clone())
+    }
+
+    pub fn url_of(&self, app: &str) -> String {
+        match self.config.router {
+            Some(a) => format!("http://{app}.{}:{}", self.config.domain, a.port()),
+            None => format!("http://{app}.{}", self.config.domain),
+        }
+    }
+
+    /// Store a package (identical bytes are kept once).
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<PackageUploaded, PlatformError> {
+        let store = self.packages.clone();
+        let out = tokio::task::spawn_blocking(move || store.put(&bytes))
+            .await
+            .map_err(|e| PlatformError::Packages(e.to_string()))?
+            .map_err(|e| PlatformError::Packages(e.to_string()))?;
+        tracing::info!(digest = %out.package.digest, size = out.package.size, existed = out.existed, "package stored");
+        Ok(PackageUploaded { package: out.package, existed: out.existed })
+    }
+
+    /// Fail the rollouts a previous run of this process left unfinished: their instances are
+    /// removed and their releases marked failed, so nothing half-deployed stays.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), PlatformError> {
+        let (tasks, _) = self.registry.list::<TaskSpec>(&ListQuery::default()).await?;
+        for t in tasks {
+            if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() {
+                continue;
+            }
+            let why = "interrupted: the control plane stopped during the rollout".to_string();
+            let task = rollout::TaskHandle::new(&self.registry, t);
+            let rollout_id = task.uuid();
+            let nodes = self.instances_where(ROLLOUT_LABEL, &rollout_id.to_string()).await?;
+            for n in nodes {
+                let _ = self.registry.delete(enjin_model::Kind::Node, n.meta.uuid, None).await;
+            }
+            if let Some(subject) = task.subject() {
+                if let Ok(r) = self.registry.get::<ReleaseSpec>(subject).await
+                    && r.spec.state == ReleaseState::Deploying
+                {
+                    let spec = ReleaseSpec { state: ReleaseState::Failed, ..r.spec.clone() };
+                    let req = UpdateRequest {
+                        revision: r.meta.revision,
+                        label: r.meta.label,
+                        labels: r.meta.labels,
+                        spec,
+                    };
+                    let _ = self.registry.update(r.meta.uuid, req, Utc::now()).await;
+                }
+            }
+            task.finish(Err(why)).await;
+        }
+        Ok(())
+    }
+
+    /// The app's environment, made on its first deploy.
+    async fn app_env(&self, name: &str, create: bool) -> Result<Object<CompartmentSpec>, PlatformError> {
+        let q = ListQuery { ring: Some(2), label: Some(name.to_string()), ..ListQuery::default() };
+        let (found, _) = self.registry.list::<CompartmentSpec>(&q).await?;
+        if let Some(c) =
+            found.into_iter().find(|c| c.spec.compartment_type == CompartmentType::AppEnvironment)
+        {
+            return Ok(c);
+        }
+        if !create {
+            return Err(PlatformError::NoApp(name.to_string()));
+        }
+        let spec = CompartmentSpec {
+            compartment_type: CompartmentType::AppEnvironment,
+            parents: Vec::new(),
+            links: Vec::new(),
+        };
+        let req = CreateRequest {
+            ring: Ring::PLATFORM,
+            label: Some(name.to_string()),
+            labels: Default::default(),
+            spec,
+        };
+        Ok(self.registry.create(req, Utc::now()).await?)
+    }
+
+    /// The tier of one process type of an app.
+    async fn tier(&self, app: &str, process: &str) -> Result<Uuid, PlatformError> {
+        let label = format!("{app}-{process}");
+        let q = ListQuery { ring: Some(2), label: Some(label.clone()), ..ListQuery::default() };
+        let (found, _) = self.registry.list::<TierSpec>(&q).await?;
+        if let Some(t) = found.into_iter().next() {
+            return Ok(t.meta.uuid);
+        }
+        let spec =
+            TierSpec { description: format!("the {process} processes of app {app}"), hooks: BTreeMap::new() };
+        let req =
+            CreateRequest { ring: Ring::PLATFORM, label: Some(label), labels: Default::default(), spec };
+        match self.registry.create(req, Utc::now()).await {
+            Ok(t) => Ok(t.meta.uuid),
+            // Made meanwhile by a concurrent deploy.
+            Err(RegistryError::Conflict { .. }) => {
+                let q = ListQuery {
+                    ring: Some(2),
+                    label: Some(format!("{app}-{process}")),
+                    ..ListQuery::default()
+                };
+                let (found, _) = self.registry.list::<TierSpec>(&q).await?;
+                found
+                    .into_iter()
+                    .next()
+                    .map(|t| t.meta.uuid)
+                    .ok_or_else(|| PlatformError::Conflict("tier vanished".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn releases(&self, app: &str) -> Result<Vec<Object<ReleaseSpec>>, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        let q = ListQuery { compartment: Some(env.meta.uuid), ..ListQuery::default() };
+        let (mut rs, _) = self.registry.list::<ReleaseSpec>(&q).await?;
+        rs.sort_by(|a, b| b.spec.version.cmp(&a.spec.version));
+        Ok(rs)
+    }
+
+    /// Refuse a second rollout of an app while one is under way.
+    async fn no_rollout_running(&self, app: &Object<CompartmentSpec>) -> Result<(), PlatformError> {
+        let (tasks, _) = self.registry.list::<TaskSpec>(&ListQuery::default()).await?;
+        let label = app.meta.label.clone().unwrap_or_default();
+        if let Some(t) = tasks.iter().find(|t| {
+            !t.spec.state.is_final()
+                && t.meta.labels.get(APP_LABEL).map(String::as_str) == Some(label.as_str())
+        }) {
+            return Err(PlatformError::Conflict(format!(
+                "app {label} is already being changed by task {}; wait for it (enjin task get {})",
+                t.meta.uuid, t.meta.uuid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deploy a new release of the app the manifest names from an uploaded package.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        manifest: AppManifest,
+        package: PackageRef,
+    ) -> Result<RolloutStarted, PlatformError> {
+        validate_manifest(&manifest)
+            .map_err(|e| FieldError::new(format!("manifest.{}", e.field), e.message))?;
+        match self.packages.size(&package.digest) {
+            Ok(size) if size == package.size => {}
+            Ok(size) => {
+                return Err(FieldError::new(
+                    "package.size",
+                    format!("package {} has {size} bytes, not {}", package.digest, package.size),
+                )
+                .into());
+            }
+            Err(enjin_app::store::StoreError::NotFound { .. }) => {
+                return Err(FieldError::new(
+                    "package.digest",
+                    format!(
+                        "no package {} in the package store: upload it first (POST /v1/packages)",
+                        package.digest
+                    ),
+                )
+                .into());
+            }
+            Err(e) => return Err(FieldError::new("package.digest", e.to_string()).into()),
+        }
+        let env = self.app_env(&manifest.name, true).await?;
+        self.start_release(env, manifest, package, "deploy".into()).await
+    }
+
+    /// A new release with an old release's code and configuration.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        app: &str,
+        version: Option<u32>,
+    ) -> Result<RolloutStarted, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        let releases = self.releases(app).await?;
+        let live = releases.iter().find(|r| r.spec.state == ReleaseState::Active).map(|r| r.spec.version);
+        let target = match version {
+            Some(v) => releases.iter().find(|r| r.spec.version == v).ok_or_else(|| {
+                PlatformError::from(FieldError::new("version", format!("app {app} has no release v{v}")))
+            })?,
+            None => releases
+                .iter()
+                .find(|r| r.spec.state == ReleaseState::Superseded && Some(r.spec.version) < live)
+                .ok_or_else(|| {
+                    PlatformError::Conflict(format!("app {app} has no earlier release to roll back to"))
+                })?,
+        };
+        if Some(target.spec.version) == live {
+            return Err(PlatformError::Conflict(format!(
+                "v{} of {app} is already live",
+                target.spec.version
+            )));
+        }
+        let description = format!("rollback to v{}", target.spec.version);
+        self.start_release(env, target.spec.manifest.clone(), target.spec.package.clone(), description).await
+    }
+
+    /// Replace every instance of the live release with a fresh one, one rollout.
+    pub async fn restart(self: &Arc<Self>, app: &str) -> Result<RolloutStarted, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        self.no_rollout_running(&env).await?;
+        let live = self.live_release(&env).await?;
+        let task = self.new_task(&env, live.meta.uuid, format!("restart v{}", live.spec.version)).await?;
+        let started = RolloutStarted {
+            app: env.meta.uuid,
+            task: task.uuid(),
+            release: live.meta.uuid,
+            version: live.spec.version,
+        };
+        tokio::spawn(rollout::run(self.clone(), task, env, live, rollout::Mode::Replace));
+        Ok(started)
+    }
+
+    /// Set the instance counts of the live release's process types.
+    pub async fn scale(
+        self: &Arc<Self>,
+        app: &str,
+        counts: BTreeMap<String, u32>,
+    ) -> Result<RolloutStarted, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        self.no_rollout_running(&env).await?;
+        let live = self.live_release(&env).await?;
+        let mut spec = live.spec.clone();
+        for (process, n) in &counts {
+            let Some(p) = spec.manifest.processes.get_mut(process) else {
+                return Err(FieldError::new(
+                    format!("processes.{process}"),
+                    format!(
+                        "app {app} has no process type {process} (it has {})",
+                        live.spec.manifest.processes.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .into());
+            };
+            p.instances = *n;
+        }
+        validate_manifest(&spec.manifest).map_err(|e| FieldError::new(e.field, e.message))?;
+        let req = UpdateRequest {
+            revision: live.meta.revision,
+            label: live.meta.label.clone(),
+            labels: live.meta.labels.clone(),
+            spec,
+        };
+        let live = self.registry.update(live.meta.uuid, req, Utc::now()).await?;
+        let what: Vec<String> = counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        let task = self.new_task(&env, live.meta.uuid, format!("scale {}", what.join(" "))).await?;
+        let started = RolloutStarted {
+            app: env.meta.uuid,
+            task: task.uuid(),
+            release: live.meta.uuid,
+            version: live.spec.version,
+        };
+        tokio::spawn(rollout::run(self.clone(), task, env, live, rollout::Mode::Scale));
+        Ok(started)
+    }
+
+    async fn live_release(
+        &self,
+        env: &Object<CompartmentSpec>,
+    ) -> Result<Object<ReleaseSpec>, PlatformError> {
+        let app = env.meta.label.clone().unwrap_or_default();
+        self.releases(&app)
+            .await?
+            .into_iter()
+            .find(|r| r.spec.state == ReleaseState::Active)
+            .ok_or_else(|| PlatformError::Conflict(format!("app {app} has no live release; deploy it first")))
+    }
+
+    async fn start_release(
+        self: &Arc<Self>,
+        env: Object<CompartmentSpec>,
+        manifest: AppManifest,
+        package: PackageRef,
+        description: String,
+    ) -> Result<RolloutStarted, PlatformError> {
+        self.no_rollout_running(&env).await?;
+        let name = env.meta.label.clone().unwrap_or_default();
+        for process in manifest.processes.keys() {
+            self.tier(&name, process).await?;
+        }
+        let mut version = self.releases(&name).await?.first().map_or(0, |r| r.spec.version) + 1;
+        let release = loop {
+            let spec = ReleaseSpec {
+                app: env.meta.uuid,
+                version,
+                package: package.clone(),
+                manifest: manifest.clone(),
+                state: ReleaseState::Deploying,
+                description: description.clone(),
+            };
+            let req = CreateRequest {
+                ring: Ring::PLATFORM,
+                label: Some(format!("v{version}")),
+                labels: [(APP_LABEL.to_string(), name.clone())].into(),
+                spec,
+            };
+            match self.registry.create(req, Utc::now()).await {
+                Ok(r) => break r,
+                // Another server numbered a release meanwhile.
+                Err(RegistryError::Conflict { .. }) if version < u32::MAX => version += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let task = self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await?;
+        tracing::info!(app = %name, version, task = %task.uuid(), "rollout started");
+        let started =
+            RolloutStarted { app: env.meta.uuid, task: task.uuid(), release: release.meta.uuid, version };
+        tokio::spawn(rollout::run(self.clone(), task, env, release, rollout::Mode::Release));
+        Ok(started)
+    }
+
+    async fn new_task(
+        &self,
+        env: &Object<CompartmentSpec>,
+        subject: Uuid,
+        message: String,
+    ) -> Result<rollout::TaskHandle, PlatformError> {
+        let app = env.meta.label.clone().unwrap_or_default();
+        let spec = TaskSpec {
+            task_type: TaskKind::Deploy,
+            state: TaskState::Running,
+            progress: TaskProgress { done: 0, total: 0, message },
+            subject: Some(subject),
+            result: None,
+            error: None,
+        };
+        let label = format!("{app}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let req = CreateRequest {
+            ring: Ring::PLATFORM,
+            label: Some(label),
+            labels: [(APP_LABEL.to_string(), app)].into(),
+            spec,
+        };
+        let task = self.registry.create(req, Utc::now()).await?;
+        Ok(rollout::TaskHandle::new(&self.registry, task))
+    }
+
+    /// Ring 2 nodes carrying `key=value`.
+    async fn instances_where(&self, key: &str, value: &str) -> Result<Vec<Object<NodeSpec>>, PlatformError> {
+        let q = ListQuery { ring: Some(2), selector: Some(format!("{key}={value}")), ..ListQuery::default() };
+        Ok(self.registry.list::<NodeSpec>(&q).await?.0)
+    }
+
+    /// An app as `enjin app status` shows it.
+    pub async fn status(&self, app: &str) -> Result<AppStatus, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        let view = edge::View::read(&self.registry).await?;
+        let stats = self.bus().map(|b| b.instance_stats()).unwrap_or_default();
+        Ok(self.status_of(&env, &view, &stats))
+    }
+
+    pub async fn list(&self) -> Result<Vec<AppStatus>, PlatformError> {
+        let view = edge::View::read(&self.registry).await?;
+        let stats = self.bus().map(|b| b.instance_stats()).unwrap_or_default();
+        Ok(view.apps.iter().map(|env| self.status_of(env, &view, &stats)).collect())
+    }
+
+    fn status_of(
+        &self,
+        env: &Object<CompartmentSpec>,
+        view: &edge::View,
+        stats: &HashMap<Uuid, (enjin_model::api::InstanceStats, chrono::DateTime<Utc>)>,
+    ) -> AppStatus {
+        let name = env.meta.label.clone().unwrap_or_default();
+        let live = view.live_release(env.meta.uuid);
+        let mut instances: Vec<InstanceStatus> = view
+            .instances_of(env.meta.uuid)
+            .map(|n| {
+                let health = view.health(n);
+                let routed = view.routed(n);
+                let release = n.meta.labels.get(RELEASE_LABEL).and_then(|r| r.parse::<Uuid>().ok());
+                let version = release.and_then(|r| view.releases.get(&r)).map_or(0, |r| r.spec.version);
+                let host = n.spec.parent.and_then(|p| view.hosts.get(&p));
+                let s = stats.get(&n.meta.uuid);
+                InstanceStatus {
+                    uuid: n.meta.uuid,
+                    label: n.meta.label.clone().unwrap_or_default(),
+                    process: n.meta.labels.get(PROCESS_LABEL).cloned().unwrap_or_default(),
+                    version,
+                    host: host.and_then(|h| h.meta.label.clone()).unwrap_or_default(),
+                    address: view.address_of(n),
+                    state: if n.meta.labels.contains_key(DRAINING_LABEL) {
+                        "draining".into()
+                    } else {
+                        health.name().into()
+                    },
+                    routed,
+                    message: health.message().to_string(),
+                    cpu_seconds: s.map(|(s, _)| s.cpu_usage_ns as f64 / 1e9),
+                    memory_bytes: s.map(|(s, _)| s.memory_bytes),
+                }
+            })
+            .collect();
+        instances.sort_by(|a, b| a.label.cmp(&b.label));
+        AppStatus {
+            name: name.clone(),
+            uuid: env.meta.uuid,
+            url: self.url_of(&name),
+            version: live.map(|r| r.spec.version),
+            instances,
+            traffic: self.traffic().and_then(|t| t.app(&name)),
+        }
+    }
+
+    /// The logs of an app's instances (or one of them), from the hosts that run them.
+    pub async fn logs(
+        &self,
+        app: &str,
+        q: &enjin_model::api::LogsQuery,
+    ) -> Result<enjin_model::api::LogsReply, PlatformError> {
+        let env = self.app_env(app, false).await?;
+        let bus = self.bus().ok_or_else(|| {
+            PlatformError::Unavailable("this server runs no ring bus to reach hosts".into())
+        })?;
+        let view = edge::View::read(&self.registry).await?;
+        let mut by_host: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        let mut found = false;
+        for n in view.instances_of(env.meta.uuid) {
+            if let Some(want) = &q.instance
+                && n.meta.label.as_deref() != Some(want.as_str())
+                && n.meta.uuid.to_string() != *want
+            {
+                continue;
+            }
+            found = true;
+            if let Some(h) = n.spec.parent {
+                by_host.entry(h).or_default().push(n.meta.uuid);
+            }
+        }
+        if let Some(want) = &q.instance
+            && !found
+        {
+            return Err(FieldError::new("instance", format!("app {app} has no instance {want}")).into());
+        }
+        let mut lines = Vec::new();
+        for (host, instances) in by_host {
+            let req = enjin_model::api::LogsRequest {
+                instances,
+                since: q.since,
+                after: BTreeMap::new(),
+                limit: q.limit,
+            };
+            match bus.logs(host, &req).await {
+                Ok(reply) => lines.extend(reply.lines),
+                Err(e) => tracing::warn!(%host, error = %e, "host did not answer a logs request"),
+            }
+        }
+        lines.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
+        Ok(enjin_model::api::LogsReply { lines })
+    }
+}
+
+/// The address instances on `host` are reached at: its first interface address, or loopback
+/// for a host that shares this machine's network.
+pub(crate) fn host_address(host: Uuid, interfaces: &[Object<NetworkInterfaceSpec>]) -> IpAddr {
+    interfaces
+        .iter()
+        .find(|i| i.spec.node == host)
+        .and_then(|i| i.spec.addresses.first().copied())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// What the observations of an instance say of its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Starting(String),
+    Healthy(String),
+    Unhealthy(String),
+    /// Given up on by its supervisor (too many restarts).
+    Failed(String),
+}
+
+impl Health {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::Starting(_) => "starting",
+            Health::Healthy(_) => "healthy",
+            Health::Unhealthy(_) => "unhealthy",
+            Health::Failed(_) => "failed",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Health::Starting(m) | Health::Healthy(m) | Health::Unhealthy(m) | Health::Failed(m) => m,
+        }
+    }
+
+    /// From the node's process observation and, when it has a probe, the probe's: a probe's
+    /// verdict counts only if it is newer than the process's last start or exit, so an
+    /// instance that died and came back is not healthy on its former self's word.
+    pub fn of(node: &NodeSpec, observations: &[&Object<NodeObservationSpec>]) -> Health {
+        let find =
+            |s: ObservationStrategy| observations.iter().find(|o| o.spec.strategy == s).map(|o| &o.spec);
+        let Some(process) = find(ObservationStrategy::Process) else {
+            return Health::Starting("not started yet".into());
+        };
+        match process.state {
+            ObservationState::Failed => return Health::Failed(process.message.clone()),
+            ObservationState::Exited | ObservationState::Lost => {
+                return Health::Unhealthy(process.message.clone());
+            }
+            _ => {}
+        }
+        match node.run.as_ref().and_then(|r| r.probe.as_ref()) {
+            None if process.state == ObservationState::Running => Health::Healthy(process.message.clone()),
+            None => Health::Starting(process.message.clone()),
+            Some(p) => match find(p.strategy) {
+                Some(o) if o.observed_at >= process.observed_at => match o.state {
+                    ObservationState::Running => Health::Healthy(o.message.clone()),
+                    ObservationState::Unhealthy => Health::Unhealthy(o.message.clone()),
+                    _ => Health::Starting(o.message.clone()),
+                },
+                _ => Health::Starting(process.message.clone()),
+            },
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Where new instances go: spread over compartments first (a datacenter lost takes the fewest
+//! instances with it), then over hosts, then onto the least loaded host, never past a host's
+//! memory capacity. Pure: the caller reads hosts and their instances from the store.
+
+use uuid::Uuid;
+
+/// A host as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLoad {
+    pub host: Uuid,
+    pub label: String,
+    pub compartment: Option<Uuid>,
+    /// Memory the host offers to instances; `None` for no limit.
+    pub memory_capacity: Option<u64>,
+    /// Memory its instances reserve.
+    pub memory_reserved: u64,
+    /// Its instances of the process type being placed.
+    pub same_process: usize,
+    /// All its instances.
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("no ring 1 host is up to run instances")]
+    NoHosts,
+    #[error("no host has {needed} bytes of memory free for instance {index} (of {count})")]
+    NoCapacity { needed: u64, index: usize, count: usize },
+}
+
+/// Choose a host for each of `count` new instances that each reserve `memory` bytes, updating
+/// `hosts` as it goes so that the choices spread.
+pub fn place(hosts: &mut [HostLoad], count: usize, memory: u64) -> Result<Vec<Uuid>, PlacementError> {
+    if hosts.is_empty() {
+        return Err(PlacementError::NoHosts);
+    }
+    let mut chosen = Vec::with_capacity(count);
+    for index in 0..count {
+        let per_compartment = |c: Option<Uuid>, hosts: &[HostLoad]| -> usize {
+            hosts.iter().filter(|h| h.compartment == c).map(|h| h.same_process).sum()
+        };
+        let best = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| {
+                h.memory_capacity.is_none_or(|cap| h.memory_reserved.saturating_add(memory) <= cap)
+            })
+            .min_by_key(|(_, h)| {
+                (per_compartment(h.compartment, hosts), h.same_process, h.total, h.label.clone())
+            })
+            .map(|(i, _)| i);
+        let Some(i) = best else {
+            return Err(PlacementError::NoCapacity { needed: memory, index: index + 1, count });
+        };
+        let h = &mut hosts[i];
+        h.same_process += 1;
+        h.total += 1;
+        h.memory_reserved = h.memory_reserved.saturating_add(memory);
+        chosen.push(h.host);
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn host(n: u8, compartment: Option<u8>, cap: Option<u64>) -> HostLoad {
+        HostLoad {
+            host: Uuid::from_u128(u128::from(n)),
+            label: format!("host-{n}"),
+            compartment: compartment.map(|c| Uuid::from_u128(1000 + u128::from(c))),
+            memory_capacity: cap,
+            memory_reserved: 0,
+            same_process: 0,
+            total: 0,
+        }
+    }
+
+    #[test]
+    fn spreads_over_compartments_before_hosts() {
+        // Two hosts in dc 1, one in dc 2: two instances go one per datacenter.
+        let mut hosts = vec![host(1, Some(1), None), host(2, Some(1), None), host(3, Some(2), None)];
+        let chosen = place(&mut hosts, 2, 0).unwrap();
+        assert!(chosen.contains(&hosts[2].host), "{chosen:?}");
+        // A third goes to the dc 1 host that has none yet.
+        let third = place(&mut hosts, 1, 0).unwrap()[0];
+        assert_eq!(hosts.iter().find(|h| h.host == third).map(|h| h.same_process), Some(1));
+    }
+
+    #[test]
+    fn respects_capacity_and_says_when_nothing_fits() {
+        let mut hosts = vec![host(1, None, Some(300)), host(2, None, Some(100))];
+        assert_eq!(place(&mut hosts, 2, 100).unwrap(), vec![hosts[0].host, hosts[1].host]);
+        assert_eq!(place(&mut hosts, 1, 100).unwrap(), vec![hosts[0].host]);
+        assert!(matches!(place(&mut hosts, 1, 200), Err(PlacementError::NoCapacity { .. })));
+        assert_eq!(place(&mut [], 1, 0), Err(PlacementError::NoHosts));
+    }
+
+    proptest! {
+        /// Without capacity limits, instances on any two hosts differ by at most one, and the
+        /// same holds for compartments whose hosts are equally many.
+        #[test]
+        fn placement_is_balanced(hosts in 1usize..6, count in 0usize..40) {
+            let mut hs: Vec<HostLoad> = (0..hosts).map(|i| host(i as u8, None, None)).collect();
+            let chosen = place(&mut hs, count, 1).unwrap();
+            prop_assert_eq!(chosen.len(), count);
+            let mut per: HashMap<Uuid, usize> = HashMap::new();
+            for c in &chosen { *per.entry(*c).or_default() += 1; }
+            let max = hs.iter().map(|h| per.get(&h.host).copied().unwrap_or(0)).max().unwrap_or(0);
+            let min = hs.iter().map(|h| per.get(&h.host).copied().unwrap_or(0)).min().unwrap_or(0);
+            prop_assert!(max - min <= 1);
+        }
+
+        /// No host is ever given more than its capacity.
+        #[test]
+        fn capacity_is_never_exceeded(caps in proptest::collection::vec(0u64..10, 1..5), count in 0usize..30) {
+            let mut hs: Vec<HostLoad> =
+                caps.iter().enumerate().map(|(i, c)| host(i as u8, None, Some(*c))).collect();
+            let fits: u64 = caps.iter().sum();
+            match place(&mut hs, count, 1) {
+                Ok(chosen) => prop_assert!(chosen.len() as u64 <= fits),
+                Err(_) => prop_assert!(count as u64 > fits),
+            }
+            for h in &hs {
+                prop_assert!(h.memory_capacity.is_none_or(|c| h.memory_reserved <= c));
+            }
+        }
+    }
+}

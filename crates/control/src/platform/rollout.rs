@@ -1,0 +1,529 @@
+//! Rollouts: the one procedure behind deploy, rollback, restart and scale. New instances are
+//! placed and started beside the live ones; only when every one of them is healthy does the
+//! release become live; the instances it replaces are then taken out of the routes, given
+//! time to finish what they were doing, and removed. A rollout that fails removes what it
+//! started and leaves the live release as it was.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use enjin_model::api::{CreateRequest, PACKAGE_CHUNK, PACKAGES_TOPIC, PackageChunkRequest, UpdateRequest};
+use enjin_model::kinds::{
+    CompartmentSpec, DesiredState, HealthKind, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec,
+    ProcessType, ReleaseSpec, ReleaseState, RestartPolicy, RunSpec, Strategy, TaskProgress, TaskSpec,
+    TaskState,
+};
+use enjin_model::{Kind, Object, Ring};
+use uuid::Uuid;
+
+use super::edge::View;
+use super::placement::{HostLoad, place};
+use super::{
+    APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL, ROLLOUT_LABEL,
+};
+use crate::bus::BusAuthority;
+use crate::ports;
+use crate::registry::{Registry, RegistryError};
+
+/// How often a rollout looks at its instances' health.
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A new release: start all its instances, then make it live and remove the old ones.
+    Release,
+    /// The live release again: replace every instance.
+    Replace,
+    /// The live release: add or remove instances to match its counts.
+    Scale,
+}
+
+/// A task this process is carrying out, kept current in the store.
+#[derive(Debug)]
+pub struct TaskHandle {
+    registry: Registry,
+    task: Object<TaskSpec>,
+}
+
+impl TaskHandle {
+    pub fn new(registry: &Registry, task: Object<TaskSpec>) -> Self {
+        TaskHandle { registry: registry.clone(), task }
+    }
+
+    pub fn uuid(&self) -> Uuid {
+        self.task.meta.uuid
+    }
+
+    pub fn subject(&self) -> Option<Uuid> {
+        self.task.spec.subject
+    }
+
+    async fn write(&mut self, change: impl Fn(&mut TaskSpec)) {
+        for _ in 0..5 {
+            let mut spec = self.task.spec.clone();
+            change(&mut spec);
+            let req = UpdateRequest {
+                revision: self.task.meta.revision,
+                label: self.task.meta.label.clone(),
+                labels: self.task.meta.labels.clone(),
+                spec,
+            };
+            match self.registry.update(self.task.meta.uuid, req, Utc::now()).await {
+                Ok(t) => {
+                    self.task = t;
+                    return;
+                }
+                Err(RegistryError::Conflict { .. }) => {
+                    match self.registry.get::<TaskSpec>(self.task.meta.uuid).await {
+                        Ok(t) => self.task = t,
+                        Err(e) => {
+                            tracing::warn!(task = %self.task.meta.uuid, error = %e, "task vanished");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %self.task.meta.uuid, error = %e, "task progress not stored");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub async fn progress(&mut self, done: u64, total: u64, message: String) {
+        let p = TaskProgress { done, total, message };
+        if self.task.spec.progress != p {
+            self.write(|s| s.progress = p.clone()).await;
+        }
+    }
+
+    pub async fn finish(mut self, outcome: Result<String, String>) {
+        self.write(|s| match &outcome {
+            Ok(m) => {
+                s.state = TaskState::Succeeded;
+                s.progress.done = s.progress.total;
+                s.progress.message.clone_from(m);
+                s.result = Some(serde_json::json!({ "message": m }));
+            }
+            Err(e) => {
+                s.state = TaskState::Failed;
+                s.progress.message.clone_from(e);
+                s.error = Some(e.clone());
+            }
+        })
+        .await;
+    }
+}
+
+/// Carry out one rollout and record how it ended in its task.
+pub async fn run(
+    platform: Arc<Platform>,
+    mut task: TaskHandle,
+    env: Object<CompartmentSpec>,
+    release: Object<ReleaseSpec>,
+    mode: Mode,
+) {
+    let app = env.meta.label.clone().unwrap_or_default();
+    let outcome = match mode {
+        Mode::Release | Mode::Replace => replace(&platform, &mut task, &env, &release, mode).await,
+        Mode::Scale => scale(&platform, &mut task, &env, &release).await,
+    };
+    match &outcome {
+        Ok(m) => tracing::info!(%app, task = %task.uuid(), "{m}"),
+        Err(e) => tracing::warn!(%app, task = %task.uuid(), "rollout failed: {e}"),
+    }
+    task.finish(outcome).await;
+}
+
+async fn replace(
+    p: &Arc<Platform>,
+    task: &mut TaskHandle,
+    env: &Object<CompartmentSpec>,
+    release: &Object<ReleaseSpec>,
+    mode: Mode,
+) -> Result<String, String> {
+    let app = env.meta.label.clone().unwrap_or_default();
+    let version = release.spec.version;
+    let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+    let old: Vec<Uuid> = view.instances_of(env.meta.uuid).map(|n| n.meta.uuid).collect();
+    let wanted: Vec<(String, ProcessType)> =
+        release.spec.manifest.processes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let total: u64 = wanted.iter().map(|(_, pt)| u64::from(pt.instances)).sum();
+    task.progress(0, total, format!("starting {total} instances of v{version}")).await;
+    let mut started = Vec::new();
+    let mut result = Ok(());
+    for (process, pt) in &wanted {
+        match create_instances(p, task.uuid(), env, release, process, pt, pt.instances as usize, 0).await {
+            Ok(mut made) => started.append(&mut made),
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        let timeout = wanted
+            .iter()
+            .map(|(name, pt)| pt.health_or_default(name).start_timeout_seconds)
+            .max()
+            .unwrap_or(60);
+        result = wait_healthy(p, task, &started, Duration::from_secs(timeout), 0, total, version).await;
+    }
+    if let Err(e) = result {
+        remove(p, &started).await;
+        if mode == Mode::Release {
+            set_release_state(&p.registry, release.meta.uuid, ReleaseState::Failed).await;
+        }
+        return Err(format!("v{version} of {app} was not deployed: {e}; the live release keeps serving"));
+    }
+    if mode == Mode::Release {
+        // Live first, then the others superseded: between the two both serve, never neither.
+        set_release_state(&p.registry, release.meta.uuid, ReleaseState::Active).await;
+        for r in view.releases.values() {
+            if r.spec.app == env.meta.uuid
+                && r.meta.uuid != release.meta.uuid
+                && r.spec.state == ReleaseState::Active
+            {
+                set_release_state(&p.registry, r.meta.uuid, ReleaseState::Superseded).await;
+            }
+        }
+    }
+    task.progress(total, total, format!("v{version} is live; draining {} old instances", old.len())).await;
+    drain_and_remove(p, &old).await;
+    Ok(format!("v{version} of {app} is live with {total} instances at {}", p.url_of(&app)))
+}
+
+async fn scale(
+    p: &Arc<Platform>,
+    task: &mut TaskHandle,
+    env: &Object<CompartmentSpec>,
+    release: &Object<ReleaseSpec>,
+) -> Result<String, String> {
+    let app = env.meta.label.clone().unwrap_or_default();
+    let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+    let mut to_remove = Vec::new();
+    let mut started = Vec::new();
+    let mut adding = 0u64;
+    let plan: Vec<(String, ProcessType, Vec<&Object<NodeSpec>>)> = release
+        .spec
+        .manifest
+        .processes
+        .iter()
+        .map(|(name, pt)| {
+            let mut have: Vec<&Object<NodeSpec>> = view
+                .instances_of(env.meta.uuid)
+                .filter(|n| n.meta.labels.get(PROCESS_LABEL) == Some(name))
+                .filter(|n| !n.meta.labels.contains_key(DRAINING_LABEL))
+                .collect();
+            have.sort_by(|a, b| a.meta.created_at.cmp(&b.meta.created_at));
+            (name.clone(), pt.clone(), have)
+        })
+        .collect();
+    for (_, pt, have) in &plan {
+        adding += (pt.instances as usize).saturating_sub(have.len()) as u64;
+    }
+    task.progress(0, adding, format!("adding {adding} instances")).await;
+    for (name, pt, have) in &plan {
+        let want = pt.instances as usize;
+        if have.len() > want {
+            // The newest go first: the oldest have proven themselves.
+            to_remove.extend(have[want..].iter().map(|n| n.meta.uuid));
+        } else if have.len() < want {
+            let made =
+                create_instances(p, task.uuid(), env, release, name, pt, want - have.len(), have.len())
+                    .await
+                    .map_err(|e| e.to_string());
+            match made {
+                Ok(mut m) => started.append(&mut m),
+                Err(e) => {
+                    remove(p, &started).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if !started.is_empty() {
+        let timeout =
+            plan.iter().map(|(n, pt, _)| pt.health_or_default(n).start_timeout_seconds).max().unwrap_or(60);
+        if let Err(e) =
+            wait_healthy(p, task, &started, Duration::from_secs(timeout), 0, adding, release.spec.version)
+                .await
+        {
+            remove(p, &started).await;
+            return Err(format!("{app} was not scaled: {e}"));
+        }
+    }
+    drain_and_remove(p, &to_remove).await;
+    let counts: Vec<String> = plan.iter().map(|(n, pt, _)| format!("{n}={}", pt.instances)).collect();
+    Ok(format!("{app} scaled to {}", counts.join(" ")))
+}
+
+/// Make `count` instances of one process type, numbered from `first`, each on a host chosen
+/// by placement with a port of its own.
+#[allow(clippy::too_many_arguments, reason = "one call site per mode; a struct would only rename them")]
+async fn create_instances(
+    p: &Arc<Platform>,
+    rollout: Uuid,
+    env: &Object<CompartmentSpec>,
+    release: &Object<ReleaseSpec>,
+    process: &str,
+    pt: &ProcessType,
+    count: usize,
+    first: usize,
+) -> Result<Vec<Uuid>, PlatformError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let app = env.meta.label.clone().unwrap_or_default();
+    let tier = p.tier(&app, process).await?;
+    let view = View::read(&p.registry).await?;
+    let mut loads = host_loads(&view, env.meta.uuid, process);
+    let memory = pt.resources.memory_bytes.unwrap_or(0);
+    let hosts = place(&mut loads, count, memory).map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+    let health = pt.health_or_default(process);
+    let version = release.spec.version;
+    let short = &rollout.simple().to_string()[..4];
+    let mut made = Vec::new();
+    for (i, host) in hosts.into_iter().enumerate() {
+        let label = format!("{process}-v{version}-{short}-{}", first + i + 1);
+        let labels = [
+            (APP_LABEL.to_string(), app.clone()),
+            (PROCESS_LABEL.to_string(), process.to_string()),
+            (RELEASE_LABEL.to_string(), release.meta.uuid.to_string()),
+            (ROLLOUT_LABEL.to_string(), rollout.to_string()),
+        ]
+        .into();
+        let mut attempt = 0;
+        let node = loop {
+            attempt += 1;
+            let port = free_port(&p.registry).await?;
+            let mut envs: BTreeMap<String, String> = release.spec.manifest.env.clone();
+            envs.insert("PORT".into(), port.to_string());
+            envs.insert("ENJIN_APP".into(), app.clone());
+            envs.insert("ENJIN_PROCESS".into(), process.to_string());
+            envs.insert("ENJIN_RELEASE".into(), format!("v{version}"));
+            envs.insert("ENJIN_INSTANCE".into(), label.clone());
+            let probe = match health.kind {
+                HealthKind::Process => None,
+                kind => Some(ProbeSpec {
+                    strategy: if kind == HealthKind::Http {
+                        ObservationStrategy::Http
+                    } else {
+                        ObservationStrategy::Tcp
+                    },
+                    port: Some(port),
+                    path: health.path.clone(),
+                    interval_ms: health.interval_ms,
+                    timeout_ms: health.timeout_ms,
+                    failure_threshold: health.failure_threshold,
+                    success_threshold: 1,
+                }),
+            };
+            let spec = NodeSpec {
+                parent: Some(host),
+                strategy: Some(Strategy::UnixUser),
+                tiers: vec![tier],
+                compartment: Some(env.meta.uuid),
+                resources: pt.resources.clone(),
+                desired_state: DesiredState::Running,
+                run: Some(RunSpec {
+                    command: vec!["/bin/sh".into(), "-c".into(), pt.command.clone()],
+                    env: envs,
+                    restart: RestartPolicy::default(),
+                    probe,
+                    stop_grace_seconds: 5,
+                    package: Some(release.spec.package.clone()),
+                    port: Some(port),
+                }),
+            };
+            let req = CreateRequest {
+                ring: Ring::PLATFORM,
+                label: Some(label.clone()),
+                labels: Clone::clone(&labels),
+                spec,
+            };
+            match p.registry.create(req, Utc::now()).await {
+                Ok(n) => break n,
+                // Taken by a concurrent rollout between reading and claiming: take another.
+                Err(RegistryError::Invalid(e)) if e.field == "spec.run.port" && attempt < 20 => continue,
+                Err(e) => {
+                    remove(p, &made).await;
+                    return Err(e.into());
+                }
+            }
+        };
+        tracing::info!(app = %app, instance = %label, host = %host, "instance placed");
+        made.push(node.meta.uuid);
+    }
+    Ok(made)
+}
+
+/// The hosts instances may go to now, with what they already run.
+fn host_loads(view: &View, app: Uuid, process: &str) -> Vec<HostLoad> {
+    let mut loads: Vec<HostLoad> = view
+        .hosts
+        .values()
+        .filter(|h| {
+            matches!(
+                h.spec.strategy,
+                Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh)
+            )
+        })
+        .filter(|h| {
+            // Only hosts whose agent says it is alive.
+            view.observations.get(&h.meta.uuid).is_some_and(|obs| {
+                obs.iter().any(|o| {
+                    o.spec.strategy == ObservationStrategy::Heartbeat
+                        && o.spec.state == ObservationState::Running
+                })
+            })
+        })
+        .map(|h| HostLoad {
+            host: h.meta.uuid,
+            label: h.meta.label.clone().unwrap_or_default(),
+            compartment: h.spec.compartment,
+            memory_capacity: h.spec.resources.memory_bytes,
+            memory_reserved: 0,
+            same_process: 0,
+            total: 0,
+        })
+        .collect();
+    for n in &view.instances {
+        let Some(l) = loads.iter_mut().find(|l| Some(l.host) == n.spec.parent) else { continue };
+        l.total += 1;
+        l.memory_reserved += n.spec.resources.memory_bytes.unwrap_or(0);
+        if n.spec.compartment == Some(app)
+            && n.meta.labels.get(PROCESS_LABEL).map(String::as_str) == Some(process)
+        {
+            l.same_process += 1;
+        }
+    }
+    loads
+}
+
+async fn free_port(registry: &Registry) -> Result<u16, PlatformError> {
+    let held = registry.store().range(ports::PREFIX).await.map_err(RegistryError::from)?;
+    let used: HashSet<u16> = held.kvs.iter().filter_map(|kv| ports::port_of(&kv.key)).collect();
+    ports::first_free(&used).ok_or_else(|| PlatformError::Unavailable("every instance port is taken".into()))
+}
+
+/// Wait until every one of `nodes` is healthy, reporting progress from `done` of `total`.
+async fn wait_healthy(
+    p: &Arc<Platform>,
+    task: &mut TaskHandle,
+    nodes: &[Uuid],
+    timeout: Duration,
+    done: u64,
+    total: u64,
+    version: u32,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+        let mut healthy = 0u64;
+        let mut waiting = None;
+        for id in nodes {
+            let Some(n) = view.instances.iter().find(|n| n.meta.uuid == *id) else {
+                return Err(format!("instance {id} was deleted"));
+            };
+            let label = n.meta.label.clone().unwrap_or_default();
+            match view.health(n) {
+                Health::Healthy(_) => healthy += 1,
+                Health::Failed(m) => return Err(format!("instance {label} failed: {m}")),
+                other => {
+                    waiting = Some(format!(
+                        "{label}: {}",
+                        if other.message().is_empty() { other.name() } else { other.message() }
+                    ))
+                }
+            }
+        }
+        task.progress(
+            done + healthy,
+            total,
+            format!("{healthy} of {} new instances of v{version} healthy", nodes.len()),
+        )
+        .await;
+        if healthy == nodes.len() as u64 {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "{} of {} instances not healthy after {}s ({})",
+                nodes.len() as u64 - healthy,
+                nodes.len(),
+                timeout.as_secs(),
+                waiting.unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Take instances out of the routes, give their requests in flight time to finish, then
+/// remove them (their hosts stop them gracefully).
+async fn drain_and_remove(p: &Arc<Platform>, nodes: &[Uuid]) {
+    if nodes.is_empty() {
+        return;
+    }
+    for id in nodes {
+        let Ok(n) = p.registry.get::<NodeSpec>(*id).await else { continue };
+        let mut labels = n.meta.labels.clone();
+        labels.insert(DRAINING_LABEL.into(), "true".into());
+        let req = UpdateRequest {
+            revision: n.meta.revision,
+            label: n.meta.label.clone(),
+            labels,
+            spec: n.spec.clone(),
+        };
+        if let Err(e) = p.registry.update(*id, req, Utc::now()).await {
+            tracing::warn!(instance = %id, error = %e, "instance not marked draining");
+        }
+    }
+    tokio::time::sleep(p.config.drain).await;
+    remove(p, nodes).await;
+}
+
+async fn remove(p: &Arc<Platform>, nodes: &[Uuid]) {
+    for id in nodes {
+        match p.registry.delete(Kind::Node, *id, None).await {
+            Ok(()) | Err(RegistryError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(instance = %id, error = %e, "instance not removed"),
+        }
+    }
+}
+
+async fn set_release_state(registry: &Registry, release: Uuid, state: ReleaseState) {
+    for _ in 0..5 {
+        let Ok(r) = registry.get::<ReleaseSpec>(release).await else { return };
+        let spec = ReleaseSpec { state, ..r.spec.clone() };
+        let req = UpdateRequest {
+            revision: r.meta.revision,
+            label: r.meta.label.clone(),
+            labels: r.meta.labels.clone(),
+            spec,
+        };
+        match registry.update(release, req, Utc::now()).await {
+            Ok(_) => return,
+            Err(RegistryError::Conflict { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(%release, error = %e, "release state not stored");
+                return;
+            }
+        }
+    }
+}
+
+/// Answer hosts' requests for package chunks from the package store.
+pub(super) async fn serve_packages(p: Arc<Platform>, bus: Arc<BusAuthority>) {
+    let store = p.packages.clone();
+    let handler = move |payload: &[u8]| -> Vec<u8> {
+        let Ok(req) = serde_json::from_slice::<PackageChunkRequest>(payload) else { return Vec::new() };
+        store.read_chunk(&req.digest, req.offset, PACKAGE_CHUNK).unwrap_or_default()
+    };
+    if let Err(e) = bus.serve_requests(PACKAGES_TOPIC, Arc::new(handler)).await {
+        tracing::error!(error = %e, "cannot serve packages to hosts");
+    }
+}

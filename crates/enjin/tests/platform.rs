@@ -1,0 +1,366 @@
+//! The platform end to end, from the binary: deploy the Python example, reach it through the
+//! router by name, scale it, roll out a new release under load without one failed request,
+//! roll back, refuse a release whose health check fails (it never gets traffic), survive an
+//! instance's SIGKILL without 5xx, answer DNS, and show the app's logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Running, cli, stderr, stdout};
+
+const APP: &str = "python-hello";
+
+fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The example app copied where the test may change it; not under /tmp, which instances
+/// see privately.
+fn example_copy(into: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-hello");
+    let dst = into.join("python-hello");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    for f in ["app.py", "enjin.toml", "Procfile"] {
+        std::fs::copy(src.join(f), dst.join(f)).expect("copy the example");
+    }
+    dst
+}
+
+fn set_env(dir: &Path, key: &str, value: &str) {
+    let path = dir.join("enjin.toml");
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    let line = format!("{key} = \"{value}\"");
+    let mut out = String::new();
+    let mut done = false;
+    for l in text.lines() {
+        if l.starts_with(&format!("{key} =")) {
+            out.push_str(&line);
+            done = true;
+        } else {
+            out.push_str(l);
+            if l.trim() == "[env]" && !text.contains(&format!("\n{key} =")) {
+                out.push('\n');
+                out.push_str(&line);
+                done = true;
+            }
+        }
+        out.push('\n');
+    }
+    assert!(done, "the manifest has an [env] table");
+    std::fs::write(&path, out).expect("write manifest");
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    let out = cli(data, &["-o", "json", "app", "status", APP]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+fn routed(data: &Path) -> usize {
+    status(data)["instances"].as_array().map_or(0, |i| i.iter().filter(|i| i["routed"] == true).count())
+}
+
+/// One GET through the router by host name, as curl sends it.
+fn curl(router: SocketAddr, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .arg(format!("http://{APP}.localhost:{}{path}", router.port()))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Requests sent by a background load generator, and what came back.
+#[derive(Debug, Default)]
+struct Load {
+    ok: u64,
+    failed: Vec<String>,
+    bodies: BTreeMap<String, u64>,
+}
+
+/// Send GETs through the router from `workers` connections until `stop`.
+fn load(router: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+            let mut tasks = Vec::new();
+            for _ in 0..workers {
+                let (client, stop) = (client.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut l = Load::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client
+                            .get(format!("http://{router}/"))
+                            .header("Host", format!("{APP}.localhost"))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(resp) if resp.status() == 200 => {
+                                let body = resp.text().await.unwrap_or_default();
+                                // "greeting (vN, instance)": count by greeting and release.
+                                let key = body.split(',').next().unwrap_or_default().to_string();
+                                *l.bodies.entry(key).or_default() += 1;
+                                l.ok += 1;
+                            }
+                            Ok(resp) => l.failed.push(format!("status {}", resp.status())),
+                            Err(e) => l.failed.push(format!("error {e}")),
+                        }
+                    }
+                    l
+                }));
+            }
+            let mut all = Load::default();
+            for t in tasks {
+                let l = t.await.expect("load task");
+                all.ok += l.ok;
+                all.failed.extend(l.failed);
+                for (k, v) in l.bodies {
+                    *all.bodies.entry(k).or_default() += v;
+                }
+            }
+            all
+        })
+    })
+}
+
+fn deploy(data: &Path, dir: &Path) -> std::process::Output {
+    cli(data, &["deploy", dir.to_str().expect("utf-8 path")])
+}
+
+fn dig(dns: SocketAddr, name: &str, rtype: &str) -> String {
+    let out = Command::new("dig")
+        .args([&format!("@{}", dns.ip()), "-p", &dns.port().to_string(), name, rtype, "+short", "+time=2"])
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pids of the app's instances (python3 app.py with ENJIN_INSTANCE set).
+fn instance_pids() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if !String::from_utf8_lossy(&cmd).contains("app.py") {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        let instance = env
+            .split(|b| *b == 0)
+            .filter_map(|kv| String::from_utf8_lossy(kv).strip_prefix("ENJIN_INSTANCE=").map(str::to_string))
+            .next();
+        if let Some(i) = instance {
+            out.push((pid, i));
+        }
+    }
+    out
+}
+
+#[test]
+fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let data = dir.path().join("data");
+    let up = Running::start_with("up", &data, &["--hosts", "2"]);
+    let router = up.router.expect("enjin up printed its router");
+    let dns = up.dns.expect("enjin up printed its DNS address");
+    wait_until("both hosts send heartbeats", Duration::from_secs(60), || {
+        let out = cli(&data, &["-o", "json", "node-observation", "list", "--ring", "1"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let beats = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
+            .count();
+        (beats == 2).then_some(())
+    });
+    let app = example_copy(dir.path());
+
+    // Deploy: packed, uploaded, placed, started, healthy, routed.
+    let started = Instant::now();
+    let out = deploy(&data, &app);
+    assert!(out.status.success(), "deploy failed: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("is live at"), "{}", stdout(&out));
+    let (code, body) = wait_until("the app answers through the router", Duration::from_secs(10), || {
+        let (c, b) = curl(router, "/");
+        (c == 200).then_some((c, b))
+    });
+    eprintln!("deploy to first 200: {:?}", started.elapsed());
+    assert_eq!(code, 200);
+    assert!(body.starts_with("hello from python (v1"), "{body}");
+    let s = status(&data);
+    let hosts: std::collections::BTreeSet<&str> =
+        s["instances"].as_array().expect("instances").iter().filter_map(|i| i["host"].as_str()).collect();
+    assert_eq!(hosts.len(), 2, "two instances spread over both hosts: {s}");
+    let ports: std::collections::BTreeSet<u64> = s["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["address"].as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 2, "each instance has its own port: {s}");
+    // An unknown app is a clear 404 from the router.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://nope.localhost:{}/", router.port()),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // DNS: the app, its instances (A) and where its web processes listen (SRV).
+    let a = dig(dns, &format!("{APP}.enjin.internal"), "A");
+    assert_eq!(a.trim(), "127.0.0.1", "{a}");
+    let srv = wait_until("SRV records for both instances", Duration::from_secs(10), || {
+        let srv = dig(dns, &format!("_http._tcp.{APP}.enjin.internal"), "SRV");
+        (srv.lines().count() == 2).then_some(srv)
+    });
+    assert!(srv.contains(&format!(".{APP}.enjin.internal.")), "{srv}");
+    let host = dig(dns, "host-1.hosts.enjin.internal", "A");
+    assert!(!host.trim().is_empty(), "host-1 has an A record");
+
+    // Scale to 3 and back.
+    let out = cli(&data, &["scale", APP, "web=3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(routed(&data), 3);
+    let out = cli(&data, &["scale", APP, "web=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("two instances left", Duration::from_secs(15), || {
+        (status(&data)["instances"].as_array()?.len() == 2).then_some(())
+    });
+
+    // Roll out v2 under load: not one request fails.
+    set_env(&app, "GREETING", "hello v2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(router, 8, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = deploy(&data, &app);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let l = loader.join().expect("load");
+    eprintln!("rollout under load: {} ok, {} failed, {:?}", l.ok, l.failed.len(), l.bodies);
+    assert!(
+        l.failed.is_empty(),
+        "requests failed during the rollout: {:?}",
+        &l.failed[..l.failed.len().min(10)]
+    );
+    assert!(l.bodies.keys().any(|k| k.starts_with("hello from python (v1")), "{:?}", l.bodies);
+    assert!(l.bodies.keys().any(|k| k.starts_with("hello v2 (v2")), "{:?}", l.bodies);
+    let (_, body) = curl(router, "/");
+    assert!(body.starts_with("hello v2 (v2"), "{body}");
+
+    // Roll back: v1's code and configuration as v3.
+    let out = cli(&data, &["rollback", APP]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, body) = curl(router, "/");
+    assert!(body.starts_with("hello from python (v3"), "{body}");
+
+    // A release whose health check fails never receives traffic, and is rolled back.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    for f in ["app.py", "enjin.toml"] {
+        std::fs::copy(app.join(f), bad.join(f)).expect("copy");
+    }
+    set_env(&bad, "GREETING", "bad");
+    set_env(&bad, "FAIL_HEALTH", "1");
+    let text = std::fs::read_to_string(bad.join("enjin.toml")).expect("read");
+    std::fs::write(bad.join("enjin.toml"), format!("{text}start_timeout_seconds = 6\n")).expect("write");
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(router, 4, stop.clone());
+    let out = deploy(&data, &bad);
+    stop.store(true, Ordering::Relaxed);
+    let l = loader.join().expect("load");
+    assert!(!out.status.success(), "a release that never gets healthy is refused: {}", stdout(&out));
+    assert!(stderr(&out).contains("not healthy"), "{}", stderr(&out));
+    assert!(l.failed.is_empty(), "{:?}", &l.failed[..l.failed.len().min(10)]);
+    assert!(!l.bodies.keys().any(|k| k.starts_with("bad")), "the failed release got traffic: {:?}", l.bodies);
+    let out = cli(&data, &["-o", "json", "releases", APP]);
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("releases");
+    let states: Vec<(u64, String)> = releases["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| {
+            (
+                r["spec"]["version"].as_u64().unwrap_or(0),
+                r["spec"]["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![(4, "failed".into()), (3, "active".into()), (2, "superseded".into()), (1, "superseded".into())]
+    );
+    let (_, body) = curl(router, "/");
+    assert!(body.starts_with("hello from python (v3"), "the live release still serves: {body}");
+
+    // SIGKILL an instance under load: no 5xx for GETs, and it comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(router, 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let (pid, victim) = instance_pids().into_iter().next().expect("an instance process");
+    let ok = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let l = loader.join().expect("load");
+    assert!(l.ok > 0);
+    assert!(
+        l.failed.is_empty(),
+        "requests failed after SIGKILL of {victim}: {:?}",
+        &l.failed[..l.failed.len().min(10)]
+    );
+    wait_until("the killed instance is routed again", Duration::from_secs(20), || {
+        (routed(&data) == 2).then_some(())
+    });
+
+    // Logs: the app's own lines, with times and instance names.
+    let out = cli(&data, &["logs", APP]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logs = stdout(&out);
+    assert!(logs.contains("GET / -> "), "{logs}");
+    assert!(logs.contains("web-v3-"), "lines name their instance: {logs}");
+    let out = cli(&data, &["logs", APP, "--since", "1h", "--tail", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Bad manifests are refused before anything is uploaded, naming the line and field.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(
+        broken.join("enjin.toml"),
+        "name = \"broken\"\n\n[processes.web]\ncommand = \"x\"\ninstances = 1000\n",
+    )
+    .expect("write");
+    let out = deploy(&data, &broken);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("enjin.toml:5"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("processes.web.instances"), "{}", stderr(&out));
+
+    assert!(up.interrupt_and_clean().success());
+}
