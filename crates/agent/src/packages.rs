@@ -219,6 +219,8 @@ impl PackageSource for BusPackageSource {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     #[test]

@@ -36,7 +36,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     }
     let sandbox = match config.uids {
         Some(range) => {
-            let cgroup = format!("enjin/{}", config.node);
+            let cgroup = enjin_agent::cgroup_parent(config.node);
             match SandboxLauncher::new(
                 &config.dir.join("instances"),
                 &children_dir.join("logs"),

@@ -336,6 +336,8 @@ pub async fn logs(g: &Global, args: &LogsArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     #[test]

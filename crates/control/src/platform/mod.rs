@@ -191,19 +191,18 @@ impl Platform {
             for n in nodes {
                 let _ = self.registry.delete(enjin_model::Kind::Node, n.meta.uuid, None).await;
             }
-            if let Some(subject) = task.subject() {
-                if let Ok(r) = self.registry.get::<ReleaseSpec>(subject).await
-                    && r.spec.state == ReleaseState::Deploying
-                {
-                    let spec = ReleaseSpec { state: ReleaseState::Failed, ..r.spec.clone() };
-                    let req = UpdateRequest {
-                        revision: r.meta.revision,
-                        label: r.meta.label,
-                        labels: r.meta.labels,
-                        spec,
-                    };
-                    let _ = self.registry.update(r.meta.uuid, req, Utc::now()).await;
-                }
+            if let Some(subject) = task.subject()
+                && let Ok(r) = self.registry.get::<ReleaseSpec>(subject).await
+                && r.spec.state == ReleaseState::Deploying
+            {
+                let spec = ReleaseSpec { state: ReleaseState::Failed, ..r.spec.clone() };
+                let req = UpdateRequest {
+                    revision: r.meta.revision,
+                    label: r.meta.label,
+                    labels: r.meta.labels,
+                    spec,
+                };
+                let _ = self.registry.update(r.meta.uuid, req, Utc::now()).await;
             }
             task.finish(Err(why)).await;
         }
@@ -272,7 +271,7 @@ impl Platform {
         let env = self.app_env(app, false).await?;
         let q = ListQuery { compartment: Some(env.meta.uuid), ..ListQuery::default() };
         let (mut rs, _) = self.registry.list::<ReleaseSpec>(&q).await?;
-        rs.sort_by(|a, b| b.spec.version.cmp(&a.spec.version));
+        rs.sort_by_key(|r| std::cmp::Reverse(r.spec.version));
         Ok(rs)
     }
 

@@ -63,6 +63,8 @@ pub fn place(hosts: &mut [HostLoad], count: usize, memory: u64) -> Result<Vec<Uu
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
     use std::collections::HashMap;
 
     use proptest::prelude::*;

@@ -217,7 +217,7 @@ async fn scale(
                 .filter(|n| n.meta.labels.get(PROCESS_LABEL) == Some(name))
                 .filter(|n| !n.meta.labels.contains_key(DRAINING_LABEL))
                 .collect();
-            have.sort_by(|a, b| a.meta.created_at.cmp(&b.meta.created_at));
+            have.sort_by_key(|n| n.meta.created_at);
             (name.clone(), pt.clone(), have)
         })
         .collect();

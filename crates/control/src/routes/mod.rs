@@ -419,6 +419,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one row of the route table, as the other routes spell them out"
+)]
 fn app_route(
     method: Method,
     path: String,

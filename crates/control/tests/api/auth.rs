@@ -83,6 +83,15 @@ async fn openapi_documents_every_route() {
         ("POST", "/v1/join-tokens"),
         ("POST", "/v1/join"),
         ("GET", "/v1/bus/tail"),
+        ("POST", "/v1/packages"),
+        ("POST", "/v1/apps/{app}/deploys"),
+        ("POST", "/v1/apps/{app}/rollback"),
+        ("POST", "/v1/apps/{app}/restart"),
+        ("POST", "/v1/apps/{app}/scale"),
+        ("GET", "/v1/apps"),
+        ("GET", "/v1/apps/{app}"),
+        ("GET", "/v1/apps/{app}/releases"),
+        ("GET", "/v1/apps/{app}/logs"),
     ] {
         expected.insert((method.to_string(), path.to_string()));
     }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::harness::TestServer;
 
 /// The 12 kinds as `(singular, plural)`, in the order of the API document.
-pub const KINDS: [(&str, &str); 12] = [
+pub const KINDS: [(&str, &str); 13] = [
     ("account", "accounts"),
     ("role", "roles"),
     ("membership", "memberships"),
@@ -18,6 +18,7 @@ pub const KINDS: [(&str, &str); 12] = [
     ("node", "nodes"),
     ("node-observation", "node-observations"),
     ("task", "tasks"),
+    ("release", "releases"),
 ];
 
 pub fn account(label: &str) -> Value {

@@ -288,6 +288,8 @@ pub fn validate_manifest(m: &AppManifest) -> Result<(), FieldError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     fn manifest() -> AppManifest {
@@ -311,7 +313,9 @@ mod tests {
         m.name = "Hello".into();
         assert_eq!(validate_manifest(&m).map_err(|e| e.field), Err("name".into()));
         let mut m = manifest();
-        m.processes.get_mut("web").map(|p| p.instances = 101);
+        if let Some(p) = m.processes.get_mut("web") {
+            p.instances = 101;
+        }
         assert_eq!(validate_manifest(&m).map_err(|e| e.field), Err("processes.web.instances".into()));
         let mut m = manifest();
         m.env.insert("PORT".into(), "1".into());
