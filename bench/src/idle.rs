@@ -159,7 +159,7 @@ fn agents(data: &Path) -> Vec<u32> {
 }
 
 /// SIGINT, then SIGKILL after [`STOP_PATIENCE`]; then the same for any agent left behind.
-fn stop(child: &mut Child, data: &Path) -> anyhow::Result<String> {
+pub fn stop(child: &mut Child, data: &Path) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut note = match child.try_wait()? {
         Some(status) => format!("enjin up had already exited with {status}"),
@@ -191,7 +191,7 @@ fn stop(child: &mut Child, data: &Path) -> anyhow::Result<String> {
 }
 
 /// Polls `done` until it holds or `limit` passes.
-fn wait(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
+pub fn wait(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if done() {
@@ -205,7 +205,7 @@ fn wait(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
 }
 
 /// Network namespaces, links and `enjin` cgroup branches that existed before the run.
-struct Network {
+pub struct Network {
     root: bool,
     netns: BTreeSet<String>,
     links: BTreeSet<String>,
@@ -217,7 +217,7 @@ fn ip(args: &[&str]) -> Option<String> {
 }
 
 impl Network {
-    fn list(root: bool) -> Self {
+    pub fn list(root: bool) -> Self {
         let netns = ip(&["netns", "list"])
             .unwrap_or_default()
             .lines()
@@ -235,14 +235,28 @@ impl Network {
 
     /// Removes the host's namespace, veth and bridge and its cgroup branch, if this run made
     /// them; returns what it removed.
-    fn clean_up(&self, data: &Path) -> anyhow::Result<Vec<String>> {
-        let agent_json = data.join("hosts/host-1/agent.json");
-        let Ok(bytes) = std::fs::read(&agent_json) else {
-            return Ok(vec![format!(
-                "no {}: no host was prepared, nothing to clean up",
-                agent_json.display()
-            )]);
-        };
+    pub fn clean_up(&self, data: &Path) -> anyhow::Result<Vec<String>> {
+        let mut hosts: Vec<PathBuf> = std::fs::read_dir(data.join("hosts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("agent.json"))
+            .filter(|p| p.is_file())
+            .collect();
+        hosts.sort();
+        if hosts.is_empty() {
+            return Ok(vec![format!("no host was prepared in {}, nothing to clean up", data.display())]);
+        }
+        let mut notes = Vec::new();
+        for agent_json in hosts {
+            notes.extend(self.clean_up_host(&agent_json)?);
+        }
+        Ok(notes)
+    }
+
+    fn clean_up_host(&self, agent_json: &Path) -> anyhow::Result<Vec<String>> {
+        let bytes =
+            std::fs::read(agent_json).with_context(|| format!("failed to read {}", agent_json.display()))?;
         let file: enjin_agent::AgentFile = serde_json::from_slice(&bytes)
             .with_context(|| format!("failed to parse {}", agent_json.display()))?;
         let node = file.node.to_string();

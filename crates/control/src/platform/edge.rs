@@ -235,3 +235,207 @@ pub async fn tables(platform: &Platform) -> Result<(RouteTable, DnsZone), Platfo
     let view = View::read(&platform.registry).await?;
     Ok((view.routes(&platform.config.domain), view.zone(&platform.config.zone, platform.config.router)))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, TimeDelta, Utc};
+    use enjin_model::kinds::{AppManifest, PackageRef, ProbeSpec, RunSpec};
+    use enjin_model::{Kind, ObjectMeta, Ring};
+
+    use super::*;
+
+    fn meta(kind: Kind, ring: Ring, label: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        let now = Utc::now();
+        ObjectMeta {
+            uuid: Uuid::new_v4(),
+            kind,
+            ring,
+            label: Some(label.into()),
+            labels,
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        }
+    }
+
+    fn obs(
+        node: Uuid,
+        strategy: ObservationStrategy,
+        state: ObservationState,
+        at: DateTime<Utc>,
+    ) -> Object<NodeObservationSpec> {
+        let spec = NodeObservationSpec { node, strategy, state, observed_at: at, message: String::new() };
+        Object { meta: meta(Kind::NodeObservation, Ring::PLATFORM, "o", BTreeMap::new()), spec }
+    }
+
+    /// One app with a live release and one web instance on one host, with a probe.
+    fn view() -> (View, Uuid) {
+        let app = Object {
+            meta: meta(Kind::Compartment, Ring::PLATFORM, "hello", BTreeMap::new()),
+            spec: CompartmentSpec {
+                compartment_type: CompartmentType::AppEnvironment,
+                parents: vec![],
+                links: vec![],
+            },
+        };
+        let release = Object {
+            meta: meta(Kind::Release, Ring::PLATFORM, "v1", BTreeMap::new()),
+            spec: ReleaseSpec {
+                app: app.meta.uuid,
+                version: 1,
+                package: PackageRef { digest: format!("sha256:{}", "a".repeat(64)), size: 1 },
+                manifest: AppManifest::default(),
+                state: ReleaseState::Active,
+                description: String::new(),
+            },
+        };
+        let host = Object {
+            meta: meta(Kind::Node, Ring::INFRASTRUCTURE, "host-1", BTreeMap::new()),
+            spec: NodeSpec::default(),
+        };
+        let labels: BTreeMap<String, String> = [
+            (APP_LABEL.to_string(), "hello".to_string()),
+            (PROCESS_LABEL.to_string(), WEB.to_string()),
+            (RELEASE_LABEL.to_string(), release.meta.uuid.to_string()),
+        ]
+        .into();
+        let probe = ProbeSpec {
+            strategy: ObservationStrategy::Http,
+            port: Some(20000),
+            path: None,
+            interval_ms: 500,
+            timeout_ms: 500,
+            failure_threshold: 2,
+            success_threshold: 1,
+        };
+        let run = RunSpec {
+            command: vec!["x".into()],
+            env: BTreeMap::new(),
+            restart: Default::default(),
+            probe: Some(probe),
+            stop_grace_seconds: 1,
+            package: None,
+            port: Some(20000),
+        };
+        let instance = Object {
+            meta: meta(Kind::Node, Ring::PLATFORM, "web-1", labels),
+            spec: NodeSpec {
+                parent: Some(host.meta.uuid),
+                compartment: Some(app.meta.uuid),
+                run: Some(run),
+                ..NodeSpec::default()
+            },
+        };
+        let id = instance.meta.uuid;
+        let view = View {
+            revision: 7,
+            apps: vec![app],
+            releases: [(release.meta.uuid, release)].into(),
+            instances: vec![instance],
+            hosts: [(host.meta.uuid, host)].into(),
+            interfaces: vec![],
+            observations: Default::default(),
+        };
+        (view, id)
+    }
+
+    fn observe(v: &mut View, id: Uuid, list: Vec<Object<NodeObservationSpec>>) {
+        v.observations.insert(id, list);
+    }
+
+    #[test]
+    fn only_healthy_instances_of_the_live_release_are_routed() {
+        let (mut v, id) = view();
+        let t = Utc::now();
+        // Started, probe not yet passed: not routed.
+        observe(&mut v, id, vec![obs(id, ObservationStrategy::Process, ObservationState::Starting, t)]);
+        assert!(v.routes("localhost").routes[0].backends.is_empty());
+        // Probe passed after the start: routed, at the host's address and its port.
+        let healthy =
+            obs(id, ObservationStrategy::Http, ObservationState::Running, t + TimeDelta::milliseconds(10));
+        observe(
+            &mut v,
+            id,
+            vec![obs(id, ObservationStrategy::Process, ObservationState::Starting, t), healthy.clone()],
+        );
+        let table = v.routes("localhost");
+        assert_eq!(table.version, 7);
+        assert_eq!(table.routes[0].hosts, vec!["hello.localhost".to_string()]);
+        assert_eq!(table.routes[0].backends.len(), 1);
+        assert_eq!(table.routes[0].backends[0].addr.port(), 20000);
+        // It died: the old probe verdict no longer counts.
+        let died =
+            obs(id, ObservationStrategy::Process, ObservationState::Exited, t + TimeDelta::milliseconds(20));
+        observe(&mut v, id, vec![died, healthy.clone()]);
+        assert!(v.routes("localhost").routes[0].backends.is_empty());
+        // Restarted: still not until the probe passes again.
+        let restarted = obs(
+            id,
+            ObservationStrategy::Process,
+            ObservationState::Starting,
+            t + TimeDelta::milliseconds(30),
+        );
+        observe(&mut v, id, vec![restarted.clone(), healthy]);
+        assert!(v.routes("localhost").routes[0].backends.is_empty());
+        let again =
+            obs(id, ObservationStrategy::Http, ObservationState::Running, t + TimeDelta::milliseconds(40));
+        observe(&mut v, id, vec![restarted, again]);
+        assert_eq!(v.routes("localhost").routes[0].backends.len(), 1);
+        // Draining: out of the routes though healthy.
+        v.instances[0].meta.labels.insert(DRAINING_LABEL.into(), "true".into());
+        assert!(v.routes("localhost").routes[0].backends.is_empty());
+        v.instances[0].meta.labels.remove(DRAINING_LABEL);
+        // A release that is not live is not routed.
+        for r in v.releases.values_mut() {
+            r.spec.state = ReleaseState::Deploying;
+        }
+        assert!(v.routes("localhost").routes[0].backends.is_empty());
+    }
+
+    #[test]
+    fn the_zone_has_apps_instances_hosts_and_srv_for_routed_instances() {
+        let (mut v, id) = view();
+        let t = Utc::now();
+        observe(
+            &mut v,
+            id,
+            vec![
+                obs(id, ObservationStrategy::Process, ObservationState::Starting, t),
+                obs(id, ObservationStrategy::Http, ObservationState::Running, t + TimeDelta::milliseconds(1)),
+            ],
+        );
+        let zone = v.zone("enjin.internal", Some(SocketAddr::from(([127, 0, 0, 1], 7482))));
+        let names: Vec<String> = zone
+            .records
+            .iter()
+            .map(|r| match r {
+                DnsRecord::A { name, .. } => format!("A {name}"),
+                DnsRecord::Srv { name, target, port, .. } => format!("SRV {name} {target}:{port}"),
+            })
+            .collect();
+        assert!(names.contains(&"A hello.enjin.internal".to_string()), "{names:?}");
+        assert!(names.contains(&"A web-1.hello.enjin.internal".to_string()), "{names:?}");
+        assert!(names.contains(&"A host-1.hosts.enjin.internal".to_string()), "{names:?}");
+        assert!(
+            names.contains(
+                &"SRV _http._tcp.hello.enjin.internal web-1.hello.enjin.internal:20000".to_string()
+            ),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_supervisor_that_gave_up_means_failed() {
+        let (_, id) = view();
+        let spec = NodeSpec::default();
+        let failed = obs(id, ObservationStrategy::Process, ObservationState::Failed, Utc::now());
+        assert!(matches!(Health::of(&spec, &[&failed]), Health::Failed(_)));
+        let running = obs(id, ObservationStrategy::Process, ObservationState::Running, Utc::now());
+        assert!(matches!(Health::of(&spec, &[&running]), Health::Healthy(_)));
+        assert!(matches!(Health::of(&spec, &[]), Health::Starting(_)));
+    }
+}
