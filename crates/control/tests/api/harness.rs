@@ -46,6 +46,12 @@ impl TestServer {
             SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
         let store = Arc::new(store);
         let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
+        let platform = enjin_control::platform::Platform::open(
+            plane.registry().clone(),
+            enjin_control::platform::PlatformConfig::new(dir.path().join("packages")),
+        )
+        .expect("open the package store");
+        let plane = plane.with_platform(platform);
         plane.bootstrap().await.expect("bootstrap");
         let token =
             plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;

@@ -8,6 +8,7 @@ mod fixtures;
 mod harness;
 mod invariants;
 mod ipam;
+mod platform;
 mod sse;
 mod system;
 mod watch;

@@ -1,0 +1,138 @@
+//! The platform's API without hosts: packages are stored once, bad deploys are refused naming
+//! the field, a rollout with nowhere to run fails and leaves a failed release, and ports are
+//! held by one node at a time.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::fixtures::{machine, node};
+use crate::harness::{TestServer, send, uuid_of};
+
+async fn upload(s: &TestServer, bytes: &[u8]) -> crate::harness::Reply {
+    send(
+        s.request(Method::POST, "/v1/packages")
+            .header("Content-Type", "application/zstd")
+            .body(bytes.to_vec()),
+    )
+    .await
+}
+
+fn manifest(name: &str, instances: u32) -> Value {
+    json!({"name": name, "processes": {"web": {"command": "python3 app.py", "instances": instances}}})
+}
+
+#[tokio::test]
+async fn packages_are_stored_once_by_content() {
+    let s = TestServer::start().await;
+    let first = upload(&s, b"some package bytes").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["existed"], false);
+    let digest = first.body["package"]["digest"].as_str().expect("digest").to_string();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert_eq!(first.body["package"]["size"], 18);
+    let again = upload(&s, b"some package bytes").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["existed"], true);
+    assert_eq!(again.body["package"]["digest"], digest.as_str());
+    let empty = upload(&s, b"").await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_deploys_are_refused_naming_the_field() {
+    let s = TestServer::start().await;
+    let package = upload(&s, b"pkg").await.body["package"].clone();
+    let missing = json!({"digest": format!("sha256:{}", "0".repeat(64)), "size": 3});
+    let r = s
+        .post("/v1/apps/hello/deploys", &json!({"manifest": manifest("hello", 1), "package": missing}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["field"], "package.digest");
+    let r = s
+        .post("/v1/apps/hello/deploys", &json!({"manifest": manifest("hello", 1000), "package": package}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["field"], "manifest.processes.web.instances");
+    let r = s
+        .post("/v1/apps/other/deploys", &json!({"manifest": manifest("hello", 1), "package": package}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["field"], "manifest.name");
+    let wrong_size = json!({"digest": package["digest"], "size": 4});
+    let r = s
+        .post("/v1/apps/hello/deploys", &json!({"manifest": manifest("hello", 1), "package": wrong_size}))
+        .await;
+    assert_eq!(r.body["field"], "package.size", "{}", r.body);
+    // None of it made an app.
+    assert_eq!(s.get("/v1/apps/hello").await.status, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollout_with_no_host_fails_and_leaves_a_failed_release() {
+    let s = TestServer::start().await;
+    let package = upload(&s, b"pkg").await.body["package"].clone();
+    let r = s
+        .post("/v1/apps/hello/deploys", &json!({"manifest": manifest("hello", 2), "package": package}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["version"], 1);
+    let task = r.body["task"].as_str().expect("task").to_string();
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let t = s.get(&format!("/v1/tasks/{task}")).await.body;
+        state = t["spec"]["state"].clone();
+        if state == "failed" {
+            assert!(t["spec"]["error"].as_str().unwrap_or("").contains("no ring 1 host is up"), "{t}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "failed");
+    let releases = s.get("/v1/apps/hello/releases").await;
+    assert_eq!(releases.status, StatusCode::OK);
+    assert_eq!(releases.body["items"][0]["spec"]["state"], "failed");
+    let status = s.get("/v1/apps/hello").await;
+    assert_eq!(status.status, StatusCode::OK);
+    assert_eq!(status.body["version"], Value::Null, "nothing is live");
+    // Nothing to scale, restart or roll back to; logs need the bus.
+    assert_eq!(
+        s.post("/v1/apps/hello/scale", &json!({"processes": {"web": 3}})).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(s.post("/v1/apps/hello/rollback", &json!({})).await.status, StatusCode::CONFLICT);
+    assert_eq!(s.get("/v1/apps/hello/logs").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.get("/v1/apps/nope").await.status, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_port_is_held_by_one_node_until_it_goes() {
+    let s = TestServer::start().await;
+    let m = s.create_id("nodes", machine("m")).await;
+    let host = s.create_id("nodes", node(1, "h", &m)).await;
+    let with_port = |label: &str| {
+        let mut n = node(2, label, &host);
+        n["spec"]["run"] = json!({"command": ["sleep", "1"], "port": 20001});
+        n
+    };
+    let first = s.create("nodes", with_port("a")).await;
+    let r = s.post("/v1/nodes", &with_port("b")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["field"], "spec.run.port");
+    assert!(r.body["detail"].as_str().unwrap_or("").contains(&uuid_of(&first)), "{}", r.body);
+    // The port cannot be changed in place.
+    let mut spec = first["spec"].clone();
+    spec["run"]["port"] = json!(20002);
+    let r = s
+        .put(
+            &format!("/v1/nodes/{}", uuid_of(&first)),
+            &json!({"revision": first["revision"], "label": "a", "spec": spec}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(s.delete(&format!("/v1/nodes/{}", uuid_of(&first))).await.status, StatusCode::NO_CONTENT);
+    s.create("nodes", with_port("b")).await;
+    s.stop().await;
+}
