@@ -55,6 +55,9 @@ pub enum BusError {
     NoHub,
     #[error("failed to set up keys: {0}")]
     Setup(String),
+    /// A node asked over the bus did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -971,7 +974,7 @@ impl BusAuthority {
         match tokio::time::timeout(timeout, first).await {
             Ok(Some(env)) => Ok(env),
             Ok(None) => Err(BusError::NoHub),
-            Err(_) => Err(BusError::Setup(format!(
+            Err(_) => Err(BusError::Timeout(format!(
                 "no verified reply to the request on {topic} within {timeout:?}"
             ))),
         }

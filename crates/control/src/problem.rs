@@ -124,6 +124,7 @@ impl From<BusError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
             }
             BusError::NoHub => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            BusError::Timeout(d) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", d),
             BusError::Setup(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
             BusError::Store(s) => s.into(),
             BusError::Registry(r) => r.into(),

@@ -21,6 +21,14 @@ fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
+/// Finish a step; where there is no terminal to draw bars on, say it in a line instead.
+fn finish(bar: &ProgressBar, message: String) {
+    if bar.is_hidden() {
+        println!("{:>9}: {message}", bar.prefix());
+    }
+    bar.finish_with_message(message);
+}
+
 fn step(name: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_style(style("{spinner} {prefix:>9} {msg}"));
     bar.set_prefix(name.to_string());
@@ -55,7 +63,7 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        bar.finish_with_message(format!("{build}: done"));
+        finish(&bar, format!("{build}: done"));
     }
     let bar = step("pack");
     let d = dir.clone();
@@ -64,13 +72,16 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
         .context("packing panicked")?
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("cannot pack {}", dir.display()))?;
-    bar.finish_with_message(format!(
-        "{} files, {} → {} ({})",
-        packed.files,
-        human_bytes(packed.unpacked_bytes),
-        human_bytes(packed.bytes.len() as u64),
-        &packed.digest[..19]
-    ));
+    finish(
+        &bar,
+        format!(
+            "{} files, {} → {} ({})",
+            packed.files,
+            human_bytes(packed.unpacked_bytes),
+            human_bytes(packed.bytes.len() as u64),
+            &packed.digest[..19]
+        ),
+    );
     let size = packed.bytes.len() as u64;
     let up = ProgressBar::new(size).with_style(style("  {prefix:>9} [{bar:30}] {bytes}/{total_bytes} {msg}"));
     up.set_prefix("upload");
@@ -79,7 +90,8 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
         .upload_package(packed.bytes, Arc::new(move |n| progress_bar.set_position(n)))
         .await
         .context("failed to upload the package")?;
-    up.finish_with_message(if uploaded.existed { "already stored" } else { "stored" });
+    let how = if uploaded.existed { "already stored" } else { "stored" };
+    finish(&up, format!("{} {how}", human_bytes(size)));
     let req = DeployRequest { manifest, package: uploaded.package };
     let started = c.deploy(&name, &req).await.with_context(|| format!("failed to deploy {name}"))?;
     if args.no_wait {
@@ -106,6 +118,7 @@ fn print_started(g: &Global, started: &RolloutStarted) -> Result<()> {
 async fn follow_task(g: &Global, c: &Client, started: &RolloutStarted, what: &str) -> Result<()> {
     let bar = ProgressBar::new(0).with_style(style("  {prefix:>9} [{bar:30}] {pos}/{len} {msg}"));
     bar.set_prefix("rollout");
+    let mut said = String::new();
     loop {
         let task = c
             .get::<TaskSpec>(started.task)
@@ -115,9 +128,13 @@ async fn follow_task(g: &Global, c: &Client, started: &RolloutStarted, what: &st
         bar.set_length(p.total);
         bar.set_position(p.done);
         bar.set_message(p.message.clone());
+        if bar.is_hidden() && p.message != said && !task.spec.state.is_final() {
+            println!("{:>9}: {}", "rollout", p.message);
+            said.clone_from(&p.message);
+        }
         match task.spec.state {
             TaskState::Succeeded => {
-                bar.finish_with_message(p.message.clone());
+                finish(&bar, p.message.clone());
                 if g.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&task)?);
                 }
