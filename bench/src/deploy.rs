@@ -144,22 +144,16 @@ fn cli(exe: &Path, data: &Path, args: &[&str]) -> anyhow::Result<std::process::O
 }
 
 fn wait_for_hosts(exe: &Path, data: &Path) -> anyhow::Result<()> {
-    let up = idle::wait(
-        || {
-            let Ok(out) = cli(exe, data, &["-o", "json", "node-observation", "list", "--ring", "1"]) else {
-                return false;
-            };
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let beats = v["items"].as_array().map_or(0, |items| {
-                items
-                    .iter()
-                    .filter(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-                    .count()
-            });
-            beats == 2
-        },
-        START_PATIENCE,
-    );
+    let alive = |host: &str| {
+        let Ok(out) = cli(exe, data, &["-o", "json", "node-observation", "list", "--parent", host]) else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["items"].as_array().is_some_and(|items| {
+            items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
+        })
+    };
+    let up = idle::wait(|| alive("host-1") && alive("host-2"), START_PATIENCE);
     if !up {
         bail!("the two hosts sent no heartbeats within {START_PATIENCE:?}");
     }

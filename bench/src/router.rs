@@ -190,8 +190,12 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
 }
 
 fn runtime(name: &str) -> anyhow::Result<Runtime> {
+    let w = std::env::var(format!("W_{}", name.replace('-', "_")))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(workers());
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers())
+        .worker_threads(w)
         .thread_name(name)
         .enable_all()
         .build()

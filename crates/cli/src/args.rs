@@ -49,6 +49,9 @@ pub enum Command {
     Server(ServeArgs),
     /// Run a ring agent from the directory its parent prepared (started by the parent)
     Agent(AgentArgs),
+    /// Run the ring 1 edge (HTTP router and DNS) from the directory its parent prepared
+    /// (started by `enjin up`)
+    Edge(EdgeArgs),
     /// Accounts (tenants)
     #[command(subcommand)]
     Account(ObjectCommand),
@@ -169,6 +172,13 @@ pub struct LogsArgs {
     /// At most this many lines per instance, the newest
     #[arg(long, default_value_t = 200)]
     pub tail: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// The directory its parent prepared (agent.json, edge.json, keys, certificates, bundle)
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -411,6 +421,6 @@ pub struct WatchArgs {
 impl Cli {
     /// Whether this command runs a long-lived server (and so logs at info by default).
     pub fn is_server(&self) -> bool {
-        matches!(self.command, Command::Up(_) | Command::Server(_) | Command::Agent(_))
+        matches!(self.command, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Edge(_))
     }
 }

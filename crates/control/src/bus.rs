@@ -161,6 +161,8 @@ pub struct BusAuthority {
     liveness: (Duration, Duration),
     /// The latest use report of each host, by host node.
     host_stats: Mutex<std::collections::HashMap<Uuid, enjin_model::api::HostStats>>,
+    /// The latest report of each edge node (router and DNS), from its own key.
+    edge_reports: Mutex<std::collections::HashMap<Uuid, enjin_model::api::EdgeReport>>,
 }
 
 /// Each parent key and the time (ms) it stops being accepted, if it is retiring.
@@ -216,6 +218,7 @@ impl BusAuthority {
             parents: Arc::default(),
             liveness,
             host_stats: Mutex::default(),
+            edge_reports: Mutex::default(),
         };
         authority.record_own_key(key).await?;
         Ok(Arc::new(authority))
@@ -337,6 +340,11 @@ impl BusAuthority {
                 && let Err(e) = self.record_observation(&env).await
             {
                 tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
+            }
+            if env.topic().starts_with("edge.")
+                && let Err(e) = self.record_edge(&env).await
+            {
+                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "edge report refused");
             }
             if env.topic().starts_with("stats.")
                 && let Err(e) = self.record_stats(&env).await
@@ -1026,6 +1034,31 @@ impl BusAuthority {
             stats.insert(report.node, report);
         }
         Ok(())
+    }
+
+    /// Keep an edge node's report, if it comes from the key bound to that node.
+    async fn record_edge(&self, env: &Envelope) -> Result<(), BusError> {
+        let report: enjin_model::api::EdgeReport = serde_json::from_slice(env.payload())
+            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
+        if env.topic() != enjin_model::api::edge_topic(report.node) {
+            return Err(BusError::Refused("the report's node does not match its topic".into()));
+        }
+        if self.node_of_key(&env.sender()).await? != Some(report.node) {
+            return Err(BusError::Refused(format!("the sender's key is not bound to node {}", report.node)));
+        }
+        if let Ok(mut reports) = self.edge_reports.lock() {
+            reports.insert(report.node, report);
+        }
+        Ok(())
+    }
+
+    /// The latest report of every edge node fresher than [`STATS_STALE_AFTER`].
+    pub fn edge_reports(&self) -> Vec<enjin_model::api::EdgeReport> {
+        let stale = Utc::now() - TimeDelta::from_std(STATS_STALE_AFTER).unwrap_or(TimeDelta::MAX);
+        let Ok(reports) = self.edge_reports.lock() else { return Vec::new() };
+        let mut out: Vec<_> = reports.values().filter(|r| r.at >= stale).cloned().collect();
+        out.sort_by_key(|r| r.node);
+        out
     }
 
     /// The latest reported use of every instance, with when its host reported it.

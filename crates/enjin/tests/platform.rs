@@ -64,6 +64,15 @@ fn set_env(dir: &Path, key: &str, value: &str) {
     std::fs::write(&path, out).expect("write manifest");
 }
 
+/// Whether ring 1 node `label`'s agent says it is alive.
+fn heartbeat(data: &Path, label: &str) -> bool {
+    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["items"].as_array().is_some_and(|items| {
+        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
+    })
+}
+
 fn status(data: &Path) -> serde_json::Value {
     let out = cli(data, &["-o", "json", "app", "status", APP]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -185,14 +194,7 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     let router = up.router.expect("enjin up printed its router");
     let dns = up.dns.expect("enjin up printed its DNS address");
     wait_until("both hosts send heartbeats", Duration::from_secs(60), || {
-        let out = cli(&data, &["-o", "json", "node-observation", "list", "--ring", "1"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let beats = v["items"]
-            .as_array()?
-            .iter()
-            .filter(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-            .count();
-        (beats == 2).then_some(())
+        ["host-1", "host-2"].iter().all(|h| heartbeat(&data, h)).then_some(())
     });
     let app = example_copy(dir.path());
 
@@ -362,5 +364,42 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     assert!(stderr(&out).contains("enjin.toml:5"), "{}", stderr(&out));
     assert!(stderr(&out).contains("processes.web.instances"), "{}", stderr(&out));
 
+    assert!(up.interrupt_and_clean().success());
+}
+
+#[test]
+fn apps_keep_serving_while_the_control_plane_is_down() {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let data = dir.path().join("data");
+    let up = Running::start_with("up", &data, &["--hosts", "1"]);
+    let router = up.router.expect("enjin up printed its router");
+    wait_until("host-1 sends heartbeats", Duration::from_secs(60), || {
+        heartbeat(&data, "host-1").then_some(())
+    });
+    let app = example_copy(dir.path());
+    let out = deploy(&data, &app);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(curl(router, "/").0, 200);
+
+    // The control plane (and the ring bus it hosts) dies: the edge and the instances are
+    // processes of their own and keep serving from the last route table.
+    up.crash();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let (code, body) = curl(router, "/");
+        assert_eq!(code, 200, "the router stopped serving without the control plane: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Back again on the same data: the edge is adopted on the same port, not restarted.
+    let up = Running::start_with("up", &data, &["--hosts", "1"]);
+    assert_eq!(up.router, Some(router), "the running edge was adopted");
+    let (code, body) = curl(router, "/");
+    assert_eq!(code, 200, "{body}");
+    wait_until("the app's instances are routed again", Duration::from_secs(30), || {
+        (routed(&data) == 2).then_some(())
+    });
+    let s = status(&data);
+    assert_eq!(s["version"], 1, "{s}");
     assert!(up.interrupt_and_clean().success());
 }

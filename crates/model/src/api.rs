@@ -554,9 +554,9 @@ pub struct AppStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     pub instances: Vec<InstanceStatus>,
-    /// The router's counters for the app, where this server runs the router.
+    /// The routers' counters for the app, as the edge nodes last reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<serde_json::Value>,
+    pub traffic: Option<AppTraffic>,
 }
 
 /// `GET /v1/apps`.
@@ -584,4 +584,44 @@ pub struct LogsQuery {
     /// At most this many lines per instance, the newest (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+}
+
+/// One app's traffic through a router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppTraffic {
+    pub app: String,
+    /// Responses sent, the router's own error pages included.
+    pub requests: u64,
+    pub responses_5xx: u64,
+    pub in_flight: u64,
+    /// Time to response headers, estimated from the router's histogram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    pub connect_failures: u64,
+    pub retries: u64,
+    /// Instances in the table the router serves.
+    pub backends: u64,
+}
+
+/// What a ring 1 edge node (the HTTP router and DNS) reports every few seconds on
+/// [`edge_topic`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeReport {
+    pub node: Uuid,
+    pub at: DateTime<Utc>,
+    /// The version of the route table it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_version: Option<i64>,
+    pub apps: Vec<AppTraffic>,
+    /// Its router's and DNS service's metrics, Prometheus text.
+    pub metrics: String,
+}
+
+/// The bus topic an edge node reports on.
+pub fn edge_topic(node: Uuid) -> String {
+    format!("edge.{node}")
 }

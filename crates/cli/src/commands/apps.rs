@@ -195,14 +195,15 @@ fn print_status(s: &AppStatus) {
     println!("release:  {}", s.version.map_or("none live".into(), |v| format!("v{v}")));
     println!("url:      {}", s.url);
     if let Some(t) = &s.traffic {
-        let field = |k: &str| t.get(k).map_or("-".to_string(), |v| v.to_string());
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         println!(
-            "traffic:  {} requests ({} 5xx), {} in flight, p50 {} ms, p99 {} ms",
-            field("requests"),
-            field("responses_5xx"),
-            field("in_flight"),
-            field("p50_ms"),
-            field("p99_ms")
+            "traffic:  {} requests ({} 5xx), {} in flight, p50 {}, p99 {}, {} retries",
+            t.requests,
+            t.responses_5xx,
+            t.in_flight,
+            ms(t.p50_ms),
+            ms(t.p99_ms),
+            t.retries
         );
     }
     let rows: Vec<Vec<String>> = s

@@ -1,4 +1,4 @@
-//! The ring 1 hosts `enjin up` runs on this machine: each a node in the store, an identity and
+//! The ring 1 hosts `enjin up` runs on this machine (and, beside them, its edge): each a node in the store, an identity and
 //! certificate given at birth, and an `enjin agent --ring 1` supervised (OTP, permanent) by
 //! this process — inside its own network namespace on the hosts' bridge as root (`netns`),
 //! as a plain process otherwise (`process`, said loudly).
@@ -86,6 +86,7 @@ pub async fn start(
     hub: SocketAddr,
     net: Option<&HostsNetwork>,
     count: usize,
+    also: Vec<ChildSpec>,
 ) -> Result<Supervisor> {
     let strategy = if net.is_some() { Strategy::Netns } else { Strategy::Process };
     if net.is_none() {
@@ -93,6 +94,8 @@ pub async fn start(
     }
     let q = ListQuery { parent: Some(machine.meta.uuid), ..ListQuery::default() };
     let (mut hosts, _) = cp.registry().list::<NodeSpec>(&q).await?;
+    // The edge is this machine's ring 1 node too, but no host.
+    hosts.retain(|h| h.meta.labels.get(super::edge::ROLE.0).map(String::as_str) != Some(super::edge::ROLE.1));
     for i in 1..=count {
         let label = format!("host-{i}");
         if hosts.iter().any(|h| h.meta.label.as_deref() == Some(label.as_str())) {
@@ -186,6 +189,7 @@ pub async fn start(
     )
     .await
     .context("failed to start the hosts' supervisor")?;
+    specs.extend(also);
     supervisor.handle().set_desired(specs).await.context("failed to start the hosts' agents")?;
     let authority = authority.clone();
     tokio::spawn(async move {

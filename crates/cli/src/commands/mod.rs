@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => serve::run(g, &args, true).await,
         Command::Server(args) => serve::run(g, &args, false).await,
         Command::Agent(args) => agent::run(&args).await,
+        Command::Edge(args) => edge::run(&args).await,
         Command::Account(c) => objects::run(g, Kind::Account, c).await,
         Command::Role(c) => objects::run(g, Kind::Role, c).await,
         Command::Membership(c) => objects::run(g, Kind::Membership, c).await,

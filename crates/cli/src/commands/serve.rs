@@ -91,28 +91,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     };
     let authority =
         BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
-    let edge = if whole_cloud {
-        let router_listen = match args.router_listen.or(file.router.listen) {
-            Some(a) => a,
-            None => DEFAULT_ROUTER_LISTEN.parse().context("default router address")?,
-        };
-        let dns_listen = match args.dns_listen.or(file.dns.listen) {
-            Some(a) => a,
-            None => DEFAULT_DNS_LISTEN.parse().context("default DNS address")?,
-        };
-        let rx = stop_rx.clone();
-        let stop = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-            let mut rx = rx.clone();
-            Box::pin(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-        };
-        Some(edge::start(&dir.join("edge"), router_listen, dns_listen, stop).await?)
-    } else {
-        None
-    };
     let mut hub_addr = None;
     let mut host_supervisor = None;
+    let mut edge = None;
     if whole_cloud {
         let default_bus: SocketAddr = DEFAULT_BUS_LISTEN.parse().context("default bus address")?;
         let mut bus_listen = args.bus_listen.or(file.bus.listen).unwrap_or(default_bus);
@@ -145,11 +126,33 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         authority.attach(Arc::new(client)).await.context("failed to join the ring 1 bus")?;
         hub_addr = Some(addr);
         if let Some(machine) = &machine {
+            let listen = edge::EdgeFile {
+                router_listen: match args.router_listen.or(file.router.listen) {
+                    Some(a) => a,
+                    None => DEFAULT_ROUTER_LISTEN.parse().context("default router address")?,
+                },
+                dns_listen: match args.dns_listen.or(file.dns.listen) {
+                    Some(a) => a,
+                    None => DEFAULT_DNS_LISTEN.parse().context("default DNS address")?,
+                },
+            };
+            let edge_dir = dir.join("edge");
+            let edge_spec = edge::prepare(&cp, &authority, machine, &edge_dir, addr, listen).await?;
             let count = args.hosts.or(file.hosts.count).unwrap_or(2);
-            let sup = hosts::start(&cp, &authority, machine, &dir, addr, hosts_net.as_ref(), count)
-                .await
-                .context("failed to start the ring 1 hosts")?;
+            let sup = hosts::start(
+                &cp,
+                &authority,
+                machine,
+                &dir,
+                addr,
+                hosts_net.as_ref(),
+                count,
+                vec![edge_spec],
+            )
+            .await
+            .context("failed to start the ring 1 hosts")?;
             host_supervisor = Some(sup);
+            edge = Some(edge::wait_listening(&edge_dir, std::time::Duration::from_secs(30)).await?);
         }
     }
     let platform_config = {
@@ -160,7 +163,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         if let Some(z) = &file.dns.zone {
             c.zone.clone_from(z);
         }
-        c.router = edge.as_ref().map(|e| e.router_addr);
+        c.router = edge.as_ref().map(|e: &edge::Listening| e.router);
         c
     };
     let platform =
@@ -168,14 +171,8 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     if let Err(e) = platform.recover().await {
         tracing::warn!(error = %e, "unfinished rollouts not cleaned up");
     }
-    if let Some(e) = &edge {
-        platform.set_traffic(Arc::new(edge::RouterTraffic(e.router.clone())));
-    }
     if hub_addr.is_some() {
         platform.attach_bus(authority.clone());
-    }
-    if let (Some(e), Some(hub)) = (&edge, hub_addr) {
-        edge::follow(e, &authority, hub, &dir.join("edge")).await?;
     }
     let cp = cp.with_bus(authority).with_platform(platform);
     banner(&url, &dir, &token_path, machine.as_ref(), hub_addr, edge.as_ref());
@@ -268,7 +265,7 @@ fn banner(
     token: &Path,
     machine: Option<&Object<NodeSpec>>,
     hub: Option<SocketAddr>,
-    edge: Option<&edge::Edge>,
+    edge: Option<&edge::Listening>,
 ) {
     println!("enjin is up");
     println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
@@ -283,14 +280,9 @@ fn banner(
     if let Some(e) = edge {
         println!(
             "  router:     http://<app>.localhost:{}   (apps, once deployed: enjin deploy examples/python-hello)",
-            e.router_addr.port()
+            e.router.port()
         );
-        println!(
-            "  dns:        {}   (dig @{} -p {} <app>.enjin.internal)",
-            e.dns_addr,
-            e.dns_addr.ip(),
-            e.dns_addr.port()
-        );
+        println!("  dns:        {}   (dig @{} -p {} <app>.enjin.internal)", e.dns, e.dns.ip(), e.dns.port());
     }
     println!("try:");
     println!("  enjin node list                 (from a checkout: cargo run -- node list)");

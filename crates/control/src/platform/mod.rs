@@ -74,13 +74,6 @@ impl PlatformConfig {
     }
 }
 
-/// What the router in this process says about an app's traffic.
-pub trait TrafficStats: Send + Sync + std::fmt::Debug + 'static {
-    fn app(&self, app: &str) -> Option<serde_json::Value>;
-    /// Its Prometheus metrics, appended to `/metrics`.
-    fn metrics_text(&self) -> String;
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
     #[error(transparent)]
@@ -110,20 +103,13 @@ pub struct Platform {
     packages: PackageStore,
     config: PlatformConfig,
     bus: Mutex<Option<Arc<BusAuthority>>>,
-    traffic: Mutex<Option<Arc<dyn TrafficStats>>>,
 }
 
 impl Platform {
     pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
         let packages =
             PackageStore::open(&config.packages_dir).map_err(|e| PlatformError::Packages(e.to_string()))?;
-        Ok(Arc::new(Platform {
-            registry,
-            packages,
-            config,
-            bus: Mutex::new(None),
-            traffic: Mutex::new(None),
-        }))
+        Ok(Arc::new(Platform { registry, packages, config, bus: Mutex::new(None) }))
     }
 
     pub fn config(&self) -> &PlatformConfig {
@@ -144,14 +130,33 @@ impl Platform {
         tokio::spawn(rollout::serve_packages(self.clone(), bus));
     }
 
-    pub fn set_traffic(&self, stats: Arc<dyn TrafficStats>) {
-        if let Ok(mut t) = self.traffic.lock() {
-            *t = Some(stats);
-        }
+    /// The edge nodes' Prometheus metrics (router and DNS), as they last reported them.
+    pub fn edge_metrics(&self) -> String {
+        self.bus().map(|b| b.edge_reports().into_iter().map(|r| r.metrics).collect()).unwrap_or_default()
     }
 
-    pub fn traffic(&self) -> Option<Arc<dyn TrafficStats>> {
-        self.traffic.lock().ok().and_then(|t| t.clone())
+    /// An app's traffic through the routers, summed over the edge nodes that reported it.
+    fn traffic(&self, app: &str) -> Option<enjin_model::api::AppTraffic> {
+        let reports = self.bus()?.edge_reports();
+        let mut seen = reports.iter().flat_map(|r| r.apps.iter()).filter(|a| a.app == app).peekable();
+        seen.peek()?;
+        let mut sum = enjin_model::api::AppTraffic { app: app.to_string(), ..Default::default() };
+        for a in seen {
+            sum.requests += a.requests;
+            sum.responses_5xx += a.responses_5xx;
+            sum.in_flight += a.in_flight;
+            sum.connect_failures += a.connect_failures;
+            sum.retries += a.retries;
+            sum.backends = sum.backends.max(a.backends);
+            // Percentiles do not add up; with one router (enjin up) they are its own.
+            let max = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            sum.p50_ms = max(sum.p50_ms, a.p50_ms);
+            sum.p99_ms = max(sum.p99_ms, a.p99_ms);
+        }
+        Some(sum)
     }
 
     fn bus(&self) -> Option<Arc<BusAuthority>> {
@@ -557,7 +562,7 @@ impl Platform {
             url: self.url_of(&name),
             version: live.map(|r| r.spec.version),
             instances,
-            traffic: self.traffic().and_then(|t| t.app(&name)),
+            traffic: self.traffic(&name),
         }
     }
 

@@ -371,6 +371,8 @@ fn host_loads(view: &View, app: Uuid, process: &str) -> Vec<HostLoad> {
                 Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh)
             )
         })
+        // Ring 1 nodes with a role of their own (the edge: router and DNS) run no instances.
+        .filter(|h| !h.meta.labels.contains_key("enjin.dev/role"))
         .filter(|h| {
             // Only hosts whose agent says it is alive.
             view.observations.get(&h.meta.uuid).is_some_and(|obs| {

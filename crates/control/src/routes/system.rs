@@ -22,8 +22,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(bus) = &state.bus {
         body.push_str(&bus.render_metrics());
     }
-    if let Some(traffic) = state.platform.as_ref().and_then(|p| p.traffic()) {
-        body.push_str(&traffic.metrics_text());
+    if let Some(platform) = &state.platform {
+        body.push_str(&platform.edge_metrics());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
