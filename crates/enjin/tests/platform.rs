@@ -342,12 +342,82 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
         (routed(&data) == 2).then_some(())
     });
 
+    // A rolling restart under load: every instance replaced, not one request failed.
+    let before: Vec<String> = status(&data)["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["label"].to_string())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(router, 4, stop.clone());
+    let out = cli(&data, &["restart", APP]);
+    stop.store(true, Ordering::Relaxed);
+    let l = loader.join().expect("load");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        l.failed.is_empty(),
+        "requests failed during the restart: {:?}",
+        &l.failed[..l.failed.len().min(10)]
+    );
+    let after: Vec<String> = status(&data)["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["label"].to_string())
+        .collect();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|a| !before.contains(a)), "every instance was replaced: {before:?} → {after:?}");
+
+    // Traffic and use: the router's counters and the instances' cgroups, in status and /metrics.
+    let s = wait_until("the edge reports the app's traffic", Duration::from_secs(15), || {
+        let s = status(&data);
+        (s["traffic"]["requests"].as_u64().unwrap_or(0) > 0).then_some(s)
+    });
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|st| {
+        st.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if root {
+        let measured = wait_until("instances' memory is reported", Duration::from_secs(15), || {
+            let s = status(&data);
+            s["instances"]
+                .as_array()?
+                .iter()
+                .all(|i| i["memory_bytes"].as_u64().unwrap_or(0) > 0)
+                .then_some(s)
+        });
+        assert!(measured["instances"][0]["cpu_seconds"].as_f64().is_some(), "{measured}");
+    }
+    let metrics = Command::new("curl")
+        .args(["-s", "-H", &format!("Authorization: Bearer {}", up.token()), &format!("{}/metrics", up.url)])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains(&format!("enjin_router_requests_total{{app=\"{APP}\"")), "{s}\n{metrics}");
+
+    // The Rust example: built with rustc by `enjin deploy`, then served like the other.
+    let rust = dir.path().join("rust-hello");
+    std::fs::create_dir_all(rust.join("src")).expect("mkdir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rust-hello");
+    for f in ["enjin.toml", "src/main.rs"] {
+        std::fs::copy(src.join(f), rust.join(f)).expect("copy the rust example");
+    }
+    let out = deploy(&data, &rust);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://rust-hello.localhost:{}/", router.port())])
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("hello from rust (v1"), "{body}");
+
     // Logs: the app's own lines, with times and instance names.
     let out = cli(&data, &["logs", APP]);
     assert!(out.status.success(), "{}", stderr(&out));
     let logs = stdout(&out);
     assert!(logs.contains("GET / -> "), "{logs}");
     assert!(logs.contains("web-v3-"), "lines name their instance: {logs}");
+    assert!(logs.contains("starting"), "stderr is kept too: {logs}");
     let out = cli(&data, &["logs", APP, "--since", "1h", "--tail", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
 

@@ -243,6 +243,8 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
                         if router.apply(t) {
                             tracing::debug!(version = snapshot.version, "routes applied");
                             apps = snapshot.routes.iter().map(|r| r.app.clone()).collect();
+                            // Said at once, so that a rollout knows its table is served.
+                            publish(&node, &edge_topic(config.node), &edge_report(config.node, &apps, &router, &dns));
                             if let Err(e) = enjin_router::snapshot::save(&routes_file(&dir), &snapshot) {
                                 tracing::warn!(error = %e, "routes not saved");
                             }

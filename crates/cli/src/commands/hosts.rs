@@ -78,6 +78,7 @@ pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork
 
 /// Make sure `count` hosts exist under `machine`, prepare each one's directory (and network
 /// namespace), and start supervising their agents.
+#[allow(clippy::too_many_arguments, reason = "called once, by enjin up, with what it has built")]
 pub async fn start(
     cp: &ControlPlane,
     authority: &Arc<BusAuthority>,

@@ -44,6 +44,9 @@ pub const ROLLOUT_LABEL: &str = "enjin.dev/rollout";
 /// it is stopped.
 pub const DRAINING_LABEL: &str = "enjin.dev/draining";
 
+/// How long a rollout waits for the routers to apply a table before it goes on regardless.
+const ROUTES_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The largest package the store takes.
 pub const MAX_PACKAGE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -133,6 +136,24 @@ impl Platform {
     /// The edge nodes' Prometheus metrics (router and DNS), as they last reported them.
     pub fn edge_metrics(&self) -> String {
         self.bus().map(|b| b.edge_reports().into_iter().map(|r| r.metrics).collect()).unwrap_or_default()
+    }
+
+    /// Wait (a bounded while) until every edge node that reports serves a route table at least
+    /// as new as store revision `version`; at once when there is no edge.
+    pub async fn wait_routes_applied(&self, version: i64) {
+        let Some(bus) = self.bus() else { return };
+        let deadline = std::time::Instant::now() + ROUTES_PATIENCE;
+        loop {
+            let reports = bus.edge_reports();
+            if reports.iter().all(|r| r.routes_version.is_some_and(|v| v >= version)) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(version, "the routers have not applied the route table in time; going on");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// An app's traffic through the routers, summed over the edge nodes that reported it.

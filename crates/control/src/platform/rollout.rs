@@ -180,7 +180,9 @@ async fn replace(
     }
     if mode == Mode::Release {
         // Live first, then the others superseded: between the two both serve, never neither.
-        set_release_state(&p.registry, release.meta.uuid, ReleaseState::Active).await;
+        let live = set_release_state(&p.registry, release.meta.uuid, ReleaseState::Active).await;
+        // The release is live for users once the routers send it traffic.
+        p.wait_routes_applied(live.unwrap_or(0)).await;
         for r in view.releases.values() {
             if r.spec.app == env.meta.uuid
                 && r.meta.uuid != release.meta.uuid
@@ -470,6 +472,7 @@ async fn drain_and_remove(p: &Arc<Platform>, nodes: &[Uuid]) {
     if nodes.is_empty() {
         return;
     }
+    let mut newest = 0;
     for id in nodes {
         let Ok(n) = p.registry.get::<NodeSpec>(*id).await else { continue };
         let mut labels = n.meta.labels.clone();
@@ -480,10 +483,14 @@ async fn drain_and_remove(p: &Arc<Platform>, nodes: &[Uuid]) {
             labels,
             spec: n.spec.clone(),
         };
-        if let Err(e) = p.registry.update(*id, req, Utc::now()).await {
-            tracing::warn!(instance = %id, error = %e, "instance not marked draining");
+        match p.registry.update(*id, req, Utc::now()).await {
+            Ok(n) => newest = newest.max(n.meta.revision),
+            Err(e) => tracing::warn!(instance = %id, error = %e, "instance not marked draining"),
         }
     }
+    // No new request goes to them once the routers serve a table without them; those in
+    // flight get the drain time.
+    p.wait_routes_applied(newest).await;
     tokio::time::sleep(p.config.drain).await;
     remove(p, nodes).await;
 }
@@ -497,9 +504,10 @@ async fn remove(p: &Arc<Platform>, nodes: &[Uuid]) {
     }
 }
 
-async fn set_release_state(registry: &Registry, release: Uuid, state: ReleaseState) {
+/// Set a release's state; the store revision of the change, if it was made.
+async fn set_release_state(registry: &Registry, release: Uuid, state: ReleaseState) -> Option<i64> {
     for _ in 0..5 {
-        let Ok(r) = registry.get::<ReleaseSpec>(release).await else { return };
+        let Ok(r) = registry.get::<ReleaseSpec>(release).await else { return None };
         let spec = ReleaseSpec { state, ..r.spec.clone() };
         let req = UpdateRequest {
             revision: r.meta.revision,
@@ -508,14 +516,15 @@ async fn set_release_state(registry: &Registry, release: Uuid, state: ReleaseSta
             spec,
         };
         match registry.update(release, req, Utc::now()).await {
-            Ok(_) => return,
+            Ok(r) => return Some(r.meta.revision),
             Err(RegistryError::Conflict { .. }) => continue,
             Err(e) => {
                 tracing::warn!(%release, error = %e, "release state not stored");
-                return;
+                return None;
             }
         }
     }
+    None
 }
 
 /// Answer hosts' requests for package chunks from the package store.
