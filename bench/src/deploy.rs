@@ -8,11 +8,10 @@
 //! `/var/tmp`, listens on 127.0.0.1 port 0, stops `enjin up` with SIGINT and removes the host
 //! networks this run made.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -73,7 +72,8 @@ fn measure_blocking(dir: &Path, runs: usize) -> anyhow::Result<Outcome> {
     let before = Network::list(procfs::is_root());
     let data = dir.join("up");
     let log = dir.join("enjin-up.stderr.log");
-    let stderr = std::fs::File::create(&log).with_context(|| format!("failed to create {}", log.display()))?;
+    let stderr =
+        std::fs::File::create(&log).with_context(|| format!("failed to create {}", log.display()))?;
     let mut child = Command::new(&exe)
         .arg("--data-dir")
         .arg(&data)
@@ -92,11 +92,7 @@ fn measure_blocking(dir: &Path, runs: usize) -> anyhow::Result<Outcome> {
     let mut notes = Vec::new();
     let stopped = idle::stop(&mut child, &data);
     let cleaned = before.clean_up(&data);
-    let tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    };
+    let tail = || idle::log_tail(&log);
     let rows = measured.with_context(|| format!("enjin up; the end of its log:\n{}", tail()))?;
     notes.push(stopped?);
     notes.extend(cleaned?);
@@ -105,13 +101,7 @@ fn measure_blocking(dir: &Path, runs: usize) -> anyhow::Result<Outcome> {
 
 /// The router's address, from `enjin up`'s banner.
 fn router_of(child: &mut Child) -> anyhow::Result<SocketAddr> {
-    let stdout = child.stdout.take().context("enjin up's stdout is not piped")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = idle::stdout_lines(child)?;
     let deadline = Instant::now() + START_PATIENCE;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
@@ -178,17 +168,28 @@ fn app_copy(to: &Path, greeting: &str) -> anyhow::Result<()> {
     for f in ["app.py", "Procfile"] {
         std::fs::copy(example().join(f), to.join(f)).with_context(|| format!("failed to copy {f}"))?;
     }
-    let manifest = std::fs::read_to_string(example().join("enjin.toml")).context("the example's enjin.toml")?;
-    let manifest = manifest
-        .lines()
-        .map(|l| if l.starts_with("GREETING =") { format!("GREETING = \"{greeting}\"") } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let manifest =
+        std::fs::read_to_string(example().join("enjin.toml")).context("the example's enjin.toml")?;
+    let manifest =
+        manifest
+            .lines()
+            .map(|l| {
+                if l.starts_with("GREETING =") { format!("GREETING = \"{greeting}\"") } else { l.to_string() }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
     std::fs::write(to.join("enjin.toml"), manifest).context("failed to write enjin.toml")
 }
 
 /// Deploy `dir` as `name`; the time the command took and until the router said `expect`.
-fn timed_deploy(exe: &Path, data: &Path, dir: &Path, name: &str, router: SocketAddr, expect: &str) -> anyhow::Result<(Duration, Duration)> {
+fn timed_deploy(
+    exe: &Path,
+    data: &Path,
+    dir: &Path,
+    name: &str,
+    router: SocketAddr,
+    expect: &str,
+) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
     let mut deploy = Command::new(exe)
         .arg("--data-dir")
@@ -231,7 +232,11 @@ fn timed_deploy(exe: &Path, data: &Path, dir: &Path, name: &str, router: SocketA
 }
 
 fn deploys(exe: &Path, data: &Path, dir: &Path, router: SocketAddr, runs: usize) -> anyhow::Result<Vec<Row>> {
-    let mut new = Row { what: "new app (python, 2 instances, http health check)".into(), command: Vec::new(), first_200: Vec::new() };
+    let mut new = Row {
+        what: "new app (python, 2 instances, http health check)".into(),
+        command: Vec::new(),
+        first_200: Vec::new(),
+    };
     for i in 1..=runs {
         let app = dir.join(format!("app-{i}"));
         app_copy(&app, "hello v1")?;
@@ -239,7 +244,8 @@ fn deploys(exe: &Path, data: &Path, dir: &Path, router: SocketAddr, runs: usize)
         new.command.push(c);
         new.first_200.push(f);
     }
-    let mut release = Row { what: "new release of a live app".into(), command: Vec::new(), first_200: Vec::new() };
+    let mut release =
+        Row { what: "new release of a live app".into(), command: Vec::new(), first_200: Vec::new() };
     for i in 1..=runs {
         let app = dir.join(format!("app-{i}"));
         let greeting = format!("hello v{}", i + 1);
@@ -249,4 +255,59 @@ fn deploys(exe: &Path, data: &Path, dir: &Path, router: SocketAddr, runs: usize)
         release.first_200.push(f);
     }
     Ok(vec![new, release])
+}
+
+/// The section: measure, print the table, and say which rows failed.
+pub async fn run(quick: bool) -> anyhow::Result<Vec<crate::Failure>> {
+    eprintln!("measuring deploys through enjin up…");
+    let dir = crate::supervise::section_dir("deploy")?;
+    let runs = if quick { 1 } else { 3 };
+    match measure(dir.path().to_path_buf(), runs).await {
+        Ok(Outcome::Skipped(why)) => {
+            println!("## Deploy: `enjin deploy` to the first 200 through the router\n\nskipped: {why}\n");
+            Ok(Vec::new())
+        }
+        Ok(Outcome::Measured(d)) => {
+            print(&d, runs);
+            Ok(Vec::new())
+        }
+        Err(e) => {
+            println!("## Deploy: `enjin deploy` to the first 200 through the router\n\nfailed: {e:#}\n");
+            Ok(vec![crate::Failure { row: "deploy".into(), why: format!("{e:#}") }])
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
+    let mut s = v.to_vec();
+    s.sort();
+    let median = s.get(s.len() / 2).copied().unwrap_or_default();
+    (s.first().copied().unwrap_or_default(), median, s.last().copied().unwrap_or_default())
+}
+
+fn print(d: &Deploys, runs: usize) {
+    println!("## Deploy: `enjin deploy` to the first 200 through the router\n");
+    println!("| deploy | runs | first 200: min | median | max | command returned: median |");
+    println!("|---|---|---|---|---|---|");
+    for r in &d.rows {
+        let (min, med, max) = stats(&r.first_200);
+        let (_, cmd, _) = stats(&r.command);
+        println!("| {} | {runs} | {} | {} | {} | {} |", r.what, ms(min), ms(med), ms(max), ms(cmd));
+    }
+    println!();
+    println!(
+        "Each run packs the example, uploads it, places two instances on two hosts, starts them \
+         (unix-user sandbox as root), waits for their HTTP health checks and for the router to \
+         serve the new table; \"first 200\" is when a GET through the router first answered with \
+         the new release's body, polled every {} ms from the start of the command.",
+        POLL.as_millis()
+    );
+    for n in &d.notes {
+        println!("- {n}");
+    }
+    println!();
 }

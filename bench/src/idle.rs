@@ -87,11 +87,7 @@ fn measure_blocking(dir: &Path) -> anyhow::Result<Outcome> {
     let mut notes = Vec::new();
     let stopped = stop(&mut child, &data);
     let cleaned = before.clean_up(&data);
-    let tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    };
+    let tail = || log_tail(&log);
     let (up, agent) = measured.with_context(|| format!("enjin up; the end of its log:\n{}", tail()))?;
     notes.push(stopped.with_context(|| format!("stopping enjin up; the end of its log:\n{}", tail()))?);
     notes.extend(cleaned?);
@@ -100,14 +96,7 @@ fn measure_blocking(dir: &Path) -> anyhow::Result<Outcome> {
 
 /// Waits for the API address and the host's agent, lets them idle, reads their memory.
 fn observe(child: &mut Child, data: &Path) -> anyhow::Result<(Memory, Memory)> {
-    let stdout = child.stdout.take().context("enjin up's stdout is not piped")?;
-    let (tx, rx) = mpsc::channel();
-    // Reads to the end, so that enjin up never blocks on (or fails writing to) a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(child)?;
     let deadline = Instant::now() + START_PATIENCE;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -143,6 +132,26 @@ fn observe(child: &mut Child, data: &Path) -> anyhow::Result<(Memory, Memory)> {
     let up = procfs::memory(child.id()).context("enjin up")?;
     let agent = procfs::memory(agent).context("enjin agent")?;
     Ok((up, agent))
+}
+
+/// The lines a child prints on its (piped) stdout. Reads to the end, so that the child never
+/// blocks on (or fails writing to) a full pipe.
+pub fn stdout_lines(child: &mut Child) -> anyhow::Result<mpsc::Receiver<String>> {
+    let stdout = child.stdout.take().context("enjin up's stdout is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok(rx)
+}
+
+/// The last ten lines of a log file, for an error message.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// The `enjin agent` processes whose directory is under `data`.

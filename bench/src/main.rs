@@ -10,6 +10,7 @@
 
 mod api;
 mod bus;
+mod deploy;
 mod idle;
 mod procfs;
 mod report;
@@ -78,6 +79,8 @@ enum Section {
     Supervise,
     /// The HTTP router under wrk: direct, through enjin-router, through nginx
     Router,
+    /// From `enjin deploy` to the first 200 through the router of `enjin up`
+    Deploy,
 }
 
 impl Args {
@@ -215,6 +218,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::Router) {
         failures.extend(router::run(args.quick).await?);
+    }
+    if args.runs(Section::Deploy) {
+        failures.extend(deploy::run(args.quick).await?);
     }
 
     dir.close().context("failed to remove the temporary directory")?;

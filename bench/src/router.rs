@@ -74,6 +74,8 @@ struct Wrk {
     p99: Option<Duration>,
     non_2xx: u64,
     socket_errors: String,
+    /// CPU time the proxy (router threads or nginx processes) used per request, when known.
+    proxy_cpu: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -136,17 +138,29 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
         .context("failed to create nginx's directory")?;
     let mut rows = Vec::new();
     eprintln!("measuring the router: direct, through enjin-router, through nginx…");
-    let load = |addr: SocketAddr| -> Result<Wrk, String> {
+    let load = |addr: SocketAddr, cpu: &dyn Fn() -> Option<u64>| -> Result<Wrk, String> {
         if warmup > 0 {
             wrk_run(&wrk, addr, warmup)?;
         }
-        wrk_run(&wrk, addr, seconds)
+        let before = cpu();
+        let mut w = wrk_run(&wrk, addr, seconds)?;
+        if let (Some(before), Some(after)) = (before, cpu())
+            && w.requests > 0
+        {
+            let seconds = after.saturating_sub(before) as f64 / TICKS_PER_SECOND;
+            w.proxy_cpu = Duration::try_from_secs_f64(seconds / w.requests as f64).ok();
+        }
+        Ok(w)
     };
-    rows.push(Row { path: Path3::Direct, outcome: load(backend) });
-    rows.push(Row { path: Path3::Enjin, outcome: load(router_addr) });
+    rows.push(Row { path: Path3::Direct, outcome: load(backend, &|| None) });
+    rows.push(Row { path: Path3::Enjin, outcome: load(router_addr, &|| Some(thread_ticks("enjin-router"))) });
     let nginx_outcome = match Nginx::start(&nginx, dir.path(), backend) {
         Ok(mut n) => {
-            let outcome = load(n.addr);
+            let master = n.child.id();
+            let outcome = load(n.addr, &|| {
+                let pids = std::iter::once(master).chain(crate::procfs::children(master));
+                pids.map(|pid| stat_ticks(&format!("/proc/{pid}/stat"))).sum()
+            });
             let stopped = n.stop();
             match (outcome, stopped) {
                 (Ok(w), Ok(())) => Ok(w),
@@ -420,6 +434,32 @@ impl Drop for Nginx {
     }
 }
 
+/// `/proc`'s unit of CPU time: USER_HZ, 100 on every Linux architecture.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU ticks from a `/proc` `stat` file (fields 14 and 15).
+fn stat_ticks(path: &str) -> Option<u64> {
+    ticks_in(&std::fs::read_to_string(path).ok()?)
+}
+
+fn ticks_in(stat: &str) -> Option<u64> {
+    // The name in field 2 may hold spaces; the fields after its closing parenthesis do not.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks of this process's threads whose name starts with `prefix`.
+fn thread_ticks(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .filter_map(|t| stat_ticks(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
 /// A port free on 127.0.0.1 a moment ago, for nginx, which cannot be told to pick one.
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
@@ -437,8 +477,10 @@ fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
          process, nginx with worker_processes auto\n",
         workers()
     );
-    println!("| router path | req/s | p50 (ms) | p99 (ms) | vs direct | requests | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| router path | req/s | p50 (ms) | p99 (ms) | vs direct | proxy CPU (µs/req) | requests | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     let direct = rows
         .iter()
         .find(|r| r.path == Path3::Direct)
@@ -458,8 +500,9 @@ fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
                     errors.push(format!("socket: {}", w.socket_errors));
                 }
                 let errors = if errors.is_empty() { "0".to_string() } else { errors.join("; ") };
+                let cpu = w.proxy_cpu.map_or_else(|| "-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e6));
                 println!(
-                    "| {} | {:.0} | {} | {} | {vs} | {} | {errors} |",
+                    "| {} | {:.0} | {} | {} | {vs} | {cpu} | {} | {errors} |",
                     r.path.name(),
                     w.per_sec,
                     ms(w.p50),
@@ -468,7 +511,7 @@ fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
                 );
             }
             Err(e) => {
-                println!("| {} | - | - | - | - | - | failed: {} |", r.path.name(), e.replace('\n', " "))
+                println!("| {} | - | - | - | - | - | - | failed: {} |", r.path.name(), e.replace('\n', " "))
             }
         }
     }
@@ -528,5 +571,8 @@ Transfer/sec:     11.82MB
         assert!(parse_wrk("nothing useful").is_none());
         assert_eq!(parse_duration("2.00s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("bogus"), None);
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3 0 5000 1000 10";
+        assert_eq!(ticks_in(stat), Some(281));
+        assert_eq!(ticks_in("42 (short) S 1"), None);
     }
 }

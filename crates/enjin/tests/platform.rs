@@ -13,20 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, stderr, stdout};
+use common::{Running, cli, stderr, stdout, wait_until};
 
 const APP: &str = "python-hello";
-
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The example app copied where the test may change it; not under /tmp, which instances
 /// see privately.

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, stderr};
+use common::{Running, cli, stderr, wait_until};
 
 /// Pids of processes whose command line is exactly `cmdline` (arguments joined by spaces; a
 /// sandboxed program shows its resolved path, so `sleep 1` also matches `/usr/bin/sleep 1`).
@@ -31,17 +31,6 @@ fn pids_of(cmdline: &str) -> Vec<u32> {
         }
     }
     out
-}
-
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn state_of(data: &std::path::Path, node: &str, strategy: &str) -> Option<String> {

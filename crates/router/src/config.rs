@@ -29,6 +29,10 @@ pub struct RouterConfig {
     pub client_timeout: Duration,
     /// Client connections served at once; more wait in the listen backlog. Default 16384.
     pub max_connections: usize,
+    /// Worker threads `serve` starts, each with a single-threaded runtime, its own share of the
+    /// connections and its own pools to instances, so that a request never hops between
+    /// threads. 0 serves on the caller's runtime instead. Default: the number of CPUs.
+    pub threads: usize,
 }
 
 impl Default for RouterConfig {
@@ -43,6 +47,7 @@ impl Default for RouterConfig {
             drain_timeout: Duration::from_secs(30),
             client_timeout: Duration::from_secs(30),
             max_connections: 16_384,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -13,13 +13,13 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::balance;
 use crate::body::{Body, InFlight};
 use crate::headers;
 use crate::page::{Fault, error_page};
-use crate::router::Inner;
+use crate::router::{Inner, Upstream};
 use crate::server::Stage;
 use crate::table::{self, Route};
 
@@ -35,10 +35,15 @@ const MAX_ATTEMPTS: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub inner: Arc<Inner>,
+    /// The worker's pool of connections to instances.
+    pub upstream: Upstream,
     /// The client's IP, made into a header value once per connection.
     pub client_ip: HeaderValue,
     /// Tunnels hold a clone so that shutdown waits for them, and end when it says abort.
     pub stop: watch::Receiver<Stage>,
+    /// Held while the connection or a tunnel it started is open, so that its worker knows
+    /// when it has nothing left to finish.
+    pub alive: mpsc::Sender<()>,
 }
 
 pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -145,7 +150,7 @@ async fn forward(
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(inner.config.response_timeout, inner.client.request(request)).await;
+        let sent = tokio::time::timeout(inner.config.response_timeout, conn.upstream.request(request)).await;
         match sent {
             Err(_elapsed) => {
                 tracing::debug!(app, backend = %backend.addr, "no response headers in time");
@@ -250,9 +255,12 @@ fn respond(
             return error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, message);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let stop = conn.stop.clone();
+        let (stop, alive) = (conn.stop.clone(), conn.alive.clone());
         let app = flight.app().name().to_string();
-        tokio::spawn(tunnel(app, client_upgrade, upstream_upgrade, stop, flight));
+        tokio::spawn(async move {
+            tunnel(app, client_upgrade, upstream_upgrade, stop, flight).await;
+            drop(alive);
+        });
         let (mut parts, _) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, true);
         return Response::from_parts(parts, Body::Empty);

@@ -31,7 +31,6 @@ pub(crate) struct Inner {
     /// What outlives a table: app counters and backend state by name and address. Only
     /// `apply` and the metrics readers take this lock, never a request.
     registry: Mutex<Registry>,
-    pub client: Client<HttpConnector, Body>,
     pub metrics: RouterMetrics,
     /// Ejection deadlines are kept as milliseconds since this instant, so they fit an atomic.
     epoch: Instant,
@@ -46,21 +45,11 @@ struct Registry {
 impl Router {
     /// A router serving no routes (every request gets 404) until a table is applied.
     pub fn new(config: RouterConfig) -> Router {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Router {
             inner: Arc::new(Inner {
                 config,
                 table: RwLock::new(Arc::new(Table::default())),
                 registry: Mutex::new(Registry::default()),
-                client,
                 metrics: RouterMetrics::default(),
                 epoch: Instant::now(),
             }),
@@ -127,7 +116,23 @@ impl Router {
     }
 }
 
+/// The pooled client to instances. Each worker has its own, so that a request and the
+/// upstream connection it uses are always driven by the same thread.
+pub(crate) type Upstream = Client<HttpConnector, Body>;
+
 impl Inner {
+    pub fn upstream(&self) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.config.connect_timeout));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.config.pool_idle_timeout)
+            .pool_max_idle_per_host(self.config.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector)
+    }
+
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(PoisonError::into_inner).clone()
     }

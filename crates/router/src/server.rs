@@ -14,11 +14,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::proxy::{self, Conn};
-use crate::router::{Inner, Router};
+use crate::router::{Inner, Router, Upstream};
 
 /// Where the server is in its life; connections and tunnels watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,68 +42,39 @@ impl Router {
     /// Answers HTTP/1.1 on `listener` until `shutdown` resolves; then stops accepting, lets
     /// each connection finish the request it is on (open tunnels go on too) for up to
     /// [`RouterConfig::drain_timeout`](crate::RouterConfig::drain_timeout), closes what is
-    /// left, and returns. Errors accepting connections are logged and waited out, not returned.
+    /// left, and returns. With [`RouterConfig::threads`](crate::RouterConfig::threads) above 0
+    /// the connections are served by that many worker threads of its own, which all end before
+    /// it returns (or are left to end on their own after the abort grace, a second). Errors
+    /// accepting connections are logged and waited out, not returned; errors starting the
+    /// workers are.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let addr = listener.local_addr()?;
         let span = tracing::info_span!("router", %addr);
-        self.serve_inner(listener, shutdown).instrument(span).await;
-        Ok(())
+        self.serve_inner(listener, shutdown).instrument(span).await
     }
 
-    async fn serve_inner(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    async fn serve_inner(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let inner = &self.inner;
+        let threads = inner.config.threads;
         let (stage, watcher) = watch::channel(Stage::Serving);
         let limit = Arc::new(Semaphore::new(inner.config.max_connections.max(1)));
-        let mut shutdown = pin!(shutdown);
-        let mut backoff = ACCEPT_BACKOFF;
-        tracing::info!(max_connections = inner.config.max_connections, "serving");
-        loop {
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                permit = limit.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    // The semaphore is never closed; if it were, there is nothing left to serve.
-                    Err(_) => break,
-                },
-            };
-            let accepted = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = ACCEPT_BACKOFF;
-                    let conn = connection(inner.clone(), stream, peer, watcher.clone(), permit);
-                    tokio::spawn(conn.instrument(tracing::debug_span!("connection", %peer)));
-                }
-                // About one connection that went away before it was accepted.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    tracing::debug!(error = %e, "accept failed");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
+        if threads == 0 {
+            let work = worker(inner.clone(), listener, watcher.clone(), limit);
+            tokio::spawn(work.instrument(tracing::Span::current()));
+        } else if let Err(e) = start_workers(inner, listener, &watcher, &limit, threads) {
+            // The ones that did start stop at once; nothing has been accepted by them yet that
+            // could be worth draining.
+            stage.send_replace(Stage::Abort);
+            return Err(e);
         }
-        drop(listener);
         drop(watcher);
+        tracing::info!(threads, max_connections = inner.config.max_connections, "serving");
+        shutdown.await;
+
         let open = inner.metrics.connections_open.load(Ordering::Relaxed);
         tracing::info!(open, drain_timeout = ?inner.config.drain_timeout, "shutting down: draining connections");
         stage.send_replace(Stage::Draining);
+        // Every worker, connection and tunnel holds a receiver; all are gone once they finish.
         if tokio::time::timeout(inner.config.drain_timeout, stage.closed()).await.is_err() {
             let open = inner.metrics.connections_open.load(Ordering::Relaxed);
             tracing::warn!(open, "drain timed out; closing the connections left");
@@ -113,14 +84,117 @@ impl Router {
             }
         }
         tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts `threads` workers, each a thread with a single-threaded runtime accepting from its
+/// own registration of the same listening socket.
+fn start_workers(
+    inner: &Arc<Inner>,
+    listener: TcpListener,
+    watcher: &watch::Receiver<Stage>,
+    limit: &Arc<Semaphore>,
+    threads: usize,
+) -> io::Result<()> {
+    let listener = listener.into_std()?;
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (inner, watcher, limit) = (inner.clone(), watcher.clone(), limit.clone());
+        let span = tracing::Span::current();
+        std::thread::Builder::new().name(format!("enjin-router-{i}")).spawn(move || {
+            runtime.block_on(
+                async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker(inner, listener, watcher, limit).await,
+                        Err(e) => tracing::error!(error = %e, "worker failed to register the listener"),
+                    }
+                }
+                .instrument(tracing::debug_span!(parent: &span, "worker", i)),
+            );
+            // Dropping the runtime here ends whatever an abort left running on it.
+        })?;
+    }
+    Ok(())
+}
+
+/// One worker: accepts until the stage leaves `Serving`, then waits until its connections and
+/// tunnels are done, or until the order to abort.
+async fn worker(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    mut stage: watch::Receiver<Stage>,
+    limit: Arc<Semaphore>,
+) {
+    let upstream = inner.upstream();
+    let (alive, mut finished) = mpsc::channel::<()>(1);
+    let mut backoff = ACCEPT_BACKOFF;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stage.wait_for(|s| *s != Stage::Serving) => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                // The semaphore is never closed; if it were, there is nothing left to serve.
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = stage.wait_for(|s| *s != Stage::Serving) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF;
+                let conn = connection(
+                    inner.clone(),
+                    upstream.clone(),
+                    stream,
+                    peer,
+                    stage.clone(),
+                    alive.clone(),
+                    permit,
+                );
+                tokio::spawn(conn.instrument(tracing::debug_span!("connection", %peer)));
+            }
+            // About one connection that went away before it was accepted.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                tracing::debug!(error = %e, "accept failed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                tokio::select! {
+                    _ = stage.wait_for(|s| *s != Stage::Serving) => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    drop(listener);
+    drop(alive);
+    tokio::select! {
+        _ = finished.recv() => {}
+        _ = stage.wait_for(|s| *s == Stage::Abort) => {}
     }
 }
 
 async fn connection(
     inner: Arc<Inner>,
+    upstream: Upstream,
     stream: TcpStream,
     peer: SocketAddr,
     mut stage: watch::Receiver<Stage>,
+    alive: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
 ) {
     // Small requests and responses must not wait for Nagle's algorithm.
@@ -135,6 +209,8 @@ async fn connection(
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         stop: stage.clone(),
+        alive,
+        upstream,
         inner,
     });
     let service = {

@@ -165,6 +165,18 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
+/// Poll `f` every 100 ms until it gives a value; fail the test after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Run the CLI against a data directory (it finds the server and token there).
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
