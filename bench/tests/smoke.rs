@@ -119,12 +119,29 @@ fn assert_supervise_tables(stdout: &str) {
     assert!(rss.last().is_some_and(|c| c != "-"), "the anchor row has no RSS:\n{stdout}");
 }
 
+/// The deploy table: every row took some time to its first 200 (or the section said why it
+/// was skipped: without the enjin binary beside this one).
+fn assert_deploy_table(stdout: &str) {
+    assert!(stdout.contains("## Deploy"), "no deploy section:\n{stdout}");
+    if !stdout.contains("| deploy |") {
+        assert!(stdout.contains("skipped:"), "the deploy section neither ran nor said why:\n{stdout}");
+        return;
+    }
+    let medians = column(stdout, "| deploy |", "median");
+    assert_eq!(medians.len(), 2, "{stdout}");
+    for m in medians {
+        let ms: f64 = m.trim_end_matches(" ms").parse().unwrap_or_else(|e| panic!("{m:?}: {e}"));
+        assert!(ms > 0.0, "a zero deploy time:\n{stdout}");
+    }
+}
+
 #[test]
 fn quick_run_prints_every_table_with_nonzero_rates() {
     let stdout = quick_run(&["--quick"]);
     assert_positive(&stdout, &TABLES);
     assert_bus_tables(&stdout);
     assert_supervise_tables(&stdout);
+    assert_deploy_table(&stdout);
 }
 
 #[test]

@@ -5,11 +5,14 @@ use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::pool::Pools;
 use crate::table::Backend;
 
 /// What the router knows about one backend address, shared across tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BackendState {
+    /// Idle connections, one list per worker.
+    pools: Pools,
     /// Requests sent and not yet finished (response body included).
     outstanding: AtomicU64,
     /// Milliseconds since the router's epoch until which the backend is passed over; 0 when it
@@ -17,7 +20,21 @@ pub(crate) struct BackendState {
     ejected_until: AtomicU64,
 }
 
+impl Default for BackendState {
+    fn default() -> Self {
+        BackendState::new(1)
+    }
+}
+
 impl BackendState {
+    pub fn new(workers: usize) -> BackendState {
+        BackendState { pools: Pools::new(workers), outstanding: AtomicU64::new(0), ejected_until: AtomicU64::new(0) }
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
     pub fn outstanding(&self) -> u64 {
         self.outstanding.load(Ordering::Relaxed)
     }
@@ -116,11 +133,7 @@ mod tests {
             .map(|i| {
                 let addr: std::net::SocketAddr =
                     format!("127.0.0.1:{}", 1000 + i).parse().expect("an address");
-                Backend {
-                    addr,
-                    authority: addr.to_string().parse().expect("an authority"),
-                    state: Arc::new(BackendState::default()),
-                }
+                Backend { addr, state: Arc::new(BackendState::default()) }
             })
             .collect()
     }

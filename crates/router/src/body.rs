@@ -10,6 +10,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 
 use crate::balance::BackendState;
 use crate::metrics::AppMetrics;
+use crate::pool::Checkin;
 
 /// A request or response body as the router forwards it.
 #[derive(Debug, Default)]
@@ -19,9 +20,37 @@ pub(crate) enum Body {
     Empty,
     /// Bytes the router holds whole: an error page, or a request body buffered for retries.
     Full(Option<Bytes>),
-    /// A body streamed from the other side. Its guard, if any, ends the request's in-flight
-    /// accounting when the body is dropped, so streaming responses count as outstanding.
-    Stream { body: Incoming, _flight: Option<InFlight> },
+    /// A body streamed from the other side.
+    Stream(Stream),
+}
+
+/// A streamed body, with what must happen when it is done: a response's connection goes back
+/// to its pool if the body was read to the end, and the request stops counting as in flight,
+/// so that streaming responses count as outstanding until their last byte.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    body: Incoming,
+    ended: bool,
+    checkin: Option<Checkin>,
+    _flight: Option<InFlight>,
+}
+
+impl Stream {
+    pub fn new(body: Incoming, checkin: Option<Checkin>, flight: Option<InFlight>) -> Stream {
+        Stream { body, ended: false, checkin, _flight: flight }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves unread bytes on the connection: it cannot carry
+        // another request, and dropping it closes it.
+        if (self.ended || hyper::body::Body::is_end_stream(&self.body))
+            && let Some(checkin) = self.checkin.take()
+        {
+            checkin.put();
+        }
+    }
 }
 
 impl Body {
@@ -41,7 +70,13 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream { body, .. } => Pin::new(body).poll_frame(cx),
+            Body::Stream(s) => {
+                let frame = Pin::new(&mut s.body).poll_frame(cx);
+                if let Poll::Ready(None) = frame {
+                    s.ended = true;
+                }
+                frame
+            }
         }
     }
 
@@ -49,7 +84,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty | Body::Full(None) => true,
             Body::Full(Some(_)) => false,
-            Body::Stream { body, .. } => body.is_end_stream(),
+            Body::Stream(s) => s.ended || s.body.is_end_stream(),
         }
     }
 
@@ -57,7 +92,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty | Body::Full(None) => SizeHint::with_exact(0),
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Body::Stream { body, .. } => body.size_hint(),
+            Body::Stream(s) => s.body.size_hint(),
         }
     }
 }

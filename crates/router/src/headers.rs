@@ -2,7 +2,7 @@
 //! router adds.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request};
+use http::Request;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,15 +35,6 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// Whether the request asks to switch protocols (`Connection: upgrade` and an `Upgrade`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-/// Methods a retry cannot make happen twice in a way the first attempt did not already allow
-/// (RFC 9110 §9.2.2). CONNECT is left out: the router does not tunnel it.
-pub(crate) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

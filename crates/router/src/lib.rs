@@ -41,18 +41,30 @@
 //! 2. A backend is picked by the power of two choices: two at random, the one with fewer
 //!    requests outstanding. Backends that failed to connect within
 //!    [`RouterConfig::eject_for`] are skipped while another is left. No backends: 503.
-//! 3. The request goes out on a kept-alive HTTP/1.1 connection from a per-backend pool, with
-//!    hop-by-hop headers removed and `X-Forwarded-For`, `-Proto` and `-Host` set. An idempotent
-//!    request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body is empty or at most
-//!    64 KiB is retried on a connect failure, on another backend when there is one, up to
-//!    [`RouterConfig::max_attempts`] in all.
+//! 3. The request goes out on a kept-alive HTTP/1.1 connection (TCP_NODELAY) from the
+//!    backend's idle list for the worker thread serving the client, with hop-by-hop headers
+//!    removed and `X-Forwarded-For`, `-Proto` and `-Host` set. A connection is made before
+//!    anything is sent, so a connect failure (or timeout, [`RouterConfig::connect_timeout`])
+//!    leaves the request untouched: it is retried whole, whatever its method and body, on
+//!    another backend when there is one, up to [`RouterConfig::max_attempts`] in all, and the
+//!    backend is ejected. An idle connection the instance had closed is replaced by a new one
+//!    without counting as an attempt. A request that was sent is never sent again.
 //! 4. Connect failures that use up the attempts, and answers that are not HTTP: 502. No response
 //!    headers within [`RouterConfig::response_timeout`]: 504.
 //! 5. A request with `Connection: upgrade` (WebSocket and the like) that the backend answers
 //!    with 101 becomes a tunnel: bytes are copied both ways until either side closes.
 //!
 //! Error pages the router makes itself are small HTML with an `x-enjin-fault` header saying whose
-//! fault it was: `client` (400, 404), `upstream` (502, 503, 504) or `router`.
+//! fault it was: `client` (400, 404) or `upstream` (502, 503, 504).
+//!
+//! # Threads
+//!
+//! By default [`Router::serve`] runs [`RouterConfig::threads`] worker threads (one per CPU),
+//! each with a single-threaded tokio runtime that accepts from the shared listening socket and
+//! drives its connections, both to clients and to instances, itself. A request and the
+//! upstream connection it uses are then always on one thread, as in nginx's workers; that
+//! removes the cross-thread wake-ups that cost the most in a proxy. `threads: 0` serves on the
+//! caller's runtime instead.
 
 #![forbid(unsafe_code)]
 
@@ -62,6 +74,7 @@ mod config;
 mod headers;
 mod metrics;
 mod page;
+mod pool;
 mod proxy;
 mod router;
 mod server;

@@ -13,8 +13,6 @@ pub(crate) enum Fault {
     Client,
     /// The app: no instance, instances that do not connect, answer garbage or too slowly.
     Upstream,
-    /// The router.
-    Router,
 }
 
 impl Fault {
@@ -22,7 +20,6 @@ impl Fault {
         match self {
             Fault::Client => "client",
             Fault::Upstream => "upstream",
-            Fault::Router => "router",
         }
     }
 }

@@ -5,27 +5,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
 use crate::balance;
-use crate::body::{Body, InFlight};
+use crate::body::{Body, InFlight, Stream};
 use crate::headers;
 use crate::page::{Fault, error_page};
-use crate::router::{Inner, Upstream};
+use crate::pool::{self, Checkin, ConnectError};
+use crate::router::Inner;
 use crate::server::Stage;
-use crate::table::{self, Route};
-
-/// Request bodies up to this size are buffered so that a retry can send them again; bigger
-/// ones stream and get one attempt.
-const REPLAY_LIMIT: u64 = 64 * 1024;
+use crate::table::{self, Backend, Route};
 
 /// The most attempts a request gets, whatever the config says; it bounds the list of backends
 /// a request has tried.
@@ -35,8 +31,8 @@ const MAX_ATTEMPTS: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub inner: Arc<Inner>,
-    /// The worker's pool of connections to instances.
-    pub upstream: Upstream,
+    /// The worker serving the connection: the index of its idle lists in each backend's pools.
+    pub worker: usize,
     /// The client's IP, made into a header value once per connection.
     pub client_ip: HeaderValue,
     /// Tunnels hold a clone so that shutdown waits for them, and end when it says abort.
@@ -71,21 +67,9 @@ pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Re
     Ok(response)
 }
 
-/// The request's body, as the attempts will send it.
-enum Payload {
-    /// Empty or buffered: can be sent again.
-    Replayable(Option<Bytes>),
-    /// Streaming: one attempt only.
-    Stream(Incoming),
-}
-
-async fn forward(
-    conn: &Conn,
-    route: &Arc<Route>,
-    mut req: Request<Incoming>,
-    mut flight: InFlight,
-) -> Response<Body> {
+async fn forward(conn: &Conn, route: &Arc<Route>, mut req: Request<Incoming>, mut flight: InFlight) -> Response<Body> {
     let inner = &conn.inner;
+    let config = &inner.config;
     let app = route.app.name();
     if route.backends.is_empty() {
         let message = format!("app {app} has no instance that can serve it");
@@ -94,16 +78,14 @@ async fn forward(
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let payload = match payload(inner, &parts, body).await {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
     prepare(conn, &mut parts, upgrade);
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut request = Some(Request::from_parts(parts, Body::Stream(Stream::new(body, None, None))));
 
-    let attempts = (inner.config.max_attempts.max(1) as usize).min(MAX_ATTEMPTS);
+    // Connecting comes before sending, so a connect failure has sent nothing and any request,
+    // idempotent or not, can go to another backend whole; no body needs to be buffered.
+    let deadline = tokio::time::Instant::now() + config.response_timeout;
+    let attempts = (config.max_attempts.max(1) as usize).min(MAX_ATTEMPTS);
     let mut tried = [0usize; MAX_ATTEMPTS];
-    let mut payload = Some(payload);
     let mut last_connect_error = None;
     for attempt in 0..attempts {
         let now_ms = inner.now_ms();
@@ -114,111 +96,95 @@ async fn forward(
             route.app.retried();
         }
         flight.attempt(&backend.state);
-
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(backend.authority.clone());
-        uri.path_and_query = Some(path.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return error_page(
-                StatusCode::BAD_GATEWAY,
-                Fault::Router,
-                "the router could not address the instance",
-            );
-        };
-        let last = attempt + 1 == attempts;
-        let body = match payload.take() {
-            Some(Payload::Replayable(bytes)) => {
-                payload = Some(Payload::Replayable(bytes.clone()));
-                bytes.map_or(Body::Empty, |b| Body::Full(Some(b)))
-            }
-            Some(Payload::Stream(body)) => Body::Stream { body, _flight: None },
-            None => break,
-        };
-        // The headers are copied only while another attempt could need them.
-        let mut request = if payload.is_some() && !last {
-            let mut r = Request::new(body);
-            *r.method_mut() = parts.method.clone();
-            *r.headers_mut() = parts.headers.clone();
-            r
-        } else {
-            let mut r = Request::new(body);
-            *r.method_mut() = std::mem::take(&mut parts.method);
-            *r.headers_mut() = std::mem::take(&mut parts.headers);
-            r
-        };
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-
-        let sent = tokio::time::timeout(inner.config.response_timeout, conn.upstream.request(request)).await;
-        match sent {
+        let Some(req) = request.take() else { break };
+        let exchanged = tokio::time::timeout_at(deadline, exchange(conn, backend, req)).await;
+        match exchanged {
             Err(_elapsed) => {
                 tracing::debug!(app, backend = %backend.addr, "no response headers in time");
                 let message = format!(
                     "app {app}'s instance at {} sent no response within {} ms",
                     backend.addr,
-                    inner.config.response_timeout.as_millis()
+                    config.response_timeout.as_millis()
                 );
                 return error_page(StatusCode::GATEWAY_TIMEOUT, Fault::Upstream, &message);
             }
-            Ok(Err(e)) if e.is_connect() => {
-                route.app.connect_failed();
-                let until = now_ms
-                    .saturating_add(u64::try_from(inner.config.eject_for.as_millis()).unwrap_or(u64::MAX));
-                if backend.state.eject(now_ms, until) {
-                    tracing::warn!(app, backend = %backend.addr, error = %source_chain(&e), eject_for = ?inner.config.eject_for, "instance failed to connect; passing it over");
-                }
-                last_connect_error = Some((backend.addr, source_chain(&e)));
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(app, backend = %backend.addr, error = %source_chain(&e), "instance failed the request");
-                let message = format!(
-                    "app {app}'s instance at {} did not answer with HTTP: {}",
-                    backend.addr,
-                    source_chain(&e)
-                );
-                return error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message);
-            }
-            Ok(Ok(response)) => {
+            Ok(Exchange::Answered(response, sender)) => {
                 backend.state.restore();
-                return respond(conn, response, client_upgrade, flight);
+                let checkin = Checkin {
+                    sender,
+                    backend: backend.state.clone(),
+                    worker: conn.worker,
+                    max_idle: config.pool_max_idle_per_host,
+                };
+                return respond(conn, response, client_upgrade, flight, checkin);
+            }
+            Ok(Exchange::ConnectFailed(e, req)) => {
+                request = Some(req);
+                route.app.connect_failed();
+                let eject_ms = u64::try_from(config.eject_for.as_millis()).unwrap_or(u64::MAX);
+                if backend.state.eject(now_ms, now_ms.saturating_add(eject_ms)) {
+                    tracing::warn!(app, backend = %backend.addr, error = %e, eject_for = ?config.eject_for, "instance failed to connect; passing it over");
+                }
+                last_connect_error = Some((backend.addr, e));
+            }
+            Ok(Exchange::Failed(e)) => {
+                tracing::debug!(app, backend = %backend.addr, error = %source_chain(&e), "instance failed the request");
+                let message =
+                    format!("app {app}'s instance at {} did not answer with HTTP: {}", backend.addr, source_chain(&e));
+                return error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message);
             }
         }
     }
     let message = match last_connect_error {
-        Some((addr, error)) => {
-            format!("no instance of app {app} could be reached; the last, at {addr}: {error}")
-        }
+        Some((addr, error)) => format!("no instance of app {app} could be reached; the last, at {addr}: {error}"),
         None => format!("no instance of app {app} could be reached"),
     };
     error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message)
 }
 
-/// The body as the attempts will send it: empty and small bodies of idempotent requests are
-/// kept for retries, everything else streams.
-async fn payload(inner: &Inner, parts: &Parts, body: Incoming) -> Result<Payload, Response<Body>> {
-    if !headers::is_idempotent(&parts.method) {
-        return Ok(Payload::Stream(body));
-    }
-    if body.is_end_stream() {
-        return Ok(Payload::Replayable(None));
-    }
-    if body.size_hint().upper().is_none_or(|n| n > REPLAY_LIMIT) {
-        return Ok(Payload::Stream(body));
-    }
-    let read = Limited::new(body, REPLAY_LIMIT as usize).collect();
-    match tokio::time::timeout(inner.config.client_timeout, read).await {
-        Ok(Ok(collected)) => Ok(Payload::Replayable(Some(collected.to_bytes()))),
-        Ok(Err(e)) => Err(error_page(
-            StatusCode::BAD_REQUEST,
-            Fault::Client,
-            &format!("failed to read the request body: {e}"),
-        )),
-        Err(_) => Err(error_page(
-            StatusCode::REQUEST_TIMEOUT,
-            Fault::Client,
-            "the request body did not arrive in time",
-        )),
+/// How one attempt on one backend ended.
+enum Exchange {
+    /// Response headers, and the connection that carried them.
+    Answered(Response<Incoming>, SendRequest<Body>),
+    /// No connection could be had; the request, unsent, comes back.
+    ConnectFailed(ConnectError, Request<Body>),
+    /// The request went out and no HTTP response came back.
+    Failed(hyper::Error),
+}
+
+/// Sends `req` on an idle connection to `backend`, or a new one. An idle connection the
+/// instance closed before the request went out is replaced by a new one (hyper hands the
+/// request back in that case).
+async fn exchange(conn: &Conn, backend: &Backend, mut req: Request<Body>) -> Exchange {
+    let config = &conn.inner.config;
+    let pools = backend.state.pools();
+    let mut reused = true;
+    let mut sender = match pools.take(conn.worker, config.pool_idle_timeout).await {
+        Some(s) => s,
+        None => {
+            reused = false;
+            match pool::connect(backend.addr, config.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => return Exchange::ConnectFailed(e, req),
+            }
+        }
+    };
+    loop {
+        match sender.try_send_request(req).await {
+            Ok(response) => return Exchange::Answered(response, sender),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!(backend = %backend.addr, error = %e.error(), "idle connection was closed; connecting anew");
+                    req = unsent;
+                    reused = false;
+                    sender = match pool::connect(backend.addr, config.connect_timeout).await {
+                        Ok(s) => s,
+                        Err(e) => return Exchange::ConnectFailed(e, req),
+                    };
+                }
+                _ => return Exchange::Failed(e.into_error()),
+            },
+        }
     }
 }
 
@@ -239,6 +205,13 @@ fn prepare(conn: &Conn, parts: &mut Parts, upgrade: bool) {
         }
     };
     headers::add_forwarded(headers, &conn.client_ip, host);
+    // The instance gets the origin form; an absolute target already gave its host above.
+    if parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    // Keep-alive to instances, whatever the client spoke.
+    parts.version = Version::HTTP_11;
 }
 
 fn respond(
@@ -246,6 +219,7 @@ fn respond(
     mut response: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     flight: InFlight,
+    checkin: Checkin,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -254,6 +228,8 @@ fn respond(
             let message = "the instance switched protocols on a request that did not ask to";
             return error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, message);
         };
+        // The connection becomes the tunnel; it never goes back to the pool.
+        drop(checkin);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (stop, alive) = (conn.stop.clone(), conn.alive.clone());
         let app = flight.app().name().to_string();
@@ -267,7 +243,7 @@ fn respond(
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, Body::Stream { body, _flight: Some(flight) })
+    Response::from_parts(parts, Body::Stream(Stream::new(body, Some(checkin), Some(flight))))
 }
 
 /// Copies bytes both ways between an upgraded client and instance until either closes, or

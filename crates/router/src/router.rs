@@ -6,12 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use enjin_model::api::RouteTable;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::BackendState;
-use crate::body::Body;
 use crate::config::RouterConfig;
 use crate::metrics::{self, AppMetrics, AppStats, RouterMetrics};
 use crate::table::Table;
@@ -71,11 +67,12 @@ impl Router {
         let version = table.version;
         let Registry { apps, backends } = &mut *registry;
         let mut seen = HashMap::new();
+        let workers = self.inner.config.threads.max(1);
         let (compiled, conflicts) = Table::compile(
             table,
             |name| apps.entry(name.to_string()).or_insert_with(|| Arc::new(AppMetrics::new(name))).clone(),
             |addr| {
-                seen.entry(addr).or_insert_with(|| backends.get(&addr).cloned().unwrap_or_default()).clone()
+                seen.entry(addr).or_insert_with(|| backends.get(&addr).cloned().unwrap_or_else(|| Arc::new(BackendState::new(workers)))).clone()
             },
         );
         // Backends no longer named are forgotten; requests still using one hold their own Arc.
@@ -116,23 +113,7 @@ impl Router {
     }
 }
 
-/// The pooled client to instances. Each worker has its own, so that a request and the
-/// upstream connection it uses are always driven by the same thread.
-pub(crate) type Upstream = Client<HttpConnector, Body>;
-
 impl Inner {
-    pub fn upstream(&self) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.config.connect_timeout));
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.config.pool_idle_timeout)
-            .pool_max_idle_per_host(self.config.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector)
-    }
-
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(PoisonError::into_inner).clone()
     }

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::proxy::{self, Conn};
-use crate::router::{Inner, Router, Upstream};
+use crate::router::{Inner, Router};
 
 /// Where the server is in its life; connections and tunnels watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,9 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// descriptors, say); it doubles up to `ACCEPT_BACKOFF_MAX` while errors go on.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The shortest pause between two sweeps of idle connections, however short the idle timeout.
+const SWEEP_MIN: Duration = Duration::from_millis(100);
 
 impl Router {
     /// Answers HTTP/1.1 on `listener` until `shutdown` resolves; then stops accepting, lets
@@ -59,7 +62,7 @@ impl Router {
         let (stage, watcher) = watch::channel(Stage::Serving);
         let limit = Arc::new(Semaphore::new(inner.config.max_connections.max(1)));
         if threads == 0 {
-            let work = worker(inner.clone(), listener, watcher.clone(), limit);
+            let work = worker(inner.clone(), 0, listener, watcher.clone(), limit);
             tokio::spawn(work.instrument(tracing::Span::current()));
         } else if let Err(e) = start_workers(inner, listener, &watcher, &limit, threads) {
             // The ones that did start stop at once; nothing has been accepted by them yet that
@@ -107,7 +110,7 @@ fn start_workers(
             runtime.block_on(
                 async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => worker(inner, listener, watcher, limit).await,
+                        Ok(listener) => worker(inner, i, listener, watcher, limit).await,
                         Err(e) => tracing::error!(error = %e, "worker failed to register the listener"),
                     }
                 }
@@ -123,11 +126,12 @@ fn start_workers(
 /// tunnels are done, or until the order to abort.
 async fn worker(
     inner: Arc<Inner>,
+    index: usize,
     listener: TcpListener,
     mut stage: watch::Receiver<Stage>,
     limit: Arc<Semaphore>,
 ) {
-    let upstream = inner.upstream();
+    tokio::spawn(sweep(inner.clone(), index, stage.clone()));
     let (alive, mut finished) = mpsc::channel::<()>(1);
     let mut backoff = ACCEPT_BACKOFF;
     loop {
@@ -150,7 +154,7 @@ async fn worker(
                 backoff = ACCEPT_BACKOFF;
                 let conn = connection(
                     inner.clone(),
-                    upstream.clone(),
+                    index,
                     stream,
                     peer,
                     stage.clone(),
@@ -188,9 +192,26 @@ async fn worker(
     }
 }
 
+/// Closes this worker's idle connections to instances once they are older than the pool's idle
+/// timeout, until shutdown starts.
+async fn sweep(inner: Arc<Inner>, worker: usize, mut stage: watch::Receiver<Stage>) {
+    let idle = inner.config.pool_idle_timeout;
+    let every = (idle / 2).max(SWEEP_MIN);
+    loop {
+        tokio::select! {
+            _ = stage.wait_for(|s| *s != Stage::Serving) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let table = inner.table();
+        for backend in table.hosts.values().flatten().flat_map(|r| r.backends.iter()) {
+            backend.state.pools().sweep(worker, idle);
+        }
+    }
+}
+
 async fn connection(
     inner: Arc<Inner>,
-    upstream: Upstream,
+    worker: usize,
     stream: TcpStream,
     peer: SocketAddr,
     mut stage: watch::Receiver<Stage>,
@@ -210,7 +231,7 @@ async fn connection(
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         stop: stage.clone(),
         alive,
-        upstream,
+        worker,
         inner,
     });
     let service = {

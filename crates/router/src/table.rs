@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use enjin_model::api::RouteTable;
-use http::uri::Authority;
 
 use crate::balance::BackendState;
 use crate::metrics::AppMetrics;
@@ -30,10 +29,8 @@ pub(crate) struct Route {
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub addr: std::net::SocketAddr,
-    /// `addr` as a URI authority, made once so each request only clones it.
-    pub authority: Authority,
-    /// Shared by every table that names this address, so outstanding counts and ejection
-    /// survive a table swap.
+    /// Shared by every table that names this address, so outstanding counts, ejection and
+    /// idle connections survive a table swap.
     pub state: Arc<BackendState>,
 }
 
@@ -52,12 +49,7 @@ impl Table {
             let backends = entry
                 .backends
                 .iter()
-                .filter_map(|b| {
-                    // A SocketAddr always renders as a valid authority; skipping is only a
-                    // guard against that ever changing, not a case that happens.
-                    let authority = Authority::try_from(b.addr.to_string()).ok()?;
-                    Some(Backend { addr: b.addr, authority, state: backend(b.addr) })
-                })
+                .map(|b| Backend { addr: b.addr, state: backend(b.addr) })
                 .collect();
             let route = Arc::new(Route {
                 prefix: normalize_prefix(&entry.path_prefix),
