@@ -42,8 +42,8 @@ const WRK_GRACE: Duration = Duration::from_secs(15);
 /// How long nginx may take to answer on its port, and to stop.
 const NGINX_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Worker threads of the backend's and the router's runtimes. nginx runs `worker_processes
-/// auto`, one per core, and the router gets as many threads.
+/// Worker threads of the backend's runtime, and the router's (its default, one per core);
+/// nginx runs `worker_processes auto`, one per core too.
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -98,11 +98,12 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     let nginx = which("nginx", "/usr/sbin/nginx")
         .context("nginx is needed for the router section (Debian: apt-get install nginx)")?;
 
-    let backend_rt = runtime("bench-backend")?;
+    let backend_rt = runtime("bench-backend", workers())?;
     let backend = backend_rt.block_on(hello_server())?;
 
-    let router_rt = runtime("bench-router")?;
-    let router = Router::new(RouterConfig::default());
+    // The router runs its own worker threads (one per core); this runtime only waits in `serve`.
+    let router_rt = runtime("bench-router", 1)?;
+    let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
     router.apply(RouteTable {
         version: 1,
         routes: vec![RouteEntry {
@@ -203,13 +204,9 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     Ok(failures)
 }
 
-fn runtime(name: &str) -> anyhow::Result<Runtime> {
-    let w = std::env::var(format!("W_{}", name.replace('-', "_")))
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(workers());
+fn runtime(name: &str, workers: usize) -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(w)
+        .worker_threads(workers)
         .thread_name(name)
         .enable_all()
         .build()
@@ -473,9 +470,10 @@ fn ms(d: Option<Duration>) -> String {
 fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
     println!(
         "## HTTP router: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s on 127.0.0.1, one hyper hello backend, \
-         HTTP/1.1 keep-alive on both sides; the router and the backend each on a {}-thread runtime in this \
-         process, nginx with worker_processes auto\n",
-        workers()
+         HTTP/1.1 keep-alive on both sides; the backend on a {w}-thread runtime and the router with {w} worker \
+         threads in this process, nginx with worker_processes auto ({w}); proxy CPU is the router's threads' \
+         or nginx's processes' user+system time over the requests served\n",
+        w = workers()
     );
     println!(
         "| router path | req/s | p50 (ms) | p99 (ms) | vs direct | proxy CPU (µs/req) | requests | errors |"

@@ -409,6 +409,30 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     assert!(logs.contains("starting"), "stderr is kept too: {logs}");
     let out = cli(&data, &["logs", APP, "--since", "1h", "--tail", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Following: a request made after `logs -f` started shows up in it.
+    let mut follow = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["logs", APP, "-f", "--tail", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("enjin logs -f");
+    let out = follow.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(curl(router, "/followed-path").0, 200);
+    let seen = wait_until("the new line is followed", Duration::from_secs(15), || {
+        rx.try_iter().find(|l| l.contains("GET /followed-path"))
+    });
+    assert!(seen.contains("web-v3-"), "{seen}");
+    let _ = follow.kill();
+    let _ = follow.wait();
 
     // Bad manifests are refused before anything is uploaded, naming the line and field.
     let broken = dir.path().join("broken");

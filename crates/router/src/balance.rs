@@ -28,7 +28,11 @@ impl Default for BackendState {
 
 impl BackendState {
     pub fn new(workers: usize) -> BackendState {
-        BackendState { pools: Pools::new(workers), outstanding: AtomicU64::new(0), ejected_until: AtomicU64::new(0) }
+        BackendState {
+            pools: Pools::new(workers),
+            outstanding: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
     }
 
     pub fn pools(&self) -> &Pools {

@@ -1,8 +1,8 @@
 //! Header rules of a proxy: which headers belong to one hop and are dropped, and which the
 //! router adds.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

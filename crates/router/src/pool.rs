@@ -139,9 +139,13 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new()))
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service),
+                );
             }
         });
         let pools = Pools::new(2);

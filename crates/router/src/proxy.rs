@@ -67,7 +67,12 @@ pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Re
     Ok(response)
 }
 
-async fn forward(conn: &Conn, route: &Arc<Route>, mut req: Request<Incoming>, mut flight: InFlight) -> Response<Body> {
+async fn forward(
+    conn: &Conn,
+    route: &Arc<Route>,
+    mut req: Request<Incoming>,
+    mut flight: InFlight,
+) -> Response<Body> {
     let inner = &conn.inner;
     let config = &inner.config;
     let app = route.app.name();
@@ -129,14 +134,19 @@ async fn forward(conn: &Conn, route: &Arc<Route>, mut req: Request<Incoming>, mu
             }
             Ok(Exchange::Failed(e)) => {
                 tracing::debug!(app, backend = %backend.addr, error = %source_chain(&e), "instance failed the request");
-                let message =
-                    format!("app {app}'s instance at {} did not answer with HTTP: {}", backend.addr, source_chain(&e));
+                let message = format!(
+                    "app {app}'s instance at {} did not answer with HTTP: {}",
+                    backend.addr,
+                    source_chain(&e)
+                );
                 return error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message);
             }
         }
     }
     let message = match last_connect_error {
-        Some((addr, error)) => format!("no instance of app {app} could be reached; the last, at {addr}: {error}"),
+        Some((addr, error)) => {
+            format!("no instance of app {app} could be reached; the last, at {addr}: {error}")
+        }
         None => format!("no instance of app {app} could be reached"),
     };
     error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message)

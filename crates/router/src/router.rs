@@ -72,7 +72,11 @@ impl Router {
             table,
             |name| apps.entry(name.to_string()).or_insert_with(|| Arc::new(AppMetrics::new(name))).clone(),
             |addr| {
-                seen.entry(addr).or_insert_with(|| backends.get(&addr).cloned().unwrap_or_else(|| Arc::new(BackendState::new(workers)))).clone()
+                seen.entry(addr)
+                    .or_insert_with(|| {
+                        backends.get(&addr).cloned().unwrap_or_else(|| Arc::new(BackendState::new(workers)))
+                    })
+                    .clone()
             },
         );
         // Backends no longer named are forgotten; requests still using one hold their own Arc.

@@ -152,15 +152,8 @@ async fn worker(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF;
-                let conn = connection(
-                    inner.clone(),
-                    index,
-                    stream,
-                    peer,
-                    stage.clone(),
-                    alive.clone(),
-                    permit,
-                );
+                let conn =
+                    connection(inner.clone(), index, stream, peer, stage.clone(), alive.clone(), permit);
                 tokio::spawn(conn.instrument(tracing::debug_span!("connection", %peer)));
             }
             // About one connection that went away before it was accepted.

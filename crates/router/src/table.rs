@@ -46,11 +46,8 @@ impl Table {
         let mut hosts: HashMap<Box<str>, Vec<Arc<Route>>> = HashMap::new();
         let mut conflicts = Vec::new();
         for entry in table.routes {
-            let backends = entry
-                .backends
-                .iter()
-                .map(|b| Backend { addr: b.addr, state: backend(b.addr) })
-                .collect();
+            let backends =
+                entry.backends.iter().map(|b| Backend { addr: b.addr, state: backend(b.addr) }).collect();
             let route = Arc::new(Route {
                 prefix: normalize_prefix(&entry.path_prefix),
                 app: app(&entry.app),

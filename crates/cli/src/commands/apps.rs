@@ -321,6 +321,7 @@ pub async fn logs(g: &Global, args: &LogsArgs) -> Result<()> {
         instance: args.instance.clone(),
         limit: Some(args.tail),
     };
+    let started = Utc::now();
     let mut seen: HashSet<(Uuid, u64)> = HashSet::new();
     let labels: BTreeMap<Uuid, String> =
         c.app(&args.app).await?.instances.into_iter().map(|i| (i.uuid, i.label)).collect();
@@ -344,9 +345,9 @@ pub async fn logs(g: &Global, args: &LogsArgs) -> Result<()> {
         if !args.follow {
             return Ok(());
         }
-        if let Some(last) = reply.lines.iter().map(|l| l.at).max() {
-            q.since = Some(last);
-        }
+        // From here on only what is new: after the newest line seen, or from when it started.
+        let newest = reply.lines.iter().map(|l| l.at).max();
+        q.since = Some(newest.or(q.since).unwrap_or(started));
         q.limit = None;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
