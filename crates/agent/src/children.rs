@@ -157,14 +157,17 @@ impl Launcher for RoutingLauncher {
 /// Children run by a supervisor.
 #[derive(Debug, Clone)]
 pub struct SupervisedChildren {
-    handle: SupervisorHandle,
     launcher: Arc<RoutingLauncher>,
     source: Option<Arc<crate::BusPackageSource>>,
+    latest: tokio::sync::watch::Sender<Option<DesiredChildren>>,
 }
 
 impl SupervisedChildren {
+    /// Must be called inside a tokio runtime: it starts the worker that applies desired sets.
     pub fn new(handle: SupervisorHandle, launcher: Arc<RoutingLauncher>) -> Self {
-        SupervisedChildren { handle, launcher, source: None }
+        let (latest, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(apply_sets(handle, launcher.clone(), rx));
+        SupervisedChildren { launcher, source: None, latest }
     }
 
     /// Packages come over the bus through `source`, attached when the agent joins it.
@@ -185,28 +188,38 @@ impl Children for SupervisedChildren {
         for c in &desired.children {
             self.launcher.note(c);
         }
-        let handle = self.handle.clone();
+        // The newest set replaces one not yet taken up: sets are applied one at a time, in
+        // order, by one worker, so an older set never lands after a newer one.
+        self.latest.send_replace(Some(desired.clone()));
+    }
+}
+
+/// Apply desired sets one at a time, newest first. A child runs only once its package is
+/// here; one whose package cannot be fetched now is left out (the next desired set, at most
+/// 15 s away, tries again).
+async fn apply_sets(
+    handle: SupervisorHandle,
+    launcher: Arc<RoutingLauncher>,
+    mut latest: tokio::sync::watch::Receiver<Option<DesiredChildren>>,
+) {
+    while latest.changed().await.is_ok() {
+        let Some(desired) = latest.borrow_and_update().clone() else { continue };
+        let cache = launcher.cache().cloned();
+        let mut specs = Vec::new();
+        for c in &desired.children {
+            if let (Some(p), Some(cache)) = (&c.run.package, &cache)
+                && let Err(e) = cache.ensure(p).await
+            {
+                tracing::warn!(child = %c.uuid, error = %e, "package not ready; child not started yet");
+                continue;
+            }
+            specs.extend(child_spec(c));
+        }
         let revision = desired.revision;
-        let cache = self.launcher.cache().cloned();
-        let children = desired.children.clone();
-        tokio::spawn(async move {
-            // A child runs only once its package is here; one whose package cannot be fetched
-            // now is left out (the next desired set, at most 15 s away, tries again).
-            let mut specs = Vec::new();
-            for c in &children {
-                if let (Some(p), Some(cache)) = (&c.run.package, &cache)
-                    && let Err(e) = cache.ensure(p).await
-                {
-                    tracing::warn!(child = %c.uuid, error = %e, "package not ready; child not started yet");
-                    continue;
-                }
-                specs.extend(child_spec(c));
-            }
-            match handle.set_desired(specs).await {
-                Ok(summary) => tracing::info!(revision, ?summary, "children reconciled"),
-                Err(e) => tracing::warn!(revision, error = %e, "children not reconciled"),
-            }
-        });
+        match handle.set_desired(specs).await {
+            Ok(summary) => tracing::info!(revision, ?summary, "children reconciled"),
+            Err(e) => tracing::warn!(revision, error = %e, "children not reconciled"),
+        }
     }
 }
 
