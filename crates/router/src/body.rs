@@ -18,7 +18,7 @@ pub(crate) enum Body {
     /// No bytes at all.
     #[default]
     Empty,
-    /// Bytes the router holds whole: an error page, or a request body buffered for retries.
+    /// Bytes the router holds whole: its own error pages.
     Full(Option<Bytes>),
     /// A body streamed from the other side.
     Stream(Stream),

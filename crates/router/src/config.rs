@@ -13,10 +13,11 @@ pub struct RouterConfig {
     pub response_timeout: Duration,
     /// How long an idle kept-alive connection to an instance stays in the pool. Default 90 s.
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per instance. Default 256.
+    /// Idle connections kept per instance and worker thread. Default 256.
     pub pool_max_idle_per_host: usize,
-    /// Attempts per request, the first included, when connecting fails (only idempotent
-    /// requests with an empty or small body are tried more than once). Default 3; 0 counts as 1.
+    /// Attempts per request, the first included, when connecting fails (at most 8). A request
+    /// is tried again only if nothing of it was sent, so any method qualifies. Default 3; 0
+    /// counts as 1.
     pub max_attempts: u32,
     /// How long an instance that failed to connect is passed over while another is left.
     /// Default 10 s.
@@ -24,8 +25,7 @@ pub struct RouterConfig {
     /// How long requests in flight may take to finish after shutdown is asked for; open
     /// connections and tunnels still there after it are closed. Default 30 s.
     pub drain_timeout: Duration,
-    /// How long a client may take to send a request's headers, and a body the router buffers
-    /// for retries. Default 30 s.
+    /// How long a client may take to send a request's headers. Default 30 s.
     pub client_timeout: Duration,
     /// Client connections served at once; more wait in the listen backlog. Default 16384.
     pub max_connections: usize,

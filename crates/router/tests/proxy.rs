@@ -290,3 +290,63 @@ async fn metrics_move() {
     assert!(p50 <= p99 && p99 <= Duration::from_secs(10), "{p50:?} {p99:?}");
     assert!(r.router.stats("nowhere").is_none());
 }
+
+#[tokio::test]
+async fn serves_on_the_callers_runtime_with_no_threads() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = RouterConfig { threads: 0, ..RouterConfig::default() };
+    let t = table(1, vec![route("two", &["two.test"], "/", &[a.addr, dead_addr(), b.addr])]);
+    let mut r = Running::start(config, t).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, r.addr, "two.test", "/").await.status, StatusCode::OK);
+    }
+    assert!(a.hits() > 0 && b.hits() > 0, "{} {}", a.hits(), b.hits());
+    r.shutdown();
+    r.stopped().await.expect("serve returns");
+}
+
+#[tokio::test]
+async fn a_connection_the_instance_closed_is_replaced_and_posts_survive_dead_backends() {
+    // Answers one request per connection and closes it without saying so, as an instance with
+    // a short keep-alive timeout does between two requests.
+    let curt = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let curt_addr = curt.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = curt.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    let live = Backend::start("live").await;
+    let t = table(
+        1,
+        vec![
+            route("curt", &["curt.test"], "/", &[curt_addr]),
+            route("post", &["post.test"], "/", &[dead_addr(), live.addr]),
+        ],
+    );
+    let r = Running::start(RouterConfig::default(), t).await;
+    let c = client();
+    for i in 0..30 {
+        let reply = get(&c, r.addr, "curt.test", "/").await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"), "request {i}");
+    }
+    assert_eq!(r.router.stats("curt").expect("stats").by_class.server_error, 0);
+    // Nothing is sent before a connection stands, so even a POST goes on to the next backend.
+    for i in 0..20 {
+        let reply = send(&c, r.addr, Method::POST, "post.test", "/", &[], "form=1").await;
+        assert_eq!(reply.status, StatusCode::OK, "post {i}: {}", reply.body);
+    }
+    assert!(live.seen.lock().expect("log").iter().all(|s| s.body == "form=1"));
+    assert_eq!(live.hits(), 20);
+}
