@@ -84,6 +84,10 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     prepare(conn, &mut parts, upgrade);
+    // An idempotent request without a body can also be sent again after an instance took it
+    // and failed before answering (it died mid-request): keep what a second copy needs.
+    let resendable = (!upgrade && is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body))
+        .then(|| resend_parts(&parts));
     let mut request = Some(Request::from_parts(parts, Body::Stream(Stream::new(body, None, None))));
 
     // Connecting comes before sending, so a connect failure has sent nothing and any request,
@@ -132,6 +136,15 @@ async fn forward(
                 }
                 last_connect_error = Some((backend.addr, e));
             }
+            Ok(Exchange::Failed(e))
+                if resendable.is_some() && attempt + 1 < attempts && route.backends.len() > 1 =>
+            {
+                tracing::debug!(app, backend = %backend.addr, error = %source_chain(&e), "instance failed an idempotent request; sending it to another");
+                route.app.connect_failed();
+                let eject_ms = u64::try_from(config.eject_for.as_millis()).unwrap_or(u64::MAX);
+                backend.state.eject(now_ms, now_ms.saturating_add(eject_ms));
+                request = resendable.as_ref().map(|p| Request::from_parts(p.clone(), Body::Empty));
+            }
             Ok(Exchange::Failed(e)) => {
                 tracing::debug!(app, backend = %backend.addr, error = %source_chain(&e), "instance failed the request");
                 let message = format!(
@@ -150,6 +163,22 @@ async fn forward(
         None => format!("no instance of app {app} could be reached"),
     };
     error_page(StatusCode::BAD_GATEWAY, Fault::Upstream, &message)
+}
+
+/// Methods RFC 9110 (9.2.2) calls idempotent: sending one twice does what sending it once does.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE, Method::TRACE].contains(method)
+}
+
+/// A copy of a prepared request's head, to send it again without a body.
+fn resend_parts(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 /// How one attempt on one backend ended.

@@ -350,3 +350,33 @@ async fn a_connection_the_instance_closed_is_replaced_and_posts_survive_dead_bac
     assert!(live.seen.lock().expect("log").iter().all(|s| s.body == "form=1"));
     assert_eq!(live.hits(), 20);
 }
+
+#[tokio::test]
+async fn an_instance_that_dies_mid_request_costs_idempotent_requests_nothing() {
+    // It takes every request and closes without an answer, as a process SIGKILLed while it
+    // handled one.
+    let dying = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dying_addr = dying.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = dying.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    let a = Backend::start("a").await;
+    let t = table(1, vec![route("d", &["d.test"], "/", &[dying_addr, a.addr])]);
+    let r = Running::start(RouterConfig::default(), t).await;
+    let c = client();
+    for i in 0..50 {
+        let reply = get(&c, r.addr, "d.test", "/").await;
+        assert_eq!(reply.status, StatusCode::OK, "get {i}: {}", reply.body);
+    }
+    let stats = r.router.stats("d").expect("stats");
+    assert_eq!(stats.by_class.server_error, 0, "{stats:?}");
+    // A request that is not idempotent is never sent twice: it fails, whoever answers next.
+    let t = table(2, vec![route("p", &["p.test"], "/", &[dying_addr])]);
+    r.router.apply(t);
+    let post = send(&c, r.addr, Method::POST, "p.test", "/order", &[], "once").await;
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY, "{}", post.body);
+}
