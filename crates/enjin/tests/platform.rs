@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Running, cli, stderr, stdout, wait_until};
@@ -92,9 +92,37 @@ struct Load {
     bodies: BTreeMap<String, u64>,
 }
 
-/// Send GETs through the router from `workers` connections until `stop`.
-fn load(router: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Load> {
-    std::thread::spawn(move || {
+/// A load generator running in the background.
+struct Loader {
+    stop: Arc<AtomicBool>,
+    /// Requests answered so far, whatever the answer.
+    answered: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<Load>,
+}
+
+impl Loader {
+    /// Wait until `n` more requests than now have been answered: the load has covered a span
+    /// of the app's life measured in requests, not in wall time.
+    fn covers(&self, what: &str, n: u64) {
+        let target = self.answered.load(Ordering::Relaxed) + n;
+        wait_until(what, Duration::from_secs(30), || {
+            (self.answered.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    fn finish(self) -> Load {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("load")
+    }
+}
+
+/// Send GETs through the router from `workers` connections until finished.
+fn load(router: SocketAddr, workers: usize) -> Loader {
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let (stop2, answered2) = (stop.clone(), answered.clone());
+    let handle = std::thread::spawn(move || {
+        let (stop, answered) = (stop2, answered2);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -104,7 +132,7 @@ fn load(router: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> std::threa
             let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
             let mut tasks = Vec::new();
             for _ in 0..workers {
-                let (client, stop) = (client.clone(), stop.clone());
+                let (client, stop, answered) = (client.clone(), stop.clone(), answered.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut l = Load::default();
                     while !stop.load(Ordering::Relaxed) {
@@ -113,6 +141,7 @@ fn load(router: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> std::threa
                             .header("Host", format!("{APP}.localhost"))
                             .send()
                             .await;
+                        answered.fetch_add(1, Ordering::Relaxed);
                         match r {
                             Ok(resp) if resp.status() == 200 => {
                                 let body = resp.text().await.unwrap_or_default();
@@ -139,7 +168,8 @@ fn load(router: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> std::threa
             }
             all
         })
-    })
+    });
+    Loader { stop, answered, handle }
 }
 
 fn deploy(data: &Path, dir: &Path) -> std::process::Output {
@@ -247,14 +277,13 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
 
     // Roll out v2 under load: not one request fails.
     set_env(&app, "GREETING", "hello v2");
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(router, 8, stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    let loader = load(router, 8);
+    loader.covers("the load runs against v1", 50);
     let out = deploy(&data, &app);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let l = loader.join().expect("load");
+    // On past the rollout, while the hosts stop the old instances.
+    loader.covers("the load goes on after the rollout", 200);
+    let l = loader.finish();
     eprintln!("rollout under load: {} ok, {} failed, {:?}", l.ok, l.failed.len(), l.bodies);
     assert!(
         l.failed.is_empty(),
@@ -282,11 +311,9 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     set_env(&bad, "FAIL_HEALTH", "1");
     let text = std::fs::read_to_string(bad.join("enjin.toml")).expect("read");
     std::fs::write(bad.join("enjin.toml"), format!("{text}start_timeout_seconds = 6\n")).expect("write");
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(router, 4, stop.clone());
+    let loader = load(router, 4);
     let out = deploy(&data, &bad);
-    stop.store(true, Ordering::Relaxed);
-    let l = loader.join().expect("load");
+    let l = loader.finish();
     assert!(!out.status.success(), "a release that never gets healthy is refused: {}", stdout(&out));
     assert!(stderr(&out).contains("not healthy"), "{}", stderr(&out));
     assert!(l.failed.is_empty(), "{:?}", &l.failed[..l.failed.len().min(10)]);
@@ -312,15 +339,18 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     assert!(body.starts_with("hello from python (v3"), "the live release still serves: {body}");
 
     // SIGKILL an instance under load: no 5xx for GETs, and it comes back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(router, 4, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    let loader = load(router, 4);
+    loader.covers("the load runs", 50);
     let (pid, victim) = instance_pids().into_iter().next().expect("an instance process");
     let ok = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
     assert!(ok.success());
-    std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    let l = loader.join().expect("load");
+    // Under load through its death, its restart and its return to the routes.
+    wait_until("the killed instance is back and routed", Duration::from_secs(20), || {
+        let back = instance_pids().iter().any(|(p, i)| *i == victim && *p != pid);
+        (back && routed(&data) == 2).then_some(())
+    });
+    loader.covers("the load goes on after it is back", 100);
+    let l = loader.finish();
     assert!(l.ok > 0);
     assert!(
         l.failed.is_empty(),
@@ -338,11 +368,9 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
         .iter()
         .map(|i| i["label"].to_string())
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(router, 4, stop.clone());
+    let loader = load(router, 4);
     let out = cli(&data, &["restart", APP]);
-    stop.store(true, Ordering::Relaxed);
-    let l = loader.join().expect("load");
+    let l = loader.finish();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         l.failed.is_empty(),
@@ -425,10 +453,14 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
             let _ = tx.send(line);
         }
     });
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(curl(router, "/followed-path").0, 200);
+    // Asked again until it shows: the first ones may come before the follower's first look.
     let seen = wait_until("the new line is followed", Duration::from_secs(15), || {
-        rx.try_iter().find(|l| l.contains("GET /followed-path"))
+        assert_eq!(curl(router, "/followed-path").0, 200);
+        rx.recv_timeout(Duration::from_millis(300))
+            .ok()
+            .into_iter()
+            .chain(rx.try_iter())
+            .find(|l| l.contains("GET /followed-path"))
     });
     assert!(seen.contains("web-v3-"), "{seen}");
     let _ = follow.kill();
