@@ -72,20 +72,7 @@ fn measure_blocking(dir: &Path, runs: usize) -> anyhow::Result<Outcome> {
     let before = Network::list(procfs::is_root());
     let data = dir.join("up");
     let log = dir.join("enjin-up.stderr.log");
-    let stderr =
-        std::fs::File::create(&log).with_context(|| format!("failed to create {}", log.display()))?;
-    let mut child = Command::new(&exe)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["up", "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0", "--hosts", "2"])
-        .args(["--router-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-        .args(["--hosts-cidr", &format!("10.253.{}.0/24", std::process::id() % 250 + 1)])
-        .env("ENJIN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("failed to start {}", exe.display()))?;
+    let mut child = idle::start_up(&exe, &data, &log, 2, 253)?;
     let measured = router_of(&mut child)
         .and_then(|router| wait_for_hosts(&exe, &data).map(|()| router))
         .and_then(|router| deploys(&exe, &data, dir, router, runs));

@@ -69,20 +69,7 @@ fn measure_blocking(dir: &Path) -> anyhow::Result<Outcome> {
     let before = Network::list(root);
     let data = dir.join("up");
     let log = dir.join("enjin-up.stderr.log");
-    let stderr =
-        std::fs::File::create(&log).with_context(|| format!("failed to create {}", log.display()))?;
-    let mut child = Command::new(&exe)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["up", "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0", "--hosts", "1"])
-        // A range of its own, apart from any `enjin up` the machine is running.
-        .args(["--hosts-cidr", &format!("10.252.{}.0/24", std::process::id() % 250 + 1)])
-        .env("ENJIN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("failed to start {}", exe.display()))?;
+    let mut child = start_up(&exe, &data, &log, 1, 252)?;
     let measured = observe(&mut child, &data);
     let mut notes = Vec::new();
     let stopped = stop(&mut child, &data);
@@ -132,6 +119,25 @@ fn observe(child: &mut Child, data: &Path) -> anyhow::Result<(Memory, Memory)> {
     let up = procfs::memory(child.id()).context("enjin up")?;
     let agent = procfs::memory(agent).context("enjin agent")?;
     Ok((up, agent))
+}
+
+/// `enjin up` with `hosts` ring 1 hosts on loopback port 0 (API, bus, router, DNS), its data in
+/// `data`, its stderr in `log`, and its hosts in `10.<octet>.<pid>.0/24`: a range of its own,
+/// apart from any `enjin up` the machine is running.
+pub fn start_up(exe: &Path, data: &Path, log: &Path, hosts: usize, octet: u8) -> anyhow::Result<Child> {
+    let stderr = std::fs::File::create(log).with_context(|| format!("failed to create {}", log.display()))?;
+    Command::new(exe)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["up", "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0", "--hosts", &hosts.to_string()])
+        .args(["--router-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+        .args(["--hosts-cidr", &format!("10.{octet}.{}.0/24", std::process::id() % 250 + 1)])
+        .env("ENJIN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("failed to start {}", exe.display()))
 }
 
 /// The lines a child prints on its (piped) stdout. Reads to the end, so that the child never

@@ -336,14 +336,16 @@ impl BusAuthority {
                 }
                 continue;
             }
-            match self.record_observation_of(&env).await {
-                Ok(()) => {}
-                // The last words of a node just deleted (an instance stopped by a rollout).
-                Err(BusError::Registry(RegistryError::NotFound { .. })) => {
-                    tracing::debug!(topic = %env.topic(), "observation of a deleted node dropped");
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
+            if env.topic().starts_with("observe.") {
+                match self.record_observation(&env).await {
+                    Ok(()) => {}
+                    // The last words of a node just deleted (an instance stopped by a rollout).
+                    Err(BusError::Registry(RegistryError::NotFound { .. })) => {
+                        tracing::debug!(topic = %env.topic(), "observation of a deleted node dropped");
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
+                    }
                 }
             }
             if env.topic().starts_with("edge.")
@@ -1039,10 +1041,6 @@ impl BusAuthority {
             stats.insert(report.node, report);
         }
         Ok(())
-    }
-
-    async fn record_observation_of(&self, env: &Envelope) -> Result<(), BusError> {
-        if env.topic().starts_with("observe.") { self.record_observation(env).await } else { Ok(()) }
     }
 
     /// Keep an edge node's report, if it comes from the key bound to that node.

@@ -28,7 +28,7 @@ use enjin_model::api::{
 use enjin_model::kinds::{NodeSpec, ObservationState, ObservationStrategy, Strategy};
 use enjin_model::{Object, Ring};
 use enjin_router::{Router, RouterConfig};
-use enjin_supervisor::{ChildId, ChildSpec, Intensity, Restart};
+use enjin_supervisor::{ChildId, ChildSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::args::EdgeArgs;
@@ -112,12 +112,8 @@ pub async fn prepare(
         .with_context(|| format!("failed to write {}", path.display()))?;
     let exe = std::env::current_exe().context("cannot find the enjin binary to run the edge")?;
     let command = vec![exe.display().to_string(), "edge".into(), "--dir".into(), dir.display().to_string()];
-    let mut spec = ChildSpec::new(ChildId::new(node.meta.uuid.to_string())?, command);
-    spec.env.insert("ENJIN_LOG".into(), "info,hickory_server=warn".into());
-    spec.inherit_env = true;
-    spec.restart.restart = Restart::Permanent;
-    spec.restart.intensity = Intensity { max_restarts: 10, period: Duration::from_secs(60) };
-    Ok(spec)
+    let id = ChildId::new(node.meta.uuid.to_string())?;
+    Ok(super::hosts::ring1_child(id, command, "info,hickory_server=warn"))
 }
 
 /// Where the edge in `dir` listens, once it does (the running process's own word).

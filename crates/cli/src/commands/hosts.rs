@@ -173,12 +173,7 @@ pub async fn start(
             _ => agent,
         };
         let id = ChildId::new(host.meta.uuid.to_string())?;
-        let mut spec = ChildSpec::new(id, command);
-        spec.env.insert("ENJIN_LOG".into(), "info".into());
-        spec.inherit_env = true;
-        spec.restart.restart = Restart::Permanent;
-        spec.restart.intensity = Intensity { max_restarts: 10, period: Duration::from_secs(60) };
-        specs.push(spec);
+        specs.push(ring1_child(id, command, "info"));
     }
     std::fs::create_dir_all(root.join("logs"))
         .with_context(|| format!("failed to create {}", root.display()))?;
@@ -203,6 +198,17 @@ pub async fn start(
         }
     });
     Ok(supervisor)
+}
+
+/// How this machine runs one of its ring 1 nodes' processes (an agent, the edge): permanent,
+/// at most 10 restarts a minute, logging at `log` (an `ENJIN_LOG` filter).
+pub fn ring1_child(id: ChildId, command: Vec<String>, log: &str) -> ChildSpec {
+    let mut spec = ChildSpec::new(id, command);
+    spec.env.insert("ENJIN_LOG".into(), log.into());
+    spec.inherit_env = true;
+    spec.restart.restart = Restart::Permanent;
+    spec.restart.intensity = Intensity { max_restarts: 10, period: Duration::from_secs(60) };
+    spec
 }
 
 /// The host's interface on the hosts network (its address from IPAM) and its namespace.

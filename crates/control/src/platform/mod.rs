@@ -386,14 +386,7 @@ impl Platform {
         self.no_rollout_running(&env).await?;
         let live = self.live_release(&env).await?;
         let task = self.new_task(&env, live.meta.uuid, format!("restart v{}", live.spec.version)).await?;
-        let started = RolloutStarted {
-            app: env.meta.uuid,
-            task: task.uuid(),
-            release: live.meta.uuid,
-            version: live.spec.version,
-        };
-        tokio::spawn(rollout::run(self.clone(), task, env, live, rollout::Mode::Replace));
-        Ok(started)
+        Ok(self.launch(task, env, live, rollout::Mode::Replace))
     }
 
     /// Set the instance counts of the live release's process types.
@@ -429,14 +422,7 @@ impl Platform {
         let live = self.registry.update(live.meta.uuid, req, Utc::now()).await?;
         let what: Vec<String> = counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
         let task = self.new_task(&env, live.meta.uuid, format!("scale {}", what.join(" "))).await?;
-        let started = RolloutStarted {
-            app: env.meta.uuid,
-            task: task.uuid(),
-            release: live.meta.uuid,
-            version: live.spec.version,
-        };
-        tokio::spawn(rollout::run(self.clone(), task, env, live, rollout::Mode::Scale));
-        Ok(started)
+        Ok(self.launch(task, env, live, rollout::Mode::Scale))
     }
 
     async fn live_release(
@@ -488,10 +474,25 @@ impl Platform {
         };
         let task = self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await?;
         tracing::info!(app = %name, version, task = %task.uuid(), "rollout started");
-        let started =
-            RolloutStarted { app: env.meta.uuid, task: task.uuid(), release: release.meta.uuid, version };
-        tokio::spawn(rollout::run(self.clone(), task, env, release, rollout::Mode::Release));
-        Ok(started)
+        Ok(self.launch(task, env, release, rollout::Mode::Release))
+    }
+
+    /// Carry out a rollout in the background; what the caller follows it by.
+    fn launch(
+        self: &Arc<Self>,
+        task: rollout::TaskHandle,
+        env: Object<CompartmentSpec>,
+        release: Object<ReleaseSpec>,
+        mode: rollout::Mode,
+    ) -> RolloutStarted {
+        let started = RolloutStarted {
+            app: env.meta.uuid,
+            task: task.uuid(),
+            release: release.meta.uuid,
+            version: release.spec.version,
+        };
+        tokio::spawn(rollout::run(self.clone(), task, env, release, mode));
+        started
     }
 
     async fn new_task(
