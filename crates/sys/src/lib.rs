@@ -10,9 +10,11 @@
 //! Everything here is synchronous: callers run it on a blocking thread.
 
 pub mod cgroup;
+pub mod disk;
 pub mod fs;
 pub mod proc;
 pub mod sandbox;
+pub mod seccomp;
 pub mod syscalls;
 
 pub use nix::errno::Errno;

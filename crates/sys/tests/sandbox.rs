@@ -396,3 +396,116 @@ fn setup_failures_name_the_step() {
     assert_eq!(std::fs::metadata("/etc").expect("stat /etc").uid(), 0, "/etc was not chowned");
     let _: PathBuf = link;
 }
+
+/// A jail over `base`: a package with one file, a writable layer of `writable`.
+fn jail_spec(base: &Path, uid: u32, writable: sandbox::Writable, script: &str) -> SandboxSpec {
+    let lower = base.join("pkg");
+    std::fs::create_dir_all(&lower).expect("pkg");
+    std::fs::write(lower.join("hello.txt"), "from the package\n").expect("pkg file");
+    // As the agent leaves an unpacked package: the instance's uid owns nothing in it, and the
+    // overlay checks the lower modes, so they let it change its own copy.
+    std::fs::set_permissions(lower.join("hello.txt"), std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    std::fs::set_permissions(&lower, std::fs::Permissions::from_mode(0o777)).expect("chmod pkg");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::create_dir_all(writable.mountpoint()).expect("mountpoint");
+    let mut spec = sh_spec(uid, Path::new("/app"), script);
+    spec.jail = Some(sandbox::Jail {
+        root,
+        app: "/app".into(),
+        lower,
+        writable,
+        shm_bytes: 1 << 20,
+    });
+    spec
+}
+
+#[test]
+fn a_jail_shows_only_the_system_the_app_and_a_minimal_dev() {
+    if !root_or_skip("a_jail_shows_only_the_system_the_app_and_a_minimal_dev") {
+        return;
+    }
+    let base = base_dir();
+    let secret = base.path().join("host-secret");
+    std::fs::write(&secret, "host").expect("secret");
+    let writable = sandbox::Writable::Tmpfs { bytes: 8 << 20, mountpoint: base.path().join("disk") };
+    let script = format!(
+        r#"
+echo "dev=$(ls /dev | tr '\n' ' ')"
+echo "top=$(ls / | tr '\n' ' ')"
+echo "pkg=$(cat /app/hello.txt)"
+echo changed > /app/hello.txt && echo "write_app=ok"
+echo "pwd=$(pwd)"
+test -e {secret} && echo "host_visible=yes" || echo "host_visible=no"
+echo x > /usr/x 2>/dev/null && echo "usr_writable=yes" || echo "usr_writable=no"
+echo "seccomp=$(grep '^Seccomp:' /proc/self/status | awk '{{print $2}}')"
+echo "capbnd=$(grep '^CapBnd:' /proc/self/status | awk '{{print $2}}')"
+echo "capeff=$(grep '^CapEff:' /proc/self/status | awk '{{print $2}}')"
+unshare -Ur true 2>/dev/null && echo "userns=yes" || echo "userns=no"
+dd if=/dev/zero of=/tmp/fill bs=1M count=20 2>/dev/null; echo "tmp_full=$?"
+dd if=/dev/zero of=/dev/shm/fill bs=1M count=4 2>/dev/null; echo "shm_full=$?"
+echo "mounts=$(wc -l < /proc/self/mounts)"
+"#,
+        secret = secret.display()
+    );
+    let (status, out) = run(jail_spec(base.path(), 64_321, writable, &script), Duration::from_secs(20));
+    assert!(status.success(), "{out}");
+    let mut dev: Vec<&str> = field(&out, "dev").split_whitespace().collect();
+    dev.sort_unstable();
+    assert_eq!(
+        dev,
+        ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"],
+        "{out}"
+    );
+    for absent in ["home", "root", "sys", "run", "srv", "mnt"] {
+        assert!(!field(&out, "top").split_whitespace().any(|d| d == absent), "/{absent} in the jail: {out}");
+    }
+    assert_eq!(field(&out, "pkg"), "from the package");
+    assert_eq!(field(&out, "write_app"), "ok");
+    assert_eq!(field(&out, "pwd"), "/app");
+    assert_eq!(field(&out, "host_visible"), "no", "{out}");
+    assert_eq!(field(&out, "usr_writable"), "no");
+    assert_eq!(field(&out, "seccomp"), "2", "filter mode");
+    assert_eq!(field(&out, "capbnd"), "0000000000000000");
+    assert_eq!(field(&out, "capeff"), "0000000000000000");
+    assert_eq!(field(&out, "userns"), "no");
+    assert_ne!(field(&out, "tmp_full"), "0", "20 MiB fit in an 8 MiB writable layer: {out}");
+    assert_ne!(field(&out, "shm_full"), "0", "4 MiB fit in a 1 MiB /dev/shm: {out}");
+    // The package on the host is untouched by the instance's write.
+    assert_eq!(std::fs::read_to_string(base.path().join("pkg/hello.txt")).expect("pkg"), "from the package\n");
+}
+
+#[test]
+fn a_jail_on_a_loop_device_is_bounded_by_the_image_and_starts_fresh() {
+    if !root_or_skip("a_jail_on_a_loop_device_is_bounded_by_the_image_and_starts_fresh") {
+        return;
+    }
+    let base = base_dir();
+    let image = base.path().join("disk.img");
+    let mut outs = Vec::new();
+    for round in 0..2 {
+        enjin_sys::disk::format_ext4(&image, 16 << 20).expect("format");
+        let device = enjin_sys::disk::LoopDevice::attach(&image).expect("attach");
+        let writable = sandbox::Writable::Device {
+            device: device.path().to_path_buf(),
+            mountpoint: base.path().join("disk"),
+        };
+        let script = r#"
+test -e /app/left-behind && echo "fresh=no" || echo "fresh=yes"
+echo x > /app/left-behind
+dd if=/dev/zero of=/app/fill bs=1M count=64 2>/tmp/dd.err; echo "rc=$?"
+echo "err=$(grep -o 'No space left on device' /tmp/dd.err | head -1)"
+"#;
+        let (status, out) = run(jail_spec(base.path(), 64_322, writable, script), Duration::from_secs(30));
+        drop(device);
+        assert!(status.success(), "round {round}: {out}");
+        outs.push(out);
+    }
+    for out in &outs {
+        assert_eq!(field(out, "fresh"), "yes", "{out}");
+        assert_ne!(field(out, "rc"), "0", "{out}");
+        assert_eq!(field(out, "err"), "No space left on device", "{out}");
+    }
+    let used = std::fs::metadata(&image).expect("image").blocks() * 512;
+    assert!(used <= 17 << 20, "the image holds {used} bytes");
+}

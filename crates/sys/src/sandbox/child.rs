@@ -48,6 +48,13 @@ pub(crate) trait ChildSys {
     fn setresuid(&self, uid: u32) -> Result<(), Errno>;
     fn set_no_new_privs(&self) -> Result<(), Errno>;
     fn chdir(&self, path: &CStr) -> Result<(), Errno>;
+    fn mkdir(&self, path: &CStr, mode: u32) -> Result<(), Errno>;
+    fn chown(&self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno>;
+    fn mknod_char(&self, path: &CStr, major: u32, minor: u32) -> Result<(), Errno>;
+    fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno>;
+    fn pivot_root(&self, root: &CStr) -> Result<(), Errno>;
+    fn drop_capabilities(&self) -> Result<(), Errno>;
+    fn seccomp(&self, program: &seccompiler::BpfProgram) -> Result<(), Errno>;
     /// Forks; `None` in the child.
     fn fork(&self) -> Result<Option<Pid>, Errno>;
     /// Becomes the init of `program`'s PID namespace: never returns.
@@ -129,6 +136,17 @@ pub(crate) fn apply(sys: &dyn ChildSys, plan: &Plan) -> Failure {
                 )
             }),
             Step::MakeWritable { path } => sys.mount_setattr(path, false, 0, MOUNT_ATTR_RDONLY),
+            Step::Mount { source, target, fstype, flags, data } => {
+                sys.mount(Some(source), target, fstype.as_deref(), *flags, data.as_deref())
+            }
+            Step::SetAttr { path, recursive, set, clear } => sys.mount_setattr(path, *recursive, *set, *clear),
+            Step::Mkdir { path, mode } => sys.mkdir(path, *mode),
+            Step::Chown { path, uid, gid } => sys.chown(path, *uid, *gid),
+            Step::Mknod { path, major, minor } => sys.mknod_char(path, *major, *minor),
+            Step::Symlink { target, link } => sys.symlink(target, link),
+            Step::PivotRoot { root } => sys.pivot_root(root),
+            Step::DropCapabilities => sys.drop_capabilities(),
+            Step::Seccomp => plan.filters.iter().try_for_each(|p| sys.seccomp(p)),
             Step::Rlimit { resource, soft, hard } => sys.setrlimit(*resource, *soft, *hard),
             Step::DropGroups => sys.setgroups_empty(),
             Step::SetGid(gid) => sys.setresgid(*gid),
@@ -333,6 +351,97 @@ impl ChildSys for RealChildSys {
 
     fn chdir(&self, path: &CStr) -> Result<(), Errno> {
         nix::unistd::chdir(path)
+    }
+
+    fn mkdir(&self, path: &CStr, mode: u32) -> Result<(), Errno> {
+        // SAFETY: mkdir(2) and chmod(2) on a NUL-terminated path owned by the plan.
+        result(unsafe { libc::mkdir(path.as_ptr(), mode) }.into())?;
+        // SAFETY: as above.
+        result(unsafe { libc::chmod(path.as_ptr(), mode) }.into())
+    }
+
+    fn chown(&self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+        // SAFETY: lchown(2) on a NUL-terminated path owned by the plan; never follows a link.
+        result(unsafe { libc::lchown(path.as_ptr(), uid, gid) }.into())
+    }
+
+    fn mknod_char(&self, path: &CStr, major: u32, minor: u32) -> Result<(), Errno> {
+        let dev = libc::makedev(major, minor);
+        // SAFETY: mknod(2) and chmod(2) on a NUL-terminated path owned by the plan.
+        result(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) }.into())?;
+        // SAFETY: as above.
+        result(unsafe { libc::chmod(path.as_ptr(), 0o666) }.into())
+    }
+
+    fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {
+        // SAFETY: symlink(2) on two NUL-terminated strings owned by the plan.
+        result(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }.into())
+    }
+
+    fn pivot_root(&self, root: &CStr) -> Result<(), Errno> {
+        // The "pivot_root(".", ".")" way (as runc does): the old root ends up stacked under
+        // the new one at "/", and detaching "." then removes it, so no directory for it is
+        // needed in the new root.
+        nix::unistd::chdir(root)?;
+        // SAFETY: pivot_root(2) with two NUL-terminated string literals.
+        result(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) })?;
+        nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir(c"/")
+    }
+
+    fn drop_capabilities(&self) -> Result<(), Errno> {
+        for cap in 0..64 {
+            // SAFETY: prctl(PR_CAPBSET_DROP, cap) only changes this process's bounding set;
+            // EINVAL past the kernel's last capability is expected and ignored.
+            let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if ret != 0 && Errno::last() != Errno::EINVAL {
+                return Err(Errno::last());
+            }
+        }
+        // SAFETY: clears this process's ambient set; EINVAL on kernels without ambient sets.
+        let ret = unsafe {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
+        };
+        if ret != 0 && Errno::last() != Errno::EINVAL {
+            return Err(Errno::last());
+        }
+        // The inheritable set: read the three sets and write them back without it.
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header { version: VERSION_3, pid: 0 };
+        let mut data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        // SAFETY: capget(2) with a v3 header writes two `Data` entries into a live local array.
+        result(unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) })?;
+        for d in &mut data {
+            d.inheritable = 0;
+        }
+        // SAFETY: capset(2) reads the header and two `Data` entries from live locals.
+        result(unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) })
+    }
+
+    fn seccomp(&self, program: &seccompiler::BpfProgram) -> Result<(), Errno> {
+        let len = u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?;
+        let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut() };
+        // SAFETY: the kernel copies `len` instructions from the program, which the plan owns
+        // and keeps alive; seccompiler's `sock_filter` has the kernel's layout (u16, u8, u8,
+        // u32), as libc's does.
+        result(
+            unsafe {
+                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &fprog as *const _)
+            }
+            .into(),
+        )
     }
 
     fn fork(&self) -> Result<Option<Pid>, Errno> {
@@ -619,6 +728,27 @@ mod tests {
         fn chdir(&self, path: &CStr) -> Result<(), Errno> {
             self.record(format!("chdir {}", s(path)))
         }
+        fn mkdir(&self, path: &CStr, mode: u32) -> Result<(), Errno> {
+            self.record(format!("mkdir {} {mode:o}", s(path)))
+        }
+        fn chown(&self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+            self.record(format!("chown {} {uid}:{gid}", s(path)))
+        }
+        fn mknod_char(&self, path: &CStr, major: u32, minor: u32) -> Result<(), Errno> {
+            self.record(format!("mknod {} {major}:{minor}", s(path)))
+        }
+        fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {
+            self.record(format!("symlink {} -> {}", s(link), s(target)))
+        }
+        fn pivot_root(&self, root: &CStr) -> Result<(), Errno> {
+            self.record(format!("pivot_root {}", s(root)))
+        }
+        fn drop_capabilities(&self) -> Result<(), Errno> {
+            self.record("drop_caps".into())
+        }
+        fn seccomp(&self, program: &seccompiler::BpfProgram) -> Result<(), Errno> {
+            self.record(format!("seccomp {}", program.len()))
+        }
         fn fork(&self) -> Result<Option<Pid>, Errno> {
             self.record("fork".into()).map(|()| None)
         }
@@ -647,12 +777,20 @@ mod tests {
         spec
     }
 
+    fn host() -> plan::Host {
+        plan::Host {
+            dev_shm: true,
+            system: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
+            filters: crate::seccomp::programs().expect("filter"),
+        }
+    }
+
     fn fds() -> ChildFds {
         ChildFds { stdin: Some(10), stdout: Some(11), stderr: Some(12) }
     }
 
     fn run_fake(spec: &SandboxSpec, fail_on: Option<&'static str>) -> (Vec<String>, Failure, plan::Plan) {
-        let plan = plan::build(spec, fds(), true).expect("plan");
+        let plan = plan::build(spec, fds(), host()).expect("plan");
         let fake = FakeChildSys { fail_on, ..FakeChildSys::default() };
         let failure = apply(&fake, &plan);
         (fake.calls.into_inner(), failure, plan)
@@ -765,20 +903,20 @@ mod tests {
         for (mutate, expected) in cases {
             let mut spec = spec();
             mutate(&mut spec);
-            let err = plan::build(&spec, fds(), true).expect_err(expected).to_string();
+            let err = plan::build(&spec, fds(), host()).expect_err(expected).to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
         let mut spec = spec();
         spec.private_tmp = false;
         spec.workdir = "/tmp/x".into();
-        plan::build(&spec, fds(), true).expect("a workdir under /tmp is fine without private_tmp");
+        plan::build(&spec, fds(), host()).expect("a workdir under /tmp is fine without private_tmp");
     }
 
     #[test]
     fn exec_args_are_null_terminated() {
         let mut spec = spec();
         spec.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
-        let plan = plan::build(&spec, fds(), true).expect("plan");
+        let plan = plan::build(&spec, fds(), host()).expect("plan");
         assert_eq!(plan.exec.argv.len(), 4);
         assert!(plan.exec.argv[3].is_null());
         assert_eq!(plan.exec.envp.len(), 2);

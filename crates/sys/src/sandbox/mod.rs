@@ -180,6 +180,14 @@ pub struct SandboxSpec {
     pub rlimits: Vec<Rlimit>,
     /// `cgroup.procs` files to join before anything else (see [`SandboxSpec::join_cgroup`]).
     pub cgroup_procs: Vec<PathBuf>,
+    /// A root of the sandbox's own instead of the host's (see [`Jail`]); `workdir` is then a
+    /// path inside it and `readonly_root`/`private_tmp` do not apply.
+    pub jail: Option<Jail>,
+    /// Empty the capability bounding set, the ambient and the inheritable set before the uid
+    /// changes, so nothing can ever be regained (setuid binaries, file capabilities).
+    pub drop_capabilities: bool,
+    /// Install the syscall filter of [`crate::seccomp`] last before exec (needs `no_new_privs`).
+    pub seccomp: bool,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -203,6 +211,9 @@ impl SandboxSpec {
             no_new_privs: true,
             rlimits: Self::default_rlimits(),
             cgroup_procs: Vec::new(),
+            jail: None,
+            drop_capabilities: true,
+            seccomp: true,
             stdin: Stdio::Null,
             stdout: Stdio::Null,
             stderr: Stdio::Null,
@@ -224,6 +235,62 @@ impl SandboxSpec {
     }
 }
 
+/// The sandbox's own root, assembled in its mount namespace on a small read-only tmpfs and
+/// entered with `pivot_root`; the host's root is then detached and nothing of it but the
+/// system directories is reachable:
+///
+/// - `/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, `/opt` — the host's, bound read-only, nosuid,
+///   nodev (top-level symlinks such as a merged `/usr`'s are recreated as symlinks);
+/// - `app` (e.g. `/app`) — an overlay: `lower` (the package, read-only, root's) under a
+///   writable layer on the instance's own size-limited filesystem ([`Writable`]), which is new
+///   at every start;
+/// - `/tmp` — a directory on that same filesystem, so the one size bounds the writable layer
+///   and `/tmp` together;
+/// - `/dev` — a read-only tmpfs holding only `null`, `zero`, `full`, `random`, `urandom`, `tty`,
+///   a private devpts (`pts`, `ptmx`), a `shm` tmpfs of `shm_bytes`, and the `fd`, `stdin`,
+///   `stdout`, `stderr` links;
+/// - `/proc` of the sandbox's PID namespace; `/var/tmp` a link to `/tmp`. No `/sys`, no `/home`,
+///   no `/root`, no `/var`, no `/run`.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    /// An empty directory on the host, root's alone, where the root is assembled (the tmpfs is
+    /// mounted on it in the sandbox's mount namespace only).
+    pub root: PathBuf,
+    /// Where the app appears inside: one component under `/`, e.g. `/app`.
+    pub app: PathBuf,
+    /// The overlay's read-only lower layer, a host directory (the unpacked package, or an empty
+    /// directory).
+    pub lower: PathBuf,
+    /// The writable filesystem.
+    pub writable: Writable,
+    /// Size of the `/dev/shm` tmpfs.
+    pub shm_bytes: u64,
+}
+
+/// The instance's writable filesystem, mounted in the sandbox's namespace on `mountpoint` (an
+/// empty host directory, root's alone); its `upper`, `work` and `tmp` directories are made
+/// there, fresh, before any program of the sandbox runs.
+#[derive(Debug, Clone)]
+pub enum Writable {
+    /// An ext4 filesystem on a block device (a loop device over a sized image, see
+    /// [`crate::disk`]): disk usage bounded by the kernel, `ENOSPC` past it.
+    Device { device: PathBuf, mountpoint: PathBuf },
+    /// A tmpfs of `bytes` (memory-backed, charged to the sandbox's memory cgroup): for hosts
+    /// without loop devices, and tests.
+    Tmpfs { bytes: u64, mountpoint: PathBuf },
+}
+
+impl Writable {
+    pub fn mountpoint(&self) -> &Path {
+        match self {
+            Writable::Device { mountpoint, .. } | Writable::Tmpfs { mountpoint, .. } => mountpoint,
+        }
+    }
+}
+
+/// The host directories a [`Jail`] shows read-only, when they exist.
+pub const SYSTEM_DIRS: [&str; 9] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
+
 /// Why a sandbox could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -239,6 +306,8 @@ pub enum SpawnError {
     Setup { program: PathBuf, step: String, source: Errno },
     #[error("failed to read the setup report of the sandbox for {}: {source}", program.display())]
     Report { program: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Why waiting failed.
@@ -407,8 +476,15 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
         stdout: stdout_child.as_ref().map(AsRawFd::as_raw_fd),
         stderr: stderr_child.as_ref().map(AsRawFd::as_raw_fd),
     };
-    let plan = plan::build(&spec, fds, Path::new("/dev/shm").is_dir())?;
-    prepare_workdir(&spec)?;
+    let host = plan::Host {
+        dev_shm: Path::new("/dev/shm").is_dir(),
+        system: if spec.jail.is_some() { plan::system_dirs() } else { Vec::new() },
+        filters: if spec.seccomp { seccomp_programs()? } else { Vec::new() },
+    };
+    let plan = plan::build(&spec, fds, host)?;
+    if spec.jail.is_none() {
+        prepare_workdir(&spec)?;
+    }
 
     let (report_read, report_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| stdio_err("the report pipe")(io::Error::from(e)))?;
@@ -534,6 +610,15 @@ fn prepare_workdir(spec: &SandboxSpec) -> Result<(), SpawnError> {
     std::os::unix::fs::lchown(path, Some(spec.uid), Some(spec.gid)).map_err(err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err)?;
     Ok(())
+}
+
+/// The filter is the same for every sandbox: compiled once.
+fn seccomp_programs() -> Result<Vec<seccompiler::BpfProgram>, crate::seccomp::SeccompError> {
+    static PROGRAMS: std::sync::OnceLock<Result<Vec<seccompiler::BpfProgram>, String>> = std::sync::OnceLock::new();
+    PROGRAMS
+        .get_or_init(|| crate::seccomp::programs().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(crate::seccomp::SeccompError::new)
 }
 
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {

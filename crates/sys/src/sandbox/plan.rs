@@ -11,7 +11,7 @@ use std::path::{Component, Path};
 use libc::c_char;
 use nix::sys::resource::Resource;
 
-use super::{PidNamespace, SandboxSpec, SpawnError};
+use super::{Jail, PidNamespace, SandboxSpec, SpawnError, Writable};
 
 /// One thing the child does. The order in [`Plan::steps`] is the order it happens in.
 #[derive(Debug)]
@@ -35,6 +35,31 @@ pub(crate) enum Step {
     ReadonlyRoot,
     /// A fresh tmpfs (nosuid, nodev) on `target`.
     MountTmpfs { target: CString, data: CString },
+    /// Any mount: a filesystem (`fstype`), or a bind (`MS_BIND` in `flags`).
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: Option<CString>,
+        flags: nix::mount::MsFlags,
+        data: Option<CString>,
+    },
+    /// `mount_setattr` on one mount (or its whole subtree).
+    SetAttr { path: CString, recursive: bool, set: u64, clear: u64 },
+    /// `mkdir`, then `chmod` to exactly `mode` (the umask does not apply).
+    Mkdir { path: CString, mode: u32 },
+    /// `chown` (the path was just made by an earlier step, in a filesystem nobody else sees).
+    Chown { path: CString, uid: u32, gid: u32 },
+    /// A character device node, mode 0666.
+    Mknod { path: CString, major: u32, minor: u32 },
+    /// `symlink(target, link)`.
+    Symlink { target: CString, link: CString },
+    /// `pivot_root` into `root`, then detach the old root: nothing of the host is reachable but
+    /// what was mounted inside.
+    PivotRoot { root: CString },
+    /// Empty the capability bounding, ambient and inheritable sets.
+    DropCapabilities,
+    /// Install the seccomp programs of the plan.
+    Seccomp,
     /// Binds `path` onto itself and makes that one mount writable (nosuid, nodev).
     BindWritable { path: CString },
     /// Detaches the host's `/proc` and mounts one for the new PID namespace.
@@ -82,6 +107,36 @@ pub(crate) struct ExecArgs {
 pub(crate) struct Plan {
     pub steps: Vec<Step>,
     pub exec: ExecArgs,
+    /// The seccomp programs, installed in order by [`Step::Seccomp`].
+    pub filters: Vec<seccompiler::BpfProgram>,
+}
+
+/// What the parent found on the host before building the plan, so building stays pure.
+#[derive(Debug, Default)]
+pub(crate) struct Host {
+    /// Whether `/dev/shm` exists.
+    pub dev_shm: bool,
+    /// The host's system directories for a jail: each path, and the target when it is a
+    /// symlink.
+    pub system: Vec<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    pub filters: Vec<seccompiler::BpfProgram>,
+}
+
+/// The host's [`super::SYSTEM_DIRS`] that exist, with their link targets.
+pub(crate) fn system_dirs() -> Vec<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    super::SYSTEM_DIRS
+        .iter()
+        .filter_map(|d| {
+            let meta = std::fs::symlink_metadata(d).ok()?;
+            if meta.file_type().is_symlink() {
+                Some((d.into(), Some(std::fs::read_link(d).ok()?)))
+            } else if meta.is_dir() {
+                Some((d.into(), None))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// The fds the parent prepared for the child's stdio (`None`: inherit).
@@ -118,13 +173,17 @@ fn check_clean_absolute(what: &str, path: &Path) -> Result<(), SpawnError> {
 /// `/tmp` and `/dev/shm` are replaced by fresh tmpfs mounts when `private_tmp` is on.
 pub(crate) const PRIVATE_TMP_DIRS: [&str; 2] = ["/tmp", "/dev/shm"];
 
-/// Validates `spec` and lays out the child's steps. `dev_shm` says whether the host has
-/// `/dev/shm` (the parent checks; the plan stays pure).
-pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<Plan, SpawnError> {
+/// Validates `spec` and lays out the child's steps, from what the parent found on the `host`
+/// (the plan stays pure).
+pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, host: Host) -> Result<Plan, SpawnError> {
+    let dev_shm = host.dev_shm;
     check_clean_absolute("program", &spec.program)?;
     check_clean_absolute("workdir", &spec.workdir)?;
-    if spec.workdir == Path::new("/") {
+    if spec.workdir == Path::new("/") && spec.jail.is_none() {
         return Err(invalid("workdir / would leave the whole root writable"));
+    }
+    if spec.seccomp && !spec.no_new_privs {
+        return Err(invalid("a seccomp filter needs no_new_privs"));
     }
     if spec.uid == 0 || spec.gid == 0 {
         return Err(invalid(format!(
@@ -132,7 +191,7 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
             spec.uid, spec.gid
         )));
     }
-    if spec.private_tmp {
+    if spec.private_tmp && spec.jail.is_none() {
         for dir in PRIVATE_TMP_DIRS {
             if spec.workdir.starts_with(dir) {
                 return Err(invalid(format!(
@@ -142,7 +201,7 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
             }
         }
     }
-    if spec.workdir.starts_with("/proc") {
+    if spec.workdir.starts_with("/proc") && spec.jail.is_none() {
         return Err(invalid(format!("workdir {} is under /proc", spec.workdir.display())));
     }
     for procs in &spec.cgroup_procs {
@@ -150,7 +209,7 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
     }
 
     let pid_ns = spec.pid_namespace != PidNamespace::Host;
-    let mount_ns = spec.readonly_root || spec.private_tmp || pid_ns;
+    let mount_ns = spec.readonly_root || spec.private_tmp || pid_ns || spec.jail.is_some();
     let workdir = path_cstring("workdir", &spec.workdir)?;
 
     let mut steps = vec![Step::ResetSignals, Step::NewSession];
@@ -168,27 +227,13 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
         steps.push(Step::UnshareMountNs);
         steps.push(Step::MakeMountsPrivate);
     }
-    if spec.readonly_root {
-        steps.push(Step::ReadonlyRoot);
-    }
-    if spec.private_tmp {
-        for dir in PRIVATE_TMP_DIRS {
-            if dir == "/dev/shm" && !dev_shm {
-                continue;
-            }
-            steps.push(Step::MountTmpfs {
-                target: cstring("tmp dir", dir.as_bytes())?,
-                data: cstring("tmpfs options", b"mode=1777")?,
-            });
+    if let Some(jail) = &spec.jail {
+        if !pid_ns {
+            return Err(invalid("a jail needs a PID namespace of its own (its /proc is new)"));
         }
-    }
-    if spec.readonly_root {
-        steps.push(Step::BindWritable { path: workdir.clone() });
-    }
-    if pid_ns {
-        steps.push(Step::MountProc);
-    } else if spec.readonly_root {
-        steps.push(Step::MakeWritable { path: cstring("proc", b"/proc")? });
+        jail_steps(&mut steps, jail, &host.system, spec.uid, spec.gid)?;
+    } else {
+        host_root_steps(&mut steps, spec, &workdir, dev_shm, pid_ns)?;
     }
     // Limits while still privileged: raising a hard limit needs CAP_SYS_RESOURCE.
     for r in &spec.rlimits {
@@ -200,6 +245,10 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
         }
         steps.push(Step::Rlimit { resource: r.resource, soft: r.soft, hard: r.hard });
     }
+    // The bounding set needs CAP_SETPCAP to shrink: before the uid changes.
+    if spec.drop_capabilities {
+        steps.push(Step::DropCapabilities);
+    }
     // Credentials last among the privileged steps: groups, then gid (needs CAP_SETGID, gone
     // once the uid changes), then uid (drops every capability).
     steps.push(Step::DropGroups);
@@ -210,6 +259,13 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
     }
     // As the sandbox user: a workdir the user cannot reach fails here, with a clear error.
     steps.push(Step::Chdir { path: workdir });
+    // Last before the init: the filter covers the init too (it never needs a denied call).
+    if spec.seccomp {
+        if host.filters.is_empty() {
+            return Err(invalid("seccomp is on but no filter was built"));
+        }
+        steps.push(Step::Seccomp);
+    }
     if spec.pid_namespace == PidNamespace::TinyInit {
         steps.push(Step::StartInit);
     }
@@ -234,8 +290,246 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, dev_shm: bool) -> Result<
     }
     let argv = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp = env.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
-    Ok(Plan { steps, exec: ExecArgs { program, _args: args, _env: env, argv, envp } })
+    let filters = if spec.seccomp { host.filters } else { Vec::new() };
+    Ok(Plan { steps, exec: ExecArgs { program, _args: args, _env: env, argv, envp }, filters })
 }
+
+/// The host's root, read-only, with a private `/tmp` and the workdir writable (no jail).
+fn host_root_steps(
+    steps: &mut Vec<Step>,
+    spec: &SandboxSpec,
+    workdir: &CString,
+    dev_shm: bool,
+    pid_ns: bool,
+) -> Result<(), SpawnError> {
+    if spec.readonly_root {
+        steps.push(Step::ReadonlyRoot);
+    }
+    if spec.private_tmp {
+        for dir in PRIVATE_TMP_DIRS {
+            if dir == "/dev/shm" && !dev_shm {
+                continue;
+            }
+            steps.push(Step::MountTmpfs {
+                target: cstring("tmp dir", dir.as_bytes())?,
+                data: cstring("tmpfs options", b"mode=1777")?,
+            });
+        }
+    }
+    if spec.readonly_root {
+        steps.push(Step::BindWritable { path: workdir.clone() });
+    }
+    if pid_ns {
+        steps.push(Step::MountProc);
+    } else if spec.readonly_root {
+        steps.push(Step::MakeWritable { path: cstring("proc", b"/proc")? });
+    }
+    Ok(())
+}
+
+const MS_NOSUID_NODEV: u64 = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+
+/// `root` + an absolute `path`.
+fn inside(root: &Path, path: &Path) -> Result<CString, SpawnError> {
+    let rel = path.strip_prefix("/").map_err(|_| invalid(format!("{} is not absolute", path.display())))?;
+    path_cstring("jail path", &root.join(rel))
+}
+
+/// Overlay options are comma- and colon-separated; paths holding either (or a backslash)
+/// would be misread.
+fn overlay_path(what: &str, path: &Path) -> Result<String, SpawnError> {
+    let s = path.to_str().ok_or_else(|| invalid(format!("{what} {} is not UTF-8", path.display())))?;
+    if s.contains([',', ':', '\\']) {
+        return Err(invalid(format!("{what} {s} contains ',', ':' or '\\', which overlayfs options cannot hold")));
+    }
+    Ok(s.to_string())
+}
+
+/// Names the jail makes at its top level itself.
+const JAIL_OWN: [&str; 4] = ["/tmp", "/dev", "/proc", "/var"];
+
+/// The devices of the jail's `/dev`: name, major, minor.
+pub(crate) const DEVICES: [(&str, u32, u32); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+type SystemDirs = [(std::path::PathBuf, Option<std::path::PathBuf>)];
+
+fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, system: &SystemDirs, uid: u32, gid: u32) -> Result<(), SpawnError> {
+    use nix::mount::MsFlags;
+    check_clean_absolute("jail root", &jail.root)?;
+    check_clean_absolute("jail lower layer", &jail.lower)?;
+    check_clean_absolute("jail app", &jail.app)?;
+    let mp = jail.writable.mountpoint();
+    check_clean_absolute("writable mountpoint", mp)?;
+    if jail.app.components().count() != 2
+        || JAIL_OWN.iter().chain(super::SYSTEM_DIRS.iter()).any(|d| jail.app == Path::new(d))
+    {
+        return Err(invalid(format!(
+            "jail app {} must be one name under / that is not a system directory",
+            jail.app.display()
+        )));
+    }
+    let c = |what: &str, s: &str| cstring(what, s.as_bytes());
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let root = &jail.root;
+
+    // The writable filesystem, then its three directories, fresh.
+    match &jail.writable {
+        Writable::Device { device, .. } => {
+            check_clean_absolute("disk device", device)?;
+            steps.push(Step::Mount {
+                source: path_cstring("disk device", device)?,
+                target: path_cstring("writable mountpoint", mp)?,
+                fstype: Some(c("fstype", "ext4")?),
+                flags: nosuid_nodev,
+                data: None,
+            });
+        }
+        Writable::Tmpfs { bytes, .. } => steps.push(Step::Mount {
+            source: c("source", "tmpfs")?,
+            target: path_cstring("writable mountpoint", mp)?,
+            fstype: Some(c("fstype", "tmpfs")?),
+            flags: nosuid_nodev,
+            data: Some(c("tmpfs options", &format!("mode=0700,size={bytes}"))?),
+        }),
+    }
+    let (upper, work, tmp) = (mp.join("upper"), mp.join("work"), mp.join("tmp"));
+    steps.push(Step::Mkdir { path: path_cstring("upper", &upper)?, mode: 0o755 });
+    steps.push(Step::Chown { path: path_cstring("upper", &upper)?, uid, gid });
+    steps.push(Step::Mkdir { path: path_cstring("work", &work)?, mode: 0o700 });
+    steps.push(Step::Mkdir { path: path_cstring("tmp", &tmp)?, mode: 0o1777 });
+    steps.push(Step::Chown { path: path_cstring("tmp", &tmp)?, uid, gid });
+
+    // The new root: a small tmpfs, read-only once assembled.
+    steps.push(Step::Mount {
+        source: c("source", "tmpfs")?,
+        target: path_cstring("jail root", root)?,
+        fstype: Some(c("fstype", "tmpfs")?),
+        flags: nosuid_nodev,
+        data: Some(c("tmpfs options", "mode=0755,size=1m")?),
+    });
+    for (dir, link) in system {
+        match link {
+            Some(target) => {
+                steps.push(Step::Symlink { target: path_cstring("link target", target)?, link: inside(root, dir)? })
+            }
+            None => {
+                let at = inside(root, dir)?;
+                steps.push(Step::Mkdir { path: at.clone(), mode: 0o755 });
+                steps.push(Step::Mount {
+                    source: path_cstring("system dir", dir)?,
+                    target: at.clone(),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                    data: None,
+                });
+                steps.push(Step::SetAttr {
+                    path: at,
+                    recursive: true,
+                    set: libc::MOUNT_ATTR_RDONLY | MS_NOSUID_NODEV,
+                    clear: 0,
+                });
+            }
+        }
+    }
+
+    // The app: the package under the writable layer.
+    let app = inside(root, &jail.app)?;
+    steps.push(Step::Mkdir { path: app.clone(), mode: 0o755 });
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay_path("lower layer", &jail.lower)?,
+        overlay_path("upper layer", &upper)?,
+        overlay_path("overlay workdir", &work)?
+    );
+    steps.push(Step::Mount {
+        source: c("source", "overlay")?,
+        target: app,
+        fstype: Some(c("fstype", "overlay")?),
+        flags: nosuid_nodev,
+        data: Some(c("overlay options", &options)?),
+    });
+
+    // /tmp on the same filesystem.
+    let jtmp = inside(root, Path::new("/tmp"))?;
+    steps.push(Step::Mkdir { path: jtmp.clone(), mode: 0o1777 });
+    steps.push(Step::Mount {
+        source: path_cstring("tmp", &tmp)?,
+        target: jtmp.clone(),
+        fstype: None,
+        flags: MsFlags::MS_BIND,
+        data: None,
+    });
+    steps.push(Step::SetAttr { path: jtmp, recursive: false, set: MS_NOSUID_NODEV, clear: 0 });
+
+    // A minimal /dev.
+    let dev = inside(root, Path::new("/dev"))?;
+    steps.push(Step::Mkdir { path: dev.clone(), mode: 0o755 });
+    steps.push(Step::Mount {
+        source: c("source", "tmpfs")?,
+        target: dev.clone(),
+        fstype: Some(c("fstype", "tmpfs")?),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        data: Some(c("tmpfs options", "mode=0755,size=64k")?),
+    });
+    for (name, major, minor) in DEVICES {
+        steps.push(Step::Mknod { path: inside(root, &Path::new("/dev").join(name))?, major, minor });
+    }
+    let pts = inside(root, Path::new("/dev/pts"))?;
+    let shm = inside(root, Path::new("/dev/shm"))?;
+    steps.push(Step::Mkdir { path: pts.clone(), mode: 0o755 });
+    steps.push(Step::Mkdir { path: shm.clone(), mode: 0o1777 });
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: c("link target", target)?,
+            link: inside(root, &Path::new("/dev").join(name))?,
+        });
+    }
+    steps.push(Step::SetAttr { path: dev, recursive: false, set: libc::MOUNT_ATTR_RDONLY, clear: 0 });
+    steps.push(Step::Mount {
+        source: c("source", "devpts")?,
+        target: pts,
+        fstype: Some(c("fstype", "devpts")?),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        data: Some(c("devpts options", "newinstance,ptmxmode=0666,mode=0620")?),
+    });
+    steps.push(Step::Mount {
+        source: c("source", "tmpfs")?,
+        target: shm,
+        fstype: Some(c("fstype", "tmpfs")?),
+        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
+        data: Some(c("tmpfs options", &format!("mode=1777,size={}", jail.shm_bytes.max(4096)))?),
+    });
+
+    // /proc of the sandbox's PID namespace, /var/tmp.
+    let proc = inside(root, Path::new("/proc"))?;
+    steps.push(Step::Mkdir { path: proc.clone(), mode: 0o555 });
+    steps.push(Step::Mount {
+        source: c("source", "proc")?,
+        target: proc,
+        fstype: Some(c("fstype", "proc")?),
+        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
+        data: None,
+    });
+    steps.push(Step::Mkdir { path: inside(root, Path::new("/var"))?, mode: 0o755 });
+    steps.push(Step::Symlink { target: c("link target", "../tmp")?, link: inside(root, Path::new("/var/tmp"))? });
+
+    steps.push(Step::SetAttr {
+        path: path_cstring("jail root", root)?,
+        recursive: false,
+        set: libc::MOUNT_ATTR_RDONLY,
+        clear: 0,
+    });
+    steps.push(Step::PivotRoot { root: path_cstring("jail root", root)? });
+    Ok(())
+}
+
 
 fn show(c: &CString) -> String {
     OsStr::from_bytes(c.as_bytes()).to_string_lossy().into_owned()
@@ -253,6 +547,18 @@ impl Step {
             Step::MakeMountsPrivate => "making / rprivate".into(),
             Step::ReadonlyRoot => "remounting / read-only and nosuid recursively".into(),
             Step::MountTmpfs { target, .. } => format!("mounting a tmpfs on {}", show(target)),
+            Step::Mount { source, target, fstype, .. } => match fstype {
+                Some(t) => format!("mounting {} ({}) on {}", show(source), show(t), show(target)),
+                None => format!("bind-mounting {} on {}", show(source), show(target)),
+            },
+            Step::SetAttr { path, .. } => format!("setting mount attributes of {}", show(path)),
+            Step::Mkdir { path, .. } => format!("mkdir {}", show(path)),
+            Step::Chown { path, .. } => format!("chown {}", show(path)),
+            Step::Mknod { path, .. } => format!("mknod {}", show(path)),
+            Step::Symlink { link, .. } => format!("symlink {}", show(link)),
+            Step::PivotRoot { root } => format!("pivot_root into {}", show(root)),
+            Step::DropCapabilities => "dropping capabilities".into(),
+            Step::Seccomp => "installing the seccomp filter".into(),
             Step::BindWritable { path } => format!("bind-mounting {} writable", show(path)),
             Step::MountProc => "mounting /proc for the new PID namespace".into(),
             Step::MakeWritable { path } => format!("making {} writable", show(path)),
