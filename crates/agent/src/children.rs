@@ -15,7 +15,7 @@ use enjin_supervisor::{
     ProcessHandle, ProcessLauncher, Restart, RestartPolicy, Signal, SignalError, StopSpec, SupervisorHandle,
 };
 
-use crate::SandboxLauncher;
+use crate::{SandboxChild, SandboxLauncher};
 use crate::packages::{self, PackageCache};
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -92,6 +92,30 @@ impl RoutingLauncher {
         self
     }
 
+    /// Removes what children no longer in `desired` left behind: their instance directories
+    /// and cgroups (once stopped) and the packages nothing uses any more.
+    pub fn clean_up(&self, desired: &DesiredChildren) {
+        let keep: std::collections::HashSet<String> = desired.children.iter().map(|c| c.uuid.to_string()).collect();
+        let mut digests: std::collections::HashSet<String> =
+            desired.children.iter().filter_map(|c| c.run.package.as_ref()).map(|p| p.digest.clone()).collect();
+        if let Some(s) = &self.sandbox {
+            s.clean_up(&keep);
+            digests.extend(s.packages_in_use());
+        }
+        if let Some((cache, work)) = &self.packages {
+            cache.retain(&digests);
+            // Plain-process children's copies (the operator's own files, no other uid).
+            if let Ok(entries) = std::fs::read_dir(work) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.parse::<uuid::Uuid>().is_ok() && !keep.contains(&name) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+    }
+
     fn cache(&self) -> Option<&Arc<PackageCache>> {
         self.packages.as_ref().map(|(c, _)| c)
     }
@@ -111,11 +135,15 @@ impl RoutingLauncher {
         if let (Some(p), Ok(mut d)) = (&c.run.package, self.digests.lock()) {
             d.insert(c.uuid.to_string(), p.digest.clone());
         }
-        if let (Some(s), Some(p), Some(cache)) = (&self.sandbox, &c.run.package, self.cache()) {
-            s.set_app(&c.uuid.to_string(), cache.path(&p.digest), p.digest.clone());
-        }
         match (&self.sandbox, c.strategy) {
-            (Some(s), Strategy::UnixUser) => s.set_limits(&c.uuid.to_string(), c.resources.clone()),
+            (Some(s), Strategy::UnixUser) => s.set_child(
+                &c.uuid.to_string(),
+                SandboxChild {
+                    uid: c.run.uid,
+                    resources: c.resources.clone(),
+                    package: c.run.package.as_ref().zip(self.cache()).map(|(p, cache)| cache.path(&p.digest)),
+                },
+            ),
             (None, Strategy::UnixUser) => tracing::warn!(
                 child = %c.uuid,
                 "unix-user isolation is not available here (needs root and a uid range): running it as a plain process"
@@ -220,6 +248,11 @@ async fn apply_sets(
             Ok(summary) => tracing::info!(revision, ?summary, "children reconciled"),
             Err(e) => tracing::warn!(revision, error = %e, "children not reconciled"),
         }
+        let (l, d) = (launcher.clone(), desired.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || l.clean_up(&d)).await {
+            tracing::warn!(error = %e, "clean-up of removed children failed");
+        }
+
     }
 }
 

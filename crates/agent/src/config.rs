@@ -28,11 +28,10 @@ pub struct AgentFile {
     pub hub: SocketAddr,
     #[serde(default = "localhost")]
     pub server_name: String,
-    /// The uids this host gives its `unix-user` children: `[uid_base, uid_base + uid_count)`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid_base: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid_count: Option<u32>,
+    /// Whether this host runs `unix-user` children in the sandbox (it needs root). Each child
+    /// runs as the uid the control plane reserved for it (`spec.run.uid`).
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 fn localhost() -> String {
@@ -46,7 +45,8 @@ pub struct AgentConfig {
     pub node: Uuid,
     pub hub: SocketAddr,
     pub server_name: String,
-    pub uids: Option<crate::UidRange>,
+    /// Runs `unix-user` children in the sandbox.
+    pub sandbox: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -61,17 +61,13 @@ impl AgentConfig {
         let path = dir.join(Self::FILE);
         let f: AgentFile = serde_json::from_slice(&read(&path)?)
             .map_err(|e| ConfigError::Invalid { path: path.clone(), error: e.to_string() })?;
-        let uids = match (f.uid_base, f.uid_count) {
-            (Some(base), Some(count)) if base > 0 && count > 0 => Some(crate::UidRange { base, count }),
-            _ => None,
-        };
         Ok(AgentConfig {
             dir: dir.to_path_buf(),
             ring: f.ring,
             node: f.node,
             hub: f.hub,
             server_name: f.server_name,
-            uids,
+            sandbox: f.sandbox,
         })
     }
 

@@ -36,7 +36,7 @@ use uuid::Uuid;
 pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations, report_of};
 pub use config::{AgentConfig, AgentFile, ConfigError};
 pub use packages::{BusPackageSource, PackageCache, PackageError, PackageSource, install};
-pub use sandbox::{SandboxLauncher, UidRange};
+pub use sandbox::{APP_DIR, SandboxChild, SandboxLauncher};
 
 /// How often the agent says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -107,7 +107,7 @@ pub async fn run(
     };
     let (running_tx, running) = watch::channel(Arc::new(Vec::<Uuid>::new()));
     let stats_task =
-        tokio::spawn(stats_loop(node.clone(), config.node, config.uids.is_some(), running.clone()));
+        tokio::spawn(stats_loop(node.clone(), config.node, config.sandbox, running.clone()));
     let readers = Arc::new(Semaphore::new(LOG_READERS));
     tracing::info!(node = %config.node, ring = config.ring, hub = %config.hub, key = %node.key_id().short(), "agent started");
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);

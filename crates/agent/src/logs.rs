@@ -72,6 +72,11 @@ pub struct CollectorConfig {
     /// A child removed from the desired set is still followed until its files have been quiet
     /// this long, so what it writes while it is stopped gracefully is not lost.
     pub retire_after: Duration,
+    /// The logs of a child that is gone are kept this long after it retired …
+    pub retention: Duration,
+    /// … and only for this many gone children (the oldest go first), so a host that replaces
+    /// instances all day keeps a bounded number of files.
+    pub max_retired: usize,
 }
 
 impl CollectorConfig {
@@ -83,6 +88,8 @@ impl CollectorConfig {
             max_line: MAX_LINE,
             partial_flush: Duration::from_secs(2),
             retire_after: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            max_retired: 64,
         }
     }
 }
@@ -114,6 +121,9 @@ struct InstanceState {
     /// then started again) continues its offsets and its `seq`.
     #[serde(default)]
     retired: bool,
+    /// When it retired (seconds since the epoch; 0 for state saved before this was kept).
+    #[serde(default)]
+    retired_at: u64,
     #[serde(default)]
     streams: BTreeMap<String, StreamState>,
 }
@@ -528,6 +538,42 @@ impl Collector {
         }
     }
 
+    /// Deletes the logs of gone children past the retention period, and of the oldest gone
+    /// children past `max_retired`. Only files the collector itself named, in its own
+    /// directory (root's alone).
+    fn prune(&mut self, now: u64) {
+        let mut retired: Vec<(u64, Uuid)> = self
+            .state
+            .instances
+            .iter()
+            .filter(|(id, s)| s.retired && !self.followed.contains_key(id))
+            .map(|(id, s)| (s.retired_at, *id))
+            .collect();
+        retired.sort_unstable();
+        let excess = retired.len().saturating_sub(self.config.max_retired);
+        let retention = self.config.retention.as_secs();
+        for (i, (at, id)) in retired.into_iter().enumerate() {
+            if i >= excess && now.saturating_sub(at) < retention {
+                continue;
+            }
+            let dir = &self.config.dir;
+            let files = STREAMS
+                .iter()
+                .map(|s| raw_path(dir, id, s))
+                .chain((0..=KEPT_ROTATIONS).map(|n| collected_path(dir, id, n)));
+            for path in files {
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "failed to remove an old log");
+                }
+            }
+            self.state.instances.remove(&id);
+            self.dirty = true;
+            tracing::info!(instance = %id, "logs of a gone child removed");
+        }
+    }
+
     fn follow(&mut self, id: Uuid) {
         let dir = self.config.dir.clone();
         let entry = self.state.instances.entry(id).or_default();
@@ -611,6 +657,7 @@ impl Collector {
             }
             if draining && f.streams.iter().all(|s| !s.splitter.has_pending()) {
                 state.retired = true;
+                state.retired_at = u64::try_from(at.timestamp()).unwrap_or(0);
                 self.dirty = true;
                 retire.push(*id);
             }
@@ -620,6 +667,7 @@ impl Collector {
             tracing::info!(instance = %id, "child gone; its logs are drained and no longer followed");
         }
         summary.retired = retire.len();
+        self.prune(u64::try_from(at.timestamp()).unwrap_or(0));
         if self.dirty {
             match self.save() {
                 Ok(()) => self.dirty = false,

@@ -1,7 +1,14 @@
 //! App packages on a host: fetched in chunks from the package store over the bus, checked
-//! against their digest (they are content-addressed, so nothing else needs trusting), unpacked
-//! once into `<dir>/<hex>`, and copied into each instance's own directory, owned by its uid,
-//! before its first start.
+//! against their digest (they are content-addressed, so nothing else needs trusting) and
+//! unpacked once into `<dir>/<hex>`. `<dir>` is root's alone (0700): a sandboxed instance sees
+//! its package only as the read-only lower layer of its own `/app` overlay, never by a host
+//! path. Inside, modes are opened up (directories 0777, files 0666 or 0777) because overlayfs
+//! checks them against the instance's uid, which owns nothing here, and the instance may change
+//! its own copy (the change lands in its upper layer). Packages no child of the host uses any
+//! more are removed ([`PackageCache::retain`]).
+//!
+//! Plain-process children (hosts without root, so no other uid to protect) still get a copy
+//! in a directory of their own ([`install`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -112,8 +119,10 @@ impl PackageCache {
         let (d, dir) = (dest.clone(), self.dir.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
             enjin_app::package::unpack(&bytes, &d, &enjin_app::package::UnpackLimits::default())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            open_modes(&d).map_err(|e| format!("{}: {e}", d.display()))
         })
         .await
         .map_err(|e| e.to_string())
@@ -124,6 +133,45 @@ impl PackageCache {
                 Ok(dest)
             }
             Err(message) => Err(PackageError::Unpack { digest, path: dest, message }),
+        }
+    }
+}
+
+/// Opens up the modes of a freshly unpacked tree (see the module doc). The tree is root's,
+/// just written by the unpacker and reachable by nobody else; links are left alone.
+fn open_modes(dir: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            open_modes(&entry.path())?;
+        } else if meta.is_file() {
+            let mode = if meta.mode() & 0o111 != 0 { 0o777 } else { 0o666 };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+impl PackageCache {
+    /// Removes unpacked packages whose digest is not in `keep`.
+    pub fn retain(&self, keep: &HashSet<String>) {
+        let keep: HashSet<&str> = keep.iter().map(|d| hex_of(d)).collect();
+        let busy = self.busy.lock().map(|b| b.iter().map(|d| hex_of(d).to_string()).collect()).unwrap_or_default();
+        let busy: HashSet<String> = busy;
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Dot names are the unpacker's temporary directories.
+            if name.starts_with('.') || keep.contains(name.as_str()) || busy.contains(&name) {
+                continue;
+            }
+            // Root's own tree (the unpacker wrote it; instances only ever see it read-only).
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(package = %name, "removed a package no child uses"),
+                Err(e) => tracing::warn!(package = %name, error = %e, "failed to remove an unused package"),
+            }
         }
     }
 }

@@ -1,9 +1,21 @@
-//! The `unix-user` strategy as a supervisor launcher: each child runs as its own uid from the
-//! host's range, in its own cgroup with the node's limits, in a private mount namespace with the
-//! system read-only and a private /tmp, in its own PID namespace, with no_new_privs — through
-//! `enjin-sys`. Its workdir is `<root>/<id>`, private to its uid.
+//! The `unix-user` strategy as a supervisor launcher: each child runs as the uid the control
+//! plane reserved for it (`spec.run.uid`), in its own cgroup with the node's limits, in a jail
+//! of `enjin-sys` (its own root: the system read-only, the package at `/app` under a writable
+//! layer, a minimal `/dev`, its own PID namespace, seccomp, no capabilities, no_new_privs).
+//!
+//! # Root never acts through a path a tenant can write
+//!
+//! The instance's writable layer, `/app`'s upper directory and `/tmp` live on a filesystem of
+//! its own — a sparse ext4 image of the node's disk size on a loop device — that is mounted
+//! only inside the sandbox's mount namespace. On the host an instance is
+//! `<root>/<id>/` (root's, 0700): the image files and two empty mount points, nothing the
+//! tenant can write. The image is replaced by a freshly formatted one at every start (the next
+//! one is formatted in the background after each start), so the layer starts clean, as a
+//! Heroku dyno's filesystem does, and the agent never deletes, copies or chowns inside it. The
+//! package is the overlay's lower layer, unpacked once per host by root into a root-only tree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -12,35 +24,40 @@ use enjin_supervisor::{
     ChildId, ChildSpec, Exit, ExitWaiter, LaunchError, Launched, Launcher, ProcessHandle, Signal, SignalError,
 };
 use enjin_sys::cgroup::{CgroupConfig, Cgroups, Limits};
-use enjin_sys::sandbox::{SandboxSpec, Stdio};
+use enjin_sys::sandbox::{Jail, SandboxSpec, Stdio, Writable};
 
-/// The uids a host may give its children: `[base, base + count)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UidRange {
-    pub base: u32,
-    pub count: u32,
+/// Where an instance's app appears inside its jail (its cwd and `HOME`).
+pub const APP_DIR: &str = "/app";
+
+/// The writable layer's size when the node sets none (the operator chose unlimited): sparse,
+/// so only what is written takes space, and still a bound the kernel enforces.
+const UNLIMITED_DISK: u64 = 1 << 40;
+
+/// `/dev/shm`'s size (Docker's default), never above the disk size.
+const SHM_BYTES: u64 = 64 << 20;
+
+/// What the agent knows of one sandboxed child before its launch.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxChild {
+    /// The uid the control plane reserved.
+    pub uid: Option<u32>,
+    pub resources: Resources,
+    /// The unpacked package (the overlay's lower layer); none: an empty one.
+    pub package: Option<PathBuf>,
 }
 
 pub struct SandboxLauncher {
     root: PathBuf,
     logs: PathBuf,
-    range: UidRange,
     cgroups: Box<dyn Cgroups>,
-    /// Which uid each child has: kept in `<root>/uids.json` so a restarted agent gives a child
-    /// back its own uid (and its files).
-    uids: Mutex<BTreeMap<String, u32>>,
-    /// The node's limits, by child, set before the supervisor launches it.
-    limits: Mutex<HashMap<String, Resources>>,
-    /// The unpacked package (and its digest) to install into each child's directory.
-    apps: Mutex<HashMap<String, (PathBuf, String)>>,
+    children: Mutex<HashMap<String, SandboxChild>>,
+    /// Loop devices and ext4 are there (else the writable layer is a sized tmpfs).
+    disks: bool,
 }
 
 impl std::fmt::Debug for SandboxLauncher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxLauncher")
-            .field("root", &self.root)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("SandboxLauncher").field("root", &self.root).field("disks", &self.disks).finish_non_exhaustive()
     }
 }
 
@@ -52,59 +69,139 @@ fn spawn_error(id: &ChildId, program: &str, e: impl std::fmt::Display) -> Launch
     }
 }
 
+/// A directory that is root's alone (created if missing; a link in its place is refused).
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "exists and is not a directory"));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)?,
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 impl SandboxLauncher {
     /// `cgroup_parent` names this host's branch of the cgroup tree (e.g. `enjin/host-1`).
-    pub fn new(root: &Path, logs: &Path, range: UidRange, cgroup_parent: &str) -> Result<Self, String> {
+    pub fn new(root: &Path, logs: &Path, cgroup_parent: &str) -> Result<Self, String> {
         let cgroups = enjin_sys::cgroup::detect(&CgroupConfig {
             parent: cgroup_parent.into(),
             ..CgroupConfig::default()
         })
         .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        let uids = std::fs::read(root.join("uids.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        private_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let empty = root.join(".empty");
+        std::fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", empty.display()))?;
+        let disks = enjin_sys::disk::available();
+        if !disks {
+            tracing::warn!("no loop devices or mkfs.ext4: instances' writable layers are tmpfs, counted as memory");
+        }
         Ok(SandboxLauncher {
             root: root.to_path_buf(),
             logs: logs.to_path_buf(),
-            range,
             cgroups,
-            uids: Mutex::new(uids),
-            limits: Mutex::new(HashMap::new()),
-            apps: Mutex::new(HashMap::new()),
+            children: Mutex::new(HashMap::new()),
+            disks,
         })
     }
 
-    /// The node's limits for `id`'s next launch.
-    pub fn set_limits(&self, id: &str, resources: Resources) {
-        if let Ok(mut l) = self.limits.lock() {
-            l.insert(id.to_string(), resources);
+    /// What `id`'s next launch runs with.
+    pub fn set_child(&self, id: &str, child: SandboxChild) {
+        if let Ok(mut c) = self.children.lock() {
+            c.insert(id.to_string(), child);
         }
     }
 
-    /// The unpacked package `id` runs, installed into its directory before its first start.
-    pub fn set_app(&self, id: &str, unpacked: PathBuf, digest: String) {
-        if let Ok(mut a) = self.apps.lock() {
-            a.insert(id.to_string(), (unpacked, digest));
+    /// Removes what the children not in `keep` left on the host: their directories (disk
+    /// images and empty mount points, all root's), and their cgroups once empty. Children
+    /// still running are left alone until a later call.
+    pub fn clean_up(&self, keep: &HashSet<String>) {
+        if let Ok(mut c) = self.children.lock() {
+            c.retain(|id, _| keep.contains(id));
+        }
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || keep.contains(&name) || name.parse::<uuid::Uuid>().is_err() {
+                continue;
+            }
+            match self.cgroups.create(&name) {
+                Ok(group) => {
+                    if group.pids().map(|p| !p.is_empty()).unwrap_or(false) {
+                        continue;
+                    }
+                    if let Err(e) = group.delete() {
+                        tracing::debug!(child = %name, error = %e, "cgroup not removed yet");
+                        continue;
+                    }
+                }
+                Err(e) => tracing::debug!(child = %name, error = %e, "no cgroup to remove"),
+            }
+            // Root's own tree: image files and empty mount points, never mounted on the host.
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(child = %name, "removed instance directory"),
+                Err(e) => tracing::warn!(child = %name, error = %e, "failed to remove instance directory"),
+            }
         }
     }
 
-    fn uid_for(&self, id: &str) -> Option<u32> {
-        let mut uids = self.uids.lock().ok()?;
-        if let Some(u) = uids.get(id) {
-            return Some(*u);
-        }
-        let taken: std::collections::HashSet<u32> = uids.values().copied().collect();
-        let uid = (self.range.base..self.range.base + self.range.count).find(|u| !taken.contains(u))?;
-        uids.insert(id.to_string(), uid);
-        let path = self.root.join("uids.json");
-        let tmp = path.with_extension("tmp");
-        if serde_json::to_vec(&*uids).ok().and_then(|b| std::fs::write(&tmp, b).ok()).is_some() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-        Some(uid)
+    /// The packages (hex digests) of instances whose directories are still here.
+    pub fn packages_in_use(&self) -> HashSet<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return HashSet::new() };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("package")).ok())
+            .map(|d| d.trim().to_string())
+            .collect()
     }
+
+    /// The instance's writable filesystem for this start, and the loop device holding it (to
+    /// be dropped once the sandbox has mounted it).
+    fn writable(
+        &self,
+        dir: &Path,
+        resources: &Resources,
+    ) -> Result<(Writable, Option<enjin_sys::disk::LoopDevice>), String> {
+        let mountpoint = dir.join("disk");
+        private_dir(&mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+        let bytes = resources.disk_bytes.unwrap_or(UNLIMITED_DISK).max(enjin_sys::disk::MIN_BYTES);
+        if !self.disks {
+            let bytes = resources.memory_bytes.map_or(bytes, |m| bytes.min(m));
+            return Ok((Writable::Tmpfs { bytes, mountpoint }, None));
+        }
+        let image = dir.join("disk.img");
+        let next = next_image(dir, bytes);
+        // A fresh filesystem every start: the one formatted after the last start, or a new one.
+        if std::fs::rename(&next, &image).is_err() {
+            enjin_sys::disk::format_ext4(&image, bytes).map_err(|e| e.to_string())?;
+        }
+        let device = enjin_sys::disk::LoopDevice::attach(&image).map_err(|e| e.to_string())?;
+        Ok((Writable::Device { device: device.path().to_path_buf(), mountpoint }, Some(device)))
+    }
+}
+
+/// The image formatted ahead for the next start of an instance with `bytes` of disk.
+fn next_image(dir: &Path, bytes: u64) -> PathBuf {
+    dir.join(format!("next-{bytes}.img"))
+}
+
+/// Formats the next start's image in the background (about 20 ms of mkfs off the restart
+/// path). A failure only means the next start formats its own.
+fn prepare_next(dir: PathBuf, bytes: u64) {
+    std::thread::spawn(move || {
+        let tmp = dir.join("next.tmp");
+        match enjin_sys::disk::format_ext4(&tmp, bytes) {
+            Ok(()) => {
+                if let Err(e) = std::fs::rename(&tmp, next_image(&dir, bytes)) {
+                    tracing::debug!(dir = %dir.display(), error = %e, "next disk image not kept");
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "failed to format the next disk image"),
+        }
+    });
 }
 
 /// The absolute path of `program`, looked up on the usual system directories.
@@ -124,16 +221,25 @@ impl Launcher for SandboxLauncher {
         let name = spec.command.first().cloned().unwrap_or_default();
         let program =
             resolve(&name).ok_or_else(|| spawn_error(&id, &name, "not found on the system path"))?;
-        let uid = self
-            .uid_for(id.as_str())
-            .ok_or_else(|| spawn_error(&id, &name, "no free uid left in the host's range"))?;
-        let app = self.apps.lock().ok().and_then(|a| a.get(id.as_str()).cloned());
-        if let Some((unpacked, digest)) = app {
-            crate::packages::install(&unpacked, &self.root.join(id.as_str()), &digest, Some((uid, uid)))
-                .map_err(|e| spawn_error(&id, &name, e))?;
+        let child = self.children.lock().ok().and_then(|c| c.get(id.as_str()).cloned()).unwrap_or_default();
+        let uid = child
+            .uid
+            .filter(|u| *u != 0)
+            .ok_or_else(|| spawn_error(&id, &name, "the control plane reserved no uid for it (spec.run.uid)"))?;
+        let dir = self.root.join(id.as_str());
+        private_dir(&dir).map_err(|e| spawn_error(&id, &name, format!("{}: {e}", dir.display())))?;
+        let root = dir.join("root");
+        private_dir(&root).map_err(|e| spawn_error(&id, &name, format!("{}: {e}", root.display())))?;
+        // Which package the instance's overlay holds, so it is not removed while the instance
+        // may still be stopping.
+        if let Some(digest) = child.package.as_ref().and_then(|p| p.file_name()) {
+            let marker = dir.join("package");
+            std::fs::write(&marker, digest.as_encoded_bytes())
+                .map_err(|e| spawn_error(&id, &name, format!("{}: {e}", marker.display())))?;
         }
+
         let group = self.cgroups.create(id.as_str()).map_err(|e| spawn_error(&id, &name, e))?;
-        let resources = self.limits.lock().ok().and_then(|l| l.get(id.as_str()).cloned()).unwrap_or_default();
+        let resources = child.resources.clone();
         let limits = Limits {
             memory_bytes: resources.memory_bytes,
             cpu_millicores: resources.cpu_millis,
@@ -149,15 +255,36 @@ impl Launcher for SandboxLauncher {
                 .map(|f| Stdio::Fd(f.into()))
                 .map_err(|e| LaunchError::Log { path, source: e })
         };
-        let mut sandbox = SandboxSpec::new(program, uid, uid, self.root.join(id.as_str()));
+        let (writable, device) = self.writable(&dir, &resources).map_err(|e| spawn_error(&id, &name, e))?;
+        let disk_bytes = match &writable {
+            Writable::Device { .. } => Some(resources.disk_bytes.unwrap_or(UNLIMITED_DISK)),
+            Writable::Tmpfs { .. } => None,
+        };
+        let lower = child.package.clone().unwrap_or_else(|| self.root.join(".empty"));
+        let mut sandbox = SandboxSpec::new(program, uid, uid, APP_DIR);
+        sandbox.jail = Some(Jail {
+            root,
+            app: APP_DIR.into(),
+            lower,
+            writable,
+            shm_bytes: SHM_BYTES.min(resources.disk_bytes.unwrap_or(SHM_BYTES)),
+        });
         sandbox.args = spec.command.iter().skip(1).map(Into::into).collect();
         sandbox.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
-        sandbox.env.push(("HOME".into(), self.root.join(id.as_str()).into()));
+        sandbox.env.push(("HOME".into(), APP_DIR.into()));
         sandbox.env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+        sandbox.env.push(("TMPDIR".into(), "/tmp".into()));
         sandbox.join_cgroup(group.as_ref());
         sandbox.stdout = open("stdout")?;
         sandbox.stderr = open("stderr")?;
-        let mut child = enjin_sys::sandbox::spawn(sandbox).map_err(|e| spawn_error(&id, &name, e))?;
+        let spawned = enjin_sys::sandbox::spawn(sandbox);
+        // The sandbox has mounted the device (or failed): our handle is no longer needed, and
+        // the device detaches itself when the sandbox's mount namespace ends.
+        drop(device);
+        if let Some(bytes) = disk_bytes {
+            prepare_next(dir, bytes);
+        }
+        let mut child = spawned.map_err(|e| spawn_error(&id, &name, e))?;
         let pid = u32::try_from(child.pid().as_raw()).map_err(|_| LaunchError::NoPid { id: id.clone() })?;
         let process = ProcessHandle { pid, pgid: pid, start_time: child.start_time() };
         let waiter = ExitWaiter::new(async move {

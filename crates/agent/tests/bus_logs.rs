@@ -98,8 +98,7 @@ impl Ring1 {
             node: host,
             hub: self.hub,
             server_name: "localhost".into(),
-            uid_base: None,
-            uid_count: None,
+            sandbox: false,
         };
         AgentConfig::write(&dir, &file).expect("agent.json");
         (host, AgentConfig::load(&dir).expect("agent config"))

@@ -437,8 +437,8 @@ impl BusAuthority {
         use std::os::unix::fs::PermissionsExt;
         let setup = |e: &dyn std::fmt::Display| BusError::Setup(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| setup(&e))?;
-        // Traversable for the host's instances (their workdirs are below); not listable.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(|e| setup(&e))?;
+        // Root's alone: the host's instances see their files only through their own mounts.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| setup(&e))?;
         let key_path = dir.join("bus.key");
         let identity = if key_path.exists() {
             Identity::load(&key_path).map_err(|e| setup(&e))?

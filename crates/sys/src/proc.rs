@@ -320,3 +320,9 @@ mod tests {
         }
     }
 }
+
+/// Sets the process's umask to 077: everything it creates from now on is private to its
+/// owner (0600 files, 0700 directories) unless a mode is set explicitly.
+pub fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}

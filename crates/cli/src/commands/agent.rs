@@ -28,21 +28,18 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         // The supervisor's state and the instances' logs: root's alone.
         std::fs::set_permissions(&children_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("failed to set the mode of {}", children_dir.display()))?;
-        let instances = config.dir.join("instances");
-        std::fs::create_dir_all(&instances)
-            .with_context(|| format!("failed to create {}", instances.display()))?;
-        std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))
-            .with_context(|| format!("failed to set the mode of {}", instances.display()))?;
+        // Instances' directories (disk images, mount points) and unpacked packages: root's
+        // alone; instances see their files only through their own mounts.
+        for dir in [config.dir.join("instances"), config.dir.join("packages")] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to set the mode of {}", dir.display()))?;
+        }
     }
-    let sandbox = match config.uids {
-        Some(range) => {
+    let sandbox = match config.sandbox {
+        true => {
             let cgroup = enjin_agent::cgroup_parent(config.node);
-            match SandboxLauncher::new(
-                &config.dir.join("instances"),
-                &children_dir.join("logs"),
-                range,
-                &cgroup,
-            ) {
+            match SandboxLauncher::new(&config.dir.join("instances"), &children_dir.join("logs"), &cgroup) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "no unix-user isolation here: cgroups unavailable");
@@ -50,7 +47,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
                 }
             }
         }
-        None => None,
+        false => None,
     };
     let source = Arc::new(BusPackageSource::default());
     let cache = Arc::new(PackageCache::new(config.dir.join("packages"), source.clone()));

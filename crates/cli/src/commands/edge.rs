@@ -103,8 +103,7 @@ pub async fn prepare(
         node: node.meta.uuid,
         hub,
         server_name: "localhost".into(),
-        uid_base: None,
-        uid_count: None,
+        sandbox: false,
     };
     AgentConfig::write(dir, &file)?;
     let path = dir.join("edge.json");

@@ -23,10 +23,24 @@ use crate::config;
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Up(args) => serve::run(g, &args, true).await,
-        Command::Server(args) => serve::run(g, &args, false).await,
-        Command::Agent(args) => agent::run(&args).await,
-        Command::Edge(args) => edge::run(&args).await,
+        // The long-running parts create everything private (0600 files, 0700 directories);
+        // what must be wider says so with an explicit mode.
+        Command::Up(args) => {
+            enjin_sys::proc::private_umask();
+            serve::run(g, &args, true).await
+        }
+        Command::Server(args) => {
+            enjin_sys::proc::private_umask();
+            serve::run(g, &args, false).await
+        }
+        Command::Agent(args) => {
+            enjin_sys::proc::private_umask();
+            agent::run(&args).await
+        }
+        Command::Edge(args) => {
+            enjin_sys::proc::private_umask();
+            edge::run(&args).await
+        }
         Command::Account(c) => objects::run(g, Kind::Account, c).await,
         Command::Role(c) => objects::run(g, Kind::Role, c).await,
         Command::Membership(c) => objects::run(g, Kind::Membership, c).await,

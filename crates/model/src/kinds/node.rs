@@ -170,6 +170,11 @@ pub struct RunSpec {
     /// The port ring 1 gave the child (also in its `PORT`), unique on its host's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The uid a `unix-user` child runs as: reserved by the control plane in the node's create
+    /// transaction (`/uids/<uid>`), released with the node, never chosen by a caller and never
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 fn default_grace() -> u64 {

@@ -456,6 +456,8 @@ impl ChildSys for RealChildSys {
     }
 
     fn close_fds_on_exec(&self) -> Result<(), Errno> {
+        // The program starts with the usual umask, whatever its launcher runs with.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
         let ret = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
         if ret == 0 {
