@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use enjin_agent::{SandboxLauncher, UidRange};
+use enjin_agent::{SandboxChild, SandboxLauncher};
+use enjin_model::kinds::Resources;
 use enjin_model::kinds::ObservationState;
 use enjin_supervisor::{
     Backoff, ChildId, ChildSpec, Intensity, Launcher, Observation, ProcessLauncher, Restart, RestartPolicy,
@@ -239,10 +240,20 @@ impl Settings {
     }
 }
 
+/// A block of uids for the sandbox rows.
+#[derive(Debug, Clone, Copy)]
+pub struct UidRange {
+    pub base: u32,
+    pub count: u32,
+}
+
 /// The sandbox's uid block and cgroup branch for this run.
 pub fn uid_range() -> UidRange {
     UidRange { base: UID_BASE + (std::process::id() % 4096) * UID_COUNT, count: UID_COUNT }
 }
+
+/// The sandbox rows' writable layer: the default disk of a deployed instance.
+const SANDBOX_DISK: u64 = 1 << 30;
 
 pub fn cgroup_parent() -> String {
     format!("enjin-bench-{}", std::process::id())
@@ -373,6 +384,18 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<Results> {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("failed to make {} executable", exe.display()))?;
     }
+    // The sandboxed child runs it from its package, at /app/serve-token in its jail.
+    let package = dir.join("package");
+    std::fs::create_dir_all(&package).with_context(|| format!("failed to create {}", package.display()))?;
+    std::fs::copy(&own, package.join("serve-token"))
+        .with_context(|| format!("failed to copy {} into {}", own.display(), package.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [(package.join("serve-token"), 0o777), (package.clone(), 0o777)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("failed to set the mode of {}", path.display()))?;
+        }
+    }
     let env = Env {
         dir: dir.to_path_buf(),
         exe,
@@ -417,19 +440,30 @@ async fn kill_row(env: &Env, plan: Plan, settings: Settings) -> anyhow::Result<(
         Strategy::Sandbox => {
             std::fs::create_dir_all(&logs).with_context(|| format!("failed to create {}", logs.display()))?;
             let root = env.dir.join("instances");
-            Arc::new(
-                SandboxLauncher::new(&root, &logs, env.uids, &env.cgroup_parent)
-                    .map_err(anyhow::Error::msg)
-                    .context("failed to set up the sandbox launcher")?,
-            )
+            let launcher = SandboxLauncher::new(&root, &logs, &env.cgroup_parent)
+                .map_err(anyhow::Error::msg)
+                .context("failed to set up the sandbox launcher")?;
+            launcher.set_child(
+                &name,
+                SandboxChild {
+                    uid: Some(env.uids.base),
+                    resources: Resources { disk_bytes: Some(SANDBOX_DISK), ..Resources::default() },
+                    package: Some(env.dir.join("package")),
+                },
+            );
+            Arc::new(launcher)
         }
+    };
+    let program = match strategy {
+        Strategy::Process => env.exe.display().to_string(),
+        Strategy::Sandbox => format!("{}/serve-token", enjin_agent::APP_DIR),
     };
     let port = free_port()?;
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let id = ChildId::new(name.clone())?;
     let mut spec = ChildSpec::new(
         id.clone(),
-        vec![env.exe.display().to_string(), "--serve-token".into(), port.to_string()],
+        vec![program, "--serve-token".into(), port.to_string()],
     );
     spec.inherit_env = false;
     spec.restart = RestartPolicy {

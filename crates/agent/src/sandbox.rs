@@ -31,7 +31,7 @@ pub const APP_DIR: &str = "/app";
 
 /// The writable layer's size when the node sets none (the operator chose unlimited): sparse,
 /// so only what is written takes space, and still a bound the kernel enforces.
-const UNLIMITED_DISK: u64 = 1 << 40;
+const UNLIMITED_DISK: u64 = 64 << 30;
 
 /// `/dev/shm`'s size (Docker's default), never above the disk size.
 const SHM_BYTES: u64 = 64 << 20;

@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use enjin_control::InstanceDefaults;
 use serde::Deserialize;
 
 use crate::args::Global;
@@ -36,6 +37,105 @@ pub struct FileConfig {
     pub router: RouterFileConfig,
     #[serde(default)]
     pub dns: DnsFileConfig,
+    #[serde(default)]
+    pub instances: InstancesFileConfig,
+}
+
+/// `[instances]`: the limits an instance gets when its spec (or its app's manifest) leaves one
+/// out. Each is a number (bytes, a count, cores), a size like `"512MiB"` for memory and disk,
+/// or `"unlimited"`. Validated when the file is read, with errors naming the key.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawInstances")]
+pub struct InstancesFileConfig(pub InstanceDefaults);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstances {
+    /// Default 512MiB.
+    memory: Option<toml::Value>,
+    /// Default 256.
+    pids: Option<toml::Value>,
+    /// In cores; default 1.
+    cpu: Option<toml::Value>,
+    /// Default 1GiB.
+    disk: Option<toml::Value>,
+}
+
+/// The word that lifts a limit.
+const UNLIMITED: &str = "unlimited";
+/// The most cores a default may be; only there to keep the arithmetic finite.
+const MAX_CPU_CORES: f64 = 1_000_000.0;
+
+impl TryFrom<RawInstances> for InstancesFileConfig {
+    type Error = String;
+
+    fn try_from(raw: RawInstances) -> Result<Self, String> {
+        let d = InstanceDefaults::default();
+        let pick = |value: Option<toml::Value>,
+                    key: &str,
+                    default: Option<u64>,
+                    parse: fn(&toml::Value) -> Result<u64, String>| {
+            match value {
+                None => Ok(default),
+                Some(toml::Value::String(s)) if s == UNLIMITED => Ok(None),
+                Some(v) => parse(&v).map(Some).map_err(|m| format!("[instances] {key}: {m}")),
+            }
+        };
+        Ok(InstancesFileConfig(InstanceDefaults {
+            memory_bytes: pick(raw.memory, "memory", d.memory_bytes, size)?,
+            pids: pick(raw.pids, "pids", d.pids, count)?,
+            cpu_millis: pick(raw.cpu, "cpu", d.cpu_millis, cpu_millis)?,
+            disk_bytes: pick(raw.disk, "disk", d.disk_bytes, size)?,
+        }))
+    }
+}
+
+/// A size: a positive number of bytes, or a string like `"512MiB"`.
+fn size(value: &toml::Value) -> Result<u64, String> {
+    let bytes = match value {
+        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} is not a size"))?,
+        toml::Value::String(s) => {
+            enjin_app::manifest::parse_size(s).map_err(|m| format!("{m}, nor \"{UNLIMITED}\""))?
+        }
+        other => {
+            return Err(format!(
+                "must be a size such as \"512MiB\", a number of bytes or \"{UNLIMITED}\", not {other}"
+            ));
+        }
+    };
+    if bytes == 0 {
+        return Err(format!("must be more than 0 bytes; write \"{UNLIMITED}\" for no limit"));
+    }
+    Ok(bytes)
+}
+
+/// A positive count.
+fn count(value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        toml::Value::Integer(n) => {
+            Err(format!("must be a positive number, not {n}; write \"{UNLIMITED}\" for no limit"))
+        }
+        other => Err(format!("must be a positive number or \"{UNLIMITED}\", not {other}")),
+    }
+}
+
+/// Cores, as thousandths of a core.
+fn cpu_millis(value: &toml::Value) -> Result<u64, String> {
+    let cores = match value {
+        toml::Value::Integer(n) => *n as f64,
+        toml::Value::Float(f) => *f,
+        other => {
+            return Err(format!("must be a number of cores such as 1.5, or \"{UNLIMITED}\", not {other}"));
+        }
+    };
+    if !cores.is_finite() || !(0.001..=MAX_CPU_CORES).contains(&cores) {
+        return Err(format!(
+            "must be a number of cores from 0.001 to {MAX_CPU_CORES}, not {cores}; write \"{UNLIMITED}\" for no limit"
+        ));
+    }
+    // In range (checked above), so the cast neither truncates nor wraps.
+    Ok((cores * 1000.0).round() as u64)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,5 +293,67 @@ mod tests {
         fs::write(dir.path().join(CONFIG_FILE), "[api]\nlisen = 1\n").expect("write");
         let err = load_file_config(dir.path()).expect_err("typo refused");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+
+    fn instances(text: &str) -> Result<InstanceDefaults> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(CONFIG_FILE), text).expect("write");
+        Ok(load_file_config(dir.path())?.instances.0)
+    }
+
+    #[test]
+    fn instance_defaults_apply_without_an_instances_section() {
+        let d = instances("").expect("valid");
+        assert_eq!(d, InstanceDefaults::default());
+        assert_eq!(d.memory_bytes, Some(512 << 20));
+        assert_eq!(d.pids, Some(256));
+        assert_eq!(d.cpu_millis, Some(1000));
+        assert_eq!(d.disk_bytes, Some(1 << 30));
+    }
+
+    #[test]
+    fn instance_limits_take_sizes_numbers_and_unlimited() {
+        let d = instances("[instances]\nmemory = \"1GiB\"\npids = 64\ncpu = 0.5\ndisk = 2147483648\n")
+            .expect("valid");
+        assert_eq!(
+            d,
+            InstanceDefaults {
+                memory_bytes: Some(1 << 30),
+                pids: Some(64),
+                cpu_millis: Some(500),
+                disk_bytes: Some(2 << 30)
+            }
+        );
+        let d = instances("[instances]\nmemory = \"unlimited\"\npids = \"unlimited\"\ncpu = \"unlimited\"\ndisk = \"unlimited\"\n")
+            .expect("valid");
+        assert_eq!(d, InstanceDefaults::UNLIMITED);
+        // What is left out keeps its default.
+        let d = instances("[instances]\ncpu = 2\n").expect("valid");
+        assert_eq!(d, InstanceDefaults { cpu_millis: Some(2000), ..InstanceDefaults::default() });
+    }
+
+    #[test]
+    fn bad_instance_limits_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("memory = \"lots\"", "[instances] memory"),
+            ("memory = 0", "[instances] memory"),
+            ("memory = -5", "[instances] memory"),
+            ("memory = true", "[instances] memory"),
+            ("disk = \"12XB\"", "[instances] disk"),
+            ("pids = 0", "[instances] pids"),
+            ("pids = \"many\"", "[instances] pids"),
+            ("pids = 1.5", "[instances] pids"),
+            ("cpu = 0", "[instances] cpu"),
+            ("cpu = -1.0", "[instances] cpu"),
+            ("cpu = nan", "[instances] cpu"),
+            ("cpu = \"two\"", "[instances] cpu"),
+        ] {
+            let err = instances(&format!("[instances]\n{text}\n")).expect_err(text);
+            let msg = format!("{err:#}");
+            assert!(msg.contains(key), "{text}: {msg}");
+            assert!(msg.contains(CONFIG_FILE), "{text}: {msg}");
+        }
+        let err = instances("[instances]\nmemroy = 1\n").expect_err("typo refused");
+        assert!(format!("{err:#}").contains("memroy"), "{err:#}");
     }
 }

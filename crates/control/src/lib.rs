@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod bus;
+mod config;
 mod extract;
 pub mod ipam;
 mod metrics;
@@ -15,6 +16,7 @@ pub mod ports;
 mod problem;
 mod registry;
 mod routes;
+pub mod uids;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 pub use auth::{
     ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
 };
+pub use config::{ControlConfig, InstanceDefaults};
 pub use problem::ApiError;
 pub use registry::{Registry, RegistryError};
 pub use routes::{Perm, RouteDef};
@@ -43,8 +46,13 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A control plane with the default configuration.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let registry = Registry::new(store);
+        ControlPlane::with_config(store, &ControlConfig::default())
+    }
+
+    pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
+        let registry = Registry::with_config(store, config);
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let openapi = Arc::new(openapi::document(&routes::table()));
         let state = AppState {

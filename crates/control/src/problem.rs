@@ -84,6 +84,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
+            RegistryError::Unavailable(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
             RegistryError::Store(s) => s.into(),
         }
     }

@@ -9,11 +9,14 @@
 //! - `/guards/<target>` — written by every write that adds a reference to `target`; a delete of
 //!   `target` compares it, so a reference added concurrently makes the delete retry and see it.
 //! - `/ports/<port>` — the node holding a port (see `ports.rs`).
+//! - `/uids/<uid>` — the instance holding a uid, and `/uids/next`, the uid to try next (see
+//!   `uids.rs`).
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -27,10 +30,15 @@ use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ipam, ports};
+use crate::config::{ControlConfig, InstanceDefaults, is_instance};
+use crate::{ipam, ports, uids};
 
 /// How often a write is retried when something it depends on changed under it.
 const MAX_ATTEMPTS: usize = 8;
+
+/// How many more times an instance create is retried because concurrent creates took the next
+/// uid first (see `create`).
+const MAX_UID_RACES: usize = 64;
 
 const DAG_GUARD: &str = "/guards/compartment-graph";
 
@@ -60,6 +68,9 @@ pub enum RegistryError {
     StillReferenced { detail: String },
     #[error("stored {key} is unreadable: {error}")]
     Corrupt { key: String, error: String },
+    /// Something the write needs has run out (every instance uid is taken).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -77,6 +88,52 @@ fn port_of_spec<S: Spec>(spec: &S) -> Option<u16> {
     }
     let v = serde_json::to_value(spec).ok()?;
     v.get("run")?.get("port")?.as_u64().and_then(|p| u16::try_from(p).ok())
+}
+
+/// A node spec as its own type, from the generic one (only called for nodes).
+fn node_of<S: Spec>(spec: &S) -> Result<NodeSpec, RegistryError> {
+    serde_json::to_value(spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| RegistryError::Corrupt { key: "node spec".into(), error: e.to_string() })
+}
+
+/// The generic spec back from a node spec.
+fn spec_of<S: Spec>(node: &NodeSpec) -> Result<S, RegistryError> {
+    serde_json::to_value(node)
+        .and_then(serde_json::from_value)
+        .map_err(|e| RegistryError::Corrupt { key: "node spec".into(), error: e.to_string() })
+}
+
+fn uid_reserved() -> FieldError {
+    FieldError::new("spec.run.uid", "is reserved by the control plane; leave it out")
+}
+
+fn uid_fixed(held: u32) -> FieldError {
+    FieldError::new(
+        "spec.run.uid",
+        format!(
+            "a node's uid cannot change: this node holds uid {held} until it is deleted, and keeps \
+             its run for it; create a new node instead"
+        ),
+    )
+}
+
+/// A uid chosen for a node, and the counter's revision it was chosen at.
+struct UidClaim {
+    uid: u32,
+    counter_revision: i64,
+    /// What the counter becomes.
+    next: u32,
+}
+
+impl UidClaim {
+    /// Take the uid in `txn`: only if it is still free and nobody moved the counter since it
+    /// was read, so uids keep being handed out in counter order (see `uids.rs`).
+    fn add_to(&self, uuid: Uuid, txn: Txn) -> Txn {
+        let k = uids::key(self.uid);
+        txn.when([Compare::absent(&k), Compare::mod_revision(uids::NEXT, self.counter_revision)])
+            .then([Op::put(&k, uuid.to_string()), Op::put(uids::NEXT, self.next.to_string())])
+    }
 }
 
 /// What a reference key holds.
@@ -137,15 +194,28 @@ struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    instances: InstanceDefaults,
+    /// [`uids::RANGE`], narrowed by tests that run it out.
+    uid_range: RangeInclusive<u32>,
 }
 
 impl Registry {
+    /// A registry with the default configuration.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Registry { store }
+        Registry::with_config(store, &ControlConfig::default())
+    }
+
+    pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
+        Registry { store, instances: config.instances, uid_range: uids::RANGE }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The limits instances get for those their spec leaves out.
+    pub fn instance_defaults(&self) -> &InstanceDefaults {
+        &self.instances
     }
 
     pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, RegistryError> {
@@ -206,9 +276,20 @@ impl Registry {
         };
         let lkey =
             obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
+        // An instance gets the default limits it leaves out, and a uid (chosen on each attempt).
+        let mut instance = match kind {
+            Kind::Node => self.new_instance(&mut obj.spec, obj.meta.ring)?,
+            _ => None,
+        };
         let requested = obj.spec.clone();
-        for attempt in 0..MAX_ATTEMPTS {
+        // Attempts lost to anything but another create taking the next uid first: every
+        // instance create moves the one uid counter, so with many at once most attempts lose
+        // it, but each loss is another create's progress, not a livelock.
+        let mut lost = 0;
+        let mut attempt = 0;
+        while lost < MAX_ATTEMPTS && attempt < MAX_ATTEMPTS + MAX_UID_RACES {
             backoff(attempt).await;
+            attempt += 1;
             let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
             // An interface without addresses gets one from its network's range (again on each
             // attempt: a concurrent create may have taken the one chosen last time).
@@ -218,6 +299,10 @@ impl Registry {
                     Some(self.assign_addresses(&mut obj.spec, &resolved).await?)
                 }
                 _ => None,
+            };
+            let uid = match &mut instance {
+                Some(node) => Some(self.give_uid(node, &mut obj.spec).await?),
+                None => None,
             };
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::absent(&key)]);
@@ -239,6 +324,12 @@ impl Registry {
                 let k = ports::key(p);
                 txn = txn.when([Compare::absent(&k)]).then([Op::put(&k, uuid.to_string())]);
                 failure.push(Op::Get { key: k });
+            }
+            // Losing the uid to a concurrent create only means choosing again; the counter is
+            // read back (last, so the indices above stay put) to tell that loss from others.
+            if let Some(claim) = &uid {
+                txn = claim.add_to(uuid, txn);
+                failure.push(Op::Get { key: uids::NEXT.into() });
             }
             txn = txn.then_txn(add_refs(kind, uuid, &resolved));
             txn = txn.then([Op::put(&key, encode(&obj))]);
@@ -279,8 +370,17 @@ impl Registry {
                     }
                 }
             }
-            // A referenced object changed between resolving and committing, or an address
-            // chosen for us was taken meanwhile: resolve and choose again.
+            // A referenced object changed between resolving and committing, or an address or
+            // uid chosen for us was taken meanwhile: resolve and choose again.
+            let uid_raced = uid.as_ref().is_some_and(|claim| match resp.responses.last() {
+                Some(OpResponse::Get { kv }) => {
+                    kv.as_ref().map_or(0, |kv| kv.mod_revision) != claim.counter_revision
+                }
+                _ => false,
+            });
+            if !uid_raced {
+                lost += 1;
+            }
         }
         Err(busy(kind))
     }
@@ -310,7 +410,14 @@ impl Registry {
                 )
                 .into());
             }
-            let new_refs = req.spec.references();
+            // What is stored: for a node, with the uid it holds (or a new one, if it has just
+            // become an instance) and the default limits it leaves out.
+            let mut spec = req.spec.clone();
+            let uid = match kind {
+                Kind::Node => self.updated_instance(&old.spec, &mut spec, ring).await?,
+                _ => None,
+            };
+            let new_refs = spec.references();
             let old_refs = old.spec.references();
             let added: Vec<Reference> =
                 new_refs.iter().filter(|r| !old_refs.iter().any(|o| same_target(o, r))).cloned().collect();
@@ -319,11 +426,11 @@ impl Registry {
             // Every reference is checked against its target, but only new ones need guarding:
             // a target that is already referenced cannot be deleted or change ring.
             let resolved = self.resolve(ring, new_refs.clone()).await?;
-            check_targets(&req.spec, ring, &resolved)?;
+            check_targets(&spec, ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
             let mut failure = vec![Op::Get { key: key.clone() }];
             let mut ipam_failures: Vec<(String, usize, IpAddr)> = Vec::new();
-            if let Some(field) = req.spec.change_referrers_rely_on(&old.spec) {
+            if let Some(field) = spec.change_referrers_rely_on(&old.spec) {
                 // Guarded like a delete: a reference added concurrently makes this retry.
                 let guard_rev = self.store.get(&guard_key(uuid)).await?.map_or(0, |g| g.mod_revision);
                 let referrers = self.store.range(&refs_prefix(uuid)).await?;
@@ -339,15 +446,15 @@ impl Registry {
                 }
                 txn = txn.when([Compare::mod_revision(guard_key(uuid), guard_rev)]);
             }
-            if kind == Kind::Compartment && req.spec.references() != old.spec.references() {
-                let guard = self.check_compartment_graph(uuid, &req.spec).await?;
+            if kind == Kind::Compartment && spec.references() != old.spec.references() {
+                let guard = self.check_compartment_graph(uuid, &spec).await?;
                 txn = txn
                     .when([Compare::mod_revision(DAG_GUARD, guard)])
                     .then([Op::put(DAG_GUARD, uuid.to_string())]);
             }
             let old_lkey =
                 old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), l));
-            let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, req.spec.compartment(), l));
+            let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, spec.compartment(), l));
             if old_lkey != new_lkey {
                 if let Some(k) = &old_lkey {
                     txn = txn.then([Op::delete(k)]);
@@ -362,10 +469,14 @@ impl Registry {
             txn = txn.then_txn(add_refs(kind, uuid, &added_resolved));
             txn = txn.then(removed.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
             if kind == Kind::NetworkInterface {
-                let (txn2, held_at) = ipam_changes(uuid, &old.spec, &req.spec, txn)?;
+                let (txn2, held_at) = ipam_changes(uuid, &old.spec, &spec, txn)?;
                 txn = txn2;
                 ipam_failures = held_at;
                 failure.extend(ipam_failures.iter().map(|(k, _, _)| Op::Get { key: k.clone() }));
+            }
+            // As on create, a uid lost to a concurrent write is chosen again on the next attempt.
+            if let Some(claim) = &uid {
+                txn = claim.add_to(uuid, txn);
             }
             let obj = Object {
                 meta: ObjectMeta {
@@ -374,7 +485,7 @@ impl Registry {
                     updated_at: now,
                     ..old.meta.clone()
                 },
-                spec: req.spec.clone(),
+                spec,
             };
             txn = txn.then([Op::put(&key, encode(&obj))]);
             let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
@@ -493,11 +604,99 @@ impl Registry {
         }
         if kind == Kind::Node
             && let Ok(node) = serde_json::from_value::<NodeSpec>(obj.spec.clone())
-            && let Some(p) = node.run.and_then(|r| r.port)
+            && let Some(run) = node.run
         {
-            ops.push(Op::delete(ports::key(p)));
+            ops.extend(run.port.map(|p| Op::delete(ports::key(p))));
+            ops.extend(run.uid.map(|u| Op::delete(uids::key(u))));
         }
         Ok(ops)
+    }
+
+    /// For a node being created: refuses a uid the caller chose and, if it is an instance,
+    /// fills the default limits it leaves out and returns it, to be given a uid on each attempt.
+    fn new_instance<S: Spec>(&self, spec: &mut S, ring: Ring) -> Result<Option<NodeSpec>, RegistryError> {
+        let mut node = node_of(spec)?;
+        if node.run.as_ref().is_some_and(|r| r.uid.is_some()) {
+            return Err(uid_reserved().into());
+        }
+        if !is_instance(ring, &node) {
+            return Ok(None);
+        }
+        self.instances.fill(&mut node.resources);
+        *spec = spec_of(&node)?;
+        Ok(Some(node))
+    }
+
+    /// Choose a free uid for `node` and put it in `spec` (the node as it will be stored).
+    async fn give_uid<S: Spec>(&self, node: &mut NodeSpec, spec: &mut S) -> Result<UidClaim, RegistryError> {
+        let claim = self.choose_uid().await?;
+        if let Some(run) = node.run.as_mut() {
+            run.uid = Some(claim.uid);
+        }
+        *spec = spec_of(node)?;
+        Ok(claim)
+    }
+
+    /// For a node being updated: the uid it holds stays (filled in when the update leaves it
+    /// out, so a client that sends back a spec without it keeps working) and cannot be set or
+    /// changed by the caller; a node that becomes an instance gets a uid now; an instance gets
+    /// the default limits it leaves out, as on create.
+    async fn updated_instance<S: Spec>(
+        &self,
+        old: &S,
+        spec: &mut S,
+        ring: Ring,
+    ) -> Result<Option<UidClaim>, RegistryError> {
+        let old_uid = node_of(old)?.run.and_then(|r| r.uid);
+        let mut node = node_of(spec)?;
+        let sent = node.run.as_ref().and_then(|r| r.uid);
+        match (old_uid, sent) {
+            (None, Some(_)) => return Err(uid_reserved().into()),
+            (Some(held), Some(sent)) if sent != held => return Err(uid_fixed(held).into()),
+            (Some(held), _) => match node.run.as_mut() {
+                Some(run) => run.uid = Some(held),
+                None => return Err(uid_fixed(held).into()),
+            },
+            _ => {}
+        }
+        let mut claim = None;
+        if is_instance(ring, &node) {
+            self.instances.fill(&mut node.resources);
+            if old_uid.is_none() {
+                let c = self.choose_uid().await?;
+                if let Some(run) = node.run.as_mut() {
+                    run.uid = Some(c.uid);
+                }
+                claim = Some(c);
+            }
+        }
+        *spec = spec_of(&node)?;
+        Ok(claim)
+    }
+
+    /// The next free uid, with the counter's revision it was chosen at.
+    async fn choose_uid(&self) -> Result<UidClaim, RegistryError> {
+        // One read, so the counter and the held uids are seen at the same revision.
+        let range = self.store.range(uids::PREFIX).await?;
+        let (mut next, mut counter_revision) = (None, 0);
+        let mut held = HashSet::new();
+        for kv in &range.kvs {
+            if kv.key == uids::NEXT {
+                next = uids::parse_next(&kv.value);
+                counter_revision = kv.mod_revision;
+            } else if let Some(u) = uids::uid_of(&kv.key) {
+                held.insert(u);
+            }
+        }
+        let start = next.unwrap_or(*self.uid_range.start());
+        let uid = uids::first_free(start, &held, &self.uid_range).ok_or_else(|| {
+            RegistryError::Unavailable(format!(
+                "every instance uid ({}–{}) is taken; delete instances that are no longer needed",
+                self.uid_range.start(),
+                self.uid_range.end()
+            ))
+        })?;
+        Ok(UidClaim { uid, counter_revision, next: uids::after(uid, &self.uid_range) })
     }
 
     /// For an interface: its network, its addresses (one chosen from the network's range when
@@ -738,4 +937,104 @@ fn stale(kind: Kind, uuid: Uuid, sent: i64, current: i64) -> RegistryError {
 
 fn busy(kind: Kind) -> RegistryError {
     RegistryError::conflict(None, format!("the {kind} kept changing under this write; retry"))
+}
+
+#[cfg(test)]
+mod tests {
+    use enjin_model::kinds::{Resources, RunSpec, Strategy};
+    use enjin_store::{SqliteStore, SqliteStoreConfig};
+
+    use super::*;
+    use crate::ApiError;
+
+    /// A registry over a fresh store whose instance uids come from `uids`, and a ring 1 host
+    /// to put instances under.
+    async fn registry(uids: RangeInclusive<u32>) -> (Registry, Uuid, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
+        let mut registry = Registry::new(Arc::new(store));
+        registry.uid_range = uids;
+        let now = Utc::now();
+        let machine = CreateRequest {
+            ring: Ring::META,
+            label: Some("m1".into()),
+            labels: BTreeMap::new(),
+            spec: NodeSpec::default(),
+        };
+        let machine = registry.create(machine, now).await.expect("machine");
+        let host = NodeSpec {
+            parent: Some(machine.meta.uuid),
+            strategy: Some(Strategy::Netns),
+            ..NodeSpec::default()
+        };
+        let host = CreateRequest {
+            ring: Ring::INFRASTRUCTURE,
+            label: Some("h1".into()),
+            labels: BTreeMap::new(),
+            spec: host,
+        };
+        let host = registry.create(host, now).await.expect("host");
+        (registry, host.meta.uuid, dir)
+    }
+
+    fn instance(host: Uuid, label: &str) -> CreateRequest<NodeSpec> {
+        let run = RunSpec {
+            command: vec!["/bin/true".into()],
+            env: BTreeMap::new(),
+            restart: Default::default(),
+            probe: None,
+            stop_grace_seconds: 1,
+            package: None,
+            port: None,
+            uid: None,
+        };
+        let spec = NodeSpec {
+            parent: Some(host),
+            strategy: Some(Strategy::UnixUser),
+            run: Some(run),
+            ..NodeSpec::default()
+        };
+        CreateRequest { ring: Ring::PLATFORM, label: Some(label.into()), labels: BTreeMap::new(), spec }
+    }
+
+    fn uid(node: &Object<NodeSpec>) -> Option<u32> {
+        node.spec.run.as_ref().and_then(|r| r.uid)
+    }
+
+    #[tokio::test]
+    async fn uids_run_out_with_503_and_come_back_only_after_a_wrap() {
+        let (registry, host, _dir) = registry(100..=102).await;
+        let now = Utc::now();
+        let a = registry.create(instance(host, "a"), now).await.expect("a");
+        let b = registry.create(instance(host, "b"), now).await.expect("b");
+        assert_eq!((uid(&a), uid(&b)), (Some(100), Some(101)));
+        // Released before the counter reaches its end: 100 is not handed out again yet.
+        registry.delete(Kind::Node, a.meta.uuid, None).await.expect("delete a");
+        let c = registry.create(instance(host, "c"), now).await.expect("c");
+        assert_eq!(uid(&c), Some(102));
+        // Wrapped around: 100 is free, 101 and 102 are held.
+        let d = registry.create(instance(host, "d"), now).await.expect("d");
+        assert_eq!(uid(&d), Some(100));
+        let full = registry.create(instance(host, "e"), now).await.expect_err("no uid left");
+        assert!(matches!(&full, RegistryError::Unavailable(m) if m.contains("100–102")), "{full:?}");
+        assert_eq!(ApiError::from(full).status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        // Nothing of the refused create was written.
+        assert!(registry.store.get(&uids::key(103)).await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn non_instances_get_no_uid_and_no_limits() {
+        let (registry, host, _dir) = registry(uids::RANGE).await;
+        let mut bare = instance(host, "bare");
+        bare.spec.run = None;
+        let bare = registry.create(bare, Utc::now()).await.expect("create");
+        assert_eq!(bare.spec.resources, Resources::default());
+        let mut plain = instance(host, "plain");
+        plain.spec.strategy = Some(Strategy::Process);
+        let plain = registry.create(plain, Utc::now()).await.expect("create");
+        assert_eq!(uid(&plain), None);
+        assert_eq!(plain.spec.resources, Resources::default());
+        assert!(registry.store.range(uids::PREFIX).await.expect("read").kvs.is_empty());
+    }
 }

@@ -74,7 +74,11 @@ fn instances_and_agents_survive_sigkill_without_duplicates() {
             .and_then(|l| l.split_whitespace().next())
             .and_then(|u| u.parse().ok())
             .expect("uid");
-        assert!((200_000..210_000).contains(&uid), "the instance runs as its own uid, not {uid}");
+        let node = cli(&data, &["-o", "json", "node", "get", "web"]);
+        let node: serde_json::Value = serde_json::from_slice(&node.stdout).expect("json");
+        let reserved = node["spec"]["run"]["uid"].as_u64().expect("the control plane reserved a uid");
+        assert_eq!(u64::from(uid), reserved, "the instance runs as the uid reserved for it");
+        assert!(uid >= 10_000_000, "a uid from the instances' range, not {uid}");
         assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{status}");
         let cgroup = std::fs::read_to_string(format!("/proc/{first}/cgroup")).expect("cgroup");
         assert!(cgroup.lines().any(|l| l.contains(":pids:/enjin/")), "its own cgroup: {cgroup}");

@@ -529,6 +529,10 @@ pub struct InstanceStatus {
     pub process: String,
     pub version: u32,
     pub host: String,
+    /// How it really runs: `unix-user` (in the sandbox: its own uid, cgroup and namespaces) or
+    /// `process` (a plain process of the user its host's agent runs as: not isolated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::kinds::Strategy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::SocketAddr>,
     /// `healthy`, `starting`, `unhealthy`, `failed` or `draining`.

@@ -2,6 +2,9 @@
 //! `rollback`, `releases`, `logs`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use enjin_client::Client;
 use enjin_model::api::{AppStatus, DeployRequest, LogsQuery, RolloutStarted};
-use enjin_model::kinds::{TaskSpec, TaskState};
+use enjin_model::kinds::{Strategy, TaskSpec, TaskState};
 use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
@@ -36,6 +39,21 @@ fn step(name: &str) -> ProgressBar {
     bar
 }
 
+/// The environment the manifest's `build` runs in: the caller's, without every variable whose
+/// name starts with `ENJIN_` (`ENJIN_TOKEN`, `ENJIN_SERVER`, `ENJIN_DATA_DIR`, …). The build is
+/// the app's own code, run on this machine as this user; it gets none of enjin's credentials
+/// or hints where to find them.
+fn build_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    vars.into_iter().filter(|(k, _)| !k.as_bytes().starts_with(b"ENJIN_")).collect()
+}
+
+/// The manifest's `build`, run with `/bin/sh -c` in `dir` with exactly `env`.
+fn build_command(dir: &Path, build: &str, env: Vec<(OsString, OsString)>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(build).current_dir(dir).env_clear().envs(env).stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// `enjin deploy DIR`: read the manifest, build, pack, upload, roll out, wait for health.
 pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
     let dir = args.dir.clone();
@@ -47,10 +65,7 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
     if let Some(build) = &manifest.build {
         let bar = step("build");
         bar.set_message(build.clone());
-        let out = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(build)
-            .current_dir(&dir)
+        let out = build_command(&dir, build, build_env(std::env::vars_os()))
             .output()
             .await
             .with_context(|| format!("failed to run the build command in {}", dir.display()))?;
@@ -100,6 +115,9 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
     follow_task(g, &c, &started, &format!("v{}", started.version)).await?;
     let status = c.app(&name).await?;
     println!("{name} v{} is live at {}", started.version, status.url);
+    if let Some(line) = isolation(&status).filter(|_| !isolated(&status)) {
+        eprintln!("warning: {name} isolation: {line}");
+    }
     Ok(())
 }
 
@@ -190,14 +208,40 @@ pub async fn status(g: &Global, app: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether every instance of the app runs in the sandbox.
+fn isolated(s: &AppStatus) -> bool {
+    s.instances.iter().all(|i| i.strategy == Some(Strategy::UnixUser))
+}
+
+/// How the app's instances are isolated, in words; `None` when it has none.
+fn isolation(s: &AppStatus) -> Option<String> {
+    if s.instances.is_empty() {
+        return None;
+    }
+    let plain = s.instances.iter().filter(|i| i.strategy != Some(Strategy::UnixUser)).count();
+    Some(if plain == 0 {
+        "unix-user — each instance its own uid, cgroup and namespaces".to_string()
+    } else if plain == s.instances.len() {
+        "none — instances run as plain processes of the operator's user (no root)".to_string()
+    } else {
+        format!(
+            "partial — {plain} of {} instances run as plain processes of the operator's user (no root)",
+            s.instances.len()
+        )
+    })
+}
+
 fn print_status(s: &AppStatus) {
-    println!("app:      {}", s.name);
-    println!("release:  {}", s.version.map_or("none live".into(), |v| format!("v{v}")));
-    println!("url:      {}", s.url);
+    println!("app:       {}", s.name);
+    println!("release:   {}", s.version.map_or("none live".into(), |v| format!("v{v}")));
+    println!("url:       {}", s.url);
+    if let Some(line) = isolation(s) {
+        println!("isolation: {line}");
+    }
     if let Some(t) = &s.traffic {
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         println!(
-            "traffic:  {} requests ({} 5xx), {} in flight, p50 {}, p99 {}, {} retries",
+            "traffic:   {} requests ({} 5xx), {} in flight, p50 {}, p99 {}, {} retries",
             t.requests,
             t.responses_5xx,
             t.in_flight,
@@ -367,5 +411,85 @@ mod tests {
         assert_eq!(since("2026-01-01T11:00:00Z", now).unwrap(), now - chrono::TimeDelta::hours(1));
         assert!(since("ten", now).is_err());
         assert!(since("5y", now).is_err());
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    #[test]
+    fn the_build_gets_no_enjin_variables() {
+        let env = vars(&[
+            ("PATH", "/usr/bin:/bin"),
+            ("ENJIN_TOKEN", "enjin_secret"),
+            ("ENJIN_SERVER", "http://127.0.0.1:7480"),
+            ("ENJIN_DATA_DIR", "/var/lib/enjin"),
+            ("ENJIN_LOG", "debug"),
+            ("HOME", "/home/me"),
+            ("MY_ENJIN_NOTE", "kept: not enjin's"),
+            ("enjin_token", "kept: names are case-sensitive"),
+        ]);
+        let kept: Vec<String> =
+            build_env(env).into_iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(kept, ["PATH", "HOME", "MY_ENJIN_NOTE", "enjin_token"]);
+    }
+
+    /// The build really runs with that environment: it writes `env` to a file.
+    #[tokio::test]
+    async fn a_build_that_prints_its_environment_sees_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vars(&[("PATH", "/usr/bin:/bin"), ("ENJIN_TOKEN", "enjin_secret"), ("APP_MODE", "x")]);
+        let out = build_command(dir.path(), "env > seen", build_env(env)).output().await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+        assert!(seen.contains("APP_MODE=x"), "{seen}");
+        assert!(!seen.contains("ENJIN_") && !seen.contains("enjin_secret"), "{seen}");
+    }
+
+    fn status_with(strategies: &[Option<Strategy>]) -> AppStatus {
+        let instances = strategies
+            .iter()
+            .enumerate()
+            .map(|(n, s)| enjin_model::api::InstanceStatus {
+                uuid: Uuid::from_u128(n as u128),
+                label: format!("web-{n}"),
+                process: "web".into(),
+                version: 1,
+                host: "host-1".into(),
+                strategy: *s,
+                address: None,
+                state: "healthy".into(),
+                routed: true,
+                message: String::new(),
+                cpu_seconds: None,
+                memory_bytes: None,
+            })
+            .collect();
+        AppStatus {
+            name: "hello".into(),
+            uuid: Uuid::nil(),
+            url: "http://hello.localhost".into(),
+            version: Some(1),
+            instances,
+            traffic: None,
+        }
+    }
+
+    #[test]
+    fn status_says_plainly_when_instances_are_not_isolated() {
+        let none = status_with(&[Some(Strategy::Process), Some(Strategy::Process)]);
+        assert!(!isolated(&none));
+        assert_eq!(
+            isolation(&none).unwrap(),
+            "none — instances run as plain processes of the operator's user (no root)"
+        );
+        let some = status_with(&[Some(Strategy::UnixUser), Some(Strategy::Process)]);
+        assert!(isolation(&some).unwrap().starts_with("partial — 1 of 2"));
+        let all = status_with(&[Some(Strategy::UnixUser)]);
+        assert!(isolated(&all));
+        assert!(isolation(&all).unwrap().starts_with("unix-user"));
+        // A server that does not say counts as not isolated.
+        assert!(!isolated(&status_with(&[None])));
+        assert_eq!(isolation(&status_with(&[])), None);
     }
 }

@@ -2,6 +2,10 @@
 //! certificate given at birth, and an `enjin agent --ring 1` supervised (OTP, permanent) by
 //! this process — inside its own network namespace on the hosts' bridge as root (`netns`),
 //! as a plain process otherwise (`process`, said loudly).
+//!
+//! Each host says whether it can sandbox its instances in its `enjin.dev/sandbox` label
+//! (`unix-user` as root, `none` otherwise), set when it is created and corrected at every
+//! start, so that the platform records instances with the strategy they really run by.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -11,9 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use enjin_agent::{AgentConfig, AgentFile};
-use enjin_control::ControlPlane;
 use enjin_control::bus::BusAuthority;
-use enjin_model::api::{CreateRequest, ListQuery};
+use enjin_control::platform::{SANDBOX_LABEL, Sandbox};
+use enjin_control::{ControlPlane, RegistryError};
+use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
 use enjin_model::kinds::{Cidr, NetworkInterfaceSpec, NetworkSpec, NetworkStrategy, NodeSpec, Strategy};
 use enjin_model::{Object, Ring};
 use enjin_supervisor::{
@@ -32,9 +37,6 @@ pub struct HostsNetwork {
 }
 
 pub const HOSTS_CIDR: &str = "10.250.0.0/24";
-/// Ring 2 instances run as uids from here up, a block per host.
-const UID_BASE: u32 = 200_000;
-const UID_BLOCK: u32 = 10_000;
 
 /// Whether this process may make network namespaces (root, with iproute2).
 pub fn can_netns() -> bool {
@@ -93,6 +95,16 @@ pub async fn start(
     if net.is_none() {
         tracing::warn!("not root: ring 1 hosts run as plain processes, without network namespaces");
     }
+    // Root runs instances in the sandbox; without root they would be plain processes of this
+    // user, and the hosts say so.
+    let root_user = can_netns();
+    let sandbox = Sandbox::from_capability(root_user);
+    if sandbox == Sandbox::None {
+        tracing::warn!(
+            "not root: ring 1 hosts cannot sandbox instances; the system account's apps run as plain \
+             processes of this user, and deploys of other accounts' apps are refused"
+        );
+    }
     let q = ListQuery { parent: Some(machine.meta.uuid), ..ListQuery::default() };
     let (mut hosts, _) = cp.registry().list::<NodeSpec>(&q).await?;
     // The edge is this machine's ring 1 node too, but no host.
@@ -107,7 +119,7 @@ pub async fn start(
         let req = CreateRequest {
             ring: Ring::INFRASTRUCTURE,
             label: Some(label.clone()),
-            labels: Default::default(),
+            labels: [(SANDBOX_LABEL.to_string(), sandbox.label_value().to_string())].into(),
             spec,
         };
         hosts.push(
@@ -120,37 +132,33 @@ pub async fn start(
     let exe = std::env::current_exe().context("cannot find the enjin binary to run agents")?;
     let root = data_dir.join("hosts");
     std::fs::create_dir_all(&root).with_context(|| format!("failed to create {}", root.display()))?;
-    // Instances run as their own uids and must reach their workdirs below here: the
-    // directories on the way are traversable (0711) but not listable; everything secret in
-    // them is 0600 or in 0700 directories.
+    // Root's alone: instances see their own files through their own mounts, never through
+    // a path below here.
     for d in [data_dir, root.as_path()] {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("failed to set the mode of {}", d.display()))?;
     }
+    for host in &mut hosts {
+        if host.meta.labels.get(SANDBOX_LABEL).map(String::as_str) != Some(sandbox.label_value()) {
+            *host = label_sandbox(cp, host, sandbox).await?;
+        }
+    }
     let mut specs = Vec::new();
-    let root_user = can_netns();
-    for (index, host) in hosts.iter().enumerate() {
+    for host in &hosts {
         let label = host.meta.label.clone().unwrap_or_else(|| host.meta.uuid.to_string());
         let dir = root.join(&label);
         authority
             .enroll_local(host.meta.uuid, &label, &dir)
             .await
             .with_context(|| format!("failed to enrol {label}"))?;
-        // Each host gets its own block of uids for its unix-user children, so no two instances
-        // on this machine ever share one.
-        let (uid_base, uid_count) = if root_user {
-            (Some(UID_BASE + UID_BLOCK * u32::try_from(index).unwrap_or(0)), Some(UID_BLOCK))
-        } else {
-            (None, None)
-        };
+        // Sandboxed children run as the uids the control plane reserved for them.
         let file = AgentFile {
             ring: 1,
             node: host.meta.uuid,
             hub,
             server_name: "localhost".into(),
-            uid_base,
-            uid_count,
+            sandbox: root_user,
         };
         AgentConfig::write(&dir, &file)?;
         let agent = vec![
@@ -198,6 +206,43 @@ pub async fn start(
         }
     });
     Ok(supervisor)
+}
+
+/// Record on `host` whether it can sandbox its instances (its [`SANDBOX_LABEL`]), as this start
+/// of `enjin up` runs it: a host made as root and now run without root must not claim a sandbox.
+async fn label_sandbox(
+    cp: &ControlPlane,
+    host: &Object<NodeSpec>,
+    sandbox: Sandbox,
+) -> Result<Object<NodeSpec>> {
+    let label = host.meta.label.clone().unwrap_or_else(|| host.meta.uuid.to_string());
+    let mut current = host.clone();
+    for _ in 0..5 {
+        let mut labels = current.meta.labels.clone();
+        labels.insert(SANDBOX_LABEL.to_string(), sandbox.label_value().to_string());
+        let req = UpdateRequest {
+            revision: current.meta.revision,
+            label: current.meta.label.clone(),
+            labels,
+            spec: current.spec.clone(),
+        };
+        match cp.registry().update(current.meta.uuid, req, Utc::now()).await {
+            Ok(updated) => {
+                tracing::info!(host = %label, sandbox = sandbox.label_value(), "host's sandbox recorded");
+                return Ok(updated);
+            }
+            // Changed meanwhile (its agent's observations do not touch it, but an operator may).
+            Err(RegistryError::Conflict { .. }) => {
+                current = cp
+                    .registry()
+                    .get::<NodeSpec>(current.meta.uuid)
+                    .await
+                    .with_context(|| format!("failed to read host {label}"))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("failed to record the sandbox of host {label}")),
+        }
+    }
+    anyhow::bail!("failed to record the sandbox of host {label}: it kept changing")
 }
 
 /// How this machine runs one of its ring 1 nodes' processes (an agent, the edge): permanent,

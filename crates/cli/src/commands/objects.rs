@@ -6,8 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use enjin_client::Client;
+use enjin_control::platform::{SANDBOX_LABEL, Sandbox};
 use enjin_model::Kind;
 use enjin_model::api::ListQuery;
+use enjin_model::kinds::{NodeSpec, Strategy};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -293,10 +295,32 @@ fn read_document(path: &Path) -> Result<Value> {
     }
 }
 
+/// The strategy `enjin node run` records a node with on a host that sandboxes (or not): what
+/// was asked, except that `unix-user` on a host that cannot sandbox becomes `process` — what
+/// the host really does — with a warning to say so. The record never claims isolation the
+/// host does not give.
+fn strategy_on(asked: &str, host: &str, sandbox: Sandbox) -> (String, Option<String>) {
+    if asked == Strategy::UnixUser.name() && sandbox == Sandbox::None {
+        let warning = format!(
+            "warning: host {host} cannot sandbox (its label {SANDBOX_LABEL} is not unix-user: enjin up runs \
+             without root): the node runs as a plain process of the operator's user, not isolated, and is \
+             recorded with strategy process"
+        );
+        (Strategy::Process.name().to_string(), Some(warning))
+    } else {
+        (asked.to_string(), None)
+    }
+}
+
 /// `enjin node run`: a ring 2 node that runs a command on a ring 1 host.
 pub async fn run_node(g: &Global, a: RunArgs) -> Result<()> {
     let c = client(g)?;
     let host = resolve(&c, Kind::Node, &a.host).await?;
+    let sandbox = Sandbox::of(&c.get::<NodeSpec>(host).await?.meta.labels);
+    let (strategy, warning) = strategy_on(&a.strategy, &a.host, sandbox);
+    if let Some(w) = &warning {
+        eprintln!("{w}");
+    }
     let probe = match a.probe.as_deref() {
         None => Value::Null,
         Some("process") => json!({"strategy": "process"}),
@@ -336,7 +360,7 @@ pub async fn run_node(g: &Global, a: RunArgs) -> Result<()> {
     let body = json!({
         "ring": 2,
         "label": a.label,
-        "spec": {"parent": host, "strategy": a.strategy, "run": run, "resources": resources},
+        "spec": {"parent": host, "strategy": strategy, "run": run, "resources": resources},
     });
     let obj = c.create_json(Kind::Node, &body).await?;
     match g.output {
@@ -393,4 +417,19 @@ async fn node_tree(c: &Client, nodes: &[enjin_model::Object<Value>]) -> Result<(
     }
     output::table(&["NODE", "RING", "STRATEGY", "STATE", "UUID", "AGE"], &rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_run_records_what_the_host_really_does() {
+        assert_eq!(strategy_on("unix-user", "h", Sandbox::UnixUser), ("unix-user".to_string(), None));
+        let (s, warning) = strategy_on("unix-user", "host-1", Sandbox::None);
+        assert_eq!(s, "process");
+        assert!(warning.is_some_and(|w| w.contains("host-1") && w.contains("not isolated")));
+        assert_eq!(strategy_on("process", "h", Sandbox::None), ("process".to_string(), None));
+        assert_eq!(strategy_on("process", "h", Sandbox::UnixUser), ("process".to_string(), None));
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_control::{ADMIN_PRINCIPAL, ControlConfig, ControlPlane};
 use enjin_model::api::{CreateRequest, ListQuery};
 use enjin_model::kinds::{NodeSpec, Resources};
 use enjin_model::{Object, Ring};
@@ -46,7 +46,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         }
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let cp = ControlPlane::new(store.clone());
+    let instances = file.instances.0;
+    tracing::info!(?instances, "limits for instances that leave them out");
+    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances });
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);

@@ -320,6 +320,7 @@ mod tests {
             stop_grace_seconds: 1,
             package: None,
             port: Some(20000),
+            uid: None,
         };
         let instance = Object {
             meta: meta(Kind::Node, Ring::PLATFORM, "web-1", labels),

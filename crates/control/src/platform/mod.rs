@@ -8,10 +8,18 @@
 //! A rollout only ever adds instances beside the live ones, waits for their health checks,
 //! switches which release is live, drains, and only then removes the old ones, so a release
 //! that never becomes healthy never receives traffic and the live one is never interrupted.
+//!
+//! An instance is recorded with the strategy its host really runs it by (`unix-user` on a host
+//! labelled [`SANDBOX_LABEL`]` = unix-user`, `process` otherwise). Only the operator — a member
+//! of the system account — may run instances unsandboxed, and is told so; a change by anyone
+//! else that would start instances where no host can sandbox is refused
+//! ([`PlatformError::NoSandbox`]), and their instances are placed on sandboxing hosts only.
 
 pub mod edge;
 pub mod placement;
 mod rollout;
+
+pub use placement::{Isolation, SANDBOX_LABEL, Sandbox};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,9 +33,9 @@ use enjin_model::api::{
     AppStatus, CreateRequest, InstanceStatus, ListQuery, PackageUploaded, RolloutStarted, UpdateRequest,
 };
 use enjin_model::kinds::{
-    AppManifest, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec,
-    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, TaskKind, TaskProgress,
-    TaskSpec, TaskState, TierSpec, validate_manifest,
+    AccountSpec, AppManifest, CompartmentSpec, CompartmentType, MembershipSpec, NetworkInterfaceSpec,
+    NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, PackageRef, ReleaseSpec,
+    ReleaseState, Strategy, TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
 };
 use enjin_model::{FieldError, Object, Ring};
 use uuid::Uuid;
@@ -89,6 +97,9 @@ pub enum PlatformError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The change would start a tenant's instances where no host can sandbox them.
+    #[error("{0}")]
+    NoSandbox(String),
     #[error("package store: {0}")]
     Packages(String),
 }
@@ -97,6 +108,27 @@ impl From<FieldError> for PlatformError {
     fn from(e: FieldError) -> Self {
         PlatformError::Invalid(e)
     }
+}
+
+/// Who asks for a change of what runs, as far as isolation goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: String,
+    /// A member of the operator's system account: may run instances unsandboxed.
+    pub operator: bool,
+}
+
+impl Caller {
+    /// Where the caller's instances may run.
+    pub fn isolation(&self) -> Isolation {
+        if self.operator { Isolation::Optional } else { Isolation::Required }
+    }
+}
+
+/// Whether a ring 1 node runs instances: a host (not the edge, which has a role of its own).
+pub(crate) fn runs_instances(h: &Object<NodeSpec>) -> bool {
+    matches!(h.spec.strategy, Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh))
+        && !h.meta.labels.contains_key("enjin.dev/role")
 }
 
 /// The platform service of one control plane.
@@ -235,6 +267,61 @@ impl Platform {
         Ok(())
     }
 
+    /// Who `principal` is to the platform: the operator if it is a member of the system account.
+    pub async fn caller(&self, principal: &str) -> Result<Caller, PlatformError> {
+        let q = ListQuery {
+            ring: Some(0),
+            label: Some(crate::auth::SYSTEM_ACCOUNT.into()),
+            ..ListQuery::default()
+        };
+        let (accounts, _) = self.registry.list::<AccountSpec>(&q).await?;
+        let operator = match accounts.first() {
+            Some(system) => {
+                let (memberships, _) = self.registry.list::<MembershipSpec>(&ListQuery::default()).await?;
+                memberships
+                    .iter()
+                    .any(|m| m.spec.principal == principal && m.spec.account == system.meta.uuid)
+            }
+            None => false,
+        };
+        Ok(Caller { principal: principal.to_string(), operator })
+    }
+
+    /// Refuse a change that would start instances of `app` for a caller outside the system
+    /// account when no host can sandbox them; `change` names it (`deploy`, `scale`, …).
+    async fn check_isolation(&self, caller: &Caller, app: &str, change: &str) -> Result<(), PlatformError> {
+        if caller.operator {
+            return Ok(());
+        }
+        let q = ListQuery { ring: Some(1), ..ListQuery::default() };
+        let (hosts, _) = self.registry.list::<NodeSpec>(&q).await?;
+        let mut hosts: Vec<&Object<NodeSpec>> = hosts.iter().filter(|h| runs_instances(h)).collect();
+        if hosts.iter().any(|h| Sandbox::of(&h.meta.labels) == Sandbox::UnixUser) {
+            return Ok(());
+        }
+        hosts.sort_by(|a, b| a.meta.label.cmp(&b.meta.label));
+        let why = if hosts.is_empty() {
+            "there is no ring 1 host".to_string()
+        } else {
+            let names: Vec<String> = hosts
+                .iter()
+                .map(|h| h.meta.label.clone().unwrap_or_else(|| h.meta.uuid.to_string()))
+                .collect();
+            let verb = if names.len() == 1 { "runs" } else { "run" };
+            format!(
+                "{} {verb} instances as plain processes of the operator's user, without root",
+                names.join(", ")
+            )
+        };
+        tracing::info!(%app, principal = %caller.principal, change, "refused: no host can sandbox a tenant's instances");
+        Err(PlatformError::NoSandbox(format!(
+            "app {app}: {change} refused: no ring 1 host can sandbox its instances ({why}), and only members of \
+             the system account may run instances unsandboxed (principal {} is not one); run enjin up as root, \
+             or add a ring 1 host labelled {SANDBOX_LABEL}=unix-user",
+            caller.principal
+        )))
+    }
+
     /// The app's environment, made on its first deploy.
     async fn app_env(&self, name: &str, create: bool) -> Result<Object<CompartmentSpec>, PlatformError> {
         let q = ListQuery { ring: Some(2), label: Some(name.to_string()), ..ListQuery::default() };
@@ -320,6 +407,7 @@ impl Platform {
     /// Deploy a new release of the app the manifest names from an uploaded package.
     pub async fn deploy(
         self: &Arc<Self>,
+        caller: &Caller,
         manifest: AppManifest,
         package: PackageRef,
     ) -> Result<RolloutStarted, PlatformError> {
@@ -346,13 +434,15 @@ impl Platform {
             }
             Err(e) => return Err(FieldError::new("package.digest", e.to_string()).into()),
         }
+        self.check_isolation(caller, &manifest.name, "deploy").await?;
         let env = self.app_env(&manifest.name, true).await?;
-        self.start_release(env, manifest, package, "deploy".into()).await
+        self.start_release(caller, env, manifest, package, "deploy".into()).await
     }
 
     /// A new release with an old release's code and configuration.
     pub async fn rollback(
         self: &Arc<Self>,
+        caller: &Caller,
         app: &str,
         version: Option<u32>,
     ) -> Result<RolloutStarted, PlatformError> {
@@ -376,22 +466,36 @@ impl Platform {
                 target.spec.version
             )));
         }
+        self.check_isolation(caller, app, "rollback").await?;
         let description = format!("rollback to v{}", target.spec.version);
-        self.start_release(env, target.spec.manifest.clone(), target.spec.package.clone(), description).await
+        self.start_release(
+            caller,
+            env,
+            target.spec.manifest.clone(),
+            target.spec.package.clone(),
+            description,
+        )
+        .await
     }
 
     /// Replace every instance of the live release with a fresh one, one rollout.
-    pub async fn restart(self: &Arc<Self>, app: &str) -> Result<RolloutStarted, PlatformError> {
+    pub async fn restart(
+        self: &Arc<Self>,
+        caller: &Caller,
+        app: &str,
+    ) -> Result<RolloutStarted, PlatformError> {
         let env = self.app_env(app, false).await?;
         self.no_rollout_running(&env).await?;
         let live = self.live_release(&env).await?;
+        self.check_isolation(caller, app, "restart").await?;
         let task = self.new_task(&env, live.meta.uuid, format!("restart v{}", live.spec.version)).await?;
-        Ok(self.launch(task, env, live, rollout::Mode::Replace))
+        Ok(self.launch(task, env, live, rollout::Mode::Replace, caller.isolation()))
     }
 
     /// Set the instance counts of the live release's process types.
     pub async fn scale(
         self: &Arc<Self>,
+        caller: &Caller,
         app: &str,
         counts: BTreeMap<String, u32>,
     ) -> Result<RolloutStarted, PlatformError> {
@@ -413,6 +517,19 @@ impl Platform {
             p.instances = *n;
         }
         validate_manifest(&spec.manifest).map_err(|e| FieldError::new(e.field, e.message))?;
+        // Only a scale that starts instances needs somewhere to run them.
+        let view = edge::View::read(&self.registry).await?;
+        let adds = counts.iter().any(|(process, n)| {
+            let have = view
+                .instances_of(env.meta.uuid)
+                .filter(|i| i.meta.labels.get(PROCESS_LABEL) == Some(process))
+                .filter(|i| !i.meta.labels.contains_key(DRAINING_LABEL))
+                .count();
+            *n as usize > have
+        });
+        if adds {
+            self.check_isolation(caller, app, "scale").await?;
+        }
         let req = UpdateRequest {
             revision: live.meta.revision,
             label: live.meta.label.clone(),
@@ -422,7 +539,7 @@ impl Platform {
         let live = self.registry.update(live.meta.uuid, req, Utc::now()).await?;
         let what: Vec<String> = counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
         let task = self.new_task(&env, live.meta.uuid, format!("scale {}", what.join(" "))).await?;
-        Ok(self.launch(task, env, live, rollout::Mode::Scale))
+        Ok(self.launch(task, env, live, rollout::Mode::Scale, caller.isolation()))
     }
 
     async fn live_release(
@@ -439,6 +556,7 @@ impl Platform {
 
     async fn start_release(
         self: &Arc<Self>,
+        caller: &Caller,
         env: Object<CompartmentSpec>,
         manifest: AppManifest,
         package: PackageRef,
@@ -474,7 +592,7 @@ impl Platform {
         };
         let task = self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await?;
         tracing::info!(app = %name, version, task = %task.uuid(), "rollout started");
-        Ok(self.launch(task, env, release, rollout::Mode::Release))
+        Ok(self.launch(task, env, release, rollout::Mode::Release, caller.isolation()))
     }
 
     /// Carry out a rollout in the background; what the caller follows it by.
@@ -484,6 +602,7 @@ impl Platform {
         env: Object<CompartmentSpec>,
         release: Object<ReleaseSpec>,
         mode: rollout::Mode,
+        isolation: Isolation,
     ) -> RolloutStarted {
         let started = RolloutStarted {
             app: env.meta.uuid,
@@ -491,7 +610,7 @@ impl Platform {
             release: release.meta.uuid,
             version: release.spec.version,
         };
-        tokio::spawn(rollout::run(self.clone(), task, env, release, mode));
+        tokio::spawn(rollout::run(self.clone(), task, env, release, mode, isolation));
         started
     }
 
@@ -564,6 +683,10 @@ impl Platform {
                     process: n.meta.labels.get(PROCESS_LABEL).cloned().unwrap_or_default(),
                     version,
                     host: host.and_then(|h| h.meta.label.clone()).unwrap_or_default(),
+                    strategy: placement::effective_strategy(
+                        n.spec.strategy,
+                        host.map_or(Sandbox::None, |h| Sandbox::of(&h.meta.labels)),
+                    ),
                     address: view.address_of(n),
                     state: if n.meta.labels.contains_key(DRAINING_LABEL) {
                         "draining".into()

@@ -1,8 +1,78 @@
 //! Where new instances go: spread over compartments first (a datacenter lost takes the fewest
 //! instances with it), then over hosts, then onto the least loaded host, never past a host's
-//! memory capacity. Pure: the caller reads hosts and their instances from the store.
+//! memory capacity; and how the chosen host runs them (its [`Sandbox`]). Pure: the caller reads
+//! hosts and their instances from the store.
 
+use std::collections::BTreeMap;
+
+use enjin_model::kinds::Strategy;
 use uuid::Uuid;
+
+/// The label on a ring 1 host that says how it isolates the instances it runs: `unix-user` (in
+/// the sandbox: each instance its own uid, cgroup and namespaces; the host's agent runs as root)
+/// or `none` (plain processes of the user the agent runs as). `enjin up` sets it on the hosts
+/// it runs, on creation and again at every start; an operator sets it on a host of their own. A
+/// host without it, or with another value, is taken not to sandbox: an instance is never
+/// recorded as isolated on a host's silence.
+pub const SANDBOX_LABEL: &str = "enjin.dev/sandbox";
+
+/// How a ring 1 host isolates its instances, as its [`SANDBOX_LABEL`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Each instance in the sandbox, as a uid of its own.
+    UnixUser,
+    /// Plain processes of the host agent's user: no isolation.
+    None,
+}
+
+impl Sandbox {
+    /// What a host's labels say.
+    pub fn of(labels: &BTreeMap<String, String>) -> Sandbox {
+        match labels.get(SANDBOX_LABEL).map(String::as_str) {
+            Some("unix-user") => Sandbox::UnixUser,
+            _ => Sandbox::None,
+        }
+    }
+
+    /// What a host that can (or cannot) sandbox is labelled.
+    pub fn from_capability(can_sandbox: bool) -> Sandbox {
+        if can_sandbox { Sandbox::UnixUser } else { Sandbox::None }
+    }
+
+    /// The value of [`SANDBOX_LABEL`].
+    pub fn label_value(self) -> &'static str {
+        match self {
+            Sandbox::UnixUser => "unix-user",
+            Sandbox::None => "none",
+        }
+    }
+
+    /// The strategy an instance on such a host is recorded with: the one it really runs by.
+    pub fn instance_strategy(self) -> Strategy {
+        match self {
+            Sandbox::UnixUser => Strategy::UnixUser,
+            Sandbox::None => Strategy::Process,
+        }
+    }
+}
+
+/// Where a rollout's instances may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Only on hosts that sandbox them: a tenant's apps.
+    Required,
+    /// On any host, as a plain process where it cannot sandbox: the operator's own apps.
+    Optional,
+}
+
+/// How an instance really runs: as its node says, except that `unix-user` on a host that
+/// cannot sandbox runs as a plain process (the host's agent falls back, saying so in its log).
+pub fn effective_strategy(recorded: Option<Strategy>, host: Sandbox) -> Option<Strategy> {
+    match recorded {
+        Some(Strategy::UnixUser) => Some(host.instance_strategy()),
+        other => other,
+    }
+}
 
 /// A host as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,14 +88,29 @@ pub struct HostLoad {
     pub same_process: usize,
     /// All its instances.
     pub total: usize,
+    /// How it isolates them.
+    pub sandbox: Sandbox,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
     #[error("no ring 1 host is up to run instances")]
     NoHosts,
+    #[error("no ring 1 host that is up can sandbox instances, and this app's may run only in a sandbox")]
+    NoSandbox,
     #[error("no host has {needed} bytes of memory free for instance {index} (of {count})")]
     NoCapacity { needed: u64, index: usize, count: usize },
+}
+
+/// Keep the hosts a rollout may use.
+pub fn eligible(hosts: &mut Vec<HostLoad>, isolation: Isolation) -> Result<(), PlacementError> {
+    if isolation == Isolation::Required && !hosts.is_empty() {
+        hosts.retain(|h| h.sandbox == Sandbox::UnixUser);
+        if hosts.is_empty() {
+            return Err(PlacementError::NoSandbox);
+        }
+    }
+    Ok(())
 }
 
 /// Choose a host for each of `count` new instances that each reserve `memory` bytes, updating
@@ -67,6 +152,7 @@ mod tests {
 
     use std::collections::HashMap;
 
+    use enjin_model::kinds::Strategy;
     use proptest::prelude::*;
 
     use super::*;
@@ -80,6 +166,7 @@ mod tests {
             memory_reserved: 0,
             same_process: 0,
             total: 0,
+            sandbox: Sandbox::None,
         }
     }
 
@@ -101,6 +188,42 @@ mod tests {
         assert_eq!(place(&mut hosts, 1, 100).unwrap(), vec![hosts[0].host]);
         assert!(matches!(place(&mut hosts, 1, 200), Err(PlacementError::NoCapacity { .. })));
         assert_eq!(place(&mut [], 1, 0), Err(PlacementError::NoHosts));
+    }
+
+    #[test]
+    fn instances_are_recorded_with_the_strategy_their_host_can_run() {
+        let labels = |v: &str| BTreeMap::from([(SANDBOX_LABEL.to_string(), v.to_string())]);
+        assert_eq!(Sandbox::of(&labels("unix-user")), Sandbox::UnixUser);
+        assert_eq!(Sandbox::of(&labels("none")), Sandbox::None);
+        // Silence, or a value this version does not know, never counts as a sandbox.
+        assert_eq!(Sandbox::of(&BTreeMap::new()), Sandbox::None);
+        assert_eq!(Sandbox::of(&labels("gvisor")), Sandbox::None);
+        assert_eq!(Sandbox::UnixUser.instance_strategy(), Strategy::UnixUser);
+        assert_eq!(Sandbox::None.instance_strategy(), Strategy::Process);
+        for can in [true, false] {
+            let s = Sandbox::from_capability(can);
+            assert_eq!(Sandbox::of(&labels(s.label_value())), s, "the label reads back");
+        }
+        // A unix-user record on a host without a sandbox runs as a plain process.
+        assert_eq!(effective_strategy(Some(Strategy::UnixUser), Sandbox::None), Some(Strategy::Process));
+        assert_eq!(effective_strategy(Some(Strategy::UnixUser), Sandbox::UnixUser), Some(Strategy::UnixUser));
+        assert_eq!(effective_strategy(Some(Strategy::Process), Sandbox::UnixUser), Some(Strategy::Process));
+    }
+
+    #[test]
+    fn a_tenant_rollout_uses_only_sandboxing_hosts() {
+        let sandboxing = HostLoad { sandbox: Sandbox::UnixUser, ..host(2, None, None) };
+        let mut hosts = vec![host(1, None, None), sandboxing.clone()];
+        eligible(&mut hosts, Isolation::Optional).unwrap();
+        assert_eq!(hosts.len(), 2, "the operator's apps go anywhere");
+        eligible(&mut hosts, Isolation::Required).unwrap();
+        assert_eq!(hosts, vec![sandboxing]);
+        let mut plain = vec![host(1, None, None)];
+        assert_eq!(eligible(&mut plain, Isolation::Required), Err(PlacementError::NoSandbox));
+        // No host at all stays the placement's own answer.
+        let mut none = Vec::new();
+        eligible(&mut none, Isolation::Required).unwrap();
+        assert_eq!(place(&mut none, 1, 0), Err(PlacementError::NoHosts));
     }
 
     proptest! {

@@ -3,6 +3,10 @@
 //! release become live; the instances it replaces are then taken out of the routes, given
 //! time to finish what they were doing, and removed. A rollout that fails removes what it
 //! started and leaves the live release as it was.
+//!
+//! Each instance is recorded with the strategy its host really runs it by; a tenant's go only
+//! to hosts that sandbox them, and the operator's that run unsandboxed are said so, in the
+//! task's progress and result and in the log.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -12,16 +16,16 @@ use chrono::Utc;
 use enjin_model::api::{CreateRequest, PACKAGE_CHUNK, PACKAGES_TOPIC, PackageChunkRequest, UpdateRequest};
 use enjin_model::kinds::{
     CompartmentSpec, DesiredState, HealthKind, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec,
-    ProcessType, ReleaseSpec, ReleaseState, RestartPolicy, RunSpec, Strategy, TaskProgress, TaskSpec,
-    TaskState,
+    ProcessType, ReleaseSpec, ReleaseState, RestartPolicy, RunSpec, TaskProgress, TaskSpec, TaskState,
 };
 use enjin_model::{Kind, Object, Ring};
 use uuid::Uuid;
 
 use super::edge::View;
-use super::placement::{HostLoad, place};
+use super::placement::{HostLoad, Isolation, Sandbox, eligible, place};
 use super::{
     APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL, ROLLOUT_LABEL,
+    runs_instances,
 };
 use crate::bus::BusAuthority;
 use crate::ports;
@@ -124,11 +128,12 @@ pub async fn run(
     env: Object<CompartmentSpec>,
     release: Object<ReleaseSpec>,
     mode: Mode,
+    isolation: Isolation,
 ) {
     let app = env.meta.label.clone().unwrap_or_default();
     let outcome = match mode {
-        Mode::Release | Mode::Replace => replace(&platform, &mut task, &env, &release, mode).await,
-        Mode::Scale => scale(&platform, &mut task, &env, &release).await,
+        Mode::Release | Mode::Replace => replace(&platform, &mut task, &env, &release, mode, isolation).await,
+        Mode::Scale => scale(&platform, &mut task, &env, &release, isolation).await,
     };
     match &outcome {
         Ok(m) => tracing::info!(%app, task = %task.uuid(), "{m}"),
@@ -143,6 +148,7 @@ async fn replace(
     env: &Object<CompartmentSpec>,
     release: &Object<ReleaseSpec>,
     mode: Mode,
+    isolation: Isolation,
 ) -> Result<String, String> {
     let app = env.meta.label.clone().unwrap_or_default();
     let version = release.spec.version;
@@ -153,23 +159,35 @@ async fn replace(
     let total: u64 = wanted.iter().map(|(_, pt)| u64::from(pt.instances)).sum();
     task.progress(0, total, format!("starting {total} instances of v{version}")).await;
     let mut started = Vec::new();
+    let mut unsandboxed = 0;
     let mut result = Ok(());
     for (process, pt) in &wanted {
-        match create_instances(p, task.uuid(), env, release, process, pt, pt.instances as usize, 0).await {
-            Ok(mut made) => started.append(&mut made),
+        let count = pt.instances as usize;
+        match create_instances(p, task.uuid(), env, release, process, pt, count, 0, isolation).await {
+            Ok(mut made) => {
+                started.append(&mut made.nodes);
+                unsandboxed += made.unsandboxed;
+            }
             Err(e) => {
                 result = Err(e.to_string());
                 break;
             }
         }
     }
+    let note = if result.is_ok() && unsandboxed > 0 {
+        let note = unsandboxed_note(&app, unsandboxed, started.len());
+        tracing::warn!(%app, instances = unsandboxed, "{note}");
+        format!("; {note}")
+    } else {
+        String::new()
+    };
     if result.is_ok() {
         let timeout = wanted
             .iter()
             .map(|(name, pt)| pt.health_or_default(name).start_timeout_seconds)
             .max()
             .unwrap_or(60);
-        result = wait_healthy(p, task, &started, Duration::from_secs(timeout), 0, total, version).await;
+        result = wait_healthy(p, task, &started, Duration::from_secs(timeout), total, version, &note).await;
     }
     if let Err(e) = result {
         remove(p, &started).await;
@@ -194,7 +212,7 @@ async fn replace(
     }
     task.progress(total, total, format!("v{version} is live; draining {} old instances", old.len())).await;
     drain_and_remove(p, &old).await;
-    Ok(format!("v{version} of {app} is live with {total} instances at {}", p.url_of(&app)))
+    Ok(format!("v{version} of {app} is live with {total} instances at {}{note}", p.url_of(&app)))
 }
 
 async fn scale(
@@ -202,11 +220,13 @@ async fn scale(
     task: &mut TaskHandle,
     env: &Object<CompartmentSpec>,
     release: &Object<ReleaseSpec>,
+    isolation: Isolation,
 ) -> Result<String, String> {
     let app = env.meta.label.clone().unwrap_or_default();
     let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
     let mut to_remove = Vec::new();
     let mut started = Vec::new();
+    let mut unsandboxed = 0;
     let mut adding = 0u64;
     let plan: Vec<(String, ProcessType, Vec<&Object<NodeSpec>>)> = release
         .spec
@@ -233,12 +253,15 @@ async fn scale(
             // The newest go first: the oldest have proven themselves.
             to_remove.extend(have[want..].iter().map(|n| n.meta.uuid));
         } else if have.len() < want {
-            let made =
-                create_instances(p, task.uuid(), env, release, name, pt, want - have.len(), have.len())
-                    .await
-                    .map_err(|e| e.to_string());
+            let (count, first) = (want - have.len(), have.len());
+            let made = create_instances(p, task.uuid(), env, release, name, pt, count, first, isolation)
+                .await
+                .map_err(|e| e.to_string());
             match made {
-                Ok(mut m) => started.append(&mut m),
+                Ok(mut m) => {
+                    started.append(&mut m.nodes);
+                    unsandboxed += m.unsandboxed;
+                }
                 Err(e) => {
                     remove(p, &started).await;
                     return Err(e);
@@ -246,11 +269,18 @@ async fn scale(
             }
         }
     }
+    let note = if unsandboxed > 0 {
+        let note = unsandboxed_note(&app, unsandboxed, started.len());
+        tracing::warn!(%app, instances = unsandboxed, "{note}");
+        format!("; {note}")
+    } else {
+        String::new()
+    };
     if !started.is_empty() {
         let timeout =
             plan.iter().map(|(n, pt, _)| pt.health_or_default(n).start_timeout_seconds).max().unwrap_or(60);
         if let Err(e) =
-            wait_healthy(p, task, &started, Duration::from_secs(timeout), 0, adding, release.spec.version)
+            wait_healthy(p, task, &started, Duration::from_secs(timeout), adding, release.spec.version, &note)
                 .await
         {
             remove(p, &started).await;
@@ -259,11 +289,28 @@ async fn scale(
     }
     drain_and_remove(p, &to_remove).await;
     let counts: Vec<String> = plan.iter().map(|(n, pt, _)| format!("{n}={}", pt.instances)).collect();
-    Ok(format!("{app} scaled to {}", counts.join(" ")))
+    Ok(format!("{app} scaled to {}{note}", counts.join(" ")))
+}
+
+/// What the operator is told when instances run unsandboxed.
+fn unsandboxed_note(app: &str, unsandboxed: usize, of: usize) -> String {
+    format!(
+        "not isolated: {unsandboxed} of {of} new instances of {app} run as plain processes of the \
+         operator's user, on hosts that cannot sandbox (no root)"
+    )
+}
+
+/// The instances one call of [`create_instances`] made.
+#[derive(Debug, Default)]
+struct Made {
+    nodes: Vec<Uuid>,
+    /// How many of them run as plain processes, their hosts unable to sandbox them.
+    unsandboxed: usize,
 }
 
 /// Make `count` instances of one process type, numbered from `first`, each on a host chosen
-/// by placement with a port of its own.
+/// by placement (a sandboxing one if `isolation` requires it) with a port of its own, recorded
+/// with the strategy that host runs it by.
 #[allow(clippy::too_many_arguments, reason = "one call site per mode; a struct would only rename them")]
 async fn create_instances(
     p: &Arc<Platform>,
@@ -274,21 +321,28 @@ async fn create_instances(
     pt: &ProcessType,
     count: usize,
     first: usize,
-) -> Result<Vec<Uuid>, PlatformError> {
+    isolation: Isolation,
+) -> Result<Made, PlatformError> {
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(Made::default());
     }
     let app = env.meta.label.clone().unwrap_or_default();
     let tier = p.tier(&app, process).await?;
     let view = View::read(&p.registry).await?;
     let mut loads = host_loads(&view, env.meta.uuid, process);
-    let memory = pt.resources.memory_bytes.unwrap_or(0);
+    eligible(&mut loads, isolation).map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+    // Placed by what the instance will really be given: the operator's default when the
+    // manifest names no memory.
+    let memory = p.registry.instance_defaults().applied(&pt.resources).memory_bytes.unwrap_or(0);
     let hosts = place(&mut loads, count, memory).map_err(|e| PlatformError::Unavailable(e.to_string()))?;
     let health = pt.health_or_default(process);
     let version = release.spec.version;
     let short = &rollout.simple().to_string()[..4];
     let mut made = Vec::new();
+    let mut unsandboxed = 0;
     for (i, host) in hosts.into_iter().enumerate() {
+        let sandbox = loads.iter().find(|l| l.host == host).map_or(Sandbox::None, |l| l.sandbox);
+        let strategy = sandbox.instance_strategy();
         let label = format!("{process}-v{version}-{short}-{}", first + i + 1);
         let labels = [
             (APP_LABEL.to_string(), app.clone()),
@@ -325,7 +379,7 @@ async fn create_instances(
             };
             let spec = NodeSpec {
                 parent: Some(host),
-                strategy: Some(Strategy::UnixUser),
+                strategy: Some(strategy),
                 tiers: vec![tier],
                 compartment: Some(env.meta.uuid),
                 resources: pt.resources.clone(),
@@ -338,6 +392,7 @@ async fn create_instances(
                     stop_grace_seconds: 5,
                     package: Some(release.spec.package.clone()),
                     port: Some(port),
+                    uid: None,
                 }),
             };
             let req = CreateRequest {
@@ -356,10 +411,13 @@ async fn create_instances(
                 }
             }
         };
-        tracing::info!(app = %app, instance = %label, host = %host, "instance placed");
+        tracing::info!(app = %app, instance = %label, host = %host, strategy = strategy.name(), "instance placed");
+        if sandbox == Sandbox::None {
+            unsandboxed += 1;
+        }
         made.push(node.meta.uuid);
     }
-    Ok(made)
+    Ok(Made { nodes: made, unsandboxed })
 }
 
 /// The hosts instances may go to now, with what they already run.
@@ -367,14 +425,8 @@ fn host_loads(view: &View, app: Uuid, process: &str) -> Vec<HostLoad> {
     let mut loads: Vec<HostLoad> = view
         .hosts
         .values()
-        .filter(|h| {
-            matches!(
-                h.spec.strategy,
-                Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh)
-            )
-        })
         // Ring 1 nodes with a role of their own (the edge: router and DNS) run no instances.
-        .filter(|h| !h.meta.labels.contains_key("enjin.dev/role"))
+        .filter(|h| runs_instances(h))
         .filter(|h| {
             // Only hosts whose agent says it is alive.
             view.observations.get(&h.meta.uuid).is_some_and(|obs| {
@@ -392,6 +444,7 @@ fn host_loads(view: &View, app: Uuid, process: &str) -> Vec<HostLoad> {
             memory_reserved: 0,
             same_process: 0,
             total: 0,
+            sandbox: Sandbox::of(&h.meta.labels),
         })
         .collect();
     for n in &view.instances {
@@ -413,15 +466,16 @@ async fn free_port(registry: &Registry) -> Result<u16, PlatformError> {
     ports::first_free(&used).ok_or_else(|| PlatformError::Unavailable("every instance port is taken".into()))
 }
 
-/// Wait until every one of `nodes` is healthy, reporting progress from `done` of `total`.
+/// Wait until every one of `nodes` is healthy, reporting progress of `total` with `note`
+/// after it (that instances run unsandboxed, said all along).
 async fn wait_healthy(
     p: &Arc<Platform>,
     task: &mut TaskHandle,
     nodes: &[Uuid],
     timeout: Duration,
-    done: u64,
     total: u64,
     version: u32,
+    note: &str,
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
@@ -445,9 +499,9 @@ async fn wait_healthy(
             }
         }
         task.progress(
-            done + healthy,
+            healthy,
             total,
-            format!("{healthy} of {} new instances of v{version} healthy", nodes.len()),
+            format!("{healthy} of {} new instances of v{version} healthy{note}", nodes.len()),
         )
         .await;
         if healthy == nodes.len() as u64 {

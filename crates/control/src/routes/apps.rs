@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,6 +13,7 @@ use enjin_model::api::{
 };
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::{Platform, PlatformError};
 use crate::problem::ApiError;
@@ -26,6 +28,7 @@ impl From<PlatformError> for ApiError {
             PlatformError::NoApp(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", e.to_string()),
             PlatformError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
             PlatformError::Unavailable(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
+            PlatformError::NoSandbox(d) => ApiError::new(StatusCode::CONFLICT, "no-sandbox", d),
             PlatformError::Packages(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -64,6 +67,7 @@ pub async fn upload(
 
 pub async fn deploy(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
@@ -75,31 +79,42 @@ pub async fn deploy(
         )
         .with_field("manifest.name"));
     }
-    let started = platform(&state)?.deploy(req.manifest, req.package).await?;
+    let p = platform(&state)?;
+    let caller = p.caller(&principal.name).await?;
+    let started = p.deploy(&caller, req.manifest, req.package).await?;
     Ok((StatusCode::ACCEPTED, Json(started)))
 }
 
 pub async fn rollback(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(platform(&state)?.rollback(&app, req.version).await?)))
+    let p = platform(&state)?;
+    let caller = p.caller(&principal.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(p.rollback(&caller, &app, req.version).await?)))
 }
 
 pub async fn restart(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(platform(&state)?.restart(&app).await?)))
+    let p = platform(&state)?;
+    let caller = p.caller(&principal.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(p.restart(&caller, &app).await?)))
 }
 
 pub async fn scale(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<ScaleRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(platform(&state)?.scale(&app, req.processes).await?)))
+    let p = platform(&state)?;
+    let caller = p.caller(&principal.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(p.scale(&caller, &app, req.processes).await?)))
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<AppList>, ApiError> {

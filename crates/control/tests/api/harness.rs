@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_control::{ADMIN_PRINCIPAL, ControlConfig, ControlPlane};
 use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -41,11 +41,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(&ControlConfig::default()).await
+    }
+
+    /// A server configured with `config` (as `enjin.toml` would).
+    pub async fn start_with(config: &ControlConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let store =
             SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
         let store = Arc::new(store);
-        let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
+        let plane = ControlPlane::with_config(Arc::clone(&store) as Arc<dyn Store>, config);
         let platform = enjin_control::platform::Platform::open(
             plane.registry().clone(),
             enjin_control::platform::PlatformConfig::new(dir.path().join("packages")),

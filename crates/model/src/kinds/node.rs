@@ -52,6 +52,9 @@ pub enum DesiredState {
     Stopped,
 }
 
+/// The smallest disk a node may ask for: its writable layer is a filesystem of that size.
+pub const MIN_DISK_BYTES: u64 = 4 << 20;
+
 /// What a node may use; absent means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +316,12 @@ impl Spec for NodeSpec {
             return Err(FieldError::new(
                 "spec.resources",
                 "a limit of 0 would stop the node from running; leave it out for no limit",
+            ));
+        }
+        if r.disk_bytes.is_some_and(|d| d < MIN_DISK_BYTES) {
+            return Err(FieldError::new(
+                "spec.resources.disk_bytes",
+                format!("must be at least {MIN_DISK_BYTES} bytes (4 MiB), the smallest writable layer"),
             ));
         }
         Ok(())

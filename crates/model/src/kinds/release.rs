@@ -259,6 +259,9 @@ pub fn validate_manifest(m: &AppManifest) -> Result<(), FieldError> {
         if r.cpu_millis == Some(0) || r.memory_bytes == Some(0) || r.pids == Some(0) {
             return Err(FieldError::new(f(".resources"), "a limit of 0 would stop the process from running"));
         }
+        if r.disk_bytes.is_some_and(|d| d < super::node::MIN_DISK_BYTES) {
+            return Err(FieldError::new(f(".disk"), "must be at least 4 MiB, the smallest writable layer"));
+        }
         if let Some(h) = &p.health {
             if let Some(path) = &h.path {
                 if !path.starts_with('/')
