@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Running, cli, stderr, wait_until};
+use common::{Running, cli, stderr};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -80,13 +80,20 @@ fn running(hosts: &BTreeSet<String>) -> Vec<(String, u32)> {
 /// Waits until every reserved instance runs, then checks: one uid per instance, the reserved
 /// one, and no uid shared. Returns the uids in use.
 fn check_no_shared_uid(data: &Path, hosts: &BTreeSet<String>, want: usize) -> BTreeSet<u64> {
-    let (nodes, procs) = wait_until("every instance runs as its uid", Duration::from_secs(120), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (nodes, procs) = loop {
         let nodes = reserved(data);
         let procs = running(hosts);
         let covered: BTreeSet<&String> = procs.iter().map(|(i, _)| i).collect();
-        (nodes.len() == want && nodes.keys().all(|n| covered.contains(n)) && procs.len() == nodes.len())
-            .then_some((nodes, procs))
-    });
+        if nodes.len() == want && nodes.keys().all(|n| covered.contains(n)) && procs.len() == nodes.len() {
+            break (nodes, procs);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until every instance runs as its uid: nodes {nodes:?}, processes {procs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let uids: BTreeSet<u64> = nodes.values().copied().collect();
     assert_eq!(uids.len(), nodes.len(), "two instances reserved one uid: {nodes:?}");
     for (instance, uid) in &procs {
@@ -136,8 +143,11 @@ fn twelve_hosts_a_restart_and_a_deploy_never_share_a_uid() {
     let again = check_no_shared_uid(&data, &hosts, 12);
     assert_eq!(first, again, "a restart changed instances' uids");
 
-    // A new release: twelve new instances, twelve new uids, none of the old ones reused.
+    // A new release (the manifest's two instances), scaled to twelve again: new uids, none of
+    // the released ones handed out again.
     deploy();
+    let out = cli(&data, &["scale", "python-hello", "web=12"]);
+    assert!(out.status.success(), "scale: {}", stderr(&out));
     let third = check_no_shared_uid(&data, &hosts, 12);
     assert!(third.is_disjoint(&first), "a released uid came back at once: {first:?} / {third:?}");
     up.interrupt_and_clean();
