@@ -162,7 +162,7 @@ impl Launcher for RoutingLauncher {
         match (digest, &self.packages) {
             (Some(digest), Some((cache, work))) => {
                 let dir = work.join(spec.id.as_str());
-                packages::install(&cache.path(&digest), &dir, &digest, None).map_err(|e| {
+                packages::install(&cache.path(&digest), &dir).map_err(|e| {
                     LaunchError::Spawn {
                         id: spec.id.clone(),
                         program: spec.command.first().cloned().unwrap_or_default(),

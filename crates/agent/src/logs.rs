@@ -121,9 +121,9 @@ struct InstanceState {
     /// then started again) continues its offsets and its `seq`.
     #[serde(default)]
     retired: bool,
-    /// When it retired (seconds since the epoch; 0 for state saved before this was kept).
+    /// When it retired (milliseconds since the epoch; 0 for state saved before this was kept).
     #[serde(default)]
-    retired_at: u64,
+    retired_at_ms: u64,
     #[serde(default)]
     streams: BTreeMap<String, StreamState>,
 }
@@ -547,11 +547,11 @@ impl Collector {
             .instances
             .iter()
             .filter(|(id, s)| s.retired && !self.followed.contains_key(id))
-            .map(|(id, s)| (s.retired_at, *id))
+            .map(|(id, s)| (s.retired_at_ms, *id))
             .collect();
         retired.sort_unstable();
         let excess = retired.len().saturating_sub(self.config.max_retired);
-        let retention = self.config.retention.as_secs();
+        let retention = u64::try_from(self.config.retention.as_millis()).unwrap_or(u64::MAX);
         for (i, (at, id)) in retired.into_iter().enumerate() {
             if i >= excess && now.saturating_sub(at) < retention {
                 continue;
@@ -657,7 +657,7 @@ impl Collector {
             }
             if draining && f.streams.iter().all(|s| !s.splitter.has_pending()) {
                 state.retired = true;
-                state.retired_at = u64::try_from(at.timestamp()).unwrap_or(0);
+                state.retired_at_ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
                 self.dirty = true;
                 retire.push(*id);
             }
@@ -667,7 +667,7 @@ impl Collector {
             tracing::info!(instance = %id, "child gone; its logs are drained and no longer followed");
         }
         summary.retired = retire.len();
-        self.prune(u64::try_from(at.timestamp()).unwrap_or(0));
+        self.prune(u64::try_from(at.timestamp_millis()).unwrap_or(0));
         if self.dirty {
             match self.save() {
                 Ok(()) => self.dirty = false,
@@ -1087,6 +1087,39 @@ mod tests {
         let lines = all(dir.path(), id);
         assert_eq!(texts(&lines), vec!["a", "b", "c", "d"]);
         assert_eq!(seqs(&lines), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn logs_of_gone_children_are_removed_past_the_count_or_the_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = CollectorConfig { retire_after: Duration::ZERO, max_retired: 2, ..config(dir.path()) };
+        let mut c = Collector::open(cfg.clone()).expect("open");
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            c.set_desired([*id]);
+            append(dir.path(), *id, "stdout", "hello\n");
+            append(dir.path(), *id, "stderr", "oops\n");
+            c.poll();
+            // Retirement times order the gone children.
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        c.set_desired([]);
+        c.poll();
+        c.poll();
+        let files = std::fs::read_dir(dir.path()).expect("dir").count();
+        let kept: Vec<&Uuid> = ids.iter().filter(|id| has_logs(dir.path(), **id)).collect();
+        assert_eq!(kept.len(), 2, "only the newest gone children keep their logs");
+        for id in &ids[..3] {
+            assert!(!raw_path(dir.path(), *id, "stdout").exists(), "raw file of {id} left");
+        }
+        // 2 children × (2 raw files + 1 collected) + the collector's state file.
+        assert!(files <= 7, "{files} files");
+        drop(c);
+        // Past the retention period the rest go too.
+        let cfg = CollectorConfig { retention: Duration::ZERO, ..cfg };
+        let mut c = Collector::open(cfg).expect("reopen");
+        c.poll();
+        assert!(ids.iter().all(|id| !has_logs(dir.path(), *id)));
     }
 
     #[test]

@@ -176,29 +176,44 @@ impl PackageCache {
     }
 }
 
-/// Copy the unpacked package at `from` into `to` (an instance's directory) once: a marker
-/// records which package it holds, so a restarted instance keeps the files it changed. Files
-/// are given to `owner` (uid, gid) when set.
-pub fn install(from: &Path, to: &Path, digest: &str, owner: Option<(u32, u32)>) -> Result<(), PackageError> {
-    let marker = to.join(".enjin-package");
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == digest) {
-        return Ok(());
-    }
+/// Gives a plain-process child a fresh copy of the unpacked package at `to` (its directory),
+/// reset at every start as a sandboxed child's `/app` is.
+///
+/// The child may have planted anything in its old directory — links to files or directories
+/// outside, FIFOs, a link in place of the directory itself — so nothing is written through it:
+/// the copy is made in a new directory beside it (created here, so nothing can be planted in
+/// it), the old one is removed by `remove_dir_all`, which unlinks links rather than following
+/// them, and the new one is renamed into its place.
+pub fn install(from: &Path, to: &Path) -> Result<(), PackageError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| PackageError::Install { path, error }
     };
-    std::fs::create_dir_all(to).map_err(io(to))?;
-    copy_tree(from, to, owner).map_err(io(to))?;
-    std::fs::write(&marker, digest).map_err(io(&marker))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::lchown(&marker, Some(uid), Some(gid)).map_err(io(&marker))?;
-        std::os::unix::fs::chown(to, Some(uid), Some(gid)).map_err(io(to))?;
-    }
+    let parent = to.parent().ok_or_else(|| io(to)(std::io::Error::other("no parent directory")))?;
+    let name = to.file_name().ok_or_else(|| io(to)(std::io::Error::other("no file name")))?;
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let fresh = parent.join(format!(".{}.new", name.to_string_lossy()));
+    remove_any(&fresh).map_err(io(&fresh))?;
+    std::fs::create_dir(&fresh).map_err(io(&fresh))?;
+    copy_tree(from, &fresh).map_err(io(&fresh))?;
+    remove_any(to).map_err(io(to))?;
+    std::fs::rename(&fresh, to).map_err(io(to))?;
     Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+/// Removes whatever is at `path` — a tree, a file, a link (never what it points to) — if
+/// anything is.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies a tree the agent itself unpacked into `to`, a directory it just created.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let src = entry.path();
@@ -206,21 +221,14 @@ fn copy_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Resu
         let meta = std::fs::symlink_metadata(&src)?;
         let kind = meta.file_type();
         if kind.is_symlink() {
-            let target = std::fs::read_link(&src)?;
-            let _ = std::fs::remove_file(&dst);
-            std::os::unix::fs::symlink(target, &dst)?;
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
         } else if kind.is_dir() {
-            std::fs::create_dir_all(&dst)?;
+            std::fs::create_dir(&dst)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755 | 0o700))?;
-            copy_tree(&src, &dst, owner)?;
+            copy_tree(&src, &dst)?;
         } else if kind.is_file() {
             std::fs::copy(&src, &dst)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755 | 0o600))?;
-        } else {
-            continue;
-        }
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
         }
     }
     Ok(())
@@ -272,21 +280,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn install_copies_once_and_keeps_modes_and_links() {
+    fn install_copies_modes_and_links_and_resets_every_start() {
         let dir = tempfile::tempdir().unwrap();
         let from = dir.path().join("pkg");
         std::fs::create_dir_all(from.join("bin")).unwrap();
         std::fs::write(from.join("bin/run"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(from.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("bin/run", from.join("run")).unwrap();
-        let to = dir.path().join("work");
-        install(&from, &to, "sha256:aa", None).unwrap();
+        let to = dir.path().join("work/child");
+        install(&from, &to).unwrap();
         let mode = std::fs::metadata(to.join("bin/run")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o755);
         assert_eq!(std::fs::read_link(to.join("run")).unwrap(), Path::new("bin/run"));
-        // A second install of the same package leaves the instance's own changes alone.
+        // A restart starts from the package again, as a sandboxed child's /app does.
         std::fs::write(to.join("bin/run"), "changed").unwrap();
-        install(&from, &to, "sha256:aa", None).unwrap();
-        assert_eq!(std::fs::read_to_string(to.join("bin/run")).unwrap(), "changed");
+        std::fs::write(to.join("extra"), "left behind").unwrap();
+        install(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(to.join("bin/run")).unwrap(), "#!/bin/sh\n");
+        assert!(!to.join("extra").exists());
+    }
+
+    /// What a hostile child can leave in its directory before a restart: a packaged file
+    /// replaced by a link to a file outside, a directory replaced by a link to a directory
+    /// outside, a FIFO, a hard link to a file outside, and the directory itself replaced by a
+    /// link. Nothing outside may change, and the child gets a clean copy.
+    #[test]
+    fn install_never_writes_through_what_the_child_planted() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("pkg");
+        std::fs::create_dir_all(from.join("lib")).unwrap();
+        std::fs::write(from.join("app.py"), "print('hi')\n").unwrap();
+        std::fs::write(from.join("lib/mod.py"), "x = 1\n").unwrap();
+        std::fs::write(from.join("fifo"), "not a fifo\n").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("etc")).unwrap();
+        std::fs::write(outside.join("etc/passwd"), "root:x:0:0\n").unwrap();
+        std::fs::write(outside.join("hard"), "precious\n").unwrap();
+        let to = dir.path().join("work/child");
+        install(&from, &to).unwrap();
+
+        // The child's work, between two starts.
+        std::fs::remove_file(to.join("app.py")).unwrap();
+        std::os::unix::fs::symlink(outside.join("etc/passwd"), to.join("app.py")).unwrap();
+        std::fs::remove_dir_all(to.join("lib")).unwrap();
+        std::os::unix::fs::symlink(outside.join("etc"), to.join("lib")).unwrap();
+        std::fs::remove_file(to.join("fifo")).unwrap();
+        nix_mkfifo(&to.join("fifo"));
+        std::fs::hard_link(outside.join("hard"), to.join("hard")).unwrap();
+        install(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(outside.join("etc/passwd")).unwrap(), "root:x:0:0\n");
+        assert_eq!(std::fs::read_dir(outside.join("etc")).unwrap().count(), 1, "nothing written into etc");
+        assert_eq!(std::fs::read_to_string(outside.join("hard")).unwrap(), "precious\n");
+        assert_eq!(std::fs::metadata(outside.join("hard")).unwrap().nlink(), 1, "the hard link went, not the file");
+        assert_eq!(std::fs::read_to_string(to.join("app.py")).unwrap(), "print('hi')\n");
+        assert!(std::fs::symlink_metadata(to.join("lib")).unwrap().is_dir());
+        assert_eq!(std::fs::read_to_string(to.join("fifo")).unwrap(), "not a fifo\n");
+
+        // The directory itself replaced by a link to a directory outside.
+        std::fs::remove_dir_all(&to).unwrap();
+        std::os::unix::fs::symlink(outside.join("etc"), &to).unwrap();
+        install(&from, &to).unwrap();
+        assert!(std::fs::symlink_metadata(&to).unwrap().is_dir(), "a real directory again");
+        assert_eq!(std::fs::read_dir(outside.join("etc")).unwrap().count(), 1);
+        assert_eq!(std::fs::read_to_string(outside.join("etc/passwd")).unwrap(), "root:x:0:0\n");
+    }
+
+    fn nix_mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success());
     }
 }
