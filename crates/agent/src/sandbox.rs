@@ -10,7 +10,7 @@
 //! only inside the sandbox's mount namespace. On the host an instance is
 //! `<root>/<id>/` (root's, 0700): the image files and two empty mount points, nothing the
 //! tenant can write. The image is replaced by a freshly formatted one at every start (the next
-//! one is formatted in the background after each start), so the layer starts clean, as a
+//! one is formatted and attached to a loop device in the background after each start), so the layer starts clean, as a
 //! Heroku dyno's filesystem does, and the agent never deletes, copies or chowns inside it. The
 //! package is the overlay's lower layer, unpacked once per host by root into a root-only tree.
 
@@ -51,6 +51,9 @@ pub struct SandboxLauncher {
     logs: PathBuf,
     cgroups: Box<dyn Cgroups>,
     children: Mutex<HashMap<String, SandboxChild>>,
+    /// Each child's next writable filesystem, formatted and attached in the background after
+    /// its last start, so a restart only has to take it.
+    next: std::sync::Arc<Mutex<HashMap<String, Prepared>>>,
     /// Loop devices and ext4 are there (else the writable layer is a sized tmpfs).
     disks: bool,
 }
@@ -104,6 +107,7 @@ impl SandboxLauncher {
             logs: logs.to_path_buf(),
             cgroups,
             children: Mutex::new(HashMap::new()),
+            next: std::sync::Arc::new(Mutex::new(HashMap::new())),
             disks,
         })
     }
@@ -121,6 +125,10 @@ impl SandboxLauncher {
     pub fn clean_up(&self, keep: &HashSet<String>) {
         if let Ok(mut c) = self.children.lock() {
             c.retain(|id, _| keep.contains(id));
+        }
+        // Unused prepared disks detach when dropped (they were never mounted).
+        if let Ok(mut n) = self.next.lock() {
+            n.retain(|id, _| keep.contains(id));
         }
         let Ok(entries) = std::fs::read_dir(&self.root) else { return };
         for entry in entries.flatten() {
@@ -173,35 +181,47 @@ impl SandboxLauncher {
             return Ok((Writable::Tmpfs { bytes, mountpoint }, None));
         }
         let image = dir.join("disk.img");
-        let next = next_image(dir, bytes);
-        // A fresh filesystem every start: the one formatted after the last start, or a new one.
-        if std::fs::rename(&next, &image).is_err() {
-            enjin_sys::disk::format_ext4(&image, bytes).map_err(|e| e.to_string())?;
-        }
-        let device = enjin_sys::disk::LoopDevice::attach(&image).map_err(|e| e.to_string())?;
+        // A fresh filesystem every start: the one prepared after the last start, or a new one.
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prepared = self.next.lock().ok().and_then(|mut n| n.remove(&id)).filter(|p| p.bytes == bytes);
+        let device = match prepared {
+            Some(p) if std::fs::rename(&p.image, &image).is_ok() => p.device,
+            _ => {
+                enjin_sys::disk::format_ext4(&image, bytes).map_err(|e| e.to_string())?;
+                enjin_sys::disk::LoopDevice::attach(&image).map_err(|e| e.to_string())?
+            }
+        };
         Ok((Writable::Device { device: device.path().to_path_buf(), mountpoint }, Some(device)))
+    }
+
+    /// Formats and attaches the next start's filesystem in the background (about 10 ms of
+    /// mkfs and loop set-up off the restart path). A failure only means the next start makes
+    /// its own.
+    fn prepare_next(&self, id: &str, dir: PathBuf, bytes: u64) {
+        let next = std::sync::Arc::clone(&self.next);
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let image = dir.join("next.img");
+            let made = enjin_sys::disk::format_ext4(&image, bytes)
+                .and_then(|()| enjin_sys::disk::LoopDevice::attach(&image));
+            match made {
+                Ok(device) => {
+                    if let Ok(mut n) = next.lock() {
+                        n.insert(id, Prepared { bytes, image, device });
+                    }
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "failed to prepare the next disk"),
+            }
+        });
     }
 }
 
-/// The image formatted ahead for the next start of an instance with `bytes` of disk.
-fn next_image(dir: &Path, bytes: u64) -> PathBuf {
-    dir.join(format!("next-{bytes}.img"))
-}
-
-/// Formats the next start's image in the background (about 20 ms of mkfs off the restart
-/// path). A failure only means the next start formats its own.
-fn prepare_next(dir: PathBuf, bytes: u64) {
-    std::thread::spawn(move || {
-        let tmp = dir.join("next.tmp");
-        match enjin_sys::disk::format_ext4(&tmp, bytes) {
-            Ok(()) => {
-                if let Err(e) = std::fs::rename(&tmp, next_image(&dir, bytes)) {
-                    tracing::debug!(dir = %dir.display(), error = %e, "next disk image not kept");
-                }
-            }
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "failed to format the next disk image"),
-        }
-    });
+/// A formatted, attached, never mounted filesystem waiting for a child's next start.
+#[derive(Debug)]
+struct Prepared {
+    bytes: u64,
+    image: PathBuf,
+    device: enjin_sys::disk::LoopDevice,
 }
 
 /// The absolute path of `program`, looked up on the usual system directories.
@@ -282,7 +302,7 @@ impl Launcher for SandboxLauncher {
         // the device detaches itself when the sandbox's mount namespace ends.
         drop(device);
         if let Some(bytes) = disk_bytes {
-            prepare_next(dir, bytes);
+            self.prepare_next(id.as_str(), dir, bytes);
         }
         let mut child = spawned.map_err(|e| spawn_error(&id, &name, e))?;
         let pid = u32::try_from(child.pid().as_raw()).map_err(|_| LaunchError::NoPid { id: id.clone() })?;
