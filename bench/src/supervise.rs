@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use enjin_agent::{SandboxChild, SandboxLauncher};
-use enjin_model::kinds::Resources;
 use enjin_model::kinds::ObservationState;
+use enjin_model::kinds::Resources;
 use enjin_supervisor::{
     Backoff, ChildId, ChildSpec, Intensity, Launcher, Observation, ProcessLauncher, Restart, RestartPolicy,
     Signal, StopSpec, Supervisor, SupervisorConfig,
@@ -461,10 +461,7 @@ async fn kill_row(env: &Env, plan: Plan, settings: Settings) -> anyhow::Result<(
     let port = free_port()?;
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let id = ChildId::new(name.clone())?;
-    let mut spec = ChildSpec::new(
-        id.clone(),
-        vec![program, "--serve-token".into(), port.to_string()],
-    );
+    let mut spec = ChildSpec::new(id.clone(), vec![program, "--serve-token".into(), port.to_string()]);
     spec.inherit_env = false;
     spec.restart = RestartPolicy {
         restart: Restart::Permanent,

@@ -15,8 +15,8 @@ use enjin_supervisor::{
     ProcessHandle, ProcessLauncher, Restart, RestartPolicy, Signal, SignalError, StopSpec, SupervisorHandle,
 };
 
-use crate::{SandboxChild, SandboxLauncher};
 use crate::packages::{self, PackageCache};
+use crate::{SandboxChild, SandboxLauncher};
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
@@ -95,9 +95,14 @@ impl RoutingLauncher {
     /// Removes what children no longer in `desired` left behind: their instance directories
     /// and cgroups (once stopped) and the packages nothing uses any more.
     pub fn clean_up(&self, desired: &DesiredChildren) {
-        let keep: std::collections::HashSet<String> = desired.children.iter().map(|c| c.uuid.to_string()).collect();
-        let mut digests: std::collections::HashSet<String> =
-            desired.children.iter().filter_map(|c| c.run.package.as_ref()).map(|p| p.digest.clone()).collect();
+        let keep: std::collections::HashSet<String> =
+            desired.children.iter().map(|c| c.uuid.to_string()).collect();
+        let mut digests: std::collections::HashSet<String> = desired
+            .children
+            .iter()
+            .filter_map(|c| c.run.package.as_ref())
+            .map(|p| p.digest.clone())
+            .collect();
         if let Some(s) = &self.sandbox {
             s.clean_up(&keep);
             digests.extend(s.packages_in_use());
@@ -162,12 +167,10 @@ impl Launcher for RoutingLauncher {
         match (digest, &self.packages) {
             (Some(digest), Some((cache, work))) => {
                 let dir = work.join(spec.id.as_str());
-                packages::install(&cache.path(&digest), &dir).map_err(|e| {
-                    LaunchError::Spawn {
-                        id: spec.id.clone(),
-                        program: spec.command.first().cloned().unwrap_or_default(),
-                        source: std::io::Error::other(e.to_string()),
-                    }
+                packages::install(&cache.path(&digest), &dir).map_err(|e| LaunchError::Spawn {
+                    id: spec.id.clone(),
+                    program: spec.command.first().cloned().unwrap_or_default(),
+                    source: std::io::Error::other(e.to_string()),
                 })?;
                 let mut spec = spec.clone();
                 spec.workdir = Some(dir);
@@ -252,7 +255,6 @@ async fn apply_sets(
         if let Err(e) = tokio::task::spawn_blocking(move || l.clean_up(&d)).await {
             tracing::warn!(error = %e, "clean-up of removed children failed");
         }
-
     }
 }
 

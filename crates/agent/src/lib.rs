@@ -106,8 +106,7 @@ pub async fn run(
         }
     };
     let (running_tx, running) = watch::channel(Arc::new(Vec::<Uuid>::new()));
-    let stats_task =
-        tokio::spawn(stats_loop(node.clone(), config.node, config.sandbox, running.clone()));
+    let stats_task = tokio::spawn(stats_loop(node.clone(), config.node, config.sandbox, running.clone()));
     let readers = Arc::new(Semaphore::new(LOG_READERS));
     tracing::info!(node = %config.node, ring = config.ring, hub = %config.hub, key = %node.key_id().short(), "agent started");
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);

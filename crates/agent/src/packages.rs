@@ -119,7 +119,8 @@ impl PackageCache {
         let (d, dir) = (dest.clone(), self.dir.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| e.to_string())?;
             enjin_app::package::unpack(&bytes, &d, &enjin_app::package::UnpackLimits::default())
                 .map_err(|e| e.to_string())?;
             open_modes(&d).map_err(|e| format!("{}: {e}", d.display()))
@@ -158,7 +159,8 @@ impl PackageCache {
     /// Removes unpacked packages whose digest is not in `keep`.
     pub fn retain(&self, keep: &HashSet<String>) {
         let keep: HashSet<&str> = keep.iter().map(|d| hex_of(d)).collect();
-        let busy = self.busy.lock().map(|b| b.iter().map(|d| hex_of(d).to_string()).collect()).unwrap_or_default();
+        let busy =
+            self.busy.lock().map(|b| b.iter().map(|d| hex_of(d).to_string()).collect()).unwrap_or_default();
         let busy: HashSet<String> = busy;
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
@@ -332,7 +334,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(outside.join("etc/passwd")).unwrap(), "root:x:0:0\n");
         assert_eq!(std::fs::read_dir(outside.join("etc")).unwrap().count(), 1, "nothing written into etc");
         assert_eq!(std::fs::read_to_string(outside.join("hard")).unwrap(), "precious\n");
-        assert_eq!(std::fs::metadata(outside.join("hard")).unwrap().nlink(), 1, "the hard link went, not the file");
+        assert_eq!(
+            std::fs::metadata(outside.join("hard")).unwrap().nlink(),
+            1,
+            "the hard link went, not the file"
+        );
         assert_eq!(std::fs::read_to_string(to.join("app.py")).unwrap(), "print('hi')\n");
         assert!(std::fs::symlink_metadata(to.join("lib")).unwrap().is_dir());
         assert_eq!(std::fs::read_to_string(to.join("fifo")).unwrap(), "not a fifo\n");

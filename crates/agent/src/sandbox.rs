@@ -60,7 +60,10 @@ pub struct SandboxLauncher {
 
 impl std::fmt::Debug for SandboxLauncher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxLauncher").field("root", &self.root).field("disks", &self.disks).finish_non_exhaustive()
+        f.debug_struct("SandboxLauncher")
+            .field("root", &self.root)
+            .field("disks", &self.disks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,7 +79,10 @@ fn spawn_error(id: &ChildId, program: &str, e: impl std::fmt::Display) -> Launch
 fn private_dir(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.is_dir() => {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "exists and is not a directory"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "exists and is not a directory",
+            ));
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)?,
@@ -100,7 +106,9 @@ impl SandboxLauncher {
             .map_err(|e| format!("{}: {e}", empty.display()))?;
         let disks = enjin_sys::disk::available();
         if !disks {
-            tracing::warn!("no loop devices or mkfs.ext4: instances' writable layers are tmpfs, counted as memory");
+            tracing::warn!(
+                "no loop devices or mkfs.ext4: instances' writable layers are tmpfs, counted as memory"
+            );
         }
         Ok(SandboxLauncher {
             root: root.to_path_buf(),
@@ -242,10 +250,9 @@ impl Launcher for SandboxLauncher {
         let program =
             resolve(&name).ok_or_else(|| spawn_error(&id, &name, "not found on the system path"))?;
         let child = self.children.lock().ok().and_then(|c| c.get(id.as_str()).cloned()).unwrap_or_default();
-        let uid = child
-            .uid
-            .filter(|u| *u != 0)
-            .ok_or_else(|| spawn_error(&id, &name, "the control plane reserved no uid for it (spec.run.uid)"))?;
+        let uid = child.uid.filter(|u| *u != 0).ok_or_else(|| {
+            spawn_error(&id, &name, "the control plane reserved no uid for it (spec.run.uid)")
+        })?;
         let dir = self.root.join(id.as_str());
         private_dir(&dir).map_err(|e| spawn_error(&id, &name, format!("{}: {e}", dir.display())))?;
         let root = dir.join("root");

@@ -93,13 +93,8 @@ impl Ring1 {
         let host = self.cp.registry().create(req, Utc::now()).await.expect("host").meta.uuid;
         let dir = self.dir.path().join("hosts").join(label);
         self.authority.enroll_local(host, label, &dir).await.expect("enrol");
-        let file = AgentFile {
-            ring: 1,
-            node: host,
-            hub: self.hub,
-            server_name: "localhost".into(),
-            sandbox: false,
-        };
+        let file =
+            AgentFile { ring: 1, node: host, hub: self.hub, server_name: "localhost".into(), sandbox: false };
         AgentConfig::write(&dir, &file).expect("agent.json");
         (host, AgentConfig::load(&dir).expect("agent config"))
     }

@@ -38,7 +38,8 @@ fn reserved(data: &Path) -> BTreeMap<String, u64> {
         .iter()
         .map(|n| {
             let uuid = n["uuid"].as_str().expect("uuid").to_string();
-            let uid = n["spec"]["run"]["uid"].as_u64().unwrap_or_else(|| panic!("node {uuid} has no uid: {n}"));
+            let uid =
+                n["spec"]["run"]["uid"].as_u64().unwrap_or_else(|| panic!("node {uuid} has no uid: {n}"));
             (uuid, uid)
         })
         .collect()
@@ -55,7 +56,8 @@ fn running(hosts: &BTreeSet<String>) -> Vec<(String, u32)> {
             continue;
         }
         let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
-        let Some(path) = cgroup.lines().find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_string())) else {
+        let Some(path) = cgroup.lines().find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_string()))
+        else {
             continue;
         };
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -97,7 +99,11 @@ fn check_no_shared_uid(data: &Path, hosts: &BTreeSet<String>, want: usize) -> BT
     let uids: BTreeSet<u64> = nodes.values().copied().collect();
     assert_eq!(uids.len(), nodes.len(), "two instances reserved one uid: {nodes:?}");
     for (instance, uid) in &procs {
-        assert_eq!(Some(&u64::from(*uid)), nodes.get(instance), "instance {instance} runs as {uid}: {nodes:?}");
+        assert_eq!(
+            Some(&u64::from(*uid)),
+            nodes.get(instance),
+            "instance {instance} runs as {uid}: {nodes:?}"
+        );
     }
     let running: BTreeSet<u32> = procs.iter().map(|(_, u)| *u).collect();
     assert_eq!(running.len(), procs.len(), "ps shows one uid twice: {procs:?}");

@@ -76,8 +76,22 @@ fn cli_errors_are_plain_and_fail() {
     // Labels stand in for uuids in references.
     let ok = cli(&data, &["node", "create", "m1"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let ok =
-        cli(&data, &["node", "create", "h1", "--ring", "1", "--set", "parent=m1", "--set", "strategy=netns", "-l", "enjin.dev/sandbox=unix-user"]);
+    let ok = cli(
+        &data,
+        &[
+            "node",
+            "create",
+            "h1",
+            "--ring",
+            "1",
+            "--set",
+            "parent=m1",
+            "--set",
+            "strategy=netns",
+            "-l",
+            "enjin.dev/sandbox=unix-user",
+        ],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let out = cli(&data, &["-o", "json", "node", "list", "--parent", "m1"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

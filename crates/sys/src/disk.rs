@@ -108,18 +108,14 @@ impl LoopDevice {
                 return Err(fail(io::Error::last_os_error()));
             }
             let path = PathBuf::from(format!("/dev/loop{n}"));
-            let device = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
+            let device =
+                match OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&path) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
             let mut config = LoopConfig {
                 fd: u32::try_from(backing.as_raw_fd()).map_err(|_| fail(io::Error::other("bad fd")))?,
                 block_size: 0,
@@ -129,7 +125,8 @@ impl LoopDevice {
             config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
             // SAFETY: LOOP_CONFIGURE reads one `struct loop_config` (matching layout below)
             // from a live local.
-            let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
+            let ret =
+                unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
             if ret == 0 {
                 return Ok(LoopDevice { path, _device: device });
             }

@@ -220,6 +220,12 @@ pub fn signal_group(pgid: Pid, signal: Signal) -> Result<(), SignalError> {
     nix::sys::signal::killpg(pgid, signal).map_err(|source| SignalError { target, signal, source })
 }
 
+/// Sets the process's umask to 077: everything it creates from now on is private to its
+/// owner (0600 files, 0700 directories) unless a mode is set explicitly.
+pub fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,10 +325,4 @@ mod tests {
             let _ = parse_stat(&bytes);
         }
     }
-}
-
-/// Sets the process's umask to 077: everything it creates from now on is private to its
-/// owner (0600 files, 0700 directories) unless a mode is set explicitly.
-pub fn private_umask() {
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }

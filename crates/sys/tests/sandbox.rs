@@ -410,13 +410,7 @@ fn jail_spec(base: &Path, uid: u32, writable: sandbox::Writable, script: &str) -
     std::fs::create_dir_all(&root).expect("root");
     std::fs::create_dir_all(writable.mountpoint()).expect("mountpoint");
     let mut spec = sh_spec(uid, Path::new("/app"), script);
-    spec.jail = Some(sandbox::Jail {
-        root,
-        app: "/app".into(),
-        lower,
-        writable,
-        shm_bytes: 1 << 20,
-    });
+    spec.jail = Some(sandbox::Jail { root, app: "/app".into(), lower, writable, shm_bytes: 1 << 20 });
     spec
 }
 
@@ -454,7 +448,10 @@ echo "mounts=$(wc -l < /proc/self/mounts)"
     dev.sort_unstable();
     assert_eq!(
         dev,
-        ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"],
+        [
+            "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+            "urandom", "zero"
+        ],
         "{out}"
     );
     for absent in ["home", "root", "sys", "run", "srv", "mnt"] {
@@ -472,7 +469,10 @@ echo "mounts=$(wc -l < /proc/self/mounts)"
     assert_ne!(field(&out, "tmp_full"), "0", "20 MiB fit in an 8 MiB writable layer: {out}");
     assert_ne!(field(&out, "shm_full"), "0", "4 MiB fit in a 1 MiB /dev/shm: {out}");
     // The package on the host is untouched by the instance's write.
-    assert_eq!(std::fs::read_to_string(base.path().join("pkg/hello.txt")).expect("pkg"), "from the package\n");
+    assert_eq!(
+        std::fs::read_to_string(base.path().join("pkg/hello.txt")).expect("pkg"),
+        "from the package\n"
+    );
 }
 
 #[test]

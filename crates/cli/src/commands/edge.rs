@@ -98,13 +98,8 @@ pub async fn prepare(
         }
     };
     authority.enroll_local(node.meta.uuid, LABEL, dir).await.context("failed to enrol the edge")?;
-    let file = AgentFile {
-        ring: 1,
-        node: node.meta.uuid,
-        hub,
-        server_name: "localhost".into(),
-        sandbox: false,
-    };
+    let file =
+        AgentFile { ring: 1, node: node.meta.uuid, hub, server_name: "localhost".into(), sandbox: false };
     AgentConfig::write(dir, &file)?;
     let path = dir.join("edge.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&listen)?)

@@ -139,7 +139,9 @@ pub(crate) fn apply(sys: &dyn ChildSys, plan: &Plan) -> Failure {
             Step::Mount { source, target, fstype, flags, data } => {
                 sys.mount(Some(source), target, fstype.as_deref(), *flags, data.as_deref())
             }
-            Step::SetAttr { path, recursive, set, clear } => sys.mount_setattr(path, *recursive, *set, *clear),
+            Step::SetAttr { path, recursive, set, clear } => {
+                sys.mount_setattr(path, *recursive, *set, *clear)
+            }
             Step::Mkdir { path, mode } => sys.mkdir(path, *mode),
             Step::Chown { path, uid, gid } => sys.chown(path, *uid, *gid),
             Step::Mknod { path, major, minor } => sys.mknod_char(path, *major, *minor),
@@ -438,7 +440,11 @@ impl ChildSys for RealChildSys {
         // u32), as libc's does.
         result(
             unsafe {
-                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &fprog as *const _)
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &fprog as *const _,
+                )
             }
             .into(),
         )

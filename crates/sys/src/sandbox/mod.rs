@@ -289,7 +289,8 @@ impl Writable {
 }
 
 /// The host directories a [`Jail`] shows read-only, when they exist.
-pub const SYSTEM_DIRS: [&str; 9] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
+pub const SYSTEM_DIRS: [&str; 9] =
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
 
 /// Why a sandbox could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -614,7 +615,8 @@ fn prepare_workdir(spec: &SandboxSpec) -> Result<(), SpawnError> {
 
 /// The filter is the same for every sandbox: compiled once.
 fn seccomp_programs() -> Result<Vec<seccompiler::BpfProgram>, crate::seccomp::SeccompError> {
-    static PROGRAMS: std::sync::OnceLock<Result<Vec<seccompiler::BpfProgram>, String>> = std::sync::OnceLock::new();
+    static PROGRAMS: std::sync::OnceLock<Result<Vec<seccompiler::BpfProgram>, String>> =
+        std::sync::OnceLock::new();
     PROGRAMS
         .get_or_init(|| crate::seccomp::programs().map_err(|e| e.to_string()))
         .clone()

@@ -340,7 +340,9 @@ fn inside(root: &Path, path: &Path) -> Result<CString, SpawnError> {
 fn overlay_path(what: &str, path: &Path) -> Result<String, SpawnError> {
     let s = path.to_str().ok_or_else(|| invalid(format!("{what} {} is not UTF-8", path.display())))?;
     if s.contains([',', ':', '\\']) {
-        return Err(invalid(format!("{what} {s} contains ',', ':' or '\\', which overlayfs options cannot hold")));
+        return Err(invalid(format!(
+            "{what} {s} contains ',', ':' or '\\', which overlayfs options cannot hold"
+        )));
     }
     Ok(s.to_string())
 }
@@ -354,7 +356,13 @@ pub(crate) const DEVICES: [(&str, u32, u32); 6] =
 
 type SystemDirs = [(std::path::PathBuf, Option<std::path::PathBuf>)];
 
-fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, system: &SystemDirs, uid: u32, gid: u32) -> Result<(), SpawnError> {
+fn jail_steps(
+    steps: &mut Vec<Step>,
+    jail: &Jail,
+    system: &SystemDirs,
+    uid: u32,
+    gid: u32,
+) -> Result<(), SpawnError> {
     use nix::mount::MsFlags;
     check_clean_absolute("jail root", &jail.root)?;
     check_clean_absolute("jail lower layer", &jail.lower)?;
@@ -410,9 +418,10 @@ fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, system: &SystemDirs, uid: u32,
     });
     for (dir, link) in system {
         match link {
-            Some(target) => {
-                steps.push(Step::Symlink { target: path_cstring("link target", target)?, link: inside(root, dir)? })
-            }
+            Some(target) => steps.push(Step::Symlink {
+                target: path_cstring("link target", target)?,
+                link: inside(root, dir)?,
+            }),
             None => {
                 let at = inside(root, dir)?;
                 steps.push(Step::Mkdir { path: at.clone(), mode: 0o755 });
@@ -518,7 +527,10 @@ fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, system: &SystemDirs, uid: u32,
         data: None,
     });
     steps.push(Step::Mkdir { path: inside(root, Path::new("/var"))?, mode: 0o755 });
-    steps.push(Step::Symlink { target: c("link target", "../tmp")?, link: inside(root, Path::new("/var/tmp"))? });
+    steps.push(Step::Symlink {
+        target: c("link target", "../tmp")?,
+        link: inside(root, Path::new("/var/tmp"))?,
+    });
 
     steps.push(Step::SetAttr {
         path: path_cstring("jail root", root)?,
@@ -529,7 +541,6 @@ fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, system: &SystemDirs, uid: u32,
     steps.push(Step::PivotRoot { root: path_cstring("jail root", root)? });
     Ok(())
 }
-
 
 fn show(c: &CString) -> String {
     OsStr::from_bytes(c.as_bytes()).to_string_lossy().into_owned()
