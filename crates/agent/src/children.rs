@@ -216,9 +216,6 @@ impl Children for SupervisedChildren {
     }
 
     fn apply(&self, desired: &DesiredChildren) {
-        for c in &desired.children {
-            self.launcher.note(c);
-        }
         // The newest set replaces one not yet taken up: sets are applied one at a time, in
         // order, by one worker, so an older set never lands after a newer one.
         self.latest.send_replace(Some(desired.clone()));
@@ -235,6 +232,12 @@ async fn apply_sets(
 ) {
     while latest.changed().await.is_ok() {
         let Some(desired) = latest.borrow_and_update().clone() else { continue };
+        // What each child of this set runs with is noted here, by the one worker, just before
+        // the set is applied and cleaned up after: noting a newer set earlier would let the
+        // clean-up of this one forget the newer set's children.
+        for c in &desired.children {
+            launcher.note(c);
+        }
         let cache = launcher.cache().cloned();
         let mut specs = Vec::new();
         for c in &desired.children {
