@@ -188,7 +188,6 @@ impl Launcher for RoutingLauncher {
 /// Children run by a supervisor.
 #[derive(Debug, Clone)]
 pub struct SupervisedChildren {
-    launcher: Arc<RoutingLauncher>,
     source: Option<Arc<crate::BusPackageSource>>,
     latest: tokio::sync::watch::Sender<Option<DesiredChildren>>,
 }
@@ -197,8 +196,8 @@ impl SupervisedChildren {
     /// Must be called inside a tokio runtime: it starts the worker that applies desired sets.
     pub fn new(handle: SupervisorHandle, launcher: Arc<RoutingLauncher>) -> Self {
         let (latest, rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(apply_sets(handle, launcher.clone(), rx));
-        SupervisedChildren { launcher, source: None, latest }
+        tokio::spawn(apply_sets(handle, launcher, rx));
+        SupervisedChildren { source: None, latest }
     }
 
     /// Packages come over the bus through `source`, attached when the agent joins it.

@@ -54,7 +54,7 @@ const STREAMS: [&str; 2] = ["stdout", "stderr"];
 /// is a write for nothing.
 const PUNCH_ALIGN: u64 = 4096;
 /// The most bytes read from one raw file in one poll, so one chatty child cannot starve the rest.
-const READ_PER_POLL: u64 = 1024 * 1024;
+const READ_PER_POLL: u64 = 8 * 1024 * 1024;
 
 /// How the collector runs; [`CollectorConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]

@@ -33,6 +33,10 @@ pub const APP_DIR: &str = "/app";
 /// so only what is written takes space, and still a bound the kernel enforces.
 const UNLIMITED_DISK: u64 = 64 << 30;
 
+/// How much of the host's disk each of a child's output streams may hold before the log
+/// collector has read it: past it the child's writes wait (its tiny init stops relaying).
+const LOG_BUDGET: u64 = 16 << 20;
+
 /// `/dev/shm`'s size (Docker's default), never above the disk size.
 const SHM_BYTES: u64 = 64 << 20;
 
@@ -304,6 +308,7 @@ impl Launcher for SandboxLauncher {
         sandbox.join_cgroup(group.as_ref());
         sandbox.stdout = open("stdout")?;
         sandbox.stderr = open("stderr")?;
+        sandbox.log_budget = Some(LOG_BUDGET);
         let spawned = enjin_sys::sandbox::spawn(sandbox);
         // The sandbox has mounted the device (or failed): our handle is no longer needed, and
         // the device detaches itself when the sandbox's mount namespace ends.

@@ -7,27 +7,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, stderr, stdout, wait_until};
+use common::{Running, cli, example_copy, stderr, stdout, wait_until};
 
 const APP: &str = "python-hello";
-
-/// The example app copied where the test may change it; not under /tmp, which instances
-/// see privately.
-fn example_copy(into: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-hello");
-    let dst = into.join("python-hello");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["app.py", "enjin.toml", "Procfile"] {
-        std::fs::copy(src.join(f), dst.join(f)).expect("copy the example");
-    }
-    dst
-}
 
 fn set_env(dir: &Path, key: &str, value: &str) {
     let path = dir.join("enjin.toml");

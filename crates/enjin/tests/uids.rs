@@ -7,25 +7,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Running, cli, stderr};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-}
-
-fn example_copy(into: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-hello");
-    let dst = into.join("python-hello");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["app.py", "enjin.toml", "Procfile"] {
-        std::fs::copy(src.join(f), dst.join(f)).expect("copy the example");
-    }
-    dst
-}
+use common::{Running, cli, example_copy, is_root, stderr};
 
 /// Every ring 2 node of the app: uuid → reserved uid.
 fn reserved(data: &Path) -> BTreeMap<String, u64> {

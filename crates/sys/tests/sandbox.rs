@@ -509,3 +509,50 @@ echo "err=$(grep -o 'No space left on device' /tmp/dd.err | head -1)"
     let used = std::fs::metadata(&image).expect("image").blocks() * 512;
     assert!(used <= 17 << 20, "the image holds {used} bytes");
 }
+
+#[test]
+fn a_flood_of_output_takes_no_more_of_the_host_than_the_log_budget() {
+    if !root_or_skip("a_flood_of_output_takes_no_more_of_the_host_than_the_log_budget") {
+        return;
+    }
+    let base = base_dir();
+    let log = base.path().join("out.log");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+    // 64 MiB of output against a budget of 4 MiB, then a last line once the writes go through.
+    let mut spec = sh_spec(
+        64_324,
+        &base.path().join("w"),
+        "dd if=/dev/zero bs=1M count=64 2>/dev/null | tr '\\0' x; echo; echo done",
+    );
+    spec.stdout = Stdio::Fd(file.into());
+    spec.log_budget = Some(4 << 20);
+    let mut sb = SandboxGuard(sandbox::spawn(spec).expect("spawn"));
+    // The program blocks once the file holds its budget.
+    let allocated = || std::fs::metadata(&log).map(|m| m.blocks() * 512).unwrap_or(0);
+    wait_for(Duration::from_secs(20), || (allocated() >= 4 << 20).then_some(())).expect("the budget fills");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(allocated() <= (4 << 20) + (64 << 10), "{} bytes allocated past a 4 MiB budget", allocated());
+    assert!(sb.try_wait().expect("wait").is_none(), "the program waits for room instead of losing output");
+    // A reader that frees what it has read (as the collector punches holes) lets it finish.
+    let mut consumed = 0u64;
+    let reader = std::fs::OpenOptions::new().write(true).open(&log).expect("open the log");
+    let status = loop {
+        // Frees all but the last 64 KiB written, which the test reads at the end.
+        let len = std::fs::metadata(&log).expect("log").len().saturating_sub(64 << 10);
+        if len > consumed {
+            enjin_sys::fs::punch_hole(&reader, consumed, len - consumed).expect("punch");
+            consumed = len;
+        }
+        if let Some(status) = sb.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let len = std::fs::metadata(&log).expect("log").len();
+    assert_eq!(len, (64 << 20) + 6, "every byte arrived, in order");
+    let mut tail = vec![0u8; 6];
+    use std::os::unix::fs::FileExt as _;
+    std::fs::File::open(&log).expect("log").read_exact_at(&mut tail, len - 6).expect("tail");
+    assert_eq!(&tail, b"\ndone\n");
+}

@@ -224,3 +224,21 @@ fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) 
         let _ = Command::new("ip").args(["link", "del", &format!("ejb-{}", short(uuid))]).status();
     }
 }
+
+/// Whether this process runs as root (the sandbox tests need it; they never skip in CI, which
+/// runs as root).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// The Python example copied where the test may change it.
+pub fn example_copy(into: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-hello");
+    let dst = into.join("python-hello");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    for f in ["app.py", "enjin.toml", "Procfile"] {
+        std::fs::copy(src.join(f), dst.join(f)).expect("copy the example");
+    }
+    dst
+}

@@ -23,7 +23,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::plan::{ExecArgs, Plan, Step};
+use super::plan::{ExecArgs, Plan, Relay, Step};
 
 /// The syscalls the child makes. Implementations used in a real child must not allocate.
 pub(crate) trait ChildSys {
@@ -57,8 +57,8 @@ pub(crate) trait ChildSys {
     fn seccomp(&self, program: &seccompiler::BpfProgram) -> Result<(), Errno>;
     /// Forks; `None` in the child.
     fn fork(&self) -> Result<Option<Pid>, Errno>;
-    /// Becomes the init of `program`'s PID namespace: never returns.
-    fn run_init(&self, program: Pid) -> !;
+    /// Becomes the init of `program`'s PID namespace, relaying `relay`: never returns.
+    fn run_init(&self, program: Pid, relay: Relay) -> !;
     fn close_fds_on_exec(&self) -> Result<(), Errno>;
     fn unblock_signals(&self) -> Result<(), Errno>;
     /// Returns only on failure.
@@ -156,7 +156,7 @@ pub(crate) fn apply(sys: &dyn ChildSys, plan: &Plan) -> Failure {
             Step::NoNewPrivs => sys.set_no_new_privs(),
             Step::Chdir { path } => sys.chdir(path),
             Step::StartInit => match sys.fork() {
-                Ok(Some(program)) => sys.run_init(program),
+                Ok(Some(program)) => sys.run_init(program, plan.relay),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             },
@@ -457,8 +457,8 @@ impl ChildSys for RealChildSys {
         }
     }
 
-    fn run_init(&self, program: Pid) -> ! {
-        init(program)
+    fn run_init(&self, program: Pid, relay: Relay) -> ! {
+        init(program, relay)
     }
 
     fn close_fds_on_exec(&self) -> Result<(), Errno> {
@@ -510,12 +510,29 @@ const FORWARDED: [Signal; 7] = [
 /// program, and when the program exits the init exits with its code (128 + signal number for a
 /// signal, as shells report it), at which the kernel kills whatever is left in the namespace.
 /// Signals from inside the namespace cannot kill it: as PID 1 it only gets signals it waits for.
-fn init(program: Pid) -> ! {
+///
+/// With a [`Relay`] it also copies the program's stdout and stderr pipes into their files (see
+/// [`relay`]).
+fn init(program: Pid, relay: Relay) -> ! {
     let _ = nix::sys::prctl::set_name(c"enjin-init");
-    // SAFETY: close_range(2) on this process's own fd table; the init uses no fd after this
-    // (the parent's report pipe must close here so the parent sees EOF at the program's exec).
-    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    // Every fd but the relay's closes (the parent's report pipe must close here so the parent
+    // sees EOF at the program's exec).
+    let mut keep = relay.fds();
+    keep.sort_unstable();
+    let mut from: u32 = 0;
+    for fd in keep.into_iter().filter_map(|fd| u32::try_from(fd).ok()) {
+        if fd > from {
+            // SAFETY: close_range(2) on this process's own fd table, around the kept fds.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = fd.saturating_add(1);
+    }
+    // SAFETY: as above, everything past the last kept fd.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
     trim_memory();
+    if relay.pairs.iter().any(Option::is_some) {
+        self::relay(program, relay);
+    }
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for sig in FORWARDED {
@@ -539,6 +556,117 @@ fn init(program: Pid) -> ! {
             }
         }
     }
+}
+
+/// The init's loop with a log relay: `poll` on a signalfd (the same signals as the plain loop)
+/// and on each pipe's read end. What a pipe holds is copied into its file unless the file has
+/// more than `budget` bytes allocated (its reader, the host's log collector, frees what it has
+/// read), in which case the pipe is left unread and looked at again every 100 ms: the program's
+/// writes block once the pipe is full, so a flood of output costs the host at most the budget
+/// per stream, never the disk. When the program exits, what is left in the pipes is copied
+/// (within the budget) and the init exits with the program's code.
+fn relay(program: Pid, relay: Relay) -> ! {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    // SAFETY: signalfd(2) with a live sigset; the signals stay blocked, so they queue on it.
+    let sigfd = unsafe { libc::signalfd(-1, set.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if sigfd < 0 {
+        exit_now(255);
+    }
+    let mut pipes = relay.pairs;
+    for (r, _) in pipes.iter().flatten() {
+        // SAFETY: F_SETFL on our own pipe end.
+        unsafe { libc::fcntl(*r, libc::F_SETFL, libc::O_NONBLOCK) };
+    }
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let mut fds = [libc::pollfd { fd: sigfd, events: libc::POLLIN, revents: 0 }; 3];
+        let mut paused = false;
+        for (i, pair) in pipes.iter().enumerate() {
+            let slot = &mut fds[i + 1];
+            slot.fd = -1;
+            if let Some((r, w)) = pair {
+                if over_budget(*w, relay.budget) {
+                    paused = true;
+                } else {
+                    slot.fd = *r;
+                }
+            }
+        }
+        let timeout = if paused { 100 } else { -1 };
+        // SAFETY: poll(2) on a live local array of three pollfds (negative fds are ignored).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut info = [0u8; 128];
+            // SAFETY: read(2) of one signalfd_siginfo (128 bytes) into a live local buffer.
+            while unsafe { libc::read(sigfd, info.as_mut_ptr().cast(), info.len()) } == 128 {
+                let signo = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                if signo == libc::SIGCHLD {
+                    if let Some(code) = reap(program) {
+                        for pair in pipes.iter().flatten() {
+                            copy(pair.0, pair.1, relay.budget, &mut buf, 64);
+                        }
+                        exit_now(code);
+                    }
+                } else if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = nix::sys::signal::kill(program, sig);
+                }
+            }
+        }
+        for (i, pair) in pipes.iter_mut().enumerate() {
+            let Some((r, w)) = *pair else { continue };
+            if fds[i + 1].fd >= 0 && fds[i + 1].revents != 0 && !copy(r, w, relay.budget, &mut buf, 16) {
+                // The write end is gone everywhere: nothing more will come.
+                *pair = None;
+            }
+        }
+    }
+}
+
+/// Whether the file `fd` has more than `budget` bytes allocated.
+fn over_budget(fd: RawFd, budget: u64) -> bool {
+    // SAFETY: fstat(2) into a zeroed local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512) > budget
+}
+
+/// Copies up to `rounds` buffers from the pipe `r` into the file `w`, stopping when the pipe is
+/// empty or the file is over budget. False once the pipe has reached its end.
+fn copy(r: RawFd, w: RawFd, budget: u64, buf: &mut [u8], rounds: usize) -> bool {
+    for _ in 0..rounds {
+        if over_budget(w, budget) {
+            return true;
+        }
+        // SAFETY: read(2) into a live local buffer of its length.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { return true };
+        if n == 0 {
+            return false;
+        }
+        let mut done = 0;
+        while done < n {
+            let rest = buf.get(done..n).unwrap_or(&[]);
+            // SAFETY: write(2) from a live slice of the buffer.
+            let m = unsafe { libc::write(w, rest.as_ptr().cast(), rest.len()) };
+            match usize::try_from(m) {
+                Ok(m) if m > 0 => done += m,
+                // A failed write drops the rest of this buffer (the file is the host's; the
+                // program must not stall on it).
+                _ => break,
+            }
+        }
+    }
+    true
 }
 
 /// Reaps every exited child; the program's exit code once it is among them.
@@ -760,7 +888,7 @@ mod tests {
         fn fork(&self) -> Result<Option<Pid>, Errno> {
             self.record("fork".into()).map(|()| None)
         }
-        fn run_init(&self, _program: Pid) -> ! {
+        fn run_init(&self, _program: Pid, _relay: Relay) -> ! {
             unreachable!("the fake always continues as the program")
         }
         fn close_fds_on_exec(&self) -> Result<(), Errno> {

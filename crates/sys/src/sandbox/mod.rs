@@ -188,6 +188,11 @@ pub struct SandboxSpec {
     pub drop_capabilities: bool,
     /// Install the syscall filter of [`crate::seccomp`] last before exec (needs `no_new_privs`).
     pub seccomp: bool,
+    /// With [`PidNamespace::TinyInit`]: stdout and stderr given as [`Stdio::Fd`] reach their
+    /// files through pipes that the init copies, pausing while a file has more than this many
+    /// bytes allocated — so the program's output can never take more of the host's disk than
+    /// this per stream while the file's reader lags (the program's writes block instead).
+    pub log_budget: Option<u64>,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -214,6 +219,7 @@ impl SandboxSpec {
             jail: None,
             drop_capabilities: true,
             seccomp: true,
+            log_budget: None,
             stdin: Stdio::Null,
             stdout: Stdio::Null,
             stderr: Stdio::Null,
@@ -466,6 +472,28 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
         let program = program.clone();
         move |source| SpawnError::Stdio { what, program, source }
     };
+    // The init's relay: the program writes into pipes, the init into the files.
+    let mut relay = plan::Relay::default();
+    let mut relay_fds: Vec<OwnedFd> = Vec::new();
+    if let (Some(budget), PidNamespace::TinyInit) = (spec.log_budget, spec.pid_namespace) {
+        relay.budget = budget;
+        for (i, stdio) in [&mut spec.stdout, &mut spec.stderr].into_iter().enumerate() {
+            if !matches!(stdio, Stdio::Fd(_)) {
+                continue;
+            }
+            if let Stdio::Fd(file) = std::mem::take(stdio) {
+                let (reader, writer) = io::pipe().map_err(stdio_err("a log pipe"))?;
+                let reader = above_stdio(reader.into()).map_err(stdio_err("a log pipe"))?;
+                let file = above_stdio(file).map_err(stdio_err("a log file"))?;
+                if let Some(slot) = relay.pairs.get_mut(i) {
+                    *slot = Some((reader.as_raw_fd(), file.as_raw_fd()));
+                }
+                relay_fds.push(reader);
+                relay_fds.push(file);
+                *stdio = Stdio::Fd(writer.into());
+            }
+        }
+    }
     let (stdin_child, stdin_parent) =
         prepare_stdio(std::mem::take(&mut spec.stdin), true).map_err(stdio_err("stdin"))?;
     let (stdout_child, stdout_parent) =
@@ -482,7 +510,8 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
         system: if spec.jail.is_some() { plan::system_dirs() } else { Vec::new() },
         filters: if spec.seccomp { seccomp_programs()? } else { Vec::new() },
     };
-    let plan = plan::build(&spec, fds, host)?;
+    let mut plan = plan::build(&spec, fds, host)?;
+    plan.relay = relay;
     if spec.jail.is_none() {
         prepare_workdir(&spec)?;
     }
@@ -506,6 +535,7 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
     }
     drop(report_write);
     drop((stdin_child, stdout_child, stderr_child));
+    drop(relay_fds);
     let pid = Pid::from_raw(cloned.map_err(|source| SpawnError::Clone { program: program.clone(), source })?);
 
     let mut report = [0u8; child::Failure::WIRE_LEN];

@@ -102,11 +102,34 @@ pub(crate) struct ExecArgs {
     pub envp: Vec<*const c_char>,
 }
 
+/// The init's log relay: each pipe's read end and the file it is copied into, and how much of
+/// a file may be allocated before the init stops reading its pipe (the program's writes then
+/// block until the file's reader frees space).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Relay {
+    pub pairs: [Option<(RawFd, RawFd)>; 2],
+    pub budget: u64,
+}
+
+impl Relay {
+    /// The fds the init keeps.
+    pub fn fds(&self) -> [RawFd; 4] {
+        let mut out = [-1; 4];
+        for (i, (r, w)) in self.pairs.iter().flatten().enumerate() {
+            out[2 * i] = *r;
+            out[2 * i + 1] = *w;
+        }
+        out
+    }
+}
+
 /// The whole child side.
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub steps: Vec<Step>,
     pub exec: ExecArgs,
+    /// What the tiny init relays (nothing without a log budget).
+    pub relay: Relay,
     /// The seccomp programs, installed in order by [`Step::Seccomp`].
     pub filters: Vec<seccompiler::BpfProgram>,
 }
@@ -291,7 +314,12 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, host: Host) -> Result<Pla
     let argv = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp = env.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
     let filters = if spec.seccomp { host.filters } else { Vec::new() };
-    Ok(Plan { steps, exec: ExecArgs { program, _args: args, _env: env, argv, envp }, filters })
+    Ok(Plan {
+        steps,
+        exec: ExecArgs { program, _args: args, _env: env, argv, envp },
+        filters,
+        relay: Relay::default(),
+    })
 }
 
 /// The host's root, read-only, with a private `/tmp` and the workdir writable (no jail).
