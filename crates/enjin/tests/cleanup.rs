@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::{Running, cli, is_root, stderr, stdout};
 
-/// Cycles when `ENJIN_CLEANUP_CYCLES` is not set: about two minutes.
-const DEFAULT_CYCLES: usize = 20;
+/// Cycles when `ENJIN_CLEANUP_CYCLES` is not set: a hundred deploys and a hundred rollbacks,
+/// about nine minutes.
+const DEFAULT_CYCLES: usize = 100;
 /// The host keeps the logs of at most this many retired instances (the agent's
 /// `CollectorConfig::new().max_retired`).
 const MAX_RETIRED_LOGS: usize = 64;
