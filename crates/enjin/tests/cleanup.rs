@@ -294,6 +294,8 @@ fn deploy_and_rollback_leave_the_data_directory_bounded() {
             "logs of {} children are still kept, more than {MAX_RETIRED_LOGS} retired + 1 live",
             end.logged_children
         );
+        // Polled: the collector lets a child's logs go 30 s after its last output, and each
+        // measure walks the whole data directory, so once a second is enough.
         std::thread::sleep(Duration::from_secs(1));
         end = Measure::of(&data, &host);
     }
