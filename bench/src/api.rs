@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enjin_client::Client;
-use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_control::ControlPlane;
 use enjin_model::Kind;
 use enjin_store::Store;
 use serde_json::json;
@@ -35,7 +35,7 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     plane.bootstrap().await.context("failed to bootstrap the control plane")?;
     let token = plane
         .auth()
-        .issue(ADMIN_PRINCIPAL, "bench", chrono::Utc::now())
+        .issue_admin("bench", chrono::Utc::now())
         .await
         .context("failed to issue an admin token")?
         .token;

@@ -48,6 +48,7 @@ impl Ring1 {
         let cp = ControlPlane::new(store.clone());
         cp.bootstrap().await.expect("bootstrap");
         let req = CreateRequest {
+            account: None,
             ring: Ring::META,
             label: Some("m0".into()),
             labels: Default::default(),
@@ -85,6 +86,7 @@ impl Ring1 {
         let spec =
             NodeSpec { parent: Some(self.machine), strategy: Some(Strategy::Netns), ..NodeSpec::default() };
         let req = CreateRequest {
+            account: None,
             ring: Ring::INFRASTRUCTURE,
             label: Some(label.into()),
             labels: Default::default(),

@@ -54,7 +54,7 @@ pub enum Command {
     Edge(EdgeArgs),
     /// Accounts (tenants)
     #[command(subcommand)]
-    Account(ObjectCommand),
+    Account(AccountCommand),
     /// Roles (permission sets)
     #[command(subcommand)]
     Role(ObjectCommand),
@@ -149,6 +149,9 @@ pub struct DeployArgs {
     /// Start the rollout and return without waiting for it
     #[arg(long)]
     pub no_wait: bool,
+    /// The account a new app is made in, by label or uuid (default: your own)
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +239,14 @@ pub enum ObjectCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    #[command(flatten)]
+    Object(ObjectCommand),
+    /// Each account you may read (or the one named): its quota and what it uses
+    Status { account: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CompartmentCommand {
     #[command(flatten)]
     Object(ObjectCommand),
@@ -297,6 +308,9 @@ pub struct CreateArgs {
     /// Ring: 0 meta, 1 infrastructure, 2 platform
     #[arg(long, default_value = "0")]
     pub ring: Ring,
+    /// The account it belongs to, by label or uuid (default: your own)
+    #[arg(long)]
+    pub account: Option<String>,
     #[command(flatten)]
     pub content: ContentArgs,
 }
@@ -345,15 +359,27 @@ pub struct ListArgs {
     /// key=value[,key=value]
     #[arg(long)]
     pub selector: Option<String>,
+    /// Only this account's (label or uuid)
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Issue a token for a principal (shown once)
+    /// Issue a token for a principal (shown once); it never holds more than you do
     Create {
         principal: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Only in this account (label or uuid)
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this role's permissions (label or uuid; a role of the account or a built-in one)
+        #[arg(long)]
+        role: Option<String>,
+        /// Stop working after this long: 90s, 30m, 12h, 30d
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// List tokens (never their secrets)
     #[command(visible_alias = "ls")]

@@ -22,12 +22,17 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Client {
     /// Upload a package to the package store, reporting progress as bytes go out.
+    /// Store a package for `account` (default: the caller's own account).
     pub async fn upload_package(
         &self,
         bytes: Vec<u8>,
+        account: Option<uuid::Uuid>,
         progress: Progress,
     ) -> Result<PackageUploaded, ClientError> {
-        let path = format!("/{VERSION}/packages");
+        let path = match account {
+            Some(a) => format!("/{VERSION}/packages?account={a}"),
+            None => format!("/{VERSION}/packages"),
+        };
         let bytes = bytes::Bytes::from(bytes);
         let total = bytes.len();
         let pieces = (0..total.div_ceil(UPLOAD_PIECE)).map(move |i| {

@@ -196,14 +196,16 @@ impl Client {
         self.send(self.request(Method::PUT, &path).json(req), &path).await
     }
 
-    pub async fn token_create(
-        &self,
-        principal: &str,
-        description: &str,
-    ) -> Result<TokenCreated, ClientError> {
+    /// Issue a token; it never holds more than the caller does.
+    pub async fn token_create(&self, req: &TokenCreateRequest) -> Result<TokenCreated, ClientError> {
         let path = format!("/{VERSION}/tokens");
-        let body = TokenCreateRequest { principal: principal.into(), description: description.into() };
-        self.send(self.request(Method::POST, &path).json(&body), &path).await
+        self.send(self.request(Method::POST, &path).json(req), &path).await
+    }
+
+    /// Each account the caller may read, with its quota and use.
+    pub async fn account_status(&self) -> Result<enjin_model::api::AccountStatusList, ClientError> {
+        let path = format!("/{VERSION}/account-status");
+        self.send(self.request(Method::GET, &path), &path).await
     }
 
     pub async fn token_list(&self) -> Result<TokenList, ClientError> {

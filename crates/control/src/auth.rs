@@ -2,18 +2,21 @@
 //! only their SHA-256, so a copy of the store grants nothing. A token speaks for a principal,
 //! and the principal's memberships (account + role) give it its permissions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use enjin_model::api::{CreateRequest, JoinTokenCreated, ListQuery, TokenCreated, TokenInfo};
-use enjin_model::kinds::{AccountSpec, MembershipSpec, NodeSpec, Permission, Resource, RoleSpec, Verb};
+use enjin_model::api::{
+    CreateRequest, JoinTokenCreated, ListQuery, TokenCreateRequest, TokenCreated, TokenInfo,
+};
+use enjin_model::kinds::{AccountSpec, MembershipSpec, NodeSpec, PermSet, Resource, RoleSpec, Verb};
 use enjin_model::{FieldError, Ring, validate_label};
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::access::{Grants, Scope, describe_missing};
 use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 
 /// Cached principals beyond this many are dropped all at once; a cache miss costs only a few
@@ -21,6 +24,10 @@ use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 const CACHE_MAX: usize = 4096;
 
 const TOKEN_PREFIX: &str = "/auth/tokens/";
+/// `/auth/used/<token id>`: when the token was last used (RFC 3339).
+const USED_PREFIX: &str = "/auth/used/";
+/// The longest a token may be made to live (ten years), short of forever.
+const TOKEN_TTL_MAX_SECONDS: u64 = 10 * 365 * 86_400 + 1;
 const JOIN_PREFIX: &str = "/auth/join/";
 /// Join tokens are marked apart from API tokens: they authenticate exactly one call, the join.
 const JOIN_MARK: &str = "enjin_join_";
@@ -43,20 +50,53 @@ struct TokenRecord {
     #[serde(default)]
     description: String,
     created_at: DateTime<Utc>,
+    /// The account the token belongs to; nil for tokens made before accounts (the system's).
+    #[serde(default)]
+    account: Uuid,
+    #[serde(default)]
+    created_by: String,
+    #[serde(default)]
+    role: Option<Uuid>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    /// Everything the token may ever do (see [`Grants::to_names`]): its creator's grants, or
+    /// less, when it was made. `None` only for the admin token a data directory bootstraps (and
+    /// tokens made before ceilings): it holds whatever its principal holds.
+    #[serde(default)]
+    ceiling: Option<BTreeMap<String, Vec<String>>>,
 }
 
-impl From<TokenRecord> for TokenInfo {
-    fn from(r: TokenRecord) -> Self {
-        TokenInfo { id: r.id, principal: r.principal, description: r.description, created_at: r.created_at }
+impl TokenRecord {
+    fn info(&self, system: Uuid, last_used_at: Option<DateTime<Utc>>) -> TokenInfo {
+        TokenInfo {
+            id: self.id,
+            principal: self.principal.clone(),
+            description: self.description.clone(),
+            created_at: self.created_at,
+            account: if self.account.is_nil() { system } else { self.account },
+            created_by: self.created_by.clone(),
+            role: self.role,
+            expires_at: self.expires_at,
+            last_used_at,
+            ceiling: self
+                .ceiling
+                .clone()
+                .unwrap_or_else(|| BTreeMap::from([("*".into(), vec!["* *".into()])])),
+        }
     }
 }
 
-/// An authenticated caller and the roles it holds.
+/// An authenticated caller and what it may do, where.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub name: String,
     pub token: Uuid,
-    pub roles: Arc<Vec<RoleSpec>>,
+    /// The principal's memberships, narrowed by the token's ceiling.
+    pub grants: Arc<Grants>,
+    /// The system account's uuid.
+    pub system: Uuid,
+    /// When the token that authenticated the caller stops working.
+    pub expires_at: Option<DateTime<Utc>>,
     /// Set when the caller presented a join token: what it may join.
     pub join: Option<JoinGrant>,
 }
@@ -82,8 +122,41 @@ struct JoinRecord {
 }
 
 impl Principal {
-    pub fn allows(&self, verb: Verb, resource: Resource) -> bool {
-        self.roles.iter().any(|r| r.allows(verb, resource))
+    /// Whether the caller may do `verb` on `resource` in `account`.
+    pub fn allows(&self, verb: Verb, resource: Resource, account: Uuid) -> bool {
+        self.grants.allows(verb, resource, account)
+    }
+
+    /// Whether it may do so in some account (the check before a handler finds out which).
+    pub fn allows_somewhere(&self, verb: Verb, resource: Resource) -> bool {
+        self.grants.allows_somewhere(verb, resource)
+    }
+
+    /// Whether its grants hold in every account: the operator's principals.
+    pub fn is_operator(&self) -> bool {
+        self.grants.is_everywhere()
+    }
+
+    /// The account the caller acts in when a request names none: the system account for the
+    /// operator, else the one account it is a member of.
+    pub fn home(&self) -> Result<Uuid, RegistryError> {
+        if self.grants.is_everywhere() {
+            return Ok(self.system);
+        }
+        let accounts: Vec<Uuid> = self.grants.accounts().collect();
+        match accounts.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(RegistryError::Forbidden(format!("principal {} is a member of no account", self.name))),
+            _ => Err(FieldError::new(
+                "account",
+                format!(
+                    "principal {} is a member of {} accounts: name the one to act in",
+                    self.name,
+                    accounts.len()
+                ),
+            )
+            .into()),
+        }
     }
 }
 
@@ -93,6 +166,8 @@ pub enum AuthError {
     Missing,
     #[error("the bearer token is not valid")]
     Invalid,
+    #[error("the bearer token has expired")]
+    Expired,
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -110,11 +185,13 @@ pub struct Auth {
     /// entry is used only while the generation in the store is unchanged, so a revoked token
     /// or a removed membership stops working at once, on every server sharing the store.
     cache: Arc<Mutex<HashMap<String, (i64, Principal)>>>,
+    /// When tokens were last used on this server, not yet written down.
+    used: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
 }
 
 impl Auth {
     pub fn new(registry: Registry) -> Self {
-        Auth { registry, cache: Arc::default() }
+        Auth { registry, cache: Arc::default(), used: Arc::default() }
     }
 
     async fn generation(&self) -> Result<i64, RegistryError> {
@@ -147,26 +224,80 @@ impl Auth {
         // Read the generation first: a change after this read bumps it, so the entry cached
         // below can only be too old to use, never wrongly fresh.
         let generation = self.generation().await?;
-        if let Ok(cache) = self.cache.lock()
-            && let Some((g, p)) = cache.get(&digest)
-            && *g == generation
-        {
-            return Ok(p.clone());
+        let cached =
+            self.cache.lock().ok().and_then(|cache| {
+                cache.get(&digest).filter(|(g, _)| *g == generation).map(|(_, p)| p.clone())
+            });
+        let principal = match cached {
+            Some(p) => p,
+            None => {
+                let p = self.resolve_token(&digest).await?;
+                if let Ok(mut cache) = self.cache.lock() {
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(digest, (generation, p.clone()));
+                }
+                p
+            }
+        };
+        if principal.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Err(AuthError::Expired);
         }
+        self.note_use(principal.token);
+        Ok(principal)
+    }
+
+    async fn resolve_token(&self, digest: &str) -> Result<Principal, AuthError> {
         let kv = self.store().get(&format!("{TOKEN_PREFIX}{digest}")).await.map_err(RegistryError::from)?;
         let kv = kv.ok_or(AuthError::Invalid)?;
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-        let roles = self.roles_of(&record.principal).await?;
-        let principal =
-            Principal { name: record.principal, token: record.id, roles: Arc::new(roles), join: None };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
+        let system = self.registry.system_account().await?;
+        let held = self.grants_of(&record.principal, system).await?;
+        let grants = match &record.ceiling {
+            None => held,
+            Some(names) => {
+                let ceiling = Grants::from_names(names).ok_or_else(|| RegistryError::Corrupt {
+                    key: kv.key.clone(),
+                    error: "unreadable ceiling".into(),
+                })?;
+                held.intersection(&ceiling)
             }
-            cache.insert(digest, (generation, principal.clone()));
+        };
+        Ok(Principal {
+            name: record.principal,
+            token: record.id,
+            grants: Arc::new(grants),
+            system,
+            expires_at: record.expires_at,
+            join: None,
+        })
+    }
+
+    /// Note that a token was used; [`Auth::record_use`] writes it down.
+    fn note_use(&self, token: Uuid) {
+        if let Ok(mut used) = self.used.lock()
+            && (used.len() < CACHE_MAX || used.contains_key(&token))
+        {
+            used.insert(token, Utc::now());
         }
-        Ok(principal)
+    }
+
+    /// Write down when tokens noted since the last call were used, in one transaction. Called
+    /// once a minute, so that authenticating a request never writes to the store.
+    pub async fn record_use(&self) -> Result<(), RegistryError> {
+        let used: Vec<(Uuid, DateTime<Utc>)> = match self.used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if used.is_empty() {
+            return Ok(());
+        }
+        let ops =
+            used.iter().map(|(id, at)| Op::put(format!("{USED_PREFIX}{id}"), at.to_rfc3339().into_bytes()));
+        self.store().txn(Txn::new().then(ops)).await?;
+        Ok(())
     }
 
     async fn authenticate_join(&self, token: &str) -> Result<Principal, AuthError> {
@@ -182,14 +313,14 @@ impl Auth {
                 .await;
             return Err(AuthError::Invalid);
         }
-        let role = RoleSpec {
-            permissions: vec![Permission { verbs: vec![Verb::Create], resources: vec![Resource::Join] }],
-            description: "may join its ring once".into(),
-        };
+        let system = self.registry.system_account().await?;
+        let join: PermSet = [(Verb::Create, Resource::Join)].into_iter().collect();
         Ok(Principal {
             name: format!("join-{}", record.id),
             token: record.id,
-            roles: Arc::new(vec![role]),
+            grants: Arc::new(Grants::none().with(Scope::Everywhere, &join)),
+            system,
+            expires_at: Some(record.expires_at),
             join: Some(JoinGrant {
                 id: record.id,
                 ring: record.ring,
@@ -250,40 +381,132 @@ impl Auth {
         Ok(JoinTokenCreated { id: record.id, ring, parent, expires_at, token })
     }
 
-    async fn roles_of(&self, principal: &str) -> Result<Vec<RoleSpec>, RegistryError> {
+    /// What `principal`'s memberships grant: a membership of the system account everywhere,
+    /// any other in its own account. A role bound in an account it does not belong to (nor to
+    /// the system account) grants nothing.
+    pub async fn grants_of(&self, principal: &str, system: Uuid) -> Result<Grants, RegistryError> {
         let (memberships, _) = self.registry.list::<MembershipSpec>(&ListQuery::default()).await?;
-        let mut roles = Vec::new();
+        let mut grants = Grants::none();
         for m in memberships.into_iter().filter(|m| m.spec.principal == principal) {
             match self.registry.get::<RoleSpec>(m.spec.role).await {
-                Ok(role) => roles.push(role.spec),
-                Err(RegistryError::NotFound { .. }) => {}
+                Ok(role) if role.meta.account == m.spec.account || role.meta.account == system => {
+                    grants.add(Scope::of(m.spec.account, system), &role.spec.perm_set());
+                }
+                Ok(_) | Err(RegistryError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(roles)
+        Ok(grants)
     }
 
-    /// Issue a new token for `principal`; the secret is returned only here.
-    pub async fn issue(
+    /// The admin token of a data directory: the bootstrap principal's, holding whatever that
+    /// principal holds. The secret is returned only here.
+    pub async fn issue_admin(
         &self,
-        principal: &str,
         description: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenCreated, RegistryError> {
-        validate_label(principal).map_err(|m| FieldError::new("principal", m))?;
-        if description.len() > 1024 {
+        let system = self.registry.system_account().await?;
+        let record = TokenRecord {
+            id: Uuid::new_v4(),
+            principal: ADMIN_PRINCIPAL.into(),
+            description: description.into(),
+            created_at: now,
+            account: system,
+            created_by: ADMIN_PRINCIPAL.into(),
+            role: None,
+            expires_at: None,
+            ceiling: None,
+        };
+        self.store_token(record, system).await
+    }
+
+    /// Issue a token for `req.principal` on behalf of `caller`. The token never holds more
+    /// than the caller does now: its ceiling is the caller's grants, narrowed to the account
+    /// and role asked for, and a role beyond the caller's grants is refused. Nor does it
+    /// outlive the caller's token. The secret is returned only here.
+    pub async fn issue(
+        &self,
+        caller: &Principal,
+        req: &TokenCreateRequest,
+        now: DateTime<Utc>,
+    ) -> Result<TokenCreated, RegistryError> {
+        validate_label(&req.principal).map_err(|m| FieldError::new("principal", m))?;
+        if req.description.len() > 1024 {
             return Err(FieldError::new("description", "is longer than 1024 bytes").into());
         }
+        let system = caller.system;
+        let account = match req.account {
+            Some(a) => a,
+            None => caller.home()?,
+        };
+        if !caller.allows(Verb::Create, Resource::Token, account) {
+            return Err(RegistryError::Forbidden(format!(
+                "principal {} may not create token in account {account}",
+                caller.name
+            )));
+        }
+        let ceiling = match req.role {
+            Some(role) => {
+                let role = match self.registry.get::<RoleSpec>(role).await {
+                    Ok(r) if r.meta.account == account || r.meta.account == system => r,
+                    Ok(_) | Err(RegistryError::NotFound { .. }) => {
+                        return Err(FieldError::new("role", format!("role {role} does not exist")).into());
+                    }
+                    Err(e) => return Err(e),
+                };
+                Grants::none().with(Scope::of(account, system), &role.spec.perm_set())
+            }
+            None if req.account.is_some() => caller.grants.narrowed_to(account, system),
+            None => (*caller.grants).clone(),
+        };
+        let missing = caller.grants.lacks(&ceiling);
+        if !missing.is_empty() {
+            return Err(RegistryError::Forbidden(format!(
+                "principal {} may not grant what it does not hold: {}",
+                caller.name,
+                describe_missing(&missing)
+            )));
+        }
+        let expires_at = match req.expires_in_seconds {
+            Some(0) | Some(TOKEN_TTL_MAX_SECONDS..) => {
+                return Err(FieldError::new(
+                    "expires_in_seconds",
+                    format!("must be from 1 to {}", TOKEN_TTL_MAX_SECONDS - 1),
+                )
+                .into());
+            }
+            Some(s) => Some(now + chrono::TimeDelta::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))),
+            None => None,
+        };
+        let expires_at = match (expires_at, caller.expires_at) {
+            (None, limit) => limit,
+            (Some(t), Some(limit)) if t > limit => {
+                return Err(RegistryError::Forbidden(format!(
+                    "a token cannot outlive the token that makes it: yours expires at {limit}"
+                )));
+            }
+            (Some(t), _) => Some(t),
+        };
+        let record = TokenRecord {
+            id: Uuid::new_v4(),
+            principal: req.principal.clone(),
+            description: req.description.clone(),
+            created_at: now,
+            account,
+            created_by: caller.name.clone(),
+            role: req.role,
+            expires_at,
+            ceiling: Some(ceiling.to_names()),
+        };
+        self.store_token(record, system).await
+    }
+
+    async fn store_token(&self, record: TokenRecord, system: Uuid) -> Result<TokenCreated, RegistryError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
         let token = format!("{TOKEN_MARK}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let record = TokenRecord {
-            id: Uuid::new_v4(),
-            principal: principal.to_string(),
-            description: description.to_string(),
-            created_at: now,
-        };
         let key = format!("{TOKEN_PREFIX}{}", hash(&token));
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let resp = self
@@ -297,34 +520,56 @@ impl Auth {
         if !resp.succeeded {
             return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
         }
-        Ok(TokenCreated { info: record.into(), token })
+        Ok(TokenCreated { info: record.info(system, None), token })
     }
 
+    /// Every token, never its secret, with when it was last used.
     pub async fn list(&self) -> Result<Vec<TokenInfo>, RegistryError> {
+        let system = self.registry.system_account().await?;
+        let used = self.store().range(USED_PREFIX).await?;
+        let last_used: HashMap<String, DateTime<Utc>> = used
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key.strip_prefix(USED_PREFIX)?.to_string();
+                let at = DateTime::parse_from_rfc3339(std::str::from_utf8(&kv.value).ok()?).ok()?;
+                Some((id, at.with_timezone(&Utc)))
+            })
+            .collect();
+        let pending: HashMap<Uuid, DateTime<Utc>> = self.used.lock().map(|u| u.clone()).unwrap_or_default();
         let range = self.store().range(TOKEN_PREFIX).await?;
         let mut out = Vec::new();
         for kv in range.kvs {
             let record: TokenRecord = serde_json::from_slice(&kv.value)
                 .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-            out.push(record.into());
+            let used = pending.get(&record.id).or(last_used.get(&record.id.to_string())).copied();
+            out.push(record.info(system, used));
         }
         out.sort_by_key(|t: &TokenInfo| t.created_at);
         Ok(out)
     }
 
+    /// Revoke a token: it stops working at once, on every server.
     pub async fn revoke(&self, id: Uuid) -> Result<(), RegistryError> {
-        let range = self.store().range(TOKEN_PREFIX).await?;
-        for kv in range.kvs {
-            let record: Result<TokenRecord, _> = serde_json::from_slice(&kv.value);
-            if record.is_ok_and(|r| r.id == id) {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(&kv.key, kv.mod_revision)])
-                    .then([Op::delete(&kv.key), Self::bump_generation()]);
-                self.store().txn(txn).await?;
+        for _ in 0..8 {
+            let range = self.store().range(TOKEN_PREFIX).await?;
+            let found = range
+                .kvs
+                .into_iter()
+                .find(|kv| serde_json::from_slice::<TokenRecord>(&kv.value).is_ok_and(|r| r.id == id));
+            let Some(kv) = found else {
+                return Err(RegistryError::TokenNotFound(id));
+            };
+            let txn = Txn::new().when([Compare::mod_revision(&kv.key, kv.mod_revision)]).then([
+                Op::delete(&kv.key),
+                Op::delete(format!("{USED_PREFIX}{id}")),
+                Self::bump_generation(),
+            ]);
+            if self.store().txn(txn).await?.succeeded {
                 return Ok(());
             }
         }
-        Err(RegistryError::TokenNotFound(id))
+        Err(RegistryError::Conflict { field: None, detail: format!("token {id} kept changing; retry") })
     }
 
     /// Make sure the system account, the admin and viewer roles and the admin principal's
@@ -333,7 +578,7 @@ impl Auth {
         let account = self
             .ensure::<AccountSpec>(
                 SYSTEM_ACCOUNT,
-                AccountSpec { description: "the operator's own account".into() },
+                AccountSpec { description: "the operator's own account".into(), quota: Default::default() },
                 now,
             )
             .await?;
@@ -345,7 +590,13 @@ impl Auth {
         });
         if !exists {
             let spec = MembershipSpec { principal: ADMIN_PRINCIPAL.into(), account, role: admin };
-            let req = CreateRequest { ring: Ring::META, label: None, labels: Default::default(), spec };
+            let req = CreateRequest {
+                account: None,
+                ring: Ring::META,
+                label: None,
+                labels: Default::default(),
+                spec,
+            };
             self.registry.create(req, now).await?;
         }
         Ok(())
@@ -362,8 +613,13 @@ impl Auth {
         if let Some(o) = found.first() {
             return Ok(o.meta.uuid);
         }
-        let req =
-            CreateRequest { ring: Ring::META, label: Some(label.into()), labels: Default::default(), spec };
+        let req = CreateRequest {
+            account: None,
+            ring: Ring::META,
+            label: Some(label.into()),
+            labels: Default::default(),
+            spec,
+        };
         match self.registry.create(req, now).await {
             Ok(o) => Ok(o.meta.uuid),
             // Another server bootstrapped it at the same moment.

@@ -422,7 +422,8 @@ impl BusAuthority {
                 self.registry.update(o.meta.uuid, req, now).await?;
             }
             None => {
-                let req = CreateRequest { ring, label: None, labels: Default::default(), spec };
+                let req =
+                    CreateRequest { account: None, ring, label: None, labels: Default::default(), spec };
                 self.registry.create(req, now).await?;
             }
         }

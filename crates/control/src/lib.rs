@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 pub mod bus;
 mod config;
@@ -14,6 +15,7 @@ mod openapi;
 pub mod platform;
 pub mod ports;
 mod problem;
+pub mod quota;
 mod registry;
 mod routes;
 pub mod uids;
@@ -27,6 +29,7 @@ use chrono::Utc;
 use enjin_store::Store;
 use tokio::net::TcpListener;
 
+pub use access::{Grants, Scope};
 pub use auth::{
     ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
 };
@@ -111,6 +114,7 @@ impl ControlPlane {
         let app = self.router();
         let stop = self.stop;
         tokio::spawn(compact_history(self.state.registry.store().clone(), stop.subscribe()));
+        tokio::spawn(record_token_use(self.state.auth.clone(), stop.subscribe()));
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -118,6 +122,27 @@ impl ControlPlane {
                 stop.send_replace(true);
             })
             .await
+    }
+}
+
+/// How often the times tokens were last used are written down.
+const RECORD_USE_EVERY: Duration = Duration::from_secs(60);
+
+/// Write down once a minute when tokens were last used (see [`Auth::record_use`]), and once
+/// more on the way out.
+async fn record_token_use(auth: Auth, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RECORD_USE_EVERY, RECORD_USE_EVERY);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stopping.wait_for(|stop| *stop) => true,
+        };
+        if let Err(e) = auth.record_use().await {
+            tracing::warn!(error = %e, "cannot record when tokens were last used");
+        }
+        if stop {
+            return;
+        }
     }
 }
 

@@ -66,6 +66,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<enjin_model::FieldError> for ApiError {
+    fn from(f: enjin_model::FieldError) -> Self {
+        RegistryError::Invalid(f).into()
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
@@ -85,6 +91,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
             RegistryError::Unavailable(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
+            RegistryError::Forbidden(d) => ApiError::forbidden(d),
             RegistryError::Store(s) => s.into(),
         }
     }
@@ -108,7 +115,7 @@ impl From<StoreError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Invalid => {
+            AuthError::Missing | AuthError::Invalid | AuthError::Expired => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             }
             AuthError::Registry(r) => r.into(),

@@ -71,6 +71,9 @@ pub enum RegistryError {
     /// Something the write needs has run out (every instance uid is taken).
     #[error("{0}")]
     Unavailable(String),
+    /// The caller may not do this: it would grant more than the caller holds.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -153,9 +156,17 @@ pub fn kind_prefix(kind: Kind) -> String {
 
 pub const REGISTRY_PREFIX: &str = "/registry/";
 
-fn label_key(kind: Kind, ring: Ring, scope: Option<Uuid>, label: &str) -> String {
+/// Labels are unique among siblings: the same kind, ring and compartment, and the same account
+/// (for objects outside the system account), so one tenant's names say nothing about
+/// another's. Accounts' own labels are unique across the cloud.
+fn label_key(kind: Kind, ring: Ring, scope: Option<Uuid>, tenant: Option<Uuid>, label: &str) -> String {
     let scope = scope.map_or_else(|| "-".to_string(), |s| s.to_string());
-    format!("/index/label/{}/{ring}/{scope}/{label}", kind.name())
+    match tenant {
+        Some(account) if kind != Kind::Account => {
+            format!("/index/label/{}/{ring}/{account}:{scope}/{label}", kind.name())
+        }
+        _ => format!("/index/label/{}/{ring}/{scope}/{label}", kind.name()),
+    }
 }
 
 fn ref_key(target: Uuid, source_kind: Kind, source: Uuid) -> String {
@@ -183,6 +194,24 @@ fn encode<S: Serialize>(obj: &Object<S>) -> Vec<u8> {
     serde_json::to_vec(obj).unwrap_or_default()
 }
 
+/// Whose objects a write may refer to.
+#[derive(Debug, Clone, Copy)]
+struct Owners {
+    own: Uuid,
+    system: Uuid,
+}
+
+impl Owners {
+    fn may_refer_to(&self, target: &ObjectMeta) -> bool {
+        // A membership names its account, which owns itself; the operator's objects may
+        // refer to any account's (an observation of a tenant's instance made by a host).
+        self.own == self.system
+            || target.account == self.own
+            || target.account == self.system
+            || target.uuid == self.own
+    }
+}
+
 /// A referenced object as read, with the revision to guard on.
 struct Resolved {
     reference: Reference,
@@ -194,6 +223,8 @@ struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// The system account's uuid, once known (see [`Registry::system_account`]).
+    system: Arc<std::sync::OnceLock<Uuid>>,
     instances: InstanceDefaults,
     /// [`uids::RANGE`], narrowed by tests that run it out.
     uid_range: RangeInclusive<u32>,
@@ -206,7 +237,7 @@ impl Registry {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
-        Registry { store, instances: config.instances, uid_range: uids::RANGE }
+        Registry { store, system: Arc::default(), instances: config.instances, uid_range: uids::RANGE }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -218,10 +249,57 @@ impl Registry {
         &self.instances
     }
 
+    /// The operator's account, which owns ring 0 and 1 and whose memberships hold everywhere.
+    /// Read once: it is made at bootstrap and never deleted (memberships refer to it).
+    pub async fn system_account(&self) -> Result<Uuid, RegistryError> {
+        if let Some(u) = self.system.get() {
+            return Ok(*u);
+        }
+        let range = self.store.range(&kind_prefix(Kind::Account)).await?;
+        for kv in &range.kvs {
+            let a: Object<serde_json::Value> = decode(kv)?;
+            if a.meta.ring == Ring::META && a.meta.label.as_deref() == Some(crate::auth::SYSTEM_ACCOUNT) {
+                return Ok(*self.system.get_or_init(|| a.meta.uuid));
+            }
+        }
+        Err(RegistryError::Unavailable(
+            "the system account does not exist yet: the control plane has not bootstrapped".into(),
+        ))
+    }
+
+    /// The account of the first object `spec` refers to (an observation's node), if it exists.
+    async fn owner_of_target<S: Spec>(&self, spec: &S) -> Result<Option<Uuid>, RegistryError> {
+        let Some(r) = spec.references().into_iter().next() else { return Ok(None) };
+        match self.store.get(&object_key(r.kind, r.uuid)).await? {
+            Some(kv) => Ok(Some(self.decode_owned::<serde_json::Value>(&kv)?.meta.account)),
+            None => Ok(None),
+        }
+    }
+
+    /// The system account if it is known already: objects stored before accounts existed
+    /// (with no account) are the system account's.
+    fn stamp<S>(&self, obj: &mut Object<S>) {
+        if obj.meta.account.is_nil()
+            && let Some(system) = self.system.get()
+        {
+            obj.meta.account = *system;
+        }
+    }
+
+    /// An object as stored, with its owner filled in (see [`Registry::stamp`]).
+    pub fn decode_owned<S: serde::de::DeserializeOwned>(
+        &self,
+        kv: &KeyValue,
+    ) -> Result<Object<S>, RegistryError> {
+        let mut obj = decode(kv)?;
+        self.stamp(&mut obj);
+        Ok(obj)
+    }
+
     pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, RegistryError> {
         let kv = self.store.get(&object_key(S::KIND, uuid)).await?;
         let kv = kv.ok_or(RegistryError::NotFound { kind: S::KIND, uuid })?;
-        decode(&kv)
+        self.decode_owned(&kv)
     }
 
     pub async fn list<S: Spec>(&self, q: &ListQuery) -> Result<(Vec<Object<S>>, i64), RegistryError> {
@@ -229,9 +307,10 @@ impl Registry {
         let range = self.store.range(&kind_prefix(S::KIND)).await?;
         let mut items = Vec::new();
         for kv in &range.kvs {
-            let obj: Object<S> = decode(kv)?;
+            let obj: Object<S> = self.decode_owned(kv)?;
             let m = &obj.meta;
-            let keep = q.ring.is_none_or(|r| m.ring.get() == r)
+            let keep = q.account.is_none_or(|a| m.account == a)
+                && q.ring.is_none_or(|r| m.ring.get() == r)
                 && q.label.as_ref().is_none_or(|l| m.label.as_ref() == Some(l))
                 && q.compartment.is_none_or(|c| obj.spec.compartment() == Some(c))
                 && q.tier.is_none_or(|t| obj.spec.tiers().contains(&t))
@@ -261,11 +340,42 @@ impl Registry {
         req.spec.validate(req.ring)?;
         let uuid = Uuid::new_v4();
         let key = object_key(kind, uuid);
+        // An account owns itself (its members may read it); anything else belongs to the
+        // account named, or to the system account. The system account is the first account.
+        // Before bootstrap (and in tests that never make one) there is no system account:
+        // objects are then stored with no account, which reads as the system account's.
+        let system = match self.system_account().await {
+            Ok(s) => Some(s),
+            Err(RegistryError::Unavailable(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let account = match kind {
+            Kind::Account => uuid,
+            // An observation belongs with what it observes, so that an instance's owner sees
+            // its health.
+            Kind::NodeObservation if req.account.is_none() => {
+                self.owner_of_target(&req.spec).await?.or(system).unwrap_or_default()
+            }
+            _ => req.account.or(system).unwrap_or_default(),
+        };
+        let tenant = system.filter(|s| *s != account).map(|_| account);
+        if let Some(t) = tenant
+            && kind != Kind::Account
+            && req.ring != Ring::PLATFORM
+            && !matches!(kind, Kind::Role | Kind::Membership)
+        {
+            return Err(FieldError::new(
+                "account",
+                format!("ring {} objects belong to the system account, not to account {t}", req.ring),
+            )
+            .into());
+        }
         let mut obj = Object {
             meta: ObjectMeta {
                 uuid,
                 kind,
                 ring: req.ring,
+                account,
                 label: req.label,
                 labels: req.labels,
                 created_at: now,
@@ -274,8 +384,12 @@ impl Registry {
             },
             spec: req.spec,
         };
-        let lkey =
-            obj.meta.label.as_deref().map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), l));
+        let lkey = obj
+            .meta
+            .label
+            .as_deref()
+            .map(|l| label_key(kind, obj.meta.ring, obj.spec.compartment(), tenant, l));
+        let owners = Owners { own: account, system: system.unwrap_or(account) };
         // An instance gets the default limits it leaves out, and a uid (chosen on each attempt).
         let mut instance = match kind {
             Kind::Node => self.new_instance(&mut obj.spec, obj.meta.ring)?,
@@ -290,7 +404,7 @@ impl Registry {
         while lost < MAX_ATTEMPTS && attempt < MAX_ATTEMPTS + MAX_UID_RACES {
             backoff(attempt).await;
             attempt += 1;
-            let resolved = self.resolve(obj.meta.ring, obj.spec.references()).await?;
+            let resolved = self.resolve(obj.meta.ring, owners, obj.spec.references()).await?;
             // An interface without addresses gets one from its network's range (again on each
             // attempt: a concurrent create may have taken the one chosen last time).
             let addresses = match kind {
@@ -397,6 +511,13 @@ impl Registry {
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt).await;
             let old: Object<S> = self.get(uuid).await?;
+            let system = match self.system_account().await {
+                Ok(s) => s,
+                Err(RegistryError::Unavailable(_)) => Uuid::nil(),
+                Err(e) => return Err(e),
+            };
+            let owners = Owners { own: old.meta.account, system };
+            let tenant = Some(old.meta.account).filter(|a| *a != system);
             if old.meta.revision != req.revision {
                 return Err(stale(kind, uuid, req.revision, old.meta.revision));
             }
@@ -425,7 +546,7 @@ impl Registry {
                 old_refs.iter().filter(|o| !new_refs.iter().any(|r| same_target(o, r))).collect();
             // Every reference is checked against its target, but only new ones need guarding:
             // a target that is already referenced cannot be deleted or change ring.
-            let resolved = self.resolve(ring, new_refs.clone()).await?;
+            let resolved = self.resolve(ring, owners, new_refs.clone()).await?;
             check_targets(&spec, ring, &resolved)?;
             let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
             let mut failure = vec![Op::Get { key: key.clone() }];
@@ -453,8 +574,8 @@ impl Registry {
                     .then([Op::put(DAG_GUARD, uuid.to_string())]);
             }
             let old_lkey =
-                old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), l));
-            let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, spec.compartment(), l));
+                old.meta.label.as_deref().map(|l| label_key(kind, ring, old.spec.compartment(), tenant, l));
+            let new_lkey = req.label.as_deref().map(|l| label_key(kind, ring, spec.compartment(), tenant, l));
             if old_lkey != new_lkey {
                 if let Some(k) = &old_lkey {
                     txn = txn.then([Op::delete(k)]);
@@ -588,13 +709,14 @@ impl Registry {
 
     /// The ops that remove one stored object and everything it wrote beside itself.
     fn removal_ops(&self, kv: &KeyValue) -> Result<Vec<Op>, RegistryError> {
-        let obj: Object<serde_json::Value> = decode(kv)?;
+        let obj: Object<serde_json::Value> = self.decode_owned(kv)?;
         let (kind, uuid) = (obj.meta.kind, obj.meta.uuid);
         let (refs, scope) = references_of(kind, &obj.spec)
             .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
         let mut ops = vec![Op::delete(&kv.key), Op::delete(guard_key(uuid))];
         if let Some(l) = &obj.meta.label {
-            ops.push(Op::delete(label_key(kind, obj.meta.ring, scope, l)));
+            let tenant = Some(obj.meta.account).filter(|a| Some(a) != self.system.get());
+            ops.push(Op::delete(label_key(kind, obj.meta.ring, scope, tenant, l)));
         }
         ops.extend(refs.iter().map(|r| Op::delete(ref_key(r.uuid, kind, uuid))));
         if kind == Kind::NetworkInterface
@@ -733,18 +855,31 @@ impl Registry {
     }
 
     /// Read every referenced object and check that it exists and sits in an allowed ring.
-    async fn resolve(&self, ring: Ring, refs: Vec<Reference>) -> Result<Vec<Resolved>, RegistryError> {
+    /// Read what `refs` name. An object may refer to objects of its own account and of the
+    /// system account (shared infrastructure and roles); another account's object is, to it,
+    /// one that does not exist.
+    async fn resolve(
+        &self,
+        ring: Ring,
+        owners: Owners,
+        refs: Vec<Reference>,
+    ) -> Result<Vec<Resolved>, RegistryError> {
         let mut out = Vec::with_capacity(refs.len());
         for reference in refs {
             let kv = self.store.get(&object_key(reference.kind, reference.uuid)).await?;
-            let Some(kv) = kv else {
-                return Err(FieldError::new(
+            let missing = || {
+                RegistryError::from(FieldError::new(
                     &reference.field,
                     format!("{} {} does not exist", reference.kind, reference.uuid),
-                )
-                .into());
+                ))
             };
-            let obj: Object<serde_json::Value> = decode(&kv)?;
+            let Some(kv) = kv else {
+                return Err(missing());
+            };
+            let obj: Object<serde_json::Value> = self.decode_owned(&kv)?;
+            if !owners.may_refer_to(&obj.meta) {
+                return Err(missing());
+            }
             if !reference.ring.allows(ring, obj.meta.ring) {
                 return Err(FieldError::new(
                     &reference.field,
@@ -957,6 +1092,7 @@ mod tests {
         registry.uid_range = uids;
         let now = Utc::now();
         let machine = CreateRequest {
+            account: None,
             ring: Ring::META,
             label: Some("m1".into()),
             labels: BTreeMap::new(),
@@ -969,6 +1105,7 @@ mod tests {
             ..NodeSpec::default()
         };
         let host = CreateRequest {
+            account: None,
             ring: Ring::INFRASTRUCTURE,
             label: Some("h1".into()),
             labels: BTreeMap::new(),
@@ -995,7 +1132,13 @@ mod tests {
             run: Some(run),
             ..NodeSpec::default()
         };
-        CreateRequest { ring: Ring::PLATFORM, label: Some(label.into()), labels: BTreeMap::new(), spec }
+        CreateRequest {
+            account: None,
+            ring: Ring::PLATFORM,
+            label: Some(label.into()),
+            labels: BTreeMap::new(),
+            spec,
+        }
     }
 
     fn uid(node: &Object<NodeSpec>) -> Option<u32> {

@@ -19,6 +19,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest<S> {
+    /// The account the object belongs to. Absent means the caller's own account: the system
+    /// account for the operator's principals, or the one account a tenant is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
     pub ring: Ring,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -52,6 +56,9 @@ pub struct List<S> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only objects of this account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +144,17 @@ pub struct TokenCreateRequest {
     pub principal: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The account the token acts in, and belongs to. Absent: every account where its creator
+    /// holds permissions, and it belongs to the creator's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
+    /// Narrow the token to this role's permissions (a role of `account` or of the system
+    /// account); absent: the creator's own permissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Uuid>,
+    /// Seconds until the token stops working; absent: it works until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
 }
 
 /// An API token as listed: never the secret.
@@ -147,6 +165,23 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub created_at: DateTime<Utc>,
+    /// The account the token belongs to.
+    pub account: Uuid,
+    /// The principal that created it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_by: String,
+    /// The role it is narrowed to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Uuid>,
+    /// When it stops working, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was last used, to the minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Every permission the token can ever use, per account (`*` for every account), as
+    /// `verb resource` pairs: never more than its creator held when it was made.
+    pub ceiling: BTreeMap<String, Vec<String>>,
 }
 
 /// A new token; the secret is shown this once.
@@ -486,6 +521,46 @@ pub const PACKAGE_CHUNK: usize = 1024 * 1024;
 pub struct DeployRequest {
     pub manifest: crate::kinds::AppManifest,
     pub package: crate::kinds::PackageRef,
+    /// The account a new app is made in; absent: the caller's own. An existing app stays in
+    /// its account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
+}
+
+/// What an account's objects use, counted as its quota counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountUsage {
+    pub apps: u32,
+    /// Ring 2 instances.
+    pub instances: u32,
+    /// Their memory limits, added up.
+    pub memory_bytes: u64,
+    /// Their disk quotas, added up.
+    pub disk_bytes: u64,
+    /// The packages the account uploaded.
+    pub package_bytes: u64,
+}
+
+/// An account with its quota and what it uses (`enjin account status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountStatus {
+    pub account: Object<crate::kinds::AccountSpec>,
+    pub usage: AccountUsage,
+}
+
+/// `GET /v1/account-status`: every account the caller may read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountStatusList {
+    pub items: Vec<AccountStatus>,
+}
+
+/// Query of `POST /v1/packages`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// The account the package is stored for; absent: the caller's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
 }
 
 /// A rollout under way: follow its task.
@@ -552,6 +627,8 @@ pub struct InstanceStatus {
 pub struct AppStatus {
     pub name: String,
     pub uuid: Uuid,
+    /// The account that owns the app.
+    pub account: Uuid,
     /// Where the router serves it.
     pub url: String,
     /// The live release's version.

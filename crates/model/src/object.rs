@@ -13,6 +13,10 @@ pub struct ObjectMeta {
     pub uuid: Uuid,
     pub kind: Kind,
     pub ring: Ring,
+    /// The account that owns the object; ring 0 and 1 infrastructure belongs to the system
+    /// account. Set on create and never changed.
+    #[serde(default)]
+    pub account: Uuid,
     /// The object's name, unique among its siblings (same kind, ring and compartment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,

@@ -101,13 +101,17 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
     let up = ProgressBar::new(size).with_style(style("  {prefix:>9} [{bar:30}] {bytes}/{total_bytes} {msg}"));
     up.set_prefix("upload");
     let progress_bar = up.clone();
+    let account = match &args.account {
+        Some(a) => Some(super::objects::resolve(&c, enjin_model::Kind::Account, a).await?),
+        None => None,
+    };
     let uploaded = c
-        .upload_package(packed.bytes, Arc::new(move |n| progress_bar.set_position(n)))
+        .upload_package(packed.bytes, account, Arc::new(move |n| progress_bar.set_position(n)))
         .await
         .context("failed to upload the package")?;
     let how = if uploaded.existed { "already stored" } else { "stored" };
     finish(&up, format!("{} {how}", human_bytes(size)));
-    let req = DeployRequest { manifest, package: uploaded.package };
+    let req = DeployRequest { manifest, package: uploaded.package, account };
     let started = c.deploy(&name, &req).await.with_context(|| format!("failed to deploy {name}"))?;
     if args.no_wait {
         return print_started(g, &started);
@@ -468,6 +472,7 @@ mod tests {
         AppStatus {
             name: "hello".into(),
             uuid: Uuid::nil(),
+            account: Uuid::nil(),
             url: "http://hello.localhost".into(),
             version: Some(1),
             instances,

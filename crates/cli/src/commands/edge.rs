@@ -93,7 +93,13 @@ pub async fn prepare(
                 ..NodeSpec::default()
             };
             let labels = [(ROLE.0.to_string(), ROLE.1.to_string())].into();
-            let req = CreateRequest { ring: Ring::INFRASTRUCTURE, label: Some(LABEL.into()), labels, spec };
+            let req = CreateRequest {
+                account: None,
+                ring: Ring::INFRASTRUCTURE,
+                label: Some(LABEL.into()),
+                labels,
+                spec,
+            };
             cp.registry().create(req, Utc::now()).await.context("failed to create the edge node")?
         }
     };

@@ -58,6 +58,7 @@ pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork
         None => {
             let spec = NetworkSpec { strategy: NetworkStrategy::Local, cidr, compartments: Vec::new() };
             let req = CreateRequest {
+                account: None,
                 ring: Ring::INFRASTRUCTURE,
                 label: Some("hosts".into()),
                 labels: Default::default(),
@@ -117,6 +118,7 @@ pub async fn start(
         let spec =
             NodeSpec { parent: Some(machine.meta.uuid), strategy: Some(strategy), ..NodeSpec::default() };
         let req = CreateRequest {
+            account: None,
             ring: Ring::INFRASTRUCTURE,
             label: Some(label.clone()),
             labels: [(SANDBOX_LABEL.to_string(), sandbox.label_value().to_string())].into(),
@@ -264,8 +266,13 @@ async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result
         None => {
             let spec =
                 NetworkInterfaceSpec { network: net.network, node: host, addresses: Vec::new(), mac: None };
-            let req =
-                CreateRequest { ring: Ring::INFRASTRUCTURE, label: None, labels: Default::default(), spec };
+            let req = CreateRequest {
+                account: None,
+                ring: Ring::INFRASTRUCTURE,
+                label: None,
+                labels: Default::default(),
+                spec,
+            };
             cp.registry().create(req, Utc::now()).await?
         }
     };

@@ -17,7 +17,7 @@ use clap::CommandFactory;
 use enjin_client::Client;
 use enjin_model::Kind;
 
-use crate::args::{AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
+use crate::args::{AccountCommand, AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
 use crate::config;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -41,7 +41,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             enjin_sys::proc::private_umask();
             edge::run(&args).await
         }
-        Command::Account(c) => objects::run(g, Kind::Account, c).await,
+        Command::Account(AccountCommand::Object(c)) => objects::run(g, Kind::Account, c).await,
+        Command::Account(AccountCommand::Status { account }) => token::account_status(g, account).await,
         Command::Role(c) => objects::run(g, Kind::Role, c).await,
         Command::Membership(c) => objects::run(g, Kind::Membership, c).await,
         Command::Network(c) => objects::run(g, Kind::Network, c).await,

@@ -55,6 +55,9 @@ async fn create(g: &Global, c: &Client, kind: Kind, a: CreateArgs) -> Result<()>
     if let Some(l) = &a.label {
         body["label"] = json!(l);
     }
+    if let Some(account) = &a.account {
+        body["account"] = json!(resolve(c, Kind::Account, account).await?);
+    }
     if !a.content.labels.is_empty() {
         body["labels"] = json!(parse_labels(&a.content.labels)?);
     }
@@ -116,6 +119,10 @@ async fn list(g: &Global, c: &Client, kind: Kind, a: ListArgs) -> Result<()> {
         _ => Kind::Node,
     };
     let q = ListQuery {
+        account: match &a.account {
+            Some(id) => Some(resolve(c, Kind::Account, id).await?),
+            None => None,
+        },
         ring: a.ring,
         compartment: match &a.compartment {
             Some(id) => Some(resolve(c, Kind::Compartment, id).await?),

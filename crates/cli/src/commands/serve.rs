@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use enjin_control::{ADMIN_PRINCIPAL, ControlConfig, ControlPlane};
+use enjin_control::{ControlConfig, ControlPlane};
 use enjin_model::api::{CreateRequest, ListQuery};
 use enjin_model::kinds::{NodeSpec, Resources};
 use enjin_model::{Object, Ring};
@@ -53,8 +53,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
 
     let token_path = dir.join(TOKEN_FILE);
     if !token_path.exists() {
-        let created =
-            cp.auth().issue(ADMIN_PRINCIPAL, "the admin token of this data directory", Utc::now()).await?;
+        let created = cp.auth().issue_admin("the admin token of this data directory", Utc::now()).await?;
         config::write_secret(&token_path, &created.token)?;
         tracing::info!(path = %token_path.display(), "admin token created");
     }
@@ -222,7 +221,7 @@ async fn register_machine(cp: &ControlPlane) -> Result<Object<NodeSpec>> {
     }
     let spec = NodeSpec { resources: machine_resources(), ..NodeSpec::default() };
     let labels = [("enjin.dev/role".to_string(), "machine".to_string())].into();
-    let req = CreateRequest { ring: Ring::META, label: Some(label.clone()), labels, spec };
+    let req = CreateRequest { account: None, ring: Ring::META, label: Some(label.clone()), labels, spec };
     let node = cp
         .registry()
         .create(req, Utc::now())

@@ -254,6 +254,7 @@ mod tests {
             uuid: Uuid::new_v4(),
             kind,
             ring,
+            account: Uuid::nil(),
             label: Some(label.into()),
             labels,
             created_at: now,

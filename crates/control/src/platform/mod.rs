@@ -33,14 +33,16 @@ use enjin_model::api::{
     AppStatus, CreateRequest, InstanceStatus, ListQuery, PackageUploaded, RolloutStarted, UpdateRequest,
 };
 use enjin_model::kinds::{
-    AccountSpec, AppManifest, CompartmentSpec, CompartmentType, MembershipSpec, NetworkInterfaceSpec,
-    NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, PackageRef, ReleaseSpec,
-    ReleaseState, Strategy, TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
+    AppManifest, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec,
+    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, Strategy, TaskKind,
+    TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
 };
 use enjin_model::{FieldError, Object, Ring};
+use enjin_store::{Compare, Op, Txn};
 use uuid::Uuid;
 
 use crate::bus::BusAuthority;
+use crate::quota::Footprint;
 use crate::registry::{Registry, RegistryError};
 
 /// Labels the platform puts on the nodes it makes.
@@ -102,6 +104,9 @@ pub enum PlatformError {
     NoSandbox(String),
     #[error("package store: {0}")]
     Packages(String),
+    /// The change would take the app's account past a quota.
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaExceeded),
 }
 
 impl From<FieldError> for PlatformError {
@@ -110,11 +115,25 @@ impl From<FieldError> for PlatformError {
     }
 }
 
-/// Who asks for a change of what runs, as far as isolation goes.
+/// `/apps/names/<name>`: the account that owns the app name.
+fn name_key(name: &str) -> String {
+    format!("/apps/names/{name}")
+}
+
+/// `/packages/owners/<account>/<digest>`: the account uploaded the package (its size).
+const OWNERS_PREFIX: &str = "/packages/owners/";
+
+fn owner_key(account: Uuid, digest: &str) -> String {
+    format!("{OWNERS_PREFIX}{account}/{digest}")
+}
+
+/// Who asks for a change of what runs, and in which account the app is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub principal: String,
-    /// A member of the operator's system account: may run instances unsandboxed.
+    /// The account that owns the app (or will, for its first deploy).
+    pub account: Uuid,
+    /// The app is the operator's (the system account's): it may run instances unsandboxed.
     pub operator: bool,
 }
 
@@ -224,6 +243,104 @@ impl Platform {
     }
 
     /// Store a package (identical bytes are kept once).
+    /// Refuse a deploy in `account` of a package that account did not upload: a package is its
+    /// uploader's code. Packages stored before owners were recorded are the system account's.
+    async fn check_package_owner(&self, account: Uuid, digest: &str) -> Result<(), PlatformError> {
+        let owned =
+            self.registry.store().get(&owner_key(account, digest)).await.map_err(RegistryError::from)?;
+        if owned.is_some() || account == self.registry.system_account().await? {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            "package.digest",
+            format!("no package {digest} in account {account}: upload it first (POST /v1/packages)"),
+        )
+        .into())
+    }
+
+    /// Refuse a change that leaves app `app` of `account` running `manifest` if that takes the
+    /// account past a quota (see `quota.rs`).
+    async fn check_quota(
+        &self,
+        account: Uuid,
+        app: &str,
+        manifest: &AppManifest,
+    ) -> Result<(), PlatformError> {
+        let Some((label, quota)) = crate::quota::quota_of(&self.registry, account).await? else {
+            return Ok(());
+        };
+        if quota.is_unlimited() {
+            return Ok(());
+        }
+        let mut now = crate::quota::usage(&self.registry, account).await?;
+        now.package_bytes = self.package_bytes(account).await?;
+        let q = ListQuery {
+            account: Some(account),
+            ring: Some(2),
+            selector: Some(format!("{APP_LABEL}={app}")),
+            ..ListQuery::default()
+        };
+        let (current, _) = self.registry.list::<NodeSpec>(&q).await?;
+        let exists = match self.app_env(app, account, false).await {
+            Ok(_) => true,
+            Err(PlatformError::NoApp(_)) => false,
+            Err(e) => return Err(e),
+        };
+        let defaults = self.registry.instance_defaults();
+        let wanted = manifest.processes.values().fold(Footprint::default(), |f, pt| {
+            f.plus(Footprint::instances(pt.instances, &defaults.applied(&pt.resources)))
+        });
+        let after = Footprint::of_usage(&now)
+            .minus(crate::quota::footprint_of(&current))
+            .plus(wanted)
+            .plus(Footprint { apps: u64::from(!exists), ..Footprint::default() });
+        crate::quota::check(&label, &quota, &now, after)?;
+        Ok(())
+    }
+
+    /// The bytes of the packages `account` has uploaded.
+    pub async fn package_bytes(&self, account: Uuid) -> Result<u64, PlatformError> {
+        let range = self
+            .registry
+            .store()
+            .range(&format!("{OWNERS_PREFIX}{account}/"))
+            .await
+            .map_err(RegistryError::from)?;
+        Ok(range.kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok()).sum())
+    }
+
+    /// Store a package for `account`; the account owns it from then on.
+    pub async fn upload_for(&self, account: Uuid, bytes: Vec<u8>) -> Result<PackageUploaded, PlatformError> {
+        if let Some((label, quota)) = crate::quota::quota_of(&self.registry, account).await?
+            && quota.package_bytes.is_some()
+        {
+            // Checked on the upload's size before it is stored; an upload of bytes the account
+            // already holds adds nothing and passes.
+            let mut now = crate::quota::usage(&self.registry, account).await?;
+            now.package_bytes = self.package_bytes(account).await?;
+            let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            let after =
+                Footprint::of_usage(&now).plus(Footprint { package_bytes: size, ..Footprint::default() });
+            if let Err(e) = crate::quota::check(&label, &quota, &now, after) {
+                let digest = enjin_app::package::digest_of(&bytes);
+                let held = self
+                    .registry
+                    .store()
+                    .get(&owner_key(account, &digest))
+                    .await
+                    .map_err(RegistryError::from)?;
+                if held.is_none() {
+                    return Err(e.into());
+                }
+            }
+        }
+        let out = self.upload(bytes).await?;
+        let key = owner_key(account, &out.package.digest);
+        let txn = Txn::new().then([Op::put(&key, out.package.size.to_string())]);
+        self.registry.store().txn(txn).await.map_err(RegistryError::from)?;
+        Ok(out)
+    }
+
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<PackageUploaded, PlatformError> {
         let store = self.packages.clone();
         let out = tokio::task::spawn_blocking(move || store.put(&bytes))
@@ -267,24 +384,39 @@ impl Platform {
         Ok(())
     }
 
-    /// Who `principal` is to the platform: the operator if it is a member of the system account.
-    pub async fn caller(&self, principal: &str) -> Result<Caller, PlatformError> {
+    /// The account that owns the app named `name`, if there is one. App names are unique
+    /// across accounts (each is a host name under the router's domain): the first deploy claims
+    /// the name for its account at `/apps/names/<name>`. An app made before names were claimed
+    /// is the system account's.
+    pub async fn app_owner(&self, name: &str) -> Result<Option<Uuid>, PlatformError> {
+        if let Some(kv) = self.registry.store().get(&name_key(name)).await.map_err(RegistryError::from)? {
+            let owner = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse().ok());
+            return owner.map(Some).ok_or_else(|| {
+                RegistryError::Corrupt { key: kv.key.clone(), error: "not an account uuid".into() }.into()
+            });
+        }
+        let system = self.registry.system_account().await?;
         let q = ListQuery {
-            ring: Some(0),
-            label: Some(crate::auth::SYSTEM_ACCOUNT.into()),
+            ring: Some(2),
+            label: Some(name.to_string()),
+            account: Some(system),
             ..ListQuery::default()
         };
-        let (accounts, _) = self.registry.list::<AccountSpec>(&q).await?;
-        let operator = match accounts.first() {
-            Some(system) => {
-                let (memberships, _) = self.registry.list::<MembershipSpec>(&ListQuery::default()).await?;
-                memberships
-                    .iter()
-                    .any(|m| m.spec.principal == principal && m.spec.account == system.meta.uuid)
-            }
-            None => false,
-        };
-        Ok(Caller { principal: principal.to_string(), operator })
+        let (found, _) = self.registry.list::<CompartmentSpec>(&q).await?;
+        Ok(found.iter().any(|c| c.spec.compartment_type == CompartmentType::AppEnvironment).then_some(system))
+    }
+
+    /// Claim `name` for `account`; refused if another account holds it.
+    async fn claim_name(&self, name: &str, account: Uuid) -> Result<(), PlatformError> {
+        let key = name_key(name);
+        let txn = Txn::new().when([Compare::absent(&key)]).then([Op::put(&key, account.to_string())]);
+        if self.registry.store().txn(txn).await.map_err(RegistryError::from)?.succeeded {
+            return Ok(());
+        }
+        match self.app_owner(name).await? {
+            Some(owner) if owner == account => Ok(()),
+            _ => Err(PlatformError::Conflict(format!("the app name {name} is taken; choose another"))),
+        }
     }
 
     /// Refuse a change that would start instances of `app` for a caller outside the system
@@ -322,9 +454,19 @@ impl Platform {
         )))
     }
 
-    /// The app's environment, made on its first deploy.
-    async fn app_env(&self, name: &str, create: bool) -> Result<Object<CompartmentSpec>, PlatformError> {
-        let q = ListQuery { ring: Some(2), label: Some(name.to_string()), ..ListQuery::default() };
+    /// The app's environment in `account`, made on its first deploy.
+    async fn app_env(
+        &self,
+        name: &str,
+        account: Uuid,
+        create: bool,
+    ) -> Result<Object<CompartmentSpec>, PlatformError> {
+        let q = ListQuery {
+            ring: Some(2),
+            label: Some(name.to_string()),
+            account: Some(account),
+            ..ListQuery::default()
+        };
         let (found, _) = self.registry.list::<CompartmentSpec>(&q).await?;
         if let Some(c) =
             found.into_iter().find(|c| c.spec.compartment_type == CompartmentType::AppEnvironment)
@@ -334,12 +476,14 @@ impl Platform {
         if !create {
             return Err(PlatformError::NoApp(name.to_string()));
         }
+        self.claim_name(name, account).await?;
         let spec = CompartmentSpec {
             compartment_type: CompartmentType::AppEnvironment,
             parents: Vec::new(),
             links: Vec::new(),
         };
         let req = CreateRequest {
+            account: Some(account),
             ring: Ring::PLATFORM,
             label: Some(name.to_string()),
             labels: Default::default(),
@@ -349,26 +493,31 @@ impl Platform {
     }
 
     /// The tier of one process type of an app.
-    async fn tier(&self, app: &str, process: &str) -> Result<Uuid, PlatformError> {
+    async fn tier(&self, app: &str, account: Uuid, process: &str) -> Result<Uuid, PlatformError> {
         let label = format!("{app}-{process}");
-        let q = ListQuery { ring: Some(2), label: Some(label.clone()), ..ListQuery::default() };
+        let q = ListQuery {
+            ring: Some(2),
+            label: Some(label.clone()),
+            account: Some(account),
+            ..ListQuery::default()
+        };
         let (found, _) = self.registry.list::<TierSpec>(&q).await?;
         if let Some(t) = found.into_iter().next() {
             return Ok(t.meta.uuid);
         }
         let spec =
             TierSpec { description: format!("the {process} processes of app {app}"), hooks: BTreeMap::new() };
-        let req =
-            CreateRequest { ring: Ring::PLATFORM, label: Some(label), labels: Default::default(), spec };
+        let req = CreateRequest {
+            account: Some(account),
+            ring: Ring::PLATFORM,
+            label: Some(label),
+            labels: Default::default(),
+            spec,
+        };
         match self.registry.create(req, Utc::now()).await {
             Ok(t) => Ok(t.meta.uuid),
             // Made meanwhile by a concurrent deploy.
             Err(RegistryError::Conflict { .. }) => {
-                let q = ListQuery {
-                    ring: Some(2),
-                    label: Some(format!("{app}-{process}")),
-                    ..ListQuery::default()
-                };
                 let (found, _) = self.registry.list::<TierSpec>(&q).await?;
                 found
                     .into_iter()
@@ -380,8 +529,20 @@ impl Platform {
         }
     }
 
-    pub async fn releases(&self, app: &str) -> Result<Vec<Object<ReleaseSpec>>, PlatformError> {
-        let env = self.app_env(app, false).await?;
+    /// The releases of the app `app` of `account`, newest first.
+    pub async fn releases(
+        &self,
+        account: Uuid,
+        app: &str,
+    ) -> Result<Vec<Object<ReleaseSpec>>, PlatformError> {
+        let env = self.app_env(app, account, false).await?;
+        self.releases_of(&env).await
+    }
+
+    async fn releases_of(
+        &self,
+        env: &Object<CompartmentSpec>,
+    ) -> Result<Vec<Object<ReleaseSpec>>, PlatformError> {
         let q = ListQuery { compartment: Some(env.meta.uuid), ..ListQuery::default() };
         let (mut rs, _) = self.registry.list::<ReleaseSpec>(&q).await?;
         rs.sort_by_key(|r| std::cmp::Reverse(r.spec.version));
@@ -434,8 +595,10 @@ impl Platform {
             }
             Err(e) => return Err(FieldError::new("package.digest", e.to_string()).into()),
         }
+        self.check_package_owner(caller.account, &package.digest).await?;
+        self.check_quota(caller.account, &manifest.name, &manifest).await?;
         self.check_isolation(caller, &manifest.name, "deploy").await?;
-        let env = self.app_env(&manifest.name, true).await?;
+        let env = self.app_env(&manifest.name, caller.account, true).await?;
         self.start_release(caller, env, manifest, package, "deploy".into()).await
     }
 
@@ -446,8 +609,8 @@ impl Platform {
         app: &str,
         version: Option<u32>,
     ) -> Result<RolloutStarted, PlatformError> {
-        let env = self.app_env(app, false).await?;
-        let releases = self.releases(app).await?;
+        let env = self.app_env(app, caller.account, false).await?;
+        let releases = self.releases_of(&env).await?;
         let live = releases.iter().find(|r| r.spec.state == ReleaseState::Active).map(|r| r.spec.version);
         let target = match version {
             Some(v) => releases.iter().find(|r| r.spec.version == v).ok_or_else(|| {
@@ -466,6 +629,7 @@ impl Platform {
                 target.spec.version
             )));
         }
+        self.check_quota(caller.account, app, &target.spec.manifest).await?;
         self.check_isolation(caller, app, "rollback").await?;
         let description = format!("rollback to v{}", target.spec.version);
         self.start_release(
@@ -484,7 +648,7 @@ impl Platform {
         caller: &Caller,
         app: &str,
     ) -> Result<RolloutStarted, PlatformError> {
-        let env = self.app_env(app, false).await?;
+        let env = self.app_env(app, caller.account, false).await?;
         self.no_rollout_running(&env).await?;
         let live = self.live_release(&env).await?;
         self.check_isolation(caller, app, "restart").await?;
@@ -499,7 +663,7 @@ impl Platform {
         app: &str,
         counts: BTreeMap<String, u32>,
     ) -> Result<RolloutStarted, PlatformError> {
-        let env = self.app_env(app, false).await?;
+        let env = self.app_env(app, caller.account, false).await?;
         self.no_rollout_running(&env).await?;
         let live = self.live_release(&env).await?;
         let mut spec = live.spec.clone();
@@ -528,6 +692,7 @@ impl Platform {
             *n as usize > have
         });
         if adds {
+            self.check_quota(caller.account, app, &spec.manifest).await?;
             self.check_isolation(caller, app, "scale").await?;
         }
         let req = UpdateRequest {
@@ -547,7 +712,7 @@ impl Platform {
         env: &Object<CompartmentSpec>,
     ) -> Result<Object<ReleaseSpec>, PlatformError> {
         let app = env.meta.label.clone().unwrap_or_default();
-        self.releases(&app)
+        self.releases_of(env)
             .await?
             .into_iter()
             .find(|r| r.spec.state == ReleaseState::Active)
@@ -565,9 +730,9 @@ impl Platform {
         self.no_rollout_running(&env).await?;
         let name = env.meta.label.clone().unwrap_or_default();
         for process in manifest.processes.keys() {
-            self.tier(&name, process).await?;
+            self.tier(&name, env.meta.account, process).await?;
         }
-        let mut version = self.releases(&name).await?.first().map_or(0, |r| r.spec.version) + 1;
+        let mut version = self.releases_of(&env).await?.first().map_or(0, |r| r.spec.version) + 1;
         let release = loop {
             let spec = ReleaseSpec {
                 app: env.meta.uuid,
@@ -578,6 +743,7 @@ impl Platform {
                 description: description.clone(),
             };
             let req = CreateRequest {
+                account: Some(env.meta.account),
                 ring: Ring::PLATFORM,
                 label: Some(format!("v{version}")),
                 labels: [(APP_LABEL.to_string(), name.clone())].into(),
@@ -631,6 +797,7 @@ impl Platform {
         };
         let label = format!("{app}-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let req = CreateRequest {
+            account: Some(env.meta.account),
             ring: Ring::PLATFORM,
             label: Some(label),
             labels: [(APP_LABEL.to_string(), app)].into(),
@@ -647,8 +814,8 @@ impl Platform {
     }
 
     /// An app as `enjin app status` shows it.
-    pub async fn status(&self, app: &str) -> Result<AppStatus, PlatformError> {
-        let env = self.app_env(app, false).await?;
+    pub async fn status(&self, account: Uuid, app: &str) -> Result<AppStatus, PlatformError> {
+        let env = self.app_env(app, account, false).await?;
         let view = edge::View::read(&self.registry).await?;
         let stats = self.bus().map(|b| b.instance_stats()).unwrap_or_default();
         Ok(self.status_of(&env, &view, &stats))
@@ -704,6 +871,7 @@ impl Platform {
         AppStatus {
             name: name.clone(),
             uuid: env.meta.uuid,
+            account: env.meta.account,
             url: self.url_of(&name),
             version: live.map(|r| r.spec.version),
             instances,
@@ -714,10 +882,11 @@ impl Platform {
     /// The logs of an app's instances (or one of them), from the hosts that run them.
     pub async fn logs(
         &self,
+        account: Uuid,
         app: &str,
         q: &enjin_model::api::LogsQuery,
     ) -> Result<enjin_model::api::LogsReply, PlatformError> {
-        let env = self.app_env(app, false).await?;
+        let env = self.app_env(app, account, false).await?;
         let bus = self.bus().ok_or_else(|| {
             PlatformError::Unavailable("this server runs no ring bus to reach hosts".into())
         })?;

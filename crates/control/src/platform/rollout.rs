@@ -327,7 +327,7 @@ async fn create_instances(
         return Ok(Made::default());
     }
     let app = env.meta.label.clone().unwrap_or_default();
-    let tier = p.tier(&app, process).await?;
+    let tier = p.tier(&app, env.meta.account, process).await?;
     let view = View::read(&p.registry).await?;
     let mut loads = host_loads(&view, env.meta.uuid, process);
     eligible(&mut loads, isolation).map_err(|e| PlatformError::Unavailable(e.to_string()))?;
@@ -396,6 +396,7 @@ async fn create_instances(
                 }),
             };
             let req = CreateRequest {
+                account: Some(env.meta.account),
                 ring: Ring::PLATFORM,
                 label: Some(label.clone()),
                 labels: Clone::clone(&labels),

@@ -7,15 +7,18 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use enjin_model::Kind;
 use enjin_model::api::{
     AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList, RollbackRequest,
-    RolloutStarted, ScaleRequest,
+    RolloutStarted, ScaleRequest, UploadQuery,
 };
+use enjin_model::kinds::{Resource, Verb};
+use uuid::Uuid;
 
 use super::AppState;
 use crate::auth::Principal;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::platform::{Platform, PlatformError};
+use crate::platform::{Caller, Platform, PlatformError};
 use crate::problem::ApiError;
 
 impl From<PlatformError> for ApiError {
@@ -29,6 +32,7 @@ impl From<PlatformError> for ApiError {
             PlatformError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
             PlatformError::Unavailable(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
             PlatformError::NoSandbox(d) => ApiError::new(StatusCode::CONFLICT, "no-sandbox", d),
+            PlatformError::Quota(q) => ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", q.to_string()),
             PlatformError::Packages(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -42,10 +46,56 @@ fn platform(state: &AppState) -> Result<&Arc<Platform>, ApiError> {
     })
 }
 
+/// The app `app` as the caller may act on it with `verb` (on releases): 404 if the caller
+/// may not see it (as if it did not exist), 403 if it may see it but not `verb` it.
+async fn app_for(p: &Platform, principal: &Principal, app: &str, verb: Verb) -> Result<Caller, ApiError> {
+    let owner = p.app_owner(app).await?;
+    let Some(owner) = owner.filter(|o| sees(principal, *o)) else {
+        return Err(PlatformError::NoApp(app.to_string()).into());
+    };
+    if !principal.allows(verb, RELEASES, owner) {
+        return Err(ApiError::forbidden(format!(
+            "principal {} may not {} release in account {owner}",
+            principal.name,
+            verb.name()
+        )));
+    }
+    Ok(caller(principal, owner))
+}
+
+const RELEASES: Resource = Resource::Kind(Kind::Release);
+
+fn sees(principal: &Principal, account: Uuid) -> bool {
+    principal.allows(Verb::Get, RELEASES, account) || principal.allows(Verb::List, RELEASES, account)
+}
+
+fn caller(principal: &Principal, account: Uuid) -> Caller {
+    Caller { principal: principal.name.clone(), account, operator: account == principal.system }
+}
+
+/// The account an upload or a first deploy acts in: the one named, or the caller's own; the
+/// caller must be able to deploy there.
+fn acting_account(principal: &Principal, named: Option<Uuid>) -> Result<Uuid, ApiError> {
+    let account = match named {
+        Some(a) => a,
+        None => principal.home()?,
+    };
+    if !principal.allows(Verb::Create, RELEASES, account) {
+        return Err(ApiError::forbidden(format!(
+            "principal {} may not create release in account {account}",
+            principal.name
+        )));
+    }
+    Ok(account)
+}
+
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<PackageUploaded>), ApiError> {
+    let account = acting_account(&principal, q.account)?;
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -60,7 +110,7 @@ pub async fn upload(
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the package is empty"));
     }
-    let out = platform(&state)?.upload(bytes.to_vec()).await?;
+    let out = platform(&state)?.upload_for(account, bytes.to_vec()).await?;
     let status = if out.existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(out)))
 }
@@ -80,7 +130,22 @@ pub async fn deploy(
         .with_field("manifest.name"));
     }
     let p = platform(&state)?;
-    let caller = p.caller(&principal.name).await?;
+    let caller = match p.app_owner(&app).await? {
+        Some(owner) if sees(&principal, owner) => app_for(p, &principal, &app, Verb::Create).await?,
+        // App names are host names, one per cloud: another account's app keeps its name.
+        Some(_) => {
+            return Err(PlatformError::Conflict(format!("the app name {app} is taken; choose another")).into());
+        }
+        None => caller(&principal, acting_account(&principal, req.account)?),
+    };
+    if req.account.is_some_and(|a| a != caller.account) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("app {app} belongs to account {}; it cannot move", caller.account),
+        )
+        .with_field("account"));
+    }
     let started = p.deploy(&caller, req.manifest, req.package).await?;
     Ok((StatusCode::ACCEPTED, Json(started)))
 }
@@ -92,7 +157,7 @@ pub async fn rollback(
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
-    let caller = p.caller(&principal.name).await?;
+    let caller = app_for(p, &principal, &app, Verb::Create).await?;
     Ok((StatusCode::ACCEPTED, Json(p.rollback(&caller, &app, req.version).await?)))
 }
 
@@ -102,7 +167,7 @@ pub async fn restart(
     ApiPath(app): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
-    let caller = p.caller(&principal.name).await?;
+    let caller = app_for(p, &principal, &app, Verb::Create).await?;
     Ok((StatusCode::ACCEPTED, Json(p.restart(&caller, &app).await?)))
 }
 
@@ -113,32 +178,49 @@ pub async fn scale(
     ApiJson(req): ApiJson<ScaleRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
-    let caller = p.caller(&principal.name).await?;
+    let caller = app_for(p, &principal, &app, Verb::Update).await?;
     Ok((StatusCode::ACCEPTED, Json(p.scale(&caller, &app, req.processes).await?)))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<AppList>, ApiError> {
-    Ok(Json(AppList { items: platform(&state)?.list().await? }))
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<AppList>, ApiError> {
+    let items = platform(&state)?.list().await?;
+    let items = items.into_iter().filter(|a| principal.allows(Verb::List, RELEASES, a.account)).collect();
+    Ok(Json(AppList { items }))
 }
 
 pub async fn status(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<AppStatus>, ApiError> {
-    Ok(Json(platform(&state)?.status(&app).await?))
+    let p = platform(&state)?;
+    let caller = app_for(p, &principal, &app, Verb::Get).await?;
+    Ok(Json(p.status(caller.account, &app).await?))
 }
 
 pub async fn releases(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<ReleaseList>, ApiError> {
-    Ok(Json(ReleaseList { items: platform(&state)?.releases(&app).await? }))
+    let p = platform(&state)?;
+    let caller = app_for(p, &principal, &app, Verb::List).await?;
+    let items = p.releases(caller.account, &app).await?;
+    Ok(Json(ReleaseList {
+        items: items.into_iter().map(|r| super::objects::redacted(&principal, r)).collect(),
+    }))
 }
 
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<LogsReply>, ApiError> {
-    Ok(Json(platform(&state)?.logs(&app, &q).await?))
+    let p = platform(&state)?;
+    let caller = app_for(p, &principal, &app, Verb::Get).await?;
+    Ok(Json(p.logs(caller.account, &app, &q).await?))
 }

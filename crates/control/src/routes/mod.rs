@@ -2,6 +2,7 @@
 //! axum router and the OpenAPI document are both built from this table, so a route cannot be
 //! served without being documented and guarded.
 
+mod accounts;
 mod apps;
 mod bus;
 mod keys;
@@ -192,6 +193,19 @@ pub fn table() -> Vec<RouteDef> {
         routes.extend(with_spec_type!(kind, S => kind_routes::<S>()));
     }
     routes.extend([
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/account-status"),
+            perm: Perm::Require(Verb::Get, Resource::Kind(Kind::Account)),
+            operation_id: "accountStatus".into(),
+            summary: "Each account the caller may read, with its quota and what it uses".into(),
+            tag: "Account".into(),
+            query: None,
+            body: None,
+            success: Success::Json(200, schema::<enjin_model::api::AccountStatusList>),
+            errors: vec![],
+            handler: get(accounts::status),
+        },
         RouteDef {
             method: Method::GET,
             path: format!("/{v}/watch"),
@@ -386,14 +400,21 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             return ApiError::from(e).into_response();
         }
     };
+    // Objects and tokens belong to accounts: here the caller needs the permission in some
+    // account, and the handler checks it in the object's own. The rest (keys, join tokens,
+    // the bus, metrics) is the system account's.
     let allowed = match perm {
         Perm::Public => true,
-        Perm::Require(verb, resource) => principal.allows(verb, resource),
+        Perm::Require(verb, resource @ (Resource::Kind(_) | Resource::Token | Resource::OpenApi)) => {
+            principal.allows_somewhere(verb, resource)
+        }
+        Perm::Require(verb, resource) => principal.allows(verb, resource, principal.system),
         Perm::WatchQuery => match watch::kind_in_query(req.uri().query()) {
-            Ok(Some(kind)) => principal.allows(Verb::Watch, Resource::Kind(kind)),
-            Ok(None) => Kind::ALL.into_iter().all(|k| principal.allows(Verb::Watch, Resource::Kind(k))),
+            Ok(Some(kind)) => principal.allows_somewhere(Verb::Watch, Resource::Kind(kind)),
             // Malformed queries are the handler's to report, once the caller may watch at all.
-            Err(()) => Kind::ALL.into_iter().any(|k| principal.allows(Verb::Watch, Resource::Kind(k))),
+            Ok(None) | Err(()) => {
+                Kind::ALL.into_iter().any(|k| principal.allows_somewhere(Verb::Watch, Resource::Kind(k)))
+            }
         },
     };
     if !allowed {
@@ -470,6 +491,7 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
         post(apps::upload).layer(axum::extract::DefaultBodyLimit::max(crate::platform::MAX_PACKAGE_BYTES)),
     );
     upload.errors.push(200);
+    upload.query = Some(schema::<enjin_model::api::UploadQuery>);
     let mut logs = app_route(
         Method::GET,
         format!("/{v}/apps/{{app}}/logs"),

@@ -1,34 +1,62 @@
-//! API tokens.
+//! API tokens. A token belongs to an account: listing needs `list token` there, revoking
+//! `delete token`; a token of an account the caller cannot list answers 404.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::Utc;
 use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList};
+use enjin_model::kinds::{Resource, Verb};
 use uuid::Uuid;
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::ApiError;
+use crate::registry::RegistryError;
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
-    Ok(Json(TokenList { items: state.auth.list().await? }))
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<TokenList>, ApiError> {
+    let items = state.auth.list().await?;
+    let items =
+        items.into_iter().filter(|t| principal.allows(Verb::List, Resource::Token, t.account)).collect();
+    Ok(Json(TokenList { items }))
 }
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(req): ApiJson<TokenCreateRequest>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    let created = state.auth.issue(&req.principal, &req.description, Utc::now()).await?;
-    tracing::info!(id = %created.info.id, principal = %created.info.principal, "token issued");
+    let created = state.auth.issue(&principal, &req, Utc::now()).await?;
+    tracing::info!(
+        id = %created.info.id,
+        principal = %created.info.principal,
+        by = %principal.name,
+        account = %created.info.account,
+        "token issued"
+    );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
+    let token = state.auth.list().await?.into_iter().find(|t| t.id == id);
+    let Some(token) = token.filter(|t| principal.allows(Verb::List, Resource::Token, t.account)) else {
+        return Err(RegistryError::TokenNotFound(id).into());
+    };
+    if !principal.allows(Verb::Delete, Resource::Token, token.account) {
+        return Err(ApiError::forbidden(format!(
+            "principal {} may not delete token in account {}",
+            principal.name, token.account
+        )));
+    }
     state.auth.revoke(id).await?;
-    tracing::info!(%id, "token revoked");
+    tracing::info!(%id, by = %principal.name, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,15 +4,18 @@
 
 use std::convert::Infallible;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use enjin_model::api::{EventType, WatchBatch, WatchEvent, WatchQuery};
+use enjin_model::kinds::{Resource, Verb};
 use enjin_model::{Kind, Object};
 use enjin_store::{EventKind, WatchError, WatchStream};
 use futures_util::Stream;
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::extract::ApiQuery;
 use crate::problem::ApiError;
 use crate::registry::{REGISTRY_PREFIX, decode, kind_prefix};
@@ -30,6 +33,7 @@ fn serde_urlencoded_like(query: &str) -> Result<WatchQuery, ()> {
 
 pub async fn watch(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -63,23 +67,30 @@ pub async fn watch(
     let prefix = q.kind.map_or_else(|| REGISTRY_PREFIX.to_string(), kind_prefix);
     let rx = store.watch(&prefix, from).await?;
     tracing::debug!(from, prefix = %prefix, "watch started");
-    Ok(Sse::new(events(rx, state.stopping.clone())).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(events(rx, state.stopping.clone(), principal)).keep_alive(KeepAlive::default()))
 }
 
 fn events(
     rx: WatchStream,
     stopping: tokio::sync::watch::Receiver<bool>,
+    principal: Principal,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold(Some((rx, stopping)), |state| async move {
-        let (mut rx, mut stopping) = state?;
+    futures_util::stream::unfold(Some((rx, stopping, principal)), |state| async move {
+        let (mut rx, mut stopping, principal) = state?;
         let item = tokio::select! {
             item = rx.recv() => item?,
             _ = stopping.wait_for(|stop| *stop) => return None,
         };
-        let rx = (rx, stopping);
+        let batch = match &item {
+            Ok(batch) => Some(convert(batch.clone(), &principal)),
+            Err(_) => None,
+        };
+        let rx = (rx, stopping, principal);
         Some(match item {
-            Ok(batch) => {
-                let batch = convert(batch);
+            Ok(_) => {
+                // A transaction that changed nothing the caller may see still moves its
+                // revision on, so that a resume starts after it.
+                let batch = batch.unwrap_or(WatchBatch { revision: 0, events: Vec::new() });
                 let event = Event::default().id(batch.revision.to_string()).event("batch");
                 let event =
                     event.json_data(&batch).unwrap_or_else(|_| Event::default().comment("unencodable"));
@@ -103,7 +114,9 @@ fn events(
     })
 }
 
-fn convert(batch: enjin_store::WatchBatch) -> WatchBatch {
+/// The events of one store transaction that the caller may watch: objects of accounts where
+/// it holds `watch` on their kind. Objects stored before accounts are the system account's.
+fn convert(batch: enjin_store::WatchBatch, principal: &Principal) -> WatchBatch {
     let events = batch
         .events
         .into_iter()
@@ -112,7 +125,18 @@ fn convert(batch: enjin_store::WatchBatch) -> WatchBatch {
                 EventKind::Put => (EventType::Put, e.kv),
                 EventKind::Delete => (EventType::Deleted, e.prev?),
             };
-            let obj: Object<serde_json::Value> = decode(&kv).ok()?;
+            let mut obj: Object<serde_json::Value> = decode(&kv).ok()?;
+            if obj.meta.account.is_nil() {
+                obj.meta.account = principal.system;
+            }
+            if !super::objects::may(principal, Verb::Watch, &obj.meta) {
+                return None;
+            }
+            if matches!(obj.meta.kind, Kind::Release | Kind::Node)
+                && !principal.allows(Verb::Create, Resource::Kind(Kind::Release), obj.meta.account)
+            {
+                super::objects::hide_env(&mut obj.spec);
+            }
             Some(WatchEvent { event_type, kind: obj.meta.kind, object: serde_json::to_value(obj).ok()? })
         })
         .collect();

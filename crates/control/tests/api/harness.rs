@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use enjin_control::{ADMIN_PRINCIPAL, ControlConfig, ControlPlane};
+use enjin_control::{ControlConfig, ControlPlane};
 use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -58,8 +58,7 @@ impl TestServer {
         .expect("open the package store");
         let plane = plane.with_platform(platform);
         plane.bootstrap().await.expect("bootstrap");
-        let token =
-            plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;
+        let token = plane.auth().issue_admin("integration tests", Utc::now()).await.expect("issue").token;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = oneshot::channel::<()>();

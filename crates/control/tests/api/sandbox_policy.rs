@@ -79,14 +79,14 @@ async fn task_done(s: &TestServer, task: &str) -> Value {
 }
 
 #[track_caller]
-fn assert_no_sandbox(r: &Reply, change: &str) {
+fn assert_no_sandbox(r: &Reply, change: &str, app: &str) {
     assert_problem_status(r, 409);
     assert_eq!(r.body["type"], "urn:enjin:problem:no-sandbox", "{}", r.body);
     let detail = r.body["detail"].as_str().unwrap_or_default();
     for part in [
-        &format!("app hello: {change} refused"),
+        &format!("app {app}: {change} refused"),
         "no ring 1 host can sandbox",
-        "h-plain runs instances as plain processes",
+        "as plain processes",
         "principal alice is not one",
         "system account",
     ] {
@@ -100,19 +100,21 @@ async fn tenants_are_refused_where_no_host_can_sandbox_and_the_operator_runs_pla
     let m = s.create_id("nodes", machine("m")).await;
     let plain = host(&s, &m, "h-plain", "none").await;
     let alice = tenant_token(&s).await;
-    let package = send(
-        s.request(Method::POST, "/v1/packages")
-            .header("Content-Type", "application/zstd")
-            .body(b"pkg".to_vec()),
-    )
-    .await
-    .body["package"]
-        .clone();
+    let upload = |token: Option<&str>| {
+        let rb = match token {
+            Some(t) => s.http.request(Method::POST, s.url("/v1/packages")).bearer_auth(t),
+            None => s.request(Method::POST, "/v1/packages"),
+        };
+        rb.header("Content-Type", "application/zstd").body(b"pkg".to_vec())
+    };
+    // Each account uploads its own: a package belongs to the account that uploaded it.
+    let package = send(upload(Some(&alice))).await.body["package"].clone();
+    send(upload(None)).await;
 
     // A tenant's deploy: refused, and nothing made.
     let deploy = json!({"manifest": manifest("hello", 1), "package": package});
     let r = as_tenant(&s, &alice, "/v1/apps/hello/deploys", &deploy).await;
-    assert_no_sandbox(&r, "deploy");
+    assert_no_sandbox(&r, "deploy", "hello");
     assert_eq!(s.get("/v1/apps/hello").await.status, StatusCode::NOT_FOUND);
 
     // The system account's deploy runs, as plain processes, and says so.
@@ -129,12 +131,9 @@ async fn tenants_are_refused_where_no_host_can_sandbox_and_the_operator_runs_pla
     let status = s.get("/v1/apps/hello").await.body;
     assert_eq!(status["instances"][0]["strategy"], "process", "{status}");
 
-    // The tenant may not start more of them either; stopping some needs no sandbox.
+    // The operator's app is not the tenant's to see, let alone scale.
     let r = as_tenant(&s, &alice, "/v1/apps/hello/scale", &json!({"processes": {"web": 2}})).await;
-    assert_no_sandbox(&r, "scale");
-    let r = as_tenant(&s, &alice, "/v1/apps/hello/restart", &json!({})).await;
-    assert_no_sandbox(&r, "restart");
-    assert_eq!(instances(&s, "hello", 1).await.len(), 1, "nothing was started");
+    assert_problem_status(&r, 404);
 
     // With a host that sandboxes, the tenant's instances run there, and only there.
     let sandboxing = host(&s, &m, "h-sandbox", "unix-user").await;
@@ -146,9 +145,24 @@ async fn tenants_are_refused_where_no_host_can_sandbox_and_the_operator_runs_pla
     )
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    for n in instances(&s, "shop", 2).await {
+    let shop = instances(&s, "shop", 2).await;
+    for n in &shop {
         assert_eq!(n["spec"]["strategy"], "unix-user", "{n}");
         assert_eq!(n["spec"]["parent"], sandboxing.as_str(), "{n}");
+        observe(&s, 2, &uuid_of(n), "process").await;
     }
+    task_done(&s, r.body["task"].as_str().expect("task")).await;
+
+    // Once no host sandboxes any more, the tenant may not start more of them; the change
+    // is refused before anything starts.
+    let h = s.fetch("nodes", &sandboxing).await;
+    let req = json!({"revision": h["revision"], "label": h["label"],
+        "labels": {"enjin.dev/sandbox": "none"}, "spec": h["spec"]});
+    assert_eq!(s.put(&format!("/v1/nodes/{sandboxing}"), &req).await.status, StatusCode::OK);
+    let r = as_tenant(&s, &alice, "/v1/apps/shop/scale", &json!({"processes": {"web": 3}})).await;
+    assert_no_sandbox(&r, "scale", "shop");
+    let r = as_tenant(&s, &alice, "/v1/apps/shop/restart", &json!({})).await;
+    assert_no_sandbox(&r, "restart", "shop");
+    assert_eq!(instances(&s, "shop", 2).await.len(), 2, "nothing was started");
     s.stop().await;
 }

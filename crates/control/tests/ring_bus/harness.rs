@@ -100,8 +100,9 @@ impl Ring1 {
             Arc::new(SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("store"));
         let cp = ControlPlane::new(store.clone());
         cp.bootstrap().await.expect("bootstrap");
-        let token = cp.auth().issue("admin", "tests", Utc::now()).await.expect("token").token;
+        let token = cp.auth().issue_admin("tests", Utc::now()).await.expect("token").token;
         let req = CreateRequest {
+            account: None,
             ring: Ring::META,
             label: Some("m0".into()),
             labels: Default::default(),

@@ -30,7 +30,7 @@ pub use release::{
     WEB, valid_app_name, validate_manifest,
 };
 pub use task::{TaskKind, TaskProgress, TaskSpec, TaskState};
-pub use tenancy::{AccountSpec, MembershipSpec, Permission, Resource, RoleSpec, Verb};
+pub use tenancy::{AccountSpec, MembershipSpec, PermSet, Permission, Quota, Resource, RoleSpec, Verb};
 pub use tier::TierSpec;
 
 use crate::{FieldError, Reference, Ring, Target};

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -7,12 +8,43 @@ use uuid::Uuid;
 use super::{Kind, Spec, reference, text};
 use crate::{FieldError, OnDelete, Reference, Ring, RingRule, validate_label};
 
-/// A tenant.
+/// A tenant. Only the operator (a member of the system account) creates, changes or deletes
+/// accounts; members of an account may read it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// What the account's objects may use at most; an absent limit is no limit.
+    #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
+    pub quota: Quota,
+}
+
+/// Limits on what one account's objects use together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<u32>,
+    /// Ring 2 instances, of apps or created as nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// The memory limits of those instances, added up, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Their disk quotas, added up, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// The packages the account has uploaded, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_bytes: Option<u64>,
+}
+
+impl Quota {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Quota::default()
+    }
 }
 
 impl Spec for AccountSpec {
@@ -24,7 +56,7 @@ impl Spec for AccountSpec {
 }
 
 /// What a principal may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verb {
     Get,
@@ -38,6 +70,10 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// Every verb but the wildcard.
+    pub const CONCRETE: [Verb; 6] =
+        [Verb::Get, Verb::List, Verb::Create, Verb::Update, Verb::Delete, Verb::Watch];
+
     pub fn name(self) -> &'static str {
         match self {
             Verb::Get => "get",
@@ -52,7 +88,7 @@ impl Verb {
 }
 
 /// What a permission applies to: a kind, API tokens, the API document, metrics, or anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[schemars(with = "String")]
 pub enum Resource {
     Kind(Kind),
@@ -68,6 +104,21 @@ pub enum Resource {
     OpenApi,
     Metrics,
     Any,
+}
+
+impl Resource {
+    /// Every resource but the wildcard.
+    pub fn concrete() -> impl Iterator<Item = Resource> {
+        Kind::ALL.into_iter().map(Resource::Kind).chain([
+            Resource::Token,
+            Resource::Key,
+            Resource::JoinToken,
+            Resource::Join,
+            Resource::Bus,
+            Resource::OpenApi,
+            Resource::Metrics,
+        ])
+    }
 }
 
 impl fmt::Display for Resource {
@@ -161,6 +212,100 @@ impl RoleSpec {
             permissions: vec![Permission { verbs: vec![Verb::Get, Verb::List, Verb::Watch], resources }],
             description: "may read every object".into(),
         }
+    }
+}
+
+/// Concrete permissions, wildcards expanded, so that "holds at least these" is set inclusion:
+/// the ground on which nobody can grant more than they hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PermSet(BTreeSet<(Verb, Resource)>);
+
+impl PermSet {
+    /// Everything there is.
+    pub fn all() -> Self {
+        Verb::CONCRETE.into_iter().flat_map(|v| Resource::concrete().map(move |r| (v, r))).collect()
+    }
+
+    /// What a list of permissions allows.
+    pub fn of(permissions: &[Permission]) -> Self {
+        let mut set = BTreeSet::new();
+        for p in permissions {
+            let verbs: Vec<Verb> =
+                if p.verbs.contains(&Verb::Any) { Verb::CONCRETE.to_vec() } else { p.verbs.clone() };
+            let resources: Vec<Resource> = if p.resources.contains(&Resource::Any) {
+                Resource::concrete().collect()
+            } else {
+                p.resources.clone()
+            };
+            for v in &verbs {
+                for r in &resources {
+                    set.insert((*v, *r));
+                }
+            }
+        }
+        PermSet(set)
+    }
+
+    pub fn contains(&self, verb: Verb, resource: Resource) -> bool {
+        self.0.contains(&(verb, resource))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Verb, Resource)> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn insert(&mut self, verb: Verb, resource: Resource) {
+        self.0.insert((verb, resource));
+    }
+
+    pub fn union(&self, other: &PermSet) -> PermSet {
+        PermSet(self.0.union(&other.0).copied().collect())
+    }
+
+    pub fn intersection(&self, other: &PermSet) -> PermSet {
+        PermSet(self.0.intersection(&other.0).copied().collect())
+    }
+
+    /// What `other` holds that this set does not.
+    pub fn lacks(&self, other: &PermSet) -> PermSet {
+        PermSet(other.0.difference(&self.0).copied().collect())
+    }
+
+    /// `verb resource` pairs, for messages and listings.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(v, r)| format!("{} {r}", v.name())).collect()
+    }
+
+    /// Back from [`PermSet::names`]; `None` if a pair is not one.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<PermSet> {
+        let mut set = BTreeSet::new();
+        for n in names {
+            let (v, r) = n.split_once(' ')?;
+            let verb = Verb::CONCRETE.into_iter().find(|x| x.name() == v)?;
+            let resource: Resource = r.parse().ok()?;
+            if resource == Resource::Any {
+                return None;
+            }
+            set.insert((verb, resource));
+        }
+        Some(PermSet(set))
+    }
+}
+
+impl FromIterator<(Verb, Resource)> for PermSet {
+    fn from_iter<T: IntoIterator<Item = (Verb, Resource)>>(iter: T) -> Self {
+        PermSet(iter.into_iter().collect())
+    }
+}
+
+impl RoleSpec {
+    /// The role's permissions, wildcards expanded.
+    pub fn perm_set(&self) -> PermSet {
+        PermSet::of(&self.permissions)
     }
 }
 

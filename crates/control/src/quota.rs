@@ -1,0 +1,171 @@
+//! Quotas per account: apps, ring 2 instances, their memory and disk limits added up, and the
+//! bytes of the packages the account uploaded. A change is checked against the use it would
+//! leave behind, counted as a steady state: a rollout's surge (old and new instances side by
+//! side for a moment) is not counted, so a deploy that fits never fails halfway. An instance
+//! without a memory or disk limit counts as unbounded where the account has that quota.
+
+use enjin_model::api::{AccountUsage, ListQuery};
+use enjin_model::kinds::{AccountSpec, CompartmentSpec, CompartmentType, NodeSpec, Quota, Resources};
+use enjin_model::{Object, Ring};
+use uuid::Uuid;
+
+use crate::registry::{Registry, RegistryError};
+
+/// A change refused by a quota: which, its limit, and the use the change would reach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "account {account}: quota {quota} is {limit}{unit}; this would use {wanted}{unit} (in use now: {now}{unit})"
+)]
+pub struct QuotaExceeded {
+    pub account: String,
+    pub quota: &'static str,
+    pub limit: u64,
+    pub wanted: u64,
+    pub now: u64,
+    pub unit: &'static str,
+}
+
+/// The instances a change adds to an account (and any it removes, as a negative part).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub apps: u64,
+    pub instances: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub package_bytes: u64,
+}
+
+impl Footprint {
+    /// `count` instances with these (default-filled) limits; no limit counts as unbounded.
+    pub fn instances(count: u32, r: &Resources) -> Footprint {
+        let n = u64::from(count);
+        Footprint {
+            instances: n,
+            memory_bytes: r.memory_bytes.unwrap_or(u64::MAX).saturating_mul(n),
+            disk_bytes: r.disk_bytes.unwrap_or(u64::MAX).saturating_mul(n),
+            ..Footprint::default()
+        }
+    }
+
+    pub fn plus(self, o: Footprint) -> Footprint {
+        Footprint {
+            apps: self.apps.saturating_add(o.apps),
+            instances: self.instances.saturating_add(o.instances),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            disk_bytes: self.disk_bytes.saturating_add(o.disk_bytes),
+            package_bytes: self.package_bytes.saturating_add(o.package_bytes),
+        }
+    }
+
+    pub fn minus(self, o: Footprint) -> Footprint {
+        Footprint {
+            apps: self.apps.saturating_sub(o.apps),
+            instances: self.instances.saturating_sub(o.instances),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            disk_bytes: self.disk_bytes.saturating_sub(o.disk_bytes),
+            package_bytes: self.package_bytes.saturating_sub(o.package_bytes),
+        }
+    }
+
+    pub fn of_usage(u: &AccountUsage) -> Footprint {
+        Footprint {
+            apps: u64::from(u.apps),
+            instances: u64::from(u.instances),
+            memory_bytes: u.memory_bytes,
+            disk_bytes: u.disk_bytes,
+            package_bytes: u.package_bytes,
+        }
+    }
+}
+
+/// The account's quota, or none for an account that does not exist (the registry refuses
+/// what refers to it).
+pub async fn quota_of(registry: &Registry, account: Uuid) -> Result<Option<(String, Quota)>, RegistryError> {
+    match registry.get::<AccountSpec>(account).await {
+        Ok(a) => Ok(Some((a.meta.label.unwrap_or_else(|| account.to_string()), a.spec.quota))),
+        Err(RegistryError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the account's objects use now; `package_bytes` is the caller's to fill (the package
+/// owners are the platform's).
+pub async fn usage(registry: &Registry, account: Uuid) -> Result<AccountUsage, RegistryError> {
+    let q = ListQuery { account: Some(account), ring: Some(Ring::PLATFORM.get()), ..ListQuery::default() };
+    let (envs, _) = registry.list::<CompartmentSpec>(&q).await?;
+    let (nodes, _) = registry.list::<NodeSpec>(&q).await?;
+    let apps = envs.iter().filter(|c| c.spec.compartment_type == CompartmentType::AppEnvironment).count();
+    let used = footprint_of(&nodes);
+    Ok(AccountUsage {
+        apps: u32::try_from(apps).unwrap_or(u32::MAX),
+        instances: u32::try_from(used.instances).unwrap_or(u32::MAX),
+        memory_bytes: used.memory_bytes,
+        disk_bytes: used.disk_bytes,
+        package_bytes: 0,
+    })
+}
+
+/// What these instances take together.
+pub fn footprint_of<'a>(nodes: impl IntoIterator<Item = &'a Object<NodeSpec>>) -> Footprint {
+    nodes.into_iter().fold(Footprint::default(), |f, n| f.plus(Footprint::instances(1, &n.spec.resources)))
+}
+
+/// Refuse a change that takes the account from `now` to `after` past a quota. Only limits the
+/// change raises are checked: an account already over a lowered quota can still shrink.
+pub fn check(label: &str, quota: &Quota, now: &AccountUsage, after: Footprint) -> Result<(), QuotaExceeded> {
+    let before = Footprint::of_usage(now);
+    let rows: [(&'static str, Option<u64>, u64, u64, &'static str); 5] = [
+        ("apps", quota.apps.map(u64::from), before.apps, after.apps, ""),
+        ("instances", quota.instances.map(u64::from), before.instances, after.instances, ""),
+        ("memory_bytes", quota.memory_bytes, before.memory_bytes, after.memory_bytes, " bytes"),
+        ("disk_bytes", quota.disk_bytes, before.disk_bytes, after.disk_bytes, " bytes"),
+        ("package_bytes", quota.package_bytes, before.package_bytes, after.package_bytes, " bytes"),
+    ];
+    for (name, limit, was, wanted, unit) in rows {
+        if let Some(limit) = limit
+            && wanted > limit
+            && wanted > was
+        {
+            return Err(QuotaExceeded {
+                account: label.to_string(),
+                quota: name,
+                limit,
+                wanted,
+                now: was,
+                unit,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_past_a_quota_is_refused_naming_it() {
+        let quota = Quota { instances: Some(3), memory_bytes: Some(1 << 30), ..Quota::default() };
+        let now = AccountUsage { instances: 2, memory_bytes: 512 << 20, ..AccountUsage::default() };
+        let r =
+            Resources { memory_bytes: Some(256 << 20), disk_bytes: Some(1 << 20), ..Resources::default() };
+        let after = Footprint::of_usage(&now).plus(Footprint::instances(1, &r));
+        assert!(check("t", &quota, &now, after).is_ok());
+        let after = Footprint::of_usage(&now).plus(Footprint::instances(2, &r));
+        let e = check("t", &quota, &now, after).expect_err("over");
+        assert_eq!((e.quota, e.limit, e.wanted, e.now), ("instances", 3, 4, 2));
+        assert!(e.to_string().contains("quota instances is 3"), "{e}");
+    }
+
+    #[test]
+    fn no_limit_counts_as_unbounded_and_shrinking_is_allowed() {
+        let quota = Quota { memory_bytes: Some(1 << 30), ..Quota::default() };
+        let now = AccountUsage::default();
+        let unbounded = Footprint::instances(1, &Resources::default());
+        assert!(check("t", &quota, &now, unbounded).is_err());
+        let over = AccountUsage { memory_bytes: 4 << 30, ..AccountUsage::default() };
+        let less =
+            Footprint::of_usage(&over).minus(Footprint { memory_bytes: 1 << 30, ..Footprint::default() });
+        assert!(check("t", &quota, &over, less).is_ok());
+    }
+}
