@@ -134,7 +134,9 @@ pub async fn deploy(
         Some(owner) if sees(&principal, owner) => app_for(p, &principal, &app, Verb::Create).await?,
         // App names are host names, one per cloud: another account's app keeps its name.
         Some(_) => {
-            return Err(PlatformError::Conflict(format!("the app name {app} is taken; choose another")).into());
+            return Err(
+                PlatformError::Conflict(format!("the app name {app} is taken; choose another")).into()
+            );
         }
         None => caller(&principal, acting_account(&principal, req.account)?),
     };

@@ -27,6 +27,8 @@ pub struct TestServer {
     pub base: String,
     /// A token of the bootstrapped admin principal.
     pub token: String,
+    /// The server's authenticator, to look at what a token resolves to.
+    pub auth: enjin_control::Auth,
     /// For ordinary requests: every request times out.
     pub http: reqwest::Client,
     /// For watches, which are endless: only connecting times out; reads are bounded by the
@@ -59,6 +61,7 @@ impl TestServer {
         let plane = plane.with_platform(platform);
         plane.bootstrap().await.expect("bootstrap");
         let token = plane.auth().issue_admin("integration tests", Utc::now()).await.expect("issue").token;
+        let auth = plane.auth().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -72,6 +75,7 @@ impl TestServer {
         TestServer {
             base: format!("http://{addr}"),
             token,
+            auth,
             http,
             streaming,
             shutdown: Some(shutdown),

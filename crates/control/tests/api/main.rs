@@ -13,5 +13,6 @@ mod platform;
 mod sandbox_policy;
 mod sse;
 mod system;
+mod tenancy;
 mod uids;
 mod watch;
