@@ -3,6 +3,7 @@
 //! served without being documented and guarded.
 
 mod apps;
+mod audit;
 mod bus;
 mod keys;
 mod objects;
@@ -328,6 +329,21 @@ pub fn table() -> Vec<RouteDef> {
         },
         RouteDef {
             method: Method::GET,
+            path: format!("/{v}/audit"),
+            perm: Perm::Require(Verb::List, Resource::Audit),
+            operation_id: "listAudit".into(),
+            summary: "The audit log: authenticated changes (refused ones too), newest first, with who, \
+                      from where, what and how it ended"
+                .into(),
+            tag: "Audit".into(),
+            query: Some(schema::<enjin_model::api::AuditQuery>),
+            body: None,
+            success: Success::Json(200, schema::<enjin_model::api::AuditList>),
+            errors: vec![400, 500, 503],
+            handler: get(audit::list),
+        },
+        RouteDef {
+            method: Method::GET,
             path: format!("/{v}/openapi.json"),
             perm: Perm::Require(Verb::Get, Resource::OpenApi),
             operation_id: "openapi".into(),
@@ -386,6 +402,8 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             return ApiError::from(e).into_response();
         }
     };
+    // From here on the caller is known: its mutating requests are recorded, refusals included.
+    let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     let allowed = match perm {
         Perm::Public => true,
         Perm::Require(verb, resource) => principal.allows(verb, resource),
@@ -402,10 +420,13 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             Perm::Require(verb, resource) => format!("{} {resource}", verb.name()),
             _ => "watch these kinds".to_string(),
         };
-        return ApiError::forbidden(format!("principal {} may not {what}", principal.name)).into_response();
+        let refused = ApiError::forbidden(format!("principal {} may not {what}", principal.name));
+        return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
+            .await;
     }
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    let resp = next.run(req).await;
+    crate::audit::record(state.registry.store(), &state.metrics, audit, resp).await
 }
 
 /// Count and time every request, inside a span carrying its method and route.
