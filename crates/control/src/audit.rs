@@ -356,6 +356,159 @@ mod tests {
         }
     }
 
+    fn principal() -> Principal {
+        Principal { name: "alice".into(), token: Uuid::new_v4(), roles: Arc::default(), join: None }
+    }
+
+    fn request(method: Method, path: &str) -> Request {
+        let mut req =
+            Request::builder().method(method).uri(path).body(axum::body::Body::empty()).expect("request");
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4242))));
+        req
+    }
+
+    fn response(status: u16, location: Option<&str>) -> Response {
+        let mut b = Response::builder().status(status);
+        if let Some(l) = location {
+            b = b.header(header::LOCATION, l);
+        }
+        b.body(axum::body::Body::empty()).expect("response")
+    }
+
+    #[test]
+    fn reads_are_not_recorded() {
+        let perm = Perm::Require(Verb::Get, enjin_model::kinds::Resource::Token);
+        assert!(
+            Pending::begin(&request(Method::GET, "/v1/tokens"), &principal(), perm, Utc::now()).is_none()
+        );
+        let public =
+            Pending::begin(&request(Method::POST, "/healthz"), &principal(), Perm::Public, Utc::now());
+        assert!(public.is_none(), "public routes have nobody to record");
+    }
+
+    #[test]
+    fn a_create_takes_its_uuid_from_the_location_and_a_refusal_is_refused() {
+        let who = principal();
+        let perm = Perm::Require(Verb::Create, enjin_model::kinds::Resource::Kind(enjin_model::Kind::Tier));
+        let now = Utc::now();
+        let id = Uuid::new_v4();
+        let mut req = request(Method::POST, "/v1/tiers?x=1");
+        req.headers_mut().insert("x-request-id", "abc def".parse().expect("header"));
+        let pending = Pending::begin(&req, &who, perm, now).expect("a create is recorded");
+        let mut resp = response(201, Some(&format!("/v1/tiers/{id}")));
+        let account = Uuid::new_v4();
+        resp.extensions_mut().insert(AuditAccount(account));
+        let rec = pending.finish(&resp);
+        assert_eq!((rec.time, rec.principal.as_str(), rec.token), (now, "alice", who.token));
+        assert_eq!((rec.method.as_str(), rec.verb, rec.path.as_str()), ("POST", Verb::Create, "/v1/tiers"));
+        assert_eq!(rec.object, AuditObject { kind: "tier".into(), uuid: Some(id) });
+        assert_eq!((rec.status, rec.result), (201, AuditResult::Ok));
+        assert_eq!(rec.account, Some(account), "a handler names the account through the response");
+        assert_eq!(rec.source, Some(SocketAddr::from(([127, 0, 0, 1], 4242))));
+        assert_eq!(rec.request_id.as_deref(), Some("abcdef"));
+
+        let pending =
+            Pending::begin(&request(Method::DELETE, "/v1/tiers/x"), &who, perm, now).expect("recorded");
+        let rec = pending.finish(&response(403, None));
+        assert_eq!((rec.status, rec.result, rec.object.uuid), (403, AuditResult::Refused, None));
+        let pending =
+            Pending::begin(&request(Method::PUT, "/v1/tiers/x"), &who, perm, now).expect("recorded");
+        assert_eq!(pending.finish(&response(500, None)).result, AuditResult::Failed);
+    }
+
+    async fn open_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = enjin_store::SqliteStoreConfig::new(dir.path().join("state.db"));
+        let store = enjin_store::SqliteStore::open(config).expect("open the store");
+        (dir, Arc::new(store))
+    }
+
+    fn rec(time: DateTime<Utc>, principal: &str) -> AuditRecord {
+        AuditRecord {
+            time,
+            principal: principal.into(),
+            token: Uuid::new_v4(),
+            account: None,
+            method: "POST".into(),
+            verb: Verb::Create,
+            route: "/v1/tiers".into(),
+            path: "/v1/tiers".into(),
+            object: AuditObject { kind: "tier".into(), uuid: None },
+            status: 201,
+            result: AuditResult::Ok,
+            source: None,
+            request_id: None,
+        }
+    }
+
+    fn ago(now: DateTime<Utc>, hours: i64) -> DateTime<Utc> {
+        now - chrono::TimeDelta::hours(hours)
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_old_records_and_keeps_new_ones() {
+        let (_dir, store) = open_store().await;
+        let now = Utc::now();
+        // A year, a fortnight, 91 days, a day and a minute ago, and just after the cutoff.
+        let cutoff = ago(now, 90 * 24);
+        let old = [ago(now, 365 * 24), ago(now, 91 * 24), cutoff - chrono::TimeDelta::nanoseconds(1)];
+        let new = [cutoff, ago(now, 14 * 24), ago(now, 24), now - chrono::TimeDelta::minutes(1)];
+        for t in old.iter().chain(&new) {
+            write(store.as_ref(), &rec(*t, "alice")).await.expect("write");
+        }
+        assert_eq!(prune(store.as_ref(), cutoff).await.expect("prune"), old.len());
+        let all = Filter { limit: 100, ..Filter::default() };
+        let kept: Vec<_> =
+            read(store.as_ref(), &all, now).await.expect("read").into_iter().map(|r| r.time).collect();
+        let mut want = new.to_vec();
+        want.reverse();
+        assert_eq!(kept, want, "the newer ones are kept, newest first");
+        assert_eq!(prune(store.as_ref(), cutoff).await.expect("prune again"), 0);
+    }
+
+    #[tokio::test]
+    async fn pruning_goes_in_batches() {
+        let (_dir, store) = open_store().await;
+        let now = Utc::now();
+        for i in 0..(PRUNE_BATCH as i64 * 2 + 7) {
+            write(store.as_ref(), &rec(ago(now, 100 * 24) + chrono::TimeDelta::seconds(i), "a"))
+                .await
+                .expect("write");
+        }
+        let before = store.current_revision().await.expect("revision");
+        assert_eq!(prune(store.as_ref(), ago(now, 90 * 24)).await.expect("prune"), PRUNE_BATCH * 2 + 7);
+        assert_eq!(store.current_revision().await.expect("revision"), before + 3, "three transactions");
+        assert!(store.range(AUDIT_PREFIX).await.expect("range").kvs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_filter_by_time_and_principal_and_stop_at_the_limit() {
+        let (_dir, store) = open_store().await;
+        let now = Utc::now();
+        for (hours, who) in [(24 * 30, "alice"), (24 * 8, "bob"), (30, "alice"), (2, "bob"), (1, "alice")] {
+            write(store.as_ref(), &rec(ago(now, hours), who)).await.expect("write");
+        }
+        let get = |filter: Filter| {
+            let store = store.clone();
+            async move {
+                let got = read(store.as_ref(), &filter, now).await.expect("read");
+                got.into_iter().map(|r| (r.time, r.principal)).collect::<Vec<_>>()
+            }
+        };
+        let all = get(Filter { limit: 10, ..Filter::default() }).await;
+        let hours: Vec<i64> = all.iter().map(|(t, _)| (now - *t).num_hours()).collect();
+        assert_eq!(hours, vec![1, 2, 30, 24 * 8, 24 * 30], "newest first, across the fine and coarse ranges");
+        let since = get(Filter { since: Some(ago(now, 3)), limit: 10, ..Filter::default() }).await;
+        assert_eq!(since.len(), 2);
+        let bob = get(Filter { principal: Some("bob".into()), limit: 10, ..Filter::default() }).await;
+        assert_eq!(bob.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(), ["bob", "bob"]);
+        let two = get(Filter { limit: 2, ..Filter::default() }).await;
+        assert_eq!(two, all[..2].to_vec());
+        let old_alice =
+            get(Filter { since: Some(ago(now, 24 * 31)), principal: Some("alice".into()), limit: 3 }).await;
+        assert_eq!(old_alice.len(), 3);
+    }
+
     #[test]
     fn path_uuids_come_from_parameters() {
         let id = Uuid::new_v4();
