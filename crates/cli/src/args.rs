@@ -131,6 +131,8 @@ pub enum Command {
     Bus(BusCommand),
     /// Follow changes as they are committed
     Watch(WatchArgs),
+    /// Who changed what: the audit log of authenticated changes, newest first
+    Audit(AuditArgs),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -432,6 +434,19 @@ pub enum BusCommand {
         #[arg(long, default_value_t = 1)]
         ring: u8,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes since then: 10m, 2h, 1d, or an RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this principal's changes
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// At most this many records, the newest (at most 1000)
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use enjin_control::InstanceDefaults;
+use enjin_control::{AuditConfig, InstanceDefaults};
 use serde::Deserialize;
 
 use crate::args::Global;
@@ -39,6 +39,61 @@ pub struct FileConfig {
     pub dns: DnsFileConfig,
     #[serde(default)]
     pub instances: InstancesFileConfig,
+    #[serde(default)]
+    pub audit: AuditFileConfig,
+}
+
+/// `[audit]`: how long the audit log keeps its records (`retention`, a duration such as
+/// `"90d"`, `"12h"` or `"30m"`). Validated when the file is read, with errors naming the key.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawAudit")]
+pub struct AuditFileConfig(pub AuditConfig);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// Default 90d.
+    retention: Option<toml::Value>,
+}
+
+/// The shortest retention: records must outlive the prune pass that would otherwise delete
+/// them before anyone could read them.
+const MIN_RETENTION_SECS: u64 = 3600;
+/// The longest: about 100 years, only there to keep time arithmetic finite.
+const MAX_RETENTION_SECS: u64 = 100 * 365 * 86_400;
+
+impl TryFrom<RawAudit> for AuditFileConfig {
+    type Error = String;
+
+    fn try_from(raw: RawAudit) -> Result<Self, String> {
+        let retention = match raw.retention {
+            None => AuditConfig::RETENTION,
+            Some(v) => retention(&v).map_err(|m| format!("[audit] retention: {m}"))?,
+        };
+        Ok(AuditFileConfig(AuditConfig { retention }))
+    }
+}
+
+/// A retention period: `"90d"`, `"12h"`, `"30m"`, `"3600s"`, from an hour to a century.
+fn retention(value: &toml::Value) -> Result<std::time::Duration, String> {
+    let toml::Value::String(text) = value else {
+        return Err(format!("must be a duration such as \"90d\" or \"12h\", not {value}"));
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{text:?} is not a duration such as \"90d\" or \"12h\""))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    let secs = n.saturating_mul(unit_secs);
+    if !(MIN_RETENTION_SECS..=MAX_RETENTION_SECS).contains(&secs) {
+        return Err(format!("{text:?} must be from 1h to {}d", MAX_RETENTION_SECS / 86_400));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// `[instances]`: the limits an instance gets when its spec (or its app's manifest) leaves one
@@ -355,5 +410,34 @@ mod tests {
         }
         let err = instances("[instances]\nmemroy = 1\n").expect_err("typo refused");
         assert!(format!("{err:#}").contains("memroy"), "{err:#}");
+    }
+
+    fn audit(text: &str) -> Result<AuditConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(CONFIG_FILE), text).expect("write");
+        Ok(load_file_config(dir.path())?.audit.0)
+    }
+
+    #[test]
+    fn audit_retention_defaults_and_parses() {
+        use std::time::Duration;
+        assert_eq!(audit("").expect("valid").retention, Duration::from_secs(90 * 86_400));
+        for (text, secs) in
+            [("\"30d\"", 30 * 86_400), ("\"12h\"", 12 * 3600), ("\"90m\"", 5400), ("\"3600s\"", 3600)]
+        {
+            let got = audit(&format!("[audit]\nretention = {text}\n")).expect(text).retention;
+            assert_eq!(got, Duration::from_secs(secs), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_audit_retention_is_refused_naming_the_key() {
+        for text in ["\"soon\"", "\"10y\"", "\"30\"", "\"59m\"", "\"0d\"", "\"-1d\"", "90", "\"40000d\""] {
+            let err = audit(&format!("[audit]\nretention = {text}\n")).expect_err(text);
+            let msg = format!("{err:#}");
+            assert!(msg.contains("[audit] retention"), "{text}: {msg}");
+        }
+        let err = audit("[audit]\nretension = \"1d\"\n").expect_err("typo refused");
+        assert!(format!("{err:#}").contains("retension"), "{err:#}");
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod apps;
+mod audit;
 mod sse;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! What a control plane is told when it starts. Read and validated by the binary (from
 //! `enjin.toml`); the defaults are here and in docs/configuration.md.
 
+use std::time::Duration;
+
 use enjin_model::Ring;
 use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 
@@ -9,6 +11,27 @@ use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 pub struct ControlConfig {
     /// Limits for instances whose spec leaves them out.
     pub instances: InstanceDefaults,
+    /// The audit log (`[audit]` in `enjin.toml`).
+    pub audit: AuditConfig,
+}
+
+/// How the audit log of changes is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Records older than this are deleted.
+    pub retention: Duration,
+}
+
+impl AuditConfig {
+    /// 90 days: long enough to answer "who changed this?" about last quarter's incidents,
+    /// short enough that a busy cloud's log stays a small part of the store.
+    pub const RETENTION: Duration = Duration::from_secs(90 * 86_400);
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention: Self::RETENTION }
+    }
 }
 
 /// The limits an instance gets for each one its spec leaves out (`[instances]` in

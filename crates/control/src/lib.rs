@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod audit;
 mod auth;
 pub mod bus;
 mod config;
@@ -21,6 +22,7 @@ mod routes;
 pub mod uids;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +32,11 @@ use enjin_store::Store;
 use tokio::net::TcpListener;
 
 pub use access::{Grants, Scope};
+pub use audit::AuditAccount;
 pub use auth::{
     ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
 };
-pub use config::{ControlConfig, InstanceDefaults};
+pub use config::{AuditConfig, ControlConfig, InstanceDefaults};
 pub use problem::ApiError;
 pub use registry::{Registry, RegistryError};
 pub use routes::{Perm, RouteDef};
@@ -46,6 +49,7 @@ use crate::routes::AppState;
 pub struct ControlPlane {
     state: AppState,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    audit: AuditConfig,
 }
 
 impl ControlPlane {
@@ -67,7 +71,7 @@ impl ControlPlane {
             bus: None,
             platform: None,
         };
-        ControlPlane { state, stop: Arc::new(stop) }
+        ControlPlane { state, stop: Arc::new(stop), audit: config.audit }
     }
 
     /// Run the keys-and-trust service (and serve its routes) on this control plane.
@@ -113,9 +117,13 @@ impl ControlPlane {
     ) -> std::io::Result<()> {
         let app = self.router();
         let stop = self.stop;
-        tokio::spawn(compact_history(self.state.registry.store().clone(), stop.subscribe()));
+        let store = self.state.registry.store().clone();
+        tokio::spawn(compact_history(store.clone(), stop.subscribe()));
         tokio::spawn(record_token_use(self.state.auth.clone(), stop.subscribe()));
-        axum::serve(listener, app)
+        let metrics = self.state.metrics.clone();
+        tokio::spawn(audit::prune_loop(store, metrics, self.audit.retention, stop.subscribe()));
+        // The peer address reaches handlers (and the audit log) as `ConnectInfo`.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 // Watches are endless streams; end them so that the drain can finish.

@@ -20,6 +20,9 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<(String, String), Histogram>,
     auth_failures: BTreeMap<&'static str, u64>,
+    audit_records: BTreeMap<&'static str, u64>,
+    audit_write_failures: u64,
+    audit_pruned: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +48,22 @@ impl Metrics {
     pub fn auth_failure(&self, reason: &'static str) {
         let Ok(mut m) = self.inner.lock() else { return };
         *m.auth_failures.entry(reason).or_default() += 1;
+    }
+
+    /// An audit record written, by the result it records.
+    pub fn audit_recorded(&self, result: &'static str) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        *m.audit_records.entry(result).or_default() += 1;
+    }
+
+    pub fn audit_write_failure(&self) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.audit_write_failures += 1;
+    }
+
+    pub fn audit_pruned(&self, n: usize) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.audit_pruned += n as u64;
     }
 
     pub fn render(&self, store_revision: i64) -> String {
@@ -82,6 +101,26 @@ impl Metrics {
         for (reason, n) in &m.auth_failures {
             let _ = writeln!(out, "enjin_auth_failures_total{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP enjin_audit_records_total Audit records written, by the result they record."
+        );
+        let _ = writeln!(out, "# TYPE enjin_audit_records_total counter");
+        for (result, n) in &m.audit_records {
+            let _ = writeln!(out, "enjin_audit_records_total{{result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP enjin_audit_write_failures_total Audited requests whose record could not be written."
+        );
+        let _ = writeln!(out, "# TYPE enjin_audit_write_failures_total counter");
+        let _ = writeln!(out, "enjin_audit_write_failures_total {}", m.audit_write_failures);
+        let _ = writeln!(
+            out,
+            "# HELP enjin_audit_pruned_total Audit records deleted after the retention period."
+        );
+        let _ = writeln!(out, "# TYPE enjin_audit_pruned_total counter");
+        let _ = writeln!(out, "enjin_audit_pruned_total {}", m.audit_pruned);
         let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");
         let _ = writeln!(out, "# TYPE enjin_store_revision gauge");
         let _ = writeln!(out, "enjin_store_revision {store_revision}");

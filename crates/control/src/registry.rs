@@ -13,6 +13,8 @@
 //!   `uids.rs`).
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
+//! - `/audit/<nanoseconds>-<uuid>` — one audit record (JSON) per authenticated mutating request,
+//!   the time zero-padded to 20 digits so that key order is time order (see `audit.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

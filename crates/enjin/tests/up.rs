@@ -42,6 +42,30 @@ fn up_answers_node_list_and_resumes_after_ctrl_c() {
     let refused = cli(&data, &["join-token", "create", "--ring", "2", "--parent", &machine_label]);
     assert!(stderr(&refused).contains("ring 1 parent"), "{}", stderr(&refused));
 
+    // The audit log shows both, newest first: the refusal, then the create, by the admin.
+    let audit = cli(&data, &["-o", "json", "audit", "--since", "1h"]);
+    assert!(audit.status.success(), "{}", stderr(&audit));
+    let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("json audit");
+    let records: Vec<_> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["route"] == "/v1/join-tokens")
+        .collect();
+    assert_eq!(records.len(), 2, "{audit}");
+    assert_eq!(
+        (records[1]["principal"].as_str(), records[1]["verb"].as_str()),
+        (Some("admin"), Some("create"))
+    );
+    assert_eq!((records[1]["status"].as_u64(), records[1]["result"].as_str()), (Some(201), Some("ok")));
+    assert_eq!(records[0]["result"], "refused");
+    let table = cli(&data, &["audit", "--principal", "admin"]);
+    assert!(
+        stdout(&table).contains("PRINCIPAL") && stdout(&table).contains("join-token"),
+        "{}",
+        stdout(&table)
+    );
+
     let status = up.interrupt();
     assert!(status.success(), "Ctrl-C is a clean exit: {status:?}");
 

@@ -706,3 +706,101 @@ pub struct EdgeReport {
 pub fn edge_topic(node: Uuid) -> String {
     format!("edge.{node}")
 }
+
+/// How a mutating request ended, as the audit log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    /// 1xx–3xx: the change was made.
+    Ok,
+    /// 4xx: refused (forbidden, invalid, conflicting); nothing was changed.
+    Refused,
+    /// 5xx: the server failed; the change may or may not have been made.
+    Failed,
+}
+
+impl AuditResult {
+    /// The result an HTTP status stands for.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            ..400 => AuditResult::Ok,
+            400..500 => AuditResult::Refused,
+            _ => AuditResult::Failed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditResult::Ok => "ok",
+            AuditResult::Refused => "refused",
+            AuditResult::Failed => "failed",
+        }
+    }
+}
+
+/// What a request acted on: the kind of resource its permission names and, when known, the
+/// object's uuid (from the path of an item route, or from the `Location` of a create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditObject {
+    /// A kind name, or `token`, `key`, `join-token`, `join`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+}
+
+/// One authenticated mutating request (POST, PUT, PATCH, DELETE), as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// When the request arrived (UTC).
+    pub time: DateTime<Utc>,
+    pub principal: String,
+    /// The id of the token the request presented.
+    pub token: Uuid,
+    /// The account the change was made in, where the handler said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Uuid>,
+    pub method: String,
+    /// The verb of the route's permission (`create`, `update`, `delete`).
+    pub verb: crate::kinds::Verb,
+    /// The matched route template, e.g. `/v1/nodes/{uuid}`.
+    pub route: String,
+    /// The path as requested, without the query.
+    pub path: String,
+    pub object: AuditObject,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub result: AuditResult,
+    /// The peer address of the connection, when the server knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::SocketAddr>,
+    /// The caller's `X-Request-Id`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The most records `GET /v1/audit` returns at once, and how many when not asked.
+pub const AUDIT_LIMIT_MAX: u32 = 1000;
+pub const AUDIT_LIMIT_DEFAULT: u32 = 100;
+
+/// Query of `GET /v1/audit`; all given filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only records at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only this principal's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// At most this many records, the newest (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/audit`: records newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditList {
+    pub items: Vec<AuditRecord>,
+}

@@ -344,7 +344,7 @@ pub async fn releases(g: &Global, app: &str) -> Result<()> {
 }
 
 /// When `--since` says: `10m`, `2h`, `30s`, `1d` ago, or an RFC 3339 time.
-fn since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+pub(super) fn since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apps;
+mod audit;
 mod bus;
 mod edge;
 mod hosts;
@@ -70,6 +71,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::JoinToken(c) => keys::join_token(g, c).await,
         Command::Bus(c) => bus::run(g, c).await,
         Command::Watch(args) => watch::run(g, &args).await,
+        Command::Audit(args) => audit::run(g, &args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enjin", &mut std::io::stdout());
             Ok(())

@@ -48,7 +48,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     let store: Arc<dyn Store> = Arc::new(store);
     let instances = file.instances.0;
     tracing::info!(?instances, "limits for instances that leave them out");
-    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances });
+    let audit = file.audit.0;
+    tracing::info!(retention_seconds = audit.retention.as_secs(), "audit log retention");
+    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, audit });
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);

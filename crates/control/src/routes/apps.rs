@@ -16,6 +16,7 @@ use enjin_model::kinds::{Resource, Verb};
 use uuid::Uuid;
 
 use super::AppState;
+use crate::audit::AuditAccount;
 use crate::auth::Principal;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::{Caller, Platform, PlatformError};
@@ -120,7 +121,7 @@ pub async fn deploy(
     Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<DeployRequest>,
-) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
+) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     if req.manifest.name != app {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,7 +150,7 @@ pub async fn deploy(
         .with_field("account"));
     }
     let started = p.deploy(&caller, req.manifest, req.package).await?;
-    Ok((StatusCode::ACCEPTED, Json(started)))
+    Ok((StatusCode::ACCEPTED, Extension(AuditAccount(caller.account)), Json(started)))
 }
 
 pub async fn rollback(
@@ -157,20 +158,24 @@ pub async fn rollback(
     Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<RollbackRequest>,
-) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
+) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::Create).await?;
-    Ok((StatusCode::ACCEPTED, Json(p.rollback(&caller, &app, req.version).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Extension(AuditAccount(caller.account)),
+        Json(p.rollback(&caller, &app, req.version).await?),
+    ))
 }
 
 pub async fn restart(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
-) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
+) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::Create).await?;
-    Ok((StatusCode::ACCEPTED, Json(p.restart(&caller, &app).await?)))
+    Ok((StatusCode::ACCEPTED, Extension(AuditAccount(caller.account)), Json(p.restart(&caller, &app).await?)))
 }
 
 pub async fn scale(
@@ -178,10 +183,14 @@ pub async fn scale(
     Extension(principal): Extension<Principal>,
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<ScaleRequest>,
-) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
+) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::Update).await?;
-    Ok((StatusCode::ACCEPTED, Json(p.scale(&caller, &app, req.processes).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Extension(AuditAccount(caller.account)),
+        Json(p.scale(&caller, &app, req.processes).await?),
+    ))
 }
 
 pub async fn list(

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod apps;
+mod audit;
 mod bus;
 mod keys;
 mod objects;
@@ -342,6 +343,21 @@ pub fn table() -> Vec<RouteDef> {
         },
         RouteDef {
             method: Method::GET,
+            path: format!("/{v}/audit"),
+            perm: Perm::Require(Verb::List, Resource::Audit),
+            operation_id: "listAudit".into(),
+            summary: "The audit log: authenticated changes (refused ones too), newest first, with who, \
+                      from where, what and how it ended"
+                .into(),
+            tag: "Audit".into(),
+            query: Some(schema::<enjin_model::api::AuditQuery>),
+            body: None,
+            success: Success::Json(200, schema::<enjin_model::api::AuditList>),
+            errors: vec![400, 500, 503],
+            handler: get(audit::list),
+        },
+        RouteDef {
+            method: Method::GET,
             path: format!("/{v}/openapi.json"),
             perm: Perm::Require(Verb::Get, Resource::OpenApi),
             operation_id: "openapi".into(),
@@ -400,9 +416,11 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             return ApiError::from(e).into_response();
         }
     };
+    // From here on the caller is known: its mutating requests are recorded, refusals included.
+    let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     // Objects and tokens belong to accounts: here the caller needs the permission in some
     // account, and the handler checks it in the object's own. The rest (keys, join tokens,
-    // the bus, metrics) is the system account's.
+    // the bus, metrics, the audit log) is the system account's.
     let allowed = match perm {
         Perm::Public => true,
         Perm::Require(verb, resource @ (Resource::Kind(_) | Resource::Token | Resource::OpenApi)) => {
@@ -423,10 +441,13 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             Perm::Require(verb, resource) => format!("{} {resource}", verb.name()),
             _ => "watch these kinds".to_string(),
         };
-        return ApiError::forbidden(format!("principal {} may not {what}", principal.name)).into_response();
+        let refused = ApiError::forbidden(format!("principal {} may not {what}", principal.name));
+        return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
+            .await;
     }
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    let resp = next.run(req).await;
+    crate::audit::record(state.registry.store(), &state.metrics, audit, resp).await
 }
 
 /// Count and time every request, inside a span carrying its method and route.

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::access::{Grants, Scope, describe_missing};
+use crate::audit::AuditAccount;
 use crate::auth::Principal;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::placement::{SANDBOX_LABEL, Sandbox};
@@ -111,7 +112,8 @@ pub async fn create<S: Spec>(
     let obj = state.registry.create(req, Utc::now()).await?;
     tracing::info!(kind = %S::KIND, uuid = %obj.meta.uuid, account = %obj.meta.account, by = %principal.name, "created");
     let location = format!("/{}/{}/{}", enjin_model::api::VERSION, S::KIND.plural(), obj.meta.uuid);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(obj)).into_response())
+    let audited = Extension(AuditAccount(obj.meta.account));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], audited, Json(obj)).into_response())
 }
 
 pub async fn update<S: Spec>(
@@ -119,7 +121,7 @@ pub async fn update<S: Spec>(
     Extension(principal): Extension<Principal>,
     ApiPath(uuid): ApiPath<Uuid>,
     ApiJson(req): ApiJson<UpdateRequest<S>>,
-) -> Result<Json<Object<S>>, ApiError> {
+) -> Result<(Extension<AuditAccount>, Json<Object<S>>), ApiError> {
     let old = state.registry.get::<S>(uuid).await?;
     check(&principal, Verb::Update, &old.meta)?;
     let account = old.meta.account;
@@ -134,7 +136,7 @@ pub async fn update<S: Spec>(
     check_tenant_node(&state.registry, principal.system, account, old.meta.ring, &req.spec).await?;
     let obj = state.registry.update(uuid, req, Utc::now()).await?;
     tracing::info!(kind = %S::KIND, %uuid, revision = obj.meta.revision, by = %principal.name, "updated");
-    Ok(Json(obj))
+    Ok((Extension(AuditAccount(account)), Json(obj)))
 }
 
 pub async fn delete<S: Spec>(
@@ -142,12 +144,12 @@ pub async fn delete<S: Spec>(
     Extension(principal): Extension<Principal>,
     ApiPath(uuid): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, Extension<AuditAccount>), ApiError> {
     let old = state.registry.get::<S>(uuid).await?;
     check(&principal, Verb::Delete, &old.meta)?;
     state.registry.delete(S::KIND, uuid, q.revision).await?;
     tracing::info!(kind = %S::KIND, %uuid, by = %principal.name, "deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::NO_CONTENT, Extension(AuditAccount(old.meta.account))))
 }
 
 /// The account a create makes its object in: the one named, a membership's own, an

@@ -83,6 +83,7 @@ async fn openapi_documents_every_route() {
         ("POST", "/v1/join-tokens"),
         ("POST", "/v1/join"),
         ("GET", "/v1/bus/tail"),
+        ("GET", "/v1/audit"),
         ("POST", "/v1/packages"),
         ("POST", "/v1/apps/{app}/deploys"),
         ("POST", "/v1/apps/{app}/rollback"),
@@ -250,7 +251,7 @@ async fn a_viewer_reads_but_does_not_write() {
     drop(watch);
 
     // Writes and tokens are refused, and refused before anything is stored.
-    let before = s.revision().await;
+    let before = s.model_revision().await;
     let reply = send(as_bob(Method::POST, "/v1/nodes").json(&machine("m2"))).await;
     assert_problem(&reply, 403, None);
     let item = format!("/v1/nodes/{}", uuid_of(&m1));
@@ -260,7 +261,7 @@ async fn a_viewer_reads_but_does_not_write() {
     assert_problem(&send(as_bob(Method::GET, "/v1/tokens")).await, 403, None);
     let more = json!({"principal": "admin"});
     assert_problem(&send(as_bob(Method::POST, "/v1/tokens").json(&more)).await, 403, None);
-    assert_eq!(s.revision().await, before, "nothing was written");
+    assert_eq!(s.model_revision().await, before, "nothing was written but the audit log");
     assert_eq!(s.fetch("nodes", &uuid_of(&m1)).await, m1);
 
     // Roles come from memberships at each request: without one, bob may read nothing.

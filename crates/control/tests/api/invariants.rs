@@ -482,9 +482,9 @@ async fn deletes_cascade_to_observations_and_rules() {
     s.fetch("node-observations", &o1).await;
     delete_ok(&s, "nodes", &h1).await;
 
-    let before = s.revision().await;
+    let before = s.model_revision().await;
     delete_ok(&s, "nodes", &m1).await;
-    assert_eq!(s.revision().await, before + 1, "the node and its observations go in one transaction");
+    assert_eq!(s.model_revision().await, before + 1, "the node and its observations go in one transaction");
     gone(&s, "nodes", &m1).await;
     gone(&s, "node-observations", &o1).await;
     gone(&s, "node-observations", &o2).await;

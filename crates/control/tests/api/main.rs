@@ -1,6 +1,7 @@
 //! Integration tests of the control plane's HTTP API, served on loopback over a SQLite store
 //! in a temporary directory and driven with plain HTTP.
 
+mod audit;
 mod auth;
 mod concurrency;
 mod crud;

@@ -197,8 +197,10 @@ async fn a_child_cannot_whitelist_and_a_reconnecting_node_is_brought_level() {
     drop(b);
     ring.revoke(&a.node.key_id().to_string()).await;
     let back = ring.rejoin(b_identity, &b_tls, stale.clone()).await;
+    // Versions are store revisions, which the revocation's audit record moves past the
+    // published bundle's: level means the same keys in the same states.
     let current = ring.bundle().await;
-    eventually("b is brought level", || back.node.bundle() == current).await;
+    eventually("b is brought level", || back.node.bundle().keys == current.keys).await;
     assert!(back.node.bundle().key(&a.node.key_id()).is_some_and(|k| k.revoked));
     assert!(stale.key(&a.node.key_id()).is_some_and(|k| !k.revoked));
     ring.stop().await;

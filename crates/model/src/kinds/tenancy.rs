@@ -101,6 +101,8 @@ pub enum Resource {
     Join,
     /// Reading the ring bus (`enjin bus tail`).
     Bus,
+    /// The audit log of changes (`enjin audit`). Not in the viewer role: it shows who did what.
+    Audit,
     OpenApi,
     Metrics,
     Any,
@@ -117,6 +119,7 @@ impl Resource {
             Resource::Bus,
             Resource::OpenApi,
             Resource::Metrics,
+            Resource::Audit,
         ])
     }
 }
@@ -130,6 +133,7 @@ impl fmt::Display for Resource {
             Resource::JoinToken => f.write_str("join-token"),
             Resource::Join => f.write_str("join"),
             Resource::Bus => f.write_str("bus"),
+            Resource::Audit => f.write_str("audit"),
             Resource::OpenApi => f.write_str("openapi"),
             Resource::Metrics => f.write_str("metrics"),
             Resource::Any => f.write_str("*"),
@@ -148,10 +152,11 @@ impl std::str::FromStr for Resource {
             "join-token" => Resource::JoinToken,
             "join" => Resource::Join,
             "bus" => Resource::Bus,
+            "audit" => Resource::Audit,
             "openapi" => Resource::OpenApi,
             "metrics" => Resource::Metrics,
             other => Resource::Kind(other.parse().map_err(|_| {
-                format!("unknown resource {other:?}: use a kind name, token, key, join-token, join, bus, openapi, metrics or *")
+                format!("unknown resource {other:?}: use a kind name, token, key, join-token, join, bus, audit, openapi, metrics or *")
             })?),
         })
     }
@@ -362,6 +367,8 @@ mod tests {
         assert!(viewer.allows(Verb::List, Resource::Kind(Kind::Node)));
         assert!(!viewer.allows(Verb::Create, Resource::Kind(Kind::Node)));
         assert!(!viewer.allows(Verb::Get, Resource::Token));
+        assert!(admin.allows(Verb::List, Resource::Audit));
+        assert!(!viewer.allows(Verb::List, Resource::Audit), "who did what is not for every reader");
         assert!(!RoleSpec::default().allows(Verb::Get, Resource::OpenApi));
     }
 
@@ -369,6 +376,8 @@ mod tests {
     fn resources_parse() {
         assert_eq!("node".parse::<Resource>(), Ok(Resource::Kind(Kind::Node)));
         assert_eq!("*".parse::<Resource>(), Ok(Resource::Any));
+        assert_eq!("audit".parse::<Resource>(), Ok(Resource::Audit));
+        assert_eq!(Resource::Audit.to_string(), "audit");
         assert!("nodez".parse::<Resource>().is_err());
         let p: Permission = serde_json::from_str(r#"{"verbs":["get","*"],"resources":["task","token"]}"#)
             .expect("valid permission");
