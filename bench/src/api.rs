@@ -50,7 +50,16 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
 
     let client =
         Client::new(&format!("http://{addr}"), Some(token)).context("failed to build the API client")?;
-    let measured = measure(&client, limits).await;
+    let mut measured = measure(&client, limits).await;
+    if let Ok(rows) = &mut measured {
+        match tenant_client(&client, &format!("http://{addr}")).await {
+            Ok(tenant) => rows.push(Row::write(
+                format!("POST /v1/tiers as a tenant, paced at {PACED_RATE}/s (scoped write)"),
+                paced_writes(&tenant, limits).await,
+            )),
+            Err(e) => measured = Err(e),
+        }
+    }
 
     // The server may already have stopped on its own; the wait below tells.
     let _ = stop.send(());
@@ -109,6 +118,81 @@ async fn measure(client: &Client, limits: Limits) -> anyhow::Result<Vec<Row>> {
     .await?;
     rows.push(Row::read("GET /v1/nodes/{uuid} (read)", sample));
     Ok(rows)
+}
+
+/// The rate of the paced tenant-write row.
+pub const PACED_RATE: u32 = 1000;
+/// At most this many of its writes in flight; more are counted as errors rather than queued
+/// without bound.
+const PACED_IN_FLIGHT: usize = 512;
+
+/// A client of a principal that is a member of one tenant account only (the admin role there),
+/// so that each of its requests is authorized per account, as a tenant's are.
+async fn tenant_client(admin: &Client, base: &str) -> anyhow::Result<Client> {
+    use enjin_model::api::TokenCreateRequest;
+    let account =
+        admin.create_json(Kind::Account, &json!({"ring": 0, "label": "bench-tenant", "spec": {}})).await?;
+    let account =
+        account.get("uuid").and_then(|u| u.as_str()).context("the account has no uuid")?.to_string();
+    let roles = admin
+        .list_json(
+            Kind::Role,
+            &enjin_model::api::ListQuery { label: Some("admin".into()), ..Default::default() },
+        )
+        .await?;
+    let role = roles.items.first().context("no admin role")?.meta.uuid;
+    let spec = json!({"principal": "bench-tenant", "account": account, "role": role});
+    admin.create_json(Kind::Membership, &json!({"ring": 0, "spec": spec})).await?;
+    let req = TokenCreateRequest {
+        principal: "bench-tenant".into(),
+        description: "bench".into(),
+        account: None,
+        role: None,
+        expires_in_seconds: None,
+    };
+    let token = admin.token_create(&req).await?.token;
+    Client::new(base, Some(token)).context("failed to build the tenant's client")
+}
+
+/// Creates ring-2 tiers as the tenant at a fixed rate (an open loop: one request every
+/// 1/rate, whatever the answers' latency, so that queueing shows as a client sending at that
+/// rate sees it), within the row's count and time limits.
+async fn paced_writes(client: &Client, limits: Limits) -> Sample {
+    let period = Duration::from_secs_f64(1.0 / f64::from(PACED_RATE));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(PACED_IN_FLIGHT));
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    let mut report = TaskReport::default();
+    for i in 0..limits.ops {
+        if started.elapsed() >= limits.time {
+            break;
+        }
+        tick.tick().await;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            report.error(format!(
+                "more than {PACED_IN_FLIGHT} writes in flight: the server falls behind {PACED_RATE}/s"
+            ));
+            continue;
+        };
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let body = json!({"ring": 2, "label": format!("t-{i}"), "spec": {}});
+            let result = client.create_json(Kind::Tier, &body).await;
+            drop(permit);
+            (start.elapsed(), result)
+        }));
+    }
+    for call in calls {
+        match call.await {
+            Ok((latency, Ok(_))) => report.latencies.push(latency),
+            Ok((_, Err(e))) => report.error(e),
+            Err(e) => report.error(e),
+        }
+    }
+    Sample::new(1, limits, started.elapsed(), vec![report])
 }
 
 /// Runs `op` (given a client and the operation's index) from `concurrency` tasks, timing each.
