@@ -6,6 +6,7 @@
 
 mod apps;
 mod sse;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -37,8 +38,14 @@ pub enum ClientError {
     Http { url: String, source: reqwest::Error },
     #[error("unexpected answer from {url}: {detail}")]
     Protocol { url: String, detail: String },
-    #[error("invalid server address {0:?}: it should look like http://127.0.0.1:7480")]
+    #[error("invalid server address {0:?}: it should look like https://127.0.0.1:7480")]
     BadUrl(String),
+    #[error(
+        "no CA certificate to check {0} with: pass --ca FILE, or log in with `enjin login --ca FILE`"
+    )]
+    NoCa(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
 }
 
 impl ClientError {
@@ -70,13 +77,29 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of a plain-HTTP server (one started with `--insecure-http`). An `https://`
+    /// server needs [`Client::with_ca`].
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Client::with_ca(base, token, None)
+    }
+
+    /// A client that trusts only the CA certificates in `ca_pem` (PEM), never the system's
+    /// roots. `https://` needs one; `http://` ignores it.
+    pub fn with_ca(base: &str, token: Option<String>, ca_pem: Option<&str>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let https = base.starts_with("https://");
+        if !(https || base.starts_with("http://")) {
             return Err(ClientError::BadUrl(base));
         }
+        let tls = match ca_pem {
+            Some(pem) => tls::client_config(pem)?,
+            None if https => return Err(ClientError::NoCa(base)),
+            None => tls::no_roots()?,
+        };
         let build = |timeout: Option<Duration>| {
             let b = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .https_only(https)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .user_agent(concat!("enjin/", env!("CARGO_PKG_VERSION")));
             let b = match timeout {
@@ -128,6 +151,16 @@ impl Client {
 
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.send(self.request(Method::GET, "/healthz"), "/healthz").await
+    }
+
+    /// Whether the server accepts this client's token: an authenticated call that any
+    /// principal may make or be refused (403 still means the token is valid; 401 does not).
+    pub async fn check_token(&self) -> Result<(), ClientError> {
+        match self.openapi().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::FORBIDDEN.as_u16()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     // Untyped calls, for callers that know the kind only at run time (the CLI).

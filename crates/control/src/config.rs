@@ -2,6 +2,8 @@
 //! `enjin.toml`); the defaults are here and in docs/configuration.md.
 
 use enjin_model::Ring;
+
+pub use crate::limits::{ApiLimits, Rate};
 use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 
 /// The configuration of one control plane.
@@ -9,6 +11,8 @@ use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 pub struct ControlConfig {
     /// Limits for instances whose spec leaves them out.
     pub instances: InstanceDefaults,
+    /// The API server's limits at the door: connections, timeouts, request rate.
+    pub api: ApiLimits,
 }
 
 /// The limits an instance gets for each one its spec leaves out (`[instances]` in

@@ -9,6 +9,7 @@ pub mod bus;
 mod config;
 mod extract;
 pub mod ipam;
+pub mod limits;
 mod metrics;
 mod openapi;
 pub mod platform;
@@ -16,6 +17,8 @@ pub mod ports;
 mod problem;
 mod registry;
 mod routes;
+mod server;
+pub mod tls;
 pub mod uids;
 
 use std::future::Future;
@@ -30,7 +33,7 @@ use tokio::net::TcpListener;
 pub use auth::{
     ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
 };
-pub use config::{ControlConfig, InstanceDefaults};
+pub use config::{ApiLimits, ControlConfig, InstanceDefaults, Rate};
 pub use problem::ApiError;
 pub use registry::{Registry, RegistryError};
 pub use routes::{Perm, RouteDef};
@@ -43,6 +46,9 @@ use crate::routes::AppState;
 pub struct ControlPlane {
     state: AppState,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    limits: ApiLimits,
+    /// TLS for the API; plain HTTP without it.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ControlPlane {
@@ -63,8 +69,15 @@ impl ControlPlane {
             stopping,
             bus: None,
             platform: None,
+            rate: config.api.rate.map(|r| Arc::new(limits::RateLimiter::new(r))),
         };
-        ControlPlane { state, stop: Arc::new(stop) }
+        ControlPlane { state, stop: Arc::new(stop), limits: config.api, tls: None }
+    }
+
+    /// Serve the API over TLS with this configuration (see [`tls::server_config`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Run the keys-and-trust service (and serve its routes) on this control plane.
@@ -101,8 +114,9 @@ impl ControlPlane {
         routes::router(self.state.clone(), routes::table())
     }
 
-    /// Serve the API on `listener` until `shutdown` completes, then stop taking connections
-    /// and let those in flight finish.
+    /// Serve the API on `listener` (over TLS when [`ControlPlane::with_tls`] gave it a
+    /// configuration, else plain HTTP) with the configured limits at the door, until `shutdown`
+    /// completes; then stop taking connections and let those in flight finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -111,13 +125,12 @@ impl ControlPlane {
         let app = self.router();
         let stop = self.stop;
         tokio::spawn(compact_history(self.state.registry.store().clone(), stop.subscribe()));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Watches are endless streams; end them so that the drain can finish.
-                stop.send_replace(true);
-            })
-            .await
+        let metrics = Arc::clone(&self.state.metrics);
+        // Watches are endless streams; ending them lets the drain finish.
+        let stopping = move || {
+            stop.send_replace(true);
+        };
+        server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await
     }
 }
 

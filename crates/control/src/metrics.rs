@@ -20,6 +20,8 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<(String, String), Histogram>,
     auth_failures: BTreeMap<&'static str, u64>,
+    connections_closed: BTreeMap<&'static str, u64>,
+    rate_limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,19 @@ impl Metrics {
     pub fn auth_failure(&self, reason: &'static str) {
         let Ok(mut m) = self.inner.lock() else { return };
         *m.auth_failures.entry(reason).or_default() += 1;
+    }
+
+    /// A connection the server closed at the door (over the cap, a slow handshake or slow
+    /// headers, idle).
+    pub fn connection_closed(&self, reason: &'static str) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        *m.connections_closed.entry(reason).or_default() += 1;
+    }
+
+    /// A request refused with 429.
+    pub fn rate_limited(&self) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.rate_limited += 1;
     }
 
     pub fn render(&self, store_revision: i64) -> String {
@@ -82,6 +97,17 @@ impl Metrics {
         for (reason, n) in &m.auth_failures {
             let _ = writeln!(out, "enjin_auth_failures_total{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP enjin_http_connections_closed_total API connections closed by the server's limits, by reason."
+        );
+        let _ = writeln!(out, "# TYPE enjin_http_connections_closed_total counter");
+        for (reason, n) in &m.connections_closed {
+            let _ = writeln!(out, "enjin_http_connections_closed_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP enjin_http_rate_limited_total Requests refused with 429 (a principal over its rate).");
+        let _ = writeln!(out, "# TYPE enjin_http_rate_limited_total counter");
+        let _ = writeln!(out, "enjin_http_rate_limited_total {}", m.rate_limited);
         let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");
         let _ = writeln!(out, "# TYPE enjin_store_revision gauge");
         let _ = writeln!(out, "enjin_store_revision {store_revision}");
