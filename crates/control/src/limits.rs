@@ -11,10 +11,30 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::problem::ApiError;
+
+/// The largest body any route takes (a package upload). Each route also has its own limit
+/// (`DefaultBodyLimit`: 1 MiB for JSON, this for packages), enforced as the body is read; a
+/// request that announces more than this is answered 413 at the door, before routing,
+/// authentication, or reading any of its body.
+pub const MAX_REQUEST_BODY_BYTES: usize = crate::platform::MAX_PACKAGE_BYTES;
+
+/// 413 for a request whose `Content-Length` is over [`MAX_REQUEST_BODY_BYTES`].
+pub(crate) fn announced_too_large(headers: &HeaderMap) -> Option<Response> {
+    let length = headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    let max = u64::try_from(MAX_REQUEST_BODY_BYTES).unwrap_or(u64::MAX);
+    (length > max).then(|| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the body is {length} bytes; no route takes more than {max}"),
+        )
+        .into_response()
+    })
+}
 
 /// The limits of one API server (`[api]` in `enjin.toml`). The defaults are here and in
 /// docs/configuration.md.
@@ -287,6 +307,17 @@ mod tests {
         assert!(rl.check("y", t2).is_ok());
         assert_eq!(rl.tracked(), 2);
         assert!(rl.check("busy", t2).is_err(), "busy's debt survived the eviction");
+    }
+
+    #[test]
+    fn bodies_announced_over_every_limit_are_refused_at_the_door() {
+        let mut h = HeaderMap::new();
+        assert!(announced_too_large(&h).is_none());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(MAX_REQUEST_BODY_BYTES as u64));
+        assert!(announced_too_large(&h).is_none());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(MAX_REQUEST_BODY_BYTES as u64 + 1));
+        let resp = announced_too_large(&h).expect("refused");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]

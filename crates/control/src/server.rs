@@ -135,9 +135,13 @@ where
             req.extensions_mut().insert(ConnectInfo(peer));
             let guard = InFlight::start(Arc::clone(&activity));
             let mut app = app.clone();
+            let refused = crate::limits::announced_too_large(req.headers());
             async move {
-                // The router is always ready; `call` needs no `poll_ready` first.
-                let resp = app.call(req).await?;
+                let resp = match refused {
+                    Some(resp) => resp,
+                    // The router is always ready; `call` needs no `poll_ready` first.
+                    None => app.call(req).await?,
+                };
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Body::new(Tracked { body, _guard: guard })))
             }
         })
@@ -348,7 +352,51 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A request's whole answer over a fresh plain connection.
+    async fn exchange(addr: SocketAddr, request: &str) -> (SocketAddr, String) {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let local = tcp.local_addr().expect("local address");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.expect("read");
+        (local, String::from_utf8_lossy(&got).into_owned())
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address_and_oversize_bodies_stop_at_the_door() {
+        let app = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let serving =
+            tokio::spawn(serve(listener, app, None, ApiLimits::default(), metrics, shutdown, || {}));
+
+        let (local, answer) =
+            exchange(addr, "GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&local.to_string()), "the handler saw {local}: {answer}");
+
+        let huge = crate::limits::MAX_REQUEST_BODY_BYTES + 1;
+        let (_, answer) =
+            exchange(addr, &format!("POST /peer HTTP/1.1\r\nHost: x\r\nContent-Length: {huge}\r\n\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+        stop.send(()).expect("still serving");
+        let served = tokio::time::timeout(Duration::from_secs(10), serving).await.expect("stopped in time");
+        served.expect("no panic").expect("no error");
+    }
 
     fn limits() -> ApiLimits {
         ApiLimits {

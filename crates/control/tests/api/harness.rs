@@ -1,5 +1,6 @@
-//! A control plane served on loopback port 0 over a SQLite store in a temporary directory, and
-//! a small HTTP client that speaks to it with the admin token.
+//! A control plane served on loopback port 0 over TLS (a certificate from a ring 0 CA made for
+//! the test) over a SQLite store in a temporary directory, and a small HTTP client that trusts
+//! that CA and speaks to the server with the admin token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,12 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// cleanly; dropping it only asks it to stop.
 #[derive(Debug)]
 pub struct TestServer {
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    /// `https://127.0.0.1:<port>`, without a trailing slash.
     pub base: String,
+    /// The address the server listens on.
+    pub addr: std::net::SocketAddr,
+    /// The CA certificate (PEM) the server's certificate comes from.
+    pub ca_pem: String,
     /// A token of the bootstrapped admin principal.
     pub token: String,
     /// For ordinary requests: every request times out.
@@ -62,16 +67,22 @@ impl TestServer {
             plane.auth().issue(ADMIN_PRINCIPAL, "integration tests", Utc::now()).await.expect("issue").token;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
         let addr = listener.local_addr().expect("local address");
+        let ca = enjin_pki::RingCa::generate(0).expect("a ring 0 CA");
+        let tls = enjin_control::tls::server_config(&ca, &enjin_control::tls::api_names(addr, &[]))
+            .expect("the API's TLS configuration");
+        let plane = plane.with_tls(tls);
+        let ca_pem = ca.cert_pem().to_string();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(plane.serve(listener, async move {
             // A dropped sender stops the server too.
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder().timeout(PATIENCE).build().expect("http client");
-        let streaming =
-            reqwest::Client::builder().connect_timeout(PATIENCE).build().expect("streaming client");
+        let http = https_client(&ca_pem).timeout(PATIENCE).build().expect("http client");
+        let streaming = https_client(&ca_pem).connect_timeout(PATIENCE).build().expect("streaming client");
         TestServer {
-            base: format!("http://{addr}"),
+            base: format!("https://{addr}"),
+            addr,
+            ca_pem,
             token,
             http,
             streaming,
@@ -190,6 +201,12 @@ impl TestServer {
         assert_eq!(reply.status, StatusCode::CREATED, "issue a token for {principal}: {}", reply.body);
         reply.body
     }
+}
+
+/// A client builder that trusts only the CA in `ca_pem`.
+pub fn https_client(ca_pem: &str) -> reqwest::ClientBuilder {
+    let tls = enjin_client::tls::client_config(ca_pem).expect("a TLS configuration trusting the CA");
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
 }
 
 /// Everything stored, as the API lists it: the store revision and each kind's objects with

@@ -51,8 +51,10 @@ async fn instances_without_limits_get_the_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unlimited_only_when_the_operator_says_so() {
-    let config =
-        ControlConfig { instances: InstanceDefaults { pids: Some(64), ..InstanceDefaults::UNLIMITED } };
+    let config = ControlConfig {
+        instances: InstanceDefaults { pids: Some(64), ..InstanceDefaults::UNLIMITED },
+        ..ControlConfig::default()
+    };
     let s = TestServer::start_with(&config).await;
     let h1 = host(&s).await;
     let app = s.create("nodes", instance("app", &h1)).await;
