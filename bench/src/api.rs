@@ -1,4 +1,4 @@
-//! The meta HTTP API, served in-process on loopback over a SQLite store in a temp dir, driven
+//! The meta HTTP API, served in-process on loopback over TLS and a SQLite store in a temp dir, driven
 //! through the real client.
 
 use std::future::Future;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enjin_client::Client;
-use enjin_control::{ADMIN_PRINCIPAL, ControlPlane};
+use enjin_control::{ADMIN_PRINCIPAL, ControlConfig, ControlPlane};
 use enjin_model::Kind;
 use enjin_store::Store;
 use serde_json::json;
@@ -31,7 +31,10 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 /// Every API row, against one server over a fresh store in `dir`.
 pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let store = store::open(dir).await?;
-    let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
+    // The rows measure the API, not the per-principal rate limit in front of it.
+    let mut config = ControlConfig::default();
+    config.api.rate = None;
+    let plane = ControlPlane::with_config(Arc::clone(&store) as Arc<dyn Store>, &config);
     plane.bootstrap().await.context("failed to bootstrap the control plane")?;
     let token = plane
         .auth()
@@ -43,13 +46,19 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.context("failed to bind 127.0.0.1:0")?;
     let addr = listener.local_addr().context("failed to read the listener's address")?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // Over TLS, as `enjin up` serves it.
+    let ca = enjin_pki::RingCa::generate(0).context("failed to make a CA for the API")?;
+    let tls = enjin_control::tls::server_config(&ca, &enjin_control::tls::api_names(addr, &[]))
+        .context("failed to set up TLS for the API")?;
+    let plane = plane.with_tls(tls);
     let serving = tokio::spawn(plane.serve(listener, async move {
         // A dropped sender stops the server too.
         drop(stopped.await);
     }));
 
     let client =
-        Client::new(&format!("http://{addr}"), Some(token)).context("failed to build the API client")?;
+        Client::with_ca(&format!("https://{addr}"), Some(token), Some(ca.cert_pem()))
+            .context("failed to build the API client")?;
     let measured = measure(&client, limits).await;
 
     // The server may already have stopped on its own; the wait below tells.

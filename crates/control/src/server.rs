@@ -26,7 +26,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -38,6 +38,12 @@ use crate::metrics::Metrics;
 
 /// How long in-flight requests get to finish once the server stops taking connections.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
+/// After a connection's last answer, how long (and how many bytes) to keep reading what the
+/// client still sends before closing: closing a socket with unread input makes the kernel send
+/// a reset, which can destroy the answer before the client reads it (a 413 while the client is
+/// still sending its body, say). Like nginx's lingering close.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
 /// How long to wait after `accept` fails (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -136,33 +142,29 @@ where
             let guard = InFlight::start(Arc::clone(&activity));
             let mut app = app.clone();
             let refused = crate::limits::announced_too_large(req.headers());
-            async move {
+            // Boxed, so that the connection is `Unpin` and can hand its stream back at the end.
+            Box::pin(async move {
                 let resp = match refused {
                     Some(resp) => resp,
                     // The router is always ready; `call` needs no `poll_ready` first.
                     None => app.call(req).await?,
                 };
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Body::new(Tracked { body, _guard: guard })))
-            }
+            })
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.header_read_timeout(None);
-    let conn = builder.serve_connection(TokioIo::new(Watched { io, activity: Arc::clone(&activity) }), service);
-    tokio::pin!(conn);
+    let mut conn =
+        builder.serve_connection(TokioIo::new(Watched { io, activity: Arc::clone(&activity) }), service);
     let mut draining = false;
-    loop {
+    let ended = loop {
         let deadline = activity.deadline(&door.limits);
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "API connection ended with an error");
-                }
-                return;
-            }
+            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
             _ = drain.wait_for(|d| *d), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                Pin::new(&mut conn).graceful_shutdown();
             }
             () = activity.changed.notified() => {}
             () = sleep_until(deadline) => {
@@ -174,7 +176,31 @@ where
                 }
             }
         }
+    };
+    match ended {
+        Ok(()) => linger(conn.into_parts().io.into_inner().io).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "API connection ended with an error"),
     }
+}
+
+/// Close our side, then read and drop what the client still sends, within [`LINGER`] and
+/// [`LINGER_BYTES`], so that the close is a FIN and not a reset.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    let drained = async {
+        io.shutdown().await?;
+        let mut buf = vec![0u8; 16 << 10];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let n = io.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok::<_, io::Error>(())
+    };
+    // Whatever happens here, the answer has been sent; the socket closes when `io` drops.
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -353,7 +379,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use axum::routing::get;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
