@@ -56,9 +56,8 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
         drop(stopped.await);
     }));
 
-    let client =
-        Client::with_ca(&format!("https://{addr}"), Some(token), Some(ca.cert_pem()))
-            .context("failed to build the API client")?;
+    let client = Client::with_ca(&format!("https://{addr}"), Some(token), Some(ca.cert_pem()))
+        .context("failed to build the API client")?;
     let measured = measure(&client, limits).await;
 
     // The server may already have stopped on its own; the wait below tells.

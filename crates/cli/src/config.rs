@@ -238,7 +238,9 @@ impl TryFrom<RawApi> for ApiConfig {
             None => Some(u64::from(ApiLimits::RATE_PER_SECOND)),
         };
         let rate = match rate {
-            None if raw.burst.is_some() => return Err("[api] burst: needs a rate; rate is \"unlimited\"".into()),
+            None if raw.burst.is_some() => {
+                return Err("[api] burst: needs a rate; rate is \"unlimited\"".into());
+            }
             None => None,
             Some(per_second) => {
                 let burst = match raw.burst {
@@ -252,11 +254,14 @@ impl TryFrom<RawApi> for ApiConfig {
         };
         let seconds = |v: Option<toml::Value>, k: &'static str, default: std::time::Duration| match v {
             None => Ok(default),
-            Some(v) => bounded(&v, 1, MAX_TIMEOUT_SECONDS).map(std::time::Duration::from_secs).map_err(key(k)),
+            Some(v) => {
+                bounded(&v, 1, MAX_TIMEOUT_SECONDS).map(std::time::Duration::from_secs).map_err(key(k))
+            }
         };
         let max_connections = match raw.max_connections {
             None => d.max_connections,
-            Some(v) => bounded(&v, 1, ApiLimits::MAX_MAX_CONNECTIONS as u64).map_err(key("max_connections"))? as usize,
+            Some(v) => bounded(&v, 1, ApiLimits::MAX_MAX_CONNECTIONS as u64)
+                .map_err(key("max_connections"))? as usize,
         };
         Ok(ApiConfig {
             listen: raw.listen,
@@ -264,7 +269,11 @@ impl TryFrom<RawApi> for ApiConfig {
             limits: ApiLimits {
                 rate,
                 max_connections,
-                header_timeout: seconds(raw.header_timeout_seconds, "header_timeout_seconds", d.header_timeout)?,
+                header_timeout: seconds(
+                    raw.header_timeout_seconds,
+                    "header_timeout_seconds",
+                    d.header_timeout,
+                )?,
                 handshake_timeout: seconds(
                     raw.tls_handshake_timeout_seconds,
                     "tls_handshake_timeout_seconds",
@@ -384,7 +393,8 @@ pub fn target(global: &Global) -> Result<Target> {
         t.token = Some(token.clone());
     }
     if let Some(path) = &global.ca {
-        let pem = fs::read_to_string(path).with_context(|| format!("failed to read the CA file {}", path.display()))?;
+        let pem = fs::read_to_string(path)
+            .with_context(|| format!("failed to read the CA file {}", path.display()))?;
         t.ca_pem = Some(pem);
     }
     if t.token.is_none() {
@@ -399,7 +409,11 @@ pub fn target(global: &Global) -> Result<Target> {
 fn base_target(global: &Global) -> Result<Target> {
     let contexts = || -> Result<Contexts> { Contexts::load(&contexts::config_dir()?) };
     if let Some(server) = &global.server {
-        if let Some(local) = data_dir(global).ok().and_then(|d| local_target(&d)).filter(|l| contexts::same_server(&l.server, server)) {
+        if let Some(local) = data_dir(global)
+            .ok()
+            .and_then(|d| local_target(&d))
+            .filter(|l| contexts::same_server(&l.server, server))
+        {
             return Ok(local);
         }
         let known = contexts().ok().and_then(|c| c.for_server(server).cloned());

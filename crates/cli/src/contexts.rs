@@ -126,7 +126,11 @@ impl Contexts {
     /// The context whose server is `server`, if any (the current one first).
     pub fn for_server(&self, server: &str) -> Option<&LoginContext> {
         let same = |c: &&LoginContext| same_server(&c.server, server);
-        self.current.as_ref().and_then(|n| self.contexts.get(n)).filter(same).or_else(|| self.contexts.values().find(same))
+        self.current
+            .as_ref()
+            .and_then(|n| self.contexts.get(n))
+            .filter(same)
+            .or_else(|| self.contexts.values().find(same))
     }
 
     /// Add or replace a context and make it current.

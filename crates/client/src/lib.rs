@@ -40,9 +40,7 @@ pub enum ClientError {
     Protocol { url: String, detail: String },
     #[error("invalid server address {0:?}: it should look like https://127.0.0.1:7480")]
     BadUrl(String),
-    #[error(
-        "no CA certificate to check {0} with: pass --ca FILE, or log in with `enjin login --ca FILE`"
-    )]
+    #[error("no CA certificate to check {0} with: pass --ca FILE, or log in with `enjin login --ca FILE`")]
     NoCa(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),

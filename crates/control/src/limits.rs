@@ -145,7 +145,8 @@ impl RateLimiter {
             return self.take(bucket, now);
         }
         self.make_room(&mut b, now);
-        let bucket = b.map.entry(key.to_string()).or_insert(Bucket { tokens: f64::from(self.rate.burst), at: now });
+        let bucket =
+            b.map.entry(key.to_string()).or_insert(Bucket { tokens: f64::from(self.rate.burst), at: now });
         self.take(bucket, now)
     }
 

@@ -105,7 +105,10 @@ impl Metrics {
         for (reason, n) in &m.connections_closed {
             let _ = writeln!(out, "enjin_http_connections_closed_total{{reason=\"{reason}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP enjin_http_rate_limited_total Requests refused with 429 (a principal over its rate).");
+        let _ = writeln!(
+            out,
+            "# HELP enjin_http_rate_limited_total Requests refused with 429 (a principal over its rate)."
+        );
         let _ = writeln!(out, "# TYPE enjin_http_rate_limited_total counter");
         let _ = writeln!(out, "enjin_http_rate_limited_total {}", m.rate_limited);
         let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");

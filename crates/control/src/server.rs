@@ -340,7 +340,11 @@ struct Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -415,7 +419,8 @@ mod tests {
 
         let huge = crate::limits::MAX_REQUEST_BODY_BYTES + 1;
         let (_, answer) =
-            exchange(addr, &format!("POST /peer HTTP/1.1\r\nHost: x\r\nContent-Length: {huge}\r\n\r\n")).await;
+            exchange(addr, &format!("POST /peer HTTP/1.1\r\nHost: x\r\nContent-Length: {huge}\r\n\r\n"))
+                .await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
         stop.send(()).expect("still serving");

@@ -102,7 +102,9 @@ fn list(g: &Global, all: &Contexts) {
             let rows: Vec<Vec<String>> = all
                 .contexts
                 .iter()
-                .map(|(n, c)| vec![if current(n) { "*".into() } else { String::new() }, n.clone(), c.server.clone()])
+                .map(|(n, c)| {
+                    vec![if current(n) { "*".into() } else { String::new() }, n.clone(), c.server.clone()]
+                })
                 .collect();
             output::table(&["CURRENT", "NAME", "SERVER"], &rows);
         }

@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use crate::fixtures::membership;
-use crate::harness::{PATIENCE, TestServer, assert_problem, assert_problem_status, https_client, send, uuid_of};
+use crate::harness::{
+    PATIENCE, TestServer, assert_problem, assert_problem_status, https_client, send, uuid_of,
+};
 
 fn with_limits(f: impl FnOnce(&mut ApiLimits)) -> ControlConfig {
     let mut config = ControlConfig::default();
@@ -150,7 +152,11 @@ async fn connections_over_the_cap_are_closed_at_once_and_do_not_starve_the_serve
     let metrics = s.get("/metrics").await;
     let text = metrics.text();
     assert!(text.contains("enjin_http_connections_closed_total{reason=\"over-capacity\"}"), "{text}");
-    assert!(text.contains(&format!("enjin_http_connections_closed_total{{reason=\"tls-handshake-timeout\"}} {cap}")));
+    assert!(
+        text.contains(&format!(
+            "enjin_http_connections_closed_total{{reason=\"tls-handshake-timeout\"}} {cap}"
+        ))
+    );
     s.stop().await;
 }
 
