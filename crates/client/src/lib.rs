@@ -26,6 +26,21 @@ pub use sse::{Tail, Watch};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a request refused with 429 is sent again, each time after the server's
+/// `Retry-After` (at most [`MAX_RETRY_AFTER`]).
+const RATE_LIMIT_RETRIES: u32 = 5;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The wait a 429 asks for (`Retry-After` in seconds), bounded; a second when it says nothing.
+fn retry_after(resp: &reqwest::Response) -> Duration {
+    let seconds = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds).min(MAX_RETRY_AFTER)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -134,17 +149,32 @@ impl Client {
 
     async fn execute(&self, rb: RequestBuilder, path: &str) -> Result<reqwest::Response, ClientError> {
         let url = self.url(path);
-        let resp = rb.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                ClientError::Connect { url: self.base.clone(), source: e }
-            } else {
-                ClientError::Http { url: url.clone(), source: e }
+        let (mut rb, mut attempt) = (rb, 0);
+        loop {
+            // A 429 is answered before the request does anything, so any request may be sent
+            // again; one with a streamed body cannot be, and gets the 429.
+            let again = (attempt < RATE_LIMIT_RETRIES).then(|| rb.try_clone()).flatten();
+            let resp = rb.send().await.map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
+                    ClientError::Connect { url: self.base.clone(), source: e }
+                } else {
+                    ClientError::Http { url: url.clone(), source: e }
+                }
+            })?;
+            if resp.status().is_success() {
+                return Ok(resp);
             }
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
+            match again {
+                Some(next) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = retry_after(&resp);
+                    tracing::debug!(%url, ?wait, "rate limited; waiting as the server asks");
+                    tokio::time::sleep(wait).await;
+                    rb = next;
+                    attempt += 1;
+                }
+                _ => return Err(error_from(resp, &url).await),
+            }
         }
-        Err(error_from(resp, &url).await)
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
