@@ -337,26 +337,15 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
 /// Write a secret file with mode 0600 from the start (never briefly world-readable): a
 /// temporary file, synced, renamed into place, and the directory synced.
 pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
-    write_atomically(path, contents, 0o600)
-}
-
-/// Write a file others may read (a CA certificate), atomically, with exactly `mode`.
-pub fn write_public(path: &Path, contents: &str) -> Result<()> {
-    write_atomically(path, contents, 0o644)
-}
-
-fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(mode)
+        .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("failed to create {}", tmp.display()))?;
-    // The umask may have taken bits away; say exactly what the file is.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|()| f.write_all(contents.as_bytes()))
+    f.write_all(contents.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("failed to write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))?;
@@ -485,6 +474,61 @@ mod tests {
         fs::write(dir.path().join(CONFIG_FILE), "[api]\nlisen = 1\n").expect("write");
         let err = load_file_config(dir.path()).expect_err("typo refused");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+
+    fn api(text: &str) -> Result<ApiConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(CONFIG_FILE), text).expect("write");
+        Ok(load_file_config(dir.path())?.api)
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_take_every_key() {
+        let d = api("").expect("valid");
+        assert_eq!(d.limits, ApiLimits::default());
+        assert_eq!(d.limits.rate, Some(Rate { per_second: 100, burst: 200 }));
+        let c = api(
+            "[api]\nlisten = \"0.0.0.0:7480\"\ntls_names = [\"enjin.example\", \"10.0.0.5\"]\nrate = 5\n\
+             max_connections = 64\nheader_timeout_seconds = 2\ntls_handshake_timeout_seconds = 3\n\
+             idle_timeout_seconds = 4\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tls_names, ["enjin.example", "10.0.0.5"]);
+        assert_eq!(
+            c.limits.rate,
+            Some(Rate { per_second: 5, burst: 10 }),
+            "burst defaults to twice the rate"
+        );
+        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.limits.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.limits.handshake_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(4));
+        let c = api("[api]\nrate = 1\nburst = 1\n").expect("valid");
+        assert_eq!(c.limits.rate, Some(Rate { per_second: 1, burst: 1 }));
+        assert_eq!(api("[api]\nrate = \"unlimited\"\n").expect("valid").limits.rate, None);
+    }
+
+    #[test]
+    fn bad_api_settings_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("rate = 0", "[api] rate"),
+            ("rate = -1", "[api] rate"),
+            ("rate = 1.5", "[api] rate"),
+            ("rate = \"lots\"", "[api] rate"),
+            ("burst = 0", "[api] burst"),
+            ("rate = \"unlimited\"\nburst = 5", "[api] burst"),
+            ("max_connections = 0", "[api] max_connections"),
+            ("header_timeout_seconds = 0", "[api] header_timeout_seconds"),
+            ("tls_handshake_timeout_seconds = 100000", "[api] tls_handshake_timeout_seconds"),
+            ("idle_timeout_seconds = \"1m\"", "[api] idle_timeout_seconds"),
+            ("tls_names = [\"not a name\"]", "[api] tls_names"),
+        ] {
+            let err = api(&format!("[api]\n{text}\n")).expect_err(text);
+            let msg = format!("{err:#}");
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        let err = api("[api]\nrat = 1\n").expect_err("typo refused");
+        assert!(format!("{err:#}").contains("rat"), "{err:#}");
     }
 
     fn instances(text: &str) -> Result<InstanceDefaults> {

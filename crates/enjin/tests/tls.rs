@@ -27,7 +27,7 @@ fn the_api_is_https_with_the_data_directorys_ca_and_no_other() {
     assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
     let endpoint = std::fs::read_to_string(data.join("endpoint")).expect("endpoint file");
     assert_eq!(endpoint.trim(), server.url);
-    assert_eq!(mode(&server.ca_path()), 0o644, "the CA certificate is public");
+    assert_eq!(mode(&server.ca_path()), 0o600, "private like everything in the data directory");
     assert_eq!(mode(&data.join("pki/ring-0-ca.key")), 0o600, "its key is not");
 
     // curl: with the CA it gets in; without, it is refused (60: peer certificate not trusted).

@@ -72,7 +72,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         let tls = api_tls(&dir, addr, &file.api.tls_names)?;
         (cp.with_tls(tls), format!("https://{}", reachable(addr)))
     };
-    config::write_public(&dir.join(ENDPOINT_FILE), &format!("{url}\n"))?;
+    config::write_secret(&dir.join(ENDPOINT_FILE), &format!("{url}\n"))?;
 
     let machine = if whole_cloud { Some(register_machine(&cp).await?) } else { None };
 
@@ -216,7 +216,9 @@ fn check_plain_http(insecure_http: bool, listen: SocketAddr) -> Result<()> {
 fn api_tls(dir: &Path, addr: SocketAddr, extra: &[String]) -> Result<Arc<rustls::ServerConfig>> {
     let ca = enjin_pki::RingCa::load_or_create(&dir.join("pki"), Ring::META.get())
         .context("failed to open the ring 0 certificate authority")?;
-    config::write_public(&dir.join(CA_FILE), ca.cert_pem())?;
+    // Not a secret, but private like everything in the data directory (docs/security.md):
+    // others get it from the operator, for `enjin login --ca`.
+    config::write_secret(&dir.join(CA_FILE), ca.cert_pem())?;
     let names = enjin_control::tls::api_names(addr, extra);
     tracing::info!(?names, "API certificate names");
     enjin_control::tls::server_config(&ca, &names).context("failed to set up TLS for the API")
