@@ -181,7 +181,7 @@ pub struct BusFileConfig {
 
 /// `[api]`: where the API listens, the extra names its certificate carries, and its limits at
 /// the door. Validated when the file is read, with errors naming the key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawApi")]
 pub struct ApiConfig {
     /// Where the API listens (default 127.0.0.1:7480).
@@ -190,12 +190,6 @@ pub struct ApiConfig {
     /// loopback addresses and the listen address.
     pub tls_names: Vec<String>,
     pub limits: ApiLimits,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig { listen: None, tls_names: Vec::new(), limits: ApiLimits::default() }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
