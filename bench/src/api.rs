@@ -1,4 +1,4 @@
-//! The meta HTTP API, served in-process on loopback over a SQLite store in a temp dir, driven
+//! The meta HTTP API, served in-process on loopback over TLS and a SQLite store in a temp dir, driven
 //! through the real client.
 
 use std::future::Future;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enjin_client::Client;
-use enjin_control::ControlPlane;
+use enjin_control::{ControlConfig, ControlPlane};
 use enjin_model::Kind;
 use enjin_store::Store;
 use serde_json::json;
@@ -31,7 +31,10 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 /// Every API row, against one server over a fresh store in `dir`.
 pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let store = store::open(dir).await?;
-    let plane = ControlPlane::new(Arc::clone(&store) as Arc<dyn Store>);
+    // The rows measure the API, not the per-principal rate limit in front of it.
+    let mut config = ControlConfig::default();
+    config.api.rate = None;
+    let plane = ControlPlane::with_config(Arc::clone(&store) as Arc<dyn Store>, &config);
     plane.bootstrap().await.context("failed to bootstrap the control plane")?;
     let token = plane
         .auth()
@@ -43,16 +46,22 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.context("failed to bind 127.0.0.1:0")?;
     let addr = listener.local_addr().context("failed to read the listener's address")?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // Over TLS, as `enjin up` serves it.
+    let ca = enjin_pki::RingCa::generate(0).context("failed to make a CA for the API")?;
+    let tls = enjin_control::tls::server_config(&ca, &enjin_control::tls::api_names(addr, &[]))
+        .context("failed to set up TLS for the API")?;
+    let plane = plane.with_tls(tls);
     let serving = tokio::spawn(plane.serve(listener, async move {
         // A dropped sender stops the server too.
         drop(stopped.await);
     }));
 
+    let base = format!("https://{addr}");
     let client =
-        Client::new(&format!("http://{addr}"), Some(token)).context("failed to build the API client")?;
+        Client::with_ca(&base, Some(token), Some(ca.cert_pem())).context("failed to build the API client")?;
     let mut measured = measure(&client, limits).await;
     if let Ok(rows) = &mut measured {
-        match tenant_client(&client, &format!("http://{addr}")).await {
+        match tenant_client(&client, &base, ca.cert_pem()).await {
             Ok(tenant) => rows.push(Row::write(
                 format!("POST /v1/tiers as a tenant, paced at {PACED_RATE}/s (scoped write)"),
                 paced_writes(&tenant, limits).await,
@@ -128,7 +137,7 @@ const PACED_IN_FLIGHT: usize = 512;
 
 /// A client of a principal that is a member of one tenant account only (the admin role there),
 /// so that each of its requests is authorized per account, as a tenant's are.
-async fn tenant_client(admin: &Client, base: &str) -> anyhow::Result<Client> {
+async fn tenant_client(admin: &Client, base: &str, ca_pem: &str) -> anyhow::Result<Client> {
     use enjin_model::api::TokenCreateRequest;
     let account =
         admin.create_json(Kind::Account, &json!({"ring": 0, "label": "bench-tenant", "spec": {}})).await?;
@@ -151,7 +160,7 @@ async fn tenant_client(admin: &Client, base: &str) -> anyhow::Result<Client> {
         expires_in_seconds: None,
     };
     let token = admin.token_create(&req).await?.token;
-    Client::new(base, Some(token)).context("failed to build the tenant's client")
+    Client::with_ca(base, Some(token), Some(ca_pem)).context("failed to build the tenant's client")
 }
 
 /// Creates ring-2 tiers as the tenant at a fixed rate (an open loop: one request every

@@ -21,12 +21,20 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The API server (default: the one `enjin up` runs from the data dir, else http://127.0.0.1:7480)
+    /// The API server (default: the current context's, else the one `enjin up` runs from the
+    /// data dir, else https://127.0.0.1:7480)
     #[arg(long, global = true, env = "ENJIN_SERVER")]
     pub server: Option<String>,
-    /// API token (default: the admin token in the data dir, when readable)
+    /// API token (default: the context's or data dir's that goes with the server)
     #[arg(long, global = true, env = "ENJIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA certificate (PEM) to check the server's certificate with; the only one trusted
+    /// (default: the context's or data dir's that goes with the server)
+    #[arg(long, global = true, env = "ENJIN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Use this login context instead of the current one (see `enjin context`)
+    #[arg(long, global = true, env = "ENJIN_CONTEXT")]
+    pub context: Option<String>,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -133,6 +141,12 @@ pub enum Command {
     Watch(WatchArgs),
     /// Who changed what: the audit log of authenticated changes, newest first
     Audit(AuditArgs),
+    /// Check a server and a token, and keep them (with the server's CA) as a context in
+    /// $XDG_CONFIG_HOME/enjin: `enjin login --server https://… --token … --ca FILE`
+    Login(LoginArgs),
+    /// Login contexts: list, use, current, remove
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -217,6 +231,30 @@ pub struct ServeArgs {
     /// Address of the DNS service, UDP and TCP (`enjin up` only; default 127.0.0.1:7453)
     #[arg(long)]
     pub dns_listen: Option<SocketAddr>,
+    /// Serve the API as plain HTTP instead of TLS; refused unless --listen is a loopback address
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The context's name (default: the server's host and port)
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List contexts; the current one is marked
+    #[command(visible_alias = "ls")]
+    List,
+    /// Make a context the current one
+    Use { name: String },
+    /// Print the current context's name
+    Current,
+    /// Forget a context (its token and CA with it)
+    #[command(visible_alias = "rm")]
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]

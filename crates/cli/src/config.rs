@@ -8,16 +8,19 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use enjin_control::{AuditConfig, InstanceDefaults};
+use enjin_control::{ApiLimits, AuditConfig, InstanceDefaults, Rate};
 use serde::Deserialize;
 
 use crate::args::Global;
+use crate::contexts::{self, Contexts};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 pub const DEFAULT_BUS_LISTEN: &str = "127.0.0.1:7481";
 pub const CONFIG_FILE: &str = "enjin.toml";
 pub const TOKEN_FILE: &str = "admin.token";
 pub const ENDPOINT_FILE: &str = "endpoint";
+/// The CA the API server's certificate comes from (the ring 0 CA), for clients to trust.
+pub const CA_FILE: &str = "ca.crt";
 pub const STATE_FILE: &str = "state.db";
 pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:7482";
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:7453";
@@ -231,11 +234,116 @@ pub struct BusFileConfig {
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[api]`: where the API listens, the extra names its certificate carries, and its limits at
+/// the door. Validated when the file is read, with errors naming the key.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawApi")]
 pub struct ApiConfig {
     /// Where the API listens (default 127.0.0.1:7480).
     pub listen: Option<SocketAddr>,
+    /// Names (DNS names or IP addresses) the API certificate carries besides localhost, the
+    /// loopback addresses and the listen address.
+    pub tls_names: Vec<String>,
+    pub limits: ApiLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    tls_names: Vec<String>,
+    /// Requests per second per principal (default 100), or "unlimited".
+    rate: Option<toml::Value>,
+    /// Requests a principal may make at once (default twice the rate).
+    burst: Option<toml::Value>,
+    /// Open connections at most (default 1024).
+    max_connections: Option<toml::Value>,
+    /// Seconds (default 10 each, idle 60).
+    header_timeout_seconds: Option<toml::Value>,
+    tls_handshake_timeout_seconds: Option<toml::Value>,
+    idle_timeout_seconds: Option<toml::Value>,
+}
+
+/// The longest timeout `[api]` takes, in seconds: a day.
+const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+
+impl TryFrom<RawApi> for ApiConfig {
+    type Error = String;
+
+    fn try_from(raw: RawApi) -> Result<Self, String> {
+        let d = ApiLimits::default();
+        fn key(k: &'static str) -> impl Fn(String) -> String {
+            move |m| format!("[api] {k}: {m}")
+        }
+        for name in &raw.tls_names {
+            if !enjin_control::tls::valid_name(name) {
+                return Err(format!("[api] tls_names: {name:?} is neither a DNS name nor an IP address"));
+            }
+        }
+        let rate = match raw.rate {
+            Some(toml::Value::String(s)) if s == UNLIMITED => None,
+            Some(v) => Some(bounded(&v, 1, 1_000_000).map_err(key("rate"))?),
+            None => Some(u64::from(ApiLimits::RATE_PER_SECOND)),
+        };
+        let rate = match rate {
+            None if raw.burst.is_some() => {
+                return Err("[api] burst: needs a rate; rate is \"unlimited\"".into());
+            }
+            None => None,
+            Some(per_second) => {
+                let burst = match raw.burst {
+                    Some(v) => bounded(&v, 1, 10_000_000).map_err(key("burst"))?,
+                    None if raw_rate_is_default(per_second) => u64::from(ApiLimits::BURST),
+                    None => per_second * 2,
+                };
+                // Both in range of u32 (checked above).
+                Some(Rate { per_second: per_second as u32, burst: burst as u32 })
+            }
+        };
+        let seconds = |v: Option<toml::Value>, k: &'static str, default: std::time::Duration| match v {
+            None => Ok(default),
+            Some(v) => {
+                bounded(&v, 1, MAX_TIMEOUT_SECONDS).map(std::time::Duration::from_secs).map_err(key(k))
+            }
+        };
+        let max_connections = match raw.max_connections {
+            None => d.max_connections,
+            Some(v) => bounded(&v, 1, ApiLimits::MAX_MAX_CONNECTIONS as u64)
+                .map_err(key("max_connections"))? as usize,
+        };
+        Ok(ApiConfig {
+            listen: raw.listen,
+            tls_names: raw.tls_names,
+            limits: ApiLimits {
+                rate,
+                max_connections,
+                header_timeout: seconds(
+                    raw.header_timeout_seconds,
+                    "header_timeout_seconds",
+                    d.header_timeout,
+                )?,
+                handshake_timeout: seconds(
+                    raw.tls_handshake_timeout_seconds,
+                    "tls_handshake_timeout_seconds",
+                    d.handshake_timeout,
+                )?,
+                idle_timeout: seconds(raw.idle_timeout_seconds, "idle_timeout_seconds", d.idle_timeout)?,
+            },
+        })
+    }
+}
+
+fn raw_rate_is_default(per_second: u64) -> bool {
+    per_second == u64::from(ApiLimits::RATE_PER_SECOND)
+}
+
+/// A whole number from `min` to `max`.
+fn bounded(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(n) if (min as i128..=max as i128).contains(&i128::from(*n)) => Ok(*n as u64),
+        other => Err(format!("must be a whole number from {min} to {max}, not {other}")),
+    }
 }
 
 /// The data directory: `--data-dir`, else `/var/lib/enjin` as root, else
@@ -275,7 +383,8 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("failed to make {} private", dir.display()))
 }
 
-/// Write a secret file with mode 0600 from the start (never briefly world-readable).
+/// Write a secret file with mode 0600 from the start (never briefly world-readable): a
+/// temporary file, synced, renamed into place, and the directory synced.
 pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -288,41 +397,107 @@ pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
     f.write_all(contents.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("failed to write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("failed to sync {}", parent.display()))?;
+    }
+    Ok(())
 }
 
-/// Where the CLI sends requests, and with which token.
+/// Where the CLI sends requests, with which token, trusting which CA.
 #[derive(Debug)]
 pub struct Target {
     pub server: String,
     pub token: Option<String>,
+    /// PEM; the only CA the client trusts.
+    pub ca_pem: Option<String>,
 }
 
+/// Resolve the target. A token and a CA go with the server they came with, never to another:
+/// 1. `--server` (or `ENJIN_SERVER`): with the token and CA of a context or a data directory
+///    that names the same server, if any;
+/// 2. `--context NAME`;
+/// 3. an explicit `--data-dir` (or `ENJIN_DATA_DIR`): the server `enjin up` runs from it;
+/// 4. the current context;
+/// 5. the default data directory's server, else `https://127.0.0.1:7480`.
+///
+/// `--token` and `--ca` (or `ENJIN_TOKEN`, `ENJIN_CA`) replace whatever came with the server.
 pub fn target(global: &Global) -> Result<Target> {
-    let dir = data_dir(global).ok();
-    let server = match &global.server {
-        Some(s) => s.clone(),
-        None => dir
-            .as_ref()
-            .and_then(|d| fs::read_to_string(d.join(ENDPOINT_FILE)).ok())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}")),
-    };
-    let token = match &global.token {
-        Some(t) => Some(t.clone()),
-        None => dir
-            .as_ref()
-            .and_then(|d| fs::read_to_string(d.join(TOKEN_FILE)).ok())
-            .map(|t| t.trim().to_string()),
-    };
-    if token.is_none() {
-        tracing::debug!("no token given and none readable in the data directory");
+    let mut t = base_target(global)?;
+    if let Some(token) = &global.token {
+        t.token = Some(token.clone());
     }
-    if token.as_deref().is_some_and(str::is_empty) {
+    if let Some(path) = &global.ca {
+        let pem = fs::read_to_string(path)
+            .with_context(|| format!("failed to read the CA file {}", path.display()))?;
+        t.ca_pem = Some(pem);
+    }
+    if t.token.is_none() {
+        tracing::debug!(server = %t.server, "no token for this server");
+    }
+    if t.token.as_deref().is_some_and(str::is_empty) {
         bail!("the token is empty");
     }
-    Ok(Target { server, token })
+    Ok(t)
+}
+
+fn base_target(global: &Global) -> Result<Target> {
+    let contexts = || -> Result<Contexts> { Contexts::load(&contexts::config_dir()?) };
+    if let Some(server) = &global.server {
+        if let Some(local) = data_dir(global)
+            .ok()
+            .and_then(|d| local_target(&d))
+            .filter(|l| contexts::same_server(&l.server, server))
+        {
+            return Ok(local);
+        }
+        let known = contexts().ok().and_then(|c| c.for_server(server).cloned());
+        return Ok(Target {
+            server: server.clone(),
+            token: known.as_ref().map(|c| c.token.clone()),
+            ca_pem: known.and_then(|c| c.ca),
+        });
+    }
+    if let Some(name) = &global.context {
+        let all = contexts()?;
+        if let Some((_, c)) = all.get(Some(name))? {
+            return Ok(from_context(c));
+        }
+    }
+    if global.data_dir.is_none() {
+        let all = contexts()?;
+        if let Some((_, c)) = all.get(None)? {
+            return Ok(from_context(c));
+        }
+    }
+    let dir = data_dir(global).ok();
+    Ok(dir.as_deref().and_then(local_target).unwrap_or_else(|| Target {
+        server: format!("https://{DEFAULT_LISTEN}"),
+        token: dir.as_deref().and_then(|d| read_trimmed(&d.join(TOKEN_FILE))),
+        ca_pem: dir.as_deref().and_then(|d| fs::read_to_string(d.join(CA_FILE)).ok()),
+    }))
+}
+
+fn from_context(c: &contexts::LoginContext) -> Target {
+    Target { server: c.server.clone(), token: Some(c.token.clone()), ca_pem: c.ca.clone() }
+}
+
+/// The server `enjin up` (or `enjin server`) runs from data directory `dir`, with the admin
+/// token and the CA it wrote there.
+pub fn local_target(dir: &Path) -> Option<Target> {
+    let server = read_trimmed(&dir.join(ENDPOINT_FILE)).filter(|s| !s.is_empty())?;
+    Some(Target {
+        server,
+        token: read_trimmed(&dir.join(TOKEN_FILE)),
+        ca_pem: fs::read_to_string(dir.join(CA_FILE)).ok(),
+    })
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
 #[cfg(test)]
@@ -348,6 +523,61 @@ mod tests {
         fs::write(dir.path().join(CONFIG_FILE), "[api]\nlisen = 1\n").expect("write");
         let err = load_file_config(dir.path()).expect_err("typo refused");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+
+    fn api(text: &str) -> Result<ApiConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(CONFIG_FILE), text).expect("write");
+        Ok(load_file_config(dir.path())?.api)
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_take_every_key() {
+        let d = api("").expect("valid");
+        assert_eq!(d.limits, ApiLimits::default());
+        assert_eq!(d.limits.rate, Some(Rate { per_second: 100, burst: 200 }));
+        let c = api(
+            "[api]\nlisten = \"0.0.0.0:7480\"\ntls_names = [\"enjin.example\", \"10.0.0.5\"]\nrate = 5\n\
+             max_connections = 64\nheader_timeout_seconds = 2\ntls_handshake_timeout_seconds = 3\n\
+             idle_timeout_seconds = 4\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tls_names, ["enjin.example", "10.0.0.5"]);
+        assert_eq!(
+            c.limits.rate,
+            Some(Rate { per_second: 5, burst: 10 }),
+            "burst defaults to twice the rate"
+        );
+        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.limits.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.limits.handshake_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(4));
+        let c = api("[api]\nrate = 1\nburst = 1\n").expect("valid");
+        assert_eq!(c.limits.rate, Some(Rate { per_second: 1, burst: 1 }));
+        assert_eq!(api("[api]\nrate = \"unlimited\"\n").expect("valid").limits.rate, None);
+    }
+
+    #[test]
+    fn bad_api_settings_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("rate = 0", "[api] rate"),
+            ("rate = -1", "[api] rate"),
+            ("rate = 1.5", "[api] rate"),
+            ("rate = \"lots\"", "[api] rate"),
+            ("burst = 0", "[api] burst"),
+            ("rate = \"unlimited\"\nburst = 5", "[api] burst"),
+            ("max_connections = 0", "[api] max_connections"),
+            ("header_timeout_seconds = 0", "[api] header_timeout_seconds"),
+            ("tls_handshake_timeout_seconds = 100000", "[api] tls_handshake_timeout_seconds"),
+            ("idle_timeout_seconds = \"1m\"", "[api] idle_timeout_seconds"),
+            ("tls_names = [\"not a name\"]", "[api] tls_names"),
+        ] {
+            let err = api(&format!("[api]\n{text}\n")).expect_err(text);
+            let msg = format!("{err:#}");
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        let err = api("[api]\nrat = 1\n").expect_err("typo refused");
+        assert!(format!("{err:#}").contains("rat"), "{err:#}");
     }
 
     fn instances(text: &str) -> Result<InstanceDefaults> {

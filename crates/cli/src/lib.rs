@@ -8,6 +8,7 @@
 mod args;
 mod commands;
 mod config;
+mod contexts;
 mod output;
 
 use anyhow::Result;

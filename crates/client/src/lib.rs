@@ -7,6 +7,7 @@
 mod apps;
 mod audit;
 mod sse;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -26,6 +27,21 @@ pub use sse::{Tail, Watch};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a request refused with 429 is sent again, each time after the server's
+/// `Retry-After` (at most [`MAX_RETRY_AFTER`]).
+const RATE_LIMIT_RETRIES: u32 = 5;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The wait a 429 asks for (`Retry-After` in seconds), bounded; a second when it says nothing.
+fn retry_after(resp: &reqwest::Response) -> Duration {
+    let seconds = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds).min(MAX_RETRY_AFTER)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,8 +54,12 @@ pub enum ClientError {
     Http { url: String, source: reqwest::Error },
     #[error("unexpected answer from {url}: {detail}")]
     Protocol { url: String, detail: String },
-    #[error("invalid server address {0:?}: it should look like http://127.0.0.1:7480")]
+    #[error("invalid server address {0:?}: it should look like https://127.0.0.1:7480")]
     BadUrl(String),
+    #[error("no CA certificate to check {0} with: pass --ca FILE, or log in with `enjin login --ca FILE`")]
+    NoCa(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
 }
 
 impl ClientError {
@@ -71,13 +91,29 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of a plain-HTTP server (one started with `--insecure-http`). An `https://`
+    /// server needs [`Client::with_ca`].
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Client::with_ca(base, token, None)
+    }
+
+    /// A client that trusts only the CA certificates in `ca_pem` (PEM), never the system's
+    /// roots. `https://` needs one; `http://` ignores it.
+    pub fn with_ca(base: &str, token: Option<String>, ca_pem: Option<&str>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let https = base.starts_with("https://");
+        if !(https || base.starts_with("http://")) {
             return Err(ClientError::BadUrl(base));
         }
+        let tls = match ca_pem {
+            Some(pem) => tls::client_config(pem)?,
+            None if https => return Err(ClientError::NoCa(base)),
+            None => tls::no_roots()?,
+        };
         let build = |timeout: Option<Duration>| {
             let b = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .https_only(https)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .user_agent(concat!("enjin/", env!("CARGO_PKG_VERSION")));
             let b = match timeout {
@@ -114,21 +150,46 @@ impl Client {
 
     async fn execute(&self, rb: RequestBuilder, path: &str) -> Result<reqwest::Response, ClientError> {
         let url = self.url(path);
-        let resp = rb.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                ClientError::Connect { url: self.base.clone(), source: e }
-            } else {
-                ClientError::Http { url: url.clone(), source: e }
+        let (mut rb, mut attempt) = (rb, 0);
+        loop {
+            // A 429 is answered before the request does anything, so any request may be sent
+            // again; one with a streamed body cannot be, and gets the 429.
+            let again = (attempt < RATE_LIMIT_RETRIES).then(|| rb.try_clone()).flatten();
+            let resp = rb.send().await.map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
+                    ClientError::Connect { url: self.base.clone(), source: e }
+                } else {
+                    ClientError::Http { url: url.clone(), source: e }
+                }
+            })?;
+            if resp.status().is_success() {
+                return Ok(resp);
             }
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
+            match again {
+                Some(next) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = retry_after(&resp);
+                    tracing::debug!(%url, ?wait, "rate limited; waiting as the server asks");
+                    tokio::time::sleep(wait).await;
+                    rb = next;
+                    attempt += 1;
+                }
+                _ => return Err(error_from(resp, &url).await),
+            }
         }
-        Err(error_from(resp, &url).await)
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.send(self.request(Method::GET, "/healthz"), "/healthz").await
+    }
+
+    /// Whether the server accepts this client's token: an authenticated call that any
+    /// principal may make or be refused (403 still means the token is valid; 401 does not).
+    pub async fn check_token(&self) -> Result<(), ClientError> {
+        match self.openapi().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::FORBIDDEN.as_u16()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     // Untyped calls, for callers that know the kind only at run time (the CLI).

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use enjin_model::Ring;
+
+pub use crate::limits::{ApiLimits, Rate};
 use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 
 /// The configuration of one control plane.
@@ -11,6 +13,8 @@ use enjin_model::kinds::{NodeSpec, Resources, Strategy};
 pub struct ControlConfig {
     /// Limits for instances whose spec leaves them out.
     pub instances: InstanceDefaults,
+    /// The API server's limits at the door: connections, timeouts, request rate.
+    pub api: ApiLimits,
     /// The audit log (`[audit]` in `enjin.toml`).
     pub audit: AuditConfig,
 }

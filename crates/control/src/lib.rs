@@ -11,6 +11,7 @@ pub mod bus;
 mod config;
 mod extract;
 pub mod ipam;
+pub mod limits;
 mod metrics;
 mod openapi;
 pub mod platform;
@@ -19,10 +20,11 @@ mod problem;
 pub mod quota;
 mod registry;
 mod routes;
+mod server;
+pub mod tls;
 pub mod uids;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ pub use audit::AuditAccount;
 pub use auth::{
     ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
 };
-pub use config::{AuditConfig, ControlConfig, InstanceDefaults};
+pub use config::{ApiLimits, AuditConfig, ControlConfig, InstanceDefaults, Rate};
 pub use problem::ApiError;
 pub use registry::{Registry, RegistryError};
 pub use routes::{Perm, RouteDef};
@@ -50,6 +52,9 @@ pub struct ControlPlane {
     state: AppState,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     audit: AuditConfig,
+    limits: ApiLimits,
+    /// TLS for the API; plain HTTP without it.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ControlPlane {
@@ -70,8 +75,15 @@ impl ControlPlane {
             stopping,
             bus: None,
             platform: None,
+            rate: config.api.rate.map(|r| Arc::new(limits::RateLimiter::new(r))),
         };
-        ControlPlane { state, stop: Arc::new(stop), audit: config.audit }
+        ControlPlane { state, stop: Arc::new(stop), audit: config.audit, limits: config.api, tls: None }
+    }
+
+    /// Serve the API over TLS with this configuration (see [`tls::server_config`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Run the keys-and-trust service (and serve its routes) on this control plane.
@@ -108,8 +120,9 @@ impl ControlPlane {
         routes::router(self.state.clone(), routes::table())
     }
 
-    /// Serve the API on `listener` until `shutdown` completes, then stop taking connections
-    /// and let those in flight finish.
+    /// Serve the API on `listener` (over TLS when [`ControlPlane::with_tls`] gave it a
+    /// configuration, else plain HTTP) with the configured limits at the door, until `shutdown`
+    /// completes; then stop taking connections and let those in flight finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -120,16 +133,13 @@ impl ControlPlane {
         let store = self.state.registry.store().clone();
         tokio::spawn(compact_history(store.clone(), stop.subscribe()));
         tokio::spawn(record_token_use(self.state.auth.clone(), stop.subscribe()));
-        let metrics = self.state.metrics.clone();
-        tokio::spawn(audit::prune_loop(store, metrics, self.audit.retention, stop.subscribe()));
-        // The peer address reaches handlers (and the audit log) as `ConnectInfo`.
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Watches are endless streams; end them so that the drain can finish.
-                stop.send_replace(true);
-            })
-            .await
+        let metrics = Arc::clone(&self.state.metrics);
+        tokio::spawn(audit::prune_loop(store, Arc::clone(&metrics), self.audit.retention, stop.subscribe()));
+        // Watches are endless streams; ending them lets the drain finish.
+        let stopping = move || {
+            stop.send_replace(true);
+        };
+        server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await
     }
 }
 

@@ -23,6 +23,8 @@ struct Inner {
     audit_records: BTreeMap<&'static str, u64>,
     audit_write_failures: u64,
     audit_pruned: u64,
+    connections_closed: BTreeMap<&'static str, u64>,
+    rate_limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,19 @@ impl Metrics {
     pub fn audit_pruned(&self, n: usize) {
         let Ok(mut m) = self.inner.lock() else { return };
         m.audit_pruned += n as u64;
+    }
+
+    /// A connection the server closed at the door (over the cap, a slow handshake or slow
+    /// headers, idle).
+    pub fn connection_closed(&self, reason: &'static str) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        *m.connections_closed.entry(reason).or_default() += 1;
+    }
+
+    /// A request refused with 429.
+    pub fn rate_limited(&self) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.rate_limited += 1;
     }
 
     pub fn render(&self, store_revision: i64) -> String {
@@ -121,6 +136,20 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE enjin_audit_pruned_total counter");
         let _ = writeln!(out, "enjin_audit_pruned_total {}", m.audit_pruned);
+        let _ = writeln!(
+            out,
+            "# HELP enjin_http_connections_closed_total API connections closed by the server's limits, by reason."
+        );
+        let _ = writeln!(out, "# TYPE enjin_http_connections_closed_total counter");
+        for (reason, n) in &m.connections_closed {
+            let _ = writeln!(out, "enjin_http_connections_closed_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP enjin_http_rate_limited_total Requests refused with 429 (a principal over its rate)."
+        );
+        let _ = writeln!(out, "# TYPE enjin_http_rate_limited_total counter");
+        let _ = writeln!(out, "enjin_http_rate_limited_total {}", m.rate_limited);
         let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");
         let _ = writeln!(out, "# TYPE enjin_store_revision gauge");
         let _ = writeln!(out, "enjin_store_revision {store_revision}");

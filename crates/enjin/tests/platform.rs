@@ -117,7 +117,7 @@ fn load(router: SocketAddr, workers: usize) -> Loader {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+            let client = common::http_client(Duration::from_secs(10));
             let mut tasks = Vec::new();
             for _ in 0..workers {
                 let (client, stop, answered) = (client.clone(), stop.clone(), answered.clone());
@@ -394,7 +394,9 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
         assert!(measured["instances"][0]["cpu_seconds"].as_f64().is_some(), "{measured}");
     }
     let metrics = Command::new("curl")
-        .args(["-s", "-H", &format!("Authorization: Bearer {}", up.token()), &format!("{}/metrics", up.url)])
+        .args(["-s", "--cacert"])
+        .arg(up.ca_path())
+        .args(["-H", &format!("Authorization: Bearer {}", up.token()), &format!("{}/metrics", up.url)])
         .output()
         .expect("curl");
     let metrics = String::from_utf8_lossy(&metrics.stdout);

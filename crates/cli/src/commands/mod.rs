@@ -7,6 +7,7 @@ mod bus;
 mod edge;
 mod hosts;
 mod keys;
+mod login;
 mod objects;
 mod serve;
 mod token;
@@ -72,6 +73,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bus(c) => bus::run(g, c).await,
         Command::Watch(args) => watch::run(g, &args).await,
         Command::Audit(args) => audit::run(g, &args).await,
+        Command::Login(args) => login::login(g, &args).await,
+        Command::Context(c) => login::context(g, c),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enjin", &mut std::io::stdout());
             Ok(())
@@ -79,8 +82,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A client for the server and token the global flags point at.
+/// A client for the server, token and CA the global flags point at (see `config::target`).
 pub fn client(g: &Global) -> Result<Client> {
     let t = config::target(g)?;
-    Ok(Client::new(&t.server, t.token)?)
+    Ok(Client::with_ca(&t.server, t.token, t.ca_pem.as_deref())?)
 }

@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use super::{edge, hosts};
 use crate::args::{Global, ServeArgs};
 use crate::config::{
-    self, DEFAULT_BUS_LISTEN, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_ROUTER_LISTEN, ENDPOINT_FILE,
-    STATE_FILE, TOKEN_FILE,
+    self, CA_FILE, DEFAULT_BUS_LISTEN, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_ROUTER_LISTEN,
+    ENDPOINT_FILE, STATE_FILE, TOKEN_FILE,
 };
 use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::hub::{Hub, HubConfig};
@@ -31,6 +31,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     let file = config::load_file_config(&dir)?;
     let default: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
     let listen = args.listen.or(file.api.listen).unwrap_or(default);
+    check_plain_http(args.insecure_http, listen)?;
 
     let db = dir.join(STATE_FILE);
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(SqliteStoreConfig::new(db)))
@@ -50,7 +51,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     tracing::info!(?instances, "limits for instances that leave them out");
     let audit = file.audit.0;
     tracing::info!(retention_seconds = audit.retention.as_secs(), "audit log retention");
-    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, audit });
+    let api_limits = file.api.limits;
+    tracing::info!(?api_limits, "limits at the API's door");
+    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, api: api_limits, audit });
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);
@@ -64,9 +67,13 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         format!("failed to listen on {listen}: is another enjin running? pick another address with --listen")
     })?;
     let addr = listener.local_addr().context("listener address")?;
-    let url = format!("http://{addr}");
-    fs::write(dir.join(ENDPOINT_FILE), format!("{url}\n"))
-        .with_context(|| format!("failed to write {}", dir.join(ENDPOINT_FILE).display()))?;
+    let (cp, url) = if args.insecure_http {
+        (cp, format!("http://{}", reachable(addr)))
+    } else {
+        let tls = api_tls(&dir, addr, &file.api.tls_names)?;
+        (cp.with_tls(tls), format!("https://{}", reachable(addr)))
+    };
+    config::write_secret(&dir.join(ENDPOINT_FILE), &format!("{url}\n"))?;
 
     let machine = if whole_cloud { Some(register_machine(&cp).await?) } else { None };
 
@@ -178,7 +185,8 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         platform.attach_bus(authority.clone());
     }
     let cp = cp.with_bus(authority).with_platform(platform);
-    banner(&url, &dir, &token_path, machine.as_ref(), hub_addr, edge.as_ref());
+    let ca = (!args.insecure_http).then(|| dir.join(CA_FILE));
+    banner(&url, &dir, &token_path, ca.as_deref(), machine.as_ref(), hub_addr, edge.as_ref());
 
     let served = cp.serve(listener, stopped(stop_rx)).await;
     if let Some(sup) = host_supervisor {
@@ -191,6 +199,41 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     served.with_context(|| format!("the API server on {addr} failed"))?;
     println!("enjin: stopped cleanly; run it again to resume");
     Ok(())
+}
+
+/// Plain HTTP only when asked for, and only on loopback, where no one else can listen in.
+fn check_plain_http(insecure_http: bool, listen: SocketAddr) -> Result<()> {
+    if insecure_http && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing --insecure-http on {listen}: plain HTTP is allowed only on a loopback address \
+             (127.0.0.1, ::1); drop --insecure-http to serve TLS, or listen on loopback"
+        );
+    }
+    Ok(())
+}
+
+/// The API's TLS: the ring 0 CA (created in `<data-dir>/pki` on first start, its certificate
+/// copied to `<data-dir>/ca.crt` for clients) issues a certificate for the names clients use.
+fn api_tls(dir: &Path, addr: SocketAddr, extra: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+    let ca = enjin_pki::RingCa::load_or_create(&dir.join("pki"), Ring::META.get())
+        .context("failed to open the ring 0 certificate authority")?;
+    // Not a secret, but private like everything in the data directory (docs/security.md):
+    // others get it from the operator, for `enjin login --ca`.
+    config::write_secret(&dir.join(CA_FILE), ca.cert_pem())?;
+    let names = enjin_control::tls::api_names(addr, extra);
+    tracing::info!(?names, "API certificate names");
+    enjin_control::tls::server_config(&ca, &names).context("failed to set up TLS for the API")
+}
+
+/// An address clients can connect to: the unspecified address stands for loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -266,6 +309,7 @@ fn banner(
     url: &str,
     dir: &Path,
     token: &Path,
+    ca: Option<&Path>,
     machine: Option<&Object<NodeSpec>>,
     hub: Option<SocketAddr>,
     edge: Option<&edge::Listening>,
@@ -274,6 +318,10 @@ fn banner(
     println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
     println!("  data:       {}", dir.display());
     println!("  token:      {}   (admin; send it as `Authorization: Bearer <token>`)", token.display());
+    match ca {
+        Some(ca) => println!("  CA:         {}   (the API's certificate comes from it)", ca.display()),
+        None => println!("  TLS:        off (--insecure-http); loopback only"),
+    }
     if let Some(m) = machine {
         println!("  this node:  ring 0 node {} ({})", m.meta.label.as_deref().unwrap_or("?"), m.meta.uuid);
     }
@@ -289,13 +337,34 @@ fn banner(
     }
     println!("try:");
     println!("  enjin node list                 (from a checkout: cargo run -- node list)");
-    println!("  curl -H \"Authorization: Bearer $(cat {})\" {url}/v1/nodes", token.display());
+    let cacert = ca.map(|c| format!("--cacert {} ", c.display())).unwrap_or_default();
+    println!("  curl {cacert}-H \"Authorization: Bearer $(cat {})\" {url}/v1/nodes", token.display());
     println!("Ctrl-C stops it; running it again resumes the same cloud.");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert!(check_plain_http(true, addr("127.0.0.1:7480")).is_ok());
+        assert!(check_plain_http(true, addr("[::1]:7480")).is_ok());
+        assert!(check_plain_http(false, addr("0.0.0.0:7480")).is_ok(), "TLS anywhere");
+        for refused in ["0.0.0.0:7480", "10.0.0.5:7480", "[::]:7480"] {
+            let err = check_plain_http(true, addr(refused)).expect_err(refused);
+            let msg = format!("{err:#}");
+            assert!(msg.contains("--insecure-http") && msg.contains(refused), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unspecified_addresses_are_reached_on_loopback() {
+        assert_eq!(reachable("0.0.0.0:80".parse().expect("addr")).to_string(), "127.0.0.1:80");
+        assert_eq!(reachable("[::]:80".parse().expect("addr")).to_string(), "[::1]:80");
+        assert_eq!(reachable("10.0.0.5:80".parse().expect("addr")).to_string(), "10.0.0.5:80");
+    }
 
     #[test]
     fn host_names_become_labels() {

@@ -49,6 +49,8 @@ pub struct AppState {
     pub bus: Option<Arc<crate::bus::BusAuthority>>,
     /// The platform (apps, packages), where this server runs it.
     pub platform: Option<Arc<crate::platform::Platform>>,
+    /// Requests per principal (`limits.rs`); `None` when rate limiting is off.
+    pub rate: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 /// Who may call a route.
@@ -416,6 +418,13 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             return ApiError::from(e).into_response();
         }
     };
+    // Limits at the door (limits.rs): a principal over its rate is refused before anything else.
+    if let Some(limiter) = &state.rate
+        && let Err(limited) = limiter.check(&principal.name, std::time::Instant::now())
+    {
+        state.metrics.rate_limited();
+        return limited.into_response();
+    }
     // From here on the caller is known: its mutating requests are recorded, refusals included.
     let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     // Objects and tokens belong to accounts: here the caller needs the permission in some

@@ -1,5 +1,6 @@
-//! A control plane served on loopback port 0 over a SQLite store in a temporary directory, and
-//! a small HTTP client that speaks to it with the admin token.
+//! A control plane served on loopback port 0 over TLS (a certificate from a ring 0 CA made for
+//! the test) over a SQLite store in a temporary directory, and a small HTTP client that trusts
+//! that CA and speaks to the server with the admin token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,12 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// cleanly; dropping it only asks it to stop.
 #[derive(Debug)]
 pub struct TestServer {
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    /// `https://127.0.0.1:<port>`, without a trailing slash.
     pub base: String,
+    /// The address the server listens on.
+    pub addr: std::net::SocketAddr,
+    /// The CA certificate (PEM) the server's certificate comes from.
+    pub ca_pem: String,
     /// A token of the bootstrapped admin principal.
     pub token: String,
     /// The server's authenticator, to look at what a token resolves to.
@@ -42,8 +47,12 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server with the default configuration but no rate limit: these tests drive the API
+    /// far faster than one principal is let to (the door's own tests turn it on).
     pub async fn start() -> TestServer {
-        TestServer::start_with(&ControlConfig::default()).await
+        let mut config = ControlConfig::default();
+        config.api.rate = None;
+        TestServer::start_with(&config).await
     }
 
     /// A server configured with `config` (as `enjin.toml` would).
@@ -64,16 +73,22 @@ impl TestServer {
         let auth = plane.auth().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback port 0");
         let addr = listener.local_addr().expect("local address");
+        let ca = enjin_pki::RingCa::generate(0).expect("a ring 0 CA");
+        let tls = enjin_control::tls::server_config(&ca, &enjin_control::tls::api_names(addr, &[]))
+            .expect("the API's TLS configuration");
+        let plane = plane.with_tls(tls);
+        let ca_pem = ca.cert_pem().to_string();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(plane.serve(listener, async move {
             // A dropped sender stops the server too.
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder().timeout(PATIENCE).build().expect("http client");
-        let streaming =
-            reqwest::Client::builder().connect_timeout(PATIENCE).build().expect("streaming client");
+        let http = https_client(&ca_pem).timeout(PATIENCE).build().expect("http client");
+        let streaming = https_client(&ca_pem).connect_timeout(PATIENCE).build().expect("streaming client");
         TestServer {
-            base: format!("http://{addr}"),
+            base: format!("https://{addr}"),
+            addr,
+            ca_pem,
             token,
             auth,
             http,
@@ -201,6 +216,12 @@ impl TestServer {
         assert_eq!(reply.status, StatusCode::CREATED, "issue a token for {principal}: {}", reply.body);
         reply.body
     }
+}
+
+/// A client builder that trusts only the CA in `ca_pem`.
+pub fn https_client(ca_pem: &str) -> reqwest::ClientBuilder {
+    let tls = enjin_client::tls::client_config(ca_pem).expect("a TLS configuration trusting the CA");
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
 }
 
 /// Everything stored, as the API lists it: the store revision (less the audit log's writes) and

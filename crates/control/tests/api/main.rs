@@ -1,10 +1,11 @@
 //! Integration tests of the control plane's HTTP API, served on loopback over a SQLite store
-//! in a temporary directory and driven with plain HTTP.
+//! in a temporary directory and driven over TLS.
 
 mod audit;
 mod auth;
 mod concurrency;
 mod crud;
+mod door;
 mod fixtures;
 mod harness;
 mod invariants;

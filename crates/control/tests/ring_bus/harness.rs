@@ -148,7 +148,12 @@ impl Ring1 {
             url,
             token,
             machine,
-            http: reqwest::Client::new(),
+            // The API is plain HTTP here; the client still gets its TLS setup (ring, no roots)
+            // handed to it, as reqwest has no crypto provider of its own in this build.
+            http: reqwest::Client::builder()
+                .tls_backend_preconfigured(enjin_client::tls::no_roots().expect("tls configuration"))
+                .build()
+                .expect("http client"),
             stop,
             served,
         }

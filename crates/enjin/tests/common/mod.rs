@@ -104,8 +104,19 @@ impl Running {
         std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin token").trim().to_string()
     }
 
+    /// The CA certificate (PEM) the API's certificate comes from.
+    pub fn ca(&self) -> String {
+        std::fs::read_to_string(self.ca_path()).expect("the CA certificate in the data directory")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("ca.crt")
+    }
+
+    /// A client of the API that trusts its CA (none needed for an `--insecure-http` server).
     pub fn client(&self) -> enjin_client::Client {
-        enjin_client::Client::new(&self.url, Some(self.token())).expect("client")
+        let ca = self.url.starts_with("https://").then(|| self.ca());
+        enjin_client::Client::with_ca(&self.url, Some(self.token()), ca.as_deref()).expect("client")
     }
 
     /// Send SIGINT (what Ctrl-C sends) and wait for a clean exit.
@@ -177,7 +188,17 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Run the CLI against a data directory (it finds the server and token there).
+/// A plain-HTTP client (for the router): it trusts no CA, and is handed its TLS setup since
+/// reqwest has no crypto provider of its own in this build.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(enjin_client::tls::no_roots().expect("a TLS configuration"))
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Run the CLI against a data directory (it finds the server, token and CA there).
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("--data-dir")
