@@ -231,7 +231,7 @@ impl Registry {
         for kv in &range.kvs {
             let obj: Object<S> = decode(kv)?;
             let m = &obj.meta;
-            let keep = q.ring.is_none_or(|r| m.ring.get() == r)
+            let keep = q.ring.is_none_or(|r| m.ring == r)
                 && q.label.as_ref().is_none_or(|l| m.label.as_ref() == Some(l))
                 && q.compartment.is_none_or(|c| obj.spec.compartment() == Some(c))
                 && q.tier.is_none_or(|t| obj.spec.tiers().contains(&t))

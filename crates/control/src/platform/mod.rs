@@ -270,7 +270,7 @@ impl Platform {
     /// Who `principal` is to the platform: the operator if it is a member of the system account.
     pub async fn caller(&self, principal: &str) -> Result<Caller, PlatformError> {
         let q = ListQuery {
-            ring: Some(0),
+            ring: Some(Ring::META),
             label: Some(crate::auth::SYSTEM_ACCOUNT.into()),
             ..ListQuery::default()
         };
@@ -293,7 +293,7 @@ impl Platform {
         if caller.operator {
             return Ok(());
         }
-        let q = ListQuery { ring: Some(1), ..ListQuery::default() };
+        let q = ListQuery { ring: Some(Ring::INFRASTRUCTURE), ..ListQuery::default() };
         let (hosts, _) = self.registry.list::<NodeSpec>(&q).await?;
         let mut hosts: Vec<&Object<NodeSpec>> = hosts.iter().filter(|h| runs_instances(h)).collect();
         if hosts.iter().any(|h| Sandbox::of(&h.meta.labels) == Sandbox::UnixUser) {
@@ -324,7 +324,8 @@ impl Platform {
 
     /// The app's environment, made on its first deploy.
     async fn app_env(&self, name: &str, create: bool) -> Result<Object<CompartmentSpec>, PlatformError> {
-        let q = ListQuery { ring: Some(2), label: Some(name.to_string()), ..ListQuery::default() };
+        let q =
+            ListQuery { ring: Some(Ring::PLATFORM), label: Some(name.to_string()), ..ListQuery::default() };
         let (found, _) = self.registry.list::<CompartmentSpec>(&q).await?;
         if let Some(c) =
             found.into_iter().find(|c| c.spec.compartment_type == CompartmentType::AppEnvironment)
@@ -351,7 +352,7 @@ impl Platform {
     /// The tier of one process type of an app.
     async fn tier(&self, app: &str, process: &str) -> Result<Uuid, PlatformError> {
         let label = format!("{app}-{process}");
-        let q = ListQuery { ring: Some(2), label: Some(label.clone()), ..ListQuery::default() };
+        let q = ListQuery { ring: Some(Ring::PLATFORM), label: Some(label.clone()), ..ListQuery::default() };
         let (found, _) = self.registry.list::<TierSpec>(&q).await?;
         if let Some(t) = found.into_iter().next() {
             return Ok(t.meta.uuid);
@@ -365,7 +366,7 @@ impl Platform {
             // Made meanwhile by a concurrent deploy.
             Err(RegistryError::Conflict { .. }) => {
                 let q = ListQuery {
-                    ring: Some(2),
+                    ring: Some(Ring::PLATFORM),
                     label: Some(format!("{app}-{process}")),
                     ..ListQuery::default()
                 };
@@ -642,7 +643,11 @@ impl Platform {
 
     /// Ring 2 nodes carrying `key=value`.
     async fn instances_where(&self, key: &str, value: &str) -> Result<Vec<Object<NodeSpec>>, PlatformError> {
-        let q = ListQuery { ring: Some(2), selector: Some(format!("{key}={value}")), ..ListQuery::default() };
+        let q = ListQuery {
+            ring: Some(Ring::PLATFORM),
+            selector: Some(format!("{key}={value}")),
+            ..ListQuery::default()
+        };
         Ok(self.registry.list::<NodeSpec>(&q).await?.0)
     }
 

@@ -8,8 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use enjin_model::api::{
-    AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList, RollbackRequest,
-    RolloutStarted, ScaleRequest,
+    AppList, AppPath, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList,
+    RollbackRequest, RolloutStarted, ScaleRequest,
 };
 
 use super::AppState;
@@ -68,7 +68,7 @@ pub async fn upload(
 pub async fn deploy(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     if req.manifest.name != app {
@@ -88,7 +88,7 @@ pub async fn deploy(
 pub async fn rollback(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
@@ -99,7 +99,7 @@ pub async fn rollback(
 pub async fn restart(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
     let caller = p.caller(&principal.name).await?;
@@ -109,7 +109,7 @@ pub async fn restart(
 pub async fn scale(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<ScaleRequest>,
 ) -> Result<(StatusCode, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
@@ -123,21 +123,21 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<AppList>, ApiErr
 
 pub async fn status(
     State(state): State<AppState>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<Json<AppStatus>, ApiError> {
     Ok(Json(platform(&state)?.status(&app).await?))
 }
 
 pub async fn releases(
     State(state): State<AppState>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<Json<ReleaseList>, ApiError> {
     Ok(Json(ReleaseList { items: platform(&state)?.releases(&app).await? }))
 }
 
 pub async fn logs(
     State(state): State<AppState>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<LogsReply>, ApiError> {
     Ok(Json(platform(&state)?.logs(&app, &q).await?))

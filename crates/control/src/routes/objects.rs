@@ -5,9 +5,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use enjin_model::api::{CreateRequest, DeleteQuery, List, ListQuery, UpdateRequest};
+use enjin_model::api::{CreateRequest, DeleteQuery, List, ListQuery, ObjectPath, UpdateRequest};
 use enjin_model::{Object, Spec};
-use uuid::Uuid;
 
 use super::AppState;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -28,7 +27,7 @@ pub async fn list<S: Spec>(
 
 pub async fn get<S: Spec>(
     State(state): State<AppState>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
 ) -> Result<Json<Object<S>>, ApiError> {
     Ok(Json(state.registry.get::<S>(uuid).await?))
 }
@@ -45,7 +44,7 @@ pub async fn create<S: Spec>(
 
 pub async fn update<S: Spec>(
     State(state): State<AppState>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
     ApiJson(req): ApiJson<UpdateRequest<S>>,
 ) -> Result<Json<Object<S>>, ApiError> {
     let obj = state.registry.update(uuid, req, Utc::now()).await?;
@@ -55,7 +54,7 @@ pub async fn update<S: Spec>(
 
 pub async fn delete<S: Spec>(
     State(state): State<AppState>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     state.registry.delete(S::KIND, uuid, q.revision).await?;

@@ -4,8 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList};
-use uuid::Uuid;
+use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList, TokenPath};
 
 use super::AppState;
 use crate::extract::{ApiJson, ApiPath};
@@ -26,7 +25,7 @@ pub async fn create(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
+    ApiPath(TokenPath { id }): ApiPath<TokenPath>,
 ) -> Result<StatusCode, ApiError> {
     state.auth.revoke(id).await?;
     tracing::info!(%id, "token revoked");
