@@ -280,3 +280,135 @@ fn integer_bounds(format: &str) -> Option<(serde_json::Number, serde_json::Numbe
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Structural facts of the document, read from the document itself (not from the route
+    //! table that made it), so that a change to either that breaks them fails here, quickly.
+    //! Whether the server really behaves so is `crates/enjin/tests/openapi.rs`'s to find.
+
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        super::document(&crate::routes::table())
+    }
+
+    /// Every operation: (method, path, operation).
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                ops.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        ops
+    }
+
+    fn documents(op: &Value, code: u16) -> bool {
+        op["responses"].get(code.to_string()).is_some()
+    }
+
+    fn params_in<'a>(op: &'a Value, location: &str) -> Vec<&'a Value> {
+        op["parameters"].as_array().into_iter().flatten().filter(|p| p["in"] == location).collect()
+    }
+
+    #[test]
+    fn every_route_documents_the_statuses_its_shape_implies() {
+        let doc = doc();
+        let ops = operations(&doc);
+        assert!(ops.len() > 80, "{} operations", ops.len());
+        for (method, path, op) in &ops {
+            let name = format!("{} {path}", method.to_uppercase());
+            let guarded = op.get("security") != Some(&serde_json::json!([]));
+            if guarded {
+                for code in [401, 403, 429] {
+                    assert!(documents(op, code), "{name} is guarded but does not document {code}");
+                }
+            }
+            let body = op.get("requestBody");
+            if !params_in(op, "query").is_empty() || body.is_some() {
+                assert!(documents(op, 400), "{name} takes a query or body but does not document 400");
+            }
+            if body.is_some_and(|b| b["content"].get("application/json").is_some()) {
+                for code in [413, 415] {
+                    assert!(documents(op, code), "{name} takes a JSON body but does not document {code}");
+                }
+            }
+            let in_path: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .collect();
+            let declared: BTreeSet<&str> =
+                params_in(op, "path").iter().filter_map(|p| p["name"].as_str()).collect();
+            assert_eq!(in_path, declared, "{name}: path parameters");
+            if !in_path.is_empty() {
+                assert!(documents(op, 404), "{name} has a path parameter but does not document 404");
+            }
+            for p in params_in(op, "query").iter().chain(&params_in(op, "path")) {
+                let types = &p["schema"]["type"];
+                assert!(
+                    types != "null" && !types.as_array().is_some_and(|t| t.contains(&"null".into())),
+                    "{name}: parameter {} may be null",
+                    p["name"]
+                );
+            }
+            let success = op["responses"].as_object().into_iter().flatten().any(|(c, _)| c.starts_with('2'));
+            assert!(success, "{name} documents no success");
+        }
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = doc();
+        let mut seen = BTreeSet::new();
+        for (method, path, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(seen.insert(id.clone()), "operationId {id} is used twice");
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                        out.push(r);
+                    }
+                    o.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = doc();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{r} is not a local reference"));
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn named_kinds_require_a_label_and_sized_integers_are_bounded() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        let create = &schemas["CreateRequest_NodeSpec"];
+        assert!(create["required"].as_array().is_some_and(|r| r.contains(&"label".into())), "{create}");
+        assert_eq!(create["properties"]["label"]["type"], "string");
+        assert_eq!(create["properties"]["label"]["pattern"], enjin_model::LABEL_PATTERN);
+        let unnamed = &schemas["CreateRequest_MembershipSpec"];
+        assert!(!unnamed["required"].as_array().is_some_and(|r| r.contains(&"label".into())), "{unnamed}");
+        let revision = &schemas["UpdateRequest_NodeSpec"]["properties"]["revision"];
+        assert_eq!(revision["format"], "int64");
+        assert_eq!(revision["minimum"], 1);
+        assert_eq!(revision["maximum"], i64::MAX);
+        let version = &schemas["RollbackRequest"]["properties"]["version"];
+        assert_eq!(version["maximum"], u32::MAX, "{version}");
+    }
+}
