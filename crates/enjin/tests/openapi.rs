@@ -38,26 +38,11 @@ fn schemathesis() -> PathBuf {
     cache.join("enjin/venv/bin/schemathesis")
 }
 
-/// `GET /v1/openapi.json` with the admin token (the document is guarded).
-fn fetch_document(api: &Endpoint, token: &str) -> serde_json::Value {
-    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-    if let Some(ca) = &api.ca {
-        let pem = std::fs::read(ca).expect("read the API's CA certificate");
-        client =
-            client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"));
-    }
-    let client = client.build().expect("http client");
+/// `GET /v1/openapi.json` with the admin token (the document is guarded), through the same
+/// client as the other end-to-end tests, so that it follows them to TLS.
+fn fetch_document(server: &Running) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let resp = client
-            .get(format!("{}/v1/openapi.json", api.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("GET /v1/openapi.json");
-        assert!(resp.status().is_success(), "GET /v1/openapi.json answered {}", resp.status());
-        resp.json().await.expect("the document is JSON")
-    })
+    rt.block_on(server.client().openapi()).expect("GET /v1/openapi.json")
 }
 
 #[test]
@@ -73,7 +58,7 @@ fn the_server_does_what_its_openapi_document_says() {
     let api = endpoint(&server);
     let token = server.token();
 
-    let doc = fetch_document(&api, &token);
+    let doc = fetch_document(&server);
     assert_eq!(doc["openapi"], "3.1.0", "an OpenAPI 3.1 document");
     let operations: usize = doc["paths"]
         .as_object()
