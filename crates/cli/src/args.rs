@@ -384,7 +384,7 @@ pub struct ContentArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[arg(long)]
-    pub ring: Option<u8>,
+    pub ring: Option<Ring>,
     /// Compartment uuid or label
     #[arg(long)]
     pub compartment: Option<String>,

@@ -608,7 +608,7 @@ impl Auth {
         spec: S,
         now: DateTime<Utc>,
     ) -> Result<Uuid, RegistryError> {
-        let q = ListQuery { ring: Some(0), label: Some(label.into()), ..ListQuery::default() };
+        let q = ListQuery { ring: Some(Ring::META), label: Some(label.into()), ..ListQuery::default() };
         let (found, _) = self.registry.list::<S>(&q).await?;
         if let Some(o) = found.first() {
             return Ok(o.meta.uuid);

@@ -91,7 +91,7 @@ pub async fn quota_of(registry: &Registry, account: Uuid) -> Result<Option<(Stri
 /// What the account's objects use now; `package_bytes` is the caller's to fill (the package
 /// owners are the platform's).
 pub async fn usage(registry: &Registry, account: Uuid) -> Result<AccountUsage, RegistryError> {
-    let q = ListQuery { account: Some(account), ring: Some(Ring::PLATFORM.get()), ..ListQuery::default() };
+    let q = ListQuery { account: Some(account), ring: Some(Ring::PLATFORM), ..ListQuery::default() };
     let (envs, _) = registry.list::<CompartmentSpec>(&q).await?;
     let (nodes, _) = registry.list::<NodeSpec>(&q).await?;
     let apps = envs.iter().filter(|c| c.spec.compartment_type == CompartmentType::AppEnvironment).count();

@@ -312,7 +312,7 @@ impl Registry {
             let obj: Object<S> = self.decode_owned(kv)?;
             let m = &obj.meta;
             let keep = q.account.is_none_or(|a| m.account == a)
-                && q.ring.is_none_or(|r| m.ring.get() == r)
+                && q.ring.is_none_or(|r| m.ring == r)
                 && q.label.as_ref().is_none_or(|l| m.label.as_ref() == Some(l))
                 && q.compartment.is_none_or(|c| obj.spec.compartment() == Some(c))
                 && q.tier.is_none_or(|t| obj.spec.tiers().contains(&t))

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Kind, Object, Ring};
+use crate::{Kind, Object, Ring, Spec};
 
 pub const VERSION: &str = "v1";
 
@@ -18,15 +18,19 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// `POST /v1/<kind>s`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CreateRequest_{S}", bound = "S: Spec", transform = label_required::<S>)]
 pub struct CreateRequest<S> {
     /// The account the object belongs to. Absent means the caller's own account: the system
     /// account for the operator's principals, or the one account a tenant is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<Uuid>,
     pub ring: Ring,
+    /// The object's name; kinds that are named need one. `null` is the same as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::validate::optional_label_schema")]
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::labels_schema")]
     pub labels: BTreeMap<String, String>,
     pub spec: S,
 }
@@ -34,22 +38,78 @@ pub struct CreateRequest<S> {
 /// `PUT /v1/<kind>s/{uuid}`: replaces label, labels and spec. The ring cannot change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "UpdateRequest_{S}", bound = "S: Spec", transform = label_required::<S>)]
 pub struct UpdateRequest<S> {
     /// The revision the change is based on; the update is refused with 409 if the object has
     /// changed since.
+    #[schemars(range(min = 1))]
     pub revision: i64,
+    /// The object's name; kinds that are named need one. `null` is the same as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::validate::optional_label_schema")]
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::labels_schema")]
     pub labels: BTreeMap<String, String>,
     pub spec: S,
 }
 
+/// Where a kind is named ([`Kind::named`]), its create and update requests must carry a label,
+/// and the schema says so, as the registry does.
+fn label_required<S: Spec>(schema: &mut schemars::Schema) {
+    if !S::KIND.named() {
+        return;
+    }
+    if let Some(label) = schema.get_mut("properties").and_then(|p| p.get_mut("label")) {
+        label["type"] = "string".into();
+    }
+    if let Some(required) = schema.get_mut("required").and_then(serde_json::Value::as_array_mut) {
+        required.push("label".into());
+    }
+}
+
 /// A list, with the store revision it was read at (watch from `revision + 1` to follow it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "List_{S}")]
 pub struct List<S> {
     pub items: Vec<Object<S>>,
+    #[schemars(range(min = 0))]
     pub revision: i64,
+}
+
+/// The path of `/v1/<kind>s/{uuid}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectPath {
+    pub uuid: Uuid,
+}
+
+/// The path of `/v1/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPath {
+    pub id: Uuid,
+}
+
+/// The path of `/v1/keys/{id}/…`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPath {
+    /// The Ed25519 public key, hex.
+    #[schemars(regex(pattern = KEY_ID_PATTERN))]
+    pub id: String,
+}
+
+/// A bus key id: an Ed25519 public key (32 bytes) in lowercase hex.
+pub const KEY_ID_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// The path of `/v1/apps/{app}/…`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPath {
+    /// The app's name.
+    #[schemars(regex(pattern = crate::kinds::APP_NAME_PATTERN), length(min = 1, max = 40))]
+    pub app: String,
 }
 
 /// Filters of `GET /v1/<kind>s`; all given ones must match.
@@ -60,7 +120,7 @@ pub struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ring: Option<u8>,
+    pub ring: Option<Ring>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,10 +129,16 @@ pub struct ListQuery {
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Uuid>,
-    /// Selector labels, `key=value[,key=value]`.
+    /// Selector labels, `key=value[,key=value]`: every pair must match. Keys end at the
+    /// first `=`; pairs are separated by `,`, which neither keys nor values may hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SELECTOR_PATTERN))]
     pub selector: Option<String>,
 }
+
+/// What a list's `selector` may be: empty, or `key=value` pairs separated by `,` (the
+/// registry's selector parser accepts exactly these).
+pub const SELECTOR_PATTERN: &str = "^([^,=]*=[^,]*(,[^,=]*=[^,]*)*)?$";
 
 /// Query of `DELETE /v1/<kind>s/{uuid}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -80,6 +146,7 @@ pub struct ListQuery {
 pub struct DeleteQuery {
     /// Delete only if the object is still at this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub revision: Option<i64>,
 }
 
@@ -90,6 +157,7 @@ pub struct WatchQuery {
     /// The first revision to deliver; absent means changes after now. A reconnecting client
     /// may send `Last-Event-ID` instead (the last revision it saw).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub from: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<Kind>,
@@ -116,6 +184,7 @@ pub struct WatchEvent {
 /// Everything one store transaction changed: one server-sent event whose id is `revision`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WatchBatch {
+    #[schemars(range(min = 1))]
     pub revision: i64,
     pub events: Vec<WatchEvent>,
 }
@@ -141,8 +210,10 @@ pub struct Problem {
 #[serde(deny_unknown_fields)]
 pub struct TokenCreateRequest {
     /// Who the token speaks for; the principal's memberships give it its roles.
+    #[schemars(schema_with = "crate::validate::label_schema")]
     pub principal: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
     pub description: String,
     /// The account the token acts in, and belongs to. Absent: every account where its creator
     /// holds permissions, and it belongs to the creator's own account.
@@ -335,13 +406,19 @@ pub struct BusMessage {
 pub struct TailQuery {
     /// The ring whose bus to read (default 1).
     #[serde(default = "ring_one")]
-    pub ring: u8,
+    pub ring: Ring,
     /// A topic or pattern: `*` matches one token, `>` the rest.
+    #[schemars(regex(pattern = TOPIC_PATTERN_PATTERN), length(min = 1, max = 256))]
     pub topic: String,
 }
 
-fn ring_one() -> u8 {
-    1
+/// What `topic` of a bus tail may be: tokens of printable ASCII separated by `.`, each `*` or
+/// free of `*` and `>`, the last one possibly `>` (the bus's pattern rules, in ASCII).
+pub const TOPIC_PATTERN_PATTERN: &str =
+    r"^(([\x21-\x29\x2b-\x2d\x2f-\x3d\x3f-\x7e]+|\*)\.)*([\x21-\x29\x2b-\x2d\x2f-\x3d\x3f-\x7e]+|\*|>)$";
+
+fn ring_one() -> Ring {
+    Ring::INFRASTRUCTURE
 }
 
 /// What a parent wants one of its children (a host) to run: the whole set, every time, on the

@@ -12,4 +12,7 @@ mod validate;
 pub use kinds::{Kind, Spec};
 pub use object::{Object, ObjectMeta};
 pub use ring::{Ring, RingError};
-pub use validate::{FieldError, OnDelete, Reference, RingRule, Target, validate_label, validate_labels};
+pub use validate::{
+    FieldError, LABEL_PATTERN, OnDelete, Reference, RingRule, Target, label_schema, labels_schema,
+    optional_label_schema, validate_label, validate_labels,
+};

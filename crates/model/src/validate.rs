@@ -87,6 +87,45 @@ pub struct Target {
 
 const LABEL_MAX: usize = 63;
 
+/// [`validate_label`] as a JSON Schema pattern (ECMA-262 and Python `re` alike), for the
+/// API document; with `maxLength` 63.
+pub const LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$";
+
+/// A selector label key as [`validate_labels`] accepts it: labels joined by `/`; with
+/// `maxLength` 126.
+pub const LABEL_KEY_PATTERN: &str =
+    "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(/[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?)*$";
+
+/// A selector label value: no control characters (Unicode category Cc, which is what
+/// `char::is_control` tests); with `maxLength` 63 (characters).
+pub const LABEL_VALUE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The schema of a label (an object's name).
+pub fn label_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": LABEL_MAX,
+        "pattern": LABEL_PATTERN,
+    })
+}
+
+/// The schema of an optional label: absent or `null` both mean none.
+pub fn optional_label_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = label_schema(g);
+    s.insert("type".into(), serde_json::json!(["string", "null"]));
+    s
+}
+
+/// The schema of selector labels, as [`validate_labels`] checks them.
+pub fn labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": {"maxLength": 2 * LABEL_MAX, "pattern": LABEL_KEY_PATTERN},
+        "additionalProperties": {"type": "string", "maxLength": LABEL_MAX, "pattern": LABEL_VALUE_PATTERN},
+    })
+}
+
 /// A label (an object's name) is 1 to 63 characters of lowercase letters, digits, `-`, `_` and
 /// `.`, starting and ending with a letter or digit, so it can be a DNS label or a host name.
 pub fn validate_label(label: &str) -> Result<(), String> {
@@ -121,7 +160,7 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), FieldErr
                 "a label key is made of lowercase letters, digits, '-', '_', '.' and '/'",
             ));
         }
-        if v.len() > LABEL_MAX || v.chars().any(char::is_control) {
+        if v.chars().count() > LABEL_MAX || v.chars().any(char::is_control) {
             return Err(FieldError::new(
                 format!("labels.{k}"),
                 format!("a label value is at most {LABEL_MAX} printable characters"),

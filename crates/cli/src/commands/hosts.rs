@@ -51,7 +51,8 @@ pub fn can_netns() -> bool {
 
 /// The ring 1 network the hosts live on, and its bridge, up.
 pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork> {
-    let q = ListQuery { ring: Some(1), label: Some("hosts".into()), ..ListQuery::default() };
+    let q =
+        ListQuery { ring: Some(Ring::INFRASTRUCTURE), label: Some("hosts".into()), ..ListQuery::default() };
     let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
     let network = match found.into_iter().next() {
         Some(n) => n,

@@ -259,7 +259,7 @@ async fn shutdown_signal() {
 /// This machine as the ring 0 node, created once and found again on later starts.
 async fn register_machine(cp: &ControlPlane) -> Result<Object<NodeSpec>> {
     let label = machine_label();
-    let q = ListQuery { ring: Some(0), label: Some(label.clone()), ..ListQuery::default() };
+    let q = ListQuery { ring: Some(Ring::META), label: Some(label.clone()), ..ListQuery::default() };
     let (found, _) = cp.registry().list::<NodeSpec>(&q).await?;
     if let Some(node) = found.into_iter().next() {
         return Ok(node);

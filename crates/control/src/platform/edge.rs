@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use enjin_model::Object;
 use enjin_model::api::{
     DNS_TOPIC, DnsRecord, DnsZone, ListQuery, ROUTES_TOPIC, RouteBackend, RouteEntry, RouteTable,
 };
@@ -16,6 +15,7 @@ use enjin_model::kinds::{
     CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec, ObservationState,
     ObservationStrategy, ReleaseSpec, ReleaseState, WEB,
 };
+use enjin_model::{Object, Ring};
 use uuid::Uuid;
 
 use super::{APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL};
@@ -39,13 +39,13 @@ pub struct View {
 
 impl View {
     pub async fn read(registry: &Registry) -> Result<View, PlatformError> {
-        let ring = |r: u8| ListQuery { ring: Some(r), ..ListQuery::default() };
-        let (apps, revision) = registry.list::<CompartmentSpec>(&ring(2)).await?;
+        let ring = |r: Ring| ListQuery { ring: Some(r), ..ListQuery::default() };
+        let (apps, revision) = registry.list::<CompartmentSpec>(&ring(Ring::PLATFORM)).await?;
         let apps =
             apps.into_iter().filter(|c| c.spec.compartment_type == CompartmentType::AppEnvironment).collect();
-        let (releases, _) = registry.list::<ReleaseSpec>(&ring(2)).await?;
-        let (instances, _) = registry.list::<NodeSpec>(&ring(2)).await?;
-        let (hosts, _) = registry.list::<NodeSpec>(&ring(1)).await?;
+        let (releases, _) = registry.list::<ReleaseSpec>(&ring(Ring::PLATFORM)).await?;
+        let (instances, _) = registry.list::<NodeSpec>(&ring(Ring::PLATFORM)).await?;
+        let (hosts, _) = registry.list::<NodeSpec>(&ring(Ring::INFRASTRUCTURE)).await?;
         let (interfaces, _) = registry.list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
         let (observations, _) = registry.list::<NodeObservationSpec>(&ListQuery::default()).await?;
         let mut by_node: HashMap<Uuid, Vec<Object<NodeObservationSpec>>> = HashMap::new();

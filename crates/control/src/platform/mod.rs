@@ -276,7 +276,7 @@ impl Platform {
         now.package_bytes = self.package_bytes(account).await?;
         let q = ListQuery {
             account: Some(account),
-            ring: Some(2),
+            ring: Some(Ring::PLATFORM),
             selector: Some(format!("{APP_LABEL}={app}")),
             ..ListQuery::default()
         };
@@ -397,7 +397,7 @@ impl Platform {
         }
         let system = self.registry.system_account().await?;
         let q = ListQuery {
-            ring: Some(2),
+            ring: Some(Ring::PLATFORM),
             label: Some(name.to_string()),
             account: Some(system),
             ..ListQuery::default()
@@ -425,7 +425,7 @@ impl Platform {
         if caller.operator {
             return Ok(());
         }
-        let q = ListQuery { ring: Some(1), ..ListQuery::default() };
+        let q = ListQuery { ring: Some(Ring::INFRASTRUCTURE), ..ListQuery::default() };
         let (hosts, _) = self.registry.list::<NodeSpec>(&q).await?;
         let mut hosts: Vec<&Object<NodeSpec>> = hosts.iter().filter(|h| runs_instances(h)).collect();
         if hosts.iter().any(|h| Sandbox::of(&h.meta.labels) == Sandbox::UnixUser) {
@@ -462,7 +462,7 @@ impl Platform {
         create: bool,
     ) -> Result<Object<CompartmentSpec>, PlatformError> {
         let q = ListQuery {
-            ring: Some(2),
+            ring: Some(Ring::PLATFORM),
             label: Some(name.to_string()),
             account: Some(account),
             ..ListQuery::default()
@@ -496,7 +496,7 @@ impl Platform {
     async fn tier(&self, app: &str, account: Uuid, process: &str) -> Result<Uuid, PlatformError> {
         let label = format!("{app}-{process}");
         let q = ListQuery {
-            ring: Some(2),
+            ring: Some(Ring::PLATFORM),
             label: Some(label.clone()),
             account: Some(account),
             ..ListQuery::default()
@@ -809,7 +809,11 @@ impl Platform {
 
     /// Ring 2 nodes carrying `key=value`.
     async fn instances_where(&self, key: &str, value: &str) -> Result<Vec<Object<NodeSpec>>, PlatformError> {
-        let q = ListQuery { ring: Some(2), selector: Some(format!("{key}={value}")), ..ListQuery::default() };
+        let q = ListQuery {
+            ring: Some(Ring::PLATFORM),
+            selector: Some(format!("{key}={value}")),
+            ..ListQuery::default()
+        };
         Ok(self.registry.list::<NodeSpec>(&q).await?.0)
     }
 

@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use enjin_model::Kind;
 use enjin_model::api::{
-    AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList, RollbackRequest,
-    RolloutStarted, ScaleRequest, UploadQuery,
+    AppList, AppPath, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList,
+    RollbackRequest, RolloutStarted, ScaleRequest, UploadQuery,
 };
 use enjin_model::kinds::{Resource, Verb};
 use uuid::Uuid;
@@ -119,7 +119,7 @@ pub async fn upload(
 pub async fn deploy(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     if req.manifest.name != app {
@@ -156,7 +156,7 @@ pub async fn deploy(
 pub async fn rollback(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
@@ -171,7 +171,7 @@ pub async fn rollback(
 pub async fn restart(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::Create).await?;
@@ -181,7 +181,7 @@ pub async fn restart(
 pub async fn scale(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiJson(req): ApiJson<ScaleRequest>,
 ) -> Result<(StatusCode, Extension<AuditAccount>, Json<RolloutStarted>), ApiError> {
     let p = platform(&state)?;
@@ -205,7 +205,7 @@ pub async fn list(
 pub async fn status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<Json<AppStatus>, ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::Get).await?;
@@ -215,7 +215,7 @@ pub async fn status(
 pub async fn releases(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
 ) -> Result<Json<ReleaseList>, ApiError> {
     let p = platform(&state)?;
     let caller = app_for(p, &principal, &app, Verb::List).await?;
@@ -228,7 +228,7 @@ pub async fn releases(
 pub async fn logs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(app): ApiPath<String>,
+    ApiPath(AppPath { app }): ApiPath<AppPath>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<LogsReply>, ApiError> {
     let p = platform(&state)?;

@@ -21,14 +21,25 @@ pub async fn tail(
     topic::validate_pattern(&q.topic).map_err(|e| {
         ApiError::bad_request(format!("invalid topic {:?}: {e}", q.topic)).with_field("topic")
     })?;
-    let authority = state.bus.as_ref().filter(|b| b.ring() == q.ring).ok_or_else(|| {
+    // The API document promises ASCII patterns, so that its length limit (in characters) is the
+    // bus's (in bytes).
+    if !q.topic.is_ascii() {
+        return Err(ApiError::bad_request(format!("invalid topic {:?}: tail patterns are ASCII", q.topic))
+            .with_field("topic"));
+    }
+    let no_bus = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("this server runs no bus for ring {}", q.ring),
         )
+    };
+    let authority = state.bus.as_ref().filter(|b| b.ring() == q.ring.get()).ok_or_else(no_bus)?;
+    // A key service without a hub (`enjin server`) has no bus to tail, as for another ring.
+    let rx = authority.tail().map_err(|e| match e {
+        crate::bus::BusError::NoHub => no_bus(),
+        e => e.into(),
     })?;
-    let rx = authority.tail()?;
     let stopping = state.stopping.clone();
     let pattern = q.topic;
     let stream =

@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use enjin_model::api::{
-    JoinRequest, JoinResponse, JoinTokenCreateRequest, JoinTokenCreated, KeyInfo, KeyList, RotateRequest,
+    JoinRequest, JoinResponse, JoinTokenCreateRequest, JoinTokenCreated, KeyInfo, KeyList, KeyPath,
+    RotateRequest,
 };
 
 use super::AppState;
@@ -26,7 +27,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<KeyList>, ApiErr
 
 pub async fn rotate(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(KeyPath { id }): ApiPath<KeyPath>,
     ApiJson(req): ApiJson<RotateRequest>,
 ) -> Result<Json<KeyInfo>, ApiError> {
     let overlap = req.overlap_seconds.map_or(DEFAULT_OVERLAP, std::time::Duration::from_secs);
@@ -35,7 +36,7 @@ pub async fn rotate(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(KeyPath { id }): ApiPath<KeyPath>,
 ) -> Result<Json<KeyInfo>, ApiError> {
     Ok(Json(authority(&state)?.revoke(&id).await?))
 }

@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use enjin_model::api::{
     BusMessage, CreateRequest, DeleteQuery, Health, JoinRequest, JoinResponse, JoinTokenCreateRequest,
-    JoinTokenCreated, KeyInfo, KeyList, List, ListQuery, RotateRequest, TailQuery, TokenCreateRequest,
-    TokenCreated, TokenList, UpdateRequest, WatchBatch, WatchQuery,
+    JoinTokenCreated, KeyInfo, KeyList, KeyPath, List, ListQuery, ObjectPath, Problem, RotateRequest,
+    TailQuery, TokenCreateRequest, TokenCreated, TokenList, TokenPath, UpdateRequest, WatchBatch, WatchQuery,
 };
 use enjin_model::kinds::{Resource, Verb};
 use enjin_model::{Kind, Object, Spec, with_spec_type};
@@ -72,10 +72,22 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 /// What a route answers with on success.
 #[derive(Debug, Clone, Copy)]
 pub enum Success {
-    Json(u16, SchemaFn),
+    /// JSON of this schema, with any of these statuses.
+    Json(&'static [u16], SchemaFn),
     NoContent,
-    EventStream(SchemaFn),
+    /// Server-sent events: each listed event name with the schema of its JSON data; events
+    /// named `None` carry plain text.
+    EventStream(&'static [(&'static str, Option<SchemaFn>)]),
     Text,
+}
+
+/// What a route takes as its request body.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// JSON of this schema (`application/json`, at most [`enjin_model::api::MAX_BODY_BYTES`]).
+    Json(SchemaFn),
+    /// Bytes of any kind, at least one.
+    Binary,
 }
 
 /// One route, as served and as documented.
@@ -87,10 +99,14 @@ pub struct RouteDef {
     pub operation_id: String,
     pub summary: String,
     pub tag: String,
+    /// The path parameters, as one object whose properties are named as in `path`.
+    pub path_params: Option<SchemaFn>,
     pub query: Option<SchemaFn>,
-    pub body: Option<SchemaFn>,
+    pub body: Option<Body>,
     pub success: Success,
-    /// Error statuses this route can answer with besides 401 and 403.
+    /// Error statuses this route's handler can answer with besides those that follow from the
+    /// rest of the row (`openapi::implied_errors`: 401, 403 and 429 where guarded, 400 for a
+    /// query or body, 404 for a path, 413 and 415 for a body).
     pub errors: Vec<u16>,
     pub handler: MethodRouter<AppState>,
 }
@@ -112,10 +128,11 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
                 k.name()
             ),
             tag: tag.clone(),
+            path_params: None,
             query: Some(schema::<ListQuery>),
             body: None,
-            success: Success::Json(200, schema::<List<S>>),
-            errors: vec![400],
+            success: Success::Json(&[200], schema::<List<S>>),
+            errors: vec![],
             handler: get(objects::list::<S>),
         },
         RouteDef {
@@ -125,10 +142,11 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
             operation_id: format!("create{}", k.title()),
             summary: format!("Create a {}", k.name()),
             tag: tag.clone(),
+            path_params: None,
             query: None,
-            body: Some(schema::<CreateRequest<S>>),
-            success: Success::Json(201, schema::<Object<S>>),
-            errors: vec![400, 409, 413, 415, 422],
+            body: Some(Body::Json(schema::<CreateRequest<S>>)),
+            success: Success::Json(&[201], schema::<Object<S>>),
+            errors: write_errors(k),
             handler: post(objects::create::<S>),
         },
         RouteDef {
@@ -138,10 +156,11 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
             operation_id: format!("get{}", k.title()),
             summary: format!("Get a {}", k.name()),
             tag: tag.clone(),
+            path_params: Some(schema::<ObjectPath>),
             query: None,
             body: None,
-            success: Success::Json(200, schema::<Object<S>>),
-            errors: vec![404],
+            success: Success::Json(&[200], schema::<Object<S>>),
+            errors: vec![],
             handler: get(objects::get::<S>),
         },
         RouteDef {
@@ -154,10 +173,11 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
                 k.name()
             ),
             tag: tag.clone(),
+            path_params: Some(schema::<ObjectPath>),
             query: None,
-            body: Some(schema::<UpdateRequest<S>>),
-            success: Success::Json(200, schema::<Object<S>>),
-            errors: vec![400, 404, 409, 413, 415, 422],
+            body: Some(Body::Json(schema::<UpdateRequest<S>>)),
+            success: Success::Json(&[200], schema::<Object<S>>),
+            errors: write_errors(k),
             handler: put(objects::update::<S>),
         },
         RouteDef {
@@ -167,14 +187,34 @@ fn kind_routes<S: Spec>() -> Vec<RouteDef> {
             operation_id: format!("delete{}", k.title()),
             summary: format!("Delete a {}; refused while other objects refer to it", k.name()),
             tag,
+            path_params: Some(schema::<ObjectPath>),
             query: Some(schema::<DeleteQuery>),
             body: None,
             success: Success::NoContent,
-            errors: vec![404, 409],
+            errors: vec![409],
             handler: delete(objects::delete::<S>),
         },
     ]
 }
+
+/// What a create or update of `kind` can be refused with besides the implied statuses: a
+/// conflict (label taken, stale revision, lost races) or a broken rule, and for nodes 503 when
+/// every instance uid is taken.
+fn write_errors(kind: Kind) -> Vec<u16> {
+    let mut errors = vec![409, 422];
+    if kind == Kind::Node {
+        errors.push(503);
+    }
+    errors
+}
+
+/// The events of `GET /v1/watch`: one `batch` per store transaction, and a last `error` when
+/// the watch cannot go on (410 when it fell behind compaction).
+const WATCH_EVENTS: &[(&str, Option<SchemaFn>)] =
+    &[("batch", Some(schema::<WatchBatch>)), ("error", Some(schema::<Problem>))];
+
+/// The events of `GET /v1/bus/tail`: verified messages, and a note when the tail fell behind.
+const TAIL_EVENTS: &[(&str, Option<SchemaFn>)] = &[("message", Some(schema::<BusMessage>)), ("lagged", None)];
 
 /// Every route of the API.
 pub fn table() -> Vec<RouteDef> {
@@ -186,9 +226,10 @@ pub fn table() -> Vec<RouteDef> {
         operation_id: "health".into(),
         summary: "Liveness; needs no token".into(),
         tag: "System".into(),
+        path_params: None,
         query: None,
         body: None,
-        success: Success::Json(200, schema::<Health>),
+        success: Success::Json(&[200], schema::<Health>),
         errors: vec![],
         handler: get(system::health),
     }];
@@ -205,7 +246,8 @@ pub fn table() -> Vec<RouteDef> {
             tag: "Account".into(),
             query: None,
             body: None,
-            success: Success::Json(200, schema::<enjin_model::api::AccountStatusList>),
+            success: Success::Json(&[200], schema::<enjin_model::api::AccountStatusList>),
+            path_params: None,
             errors: vec![],
             handler: get(accounts::status),
         },
@@ -218,10 +260,11 @@ pub fn table() -> Vec<RouteDef> {
                       with the revision as its id; resume with `from` or `Last-Event-ID`"
                 .into(),
             tag: "Watch".into(),
+            path_params: None,
             query: Some(schema::<WatchQuery>),
             body: None,
-            success: Success::EventStream(schema::<WatchBatch>),
-            errors: vec![400, 410],
+            success: Success::EventStream(WATCH_EVENTS),
+            errors: vec![410],
             handler: get(watch::watch),
         },
         RouteDef {
@@ -231,9 +274,10 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "listTokens".into(),
             summary: "List API tokens (never their secrets)".into(),
             tag: "Token".into(),
+            path_params: None,
             query: None,
             body: None,
-            success: Success::Json(200, schema::<TokenList>),
+            success: Success::Json(&[200], schema::<TokenList>),
             errors: vec![],
             handler: get(tokens::list),
         },
@@ -244,10 +288,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "createToken".into(),
             summary: "Issue an API token for a principal; the secret is in this response only".into(),
             tag: "Token".into(),
+            path_params: None,
             query: None,
-            body: Some(schema::<TokenCreateRequest>),
-            success: Success::Json(201, schema::<TokenCreated>),
-            errors: vec![400, 413, 415, 422],
+            body: Some(Body::Json(schema::<TokenCreateRequest>)),
+            success: Success::Json(&[201], schema::<TokenCreated>),
+            errors: vec![409, 422],
             handler: post(tokens::create),
         },
         RouteDef {
@@ -257,10 +302,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "revokeToken".into(),
             summary: "Revoke an API token".into(),
             tag: "Token".into(),
+            path_params: Some(schema::<TokenPath>),
             query: None,
             body: None,
             success: Success::NoContent,
-            errors: vec![404],
+            errors: vec![409],
             handler: delete(tokens::revoke),
         },
         RouteDef {
@@ -270,9 +316,10 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "listKeys".into(),
             summary: "List bus identities: public keys, roles and states".into(),
             tag: "Key".into(),
+            path_params: None,
             query: None,
             body: None,
-            success: Success::Json(200, schema::<KeyList>),
+            success: Success::Json(&[200], schema::<KeyList>),
             errors: vec![503],
             handler: get(keys::list),
         },
@@ -283,10 +330,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "rotateKey".into(),
             summary: "Replace a key this machine holds; the old one stays accepted for the overlap".into(),
             tag: "Key".into(),
+            path_params: Some(schema::<KeyPath>),
             query: None,
-            body: Some(schema::<RotateRequest>),
-            success: Success::Json(200, schema::<KeyInfo>),
-            errors: vec![400, 404, 409, 503],
+            body: Some(Body::Json(schema::<RotateRequest>)),
+            success: Success::Json(&[200], schema::<KeyInfo>),
+            errors: vec![409, 503],
             handler: post(keys::rotate),
         },
         RouteDef {
@@ -296,10 +344,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "revokeKey".into(),
             summary: "Revoke a key: every node of its ring stops accepting it".into(),
             tag: "Key".into(),
+            path_params: Some(schema::<KeyPath>),
             query: None,
             body: None,
-            success: Success::Json(200, schema::<KeyInfo>),
-            errors: vec![404, 409, 503],
+            success: Success::Json(&[200], schema::<KeyInfo>),
+            errors: vec![409, 503],
             handler: post(keys::revoke),
         },
         RouteDef {
@@ -309,10 +358,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "createJoinToken".into(),
             summary: "Issue a single-use, expiring token for a child to join a ring under a parent".into(),
             tag: "Key".into(),
+            path_params: None,
             query: None,
-            body: Some(schema::<JoinTokenCreateRequest>),
-            success: Success::Json(201, schema::<JoinTokenCreated>),
-            errors: vec![400, 413, 415, 422],
+            body: Some(Body::Json(schema::<JoinTokenCreateRequest>)),
+            success: Success::Json(&[201], schema::<JoinTokenCreated>),
+            errors: vec![409, 422],
             handler: post(keys::create_join_token),
         },
         RouteDef {
@@ -324,10 +374,11 @@ pub fn table() -> Vec<RouteDef> {
                 "Join a ring with a join token: whitelist a public key, sign a CSR, get the trust bundle"
                     .into(),
             tag: "Key".into(),
+            path_params: None,
             query: None,
-            body: Some(schema::<JoinRequest>),
-            success: Success::Json(200, schema::<JoinResponse>),
-            errors: vec![400, 409, 413, 415, 422, 503],
+            body: Some(Body::Json(schema::<JoinRequest>)),
+            success: Success::Json(&[200], schema::<JoinResponse>),
+            errors: vec![409, 422, 503],
             handler: post(keys::join),
         },
         RouteDef {
@@ -337,10 +388,11 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "tailBus".into(),
             summary: "Follow verified messages on a bus topic as server-sent events".into(),
             tag: "Bus".into(),
+            path_params: None,
             query: Some(schema::<TailQuery>),
             body: None,
-            success: Success::EventStream(schema::<BusMessage>),
-            errors: vec![400, 404, 503],
+            success: Success::EventStream(TAIL_EVENTS),
+            errors: vec![404],
             handler: get(bus::tail),
         },
         RouteDef {
@@ -354,7 +406,8 @@ pub fn table() -> Vec<RouteDef> {
             tag: "Audit".into(),
             query: Some(schema::<enjin_model::api::AuditQuery>),
             body: None,
-            success: Success::Json(200, schema::<enjin_model::api::AuditList>),
+            success: Success::Json(&[200], schema::<enjin_model::api::AuditList>),
+            path_params: None,
             errors: vec![400, 500, 503],
             handler: get(audit::list),
         },
@@ -365,9 +418,10 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "openapi".into(),
             summary: "This document".into(),
             tag: "System".into(),
+            path_params: None,
             query: None,
             body: None,
-            success: Success::Json(200, schema::<serde_json::Value>),
+            success: Success::Json(&[200], schema::<serde_json::Value>),
             errors: vec![],
             handler: get(system::openapi),
         },
@@ -378,6 +432,7 @@ pub fn table() -> Vec<RouteDef> {
             operation_id: "metrics".into(),
             summary: "Prometheus metrics in text format".into(),
             tag: "System".into(),
+            path_params: None,
             query: None,
             body: None,
             success: Success::Text,
@@ -480,11 +535,12 @@ fn app_route(
     perm: (Verb, Kind),
     id: &str,
     summary: &str,
-    body: Option<SchemaFn>,
+    body: Option<Body>,
     success: Success,
     errors: Vec<u16>,
     handler: MethodRouter<AppState>,
 ) -> RouteDef {
+    let path_params = path.contains("{app}").then_some(schema::<enjin_model::api::AppPath> as SchemaFn);
     RouteDef {
         method,
         path,
@@ -492,6 +548,7 @@ fn app_route(
         operation_id: id.into(),
         summary: summary.into(),
         tag: "App".into(),
+        path_params,
         query: None,
         body,
         success,
@@ -507,20 +564,19 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
         AppList, AppStatus, DeployRequest, LogsQuery, LogsReply, PackageUploaded, ReleaseList,
         RollbackRequest, RolloutStarted, ScaleRequest,
     };
-    let started = Success::Json(202, schema::<RolloutStarted>);
-    let change = vec![400, 404, 409, 413, 415, 422, 503];
+    let started = Success::Json(&[202], schema::<RolloutStarted>);
+    let change = vec![409, 422, 503];
     let mut upload = app_route(
         Method::POST,
         format!("/{v}/packages"),
         (Verb::Create, Kind::Release),
         "uploadPackage",
-        "Store an app package (tar + zstd) in the content-addressed package store; identical bytes are kept once",
-        None,
-        Success::Json(201, schema::<PackageUploaded>),
-        vec![400, 413, 503],
+        "Store an app package (tar + zstd) in the content-addressed package store; identical bytes are kept once (200 instead of 201)",
+        Some(Body::Binary),
+        Success::Json(&[200, 201], schema::<PackageUploaded>),
+        vec![503],
         post(apps::upload).layer(axum::extract::DefaultBodyLimit::max(crate::platform::MAX_PACKAGE_BYTES)),
     );
-    upload.errors.push(200);
     upload.query = Some(schema::<enjin_model::api::UploadQuery>);
     let mut logs = app_route(
         Method::GET,
@@ -529,8 +585,8 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
         "appLogs",
         "Lines the app's instances wrote, with times and instance ids, from the hosts that run them",
         None,
-        Success::Json(200, schema::<LogsReply>),
-        vec![400, 404, 422, 503],
+        Success::Json(&[200], schema::<LogsReply>),
+        vec![422, 503, 504],
         get(apps::logs),
     );
     logs.query = Some(schema::<LogsQuery>);
@@ -542,7 +598,7 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             (Verb::Create, Kind::Release),
             "deployApp",
             "Deploy a new release from an uploaded package: a rollout task starts it beside the live one",
-            Some(schema::<DeployRequest>),
+            Some(Body::Json(schema::<DeployRequest>)),
             started,
             change.clone(),
             post(apps::deploy),
@@ -553,7 +609,7 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             (Verb::Create, Kind::Release),
             "rollbackApp",
             "Deploy an earlier release's code and configuration again, as a new release",
-            Some(schema::<RollbackRequest>),
+            Some(Body::Json(schema::<RollbackRequest>)),
             started,
             change.clone(),
             post(apps::rollback),
@@ -575,7 +631,7 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             (Verb::Update, Kind::Release),
             "scaleApp",
             "Set the instance counts of the live release's process types",
-            Some(schema::<ScaleRequest>),
+            Some(Body::Json(schema::<ScaleRequest>)),
             started,
             change,
             post(apps::scale),
@@ -587,7 +643,7 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             "listApps",
             "Every app with its live release and instances",
             None,
-            Success::Json(200, schema::<AppList>),
+            Success::Json(&[200], schema::<AppList>),
             vec![503],
             get(apps::list),
         ),
@@ -598,8 +654,8 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             "appStatus",
             "An app's live release, instances (health, host, address, CPU and memory) and traffic",
             None,
-            Success::Json(200, schema::<AppStatus>),
-            vec![404, 503],
+            Success::Json(&[200], schema::<AppStatus>),
+            vec![503],
             get(apps::status),
         ),
         app_route(
@@ -609,8 +665,8 @@ fn app_routes(v: &str) -> Vec<RouteDef> {
             "listAppReleases",
             "An app's releases, newest first",
             None,
-            Success::Json(200, schema::<ReleaseList>),
-            vec![404, 503],
+            Success::Json(&[200], schema::<ReleaseList>),
+            vec![503],
             get(apps::releases),
         ),
         logs,

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
-use enjin_model::api::{CreateRequest, DeleteQuery, List, ListQuery, UpdateRequest};
+use enjin_model::api::{CreateRequest, DeleteQuery, List, ListQuery, ObjectPath, UpdateRequest};
 use enjin_model::kinds::{
     CompartmentSpec, CompartmentType, MembershipSpec, NodeSpec, Resource, RoleSpec, Strategy, Verb,
 };
@@ -79,7 +79,7 @@ pub async fn list<S: Spec>(
 pub async fn get<S: Spec>(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
 ) -> Result<Json<Object<S>>, ApiError> {
     let obj = state.registry.get::<S>(uuid).await?;
     check(&principal, Verb::Get, &obj.meta)?;
@@ -119,7 +119,7 @@ pub async fn create<S: Spec>(
 pub async fn update<S: Spec>(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
     ApiJson(req): ApiJson<UpdateRequest<S>>,
 ) -> Result<(Extension<AuditAccount>, Json<Object<S>>), ApiError> {
     let old = state.registry.get::<S>(uuid).await?;
@@ -142,7 +142,7 @@ pub async fn update<S: Spec>(
 pub async fn delete<S: Spec>(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(uuid): ApiPath<Uuid>,
+    ApiPath(ObjectPath { uuid }): ApiPath<ObjectPath>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<(StatusCode, Extension<AuditAccount>), ApiError> {
     let old = state.registry.get::<S>(uuid).await?;

@@ -5,9 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
-use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList};
+use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList, TokenPath};
 use enjin_model::kinds::{Resource, Verb};
-use uuid::Uuid;
 
 use super::AppState;
 use crate::auth::Principal;
@@ -44,7 +43,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiPath(id): ApiPath<Uuid>,
+    ApiPath(TokenPath { id }): ApiPath<TokenPath>,
 ) -> Result<StatusCode, ApiError> {
     let token = state.auth.list().await?.into_iter().find(|t| t.id == id);
     let Some(token) = token.filter(|t| principal.allows(Verb::List, Resource::Token, t.account)) else {

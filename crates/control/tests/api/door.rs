@@ -250,7 +250,8 @@ async fn every_route_that_takes_a_body_refuses_one_over_its_limit_with_413() {
     let doc = s.get("/v1/openapi.json").await.body;
     let oversize = format!("{{\"x\":\"{}\"}}", "a".repeat(enjin_model::api::MAX_BODY_BYTES));
     let mut checked = 0;
-    for (method, path) in body_routes(&doc) {
+    // The package upload's limit is 512 MiB, not 1 MiB: the Content-Length test covers it.
+    for (method, path) in body_routes(&doc).into_iter().filter(|(_, p)| p != "/v1/packages") {
         let url = s.url(
             &path
                 .replace("{uuid}", &Uuid::new_v4().to_string())

@@ -26,8 +26,8 @@ pub use node::{
     RestartKind, RestartPolicy, RunSpec, Strategy,
 };
 pub use release::{
-    AppManifest, HealthCheck, HealthKind, MAX_INSTANCES, PackageRef, ProcessType, ReleaseSpec, ReleaseState,
-    WEB, valid_app_name, validate_manifest,
+    APP_NAME_PATTERN, AppManifest, HealthCheck, HealthKind, MAX_INSTANCES, PackageRef, ProcessType,
+    ReleaseSpec, ReleaseState, WEB, valid_app_name, validate_manifest,
 };
 pub use task::{TaskKind, TaskProgress, TaskSpec, TaskState};
 pub use tenancy::{AccountSpec, MembershipSpec, PermSet, Permission, Quota, Resource, RoleSpec, Verb};
@@ -224,10 +224,15 @@ pub(crate) fn no_duplicates(field: &str, ids: &[Uuid]) -> Result<(), FieldError>
     Ok(())
 }
 
-/// Refuses free text that is too long or has control characters.
+/// [`text`]'s rule on characters as a JSON Schema pattern: no control characters but tab
+/// and newline. Fields checked by [`text`] carry it with their `maxLength`.
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$";
+
+/// Refuses free text that is too long (in characters, as JSON Schema's `maxLength` counts) or
+/// has control characters.
 pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
-    if value.len() > max {
-        return Err(FieldError::new(field, format!("is longer than {max} bytes")));
+    if value.chars().count() > max {
+        return Err(FieldError::new(field, format!("is longer than {max} characters")));
     }
     if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(FieldError::new(field, "contains control characters"));

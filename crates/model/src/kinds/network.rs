@@ -10,13 +10,82 @@ use crate::{FieldError, OnDelete, Reference, Ring, RingRule, Target};
 
 /// An address range such as `10.80.0.0/24` or `fd00::/64`; host bits must be zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
-#[schemars(with = "String")]
+#[schemars(with = "String", extend("pattern" = CIDR_PATTERN))]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
 }
 
+/// An IPv4 address as Rust parses one: four decimal octets without leading zeros.
+macro_rules! ipv4_re {
+    () => {
+        r"((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+    };
+}
+
+/// An IPv6 address in the hexadecimal forms (full, or with one `::`), without a zone.
+macro_rules! ipv6_re {
+    () => {
+        concat!(
+            r"(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+            r"|([0-9a-fA-F]{1,4}:){1,7}:",
+            r"|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+            r"|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+            r"|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+            r"|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+            r"|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+            r"|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+            r"|:((:[0-9a-fA-F]{1,4}){1,7}|:))"
+        )
+    };
+}
+
+/// What [`Cidr`]'s parser takes, as a JSON Schema pattern: an IPv4 address and a prefix of
+/// 0–32, or an IPv6 address and a prefix of 0–128, the prefix without leading zeros. That
+/// host bits are zero is a rule checked on write (422), not part of the syntax.
+pub const CIDR_PATTERN: &str =
+    concat!("^(", ipv4_re!(), r"/(3[0-2]|[12]?[0-9])|", ipv6_re!(), r"/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$");
+
 impl Cidr {
+    /// Parses `addr/prefix` without the host-bits rule, as the API reads it: that rule is
+    /// checked on write ([`Cidr::check_host_bits`]), naming the field.
+    pub fn parse_syntax(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) =
+            s.split_once('/').ok_or_else(|| format!("{s:?} is not an address range like 10.0.0.0/24"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let digits = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
+        let prefix: u8 = Some(prefix)
+            .filter(|p| digits && (*p == "0" || !p.starts_with('0')))
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix length {prefix:?} must be a number from 0 to {max}"))?;
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// The network address of the range: the address with its host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+
+    /// Refuses a range whose address has host bits set (`10.0.0.1/24`).
+    pub fn check_host_bits(&self) -> Result<(), String> {
+        let network = self.network();
+        if network != self.addr {
+            return Err(format!("{self} has host bits set; did you mean {network}/{}?", self.prefix));
+        }
+        Ok(())
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -41,30 +110,10 @@ impl fmt::Display for Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
 
+    /// The syntax and the host-bits rule together, for configuration and the command line.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) =
-            s.split_once('/').ok_or_else(|| format!("{s:?} is not an address range like 10.0.0.0/24"))?;
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("prefix length {prefix:?} must be a number from 0 to {max}"))?;
-        let cidr = Cidr { addr, prefix };
-        let network = match addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & mask))
-            }
-        };
-        if network != addr {
-            return Err(format!("{s} has host bits set; did you mean {network}/{prefix}?"));
-        }
+        let cidr = Cidr::parse_syntax(s)?;
+        cidr.check_host_bits()?;
         Ok(cidr)
     }
 }
@@ -77,7 +126,7 @@ impl Serialize for Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        Cidr::parse_syntax(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -107,6 +156,7 @@ impl Spec for NetworkSpec {
     const KIND: Kind = Kind::Network;
 
     fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
+        self.cidr.check_host_bits().map_err(|m| FieldError::new("spec.cidr", m))?;
         no_duplicates("spec.compartments", &self.compartments)?;
         match self.strategy {
             NetworkStrategy::Local if self.compartments.len() > 1 => Err(FieldError::new(
@@ -155,12 +205,13 @@ pub struct NetworkInterfaceSpec {
     pub addresses: Vec<IpAddr>,
     /// A MAC address such as `02:00:00:00:00:01`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"))]
     pub mac: Option<String>,
 }
 
 fn valid_mac(mac: &str) -> bool {
     let parts: Vec<&str> = mac.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Spec for NetworkInterfaceSpec {
@@ -212,6 +263,7 @@ impl Spec for NetworkInterfaceSpec {
 pub struct AccessRuleSetSpec {
     pub network: Uuid,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
 }
 
@@ -252,10 +304,47 @@ pub enum Protocol {
 
 /// A port or an inclusive range: `443` or `8000-8100`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
-#[schemars(with = "String")]
+#[schemars(with = "String", extend("pattern" = PORT_RANGE_PATTERN))]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
+}
+
+/// A port from 1 to 65535 in decimal without leading zeros.
+macro_rules! port_re {
+    () => {
+        r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+    };
+}
+
+/// What [`PortRange`]'s parser takes, as a JSON Schema pattern: a port or `first-last`. That
+/// the range does not run backwards is a rule checked on write (422).
+pub const PORT_RANGE_PATTERN: &str = concat!("^", port_re!(), "(-", port_re!(), ")?$");
+
+impl PortRange {
+    /// Parses `port` or `first-last` without the order rule, as the API reads it: that rule is
+    /// checked on write ([`PortRange::check_order`]), naming the field.
+    pub fn parse_syntax(s: &str) -> Result<PortRange, String> {
+        let port = |p: &str| {
+            Some(p)
+                .filter(|p| !p.is_empty() && !p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        Ok(PortRange { first, last })
+    }
+
+    /// Refuses a range that runs backwards (`90-80`).
+    pub fn check_order(&self) -> Result<(), String> {
+        if self.first > self.last {
+            return Err(format!("port range {}-{} runs backwards", self.first, self.last));
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for PortRange {
@@ -271,22 +360,11 @@ impl fmt::Display for PortRange {
 impl std::str::FromStr for PortRange {
     type Err = String;
 
+    /// The syntax and the order rule together, for the command line.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let port = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"))
-        };
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(s)?, port(s)?),
-        };
-        if first > last {
-            return Err(format!("port range {s} runs backwards"));
-        }
-        Ok(PortRange { first, last })
+        let range = PortRange::parse_syntax(s.trim())?;
+        range.check_order()?;
+        Ok(range)
     }
 }
 
@@ -298,7 +376,7 @@ impl Serialize for PortRange {
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        PortRange::parse_syntax(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -336,6 +414,12 @@ impl Spec for AccessRuleSpec {
     fn validate(&self, _ring: Ring) -> Result<(), FieldError> {
         if self.ports.is_some() && !matches!(self.protocol, Protocol::Tcp | Protocol::Udp) {
             return Err(FieldError::new("spec.ports", "ports need protocol tcp or udp"));
+        }
+        if let Some(ports) = &self.ports {
+            ports.check_order().map_err(|m| FieldError::new("spec.ports", m))?;
+        }
+        if let Some(peer) = &self.peer {
+            peer.check_host_bits().map_err(|m| FieldError::new("spec.peer", m))?;
         }
         Ok(())
     }

@@ -397,6 +397,7 @@ pub struct NodeObservationSpec {
     pub state: ObservationState,
     pub observed_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub message: String,
 }
 

@@ -81,6 +81,7 @@ impl Default for HealthCheck {
 pub struct ProcessType {
     /// A shell command line, run with `/bin/sh -c` in the app's directory; `$PORT` is the
     /// port ring 1 gave the instance.
+    #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub command: String,
     #[serde(default = "one")]
     pub instances: u32,
@@ -113,12 +114,15 @@ pub const WEB: &str = "web";
 #[serde(deny_unknown_fields)]
 pub struct AppManifest {
     /// The app's name: a DNS label, its host name under the router's domain.
+    #[schemars(regex(pattern = APP_NAME_PATTERN), length(min = 1, max = 40))]
     pub name: String,
     /// A command `enjin deploy` runs in the app's directory before packing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub build: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    #[schemars(extend("propertyNames" = {"pattern": APP_NAME_PATTERN, "maxLength": 40}))]
     pub processes: BTreeMap<String, ProcessType>,
 }
 
@@ -127,6 +131,7 @@ pub struct AppManifest {
 #[serde(deny_unknown_fields)]
 pub struct PackageRef {
     /// `sha256:` and 64 lowercase hex digits of the packed (tar + zstd) bytes.
+    #[schemars(regex(pattern = "^sha256:[0-9a-f]{64}$"))]
     pub digest: String,
     pub size: u64,
 }
@@ -165,6 +170,7 @@ pub struct ReleaseSpec {
     pub state: ReleaseState,
     /// How it came about: `deploy`, `rollback to v2`, `restart`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
 }
 
@@ -201,6 +207,9 @@ impl Spec for ReleaseSpec {
 
 /// Whether `name` can be an app or process name: a lowercase DNS label that starts with a
 /// letter.
+/// [`valid_app_name`] as a JSON Schema pattern; with `maxLength` 40.
+pub const APP_NAME_PATTERN: &str = "^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$";
+
 pub fn valid_app_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()

@@ -49,6 +49,7 @@ pub struct TaskProgress {
     /// 0 while the amount of work is unknown.
     pub total: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub message: String,
 }
 
@@ -71,6 +72,7 @@ pub struct TaskSpec {
     pub result: Option<serde_json::Value>,
     /// Why a failed task failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384), regex(pattern = super::TEXT_PATTERN))]
     pub error: Option<String>,
 }
 

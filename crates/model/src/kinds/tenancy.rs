@@ -14,6 +14,7 @@ use crate::{FieldError, OnDelete, Reference, Ring, RingRule, validate_label};
 #[serde(deny_unknown_fields)]
 pub struct AccountSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
     /// What the account's objects may use at most; an absent limit is no limit.
     #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
@@ -88,8 +89,7 @@ impl Verb {
 }
 
 /// What a permission applies to: a kind, API tokens, the API document, metrics, or anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
-#[schemars(with = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resource {
     Kind(Kind),
     Token,
@@ -111,16 +111,48 @@ pub enum Resource {
 impl Resource {
     /// Every resource but the wildcard.
     pub fn concrete() -> impl Iterator<Item = Resource> {
-        Kind::ALL.into_iter().map(Resource::Kind).chain([
-            Resource::Token,
-            Resource::Key,
-            Resource::JoinToken,
-            Resource::Join,
-            Resource::Bus,
-            Resource::OpenApi,
-            Resource::Metrics,
-            Resource::Audit,
-        ])
+        let others = Resource::OTHERS.into_iter().map(|(_, r)| r).filter(|r| *r != Resource::Any);
+        Kind::ALL.into_iter().map(Resource::Kind).chain(others)
+    }
+
+    /// Every resource that is not a kind, by the name a role spells it with.
+    const OTHERS: [(&'static str, Resource); 9] = [
+        ("token", Resource::Token),
+        ("key", Resource::Key),
+        ("join-token", Resource::JoinToken),
+        ("join", Resource::Join),
+        ("bus", Resource::Bus),
+        ("openapi", Resource::OpenApi),
+        ("metrics", Resource::Metrics),
+        ("audit", Resource::Audit),
+        ("*", Resource::Any),
+    ];
+
+    /// The names a role may use, as the API writes them: kinds by their singular name.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Kind::ALL.into_iter().map(Kind::name).chain(Resource::OTHERS.into_iter().map(|(n, _)| n))
+    }
+
+    /// The resource a name written by [`Resource::names`] stands for.
+    fn by_name(name: &str) -> Option<Resource> {
+        let kind = Kind::ALL.into_iter().find(|k| k.name() == name).map(Resource::Kind);
+        kind.or_else(|| Resource::OTHERS.into_iter().find(|(n, _)| *n == name).map(|(_, r)| r))
+    }
+}
+
+/// An enum of exactly the names the API accepts in a role.
+impl JsonSchema for Resource {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Resource".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = Resource::names().collect();
+        schemars::json_schema!({
+            "description": "What a permission applies to: a kind, API tokens (`token`), bus keys (`key`), join tokens (`join-token`), the join (`join`), the bus (`bus`), the API document (`openapi`), metrics (`metrics`), the audit log (`audit`), or anything (`*`).",
+            "type": "string",
+            "enum": names,
+        })
     }
 }
 
@@ -168,10 +200,16 @@ impl Serialize for Resource {
     }
 }
 
+/// Only the names the API writes (a kind's singular name, not its plural or title, which the
+/// command line also takes), so that what the API accepts is what its schema lists.
 impl<'de> Deserialize<'de> for Resource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        Resource::by_name(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown resource {s:?}: use a kind name, token, key, join-token, join, bus, openapi, metrics or *"
+            ))
+        })
     }
 }
 
@@ -179,7 +217,9 @@ impl<'de> Deserialize<'de> for Resource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Permission {
+    #[schemars(length(min = 1))]
     pub verbs: Vec<Verb>,
+    #[schemars(length(min = 1))]
     pub resources: Vec<Resource>,
 }
 
@@ -190,6 +230,7 @@ pub struct RoleSpec {
     #[serde(default)]
     pub permissions: Vec<Permission>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
 }
 
@@ -335,6 +376,7 @@ impl Spec for RoleSpec {
 #[serde(deny_unknown_fields)]
 pub struct MembershipSpec {
     /// Who: the principal name that API tokens are issued to.
+    #[schemars(schema_with = "crate::validate::label_schema")]
     pub principal: String,
     pub account: Uuid,
     pub role: Uuid,

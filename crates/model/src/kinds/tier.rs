@@ -11,10 +11,15 @@ use crate::{FieldError, Ring, validate_label};
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
     /// Commands the agents run on topology changes, by hook name (`promote`, `follow`,
     /// `demote`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "propertyNames" = {"pattern": crate::LABEL_PATTERN, "maxLength": 63},
+        "additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": super::TEXT_PATTERN}
+    ))]
     pub hooks: BTreeMap<String, String>,
 }
 
