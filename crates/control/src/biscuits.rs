@@ -247,7 +247,8 @@ impl Restriction {
     /// The block of checks this restriction appends.
     pub fn block(&self) -> Result<BlockBuilder, BiscuitProblem> {
         let mut checks = Vec::new();
-        if !self.verbs.is_empty() {
+        // `*` allows every verb: no check.
+        if !self.verbs.is_empty() && !self.verbs.contains(&Verb::Any) {
             let alternatives: Vec<String> =
                 self.verbs.iter().map(|v| format!("operation({:?})", v.name())).collect();
             checks.push(format!("check if {}", alternatives.join(" or ")));

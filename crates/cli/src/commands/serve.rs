@@ -50,7 +50,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     tracing::info!(?instances, "limits for instances that leave them out");
     let audit = file.audit.0;
     tracing::info!(retention_seconds = audit.retention.as_secs(), "audit log retention");
-    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, audit });
+    let token_key = token_signing_key(&dir)?;
+    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, audit })
+        .with_token_key(token_key);
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);
@@ -304,4 +306,17 @@ mod tests {
         assert_eq!(sanitize_label(""), "machine");
         assert!(enjin_model::validate_label(&sanitize_label(&"x".repeat(100))).is_ok());
     }
+}
+
+/// The ring 0 token-signing key (`<data-dir>/keys/token-signing.key`, 0600), made on first
+/// start: it signs the root biscuit of every token, so biscuits survive a restart.
+fn token_signing_key(dir: &std::path::Path) -> Result<enjin_control::biscuits::TokenKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.join("keys");
+    fs::create_dir_all(&keys).with_context(|| format!("failed to create {}", keys.display()))?;
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to make {} private", keys.display()))?;
+    let path = keys.join("token-signing.key");
+    enjin_control::biscuits::TokenKey::load_or_create(&path)
+        .with_context(|| format!("failed to load the token-signing key {}", path.display()))
 }
