@@ -295,19 +295,6 @@ fn banner(
     println!("Ctrl-C stops it; running it again resumes the same cloud.");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_names_become_labels() {
-        assert_eq!(sanitize_label("Build-Box.local"), "build-box.local");
-        assert_eq!(sanitize_label("--weird host!"), "weird-host");
-        assert_eq!(sanitize_label(""), "machine");
-        assert!(enjin_model::validate_label(&sanitize_label(&"x".repeat(100))).is_ok());
-    }
-}
-
 /// The ring 0 token-signing key (`<data-dir>/keys/token-signing.key`, 0600), made on first
 /// start: it signs the root biscuit of every token, so biscuits survive a restart.
 fn token_signing_key(dir: &std::path::Path) -> Result<enjin_control::biscuits::TokenKey> {
@@ -319,4 +306,17 @@ fn token_signing_key(dir: &std::path::Path) -> Result<enjin_control::biscuits::T
     let path = keys.join("token-signing.key");
     enjin_control::biscuits::TokenKey::load_or_create(&path)
         .with_context(|| format!("failed to load the token-signing key {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_become_labels() {
+        assert_eq!(sanitize_label("Build-Box.local"), "build-box.local");
+        assert_eq!(sanitize_label("--weird host!"), "weird-host");
+        assert_eq!(sanitize_label(""), "machine");
+        assert!(enjin_model::validate_label(&sanitize_label(&"x".repeat(100))).is_ok());
+    }
 }
