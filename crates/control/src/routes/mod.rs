@@ -435,7 +435,11 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             return ApiError::from(e).into_response();
         }
     };
-    let facts = request_facts(&mut req, perm).await;
+    // Only a biscuit's checks need the request's facts.
+    let facts = match principal.attenuation {
+        Some(_) => Some(request_facts(&mut req, perm).await),
+        None => None,
+    };
     // From here on the caller is known: its mutating requests are recorded, refusals included.
     let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     // Objects and tokens belong to accounts: here the caller needs the permission in some
@@ -472,12 +476,14 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
     }
     // A biscuit's checks come on top of the permission, never instead of it. On a route that
     // lets a biscuit act on itself, the handler runs them when it acts on something else.
-    if let Some(refused) = attenuation_refuses(&principal, perm, &facts) {
+    if let Some(refused) = facts.as_ref().and_then(|f| attenuation_refuses(&principal, perm, f)) {
         state.metrics.auth_failure("attenuated");
         return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
             .await;
     }
-    req.extensions_mut().insert(facts);
+    if let Some(facts) = facts {
+        req.extensions_mut().insert(facts);
+    }
     req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     crate::audit::record(state.registry.store(), &state.metrics, audit, resp).await

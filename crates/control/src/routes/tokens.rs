@@ -68,7 +68,7 @@ pub async fn revoke(
 pub async fn revoke_derived(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Extension(facts): Extension<RequestFacts>,
+    facts: Option<Extension<RequestFacts>>,
     ApiJson(req): ApiJson<RevokeDerivedRequest>,
 ) -> Result<StatusCode, ApiError> {
     let is_self = principal.attenuation.as_ref().is_some_and(|a| {
@@ -79,7 +79,7 @@ pub async fn revoke_derived(
         if !principal.allows_somewhere(Verb::Delete, Resource::Token) {
             return Err(ApiError::forbidden(format!("principal {} may not delete token", principal.name)));
         }
-        if let Some(why) = principal.attenuation_refuses(&facts) {
+        if let Some(why) = facts.and_then(|Extension(f)| principal.attenuation_refuses(&f)) {
             return Err(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")));
         }
     }
