@@ -36,12 +36,14 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     config.api.rate = None;
     let plane = ControlPlane::with_config(Arc::clone(&store) as Arc<dyn Store>, &config);
     plane.bootstrap().await.context("failed to bootstrap the control plane")?;
-    let token = plane
+    let issued = plane
         .auth()
         .issue_admin("bench", chrono::Utc::now())
         .await
-        .context("failed to issue an admin token")?
-        .token;
+        .context("failed to issue an admin token")?;
+    let token = issued.token;
+    let root = issued.biscuit.context("the admin token came without a biscuit")?;
+    let public = plane.auth().token_public_key();
     let listener =
         tokio::net::TcpListener::bind("127.0.0.1:0").await.context("failed to bind 127.0.0.1:0")?;
     let addr = listener.local_addr().context("failed to read the listener's address")?;
@@ -60,6 +62,12 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let client =
         Client::with_ca(&base, Some(token), Some(ca.cert_pem())).context("failed to build the API client")?;
     let mut measured = measure(&client, limits).await;
+    if let Ok(rows) = &mut measured {
+        match attenuation_rows(&base, ca.cert_pem(), &client, &root, public, limits).await {
+            Ok(more) => rows.extend(more),
+            Err(e) => measured = Err(e),
+        }
+    }
     if let Ok(rows) = &mut measured {
         match tenant_client(&client, &base, ca.cert_pem()).await {
             Ok(tenant) => rows.push(Row::write(
@@ -241,4 +249,80 @@ async fn warm_up(client: &Client, concurrency: usize) -> anyhow::Result<()> {
         call.await.context("a warm-up request panicked")?.context("warm-up health check failed")?;
     }
     Ok(())
+}
+
+/// Row names of the opaque-against-biscuit comparison, which the report subtracts.
+pub const OPAQUE_GET: &str = "GET /v1/nodes/{uuid}, opaque token";
+pub const BISCUIT_GET: &str = "GET /v1/nodes/{uuid}, 2-block biscuit";
+
+/// What an attenuated token costs per request: the same GET, one at a time, with the opaque
+/// token and with a biscuit derived from it (root block + one block of checks); then, in
+/// process, the two parts of that cost: verifying the signature chain (once per token and
+/// authorization generation, then cached) and running the checks (every request).
+async fn attenuation_rows(
+    base: &str,
+    ca_pem: &str,
+    admin: &Client,
+    root: &str,
+    public: biscuit_auth::PublicKey,
+    limits: Limits,
+) -> anyhow::Result<Vec<Row>> {
+    use enjin_control::biscuits::{self, RequestFacts, Restriction};
+    use enjin_model::kinds::Verb;
+    let restriction = Restriction {
+        verbs: vec![Verb::Get, Verb::List],
+        expires_at: Some(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
+        ..Restriction::default()
+    };
+    let derived = biscuits::attenuate(root, &restriction).context("failed to derive a biscuit")?;
+    let node = admin.create_json(Kind::Node, &json!({"ring": 0, "label": "attenuation", "spec": {}})).await?;
+    let uuid = node.get("uuid").and_then(|u| u.as_str()).and_then(|u| u.parse::<Uuid>().ok());
+    let uuid = uuid.context("the created node has no uuid")?;
+    let guest = Client::with_ca(base, Some(derived.clone()), Some(ca_pem))
+        .context("failed to build the biscuit client")?;
+    let mut rows = Vec::new();
+    for (name, client) in [(OPAQUE_GET, admin), (BISCUIT_GET, &guest)] {
+        warm_up(client, 1).await?;
+        client.get_json(Kind::Node, uuid).await.with_context(|| format!("{name}: first read"))?;
+        let sample = timed(1, limits, client, move |client, _| async move {
+            client.get_json(Kind::Node, uuid).await?;
+            Ok(())
+        })
+        .await?;
+        rows.push(Row::read(name, sample));
+    }
+    let verified = biscuits::verify(&derived, public).context("the derived biscuit does not verify")?;
+    let facts = RequestFacts {
+        now: chrono::Utc::now(),
+        operation: Some(Verb::Get),
+        resource: Some("node".into()),
+        route: Some("/v1/nodes/{uuid}".into()),
+        app: None,
+    };
+    rows.push(Row::read(
+        "in process: verify a 2-block biscuit (per token, cached)",
+        in_process(limits, || biscuits::verify(&derived, public).map(drop).map_err(|e| e.to_string())),
+    ));
+    rows.push(Row::read(
+        "in process: run its checks (every request)",
+        in_process(limits, || verified.attenuation.check(&facts)),
+    ));
+    Ok(rows)
+}
+
+/// Times `op` in a loop on this thread, within `limits`.
+fn in_process(limits: Limits, mut op: impl FnMut() -> Result<(), String>) -> run::Sample {
+    let started = Instant::now();
+    let mut report = TaskReport::default();
+    for _ in 0..limits.ops {
+        if started.elapsed() >= limits.time {
+            break;
+        }
+        let start = Instant::now();
+        match op() {
+            Ok(()) => report.latencies.push(start.elapsed()),
+            Err(e) => report.error(e),
+        }
+    }
+    run::Sample::new(1, limits, started.elapsed(), vec![report])
 }

@@ -170,6 +170,26 @@ pub fn print_api(rows: &[Row], fsyncs_per_sec: f64) {
         );
     }
     println!();
+    print_attenuation_cost(rows);
+}
+
+/// The difference between the opaque-token and the biscuit GET rows, in microseconds.
+fn print_attenuation_cost(rows: &[Row]) {
+    let find = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.sample);
+    let (Some(opaque), Some(biscuit)) = (find(crate::api::OPAQUE_GET), find(crate::api::BISCUIT_GET)) else {
+        return;
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("| attenuated token, per request | p50 (µs) | p99 (µs) |");
+    println!("|---|---:|---:|");
+    for (what, q) in [("opaque token", opaque), ("2-block biscuit", biscuit)] {
+        println!("| {what} | {:.0} | {:.0} |", us(q.quantile(0.5)), us(q.quantile(0.99)));
+    }
+    println!(
+        "| difference | {:+.0} | {:+.0} |\n",
+        us(biscuit.quantile(0.5)) - us(opaque.quantile(0.5)),
+        us(biscuit.quantile(0.99)) - us(opaque.quantile(0.99)),
+    );
 }
 
 pub fn print_bus_crypto(rows: &[CryptoRow]) {

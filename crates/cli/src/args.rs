@@ -426,6 +426,27 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by id
     Revoke { id: uuid::Uuid },
+    /// Derive a narrower token from a biscuit, offline (the server is not asked): the biscuit
+    /// comes from --token (`-` reads it from standard input); prints the new one
+    Attenuate {
+        /// Only these verbs: get,list,create,update,delete,watch
+        #[arg(long, value_delimiter = ',')]
+        verbs: Vec<String>,
+        /// Only requests about this app (its routes under /v1/apps/APP)
+        #[arg(long)]
+        app: Option<String>,
+        /// Stop working after this long: 90s, 10m, 12h, 30d
+        #[arg(long)]
+        expires: Option<String>,
+        /// A further check in Biscuit's Datalog, e.g. 'check if route("/v1/apps/{app}/logs")'
+        #[arg(long = "check")]
+        checks: Vec<String>,
+    },
+    /// Revoke a biscuit and every token derived from it (not what it was derived from)
+    RevokeDerived {
+        /// The biscuit (enjinb_…), or `-` to read it from standard input
+        biscuit: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

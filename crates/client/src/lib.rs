@@ -280,6 +280,13 @@ impl Client {
         self.execute(self.request(Method::DELETE, &path), &path).await.map(drop)
     }
 
+    /// Revoke a biscuit and everything derived from it.
+    pub async fn token_revoke_derived(&self, biscuit: &str) -> Result<(), ClientError> {
+        let path = format!("/{VERSION}/tokens/revoke-derived");
+        let body = enjin_model::api::RevokeDerivedRequest { biscuit: biscuit.to_string() };
+        self.execute(self.request(Method::POST, &path).json(&body), &path).await.map(drop)
+    }
+
     pub async fn key_list(&self) -> Result<KeyList, ClientError> {
         let path = format!("/{VERSION}/keys");
         self.send(self.request(Method::GET, &path), &path).await

@@ -82,7 +82,9 @@ impl Pending {
             return None;
         }
         let (verb, kind) = match perm {
-            Perm::Require(verb, resource) => (verb, resource.to_string()),
+            Perm::Require(verb, resource) | Perm::RequireOrSelf(verb, resource) => {
+                (verb, resource.to_string())
+            }
             Perm::WatchQuery => (Verb::Watch, "watch".to_string()),
             // Public routes are not authenticated, so nobody is there to record.
             Perm::Public => return None,
@@ -367,6 +369,7 @@ mod tests {
             system: Uuid::new_v4(),
             expires_at: None,
             join: None,
+            attenuation: None,
         }
     }
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::access::{Grants, Scope, describe_missing};
+use crate::biscuits::{self, Attenuation, BISCUIT_MARK, RequestFacts, TokenKey, Verified};
 use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 
 /// Cached principals beyond this many are dropped all at once; a cache miss costs only a few
@@ -24,6 +25,12 @@ use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 const CACHE_MAX: usize = 4096;
 
 const TOKEN_PREFIX: &str = "/auth/tokens/";
+/// `/auth/token-ids/<token id>`: the hash of that token's secret, so that a biscuit naming the
+/// token finds its record. Written and deleted in the same transaction as the record.
+const TOKEN_ID_PREFIX: &str = "/auth/token-ids/";
+/// `/auth/revoked/<revocation id, hex>`: a revoked biscuit block; every biscuit carrying it is
+/// refused.
+const REVOKED_PREFIX: &str = "/auth/revoked/";
 /// `/auth/used/<token id>`: when the token was last used (RFC 3339).
 const USED_PREFIX: &str = "/auth/used/";
 /// The longest a token may be made to live (ten years), short of forever.
@@ -36,6 +43,10 @@ const JOIN_TTL_DEFAULT: u64 = 900;
 const JOIN_TTL_MAX: u64 = 86_400;
 /// Every token starts with this, so that a leaked one is easy to recognise and scan for.
 const TOKEN_MARK: &str = "enjin_";
+
+/// Why a caller presenting a biscuit cannot issue tokens.
+pub const ATTENUATED_MINT: &str =
+    "a token derived by attenuation cannot issue tokens: they would not carry its checks";
 
 /// The principal that `enjin up` and `enjin server` bootstrap, with the admin role.
 pub const ADMIN_PRINCIPAL: &str = "admin";
@@ -99,6 +110,9 @@ pub struct Principal {
     pub expires_at: Option<DateTime<Utc>>,
     /// Set when the caller presented a join token: what it may join.
     pub join: Option<JoinGrant>,
+    /// Set when the caller presented a biscuit: the checks its blocks add to every request
+    /// (see [`Principal::attenuation_refuses`]).
+    pub attenuation: Option<Arc<Attenuation>>,
 }
 
 /// What a join token allows: joining `ring` under `parent`, once (the join consumes `key` at
@@ -130,6 +144,12 @@ impl Principal {
     /// Whether it may do so in some account (the check before a handler finds out which).
     pub fn allows_somewhere(&self, verb: Verb, resource: Resource) -> bool {
         self.grants.allows_somewhere(verb, resource)
+    }
+
+    /// Why the caller's biscuit refuses a request, if it does: a failed check of one of its
+    /// blocks. Opaque tokens have no checks.
+    pub fn attenuation_refuses(&self, facts: &RequestFacts) -> Option<String> {
+        self.attenuation.as_ref().and_then(|a| a.check(facts).err())
     }
 
     /// Whether its grants hold in every account: the operator's principals.
@@ -168,6 +188,10 @@ pub enum AuthError {
     Invalid,
     #[error("the bearer token has expired")]
     Expired,
+    #[error("the bearer biscuit is not valid: {0}")]
+    Biscuit(#[from] biscuits::BiscuitProblem),
+    #[error("the bearer biscuit has been revoked")]
+    Revoked,
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -187,11 +211,30 @@ pub struct Auth {
     cache: Arc<Mutex<HashMap<String, (i64, Principal)>>>,
     /// When tokens were last used on this server, not yet written down.
     used: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
+    /// Signs root biscuits and verifies bearer ones.
+    token_key: Arc<TokenKey>,
 }
 
 impl Auth {
+    /// Tokens over `registry`, with an ephemeral token-signing key (see [`Auth::with_token_key`]).
     pub fn new(registry: Registry) -> Self {
-        Auth { registry, cache: Arc::default(), used: Arc::default() }
+        Auth {
+            registry,
+            cache: Arc::default(),
+            used: Arc::default(),
+            token_key: Arc::new(TokenKey::generate()),
+        }
+    }
+
+    /// The public half of the token-signing key: what verifies a biscuit.
+    pub fn token_public_key(&self) -> biscuit_auth::PublicKey {
+        self.token_key.public()
+    }
+
+    /// Sign and verify biscuits with `key` (the data directory's): biscuits outlive a restart.
+    pub fn with_token_key(mut self, key: TokenKey) -> Self {
+        self.token_key = Arc::new(key);
+        self
     }
 
     async fn generation(&self) -> Result<i64, RegistryError> {
@@ -217,27 +260,24 @@ impl Auth {
         if token.starts_with(JOIN_MARK) {
             return self.authenticate_join(token).await;
         }
-        if !token.starts_with(TOKEN_MARK) {
+        let is_biscuit = token.starts_with(BISCUIT_MARK);
+        if !is_biscuit && !token.starts_with(TOKEN_MARK) {
             return Err(AuthError::Invalid);
         }
         let digest = hash(token);
         // Read the generation first: a change after this read bumps it, so the entry cached
-        // below can only be too old to use, never wrongly fresh.
+        // below can only be too old to use, never wrongly fresh. Revoking a token or a biscuit
+        // bumps it too, so a cached biscuit is never one revoked since.
         let generation = self.generation().await?;
-        let cached =
-            self.cache.lock().ok().and_then(|cache| {
-                cache.get(&digest).filter(|(g, _)| *g == generation).map(|(_, p)| p.clone())
-            });
-        let principal = match cached {
+        let principal = match self.cached(&digest, generation) {
             Some(p) => p,
             None => {
-                let p = self.resolve_token(&digest).await?;
-                if let Ok(mut cache) = self.cache.lock() {
-                    if cache.len() >= CACHE_MAX {
-                        cache.clear();
-                    }
-                    cache.insert(digest, (generation, p.clone()));
-                }
+                let p = if is_biscuit {
+                    self.resolve_biscuit(token).await?
+                } else {
+                    self.resolve_token(&digest).await?
+                };
+                self.remember(digest, generation, &p);
                 p
             }
         };
@@ -246,6 +286,51 @@ impl Auth {
         }
         self.note_use(principal.token);
         Ok(principal)
+    }
+
+    fn cached(&self, digest: &str, generation: i64) -> Option<Principal> {
+        let cache = self.cache.lock().ok()?;
+        cache.get(digest).filter(|(g, _)| *g == generation).map(|(_, p)| p.clone())
+    }
+
+    fn remember(&self, digest: String, generation: i64, principal: &Principal) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(digest, (generation, principal.clone()));
+        }
+    }
+
+    /// A bearer biscuit: its signature chain verified under the token-signing key, none of its
+    /// blocks revoked, and the root token it names still there. The principal is exactly that
+    /// token's, with the biscuit's checks to run on each request.
+    async fn resolve_biscuit(&self, bearer: &str) -> Result<Principal, AuthError> {
+        let Verified { token, attenuation } = biscuits::verify(bearer, self.token_key.public())?;
+        for id in attenuation.revocation_ids() {
+            if self
+                .store()
+                .get(&format!("{REVOKED_PREFIX}{id}"))
+                .await
+                .map_err(RegistryError::from)?
+                .is_some()
+            {
+                return Err(AuthError::Revoked);
+            }
+        }
+        let digest = self.digest_of(token).await?.ok_or(AuthError::Invalid)?;
+        let mut principal = self.resolve_token(&digest).await?;
+        if principal.token != token {
+            return Err(AuthError::Invalid);
+        }
+        principal.attenuation = Some(Arc::new(attenuation));
+        Ok(principal)
+    }
+
+    /// The hash of token `id`'s secret, from the id index.
+    async fn digest_of(&self, id: Uuid) -> Result<Option<String>, RegistryError> {
+        let kv = self.store().get(&format!("{TOKEN_ID_PREFIX}{id}")).await?;
+        Ok(kv.and_then(|kv| String::from_utf8(kv.value).ok()))
     }
 
     async fn resolve_token(&self, digest: &str) -> Result<Principal, AuthError> {
@@ -272,6 +357,7 @@ impl Auth {
             system,
             expires_at: record.expires_at,
             join: None,
+            attenuation: None,
         })
     }
 
@@ -328,6 +414,7 @@ impl Auth {
                 key,
                 revision: kv.mod_revision,
             }),
+            attenuation: None,
         })
     }
 
@@ -431,6 +518,9 @@ impl Auth {
         req: &TokenCreateRequest,
         now: DateTime<Utc>,
     ) -> Result<TokenCreated, RegistryError> {
+        if caller.attenuation.is_some() {
+            return Err(RegistryError::Forbidden(ATTENUATED_MINT.into()));
+        }
         validate_label(&req.principal).map_err(|m| FieldError::new("principal", m))?;
         if req.description.len() > 1024 {
             return Err(FieldError::new("description", "is longer than 1024 bytes").into());
@@ -507,20 +597,23 @@ impl Auth {
         getrandom::fill(&mut secret)
             .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
         let token = format!("{TOKEN_MARK}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let key = format!("{TOKEN_PREFIX}{}", hash(&token));
+        let digest = hash(&token);
+        let key = format!("{TOKEN_PREFIX}{digest}");
+        let index = format!("{TOKEN_ID_PREFIX}{}", record.id);
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let biscuit = self.token_key.mint(record.id).map_err(|e| StoreError::Backend(e.to_string()))?;
         let resp = self
             .store()
-            .txn(
-                Txn::new()
-                    .when([Compare::absent(&key)])
-                    .then([Op::put(&key, value), Self::bump_generation()]),
-            )
+            .txn(Txn::new().when([Compare::absent(&key), Compare::absent(&index)]).then([
+                Op::put(&key, value),
+                Op::put(&index, digest.into_bytes()),
+                Self::bump_generation(),
+            ]))
             .await?;
         if !resp.succeeded {
             return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
         }
-        Ok(TokenCreated { info: record.info(system, None), token })
+        Ok(TokenCreated { info: record.info(system, None), token, biscuit: Some(biscuit) })
     }
 
     /// Every token, never its secret, with when it was last used.
@@ -562,6 +655,7 @@ impl Auth {
             };
             let txn = Txn::new().when([Compare::mod_revision(&kv.key, kv.mod_revision)]).then([
                 Op::delete(&kv.key),
+                Op::delete(format!("{TOKEN_ID_PREFIX}{id}")),
                 Op::delete(format!("{USED_PREFIX}{id}")),
                 Self::bump_generation(),
             ]);
@@ -570,6 +664,62 @@ impl Auth {
             }
         }
         Err(RegistryError::Conflict { field: None, detail: format!("token {id} kept changing; retry") })
+    }
+
+    /// Revoke a biscuit presented in a request's body (`biscuit`): its last block's revocation
+    /// id is recorded, so it and every biscuit derived from it stop working on the next
+    /// request, on every server; what it was derived from keeps working. Allowed for a caller
+    /// who may delete tokens in the root token's account, or whose own bearer is this biscuit.
+    /// Returns the root token's id.
+    pub async fn revoke_derived(
+        &self,
+        caller: &Principal,
+        biscuit: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid, RegistryError> {
+        let verified = biscuits::verify(biscuit.trim(), self.token_key.public())
+            .map_err(|e| FieldError::new("biscuit", e.to_string()))?;
+        let is_self = caller
+            .attenuation
+            .as_ref()
+            .is_some_and(|a| a.revocation_ids() == verified.attenuation.revocation_ids());
+        let token = verified.token;
+        let record = self.record_of(token).await?.ok_or(RegistryError::TokenNotFound(token))?;
+        let account = if record.account.is_nil() { caller.system } else { record.account };
+        if !is_self {
+            if !caller.allows(Verb::List, Resource::Token, account) {
+                return Err(RegistryError::TokenNotFound(token));
+            }
+            if !caller.allows(Verb::Delete, Resource::Token, account) {
+                return Err(RegistryError::Forbidden(format!(
+                    "principal {} may not delete token in account {account}",
+                    caller.name
+                )));
+            }
+        }
+        let Some(id) = biscuits::last_revocation_id(&verified) else {
+            return Err(FieldError::new("biscuit", "has no blocks").into());
+        };
+        let value = serde_json::json!({"token": token, "revoked_at": now, "by": caller.name});
+        let txn = Txn::new().then([
+            Op::put(format!("{REVOKED_PREFIX}{id}"), value.to_string().into_bytes()),
+            Self::bump_generation(),
+        ]);
+        self.store().txn(txn).await?;
+        Ok(token)
+    }
+
+    /// Token `id`'s record, found through the id index.
+    async fn record_of(&self, id: Uuid) -> Result<Option<TokenRecord>, RegistryError> {
+        let Some(digest) = self.digest_of(id).await? else {
+            return Ok(None);
+        };
+        let Some(kv) = self.store().get(&format!("{TOKEN_PREFIX}{digest}")).await? else {
+            return Ok(None);
+        };
+        let record: TokenRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+        Ok((record.id == id).then_some(record))
     }
 
     /// Make sure the system account, the admin and viewer roles and the admin principal's

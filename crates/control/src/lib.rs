@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod auth;
+pub mod biscuits;
 pub mod bus;
 mod config;
 mod extract;
@@ -89,6 +90,13 @@ impl ControlPlane {
     /// Run the keys-and-trust service (and serve its routes) on this control plane.
     pub fn with_bus(mut self, bus: Arc<bus::BusAuthority>) -> Self {
         self.state.bus = Some(bus);
+        self
+    }
+
+    /// Sign root biscuits with `key` and accept only biscuits it signed (the data directory's
+    /// ring 0 token-signing key). Without one, a key made at start and kept in memory is used.
+    pub fn with_token_key(mut self, key: biscuits::TokenKey) -> Self {
+        self.state.auth = self.state.auth.with_token_key(key);
         self
     }
 

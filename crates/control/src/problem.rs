@@ -115,9 +115,11 @@ impl From<StoreError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Invalid | AuthError::Expired => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-            }
+            AuthError::Missing
+            | AuthError::Invalid
+            | AuthError::Expired
+            | AuthError::Biscuit(_)
+            | AuthError::Revoked => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
             AuthError::Registry(r) => r.into(),
         }
     }

@@ -261,6 +261,18 @@ pub struct TokenCreated {
     #[serde(flatten)]
     pub info: TokenInfo,
     pub token: String,
+    /// The same token as a root biscuit (`enjinb_…`): its holder can derive narrower tokens
+    /// from it offline (`enjin token attenuate`). Shown this once, like `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biscuit: Option<String>,
+}
+
+/// `POST /v1/tokens/revoke-derived`: revoke a biscuit and everything derived from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeDerivedRequest {
+    /// The biscuit (`enjinb_…`) to revoke.
+    pub biscuit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -53,7 +53,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     tracing::info!(retention_seconds = audit.retention.as_secs(), "audit log retention");
     let api_limits = file.api.limits;
     tracing::info!(?api_limits, "limits at the API's door");
-    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, api: api_limits, audit });
+    let token_key = token_signing_key(&dir)?;
+    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, api: api_limits, audit })
+        .with_token_key(token_key);
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);
@@ -340,6 +342,19 @@ fn banner(
     let cacert = ca.map(|c| format!("--cacert {} ", c.display())).unwrap_or_default();
     println!("  curl {cacert}-H \"Authorization: Bearer $(cat {})\" {url}/v1/nodes", token.display());
     println!("Ctrl-C stops it; running it again resumes the same cloud.");
+}
+
+/// The ring 0 token-signing key (`<data-dir>/keys/token-signing.key`, 0600), made on first
+/// start: it signs the root biscuit of every token, so biscuits survive a restart.
+fn token_signing_key(dir: &std::path::Path) -> Result<enjin_control::biscuits::TokenKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.join("keys");
+    fs::create_dir_all(&keys).with_context(|| format!("failed to create {}", keys.display()))?;
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to make {} private", keys.display()))?;
+    let path = keys.join("token-signing.key");
+    enjin_control::biscuits::TokenKey::load_or_create(&path)
+        .with_context(|| format!("failed to load the token-signing key {}", path.display()))
 }
 
 #[cfg(test)]

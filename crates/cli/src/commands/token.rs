@@ -1,8 +1,10 @@
-//! `enjin token create|list|revoke` and `enjin account status`.
+//! `enjin token create|list|revoke|attenuate|revoke-derived` and `enjin account status`.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use enjin_control::biscuits::{BISCUIT_MARK, Restriction};
 use enjin_model::Kind;
 use enjin_model::api::TokenCreateRequest;
+use enjin_model::kinds::Verb;
 
 use super::client;
 use super::objects::resolve;
@@ -25,9 +27,69 @@ pub fn parse_duration(s: &str) -> Result<u64> {
     n.checked_mul(scale).ok_or_else(|| anyhow::anyhow!("{s:?} is too long"))
 }
 
+/// A biscuit named on the command line, or read from standard input for `-`.
+fn biscuit_arg(arg: &str) -> Result<String> {
+    if arg != "-" {
+        return Ok(arg.trim().to_string());
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("failed to read standard input")?;
+    Ok(s.trim().to_string())
+}
+
+/// `enjin token attenuate`: no server is asked; the biscuit's last block signs the new one.
+fn attenuate(
+    g: &Global,
+    verbs: &[String],
+    app: Option<String>,
+    expires: Option<&str>,
+    checks: Vec<String>,
+) -> Result<()> {
+    let Some(token) = g.token.as_deref() else {
+        bail!("name the biscuit to narrow with --token (or --token - to read it from standard input)");
+    };
+    let bearer = biscuit_arg(token)?;
+    if !bearer.starts_with(BISCUIT_MARK) {
+        bail!("--token is not a biscuit (enjinb_…); `enjin token create` prints one beside the token");
+    }
+    let verbs = verbs
+        .iter()
+        .map(|v| {
+            Verb::CONCRETE.into_iter().find(|c| c.name() == v.trim()).ok_or_else(|| {
+                anyhow::anyhow!("{v:?} is not a verb: get, list, create, update, delete, watch")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let expires_at = match expires {
+        Some(e) => {
+            let secs = i64::try_from(parse_duration(e)?).context("--expires is too long")?;
+            Some(chrono::Utc::now() + chrono::TimeDelta::try_seconds(secs).context("--expires is too long")?)
+        }
+        None => None,
+    };
+    let restriction = Restriction { verbs, app, expires_at, checks };
+    let derived =
+        enjin_control::biscuits::attenuate(&bearer, &restriction).context("cannot narrow the biscuit")?;
+    match g.output {
+        Output::Json => output::json(&serde_json::json!({"biscuit": derived, "expires_at": expires_at})),
+        Output::Table => println!("{derived}"),
+    }
+    Ok(())
+}
+
 pub async fn run(g: &Global, cmd: TokenCommand) -> Result<()> {
+    if let TokenCommand::Attenuate { verbs, app, expires, checks } = cmd {
+        return attenuate(g, &verbs, app, expires.as_deref(), checks);
+    }
     let c = client(g)?;
     match cmd {
+        TokenCommand::Attenuate { .. } => {}
+        TokenCommand::RevokeDerived { biscuit } => {
+            c.token_revoke_derived(&biscuit_arg(&biscuit)?).await?;
+            if g.output == Output::Table {
+                println!("revoked the biscuit and every token derived from it");
+            }
+        }
         TokenCommand::Create { principal, description, account, role, expires } => {
             let account = match &account {
                 Some(a) => Some(resolve(&c, Kind::Account, a).await?),
@@ -50,6 +112,10 @@ pub async fn run(g: &Global, cmd: TokenCommand) -> Result<()> {
                         t.info.id, t.info.principal, t.info.account
                     );
                     println!("{}", t.token);
+                    if let Some(b) = &t.biscuit {
+                        println!("as a biscuit, to narrow offline with `enjin token attenuate`:");
+                        println!("{b}");
+                    }
                 }
             }
         }

@@ -23,15 +23,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use enjin_model::api::{
     BusMessage, CreateRequest, DeleteQuery, Health, JoinRequest, JoinResponse, JoinTokenCreateRequest,
-    JoinTokenCreated, KeyInfo, KeyList, KeyPath, List, ListQuery, ObjectPath, Problem, RotateRequest,
-    TailQuery, TokenCreateRequest, TokenCreated, TokenList, TokenPath, UpdateRequest, WatchBatch, WatchQuery,
+    JoinTokenCreated, KeyInfo, KeyList, KeyPath, List, ListQuery, ObjectPath, Problem, RevokeDerivedRequest,
+    RotateRequest, TailQuery, TokenCreateRequest, TokenCreated, TokenList, TokenPath, UpdateRequest,
+    WatchBatch, WatchQuery,
 };
 use enjin_model::kinds::{Resource, Verb};
 use enjin_model::{Kind, Object, Spec, with_spec_type};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use tracing::Instrument;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Principal};
+use crate::biscuits::RequestFacts;
 use crate::metrics::Metrics;
 use crate::problem::ApiError;
 use crate::registry::Registry;
@@ -61,6 +63,9 @@ pub enum Perm {
     Require(Verb, Resource),
     /// `watch` on the kind named in the query, or on every kind when none is named.
     WatchQuery,
+    /// The permission, or a bearer biscuit acting on itself: the handler decides which (revoking
+    /// a biscuit one holds only narrows what one can do).
+    RequireOrSelf(Verb, Resource),
 }
 
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -310,6 +315,22 @@ pub fn table() -> Vec<RouteDef> {
             handler: delete(tokens::revoke),
         },
         RouteDef {
+            method: Method::POST,
+            path: format!("/{v}/tokens/revoke-derived"),
+            perm: Perm::RequireOrSelf(Verb::Delete, Resource::Token),
+            operation_id: "revokeDerivedToken".into(),
+            summary: "Revoke a biscuit and every biscuit derived from it (not what it was derived from); \
+                      needs `delete token` in its root token's account, or the biscuit itself as the bearer"
+                .into(),
+            tag: "Token".into(),
+            query: None,
+            body: Some(Body::Json(schema::<RevokeDerivedRequest>)),
+            path_params: None,
+            success: Success::NoContent,
+            errors: vec![404, 422],
+            handler: post(tokens::revoke_derived),
+        },
+        RouteDef {
             method: Method::GET,
             path: format!("/{v}/keys"),
             perm: Perm::Require(Verb::List, Resource::Key),
@@ -480,6 +501,11 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
         state.metrics.rate_limited();
         return limited.into_response();
     }
+    // Only a biscuit's checks need the request's facts.
+    let facts = match principal.attenuation {
+        Some(_) => Some(request_facts(&mut req, perm).await),
+        None => None,
+    };
     // From here on the caller is known: its mutating requests are recorded, refusals included.
     let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     // Objects and tokens belong to accounts: here the caller needs the permission in some
@@ -491,6 +517,9 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             principal.allows_somewhere(verb, resource)
         }
         Perm::Require(verb, resource) => principal.allows(verb, resource, principal.system),
+        Perm::RequireOrSelf(verb, resource) => {
+            principal.attenuation.is_some() || principal.allows_somewhere(verb, resource)
+        }
         Perm::WatchQuery => match watch::kind_in_query(req.uri().query()) {
             Ok(Some(kind)) => principal.allows_somewhere(Verb::Watch, Resource::Kind(kind)),
             // Malformed queries are the handler's to report, once the caller may watch at all.
@@ -502,16 +531,66 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
     if !allowed {
         state.metrics.auth_failure("forbidden");
         let what = match perm {
-            Perm::Require(verb, resource) => format!("{} {resource}", verb.name()),
+            Perm::Require(verb, resource) | Perm::RequireOrSelf(verb, resource) => {
+                format!("{} {resource}", verb.name())
+            }
             _ => "watch these kinds".to_string(),
         };
         let refused = ApiError::forbidden(format!("principal {} may not {what}", principal.name));
         return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
             .await;
     }
+    // A biscuit's checks come on top of the permission, never instead of it. On a route that
+    // lets a biscuit act on itself, the handler runs them when it acts on something else.
+    if let Some(refused) = facts.as_ref().and_then(|f| attenuation_refuses(&principal, perm, f)) {
+        state.metrics.auth_failure("attenuated");
+        return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
+            .await;
+    }
+    if let Some(facts) = facts {
+        req.extensions_mut().insert(facts);
+    }
     req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     crate::audit::record(state.registry.store(), &state.metrics, audit, resp).await
+}
+
+/// The facts a biscuit's checks see about this request: the time, the route's permission as
+/// `operation` and `resource`, the route template, and the `{app}` the path names.
+async fn request_facts(req: &mut Request, perm: Perm) -> RequestFacts {
+    use axum::extract::{FromRequestParts, RawPathParams};
+    let (operation, resource) = match perm {
+        Perm::Require(verb, resource) | Perm::RequireOrSelf(verb, resource) => {
+            (Some(verb), Some(resource.to_string()))
+        }
+        Perm::WatchQuery => {
+            let kind = watch::kind_in_query(req.uri().query()).ok().flatten();
+            (Some(Verb::Watch), kind.map(|k| Resource::Kind(k).to_string()))
+        }
+        Perm::Public => (None, None),
+    };
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let (mut parts, body) = std::mem::take(req).into_parts();
+    let app = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params.iter().find(|(k, _)| *k == "app").map(|(_, v)| v.to_string()),
+        Err(_) => None,
+    };
+    *req = Request::from_parts(parts, body);
+    RequestFacts { now: chrono::Utc::now(), operation, resource, route, app }
+}
+
+/// The 403 a caller's biscuit answers for this request, if its checks refuse it. Biscuits
+/// cannot mint credentials at all: a new token or join token would not carry their checks.
+fn attenuation_refuses(principal: &Principal, perm: Perm, facts: &RequestFacts) -> Option<ApiError> {
+    principal.attenuation.as_ref()?;
+    if matches!(perm, Perm::Require(Verb::Create, Resource::Token | Resource::JoinToken)) {
+        return Some(ApiError::forbidden(crate::auth::ATTENUATED_MINT));
+    }
+    if matches!(perm, Perm::RequireOrSelf(..)) {
+        return None;
+    }
+    let why = principal.attenuation_refuses(facts)?;
+    Some(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")))
 }
 
 /// Count and time every request, inside a span carrying its method and route.

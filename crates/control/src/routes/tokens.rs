@@ -5,11 +5,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
-use enjin_model::api::{TokenCreateRequest, TokenCreated, TokenList, TokenPath};
+use enjin_model::api::{RevokeDerivedRequest, TokenCreateRequest, TokenCreated, TokenList, TokenPath};
 use enjin_model::kinds::{Resource, Verb};
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::biscuits::RequestFacts;
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::ApiError;
 use crate::registry::RegistryError;
@@ -57,5 +58,31 @@ pub async fn revoke(
     }
     state.auth.revoke(id).await?;
     tracing::info!(%id, by = %principal.name, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/tokens/revoke-derived`: a biscuit revoking itself needs nothing more; revoking
+/// another needs `delete token` in its root's account, and the caller's own biscuit (if any)
+/// must allow that request.
+pub async fn revoke_derived(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    facts: Option<Extension<RequestFacts>>,
+    ApiJson(req): ApiJson<RevokeDerivedRequest>,
+) -> Result<StatusCode, ApiError> {
+    let is_self = principal.attenuation.as_ref().is_some_and(|a| {
+        crate::biscuits::verify(req.biscuit.trim(), state.auth.token_public_key())
+            .is_ok_and(|v| v.attenuation.revocation_ids() == a.revocation_ids())
+    });
+    if !is_self {
+        if !principal.allows_somewhere(Verb::Delete, Resource::Token) {
+            return Err(ApiError::forbidden(format!("principal {} may not delete token", principal.name)));
+        }
+        if let Some(why) = facts.and_then(|Extension(f)| principal.attenuation_refuses(&f)) {
+            return Err(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")));
+        }
+    }
+    let token = state.auth.revoke_derived(&principal, &req.biscuit, Utc::now()).await?;
+    tracing::info!(%token, by = %principal.name, "derived token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

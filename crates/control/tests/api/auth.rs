@@ -75,6 +75,7 @@ async fn openapi_documents_every_route() {
         ("GET", "/v1/tokens"),
         ("POST", "/v1/tokens"),
         ("DELETE", "/v1/tokens/{id}"),
+        ("POST", "/v1/tokens/revoke-derived"),
         ("GET", "/v1/openapi.json"),
         ("GET", "/metrics"),
         ("GET", "/v1/keys"),

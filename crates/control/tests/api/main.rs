@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod biscuits;
 mod concurrency;
 mod crud;
 mod door;
