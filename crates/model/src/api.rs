@@ -882,9 +882,11 @@ pub struct AuditQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only this principal's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub principal: Option<String>,
     /// At most this many records, the newest (default 100, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 

@@ -17,7 +17,8 @@ pub struct AccountSpec {
     #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
     /// What the account's objects may use at most; an absent limit is no limit.
-    #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
+    #[serde(default, skip_serializing_if = "Quota::is_unlimited", deserialize_with = "null_is_unlimited")]
+    #[schemars(with = "Option<Quota>")]
     pub quota: Quota,
 }
 
@@ -40,6 +41,14 @@ pub struct Quota {
     /// The packages the account has uploaded, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_bytes: Option<u64>,
+}
+
+/// `null` is no quota, as an absent one is; anything but an object (or null) is refused.
+fn null_is_unlimited<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Quota, D::Error> {
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? {
+        None => Ok(Quota::default()),
+        Some(m) => serde_json::from_value(serde_json::Value::Object(m)).map_err(serde::de::Error::custom),
+    }
 }
 
 impl Quota {
