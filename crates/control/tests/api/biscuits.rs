@@ -13,16 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fixtures::{account, membership};
-use crate::harness::{Reply, TestServer, assert_problem_status, send, uuid_of};
-
-async fn call(s: &TestServer, token: &str, method: Method, path: &str, body: Option<&Value>) -> Reply {
-    let rb = s.http.request(method, s.url(path)).bearer_auth(token);
-    let rb = match body {
-        Some(b) => rb.json(b),
-        None => rb,
-    };
-    send(rb).await
-}
+use crate::harness::{Reply, TestServer, assert_problem_status, call, uuid_of};
 
 /// The status of `GET path` with `token`.
 async fn get(s: &TestServer, token: &str, path: &str) -> Reply {

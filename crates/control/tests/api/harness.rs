@@ -255,6 +255,16 @@ impl Drop for TestServer {
     }
 }
 
+/// A request with `token` instead of the admin's.
+pub async fn call(s: &TestServer, token: &str, method: Method, path: &str, body: Option<&Value>) -> Reply {
+    let rb = s.http.request(method, s.url(path)).bearer_auth(token);
+    let rb = match body {
+        Some(b) => rb.json(b),
+        None => rb,
+    };
+    send(rb).await
+}
+
 /// A response, read whole.
 #[derive(Debug)]
 pub struct Reply {

@@ -7,17 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fixtures::{account, machine, membership};
-use crate::harness::{PATIENCE, Reply, TestServer, assert_problem_status, send, uuid_of};
-
-/// A request with `token` instead of the admin's.
-async fn call(s: &TestServer, token: &str, method: Method, path: &str, body: Option<&Value>) -> Reply {
-    let rb = s.http.request(method, s.url(path)).bearer_auth(token);
-    let rb = match body {
-        Some(b) => rb.json(b),
-        None => rb,
-    };
-    send(rb).await
-}
+use crate::harness::{PATIENCE, Reply, TestServer, assert_problem_status, call, send, uuid_of};
 
 async fn role_id(s: &TestServer, label: &str) -> String {
     let (roles, _) = s.list("roles", &[("label", label)]).await;
