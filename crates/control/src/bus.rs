@@ -476,10 +476,11 @@ impl BusAuthority {
                     strategy: n.spec.strategy?,
                     run: n.spec.run.clone()?,
                     resources: n.spec.resources.clone(),
+                    network: None,
                 })
             })
             .collect();
-        let desired = DesiredChildren { node: host, revision, children };
+        let desired = DesiredChildren { node: host, revision, children, firewall: None };
         let payload = to_json(&desired)?;
         let topic = desired_topic(host);
         let sealed = self

@@ -444,6 +444,10 @@ pub struct DesiredChildren {
     /// The store revision the set was read at; a host ignores a set older than one it has.
     pub revision: i64,
     pub children: Vec<DesiredChild>,
+    /// The host's firewall for its instances; absent leaves the host's firewall as it is
+    /// (hosts without instance isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<HostFirewall>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -455,6 +459,82 @@ pub struct DesiredChild {
     pub run: crate::kinds::RunSpec,
     #[serde(default)]
     pub resources: crate::kinds::Resources,
+    /// The child's own network: its namespace's address and how the host reaches it. Absent
+    /// for children that share the host's network (ring 1 services, hosts without isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<ChildNetwork>,
+}
+
+/// An instance's place on the instance network: a network namespace of its own, joined to the
+/// host's by a veth pair (`interface` on the host's side), holding `address` (from IPAM, a
+/// `NetworkInterface` of the instance's node) with a default route through the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChildNetwork {
+    pub address: std::net::IpAddr,
+    /// The host-side veth's name (at most 15 bytes), derived from the node's uuid.
+    pub interface: String,
+    /// The namespace's name under `/run/netns`.
+    pub netns: String,
+}
+
+/// What a host's firewall admits, computed by the control plane from the model (instances,
+/// their addresses and accounts, access rules) and sent with the desired children; the agent
+/// compiles it into one nftables transaction (`enjin_net::firewall`). Everything not admitted
+/// here is dropped: the default is deny, as with a Kubernetes default-deny NetworkPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostFirewall {
+    /// Where the router's connections come from: admitted to each instance's `port`.
+    pub edge: Vec<std::net::IpAddr>,
+    /// DNS servers an instance may query (UDP and TCP).
+    #[serde(default)]
+    pub dns: Vec<std::net::SocketAddr>,
+    /// Ranges no instance may open a connection to (ring 0 and ring 1 networks: the hub, the
+    /// API, agents, other hosts), whatever a rule says. The host's own addresses are always
+    /// protected.
+    pub protected: Vec<crate::kinds::Cidr>,
+    /// The whole instance network: traffic to it leaves an instance's side freely and is
+    /// judged by the receiving instance's ingress rules (on its own host).
+    pub instance_network: Option<crate::kinds::Cidr>,
+    pub instances: Vec<FirewallInstance>,
+}
+
+/// One instance's rules on its host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallInstance {
+    pub node: Uuid,
+    pub account: Uuid,
+    pub address: std::net::IpAddr,
+    /// The host-side veth.
+    pub interface: String,
+    /// The port the edge reaches, if the instance serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Connections the instance accepts, beyond the edge's: first match wins, in order.
+    #[serde(default)]
+    pub ingress: Vec<FirewallRule>,
+    /// Connections the instance may open outside the instance network: first match wins.
+    #[serde(default)]
+    pub egress: Vec<FirewallRule>,
+}
+
+/// One compiled access rule: the peers are addresses (an app selector already resolved to its
+/// instances' addresses by the control plane).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRule {
+    pub action: crate::kinds::Action,
+    pub protocol: crate::kinds::Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<crate::kinds::PortRange>,
+    /// The other end; empty means anywhere.
+    #[serde(default)]
+    pub peers: Vec<crate::kinds::Cidr>,
+    /// The access rule it came from, for `enjin access-rule effective` and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Uuid>,
 }
 
 /// The retained bus topic of a host's desired children.
