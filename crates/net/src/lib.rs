@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod instance;
+
 use std::net::IpAddr;
 use std::process::Command;
 

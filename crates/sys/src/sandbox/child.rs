@@ -32,6 +32,7 @@ pub(crate) trait ChildSys {
     fn dup2(&self, from: RawFd, to: RawFd) -> Result<(), Errno>;
     fn write_file(&self, path: &CStr, data: &[u8]) -> Result<(), Errno>;
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
+    fn setns_net(&self, fd: RawFd) -> Result<(), Errno>;
     fn mount(
         &self,
         source: Option<&CStr>,
@@ -109,6 +110,7 @@ pub(crate) fn apply(sys: &dyn ChildSys, plan: &Plan) -> Failure {
             Step::NewSession => sys.setsid(),
             Step::Dup2 { from, to } => sys.dup2(*from, *to),
             Step::JoinCgroup { procs } => sys.write_file(procs, b"0"),
+            Step::JoinNetNs { fd } => sys.setns_net(*fd),
             Step::UnshareMountNs => sys.unshare(CloneFlags::CLONE_NEWNS),
             Step::MakeMountsPrivate => {
                 sys.mount(None, c"/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
@@ -293,6 +295,12 @@ impl ChildSys for RealChildSys {
 
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
         nix::sched::unshare(flags)
+    }
+
+    fn setns_net(&self, fd: RawFd) -> Result<(), Errno> {
+        // SAFETY: setns(2) only reads its arguments; `fd` was opened by the parent and stays
+        // open in the child until exec (close-on-exec).
+        Errno::result(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }).map(drop)
     }
 
     fn mount(
@@ -825,6 +833,9 @@ mod tests {
         fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
             self.record(format!("unshare {flags:?}"))
         }
+        fn setns_net(&self, fd: RawFd) -> Result<(), Errno> {
+            self.record(format!("setns net {fd}"))
+        }
         fn mount(
             &self,
             source: Option<&CStr>,
@@ -922,7 +933,7 @@ mod tests {
     }
 
     fn fds() -> ChildFds {
-        ChildFds { stdin: Some(10), stdout: Some(11), stderr: Some(12) }
+        ChildFds { stdin: Some(10), stdout: Some(11), stderr: Some(12), netns: None }
     }
 
     fn run_fake(spec: &SandboxSpec, fail_on: Option<&'static str>) -> (Vec<String>, Failure, plan::Plan) {

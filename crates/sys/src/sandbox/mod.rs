@@ -193,6 +193,9 @@ pub struct SandboxSpec {
     /// bytes allocated — so the program's output can never take more of the host's disk than
     /// this per stream while the file's reader lags (the program's writes block instead).
     pub log_budget: Option<u64>,
+    /// A network namespace to run in (such as `/run/netns/<name>`), joined before anything
+    /// else; `None` keeps the caller's.
+    pub netns: Option<PathBuf>,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -220,6 +223,7 @@ impl SandboxSpec {
             drop_capabilities: true,
             seccomp: true,
             log_budget: None,
+            netns: None,
             stdin: Stdio::Null,
             stdout: Stdio::Null,
             stderr: Stdio::Null,
@@ -500,7 +504,18 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
         prepare_stdio(std::mem::take(&mut spec.stdout), false).map_err(stdio_err("stdout"))?;
     let (stderr_child, stderr_parent) =
         prepare_stdio(std::mem::take(&mut spec.stderr), false).map_err(stdio_err("stderr"))?;
+    // Opened here, close-on-exec: the child joins it with setns and the program never sees it.
+    let netns = match &spec.netns {
+        Some(path) => Some(
+            fs::File::open(path)
+                .map(OwnedFd::from)
+                .and_then(above_stdio)
+                .map_err(stdio_err("the network namespace"))?,
+        ),
+        None => None,
+    };
     let fds = plan::ChildFds {
+        netns: netns.as_ref().map(AsRawFd::as_raw_fd),
         stdin: stdin_child.as_ref().map(AsRawFd::as_raw_fd),
         stdout: stdout_child.as_ref().map(AsRawFd::as_raw_fd),
         stderr: stderr_child.as_ref().map(AsRawFd::as_raw_fd),
@@ -536,6 +551,7 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
     drop(report_write);
     drop((stdin_child, stdout_child, stderr_child));
     drop(relay_fds);
+    drop(netns);
     let pid = Pid::from_raw(cloned.map_err(|source| SpawnError::Clone { program: program.clone(), source })?);
 
     let mut report = [0u8; child::Failure::WIRE_LEN];

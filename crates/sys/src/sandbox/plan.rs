@@ -26,6 +26,9 @@ pub(crate) enum Step {
     Dup2 { from: RawFd, to: RawFd },
     /// Writes `0` (itself) to a cgroup's `cgroup.procs`.
     JoinCgroup { procs: CString },
+    /// `setns(fd, CLONE_NEWNET)`: into the network namespace the fd (opened by the parent
+    /// before the fork) refers to.
+    JoinNetNs { fd: RawFd },
     /// `unshare(CLONE_NEWNS)`.
     UnshareMountNs,
     /// `mount(NULL, "/", NULL, MS_REC | MS_PRIVATE)`: nothing we mount leaks to the host and
@@ -168,6 +171,8 @@ pub(crate) struct ChildFds {
     pub stdin: Option<RawFd>,
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
+    /// The network namespace to join, opened before the fork.
+    pub netns: Option<RawFd>,
 }
 
 fn invalid(msg: impl Into<String>) -> SpawnError {
@@ -245,6 +250,11 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, host: Host) -> Result<Pla
     // the program) is charged to and limited by the group.
     for procs in &spec.cgroup_procs {
         steps.push(Step::JoinCgroup { procs: path_cstring("cgroup procs file", procs)? });
+    }
+    // Its own network before anything else can open a socket; needs CAP_SYS_ADMIN, so long
+    // before the uid changes.
+    if let Some(fd) = fds.netns {
+        steps.push(Step::JoinNetNs { fd });
     }
     if mount_ns {
         steps.push(Step::UnshareMountNs);
@@ -582,6 +592,7 @@ impl Step {
             Step::NewSession => "setsid".into(),
             Step::Dup2 { to, .. } => format!("dup2 onto fd {to}"),
             Step::JoinCgroup { procs } => format!("joining cgroup via {}", show(procs)),
+            Step::JoinNetNs { .. } => "joining the network namespace (setns)".into(),
             Step::UnshareMountNs => "unshare(CLONE_NEWNS)".into(),
             Step::MakeMountsPrivate => "making / rprivate".into(),
             Step::ReadonlyRoot => "remounting / read-only and nosuid recursively".into(),
