@@ -92,7 +92,12 @@ fn port_of_spec<S: Spec>(spec: &S) -> Option<u16> {
         return None;
     }
     let v = serde_json::to_value(spec).ok()?;
-    v.get("run")?.get("port")?.as_u64().and_then(|p| u16::try_from(p).ok())
+    let run = v.get("run")?;
+    // A port inside the node's own namespace is nobody else's business.
+    if run.get("own_network").and_then(serde_json::Value::as_bool) == Some(true) {
+        return None;
+    }
+    run.get("port")?.as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
 /// A node spec as its own type, from the generic one (only called for nodes).
@@ -730,7 +735,7 @@ impl Registry {
             && let Ok(node) = serde_json::from_value::<NodeSpec>(obj.spec.clone())
             && let Some(run) = node.run
         {
-            ops.extend(run.port.map(|p| Op::delete(ports::key(p))));
+            ops.extend(run.port.filter(|_| !run.own_network).map(|p| Op::delete(ports::key(p))));
             ops.extend(run.uid.map(|u| Op::delete(uids::key(u))));
         }
         Ok(ops)
@@ -1127,6 +1132,7 @@ mod tests {
             package: None,
             port: None,
             uid: None,
+            own_network: false,
         };
         let spec = NodeSpec {
             parent: Some(host),

@@ -322,6 +322,7 @@ mod tests {
             package: None,
             port: Some(20000),
             uid: None,
+            own_network: false,
         };
         let instance = Object {
             meta: meta(Kind::Node, Ring::PLATFORM, "web-1", labels),

@@ -16,6 +16,7 @@
 //! ([`PlatformError::NoSandbox`]), and their instances are placed on sandboxing hosts only.
 
 pub mod edge;
+pub mod network;
 pub mod placement;
 mod rollout;
 

@@ -22,6 +22,7 @@ use enjin_model::{Kind, Object, Ring};
 use uuid::Uuid;
 
 use super::edge::View;
+use super::network;
 use super::placement::{HostLoad, Isolation, Sandbox, eligible, place};
 use super::{
     APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL, ROLLOUT_LABEL,
@@ -331,6 +332,21 @@ async fn create_instances(
     let view = View::read(&p.registry).await?;
     let mut loads = host_loads(&view, env.meta.uuid, process);
     eligible(&mut loads, isolation).map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+    // Where the cloud has an instance network, a sandboxing host with a block of it gives each
+    // instance a namespace and an address of its own; a tenant's instances go only there.
+    let networks = network::networks(&p.registry).await?;
+    let block = |host: Uuid| {
+        let (instances, hosts) = networks.as_ref()?;
+        network::block_of(host, instances, hosts, &view.interfaces)
+    };
+    if networks.is_some() && isolation == Isolation::Required {
+        loads.retain(|l| block(l.host).is_some());
+        if loads.is_empty() {
+            return Err(PlatformError::Unavailable(
+                "no sandboxing host that is up has a block of the instance network".into(),
+            ));
+        }
+    }
     // Placed by what the instance will really be given: the operator's default when the
     // manifest names no memory.
     let memory = p.registry.instance_defaults().applied(&pt.resources).memory_bytes.unwrap_or(0);
@@ -343,6 +359,7 @@ async fn create_instances(
     for (i, host) in hosts.into_iter().enumerate() {
         let sandbox = loads.iter().find(|l| l.host == host).map_or(Sandbox::None, |l| l.sandbox);
         let strategy = sandbox.instance_strategy();
+        let own_block = block(host).filter(|_| sandbox == Sandbox::UnixUser);
         let label = format!("{process}-v{version}-{short}-{}", first + i + 1);
         let labels = [
             (APP_LABEL.to_string(), app.clone()),
@@ -354,7 +371,10 @@ async fn create_instances(
         let mut attempt = 0;
         let node = loop {
             attempt += 1;
-            let port = free_port(&p.registry).await?;
+            let port = match own_block {
+                Some(_) => network::INSTANCE_PORT,
+                None => free_port(&p.registry).await?,
+            };
             let mut envs: BTreeMap<String, String> = release.spec.manifest.env.clone();
             envs.insert("PORT".into(), port.to_string());
             envs.insert("ENJIN_APP".into(), app.clone());
@@ -393,6 +413,7 @@ async fn create_instances(
                     package: Some(release.spec.package.clone()),
                     port: Some(port),
                     uid: None,
+                    own_network: own_block.is_some(),
                 }),
             };
             let req = CreateRequest {
@@ -412,6 +433,13 @@ async fn create_instances(
                 }
             }
         };
+        if let (Some(block), Some((instances, _))) = (own_block, &networks) {
+            if let Err(e) = network::attach(&p.registry, &node, instances.meta.uuid, &block).await {
+                made.push(node.meta.uuid);
+                remove(p, &made).await;
+                return Err(e);
+            }
+        }
         tracing::info!(app = %app, instance = %label, host = %host, strategy = strategy.name(), "instance placed");
         if sandbox == Sandbox::None {
             unsandboxed += 1;

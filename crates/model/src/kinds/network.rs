@@ -235,7 +235,8 @@ impl Spec for NetworkInterfaceSpec {
     fn references(&self) -> Vec<Reference> {
         vec![
             reference("spec.network", Kind::Network, self.network, RingRule::Same, OnDelete::Restrict),
-            reference("spec.node", Kind::Node, self.node, RingRule::Same, OnDelete::Restrict),
+            // An interface is part of its node: it goes (and its addresses return) with it.
+            reference("spec.node", Kind::Node, self.node, RingRule::Same, OnDelete::Cascade),
         ]
     }
 

@@ -170,9 +170,16 @@ pub struct RunSpec {
     /// A package from the package store, unpacked into the child's directory before it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<super::PackageRef>,
-    /// The port ring 1 gave the child (also in its `PORT`), unique on its host's address.
+    /// The port the child serves (also in its `PORT`): with `own_network` a port of its own
+    /// namespace; otherwise unique on its host's address, claimed cloud-wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The child runs in a network namespace of its own, with an address on the instance
+    /// network (a `NetworkInterface` of its node) and nothing reachable but what its host's
+    /// firewall admits. Set by the platform for instances on hosts that isolate them; never
+    /// changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_network: bool,
     /// The uid a `unix-user` child runs as: reserved by the control plane in the node's create
     /// transaction (`/uids/<uid>`), released with the node, never chosen by a caller and never
     /// changed.
@@ -269,6 +276,17 @@ pub struct NodeSpec {
 
 impl Spec for NodeSpec {
     const KIND: Kind = Kind::Node;
+
+    fn check_update(&self, old: &Self) -> Result<(), FieldError> {
+        let own = |s: &Self| s.run.as_ref().is_some_and(|r| r.own_network);
+        if own(self) != own(old) {
+            return Err(FieldError::new(
+                "spec.run.own_network",
+                "whether a node has a network of its own cannot change: create a new node",
+            ));
+        }
+        Ok(())
+    }
 
     fn validate(&self, ring: Ring) -> Result<(), FieldError> {
         match (ring.parent(), self.parent) {
