@@ -22,12 +22,10 @@ use enjin_bus::trust::{
     VerifierConfig,
 };
 use enjin_model::api::{
-    BusMessage, CreateRequest, DesiredChild, DesiredChildren, JoinRequest, JoinResponse, KeyInfo, ListQuery,
-    ObservationReport, UpdateRequest, desired_topic,
+    BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
+    UpdateRequest, desired_topic,
 };
-use enjin_model::kinds::{
-    DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy,
-};
+use enjin_model::kinds::{NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy};
 use enjin_model::{Ring, validate_label};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
@@ -464,23 +462,7 @@ impl BusAuthority {
     /// Publish the whole set of children `host` should run, on its retained desired topic.
     pub async fn publish_desired(&self, host: Uuid) -> Result<(), BusError> {
         let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Ok(()) };
-        let q = ListQuery { parent: Some(host), ..ListQuery::default() };
-        let (nodes, revision) = self.registry.list::<NodeSpec>(&q).await?;
-        let children = nodes
-            .into_iter()
-            .filter(|n| n.spec.desired_state == DesiredState::Running)
-            .filter_map(|n| {
-                Some(DesiredChild {
-                    uuid: n.meta.uuid,
-                    label: n.meta.label.clone().unwrap_or_default(),
-                    strategy: n.spec.strategy?,
-                    run: n.spec.run.clone()?,
-                    resources: n.spec.resources.clone(),
-                    network: None,
-                })
-            })
-            .collect();
-        let desired = DesiredChildren { node: host, revision, children, firewall: None };
+        let desired = crate::netpolicy::desired_children(&self.registry, host).await?;
         let payload = to_json(&desired)?;
         let topic = desired_topic(host);
         let sealed = self
@@ -504,11 +486,15 @@ impl BusAuthority {
     /// the store), and every [`REPUBLISH_EVERY`] in case anything was missed.
     async fn desired_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPUBLISH_EVERY);
-        let mut watch = match self
-            .store
-            .watch(&crate::registry::kind_prefix(enjin_model::Kind::Node), 0)
-            .await
-        {
+        // Everything a desired set is made of: nodes, their interfaces, access rules.
+        let relevant = [
+            enjin_model::Kind::Node,
+            enjin_model::Kind::NetworkInterface,
+            enjin_model::Kind::AccessRule,
+            enjin_model::Kind::AccessRuleSet,
+        ]
+        .map(crate::registry::kind_prefix);
+        let mut watch = match self.store.watch(crate::registry::REGISTRY_PREFIX, 0).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch nodes; desired state is only republished periodically");
@@ -519,7 +505,11 @@ impl BusAuthority {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                batch = watch.recv() => if batch.is_none() { tick.tick().await; },
+                batch = watch.recv() => match batch {
+                    None => { tick.tick().await; }
+                    Some(Ok(b)) if !b.events.iter().any(|e| relevant.iter().any(|p| e.kv.key.starts_with(p.as_str()))) => continue,
+                    Some(_) => {}
+                },
             }
             match self.own_hosts().await {
                 Ok(hosts) => {

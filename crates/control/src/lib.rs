@@ -14,6 +14,7 @@ mod extract;
 pub mod ipam;
 pub mod limits;
 mod metrics;
+pub mod netpolicy;
 mod openapi;
 pub mod platform;
 pub mod ports;

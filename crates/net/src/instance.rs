@@ -71,7 +71,18 @@ pub fn ensure_instance(names: &InstanceNames, address: IpAddr) -> Result<(), Net
     if ip(&["-n", ns, "link", "show", "eth0"]).is_err() {
         let _ = ip(&["link", "del", veth]);
         ip(&[
-            "link", "add", veth, "address", HOST_SIDE_MAC, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            "link",
+            "add",
+            veth,
+            "address",
+            HOST_SIDE_MAC,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
         ])?;
     }
     // Each instance is alone on its link: no IPv6 (link-local addresses would be a second way
@@ -85,7 +96,19 @@ pub fn ensure_instance(names: &InstanceNames, address: IpAddr) -> Result<(), Net
     ok_if_exists(ip(&["-n", ns, "addr", "add", &format!("{v4}/32"), "dev", "eth0"]))?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    ip(&["-n", ns, "neigh", "replace", NEXT_HOP, "lladdr", HOST_SIDE_MAC, "dev", "eth0", "nud", "permanent"])?;
+    ip(&[
+        "-n",
+        ns,
+        "neigh",
+        "replace",
+        NEXT_HOP,
+        "lladdr",
+        HOST_SIDE_MAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
     ip(&["-n", ns, "route", "replace", NEXT_HOP, "dev", "eth0", "scope", "link"])?;
     ip(&["-n", ns, "route", "replace", "default", "via", NEXT_HOP, "dev", "eth0", "onlink"])?;
     ip(&["route", "replace", &format!("{v4}/32"), "dev", veth, "scope", "link"])?;
@@ -107,7 +130,10 @@ fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), NetError> {
         .output()
         .map_err(|e| NetError::Spawn { args: joined.clone(), source: e })?;
     if !out.status.success() {
-        return Err(NetError::Failed { args: joined, stderr: String::from_utf8_lossy(&out.stderr).trim().into() });
+        return Err(NetError::Failed {
+            args: joined,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
     }
     Ok(())
 }

@@ -116,7 +116,8 @@ fn instances_get_their_own_namespace_address_and_route() {
     let host_ip: IpAddr = "10.198.7.2".parse().expect("ip");
     let host = (format!("ejnsi{tag}"), format!("ejvi{tag}"));
     let (a_id, b_id) = (format!("a{tag}0001"), format!("b{tag}0002"));
-    let (a_ip, b_ip): (IpAddr, IpAddr) = ("10.197.2.2".parse().expect("ip"), "10.197.2.3".parse().expect("ip"));
+    let (a_ip, b_ip): (IpAddr, IpAddr) =
+        ("10.197.2.2".parse().expect("ip"), "10.197.2.3".parse().expect("ip"));
     let (a, b) = (instance_names(&a_id), instance_names(&b_id));
     let block = "10.197.2.0/24".to_string();
     let mut cleanup = Cleanup {
@@ -131,10 +132,11 @@ fn instances_get_their_own_namespace_address_and_route() {
 
     // The instances are made from inside the host's namespace, like the agent makes them.
     let exe = std::env::current_exe().expect("test binary");
-    let status = in_ns(&host.0, &[exe.to_str().expect("utf-8"), "--exact", "inner_make_instances", "--nocapture"])
-        .env(INNER, format!("{a_id}={a_ip},{b_id}={b_ip}"))
-        .status()
-        .expect("inner half");
+    let status =
+        in_ns(&host.0, &[exe.to_str().expect("utf-8"), "--exact", "inner_make_instances", "--nocapture"])
+            .env(INNER, format!("{a_id}={a_ip},{b_id}={b_ip}"))
+            .status()
+            .expect("inner half");
     assert!(status.success(), "making the instances inside the host failed");
 
     // The machine routes the host's block through the host.
@@ -149,7 +151,10 @@ fn instances_get_their_own_namespace_address_and_route() {
     cleanup.children.push(listen(&a.netns, 8080));
     cleanup.children.push(listen(&b.netns, 8080));
     assert!(eventually(|| connects(None, a_ip, 8080, None)), "the machine reaches instance a");
-    assert!(eventually(|| connects(None, b_ip, 8080, None)), "the machine reaches instance b on the same port");
+    assert!(
+        eventually(|| connects(None, b_ip, 8080, None)),
+        "the machine reaches instance b on the same port"
+    );
     // Instances reach each other through the host (no firewall in this test).
     assert!(connects(Some(&a.netns), b_ip, 8080, None), "a reaches b through the host");
 

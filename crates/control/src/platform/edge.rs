@@ -90,7 +90,17 @@ impl View {
     }
 
     pub fn address_of(&self, node: &Object<NodeSpec>) -> Option<SocketAddr> {
-        let port = node.spec.run.as_ref()?.port?;
+        let run = node.spec.run.as_ref()?;
+        let port = run.port?;
+        if run.own_network {
+            // Its own address (its interface on the instance network), or nowhere yet.
+            let address = self
+                .interfaces
+                .iter()
+                .find(|i| i.spec.node == node.meta.uuid)
+                .and_then(|i| i.spec.addresses.first().copied())?;
+            return Some(SocketAddr::new(address, port));
+        }
         let host = node.spec.parent?;
         Some(SocketAddr::new(super::host_address(host, &self.interfaces), port))
     }
