@@ -41,7 +41,9 @@ pub fn child_spec(c: &DesiredChild) -> Option<ChildSpec> {
     };
     spec.stop = StopSpec { grace: Duration::from_secs(c.run.stop_grace_seconds), ..StopSpec::default() };
     spec.probe = c.run.probe.as_ref().and_then(|p| {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port?));
+        // An instance with a network of its own is probed at its address, from the host.
+        let ip = c.network.as_ref().map_or(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), |n| n.address);
+        let addr = SocketAddr::new(ip, p.port?);
         let mut probe = match p.strategy {
             ObservationStrategy::Tcp => ProbeSpec::tcp(addr),
             ObservationStrategy::Http => ProbeSpec::http(addr, p.path.clone().unwrap_or_else(|| "/".into())),
@@ -105,6 +107,9 @@ impl RoutingLauncher {
             .collect();
         if let Some(s) = &self.sandbox {
             s.clean_up(&keep);
+            if desired.firewall.is_some() {
+                s.clean_up_networks(&keep);
+            }
             digests.extend(s.packages_in_use());
         }
         if let Some((cache, work)) = &self.packages {
@@ -147,6 +152,7 @@ impl RoutingLauncher {
                     uid: c.run.uid,
                     resources: c.resources.clone(),
                     package: c.run.package.as_ref().zip(self.cache()).map(|(p, cache)| cache.path(&p.digest)),
+                    network: c.network.clone(),
                 },
             ),
             (None, Strategy::UnixUser) => tracing::warn!(
@@ -236,6 +242,14 @@ async fn apply_sets(
         // clean-up of this one forget the newer set's children.
         for c in &desired.children {
             launcher.note(c);
+        }
+        // The firewall first: an instance never runs a moment under rules older than its set.
+        if let Some(fw) = desired.firewall.clone() {
+            match tokio::task::spawn_blocking(move || crate::network::apply(&fw)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(revision = desired.revision, error = %e, "firewall not applied"),
+                Err(e) => tracing::error!(error = %e, "firewall application panicked"),
+            }
         }
         let cache = launcher.cache().cloned();
         let mut specs = Vec::new();

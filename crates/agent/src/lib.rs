@@ -11,6 +11,7 @@
 mod children;
 mod config;
 pub mod logs;
+mod network;
 mod packages;
 mod sandbox;
 pub mod stats;

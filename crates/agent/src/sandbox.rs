@@ -24,6 +24,7 @@ use enjin_supervisor::{
     ChildId, ChildSpec, Exit, ExitWaiter, LaunchError, Launched, Launcher, ProcessHandle, Signal, SignalError,
 };
 use enjin_sys::cgroup::{CgroupConfig, Cgroups, Limits};
+use enjin_net::instance::{InstanceNames, instance_names};
 use enjin_sys::sandbox::{Jail, SandboxSpec, Stdio, Writable};
 
 /// Where an instance's app appears inside its jail (its cwd and `HOME`).
@@ -48,6 +49,8 @@ pub struct SandboxChild {
     pub resources: Resources,
     /// The unpacked package (the overlay's lower layer); none: an empty one.
     pub package: Option<PathBuf>,
+    /// A network namespace of its own, made before it starts; none: the host's.
+    pub network: Option<enjin_model::api::ChildNetwork>,
 }
 
 pub struct SandboxLauncher {
@@ -160,10 +163,27 @@ impl SandboxLauncher {
                 }
                 Err(e) => tracing::debug!(child = %name, error = %e, "no cgroup to remove"),
             }
+            remove_network(&name);
             // Root's own tree: image files and empty mount points, never mounted on the host.
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::info!(child = %name, "removed instance directory"),
                 Err(e) => tracing::warn!(child = %name, error = %e, "failed to remove instance directory"),
+            }
+        }
+    }
+
+    /// Removes instance namespaces no child in `keep` uses (left by children removed while
+    /// this agent was away, whose directories are already gone).
+    pub fn clean_up_networks(&self, keep: &HashSet<String>) {
+        let wanted: HashSet<String> = keep.iter().map(|id| instance_names(id).netns).collect();
+        for ns in enjin_net::instance::list_instances() {
+            if wanted.contains(&ns) {
+                continue;
+            }
+            let names = InstanceNames { veth: ns.clone(), netns: ns };
+            match enjin_net::instance::remove_instance(&names) {
+                Ok(()) => tracing::info!(netns = %names.netns, "removed instance network"),
+                Err(e) => tracing::warn!(netns = %names.netns, error = %e, "instance network not removed"),
             }
         }
     }
@@ -247,6 +267,16 @@ fn resolve(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Removes a gone child's namespace and veth pair, if it had them.
+fn remove_network(id: &str) {
+    let names = instance_names(id);
+    if enjin_net::instance::netns_path(&names.netns).exists()
+        && let Err(e) = enjin_net::instance::remove_instance(&names)
+    {
+        tracing::warn!(child = %id, error = %e, "instance network not removed");
+    }
+}
+
 impl Launcher for SandboxLauncher {
     fn launch(&self, spec: &ChildSpec) -> Result<Launched, LaunchError> {
         let id = spec.id.clone();
@@ -293,6 +323,12 @@ impl Launcher for SandboxLauncher {
         };
         let lower = child.package.clone().unwrap_or_else(|| self.root.join(".empty"));
         let mut sandbox = SandboxSpec::new(program, uid, uid, APP_DIR);
+        if let Some(net) = &child.network {
+            let names = InstanceNames { netns: net.netns.clone(), veth: net.interface.clone() };
+            enjin_net::instance::ensure_instance(&names, net.address)
+                .map_err(|e| spawn_error(&id, &name, format!("its network: {e}")))?;
+            sandbox.netns = Some(enjin_net::instance::netns_path(&net.netns));
+        }
         sandbox.jail = Some(Jail {
             root,
             app: APP_DIR.into(),
