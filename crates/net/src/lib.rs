@@ -151,6 +151,18 @@ pub fn remove_host(netns: &str, veth: &str) -> Result<(), NetError> {
     }
 }
 
+/// `ip route replace DEST via VIA`, in `netns` or (with `None`) in the caller's namespace.
+pub fn route_replace(netns: Option<&str>, dest: &str, via: IpAddr) -> Result<(), NetError> {
+    let via = via.to_string();
+    match netns {
+        Some(ns) => {
+            check_name(ns)?;
+            ip(&["-n", ns, "route", "replace", dest, "via", &via]).map(drop)
+        }
+        None => ip(&["route", "replace", dest, "via", &via]).map(drop),
+    }
+}
+
 /// Cut a host off its network (`up = false`) or bring it back: its supervisor-side link goes
 /// down, as when a cable is pulled.
 pub fn set_link(veth: &str, up: bool) -> Result<(), NetError> {

@@ -34,9 +34,12 @@ pub struct HostsNetwork {
     pub cidr: Cidr,
     pub gateway: IpAddr,
     pub bridge: String,
+    /// The instance network: its range, each host owning a block of it.
+    pub instances: Cidr,
 }
 
 pub const HOSTS_CIDR: &str = "10.250.0.0/24";
+pub const INSTANCE_CIDR: &str = "10.251.0.0/16";
 
 /// Whether this process may make network namespaces (root, with iproute2).
 pub fn can_netns() -> bool {
@@ -50,7 +53,7 @@ pub fn can_netns() -> bool {
 }
 
 /// The ring 1 network the hosts live on, and its bridge, up.
-pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork> {
+pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr, instance_cidr: Cidr) -> Result<HostsNetwork> {
     let q =
         ListQuery { ring: Some(Ring::INFRASTRUCTURE), label: Some("hosts".into()), ..ListQuery::default() };
     let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
@@ -77,7 +80,49 @@ pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr) -> Result<HostsNetwork
         .await
         .context("bridge setup panicked")?
         .with_context(|| format!("failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr)"))?;
-    Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge })
+    let instances = instance_network(cp, &cidr, instance_cidr).await?;
+    Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge, instances })
+}
+
+/// The ring 2 network instances get their addresses from (made once; its range then stays).
+async fn instance_network(cp: &ControlPlane, hosts: &Cidr, cidr: Cidr) -> Result<Cidr> {
+    let label = enjin_control::platform::network::INSTANCES;
+    let q = ListQuery { ring: Some(Ring::PLATFORM), label: Some(label.into()), ..ListQuery::default() };
+    let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
+    if let Some(n) = found.into_iter().next() {
+        return Ok(n.spec.cidr);
+    }
+    if cidr.contains(hosts.addr) || hosts.contains(cidr.addr) {
+        anyhow::bail!("the instance network {cidr} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range");
+    }
+    if cidr.prefix > enjin_control::platform::network::BLOCK_PREFIX {
+        anyhow::bail!("the instance network {cidr} is narrower than one host's block (a /24)");
+    }
+    let spec = NetworkSpec { strategy: NetworkStrategy::Local, cidr, compartments: Vec::new() };
+    let req = CreateRequest { account: None, ring: Ring::PLATFORM, label: Some(label.into()), labels: Default::default(), spec };
+    cp.registry().create(req, Utc::now()).await.context("failed to create the instance network")?;
+    Ok(cidr)
+}
+
+/// Routes to every host's block of the instance network: on this machine (the router reaches
+/// instances from here) and in every other host's namespace, through the host that owns it.
+fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<()> {
+    let blocks: Vec<(String, IpAddr, Cidr)> = hosts
+        .iter()
+        .filter_map(|(ns, addr)| {
+            let block = enjin_control::platform::network::host_block(&net.instances, &net.cidr, *addr)?;
+            Some((ns.clone(), *addr, block))
+        })
+        .collect();
+    for (ns, via, block) in &blocks {
+        enjin_net::route_replace(None, &block.to_string(), *via)
+            .with_context(|| format!("failed to route {block} to its host"))?;
+        for (other, _, _) in blocks.iter().filter(|(o, _, _)| o != ns) {
+            enjin_net::route_replace(Some(other), &block.to_string(), *via)
+                .with_context(|| format!("failed to route {block} from {other}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Make sure `count` hosts exist under `machine`, prepare each one's directory (and network
@@ -148,6 +193,7 @@ pub async fn start(
         }
     }
     let mut specs = Vec::new();
+    let mut routed = Vec::new();
     for host in &hosts {
         let label = host.meta.label.clone().unwrap_or_else(|| host.meta.uuid.to_string());
         let dir = root.join(&label);
@@ -174,10 +220,11 @@ pub async fn start(
         ];
         let command = match (net, host.spec.strategy) {
             (Some(n), Some(Strategy::Netns)) => {
-                let ns = netns_host(cp, host.meta.uuid, n)
+                let (ns, address) = netns_host(cp, host.meta.uuid, n)
                     .await
                     .with_context(|| format!("failed to set up {label}'s network"))?;
                 let mut c = enjin_net::exec_prefix(&ns);
+                routed.push((ns, address));
                 c.extend(agent);
                 c
             }
@@ -185,6 +232,10 @@ pub async fn start(
         };
         let id = ChildId::new(host.meta.uuid.to_string())?;
         specs.push(ring1_child(id, command, "info"));
+    }
+    if let Some(n) = net {
+        let (n, routed) = (n.clone(), routed.clone());
+        tokio::task::spawn_blocking(move || route_blocks(&n, &routed)).await.context("routing panicked")??;
     }
     std::fs::create_dir_all(root.join("logs"))
         .with_context(|| format!("failed to create {}", root.display()))?;
@@ -260,7 +311,7 @@ pub fn ring1_child(id: ChildId, command: Vec<String>, log: &str) -> ChildSpec {
 }
 
 /// The host's interface on the hosts network (its address from IPAM) and its namespace.
-async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result<String> {
+async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result<(String, IpAddr)> {
     let (interfaces, _) = cp.registry().list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
     let iface = match interfaces.into_iter().find(|i| i.spec.node == host && i.spec.network == net.network) {
         Some(i) => i,
@@ -285,5 +336,5 @@ async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result
         .await
         .context("namespace setup panicked")??;
     tracing::info!(%host, %address, netns = %names.netns, "host network ready");
-    Ok(names.netns)
+    Ok((names.netns, address))
 }

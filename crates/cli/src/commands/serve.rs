@@ -115,7 +115,11 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
                 Some(c) => c,
                 None => hosts::HOSTS_CIDR.parse().map_err(anyhow::Error::msg)?,
             };
-            let net = hosts::hosts_network(&cp, cidr).await?;
+            let instance_cidr = match file.hosts.instance_cidr {
+                Some(c) => c,
+                None => hosts::INSTANCE_CIDR.parse().map_err(anyhow::Error::msg)?,
+            };
+            let net = hosts::hosts_network(&cp, cidr, instance_cidr).await?;
             bus_listen = SocketAddr::new(net.gateway, bus_listen.port());
             Some(net)
         } else {
