@@ -247,7 +247,9 @@ async fn apply_sets(
         if let Some(fw) = desired.firewall.clone() {
             match tokio::task::spawn_blocking(move || crate::network::apply(&fw)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(revision = desired.revision, error = %e, "firewall not applied"),
+                Ok(Err(e)) => {
+                    tracing::error!(revision = desired.revision, error = %e, "firewall not applied")
+                }
                 Err(e) => tracing::error!(error = %e, "firewall application panicked"),
             }
         }

@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use enjin_model::kinds::Resources;
+use enjin_net::instance::{InstanceNames, instance_names};
 use enjin_supervisor::{
     ChildId, ChildSpec, Exit, ExitWaiter, LaunchError, Launched, Launcher, ProcessHandle, Signal, SignalError,
 };
 use enjin_sys::cgroup::{CgroupConfig, Cgroups, Limits};
-use enjin_net::instance::{InstanceNames, instance_names};
 use enjin_sys::sandbox::{Jail, SandboxSpec, Stdio, Writable};
 
 /// Where an instance's app appears inside its jail (its cwd and `HOME`).
@@ -181,6 +181,10 @@ impl SandboxLauncher {
                 continue;
             }
             let names = InstanceNames { veth: ns.clone(), netns: ns };
+            // Another host's instance: not ours to remove.
+            if !enjin_net::instance::is_local(&names) {
+                continue;
+            }
             match enjin_net::instance::remove_instance(&names) {
                 Ok(()) => tracing::info!(netns = %names.netns, "removed instance network"),
                 Err(e) => tracing::warn!(netns = %names.netns, error = %e, "instance network not removed"),

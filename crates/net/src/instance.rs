@@ -150,8 +150,14 @@ pub fn remove_instance(names: &InstanceNames) -> Result<(), NetError> {
     }
 }
 
-/// The instance namespaces that exist (`eji-…` under `/run/netns`), for cleaning up those no
-/// desired child has any more.
+/// Whether the instance's host side is in the caller's namespace: `/run/netns` is shared by
+/// every host on the machine, so a host must only ever remove its own instances' namespaces.
+pub fn is_local(names: &InstanceNames) -> bool {
+    check_name(&names.veth).is_ok() && ip(&["link", "show", "dev", &names.veth]).is_ok()
+}
+
+/// The instance namespaces that exist on the machine (`eji-…` under `/run/netns`, every
+/// host's: see [`is_local`]), for cleaning up those no desired child has any more.
 pub fn list_instances() -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {

@@ -93,13 +93,21 @@ async fn instance_network(cp: &ControlPlane, hosts: &Cidr, cidr: Cidr) -> Result
         return Ok(n.spec.cidr);
     }
     if cidr.contains(hosts.addr) || hosts.contains(cidr.addr) {
-        anyhow::bail!("the instance network {cidr} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range");
+        anyhow::bail!(
+            "the instance network {cidr} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range"
+        );
     }
     if cidr.prefix > enjin_control::platform::network::BLOCK_PREFIX {
         anyhow::bail!("the instance network {cidr} is narrower than one host's block (a /24)");
     }
     let spec = NetworkSpec { strategy: NetworkStrategy::Local, cidr, compartments: Vec::new() };
-    let req = CreateRequest { account: None, ring: Ring::PLATFORM, label: Some(label.into()), labels: Default::default(), spec };
+    let req = CreateRequest {
+        account: None,
+        ring: Ring::PLATFORM,
+        label: Some(label.into()),
+        labels: Default::default(),
+        spec,
+    };
     cp.registry().create(req, Utc::now()).await.context("failed to create the instance network")?;
     Ok(cidr)
 }
@@ -235,7 +243,9 @@ pub async fn start(
     }
     if let Some(n) = net {
         let (n, routed) = (n.clone(), routed.clone());
-        tokio::task::spawn_blocking(move || route_blocks(&n, &routed)).await.context("routing panicked")??;
+        tokio::task::spawn_blocking(move || route_blocks(&n, &routed))
+            .await
+            .context("routing panicked")??;
     }
     std::fs::create_dir_all(root.join("logs"))
         .with_context(|| format!("failed to create {}", root.display()))?;
