@@ -225,6 +225,10 @@ pub struct ServeArgs {
     /// The hosts' network range (`enjin up` as root; default 10.250.0.0/24)
     #[arg(long)]
     pub hosts_cidr: Option<enjin_model::kinds::Cidr>,
+    /// The instance network's range: each host owns the /24 at its offset on the hosts network
+    /// (`enjin up` as root; default 10.252.0.0/16)
+    #[arg(long)]
+    pub instance_cidr: Option<enjin_model::kinds::Cidr>,
     /// Address of the HTTP router that serves apps (`enjin up` only; default 127.0.0.1:7482)
     #[arg(long)]
     pub router_listen: Option<SocketAddr>,

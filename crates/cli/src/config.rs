@@ -221,7 +221,7 @@ pub struct HostsFileConfig {
     pub count: Option<usize>,
     /// The hosts network's range, when hosts get network namespaces (default 10.250.0.0/24).
     pub cidr: Option<enjin_model::kinds::Cidr>,
-    /// The instance network's range (default 10.251.0.0/16): each host owns a /24 of it, the
+    /// The instance network's range (default 10.252.0.0/16): each host owns a /24 of it, the
     /// one at its offset on the hosts network.
     pub instance_cidr: Option<enjin_model::kinds::Cidr>,
     /// Seconds without a heartbeat before a host is *disconnected* (default 10) …

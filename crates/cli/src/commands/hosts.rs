@@ -39,7 +39,7 @@ pub struct HostsNetwork {
 }
 
 pub const HOSTS_CIDR: &str = "10.250.0.0/24";
-pub const INSTANCE_CIDR: &str = "10.251.0.0/16";
+pub const INSTANCE_CIDR: &str = "10.252.0.0/16";
 
 /// Whether this process may make network namespaces (root, with iproute2).
 pub fn can_netns() -> bool {

@@ -115,7 +115,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
                 Some(c) => c,
                 None => hosts::HOSTS_CIDR.parse().map_err(anyhow::Error::msg)?,
             };
-            let instance_cidr = match file.hosts.instance_cidr {
+            let instance_cidr = match args.instance_cidr.or(file.hosts.instance_cidr) {
                 Some(c) => c,
                 None => hosts::INSTANCE_CIDR.parse().map_err(anyhow::Error::msg)?,
             };

@@ -1,5 +1,5 @@
 //! The instance network: one ring 2 network of the system account (label [`INSTANCES`], by
-//! default `10.251.0.0/16`) from which every instance on a host that isolates instances gets an
+//! default `10.252.0.0/16`) from which every instance on a host that isolates instances gets an
 //! address of its own, as every Kubernetes pod gets one from the cluster's pod network.
 //!
 //! Each host owns a block of it (a /24, like a Kubernetes node's pod CIDR), derived from the

@@ -16,6 +16,12 @@ pub fn own_range() -> String {
     format!("10.251.{}.0/24", std::process::id() % 250 + 1)
 }
 
+/// An instance network range of this test process's own (10.x.0.0/16, x from 160 to 223),
+/// for the same reason.
+pub fn own_instance_range() -> String {
+    format!("10.{}.0.0/16", 160 + std::process::id() % 64)
+}
+
 /// A running `enjin up` or `enjin server`; killed on drop.
 pub struct Running {
     pub child: Child,
@@ -41,6 +47,8 @@ impl Running {
                 [
                     "--hosts-cidr",
                     &own_range(),
+                    "--instance-cidr",
+                    &own_instance_range(),
                     "--router-listen",
                     "127.0.0.1:0",
                     "--dns-listen",
@@ -226,6 +234,8 @@ fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) 
         let uuid = n["uuid"].as_str().unwrap_or_default();
         let _ = Command::new("ip").args(["link", "del", &format!("ejv-{}", short(uuid))]).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("enjin-{}", short(uuid))]).status();
+        // An instance's own namespace (its veth pair goes with it).
+        let _ = Command::new("ip").args(["netns", "del", &format!("eji-{}", short(uuid))]).status();
     }
     // Empty cgroups of the hosts' instances (the launcher leaves them; see the closing note).
     for n in list["items"].as_array().into_iter().flatten() {
