@@ -238,6 +238,30 @@ impl Cloud {
         eprintln!("deployed {} in {:?}", dir.display(), started.elapsed());
     }
 
+    /// `enjin deploy DIR --account ACCOUNT`.
+    fn deploy_as(&self, dir: &Path, account: &str) {
+        let out = cli(&self.data, &["deploy", dir.to_str().expect("utf-8 path"), "--account", account]);
+        assert!(
+            out.status.success(),
+            "enjin deploy {} as {account} failed: {}{}",
+            dir.display(),
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    /// An app's instances' addresses (`ip:port`), as `enjin app status` shows them.
+    fn addresses(&self, app: &str) -> Vec<SocketAddr> {
+        let out = cli(&self.data, &["-o", "json", "app", "status", app]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.parse().ok())
+            .collect()
+    }
+
     fn logs(&self, app: &str) -> String {
         let out = cli(&self.data, &["logs", app, "--tail", "10000"]);
         if out.status.success() { stdout(&out) } else { String::new() }
@@ -319,6 +343,7 @@ impl Drop for Cloud {
             let uuid = n["uuid"].as_str().unwrap_or_default();
             quiet(&["link", "del", &format!("ejv-{}", short(uuid))]);
             quiet(&["netns", "del", &format!("enjin-{}", short(uuid))]);
+            quiet(&["netns", "del", &format!("eji-{}", short(uuid))]);
             for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
                 let host = controller.path().join("enjin").join(uuid);
                 for inst in std::fs::read_dir(&host).into_iter().flatten().flatten() {
@@ -1200,5 +1225,144 @@ fn nothing_in_the_data_directory_is_open_to_other_uids() {
             "the walk as {uid} could not even see the data directory: {text}"
         );
     }
+    cloud.stop();
+}
+
+/// The network from inside a tenant's app, through the real `enjin up`: the app (account
+/// `net-b`) tries another account's instance, the bus hub, the API, its host and a spoofed
+/// source address; all must fail, while a peer of its own account is reachable exactly while an
+/// access rule allows it (applied on the host within a second of its commit, measured).
+#[test]
+fn instances_reach_only_what_the_firewall_admits() {
+    require_root!();
+    let cloud = Cloud::start();
+    let data = cloud.data.clone();
+    for account in ["net-a", "net-b"] {
+        let out = cli(&data, &["account", "create", account]);
+        assert!(out.status.success(), "account {account}: {}", stderr(&out));
+    }
+    // The victim, another account's; the peer, the hostile app's own account's.
+    let victim = cloud.app_as("bystander", "victim-a", &[]);
+    cloud.deploy_as(&victim, "net-a");
+    let peer = cloud.app_as("bystander", "peer-b", &[]);
+    cloud.deploy_as(&peer, "net-b");
+    let victim_addr = *cloud.addresses("victim-a").first().expect("the victim's address");
+    let peer_addr = *cloud.addresses("peer-b").first().expect("the peer's address");
+
+    // What of rings 0 and 1 an instance could try: the hub (where the agents connect), the
+    // API's port on the hosts' gateway, and a listener in its own host's namespace.
+    let agent: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("hosts/host-1/agent.json")).expect("host-1's agent file"),
+    )
+    .expect("agent file json");
+    let hub: SocketAddr = agent["hub"].as_str().expect("hub").parse().expect("hub address");
+    let api_port: u16 = cloud
+        .up
+        .as_ref()
+        .expect("running")
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("api port");
+    let host_ns = format!(
+        "enjin-{}",
+        uuid_of(&data, "host-1").chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>()
+    );
+    let host_ip = match hub.ip() {
+        std::net::IpAddr::V4(g) => std::net::Ipv4Addr::from(u32::from(g) + 1),
+        other => panic!("hub on {other}"),
+    };
+    let host_port = 29000 + (std::process::id() % 1000) as u16;
+    let mut host_listener = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{host_ns}"),
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "0.0.0.0",
+            &host_port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("a listener in the host's namespace");
+    // A source address in the peer's block that nobody holds.
+    let spoofed = match peer_addr.ip() {
+        std::net::IpAddr::V4(p) => std::net::Ipv4Addr::from((u32::from(p) & 0xffff_ff00) | 200),
+        other => panic!("peer on {other}"),
+    };
+    let targets = format!(
+        "victim={victim_addr},peer={peer_addr},hub={hub},api={}:{api_port},host={host_ip}:{host_port}",
+        hub.ip()
+    );
+    let hostile = cloud.app(
+        "hostile-net",
+        &[
+            ("TARGETS", &targets),
+            ("SPOOF_AS", &spoofed.to_string()),
+            ("SPOOF_TO", &peer_addr.to_string()),
+            ("INTERVAL_MS", "100"),
+        ],
+    );
+    cloud.deploy_as(&hostile, "net-b");
+    let runs = cloud.wait_runs("hostile-net", "round", 1, Duration::from_secs(60));
+    let first = runs.iter().find(|r| r.results.contains_key("round")).expect("a round").clone();
+    let _ = host_listener.kill();
+    let _ = host_listener.wait();
+    for target in ["victim", "peer", "hub", "api", "host"] {
+        let got = first.get(&format!("net.{target}"));
+        assert_ne!(got, "connected", "the tenant's instance reached {target}: {first:?}");
+        assert_ne!(got, "<missing>", "{target} was not tried: {first:?}");
+    }
+    assert!(first.get("raw").starts_with("denied"), "a raw socket: {first:?}");
+    assert_ne!(first.get("spoof"), "connected", "a spoofed source got through: {first:?}");
+    // Ports are the instance's own: the hostile app listens on 8080 too, and the victim still
+    // answers through the router.
+    assert_eq!(cloud.get("victim-a", "/").0, 200, "the victim still serves");
+
+    // A rule of its own account opens the peer, within a second of its commit.
+    let rounds_before = cloud.logs("hostile-net").matches("RESULT round=").count();
+    let committed = Instant::now();
+    let out = cli(
+        &data,
+        &[
+            "access-rule",
+            "create",
+            "allow-peer",
+            "--from",
+            "hostile-net:web",
+            "--to",
+            "peer-b:web",
+            "--port",
+            "8080",
+            "--account",
+            "net-b",
+        ],
+    );
+    assert!(out.status.success(), "access-rule create: {}{}", stdout(&out), stderr(&out));
+    let mut opened = None;
+    wait_for("the peer is reachable under the rule", Duration::from_secs(20), || {
+        let logs = cloud.logs("hostile-net");
+        let runs = parse_runs(&logs);
+        let after: usize = logs.matches("RESULT round=").count();
+        let connected =
+            runs.last().is_some_and(|r| r.get("net.peer") == "connected") && after > rounds_before;
+        if connected && opened.is_none() {
+            opened = Some(committed.elapsed());
+        }
+        connected
+    });
+    let opened = opened.expect("opened");
+    eprintln!("rule applied and used {opened:?} after its commit (rounds every 100 ms, 1 s connect timeout)");
+    let last = parse_runs(&cloud.logs("hostile-net")).last().cloned().expect("a run");
+    assert_ne!(
+        last.get("spoof"),
+        "connected",
+        "a spoofed source reached the peer once the rule allowed the real one: {last:?}"
+    );
+    assert_ne!(last.get("net.victim"), "connected", "the rule opened another account's instance: {last:?}");
     cloud.stop();
 }

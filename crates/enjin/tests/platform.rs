@@ -221,13 +221,19 @@ fn deploy_route_scale_roll_out_roll_back_and_survive_failures() {
     let hosts: std::collections::BTreeSet<&str> =
         s["instances"].as_array().expect("instances").iter().filter_map(|i| i["host"].as_str()).collect();
     assert_eq!(hosts.len(), 2, "two instances spread over both hosts: {s}");
-    let ports: std::collections::BTreeSet<u64> = s["instances"]
+    let addresses: Vec<std::net::SocketAddr> = s["instances"]
         .as_array()
         .expect("instances")
         .iter()
-        .filter_map(|i| i["address"].as_str()?.rsplit(':').next()?.parse().ok())
+        .filter_map(|i| i["address"].as_str()?.parse().ok())
         .collect();
-    assert_eq!(ports.len(), 2, "each instance has its own port: {s}");
+    let ips: std::collections::BTreeSet<std::net::IpAddr> = addresses.iter().map(|a| a.ip()).collect();
+    assert_eq!(ips.len(), 2, "each instance has an address of its own: {s}");
+    let instance_net: enjin_model::kinds::Cidr = common::own_instance_range().parse().expect("range");
+    assert!(
+        addresses.iter().all(|a| instance_net.contains(a.ip()) && a.port() == 8080),
+        "instances are on the instance network, all on port 8080 in their own namespaces: {s}"
+    );
     // An unknown app is a clear 404 from the router.
     let out = Command::new("curl")
         .args([
