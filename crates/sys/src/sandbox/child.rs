@@ -987,6 +987,24 @@ mod tests {
     }
 
     #[test]
+    fn the_network_namespace_is_joined_after_the_cgroup_and_before_any_mount() {
+        let plan = plan::build(&spec(), ChildFds { netns: Some(13), ..fds() }, host()).expect("plan");
+        let fake = FakeChildSys::default();
+        let _ = apply(&fake, &plan);
+        let calls = fake.calls.into_inner();
+        let (cgroup, netns, unshare, uid) = (
+            pos(&calls, "write /sys/fs/cgroup/pids"),
+            pos(&calls, "setns net 13"),
+            pos(&calls, "unshare"),
+            pos(&calls, "setresuid"),
+        );
+        assert!(cgroup < netns && netns < unshare && netns < uid, "{calls:#?}");
+        // Without one, no setns at all.
+        let (calls, _, _) = run_fake(&spec(), None);
+        assert!(!calls.iter().any(|c| c.starts_with("setns")), "{calls:#?}");
+    }
+
+    #[test]
     fn a_failed_mount_stops_before_credentials_and_exec() {
         let (calls, failure, plan) = run_fake(&spec(), Some("mount tmpfs /tmp"));
         assert!(!calls.iter().any(|c| c.starts_with("setresuid") || c.starts_with("exec")), "{calls:#?}");
