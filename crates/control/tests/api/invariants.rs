@@ -432,8 +432,20 @@ async fn referenced_objects_cannot_be_deleted() {
     let net = s.create_id("networks", network(1, "backplane", "10.80.0.0/24")).await;
     let nic = s.create_id("network-interfaces", interface(1, &net, &h1, &["10.80.0.2"])).await;
     refuse_delete(&s, "networks", &net).await;
-    refuse_delete(&s, "nodes", &h1).await;
     delete_ok(&s, "network-interfaces", &nic).await;
+    // An interface is part of its node: it goes with it, and its address is free again.
+    let h9 = s.create_id("nodes", node(1, "h9", &m1_id)).await;
+    let nic = s.create_id("network-interfaces", interface(1, &net, &h9, &["10.80.0.2"])).await;
+    delete_ok(&s, "nodes", &h9).await;
+    assert_eq!(
+        s.get(&format!("/v1/network-interfaces/{nic}")).await.status,
+        404,
+        "the interface went with its node"
+    );
+    let h9 = s.create_id("nodes", node(1, "h9", &m1_id)).await;
+    let nic = s.create_id("network-interfaces", interface(1, &net, &h9, &["10.80.0.2"])).await;
+    delete_ok(&s, "network-interfaces", &nic).await;
+    delete_ok(&s, "nodes", &h9).await;
     let set = s.create_id("access-rule-sets", rule_set(1, "web-in", &net)).await;
     refuse_delete(&s, "networks", &net).await;
     delete_ok(&s, "access-rule-sets", &set).await;
