@@ -12,6 +12,7 @@ mod api;
 mod bus;
 mod deploy;
 mod idle;
+mod netns_backend;
 mod procfs;
 mod report;
 mod router;

@@ -52,6 +52,8 @@ fn workers() -> usize {
 enum Path3 {
     Direct,
     Enjin,
+    /// The router to a backend in an instance's own namespace, through its host.
+    EnjinNetns,
     Nginx,
 }
 
@@ -60,6 +62,7 @@ impl Path3 {
         match self {
             Path3::Direct => "direct to the backend",
             Path3::Enjin => "through enjin-router",
+            Path3::EnjinNetns => "through enjin-router, backend in an instance namespace",
             Path3::Nginx => "through nginx",
         }
     }
@@ -155,6 +158,10 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     };
     rows.push(Row { path: Path3::Direct, outcome: load(backend, &|| None) });
     rows.push(Row { path: Path3::Enjin, outcome: load(router_addr, &|| Some(thread_ticks("enjin-router"))) });
+    if crate::netns_backend::possible() {
+        let outcome = netns_row(&backend_rt, &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))));
+        rows.push(Row { path: Path3::EnjinNetns, outcome });
+    }
     let nginx_outcome = match Nginx::start(&nginx, dir.path(), backend) {
         Ok(mut n) => {
             let master = n.child.id();
@@ -232,6 +239,11 @@ async fn hello_server() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("failed to bind the backend on 127.0.0.1:0")?;
+    serve_hello(listener)
+}
+
+/// The backend on a listener made elsewhere (in an instance's namespace).
+fn serve_hello(listener: tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr().context("failed to read the backend's address")?;
     tokio::spawn(async move {
         loop {
@@ -251,6 +263,49 @@ async fn hello_server() -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// The router (a second one, the same configuration) to a backend whose socket lives in an
+/// instance's own namespace, reached through its host as the edge reaches instances.
+fn netns_row(backend_rt: &Runtime, load: &dyn Fn(SocketAddr) -> Result<Wrk, String>) -> Result<Wrk, String> {
+    let mut made = crate::netns_backend::InstanceBackend::make().map_err(|e| format!("{e:#}"))?;
+    let std_listener = made.listener.take().ok_or("no listener")?;
+    let backend = backend_rt
+        .block_on(async { serve_hello(tokio::net::TcpListener::from_std(std_listener)?) })
+        .map_err(|e| format!("{e:#}"))?;
+    let router_rt = runtime("bench-router-ns", 1).map_err(|e| format!("{e:#}"))?;
+    let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
+    router.apply(RouteTable {
+        version: 1,
+        routes: vec![RouteEntry {
+            app: APP.into(),
+            hosts: vec![HOST.into()],
+            path_prefix: "/".into(),
+            backends: vec![RouteBackend {
+                instance: uuid::Uuid::new_v4(),
+                label: "bench-ns".into(),
+                addr: backend,
+            }],
+        }],
+    });
+    let listener = router_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| format!("failed to bind the router: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = router_rt.spawn(async move {
+        router
+            .serve(listener, async move {
+                drop(stopped.await);
+            })
+            .await
+    });
+    let outcome = load(addr);
+    let _ = stop.send(());
+    let _ = router_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), serving).await });
+    router_rt.shutdown_timeout(Duration::from_secs(1));
+    drop(made);
+    outcome
 }
 
 /// Runs wrk against `addr` for `seconds` and parses what it prints.

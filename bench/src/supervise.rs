@@ -449,6 +449,7 @@ async fn kill_row(env: &Env, plan: Plan, settings: Settings) -> anyhow::Result<(
                     uid: Some(env.uids.base),
                     resources: Resources { disk_bytes: Some(SANDBOX_DISK), ..Resources::default() },
                     package: Some(env.dir.join("package")),
+                    network: None,
                 },
             );
             Arc::new(launcher)

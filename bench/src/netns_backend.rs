@@ -1,0 +1,111 @@
+//! A backend the way instances run since they have networks of their own: a host namespace on
+//! a bridge, an instance namespace inside it on a routed veth pair (`enjin_net::instance`), the
+//! machine routing the instance's block through the host. The backend's listening socket is
+//! made inside the instance's namespace (a thread joins it, binds, and ends); the router stays
+//! on the machine, as the edge does. Everything is removed on drop.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context;
+use enjin_net::instance::{InstanceNames, ensure_instance, instance_names, prepare_host, remove_instance};
+
+const GATEWAY: &str = "10.196.7.1";
+const HOST: &str = "10.196.7.2";
+const BLOCK: &str = "10.195.2.0/24";
+const INSTANCE: &str = "10.195.2.2";
+pub const PORT: u16 = 8080;
+
+pub struct InstanceBackend {
+    bridge: String,
+    host: (String, String),
+    instance: InstanceNames,
+    route: bool,
+    pub listener: Option<std::net::TcpListener>,
+    pub addr: SocketAddr,
+}
+
+/// Whether this process may make namespaces (root).
+pub fn possible() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// Run `f` on a thread that has joined the namespace `/run/netns/<ns>` (processes it starts
+/// inherit it; the namespace is per thread).
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = enjin_net::instance::netns_path(ns);
+    std::thread::spawn(move || {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}
+
+impl InstanceBackend {
+    pub fn make() -> anyhow::Result<InstanceBackend> {
+        let tag = format!("{:04x}", std::process::id() % 0xffff);
+        let mut b = InstanceBackend {
+            bridge: format!("ejbB{tag}"),
+            host: (format!("ejnsB{tag}"), format!("ejvB{tag}")),
+            instance: instance_names(&format!("b{tag}bench")),
+            route: false,
+            listener: None,
+            addr: SocketAddr::new(INSTANCE.parse().context("address")?, PORT),
+        };
+        let (gw, host): (IpAddr, IpAddr) = (GATEWAY.parse()?, HOST.parse()?);
+        enjin_net::ensure_bridge(&b.bridge, gw, 24)?;
+        enjin_net::ensure_host(&b.host.0, &b.host.1, &b.bridge, host, 24, gw)?;
+        let names = b.instance.clone();
+        let address = b.addr.ip();
+        in_ns(&b.host.0, move || {
+            prepare_host()?;
+            ensure_instance(&names, address)?;
+            Ok(())
+        })?;
+        enjin_net::route_replace(None, BLOCK, host)?;
+        b.route = true;
+        let addr = b.addr;
+        let listener = in_ns(&b.instance.netns, move || {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("failed to bind {addr} in the instance"))
+        })?;
+        listener.set_nonblocking(true)?;
+        b.listener = Some(listener);
+        Ok(b)
+    }
+
+    /// The host's namespace, for work that must happen there (its firewall).
+    pub fn host_ns(&self) -> &str {
+        &self.host.0
+    }
+
+    /// Run `f` inside the host's namespace.
+    pub fn in_host<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        in_ns(&self.host.0, f)
+    }
+
+    pub fn instance(&self) -> &InstanceNames {
+        &self.instance
+    }
+}
+
+impl Drop for InstanceBackend {
+    fn drop(&mut self) {
+        self.listener = None;
+        if self.route {
+            let _ = std::process::Command::new("ip").args(["route", "del", BLOCK]).status();
+        }
+        let _ = remove_instance(&self.instance);
+        let _ = enjin_net::remove_host(&self.host.0, &self.host.1);
+        let _ = enjin_net::remove_bridge(&self.bridge);
+    }
+}
