@@ -140,6 +140,35 @@ fn a_tenant_cannot_touch_another_tenants_app() {
         "bob's membership in alice's account",
         ABSENT,
     );
+    // A node of his own, made by hand through the API: it gets a network of its own too, never
+    // the host's.
+    let nodes = operator(&data, &["-o", "json", "node", "list"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).expect("nodes json");
+    let host = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["label"] == "host-1")
+        .and_then(|n| n["uuid"].as_str())
+        .expect("host-1")
+        .to_string();
+    let body = serde_json::json!({"parent": host, "strategy": "unix-user",
+        "run": {"command": ["/usr/bin/python3", "-m", "http.server", "8080"]}});
+    let file = dir.path().join("bob-node.json");
+    std::fs::write(&file, body.to_string()).expect("write");
+    let out = as_tenant(
+        &data,
+        &bob,
+        &["-o", "json", "node", "create", "bob-shell", "--ring", "2", "-f", file.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "bob's node: {}{}", stdout(&out), stderr(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("node json");
+    assert_eq!(made["spec"]["run"]["own_network"], true, "a tenant's node gets its own network: {made}");
+    let short: String =
+        made["uuid"].as_str().expect("uuid").chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    wait_until("bob's node runs in its own namespace", Duration::from_secs(30), || {
+        Path::new("/run/netns").join(format!("eji-{short}")).exists().then_some(())
+    });
     // Alice's app is untouched: still v1, still serving.
     let out = as_tenant(&data, &alice, &["-o", "json", "app", "status", "acme-web"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");

@@ -108,8 +108,17 @@ pub async fn create<S: Spec>(
     check_grant(&state.registry, &principal, account, &req.spec).await?;
     check_tenant_node(&state.registry, system, account, req.ring, &req.spec).await?;
     check_node_quota(&state.registry, account, &req.spec).await?;
+    let network = own_network(&state.registry, system, account, req.ring, &mut req.spec).await?;
     req.account = (S::KIND != Kind::Account).then_some(account);
     let obj = state.registry.create(req, Utc::now()).await?;
+    if let Some((instances, block)) = network {
+        let node: Object<NodeSpec> = Object { meta: obj.meta.clone(), spec: as_kind(&obj.spec)? };
+        if let Err(e) = crate::platform::network::attach(&state.registry, &node, instances, &block).await {
+            // Never left without its network: it would never start.
+            let _ = state.registry.delete(Kind::Node, obj.meta.uuid, None).await;
+            return Err(ApiError::from(e));
+        }
+    }
     tracing::info!(kind = %S::KIND, uuid = %obj.meta.uuid, account = %obj.meta.account, by = %principal.name, "created");
     let location = format!("/{}/{}/{}", enjin_model::api::VERSION, S::KIND.plural(), obj.meta.uuid);
     let audited = Extension(AuditAccount(obj.meta.account));
@@ -268,6 +277,49 @@ async fn check_tenant_node<S: Spec>(
         }
     }
     Ok(())
+}
+
+/// A ring 2 node with a run, on a sandboxing host with a block of the instance network: a
+/// tenant's always gets a network of its own (`spec.run.own_network`, set here), the system
+/// account's when it asks for one. Returns where its address comes from, to attach it once the
+/// node exists. A tenant's node on a host without a block, where the cloud has an instance
+/// network, is refused: it would share the host's network.
+async fn own_network<S: Spec>(
+    registry: &Registry,
+    system: Uuid,
+    account: Uuid,
+    ring: Ring,
+    spec: &mut S,
+) -> Result<Option<(Uuid, enjin_model::kinds::Cidr)>, ApiError> {
+    if S::KIND != Kind::Node || ring != Ring::PLATFORM {
+        return Ok(None);
+    }
+    let mut node: NodeSpec = as_kind(spec)?;
+    let (Some(run), Some(parent)) = (node.run.as_mut(), node.parent) else { return Ok(None) };
+    let tenant = account != system;
+    if !tenant && !run.own_network {
+        return Ok(None);
+    }
+    let Some((instances, hosts)) = crate::platform::network::networks(registry).await? else {
+        if run.own_network {
+            return Err(FieldError::new("spec.run.own_network", "this cloud has no instance network").into());
+        }
+        return Ok(None);
+    };
+    let (interfaces, _) =
+        registry.list::<enjin_model::kinds::NetworkInterfaceSpec>(&ListQuery::default()).await?;
+    let Some(block) = crate::platform::network::block_of(parent, &instances, &hosts, &interfaces) else {
+        return Err(FieldError::new(
+            "spec.parent",
+            "the host has no block of the instance network, so its instances would share its network; choose one that has",
+        )
+        .into());
+    };
+    run.own_network = true;
+    let port = *run.port.get_or_insert(crate::platform::network::INSTANCE_PORT);
+    run.env.entry("PORT".into()).or_insert_with(|| port.to_string());
+    *spec = as_kind(&node)?;
+    Ok(Some((instances.meta.uuid, block)))
 }
 
 /// What an environment value reads as to a caller that may not see it.
