@@ -23,7 +23,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
-use enjin_model::kinds::{NetworkInterfaceSpec, NetworkSpec, NodeSpec, references_of};
+use enjin_model::kinds::{
+    AccessRuleSpec, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NetworkSpec, NodeSpec,
+    references_of,
+};
 use enjin_model::{
     FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag, validate_label,
     validate_labels,
@@ -46,6 +49,10 @@ const DAG_GUARD: &str = "/guards/compartment-graph";
 
 /// Written by every change of who may do what (roles, memberships, tokens), so that cached
 /// authorizations know when they are stale: its mod revision is the authorization generation.
+/// Where an app's name is claimed for its account (`platform::claim_name`): the key's value
+/// is the account's uuid.
+const APP_NAMES: &str = "/apps/names/";
+
 pub const AUTH_GENERATION: &str = "/auth/generation";
 
 /// Add the authorization-generation bump to writes of kinds that grant permissions.
@@ -421,7 +428,8 @@ impl Registry {
                 None => None,
             };
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
-            let mut txn = Txn::new().when([Compare::absent(&key)]);
+            let app_names = self.check_access_rule(uuid, account, system, &obj.spec).await?;
+            let mut txn = Txn::new().when([Compare::absent(&key)]).when(app_names);
             let mut failure = Vec::new();
             if let Some(lkey) = &lkey {
                 txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
@@ -550,7 +558,8 @@ impl Registry {
             // a target that is already referenced cannot be deleted or change ring.
             let resolved = self.resolve(ring, owners, new_refs.clone()).await?;
             check_targets(&spec, ring, &resolved)?;
-            let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
+            let app_names = self.check_access_rule(uuid, old.meta.account, Some(system), &spec).await?;
+            let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]).when(app_names);
             let mut failure = vec![Op::Get { key: key.clone() }];
             let mut ipam_failures: Vec<(String, usize, IpAddr)> = Vec::new();
             if let Some(field) = spec.change_referrers_rely_on(&old.spec) {
@@ -738,6 +747,74 @@ impl Registry {
 
     /// For a node being created: refuses a uid the caller chose and, if it is an instance,
     /// fills the default limits it leaves out and returns it, to be given a uid on each attempt.
+    /// An access rule's `target` and `peer_app` must name apps of the rule's account, and the
+    /// rule must not contradict another of the account's rules in the same set
+    /// ([`AccessRuleSpec::contradiction`]). Returns compares that keep each app name held by
+    /// the account until the write commits (a write that loses them is tried again, and then
+    /// refused here). Other kinds: nothing to check.
+    async fn check_access_rule<S: Spec>(
+        &self,
+        uuid: Uuid,
+        account: Uuid,
+        system: Option<Uuid>,
+        spec: &S,
+    ) -> Result<Vec<Compare>, RegistryError> {
+        if S::KIND != Kind::AccessRule {
+            return Ok(Vec::new());
+        }
+        let rule: AccessRuleSpec = serde_json::to_value(spec)
+            .and_then(serde_json::from_value)
+            .map_err(|e| RegistryError::Corrupt { key: object_key(S::KIND, uuid), error: e.to_string() })?;
+        let mut compares = Vec::new();
+        for (field, selector) in [("spec.target", &rule.target), ("spec.peer_app", &rule.peer_app)] {
+            let Some(selector) = selector else { continue };
+            let key = format!("{APP_NAMES}{}", selector.app);
+            let owner = self.store.get(&key).await?.map(|kv| kv.value);
+            if owner.as_deref() == Some(account.to_string().as_bytes()) {
+                compares.push(Compare::value(&key, account.to_string()));
+                continue;
+            }
+            // Apps of the system account made before names were claimed have no claim:
+            // their app environment compartment stands for it.
+            if owner.is_none()
+                && system.is_none_or(|s| s == account)
+                && self.legacy_app(&selector.app).await?
+            {
+                continue;
+            }
+            return Err(FieldError::new(
+                field,
+                format!("there is no app {} in account {account}", selector.app),
+            )
+            .into());
+        }
+        let (rules, _) = self.list::<AccessRuleSpec>(&ListQuery::default()).await?;
+        for other in rules.iter().filter(|o| o.meta.uuid != uuid && o.meta.account == account) {
+            if let Some(field) = rule.contradiction(&other.spec) {
+                let name = other.meta.label.clone().unwrap_or_else(|| other.meta.uuid.to_string());
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "this rule contradicts access rule {name}: opposite actions at the same \
+                         priority {} over overlapping traffic (the deny would always win); give \
+                         one of them another priority",
+                        rule.priority
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(compares)
+    }
+
+    /// Whether the system account has an app environment compartment named `app`.
+    async fn legacy_app(&self, app: &str) -> Result<bool, RegistryError> {
+        let q =
+            ListQuery { ring: Some(Ring::PLATFORM), label: Some(app.to_string()), ..ListQuery::default() };
+        let (found, _) = self.list::<CompartmentSpec>(&q).await?;
+        Ok(found.iter().any(|c| c.spec.compartment_type == CompartmentType::AppEnvironment))
+    }
+
     fn new_instance<S: Spec>(&self, spec: &mut S, ring: Ring) -> Result<Option<NodeSpec>, RegistryError> {
         let mut node = node_of(spec)?;
         if node.run.as_ref().is_some_and(|r| r.uid.is_some()) {
