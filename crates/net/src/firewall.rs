@@ -97,6 +97,8 @@ pub fn compile(fw: &HostFirewall) -> Value {
             );
         }
     }
+    // An IPv6 instance finds its gateway (the host) by neighbour discovery.
+    c.rule("host-from-instance", vec![neighbour_discovery(), verdict("accept")]);
     c.rule("host-from-instance", vec![verdict("drop")]);
     c.rule(
         "input",
@@ -126,12 +128,20 @@ impl Compiler {
             .push(json!({"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr}}}));
     }
 
-    /// Anti-spoofing: only the instance's own address, only its family.
+    /// Anti-spoofing: only the instance's own address, only its family (and, for an IPv6
+    /// instance, neighbour discovery from its link-local address, which never leaves the link).
     fn guard(&mut self, chain: &str, inst: &FirewallInstance) {
         let (field_proto, other) = match inst.address {
             IpAddr::V4(_) => ("ip", "ipv6"),
             IpAddr::V6(_) => ("ip6", "ipv4"),
         };
+        if inst.address.is_ipv6() {
+            let link_local = Cidr { addr: "fe80::".parse().unwrap_or(inst.address), prefix: 10 };
+            self.rule(
+                chain,
+                vec![set_match("saddr", &[link_local]), neighbour_discovery(), verdict("return")],
+            );
+        }
         self.rule(
             chain,
             vec![ne(payload(field_proto, "saddr"), json!(inst.address.to_string())), verdict("drop")],
@@ -269,6 +279,14 @@ fn ne(left: Value, right: Value) -> Value {
     json!({"match": {"op": "!=", "left": left, "right": right}})
 }
 
+/// ICMPv6 router and neighbour solicitations and advertisements.
+fn neighbour_discovery() -> Value {
+    eq(
+        payload("icmpv6", "type"),
+        json!({"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}),
+    )
+}
+
 fn ct_established() -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
 }
@@ -329,10 +347,52 @@ fn apply_with(prefix: &[String], fw: &HostFirewall) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Feed an nftables JSON document to `nft -j -f -`.
+/// Feed an nftables JSON document to `nft -j -f -`. When nft refuses it, the error names the
+/// first command it refuses (found by checking ever longer prefixes of the document with
+/// `nft -c`, which changes nothing), since nft's own message does not say which.
 pub fn run_nft(prefix: &[String], doc: &Value) -> Result<(), FirewallError> {
+    match nft(prefix, doc, false) {
+        Ok(()) => Ok(()),
+        Err(FirewallError::Refused { stderr }) => {
+            let culprit = culprit(prefix, doc).map(|c| format!(" (at {c})")).unwrap_or_default();
+            Err(FirewallError::Refused { stderr: format!("{stderr}{culprit}") })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The first command of `doc` that nft refuses on its own, described.
+fn culprit(prefix: &[String], doc: &Value) -> Option<String> {
+    let cmds = doc["nftables"].as_array()?;
+    let refuses = |n: usize| nft(prefix, &json!({"nftables": &cmds[..n]}), true).is_err();
+    if !refuses(cmds.len()) {
+        return None;
+    }
+    // The shortest refused prefix: its last command is the culprit.
+    let (mut lo, mut hi) = (0, cmds.len());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if refuses(mid) { hi = mid } else { lo = mid }
+    }
+    let cmd = &cmds[hi - 1];
+    let (verb, body) = cmd.as_object()?.iter().next()?;
+    let (what, obj) = body.as_object()?.iter().next()?;
+    let name = obj.get("chain").or_else(|| obj.get("name")).and_then(Value::as_str).unwrap_or("?");
+    let mut text = cmd.to_string();
+    if text.len() > 300 {
+        text.truncate(300);
+        text.push('…');
+    }
+    Some(format!("command {hi} of {}: {verb} {what} in {name}: {text}", cmds.len()))
+}
+
+fn nft(prefix: &[String], doc: &Value, check_only: bool) -> Result<(), FirewallError> {
     let mut argv: Vec<String> = prefix.to_vec();
-    argv.extend(["nft".into(), "-j".into(), "-f".into(), "-".into()]);
+    argv.push("nft".into());
+    if check_only {
+        argv.push("-c".into());
+    }
+    argv.extend(["-j".into(), "-f".into(), "-".into()]);
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::piped())
@@ -581,9 +641,24 @@ mod tests {
         let input = rules_of(&doc, "input");
         assert_eq!(input.last().expect("rule")[0], eq(meta("iifname"), json!("eji-*")));
         let host = rules_of(&doc, "host-from-instance");
-        assert_eq!(host.len(), 3);
+        assert_eq!(host.len(), 4);
         assert_eq!(host[0][0], eq(payload("ip", "daddr"), json!("10.250.0.53")));
-        assert_eq!(host[2], json!([{"drop": null}]));
+        assert_eq!(host[2], json!([neighbour_discovery(), {"accept": null}]));
+        assert_eq!(host[3], json!([{"drop": null}]));
+    }
+
+    #[test]
+    fn an_ipv6_instance_keeps_neighbour_discovery_and_nothing_else_of_other_sources() {
+        let mut fw = base();
+        fw.instances = vec![inst("eji-cccc", "fd00:251::5", None)];
+        let doc = compile(&fw);
+        let guard = rules_of(&doc, "guard-eji-cccc");
+        assert_eq!(
+            guard[0],
+            json!([eq(payload("ip6", "saddr"), json!({"prefix": {"addr": "fe80::", "len": 10}})), neighbour_discovery(), {"return": null}])
+        );
+        assert_eq!(guard[1], json!([ne(payload("ip6", "saddr"), json!("fd00:251::5")), {"drop": null}]));
+        assert_eq!(guard[2], json!([eq(meta("nfproto"), json!("ipv4")), {"drop": null}]));
     }
 
     #[test]

@@ -434,6 +434,9 @@ fn nft_refusals_name_what_was_refused_and_change_nothing() {
     let msg = e.to_string();
     assert!(msg.contains("nft refused") && msg.contains("inet enjin"), "{msg}");
     assert!(msg.to_lowercase().contains("error"), "nft's own reason is kept: {msg}");
+    let n = doc["nftables"].as_array().expect("array").len();
+    assert!(msg.contains(&format!("command {n} of {n}: add rule in forward")), "the culprit is named: {msg}");
+    assert!(msg.contains("nowhere"), "{msg}");
     let after = in_ns(&ns, &["nft", "-j", "list", "table", "inet", "enjin"]).output().expect("nft").stdout;
     assert_eq!(before, after, "a refused transaction leaves the old table whole");
 }
