@@ -303,9 +303,12 @@ fn vmap(key: &str, pairs: Vec<Value>) -> Value {
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     #[error(
-        "instance {node}: invalid interface name {interface:?}: at most 15 characters of letters, digits, '-' and '_'"
+        "instance {node}: invalid interface name {interface:?}: {INSTANCE_PREFIX} and at most 11 more \
+         letters, digits, '-' and '_'"
     )]
     BadInterface { node: uuid::Uuid, interface: String },
+    #[error("instances {first} and {second} both have interface {interface}")]
+    DuplicateInterface { interface: String, first: uuid::Uuid, second: uuid::Uuid },
     #[error("failed to run nft: {0}")]
     Spawn(std::io::Error),
     #[error("nft refused the firewall of table {FAMILY} {TABLE}: {stderr}")]
@@ -320,9 +323,17 @@ impl From<FirewallError> for NetError {
 
 /// Check what nftables cannot (interface names become chain names and map keys).
 pub fn check(fw: &HostFirewall) -> Result<(), FirewallError> {
+    let mut seen = std::collections::HashMap::new();
     for inst in &fw.instances {
-        if check_name(&inst.interface).is_err() {
+        if check_name(&inst.interface).is_err() || !inst.interface.starts_with(INSTANCE_PREFIX) {
             return Err(FirewallError::BadInterface { node: inst.node, interface: inst.interface.clone() });
+        }
+        if let Some(first) = seen.insert(inst.interface.as_str(), inst.node) {
+            return Err(FirewallError::DuplicateInterface {
+                interface: inst.interface.clone(),
+                first,
+                second: inst.node,
+            });
         }
     }
     Ok(())
@@ -675,5 +686,11 @@ mod tests {
         fw.instances = vec![inst("eji-; flush ruleset", "10.251.1.2", None)];
         let e = check(&fw).expect_err("refused");
         assert!(e.to_string().contains("invalid interface name"), "{e}");
+        // Another prefix would escape the catch-all drop of unknown instance interfaces.
+        fw.instances = vec![inst("ejv-aaaa", "10.251.1.2", None)];
+        assert!(matches!(check(&fw), Err(FirewallError::BadInterface { .. })));
+        fw.instances = vec![inst("eji-aaaa", "10.251.1.2", None), inst("eji-aaaa", "10.251.1.3", None)];
+        let e = check(&fw).expect_err("refused");
+        assert!(e.to_string().contains("both have interface eji-aaaa"), "{e}");
     }
 }
