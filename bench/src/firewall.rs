@@ -103,7 +103,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<crate::Failure>> {
     eprintln!("measuring the instance firewall…");
     let runs = if quick { 2 } else { 10 };
     let ns = Netns(format!("ejbfw{}", std::process::id() % 1_000_000));
-    let _ = Command::new("ip").args(["netns", "del", &ns.0]).status();
+    // A namespace left by a run that was killed; usually there is none.
+    let _ = Command::new("ip").args(["netns", "del", &ns.0]).stderr(std::process::Stdio::null()).status();
     let made = Command::new("ip").args(["netns", "add", &ns.0]).status();
     if !made.is_ok_and(|s| s.success()) {
         return Ok(vec![crate::Failure {
