@@ -377,8 +377,8 @@ mod tests {
             r.peer_app = sel("shop:web");
         });
         let db = w.instances[3].node;
-        let fi =
-            effective(db, Some(w.network), &w.instances, &[db_from_web], &[w.set_a.clone()]).expect("db");
+        let fi = effective(db, Some(w.network), &w.instances, &[db_from_web], std::slice::from_ref(&w.set_a))
+            .expect("db");
         assert_eq!(fi.ingress.len(), 1);
         let peers: Vec<String> = fi.ingress[0].peers.iter().map(ToString::to_string).collect();
         // Both hosts' web instances of account a, not b's "shop:web" nor a's worker.
@@ -390,7 +390,8 @@ mod tests {
             r.peer_app = sel("shop:web");
         });
         let fi =
-            effective(web, Some(w.network), &w.instances, &[db_from_web], &[w.set_a.clone()]).expect("web");
+            effective(web, Some(w.network), &w.instances, &[db_from_web], std::slice::from_ref(&w.set_a))
+                .expect("web");
         assert!(fi.ingress.is_empty());
     }
 
@@ -425,7 +426,8 @@ mod tests {
         // Account b names "db", which only account a runs: it must not resolve to a's db.
         let r = rule(&w, w.acct_b, w.set_b.meta.uuid, |r| r.peer_app = sel("db"));
         let bweb = w.instances[4].node;
-        let fi = effective(bweb, Some(w.network), &w.instances, &[r], &[w.set_b.clone()]).expect("b web");
+        let fi = effective(bweb, Some(w.network), &w.instances, &[r], std::slice::from_ref(&w.set_b))
+            .expect("b web");
         assert!(fi.ingress.is_empty(), "an empty selector must not become 'anywhere': {:?}", fi.ingress);
     }
 
@@ -474,8 +476,14 @@ mod tests {
             r.ports = Some("443".parse().expect("ports"));
         });
         let node = w.instances[3].node;
-        let e = effective_rules(node, Some(w.network), &w.instances, &[r, anywhere], &[w.set_a.clone()])
-            .expect("instance");
+        let e = effective_rules(
+            node,
+            Some(w.network),
+            &w.instances,
+            &[r, anywhere],
+            std::slice::from_ref(&w.set_a),
+        )
+        .expect("instance");
         assert_eq!((e.app.as_str(), e.process.as_str()), ("db", "main"));
         assert_eq!(e.ingress[0].peer, "shop:worker");
         assert_eq!(e.ingress[0].peers, vec!["10.251.1.3/32".parse::<Cidr>().expect("cidr")]);
