@@ -302,8 +302,13 @@ pub fn describe(e: &EffectiveRules) -> String {
                     target: None,
                     priority: r.priority,
                 });
+                // An app's addresses, resolved now; a range or "anywhere" already says itself.
                 let addrs: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
-                let addrs = if addrs.is_empty() { String::new() } else { format!(" = {}", addrs.join(", ")) };
+                let addrs = if addrs.is_empty() || addrs == [r.peer.clone()] {
+                    String::new()
+                } else {
+                    format!(" = {}", addrs.join(", "))
+                };
                 out.push_str(&format!(
                     "  {:>5}  {:<5} {dir} {}{addrs}  {proto}  ({})\n",
                     r.priority,
@@ -473,5 +478,9 @@ mod tests {
         assert!(text.contains("tcp/8000"), "{text}");
         assert!(text.contains("allow from web = 10.251.0.7/32  tcp/5432  (db-from-web)"), "{text}");
         assert!(text.contains("deny everything else\n"), "{text}");
+        let mut range = e.clone();
+        range.ingress[0].peer = "10.251.0.7/32".into();
+        let text = describe(&range);
+        assert!(text.contains("allow from 10.251.0.7/32  tcp/5432"), "a range is not repeated: {text}");
     }
 }
