@@ -13,6 +13,9 @@
 //!   `uids.rs`).
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
+//! - `/guards/access-rules/<rule set>` — written with every access rule of the set, so that two
+//!   rules that contradict each other cannot both commit.
+//! - `/apps/names/<app>` (the platform's) — read: an access rule may name only its account's apps.
 //! - `/audit/<nanoseconds>-<uuid>` — one audit record (JSON) per authenticated mutating request,
 //!   the time zero-padded to 20 digits so that key order is time order (see `audit.rs`).
 
@@ -52,6 +55,10 @@ const DAG_GUARD: &str = "/guards/compartment-graph";
 /// Where an app's name is claimed for its account (`platform::claim_name`): the key's value
 /// is the account's uuid.
 const APP_NAMES: &str = "/apps/names/";
+
+/// `/guards/access-rules/<rule set>`: written with every access rule of the set, so that rules
+/// checked against each other commit one at a time.
+const ACCESS_RULE_GUARDS: &str = "/guards/access-rules/";
 
 pub const AUTH_GENERATION: &str = "/auth/generation";
 
@@ -428,8 +435,8 @@ impl Registry {
                 None => None,
             };
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
-            let app_names = self.check_access_rule(uuid, account, system, &obj.spec).await?;
-            let mut txn = Txn::new().when([Compare::absent(&key)]).when(app_names);
+            let (guards, guard_ops) = self.check_access_rule(uuid, account, system, &obj.spec).await?;
+            let mut txn = Txn::new().when([Compare::absent(&key)]).when(guards).then(guard_ops);
             let mut failure = Vec::new();
             if let Some(lkey) = &lkey {
                 txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
@@ -558,8 +565,10 @@ impl Registry {
             // a target that is already referenced cannot be deleted or change ring.
             let resolved = self.resolve(ring, owners, new_refs.clone()).await?;
             check_targets(&spec, ring, &resolved)?;
-            let app_names = self.check_access_rule(uuid, old.meta.account, Some(system), &spec).await?;
-            let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]).when(app_names);
+            let (guards, guard_ops) =
+                self.check_access_rule(uuid, old.meta.account, Some(system), &spec).await?;
+            let mut txn =
+                Txn::new().when([Compare::mod_revision(&key, req.revision)]).when(guards).then(guard_ops);
             let mut failure = vec![Op::Get { key: key.clone() }];
             let mut ipam_failures: Vec<(String, usize, IpAddr)> = Vec::new();
             if let Some(field) = spec.change_referrers_rely_on(&old.spec) {
@@ -749,18 +758,20 @@ impl Registry {
     /// fills the default limits it leaves out and returns it, to be given a uid on each attempt.
     /// An access rule's `target` and `peer_app` must name apps of the rule's account, and the
     /// rule must not contradict another of the account's rules in the same set
-    /// ([`AccessRuleSpec::contradiction`]). Returns compares that keep each app name held by
-    /// the account until the write commits (a write that loses them is tried again, and then
-    /// refused here). Other kinds: nothing to check.
+    /// ([`AccessRuleSpec::contradiction`]). Returns what the write's transaction must add: compares
+    /// that keep each app name held by the account, and the rule set's guard (checked at the
+    /// revision the other rules were read at, and bumped), so that of two contradicting rules
+    /// written at once one commits and the other is tried again and refused here. Other kinds:
+    /// nothing.
     async fn check_access_rule<S: Spec>(
         &self,
         uuid: Uuid,
         account: Uuid,
         system: Option<Uuid>,
         spec: &S,
-    ) -> Result<Vec<Compare>, RegistryError> {
+    ) -> Result<(Vec<Compare>, Vec<Op>), RegistryError> {
         if S::KIND != Kind::AccessRule {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let rule: AccessRuleSpec = serde_json::to_value(spec)
             .and_then(serde_json::from_value)
@@ -788,6 +799,9 @@ impl Registry {
             )
             .into());
         }
+        let guard = format!("{ACCESS_RULE_GUARDS}{}", rule.rule_set);
+        let guard_rev = self.store.get(&guard).await?.map_or(0, |g| g.mod_revision);
+        compares.push(Compare::mod_revision(&guard, guard_rev));
         let (rules, _) = self.list::<AccessRuleSpec>(&ListQuery::default()).await?;
         for other in rules.iter().filter(|o| o.meta.uuid != uuid && o.meta.account == account) {
             if let Some(field) = rule.contradiction(&other.spec) {
@@ -804,7 +818,7 @@ impl Registry {
                 .into());
             }
         }
-        Ok(compares)
+        Ok((compares, vec![Op::put(guard, uuid.to_string())]))
     }
 
     /// Whether the system account has an app environment compartment named `app`.
