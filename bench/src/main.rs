@@ -11,6 +11,7 @@
 mod api;
 mod bus;
 mod deploy;
+mod firewall;
 mod idle;
 mod netns_backend;
 mod procfs;
@@ -82,6 +83,8 @@ enum Section {
     Router,
     /// From `enjin deploy` to the first 200 through the router of `enjin up`
     Deploy,
+    /// The instance firewall: compile and apply 1,000 rules in one nft transaction
+    Firewall,
 }
 
 impl Args {
@@ -222,6 +225,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::Deploy) {
         failures.extend(deploy::run(args.quick).await?);
+    }
+    if args.runs(Section::Firewall) {
+        failures.extend(firewall::run(args.quick).await?);
     }
 
     dir.close().context("failed to remove the temporary directory")?;

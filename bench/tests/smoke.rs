@@ -142,6 +142,7 @@ fn quick_run_prints_every_table_with_nonzero_rates() {
     assert_bus_tables(&stdout);
     assert_supervise_tables(&stdout);
     assert_deploy_table(&stdout);
+    assert_firewall_table(&stdout);
 }
 
 #[test]
@@ -160,6 +161,22 @@ fn only_bus_runs_the_bus_section_alone() {
     for (header, _) in TABLES {
         assert!(!stdout.contains(header), "{header:?} should not run with --only bus:\n{stdout}");
     }
+}
+
+/// The firewall table: every row took some time, and the 1,000-rule row is there.
+fn assert_firewall_table(stdout: &str) {
+    let medians = rates(stdout, "| firewall |", "median (ms)");
+    assert_eq!(medians.len(), 5, "{stdout}");
+    assert!(medians.iter().all(|m| *m > 0.0), "a zero apply time:\n{stdout}");
+    let rules = rates(stdout, "| firewall |", "rules");
+    assert!(rules.contains(&1000.0), "no 1,000-rule row:\n{stdout}");
+}
+
+#[test]
+fn only_firewall_runs_the_firewall_section_alone() {
+    let stdout = quick_run(&["--quick", "--only", "firewall"]);
+    assert_firewall_table(&stdout);
+    assert!(!stdout.contains("| anchor |") && !stdout.contains("| bus crypto |"), "{stdout}");
 }
 
 #[test]

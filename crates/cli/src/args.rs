@@ -78,9 +78,9 @@ pub enum Command {
     /// Access rule sets of a network
     #[command(subcommand)]
     AccessRuleSet(ObjectCommand),
-    /// Access rules
+    /// Access rules: who may reach which app's instances, and where they may connect
     #[command(subcommand)]
-    AccessRule(ObjectCommand),
+    AccessRule(AccessRuleCommand),
     /// Compartments: localities forming a DAG
     #[command(subcommand)]
     Compartment(CompartmentCommand),
@@ -280,6 +280,74 @@ pub enum ObjectCommand {
         #[arg(long)]
         revision: Option<i64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessRuleCommand {
+    /// Allow (or --deny) connections from one end to the other: `--to APP[:PROC]` makes an
+    /// ingress rule for that app's instances from `--from`; `--to CIDR` an egress rule from
+    /// the `--from` app. Without --from, --to or --port: the generic create (--set, --file)
+    Create(AccessRuleCreateArgs),
+    /// List rules: name, from, to, ports, action
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// What an instance's firewall applies beyond the defaults, in order (node label or uuid)
+    Effective { instance: String },
+    /// Show one, by uuid or label
+    Get { id: String },
+    /// Change one: fetch, apply --label/--labels/--set/--file, write back at the fetched revision
+    Update(UpdateArgs),
+    /// Delete one, by uuid or label
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: String,
+        /// Only if it is still at this revision
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AccessRuleCreateArgs {
+    /// The rule's name
+    pub label: Option<String>,
+    /// Where connections come from: an app of the account (`APP` or `APP:PROCESS`) or an
+    /// address range (`10.0.0.0/8`, or one address)
+    #[arg(long, value_name = "APP[:PROC]|CIDR")]
+    pub from: Option<String>,
+    /// Where they go: an app of the account (an ingress rule) or an address range (an egress
+    /// rule of the --from app)
+    #[arg(long, value_name = "APP[:PROC]|CIDR")]
+    pub to: Option<String>,
+    /// The destination port or range, `N` or `N-M`
+    #[arg(long, value_name = "N[-M]")]
+    pub port: Option<enjin_model::kinds::PortRange>,
+    #[arg(long, value_enum, default_value_t = RuleProtocol::Tcp)]
+    pub protocol: RuleProtocol,
+    /// Refuse such connections instead of allowing them
+    #[arg(long)]
+    pub deny: bool,
+    /// Lower numbers are evaluated first (default 1000); at one priority a deny comes first
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// The rule set, by label or uuid (default: the account's `default` set on the instance
+    /// network, made when missing)
+    #[arg(long)]
+    pub rule_set: Option<String>,
+    /// Ring, for the generic create (access rules on the instance network are ring 2)
+    #[arg(long, default_value = "2")]
+    pub ring: Ring,
+    /// The account the rule belongs to, by label or uuid (default: your own)
+    #[arg(long)]
+    pub account: Option<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuleProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Subcommand)]

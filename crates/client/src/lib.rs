@@ -258,6 +258,12 @@ impl Client {
         self.send(self.request(Method::PUT, &path).json(req), &path).await
     }
 
+    /// The access rules an instance's firewall applies (`GET /v1/nodes/{uuid}/effective-rules`).
+    pub async fn effective_rules(&self, node: Uuid) -> Result<enjin_model::api::EffectiveRules, ClientError> {
+        let path = format!("{}/effective-rules", item(Kind::Node, node));
+        self.send(self.request(Method::GET, &path), &path).await
+    }
+
     /// Issue a token; it never holds more than the caller does.
     pub async fn token_create(&self, req: &TokenCreateRequest) -> Result<TokenCreated, ClientError> {
         let path = format!("/{VERSION}/tokens");

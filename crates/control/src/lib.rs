@@ -11,6 +11,7 @@ pub mod biscuits;
 pub mod bus;
 mod config;
 mod extract;
+pub mod firewall;
 pub mod ipam;
 pub mod limits;
 mod metrics;

@@ -13,6 +13,9 @@
 //!   `uids.rs`).
 //! - `/guards/compartment-graph` — written by every change of compartment parents, so two
 //!   concurrent changes that together would close a cycle cannot both commit.
+//! - `/guards/access-rules/<rule set>` — written with every access rule of the set, so that two
+//!   rules that contradict each other cannot both commit.
+//! - `/apps/names/<app>` (the platform's) — read: an access rule may name only its account's apps.
 //! - `/audit/<nanoseconds>-<uuid>` — one audit record (JSON) per authenticated mutating request,
 //!   the time zero-padded to 20 digits so that key order is time order (see `audit.rs`).
 
@@ -23,7 +26,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
-use enjin_model::kinds::{NetworkInterfaceSpec, NetworkSpec, NodeSpec, references_of};
+use enjin_model::kinds::{
+    AccessRuleSpec, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NetworkSpec, NodeSpec,
+    references_of,
+};
 use enjin_model::{
     FieldError, Kind, Object, ObjectMeta, OnDelete, Reference, Ring, Spec, Target, dag, validate_label,
     validate_labels,
@@ -46,6 +52,14 @@ const DAG_GUARD: &str = "/guards/compartment-graph";
 
 /// Written by every change of who may do what (roles, memberships, tokens), so that cached
 /// authorizations know when they are stale: its mod revision is the authorization generation.
+/// Where an app's name is claimed for its account (`platform::claim_name`): the key's value
+/// is the account's uuid.
+const APP_NAMES: &str = "/apps/names/";
+
+/// `/guards/access-rules/<rule set>`: written with every access rule of the set, so that rules
+/// checked against each other commit one at a time.
+const ACCESS_RULE_GUARDS: &str = "/guards/access-rules/";
+
 pub const AUTH_GENERATION: &str = "/auth/generation";
 
 /// Add the authorization-generation bump to writes of kinds that grant permissions.
@@ -426,7 +440,8 @@ impl Registry {
                 None => None,
             };
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
-            let mut txn = Txn::new().when([Compare::absent(&key)]);
+            let (guards, guard_ops) = self.check_access_rule(uuid, account, system, &obj.spec).await?;
+            let mut txn = Txn::new().when([Compare::absent(&key)]).when(guards).then(guard_ops);
             let mut failure = Vec::new();
             if let Some(lkey) = &lkey {
                 txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
@@ -555,7 +570,10 @@ impl Registry {
             // a target that is already referenced cannot be deleted or change ring.
             let resolved = self.resolve(ring, owners, new_refs.clone()).await?;
             check_targets(&spec, ring, &resolved)?;
-            let mut txn = Txn::new().when([Compare::mod_revision(&key, req.revision)]);
+            let (guards, guard_ops) =
+                self.check_access_rule(uuid, old.meta.account, Some(system), &spec).await?;
+            let mut txn =
+                Txn::new().when([Compare::mod_revision(&key, req.revision)]).when(guards).then(guard_ops);
             let mut failure = vec![Op::Get { key: key.clone() }];
             let mut ipam_failures: Vec<(String, usize, IpAddr)> = Vec::new();
             if let Some(field) = spec.change_referrers_rely_on(&old.spec) {
@@ -743,6 +761,79 @@ impl Registry {
 
     /// For a node being created: refuses a uid the caller chose and, if it is an instance,
     /// fills the default limits it leaves out and returns it, to be given a uid on each attempt.
+    /// An access rule's `target` and `peer_app` must name apps of the rule's account, and the
+    /// rule must not contradict another of the account's rules in the same set
+    /// ([`AccessRuleSpec::contradiction`]). Returns what the write's transaction must add: compares
+    /// that keep each app name held by the account, and the rule set's guard (checked at the
+    /// revision the other rules were read at, and bumped), so that of two contradicting rules
+    /// written at once one commits and the other is tried again and refused here. Other kinds:
+    /// nothing.
+    async fn check_access_rule<S: Spec>(
+        &self,
+        uuid: Uuid,
+        account: Uuid,
+        system: Option<Uuid>,
+        spec: &S,
+    ) -> Result<(Vec<Compare>, Vec<Op>), RegistryError> {
+        if S::KIND != Kind::AccessRule {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let rule: AccessRuleSpec = serde_json::to_value(spec)
+            .and_then(serde_json::from_value)
+            .map_err(|e| RegistryError::Corrupt { key: object_key(S::KIND, uuid), error: e.to_string() })?;
+        let mut compares = Vec::new();
+        for (field, selector) in [("spec.target", &rule.target), ("spec.peer_app", &rule.peer_app)] {
+            let Some(selector) = selector else { continue };
+            let key = format!("{APP_NAMES}{}", selector.app);
+            let owner = self.store.get(&key).await?.map(|kv| kv.value);
+            if owner.as_deref() == Some(account.to_string().as_bytes()) {
+                compares.push(Compare::value(&key, account.to_string()));
+                continue;
+            }
+            // Apps of the system account made before names were claimed have no claim:
+            // their app environment compartment stands for it.
+            if owner.is_none()
+                && system.is_none_or(|s| s == account)
+                && self.legacy_app(&selector.app).await?
+            {
+                continue;
+            }
+            return Err(FieldError::new(
+                field,
+                format!("there is no app {} in account {account}", selector.app),
+            )
+            .into());
+        }
+        let guard = format!("{ACCESS_RULE_GUARDS}{}", rule.rule_set);
+        let guard_rev = self.store.get(&guard).await?.map_or(0, |g| g.mod_revision);
+        compares.push(Compare::mod_revision(&guard, guard_rev));
+        let (rules, _) = self.list::<AccessRuleSpec>(&ListQuery::default()).await?;
+        for other in rules.iter().filter(|o| o.meta.uuid != uuid && o.meta.account == account) {
+            if let Some(field) = rule.contradiction(&other.spec) {
+                let name = other.meta.label.clone().unwrap_or_else(|| other.meta.uuid.to_string());
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "this rule contradicts access rule {name}: opposite actions at the same \
+                         priority {} over overlapping traffic (the deny would always win); give \
+                         one of them another priority",
+                        rule.priority
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok((compares, vec![Op::put(guard, uuid.to_string())]))
+    }
+
+    /// Whether the system account has an app environment compartment named `app`.
+    async fn legacy_app(&self, app: &str) -> Result<bool, RegistryError> {
+        let q =
+            ListQuery { ring: Some(Ring::PLATFORM), label: Some(app.to_string()), ..ListQuery::default() };
+        let (found, _) = self.list::<CompartmentSpec>(&q).await?;
+        Ok(found.iter().any(|c| c.spec.compartment_type == CompartmentType::AppEnvironment))
+    }
+
     fn new_instance<S: Spec>(&self, spec: &mut S, ring: Ring) -> Result<Option<NodeSpec>, RegistryError> {
         let mut node = node_of(spec)?;
         if node.run.as_ref().is_some_and(|r| r.uid.is_some()) {

@@ -537,6 +537,46 @@ pub struct FirewallRule {
     pub rule: Option<Uuid>,
 }
 
+/// `GET /v1/nodes/{uuid}/effective-rules`: what an instance's firewall admits beyond the
+/// defaults (the edge to its port, DNS), first match wins in each list, with every app
+/// selector resolved to the addresses of its instances now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EffectiveRules {
+    pub node: Uuid,
+    pub account: Uuid,
+    pub app: String,
+    pub process: String,
+    pub address: std::net::IpAddr,
+    /// The port the edge reaches, if the instance serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Connections the instance accepts beyond the edge's; everything else is refused.
+    pub ingress: Vec<EffectiveRule>,
+    /// Connections the instance may open outside the instance network; everything else is
+    /// refused. Traffic to other instances leaves freely and meets their ingress rules.
+    pub egress: Vec<EffectiveRule>,
+}
+
+/// One access rule as it applies to one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EffectiveRule {
+    /// The access rule.
+    pub rule: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub action: crate::kinds::Action,
+    pub protocol: crate::kinds::Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<crate::kinds::PortRange>,
+    pub priority: u32,
+    /// The other end as the rule names it: an address range, `app[:process]`, or `anywhere`.
+    pub peer: String,
+    /// The other end's addresses now; empty means anywhere.
+    pub peers: Vec<crate::kinds::Cidr>,
+}
+
 /// The retained bus topic of a host's desired children.
 pub fn desired_topic(node: Uuid) -> String {
     format!("state.desired.{node}")

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod firewall;
 pub mod instance;
 
 use std::net::IpAddr;
@@ -24,6 +25,8 @@ pub enum NetError {
          give this one another range"
     )]
     AddressInUse { address: IpAddr, interface: String },
+    #[error(transparent)]
+    Firewall(Box<firewall::FirewallError>),
 }
 
 /// Run `ip` with `args`.
@@ -55,7 +58,7 @@ fn ok_if_exists(r: Result<String, NetError>) -> Result<(), NetError> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), NetError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NetError> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
@@ -67,6 +70,18 @@ fn check_name(name: &str) -> Result<(), NetError> {
 pub fn names(id: &str) -> Names {
     let short: String = id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
     Names { bridge: format!("ejb-{short}"), veth: format!("ejv-{short}"), netns: format!("enjin-{short}") }
+}
+
+/// The prefix of every instance's host-side veth. The firewall drops traffic on any interface
+/// with this prefix that it has no rules for, so it must not be used for anything else (hosts'
+/// veths are `ejv-`, bridges `ejb-`).
+pub const INSTANCE_PREFIX: &str = "eji-";
+
+/// The host-side veth of an instance (a ring 2 node): [`INSTANCE_PREFIX`] and the first 8
+/// letters and digits of its uuid, 12 bytes.
+pub fn instance_interface(node: uuid::Uuid) -> String {
+    let short: String = node.to_string().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("{INSTANCE_PREFIX}{short}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,5 +206,17 @@ mod tests {
         }
         assert!(check_name("much-too-long-interface").is_err());
         assert!(check_name("bad name").is_err());
+    }
+
+    #[test]
+    fn instance_interfaces_have_their_own_prefix() {
+        let node: uuid::Uuid = "6c9b5c2e-0d1f-4a55-9f0e-3f1a2b3c4d5e".parse().expect("uuid");
+        let i = instance_interface(node);
+        assert_eq!(i, "eji-6c9b5c2e");
+        assert!(check_name(&i).is_ok());
+        let n = names(&node.to_string());
+        for other in [n.bridge, n.veth] {
+            assert!(!other.starts_with(INSTANCE_PREFIX), "{other} would be judged as an instance");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod access;
 mod agent;
 mod apps;
 mod audit;
@@ -50,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Network(c) => objects::run(g, Kind::Network, c).await,
         Command::NetworkInterface(c) => objects::run(g, Kind::NetworkInterface, c).await,
         Command::AccessRuleSet(c) => objects::run(g, Kind::AccessRuleSet, c).await,
-        Command::AccessRule(c) => objects::run(g, Kind::AccessRule, c).await,
+        Command::AccessRule(c) => access::run(g, c).await,
         Command::Compartment(CompartmentCommand::Object(c)) => objects::run(g, Kind::Compartment, c).await,
         Command::Compartment(CompartmentCommand::Tree) => tree::run(g).await,
         Command::Tier(c) => objects::run(g, Kind::Tier, c).await,

@@ -6,6 +6,7 @@ mod accounts;
 mod apps;
 mod audit;
 mod bus;
+mod firewall;
 mod keys;
 mod objects;
 mod system;
@@ -255,6 +256,22 @@ pub fn table() -> Vec<RouteDef> {
             path_params: None,
             errors: vec![],
             handler: get(accounts::status),
+        },
+        RouteDef {
+            method: Method::GET,
+            path: format!("/{v}/nodes/{{uuid}}/effective-rules"),
+            perm: Perm::Require(Verb::Get, Resource::Kind(Kind::Node)),
+            operation_id: "effectiveRulesNode".into(),
+            summary: "The access rules an instance's firewall applies beyond the defaults, in order, \
+                      with app selectors resolved to addresses"
+                .into(),
+            tag: Kind::Node.title().to_string(),
+            path_params: Some(schema::<ObjectPath>),
+            query: None,
+            body: None,
+            success: Success::Json(&[200], schema::<enjin_model::api::EffectiveRules>),
+            errors: vec![409],
+            handler: get(firewall::effective),
         },
         RouteDef {
             method: Method::GET,

@@ -95,6 +95,7 @@ async fn openapi_documents_every_route() {
         ("GET", "/v1/apps/{app}/releases"),
         ("GET", "/v1/apps/{app}/logs"),
         ("GET", "/v1/account-status"),
+        ("GET", "/v1/nodes/{uuid}/effective-rules"),
     ] {
         expected.insert((method.to_string(), path.to_string()));
     }

@@ -7,6 +7,7 @@ mod biscuits;
 mod concurrency;
 mod crud;
 mod door;
+mod firewall;
 mod fixtures;
 mod harness;
 mod invariants;

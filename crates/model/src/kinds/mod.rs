@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 pub use compartment::{CompartmentSpec, CompartmentType};
 pub use network::{
-    AccessRuleSetSpec, AccessRuleSpec, Action, Cidr, Direction, NetworkInterfaceSpec, NetworkSpec,
-    NetworkStrategy, PortRange, Protocol,
+    APP_SELECTOR_PATTERN, AccessRuleSetSpec, AccessRuleSpec, Action, AppSelector, Cidr, Direction,
+    NetworkInterfaceSpec, NetworkSpec, NetworkStrategy, Peer, PortRange, Protocol,
 };
 pub use node::{
     DesiredState, NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec, Resources,

@@ -86,6 +86,11 @@ impl Cidr {
         Ok(())
     }
 
+    /// Whether the two ranges share an address (one contains the other's network).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -381,8 +386,76 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+/// Some instances of an app, by name: `app` (every process type) or `app:process`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[schemars(with = "String", extend("pattern" = APP_SELECTOR_PATTERN))]
+pub struct AppSelector {
+    pub app: String,
+    pub process: Option<String>,
+}
+
+/// What [`AppSelector`]'s parser takes: an app name, optionally `:` and a process type, each a
+/// label (lowercase letters, digits, `-`, `_`, `.`).
+pub const APP_SELECTOR_PATTERN: &str =
+    "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(:[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?)?$";
+
+impl AppSelector {
+    /// Whether an instance of `app`, process type `process`, is selected.
+    pub fn matches(&self, app: &str, process: &str) -> bool {
+        self.app == app && self.process.as_deref().is_none_or(|p| p == process)
+    }
+
+    /// Whether some instance could be selected by both.
+    pub fn overlaps(&self, other: &AppSelector) -> bool {
+        self.app == other.app
+            && match (&self.process, &other.process) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl fmt::Display for AppSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.process {
+            Some(p) => write!(f, "{}:{p}", self.app),
+            None => write!(f, "{}", self.app),
+        }
+    }
+}
+
+impl std::str::FromStr for AppSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (app, process) = match s.split_once(':') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        crate::validate_label(app).map_err(|m| format!("app name {app:?} {m}"))?;
+        if let Some(p) = process {
+            crate::validate_label(p).map_err(|m| format!("process type {p:?} {m}"))?;
+        }
+        Ok(AppSelector { app: app.to_string(), process: process.map(str::to_string) })
+    }
+}
+
+impl Serialize for AppSelector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AppSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Who may reach what on a ring network; the agent of the ring that contains the network turns
-/// these into kernel firewall rules.
+/// these into kernel firewall rules. On the instance network a rule is for the instances of
+/// its own account (`target`, or all of them), and its other end is an address range (`peer`)
+/// or instances of an app of the same account (`peer_app`), never both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRuleSpec {
@@ -393,10 +466,16 @@ pub struct AccessRuleSpec {
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortRange>,
-    /// The other end; absent means anywhere.
+    /// The other end; absent (with no `peer_app`) means anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Cidr>,
-    /// Lower numbers are evaluated first.
+    /// The other end as instances of an app (and process type) of the rule's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_app: Option<AppSelector>,
+    /// The instances the rule is for: absent means every instance of the rule's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<AppSelector>,
+    /// Lower numbers are evaluated first; at the same priority a deny comes before an allow.
     #[serde(default = "default_priority")]
     pub priority: u32,
 }
@@ -407,6 +486,61 @@ fn any_protocol() -> Protocol {
 
 fn default_priority() -> u32 {
     1000
+}
+
+/// The other end of a rule, for comparing rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer<'a> {
+    Anywhere,
+    Range(&'a Cidr),
+    App(&'a AppSelector),
+}
+
+impl AccessRuleSpec {
+    pub fn peer_of(&self) -> Peer<'_> {
+        match (&self.peer, &self.peer_app) {
+            (Some(c), _) => Peer::Range(c),
+            (None, Some(a)) => Peer::App(a),
+            (None, None) => Peer::Anywhere,
+        }
+    }
+
+    /// Why `self` contradicts `other`, a rule of the same rule set, if it does: opposite
+    /// actions at the same priority and direction over traffic both could match (targets,
+    /// peers, protocols and ports that overlap). At one priority the deny would always win,
+    /// so the allow would be dead; the caller is asked to order them by priority instead. An
+    /// address range and an app selector are not compared (an app's addresses change).
+    pub fn contradiction(&self, other: &AccessRuleSpec) -> Option<&'static str> {
+        if self.rule_set != other.rule_set
+            || self.action == other.action
+            || self.direction != other.direction
+            || self.priority != other.priority
+        {
+            return None;
+        }
+        let targets = match (&self.target, &other.target) {
+            (Some(a), Some(b)) => a.overlaps(b),
+            _ => true,
+        };
+        let peers = match (self.peer_of(), other.peer_of()) {
+            (Peer::Anywhere, _) | (_, Peer::Anywhere) => true,
+            (Peer::Range(a), Peer::Range(b)) => a.overlaps(b),
+            (Peer::App(a), Peer::App(b)) => a.overlaps(b),
+            _ => false,
+        };
+        let protocols = self.protocol == other.protocol
+            || self.protocol == Protocol::Any
+            || other.protocol == Protocol::Any;
+        let ports = match (self.ports, other.ports) {
+            (Some(a), Some(b)) => a.first <= b.last && b.first <= a.last,
+            _ => true,
+        };
+        if !(targets && peers && protocols && ports) {
+            return None;
+        }
+        // The field that makes them collide most specifically names what to change.
+        Some("spec.priority")
+    }
 }
 
 impl Spec for AccessRuleSpec {
@@ -421,6 +555,12 @@ impl Spec for AccessRuleSpec {
         }
         if let Some(peer) = &self.peer {
             peer.check_host_bits().map_err(|m| FieldError::new("spec.peer", m))?;
+        }
+        if self.peer.is_some() && self.peer_app.is_some() {
+            return Err(FieldError::new(
+                "spec.peer_app",
+                "a rule's other end is an address range (peer) or an app (peer_app), not both",
+            ));
         }
         Ok(())
     }
@@ -462,6 +602,102 @@ mod tests {
         assert!("9-1".parse::<PortRange>().is_err());
         assert!("0".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
+    }
+
+    fn rule(action: Action) -> AccessRuleSpec {
+        AccessRuleSpec {
+            rule_set: Uuid::nil(),
+            action,
+            direction: Direction::Ingress,
+            protocol: Protocol::Tcp,
+            ports: Some("9000".parse().expect("ports")),
+            peer: None,
+            peer_app: Some("web".parse().expect("selector")),
+            target: Some("api:worker".parse().expect("selector")),
+            priority: 1000,
+        }
+    }
+
+    #[test]
+    fn app_selectors_parse_and_refuse_bad_names() {
+        let s: AppSelector = "web:worker".parse().expect("selector");
+        assert_eq!(s, AppSelector { app: "web".into(), process: Some("worker".into()) });
+        assert_eq!(s.to_string(), "web:worker");
+        assert!(s.matches("web", "worker") && !s.matches("web", "api") && !s.matches("webx", "worker"));
+        let all: AppSelector = "web".parse().expect("selector");
+        assert!(all.matches("web", "anything") && all.overlaps(&s));
+        for bad in ["", "Web", "web:", ":worker", "web:worker:x", "web app", "-web"] {
+            assert!(bad.parse::<AppSelector>().is_err(), "{bad:?} parsed");
+        }
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json, serde_json::json!("web:worker"));
+        assert!(serde_json::from_value::<AppSelector>(serde_json::json!("web:Bad")).is_err());
+    }
+
+    #[test]
+    fn old_stored_rules_still_read() {
+        let old = serde_json::json!({
+            "rule_set": Uuid::nil(), "action": "allow", "direction": "ingress", "peer": "10.0.0.0/8"
+        });
+        let r: AccessRuleSpec = serde_json::from_value(old).expect("old rule");
+        assert_eq!((r.target, r.peer_app, r.priority, r.protocol), (None, None, 1000, Protocol::Any));
+    }
+
+    #[test]
+    fn rules_refuse_both_peers_and_bad_ports() {
+        let mut r = rule(Action::Allow);
+        assert!(r.validate(Ring::PLATFORM).is_ok());
+        r.peer = Some("10.0.0.0/8".parse().expect("cidr"));
+        assert_eq!(r.validate(Ring::PLATFORM).map_err(|e| e.field), Err("spec.peer_app".into()));
+        let mut r = rule(Action::Allow);
+        r.ports = Some(PortRange { first: 90, last: 80 });
+        assert_eq!(r.validate(Ring::PLATFORM).map_err(|e| e.field), Err("spec.ports".into()));
+        let bad: Result<AccessRuleSpec, _> = serde_json::from_value(serde_json::json!({
+            "rule_set": Uuid::nil(), "action": "allow", "direction": "ingress", "protocol": "tcp", "ports": "0"
+        }));
+        assert!(bad.is_err(), "port 0 is refused on read");
+    }
+
+    #[test]
+    fn contradictions_are_opposite_actions_over_overlapping_traffic_at_one_priority() {
+        let allow = rule(Action::Allow);
+        let deny = rule(Action::Deny);
+        assert_eq!(deny.contradiction(&allow), Some("spec.priority"));
+        assert_eq!(allow.contradiction(&allow), None, "same action is no contradiction");
+        let mut later = deny.clone();
+        later.priority = 2000;
+        assert_eq!(later.contradiction(&allow), None, "another priority orders them");
+        let mut other_port = deny.clone();
+        other_port.ports = Some("9001-9010".parse().expect("ports"));
+        assert_eq!(other_port.contradiction(&allow), None);
+        let mut wide = deny.clone();
+        wide.ports = Some("8000-9000".parse().expect("ports"));
+        assert_eq!(wide.contradiction(&allow), Some("spec.priority"), "overlapping ports");
+        let mut udp = deny.clone();
+        udp.protocol = Protocol::Udp;
+        assert_eq!(udp.contradiction(&allow), None);
+        let mut any = deny.clone();
+        any.protocol = Protocol::Any;
+        any.ports = None;
+        assert_eq!(any.contradiction(&allow), Some("spec.priority"), "any protocol overlaps tcp");
+        let mut other_target = deny.clone();
+        other_target.target = Some("api:web".parse().expect("selector"));
+        assert_eq!(other_target.contradiction(&allow), None);
+        let mut every = deny.clone();
+        every.target = None;
+        assert_eq!(every.contradiction(&allow), Some("spec.priority"), "no target is every instance");
+        let mut egress = deny.clone();
+        egress.direction = Direction::Egress;
+        assert_eq!(egress.contradiction(&allow), None);
+        let mut cidr_a = allow.clone();
+        cidr_a.peer_app = None;
+        cidr_a.peer = Some("10.1.0.0/16".parse().expect("cidr"));
+        let mut cidr_d = deny.clone();
+        cidr_d.peer_app = None;
+        cidr_d.peer = Some("10.0.0.0/8".parse().expect("cidr"));
+        assert_eq!(cidr_d.contradiction(&cidr_a), Some("spec.priority"), "nested ranges overlap");
+        cidr_d.peer = Some("10.2.0.0/16".parse().expect("cidr"));
+        assert_eq!(cidr_d.contradiction(&cidr_a), None, "disjoint ranges");
     }
 
     #[test]
