@@ -76,8 +76,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The writer stops batching once this much is ready to write.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// A hook that sees every published message at the edge; returning `false` drops it (counted in
-/// `filtered`). Example: drop payloads that are not signed envelopes before they are fanned out.
+/// A hook that sees every published message at the edge, before the access rules; returning
+/// `false` drops it (counted in `filtered`, not answered). Example: drop payloads that are not signed envelopes before they are fanned out.
 pub type Filter = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
 
 /// Hub settings. Validated by [`Hub::bind`].
@@ -785,21 +785,27 @@ impl Connection {
                 }
                 Frame::Unsubscribe { sid } => RouterCmd::Unsubscribe { conn, sid },
                 Frame::Publish { topic, reply_to, payload } => {
-                    if !self.member.as_ref().is_some_and(|m| m.may_publish(&topic, reply_to.as_deref())) {
-                        bump(&self.stats.publish_refused);
-                        warn!(%topic, reply_to = reply_to.as_deref().unwrap_or(""), "publish refused by the access rules");
-                        RouterCmd::Refuse { conn, what: Refusal::Publish, sid: 0, topic }
-                    } else {
-                        let msg = Message { topic, reply_to, payload };
-                        if let Some(filter) = &self.filter
-                            && !filter(&msg)
-                        {
-                            bump(&self.stats.filtered);
-                            debug!(topic = %msg.topic, "message dropped by the filter");
-                            continue;
-                        }
+                    let msg = Message { topic, reply_to, payload };
+                    // The filter first: it sees every published message, as its contract says;
+                    // what it drops is counted there and not answered.
+                    if let Some(filter) = &self.filter
+                        && !filter(&msg)
+                    {
+                        bump(&self.stats.filtered);
+                        debug!(topic = %msg.topic, "message dropped by the filter");
+                        continue;
+                    }
+                    if self
+                        .member
+                        .as_ref()
+                        .is_some_and(|m| m.may_publish(&msg.topic, msg.reply_to.as_deref()))
+                    {
                         trace!(topic = %msg.topic, len = msg.payload.len(), "publish");
                         RouterCmd::Publish { msg: Arc::new(msg) }
+                    } else {
+                        bump(&self.stats.publish_refused);
+                        warn!(topic = %msg.topic, reply_to = msg.reply_to.as_deref().unwrap_or(""), "publish refused by the access rules");
+                        RouterCmd::Refuse { conn, what: Refusal::Publish, sid: 0, topic: msg.topic }
                     }
                 }
                 Frame::Ping => RouterCmd::Ping { conn },
