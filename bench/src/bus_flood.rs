@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -44,6 +45,10 @@ pub struct FloodRow {
     pub hub: HubStatsSnapshot,
     /// Member connections lost during the row.
     pub disconnects: u64,
+    /// Flood connections open at the end of the row (connected, not yet closed by the hub),
+    /// and opened during it.
+    pub flood_open: u64,
+    pub flood_opened: u64,
 }
 
 impl FloodRow {
@@ -73,9 +78,11 @@ pub async fn rows(quick: bool) -> anyhow::Result<Vec<FloodRow>> {
     }));
 
     let member = connect(addr, &member_tls).await.context("the measuring member could not connect")?;
+    let counts = Arc::new(FloodCounts::default());
     let quiet =
-        measure("quiet hub (anchor)", addr, &member_tls, &member, &stats, connects, round_trips).await;
-    let flood = tokio::spawn(flood(addr));
+        measure("quiet hub (anchor)", addr, &member_tls, &member, &stats, &counts, connects, round_trips)
+            .await;
+    let flood = tokio::spawn(flood(addr, counts.clone()));
     let established = async {
         while stats.snapshot().handshakes < 16 || stats.snapshot().admission_refused < HALF_OPEN as u64 / 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,6 +97,7 @@ pub async fn rows(quick: bool) -> anyhow::Result<Vec<FloodRow>> {
                 &member_tls,
                 &member,
                 &stats,
+                &counts,
                 connects,
                 round_trips,
             )
@@ -131,10 +139,12 @@ async fn measure(
     tls: &TlsMaterial,
     member: &BusClient,
     stats: &Arc<HubStats>,
+    flood: &FloodCounts,
     connects: u64,
     round_trips: u64,
 ) -> FloodRow {
     let lost_before = member.stats().disconnects;
+    let opened_before = flood.opened.load(Ordering::Relaxed);
     let mut report = TaskReport::default();
     let started = Instant::now();
     for _ in 0..connects {
@@ -180,18 +190,35 @@ async fn measure(
         round_trips: rt_sample,
         hub: stats.snapshot(),
         disconnects: member.stats().disconnects - lost_before,
+        flood_open: flood.open.load(Ordering::Relaxed),
+        flood_opened: flood.opened.load(Ordering::Relaxed) - opened_before,
     }
 }
 
-/// Hold `HALF_OPEN` connections from `FLOODER` that never send a byte; reopen each one the hub
-/// closes, until aborted.
-async fn flood(hub: SocketAddr) {
-    let open = move || async move {
-        let socket = TcpSocket::new_v4().ok()?;
-        socket.bind(SocketAddr::new(FLOODER, 0)).ok()?;
-        let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(hub)).await.ok()?.ok()?;
-        let _ = stream.readable().await;
-        Some(())
+/// What the flood has done.
+#[derive(Debug, Default)]
+struct FloodCounts {
+    open: AtomicU64,
+    opened: AtomicU64,
+}
+
+/// Open `HALF_OPEN` connections from `FLOODER` that never send a byte; reopen each one the hub
+/// closes (at most about 1,000 a second: the sleep below is at least a timer tick, so the
+/// flood's own CPU, in this process, stays small next to the hub's), until aborted.
+async fn flood(hub: SocketAddr, counts: Arc<FloodCounts>) {
+    let open = move || {
+        let counts = counts.clone();
+        async move {
+            let socket = TcpSocket::new_v4().ok()?;
+            socket.bind(SocketAddr::new(FLOODER, 0)).ok()?;
+            let stream =
+                tokio::time::timeout(Duration::from_secs(2), socket.connect(hub)).await.ok()?.ok()?;
+            counts.opened.fetch_add(1, Ordering::Relaxed);
+            counts.open.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.readable().await;
+            counts.open.fetch_sub(1, Ordering::Relaxed);
+            Some(())
+        }
     };
     let mut held = JoinSet::new();
     for _ in 0..HALF_OPEN {
@@ -199,6 +226,6 @@ async fn flood(hub: SocketAddr) {
     }
     while held.join_next().await.is_some() {
         held.spawn(open());
-        tokio::time::sleep(Duration::from_micros(200)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
