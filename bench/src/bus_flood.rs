@@ -79,9 +79,16 @@ pub async fn rows(quick: bool) -> anyhow::Result<Vec<FloodRow>> {
 
     let member = connect(addr, &member_tls).await.context("the measuring member could not connect")?;
     let counts = Arc::new(FloodCounts::default());
-    let quiet =
-        measure("quiet hub (anchor)", addr, &member_tls, &member, &stats, &counts, connects, round_trips)
-            .await;
+    let setup = Setup {
+        addr,
+        tls: &member_tls,
+        member: &member,
+        stats: &stats,
+        flood: &counts,
+        connects,
+        round_trips,
+    };
+    let quiet = setup.measure("quiet hub (anchor)").await;
     let flood = tokio::spawn(flood(addr, counts.clone()));
     let established = async {
         while stats.snapshot().handshakes < 16 || stats.snapshot().admission_refused < HALF_OPEN as u64 / 2 {
@@ -90,19 +97,7 @@ pub async fn rows(quick: bool) -> anyhow::Result<Vec<FloodRow>> {
     };
     let flooding = tokio::time::timeout(Duration::from_secs(30), established).await;
     let flooded = match flooding {
-        Ok(()) => Some(
-            measure(
-                "under 2,000 half-open connections",
-                addr,
-                &member_tls,
-                &member,
-                &stats,
-                &counts,
-                connects,
-                round_trips,
-            )
-            .await,
-        ),
+        Ok(()) => Some(setup.measure("under 2,000 half-open connections").await),
         Err(_) => None,
     };
     flood.abort();
@@ -133,65 +128,73 @@ async fn connect(addr: SocketAddr, tls: &TlsMaterial) -> anyhow::Result<BusClien
     Ok(client)
 }
 
-async fn measure(
-    name: &'static str,
+/// What one row measures with: the hub, a connected member and its certificate, the flood's
+/// counts, and how many connects and round trips to make.
+struct Setup<'a> {
     addr: SocketAddr,
-    tls: &TlsMaterial,
-    member: &BusClient,
-    stats: &Arc<HubStats>,
-    flood: &FloodCounts,
+    tls: &'a TlsMaterial,
+    member: &'a BusClient,
+    stats: &'a Arc<HubStats>,
+    flood: &'a FloodCounts,
     connects: u64,
     round_trips: u64,
-) -> FloodRow {
-    let lost_before = member.stats().disconnects;
-    let opened_before = flood.opened.load(Ordering::Relaxed);
-    let mut report = TaskReport::default();
-    let started = Instant::now();
-    for _ in 0..connects {
-        let t = Instant::now();
-        match connect(addr, tls).await {
-            Ok(client) => {
-                report.latencies.push(t.elapsed());
-                drop(client);
+}
+
+impl Setup<'_> {
+    async fn measure(&self, name: &'static str) -> FloodRow {
+        let Setup { addr, tls, member, stats, flood, connects, round_trips } = *self;
+        let lost_before = member.stats().disconnects;
+        let opened_before = flood.opened.load(Ordering::Relaxed);
+        let mut report = TaskReport::default();
+        let started = Instant::now();
+        for _ in 0..connects {
+            let t = Instant::now();
+            match connect(addr, tls).await {
+                Ok(client) => {
+                    report.latencies.push(t.elapsed());
+                    drop(client);
+                }
+                Err(e) => report.error(e),
+            }
+        }
+        let limits = Limits { ops: connects, time: PATIENCE * connects as u32 };
+        let connect_sample = Sample::new(1, limits, started.elapsed(), vec![report]);
+
+        let mut report = TaskReport::default();
+        let started = Instant::now();
+        match member.subscribe(TOPIC) {
+            Ok(mut sub) => {
+                if let Err(e) = member.flush(PATIENCE).await {
+                    report.error(e);
+                }
+                for i in 0..round_trips {
+                    let t = Instant::now();
+                    let sent = member.publish(TOPIC, None, i.to_be_bytes().to_vec());
+                    let got = async { tokio::time::timeout(PATIENCE, sub.next()).await };
+                    match (sent, got.await) {
+                        (Ok(()), Ok(Some(m))) if m.payload == i.to_be_bytes() => {
+                            report.latencies.push(t.elapsed())
+                        }
+                        (Err(e), _) => report.error(e),
+                        (_, other) => {
+                            report.error(std::io::Error::other(format!("round trip {i}: {other:?}")))
+                        }
+                    }
+                }
             }
             Err(e) => report.error(e),
         }
-    }
-    let limits = Limits { ops: connects, time: PATIENCE * connects as u32 };
-    let connect_sample = Sample::new(1, limits, started.elapsed(), vec![report]);
-
-    let mut report = TaskReport::default();
-    let started = Instant::now();
-    match member.subscribe(TOPIC) {
-        Ok(mut sub) => {
-            if let Err(e) = member.flush(PATIENCE).await {
-                report.error(e);
-            }
-            for i in 0..round_trips {
-                let t = Instant::now();
-                let sent = member.publish(TOPIC, None, i.to_be_bytes().to_vec());
-                let got = async { tokio::time::timeout(PATIENCE, sub.next()).await };
-                match (sent, got.await) {
-                    (Ok(()), Ok(Some(m))) if m.payload == i.to_be_bytes() => {
-                        report.latencies.push(t.elapsed())
-                    }
-                    (Err(e), _) => report.error(e),
-                    (_, other) => report.error(std::io::Error::other(format!("round trip {i}: {other:?}"))),
-                }
-            }
+        let limits = Limits { ops: round_trips, time: PATIENCE * round_trips as u32 };
+        let rt_sample = Sample::new(1, limits, started.elapsed(), vec![report]);
+        FloodRow {
+            name,
+            connects: connect_sample,
+            round_trips: rt_sample,
+            hub: stats.snapshot(),
+            disconnects: member.stats().disconnects - lost_before,
+            flood_open: flood.open.load(Ordering::Relaxed),
+            flood_opened: flood.opened.load(Ordering::Relaxed) - opened_before,
         }
-        Err(e) => report.error(e),
-    }
-    let limits = Limits { ops: round_trips, time: PATIENCE * round_trips as u32 };
-    let rt_sample = Sample::new(1, limits, started.elapsed(), vec![report]);
-    FloodRow {
-        name,
-        connects: connect_sample,
-        round_trips: rt_sample,
-        hub: stats.snapshot(),
-        disconnects: member.stats().disconnects - lost_before,
-        flood_open: flood.open.load(Ordering::Relaxed),
-        flood_opened: flood.opened.load(Ordering::Relaxed) - opened_before,
     }
 }
 
