@@ -10,6 +10,7 @@
 
 mod api;
 mod bus;
+mod bus_flood;
 mod deploy;
 mod firewall;
 mod idle;
@@ -77,6 +78,8 @@ enum Section {
     Api,
     /// The ring bus: envelope crypto and broadcast over mutual TLS
     Bus,
+    /// The bus hub under 2,000 half-open connections: member connect time and round trip
+    BusFlood,
     /// Supervision: SIGKILL to replacement, processes per instance, idle memory of `enjin up`
     Supervise,
     /// The HTTP router under wrk: direct, through enjin-router, through nginx
@@ -217,6 +220,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     if args.runs(Section::Bus) {
         failures.extend(ring_bus(&plans, limits).await?);
     }
+    if args.runs(Section::BusFlood) {
+        failures.extend(bus_flood(args.quick).await?);
+    }
     if args.runs(Section::Supervise) {
         failures.extend(supervision(supervise_settings).await?);
     }
@@ -310,6 +316,14 @@ async fn ring_bus(plans: &[bus::Plan], limits: Limits) -> anyhow::Result<Vec<Fai
         Some(Failure { row: format!("{}, subscribers: {}", r.plan.name, r.plan.subscribers), why })
     });
     Ok(crypto_failures.chain(broadcast_failures).collect())
+}
+
+/// The hub under a flood of half-open connections, next to the same hub quiet.
+async fn bus_flood(quick: bool) -> anyhow::Result<Vec<Failure>> {
+    eprintln!("measuring the bus hub under 2,000 half-open connections…");
+    let rows = bus_flood::rows(quick).await?;
+    report::print_bus_flood(&rows);
+    Ok(rows.iter().filter_map(|r| Some(Failure { row: r.name.to_owned(), why: r.failure()? })).collect())
 }
 
 /// The supervision section: restarts after SIGKILL, what an instance is made of, and the idle

@@ -74,6 +74,48 @@ fn filesystem_of(dir: &Path) -> String {
         .map_or_else(|| "unknown".into(), |(_, desc)| desc)
 }
 
+/// The hub with and without 2,000 half-open connections.
+pub fn print_bus_flood(rows: &[crate::bus_flood::FloodRow]) {
+    println!(
+        "## Ring bus: the hub under {} half-open connections from one address (default hub \
+         settings; members on 127.0.0.1; the flood from 127.0.0.2 opens them at once, never \
+         starts TLS, and reopens each one the hub closes, at most 1,000 a second)\n",
+        crate::bus_flood::HALF_OPEN
+    );
+    println!(
+        "| hub | connects | connect p50 (ms) | connect p99 (ms) | connect max (ms) | round trips | round trip p50 (ms) | round trip p99 (ms) | round trip max (ms) | flood connections open | flood connections opened | handshakes in progress | turned away at accept | members refused | member connections lost |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            ops(&r.connects),
+            ms(r.connects.quantile(0.5)),
+            ms(r.connects.quantile(0.99)),
+            ms(r.connects.max()),
+            ops(&r.round_trips),
+            ms(r.round_trips.quantile(0.5)),
+            ms(r.round_trips.quantile(0.99)),
+            ms(r.round_trips.max()),
+            r.flood_open,
+            r.flood_opened,
+            r.hub.handshakes,
+            r.hub.admission_refused,
+            r.hub.connections_refused,
+            r.disconnects,
+        );
+    }
+    println!(
+        "\nA connect is TCP, the mutual-TLS handshake and the hub's first answer; a round trip is \
+         one member's publish delivered back to its own subscription through the hub. \
+         \"Flood connections open\" are connected and not yet closed by the hub at the end of the \
+         row (in its handshake budget or still in its accept backlog), \"opened\" during the \
+         row; \"turned away at accept\" counts, over the whole run, flood connections closed at \
+         once because their address had spent its handshake budget.\n"
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }

@@ -200,6 +200,16 @@ fn answer_logs(
         tracing::warn!(sender = %env.sender().short(), "log request from a non-parent key ignored");
         return;
     }
+    // Answered only on the parent's own inbox (`BusNode::reply` checks it again, and counts a
+    // refusal); checked first so that a request aiming elsewhere reads no logs.
+    if !env.reply_to().is_some_and(|r| enjin_bus::acl::reply_allowed(enjin_bus::acl::PARENT_ID, r)) {
+        node.counters().reply_refused();
+        tracing::warn!(
+            reply_to = env.reply_to().unwrap_or(""),
+            "log request naming a reply-to that is not a parent inbox ignored"
+        );
+        return;
+    }
     let (node, dir, readers) = (node.clone(), dir.to_path_buf(), readers.clone());
     tokio::spawn(async move {
         let Ok(_permit) = readers.acquire_owned().await else { return };

@@ -22,6 +22,12 @@
 //!   messages) and `lagged_subscriptions` is counted. Skipping messages silently would leave it
 //!   believing it had seen everything; ending the stream tells it to resubscribe and resynchronise,
 //!   the same contract the hub applies to slow connections.
+//!
+//! # Refusals
+//! The hub answers a subscribe or publish its access rules forbid with a REFUSED frame. A refused
+//! subscription ends (`next()` returns `None`) and is not renewed on reconnection; both kinds are
+//! counted in `refused` and logged. Inboxes are made under the member's own id, read from its
+//! certificate (`_inbox.<id>.<random>`), the only inboxes the hub lets it subscribe to.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,7 +44,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::frame::{self, Frame, FrameError};
+use crate::acl::{self, Member};
+use crate::frame::{self, Frame, FrameError, Refusal};
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::topic;
 use crate::transport::{Message, Subscription, Transport, TransportError, random_inbox};
@@ -101,6 +108,7 @@ pub struct ClientStats {
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
     lagged_subscriptions: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`ClientStats`].
@@ -114,6 +122,8 @@ pub struct ClientStatsSnapshot {
     pub disconnects: u64,
     /// Subscriptions ended because their subscriber fell a whole queue behind.
     pub lagged_subscriptions: u64,
+    /// Subscribes and publishes the hub refused under its access rules.
+    pub refused: u64,
 }
 
 impl ClientStats {
@@ -124,6 +134,7 @@ impl ClientStats {
             connect_failures: get(&self.connect_failures),
             disconnects: get(&self.disconnects),
             lagged_subscriptions: get(&self.lagged_subscriptions),
+            refused: get(&self.refused),
         }
     }
 }
@@ -166,6 +177,8 @@ pub struct BusClient {
     next_sid: AtomicU32,
     subscription_queue: usize,
     stats: Arc<ClientStats>,
+    /// Who this client is on the bus, from its certificate; `None` for a name without a role.
+    member: Option<Member>,
     /// Used for inboxes only if the OS random source fails later: still unique, and unguessable
     /// to anyone who has not seen an earlier inbox of this client.
     inbox_prefix: String,
@@ -195,7 +208,14 @@ impl BusClient {
         let connector = TlsConnector::from(tls::client_config(tls)?);
         let server_name = tls::server_name(server_name)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
-        let inbox_prefix = random_inbox().map_err(ClientError::Random)?;
+        let member = tls::first_certificate_der(&tls.cert_pem)
+            .and_then(|der| tls::certificate_common_name(&der))
+            .and_then(|cn| Member::from_common_name(&cn).ok());
+        let inbox_prefix = match &member {
+            Some(m) => acl::inbox_for(m.id()),
+            None => random_inbox(),
+        }
+        .map_err(ClientError::Random)?;
 
         let subscription_queue = config.subscription_queue;
         let (commands_tx, commands_rx) = mpsc::channel(config.outbound_queue);
@@ -220,6 +240,7 @@ impl BusClient {
             next_sid: AtomicU32::new(1),
             subscription_queue,
             stats,
+            member,
             inbox_prefix,
             inbox_seq: AtomicU64::new(0),
             _owner: AbortOnDrop(task),
@@ -264,6 +285,11 @@ impl BusClient {
     pub fn stats(&self) -> ClientStatsSnapshot {
         self.stats.snapshot()
     }
+
+    /// Who this client is on the bus, as its certificate names it.
+    pub fn member(&self) -> Option<&Member> {
+        self.member.as_ref()
+    }
 }
 
 impl Transport for BusClient {
@@ -292,7 +318,11 @@ impl Transport for BusClient {
     }
 
     fn new_inbox(&self) -> String {
-        random_inbox().unwrap_or_else(|error| {
+        let fresh = match &self.member {
+            Some(m) => acl::inbox_for(m.id()),
+            None => random_inbox(),
+        };
+        fresh.unwrap_or_else(|error| {
             warn!(%error, "OS random source failed; deriving the inbox from the client's prefix");
             let seq = self.inbox_seq.fetch_add(1, Ordering::Relaxed);
             format!("{}.{seq:x}", self.inbox_prefix)
@@ -442,6 +472,7 @@ impl Owner {
                         }
                     }
                     Some(Ok(Frame::Ping)) => encode(&Frame::Pong, &mut buf),
+                    Some(Ok(Frame::Refused { what, sid, topic })) => self.refused(what, sid, &topic),
                     Some(Ok(_)) => return End::Lost("protocol violation: the hub sent a client-only frame".into()),
                 },
                 _ = ticker.tick() => {
@@ -507,6 +538,23 @@ impl Owner {
                 self.subs.remove(&sid);
                 encode(&Frame::Unsubscribe { sid }, buf);
             }
+        }
+    }
+
+    /// The hub refused a subscribe or publish: end a refused subscription (its subscriber sees
+    /// the stream end) so it is not renewed on reconnection, and count it.
+    fn refused(&mut self, what: Refusal, sid: u32, topic: &str) {
+        bump(&self.stats.refused);
+        match what {
+            Refusal::Subscribe => {
+                // Only if the sid still subscribes to what was refused: a sid reused meanwhile
+                // is another subscription.
+                if self.subs.get(&sid).is_some_and(|s| s.pattern == topic) {
+                    self.subs.remove(&sid);
+                }
+                warn!(pattern = %topic, "the hub refused the subscription (access rules)");
+            }
+            Refusal::Publish => warn!(%topic, "the hub refused a publish (access rules)"),
         }
     }
 

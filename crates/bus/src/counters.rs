@@ -69,6 +69,7 @@ pub struct Counters {
     delivered: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     trust_updates_applied: AtomicU64,
+    replies_refused: AtomicU64,
 }
 
 // Relaxed ordering throughout: each counter is independent and only ever read for reporting,
@@ -90,6 +91,10 @@ impl Counters {
     pub fn record_trust_update_applied(&self) {
         self.trust_updates_applied.fetch_add(1, Ordering::Relaxed);
     }
+    /// A request named a reply-to that is not its sender's own inbox; no reply was sent.
+    pub fn reply_refused(&self) {
+        self.replies_refused.fetch_add(1, Ordering::Relaxed);
+    }
 
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -106,6 +111,9 @@ impl Counters {
     pub fn trust_updates_applied(&self) -> u64 {
         self.trust_updates_applied.load(Ordering::Relaxed)
     }
+    pub fn replies_refused(&self) -> u64 {
+        self.replies_refused.load(Ordering::Relaxed)
+    }
 
     /// This ring's counters as a complete Prometheus exposition.
     pub fn render_prometheus(&self, ring: u8) -> String {
@@ -118,13 +126,18 @@ impl Counters {
 /// for every ring, zeros included, so that `rate()` sees a series from its first increment.
 pub fn render_prometheus(rings: &[(u8, &Counters)]) -> String {
     type Get = fn(&Counters) -> u64;
-    let per_ring: [(&str, &str, Get); 3] = [
+    let per_ring: [(&str, &str, Get); 4] = [
         ("published", "Envelopes signed for publication on the ring bus.", Counters::published),
         ("delivered", "Envelopes received that passed every check and were delivered.", Counters::delivered),
         (
             "trust_updates_applied",
             "Trust updates from the parent ring applied to this node's trust bundle.",
             Counters::trust_updates_applied,
+        ),
+        (
+            "replies_refused",
+            "Requests not answered because their reply-to was not an inbox of their sender.",
+            Counters::replies_refused,
         ),
     ];
     // Writing to a String cannot fail, hence the ignored results.
@@ -181,6 +194,7 @@ mod tests {
         }
         c.record_rejected(RejectReason::Stale);
         c.record_trust_update_applied();
+        c.reply_refused();
         assert_eq!(c.rejected_total(), 4);
         let text = c.render_prometheus(1);
         for line in [
@@ -192,6 +206,7 @@ mod tests {
             "enjin_bus_published_total{ring=\"1\"} 10",
             "enjin_bus_delivered_total{ring=\"1\"} 9",
             "enjin_bus_trust_updates_applied_total{ring=\"1\"} 1",
+            "enjin_bus_replies_refused_total{ring=\"1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

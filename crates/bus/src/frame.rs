@@ -11,8 +11,13 @@
 //! 4 DELIVER     sid:u32be  topic:str16  reply_to:str16  payload:rest
 //! 5 PING
 //! 6 PONG
+//! 7 REFUSED     what:u8  sid:u32be  topic:str16                (what 1 = subscribe, 2 = publish)
 //! str16       = length:u16be  UTF-8 bytes
 //! ```
+//!
+//! REFUSED is the hub's answer to a subscribe or publish the member's access rules forbid
+//! ([`crate::acl`]), NATS's `-ERR 'Permissions Violation'`: the connection stays open. For a
+//! subscribe it names the subscription's sid and pattern; for a publish, sid 0 and the topic.
 //!
 //! The protocol version is negotiated by TLS ALPN ([`crate::tls::ALPN_PROTOCOL`]), so frames carry
 //! no version byte; an incompatible change gets a new ALPN name.
@@ -34,17 +39,54 @@ const PUBLISH: u8 = 3;
 const DELIVER: u8 = 4;
 const PING: u8 = 5;
 const PONG: u8 = 6;
+const REFUSED: u8 = 7;
+
+/// What a REFUSED frame refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Subscribe,
+    Publish,
+}
+
+impl Refusal {
+    fn byte(self) -> u8 {
+        match self {
+            Refusal::Subscribe => 1,
+            Refusal::Publish => 2,
+        }
+    }
+}
 
 /// One protocol frame. Clients send Subscribe, Unsubscribe, Publish and Ping; the hub sends
-/// Deliver and Pong.
+/// Deliver, Pong and Refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Subscribe { sid: u32, pattern: String },
-    Unsubscribe { sid: u32 },
-    Publish { topic: String, reply_to: Option<String>, payload: Vec<u8> },
-    Deliver { sid: u32, topic: String, reply_to: Option<String>, payload: Vec<u8> },
+    Subscribe {
+        sid: u32,
+        pattern: String,
+    },
+    Unsubscribe {
+        sid: u32,
+    },
+    Publish {
+        topic: String,
+        reply_to: Option<String>,
+        payload: Vec<u8>,
+    },
+    Deliver {
+        sid: u32,
+        topic: String,
+        reply_to: Option<String>,
+        payload: Vec<u8>,
+    },
     Ping,
     Pong,
+    /// `topic` is the refused subscription's pattern, or the refused publish's topic.
+    Refused {
+        what: Refusal,
+        sid: u32,
+        topic: String,
+    },
 }
 
 /// Why a frame could not be encoded, read or decoded.
@@ -98,6 +140,14 @@ impl Frame {
             }
             Frame::Pong => {
                 let start = begin(out, PONG);
+                finish(out, start)
+            }
+            Frame::Refused { what, sid, topic } => {
+                topic::validate_pattern(topic)?;
+                let start = begin(out, REFUSED);
+                out.push(what.byte());
+                out.extend_from_slice(&sid.to_be_bytes());
+                put_str16(out, topic);
                 finish(out, start)
             }
         }
@@ -204,6 +254,17 @@ pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
         }
         PING => Frame::Ping,
         PONG => Frame::Pong,
+        REFUSED => {
+            let what = match r.u8()? {
+                1 => Refusal::Subscribe,
+                2 => Refusal::Publish,
+                _ => return Err(FrameError::Malformed("unknown refusal")),
+            };
+            let sid = r.u32()?;
+            let topic = r.str16()?;
+            topic::validate_pattern(topic)?;
+            Frame::Refused { what, sid, topic: topic.to_owned() }
+        }
         _ => return Err(FrameError::Malformed("unknown frame type")),
     };
     if !r.rest.is_empty() {
@@ -370,6 +431,11 @@ mod tests {
                 .prop_map(|(sid, topic, reply_to, payload)| Frame::Deliver { sid, topic, reply_to, payload }),
             Just(Frame::Ping),
             Just(Frame::Pong),
+            (any::<bool>(), any::<u32>(), pattern()).prop_map(|(sub, sid, topic)| Frame::Refused {
+                what: if sub { Refusal::Subscribe } else { Refusal::Publish },
+                sid,
+                topic
+            }),
         ]
     }
 
@@ -381,7 +447,7 @@ mod tests {
         }
 
         #[test]
-        fn decoder_never_panics_on_plausible_frames(kind in 0u8..8, body in prop::collection::vec(any::<u8>(), 0..64)) {
+        fn decoder_never_panics_on_plausible_frames(kind in 0u8..9, body in prop::collection::vec(any::<u8>(), 0..64)) {
             // Random bytes rarely get past the type byte; start from a valid type and prefix.
             let mut buf = ((body.len() + 1) as u32).to_be_bytes().to_vec();
             buf.push(kind);

@@ -4,11 +4,27 @@
 //! must never let one client's slowness or garbage stall or crash the others.
 //!
 //! # Tasks and state
-//! - `run` accepts TCP connections; a semaphore caps how many are open at once (at the cap the hub
-//!   stops accepting and the kernel backlog holds the rest).
+//! - `run` accepts TCP connections and admits each under two budgets (see *Admission*).
 //! - Per connection: the connection task does the TLS handshake (under `handshake_timeout`), then
 //!   reads frames and forwards them to the router; a writer task drains the connection's bounded
 //!   outbound queue into the socket, batching what is queued into one write.
+//!
+//! # Admission
+//! A TCP connection that has not finished its handshake is nobody yet, so it must never take a
+//! member's place. Handshakes in progress have their own budget, `max_handshakes` in all and
+//! `max_handshakes_per_source` per source address, and `handshake_timeout` to finish; a
+//! connection accepted beyond either limit is closed at once (`admission_refused`). Only a
+//! connection that completed the mTLS handshake asks for one of the `max_connections` member
+//! slots; with none free it is closed (`connections_refused`) and the client retries with
+//! backoff. So one address holding thousands of half-open connections costs members nothing
+//! but a share of the handshake budget it cannot exceed.
+//!
+//! # Access rules
+//! A member's role and id come from its certificate's common name ([`crate::acl`]). Every
+//! subscribe and publish is checked against the role's table before it reaches the router; a
+//! refused one is answered with a REFUSED frame (the connection stays, as with NATS's
+//! permissions violation) and counted in `subscribe_refused` / `publish_refused`. A certificate
+//! whose name carries no role may do nothing but ping.
 //! - One router task owns all routing state (connections, subscriptions, retained messages).
 //!   Readers send it commands over a bounded channel, so a flood of publishes pushes back through
 //!   TCP onto the publisher. The router itself never awaits a socket: it only `try_send`s.
@@ -28,25 +44,26 @@
 //! empty payload on such a topic clears it. An empty `retained_prefix` disables retention.
 //!
 //! # Protocol errors
-//! The protocol has no error frame: a frame that does not decode, a frame only the hub may send, or
-//! more than `max_subscriptions` subscriptions on one connection closes that connection, and is
-//! counted.
+//! A frame that does not decode, a frame only the hub may send, or more than
+//! `max_subscriptions` subscriptions on one connection closes that connection, and is counted.
+//! (REFUSED answers only what the access rules forbid.)
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, trace, warn};
 
-use crate::frame::{self, Frame};
+use crate::acl::Member;
+use crate::frame::{self, Frame, Refusal};
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::topic;
 use crate::transport::Message;
@@ -59,15 +76,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The writer stops batching once this much is ready to write.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// A hook that sees every published message at the edge; returning `false` drops it (counted in
-/// `filtered`). Example: drop payloads that are not signed envelopes before they are fanned out.
+/// A hook that sees every published message at the edge, before the access rules; returning
+/// `false` drops it (counted in `filtered`, not answered). Example: drop payloads that are not signed envelopes before they are fanned out.
 pub type Filter = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
 
 /// Hub settings. Validated by [`Hub::bind`].
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Most connections open at once.
+    /// Most members (connections past the handshake) connected at once.
     pub max_connections: usize,
+    /// Most TLS handshakes in progress at once, from everyone; kept apart from (and below)
+    /// `max_connections`, so connections that never finish a handshake cannot take members'
+    /// slots.
+    pub max_handshakes: usize,
+    /// Most TLS handshakes in progress at once from one source address.
+    pub max_handshakes_per_source: usize,
     /// Messages queued per connection before it counts as a slow consumer.
     pub outbound_queue: usize,
     /// Topics with this prefix keep their last message; empty disables retention.
@@ -89,11 +112,13 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_handshakes: 128,
+            max_handshakes_per_source: 16,
             outbound_queue: 1024,
             retained_prefix: "state.".to_owned(),
             max_retained: 100_000,
             max_subscriptions: 10_000,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
         }
@@ -116,7 +141,12 @@ pub enum HubError {
 pub struct HubStats {
     connections: AtomicU64,
     connections_accepted: AtomicU64,
+    handshakes: AtomicU64,
     handshake_failures: AtomicU64,
+    admission_refused: AtomicU64,
+    connections_refused: AtomicU64,
+    subscribe_refused: AtomicU64,
+    publish_refused: AtomicU64,
     published: AtomicU64,
     delivered: AtomicU64,
     filtered: AtomicU64,
@@ -133,8 +163,19 @@ pub struct HubStatsSnapshot {
     pub connections: u64,
     /// Connections that completed the mTLS handshake, ever.
     pub connections_accepted: u64,
+    /// TLS handshakes in progress now.
+    pub handshakes: u64,
     /// Handshakes that failed or timed out (unknown CA, no client certificate, …).
     pub handshake_failures: u64,
+    /// TCP connections closed on accept: the handshake budget, in all or for their source
+    /// address, was spent.
+    pub admission_refused: u64,
+    /// Authenticated connections closed because every member slot was taken.
+    pub connections_refused: u64,
+    /// Subscriptions refused by the member's access rules.
+    pub subscribe_refused: u64,
+    /// Publishes refused by the member's access rules (topic or reply-to).
+    pub publish_refused: u64,
     /// Messages accepted for routing.
     pub published: u64,
     /// Messages queued to a subscriber (one per matching subscription).
@@ -157,7 +198,12 @@ impl HubStats {
         HubStatsSnapshot {
             connections: get(&self.connections),
             connections_accepted: get(&self.connections_accepted),
+            handshakes: get(&self.handshakes),
             handshake_failures: get(&self.handshake_failures),
+            admission_refused: get(&self.admission_refused),
+            connections_refused: get(&self.connections_refused),
+            subscribe_refused: get(&self.subscribe_refused),
+            publish_refused: get(&self.publish_refused),
             published: get(&self.published),
             delivered: get(&self.delivered),
             filtered: get(&self.filtered),
@@ -187,6 +233,51 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handshake in progress: holds a place in the global handshake budget and in its source
+/// address's, and gives both back however the connection task ends.
+struct Handshaking {
+    _permit: OwnedSemaphorePermit,
+    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+    stats: Arc<HubStats>,
+}
+
+impl Handshaking {
+    /// A place for a handshake from `source`, or `None` when its budget is spent.
+    fn admit(
+        budget: &Arc<Semaphore>,
+        sources: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+        per_source: usize,
+        stats: &Arc<HubStats>,
+    ) -> Option<Handshaking> {
+        let permit = budget.clone().try_acquire_owned().ok()?;
+        {
+            let mut map = sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = map.entry(source).or_insert(0);
+            if *n >= per_source {
+                return None;
+            }
+            *n += 1;
+        }
+        bump(&stats.handshakes);
+        Some(Handshaking { _permit: permit, sources: sources.clone(), source, stats: stats.clone() })
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -233,6 +324,12 @@ impl Hub {
         if config.max_subscriptions == 0 {
             return Err(HubError::Config("max_subscriptions must be at least 1"));
         }
+        if config.max_handshakes == 0 || config.max_handshakes_per_source == 0 {
+            return Err(HubError::Config("max_handshakes and max_handshakes_per_source must be at least 1"));
+        }
+        if config.handshake_timeout.is_zero() {
+            return Err(HubError::Config("handshake_timeout must be positive"));
+        }
         let acceptor = TlsAcceptor::from(tls::server_config(tls)?);
         let listener = TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
@@ -277,7 +374,9 @@ impl Hub {
             };
             let mut router = AbortOnDrop(tokio::spawn(router.run(router_rx).in_current_span()));
             let (stop_tx, stop_rx) = watch::channel(());
-            let permits = Arc::new(Semaphore::new(config.max_connections));
+            let members = Arc::new(Semaphore::new(config.max_connections));
+            let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
+            let sources = Arc::new(Mutex::new(HashMap::new()));
             let mut conns = JoinSet::new();
             let mut next_id: u64 = 0;
             tokio::pin!(shutdown);
@@ -285,14 +384,6 @@ impl Hub {
             loop {
                 // Reap finished connection tasks so the set does not grow with churn.
                 while conns.try_join_next().is_some() {}
-                let permit = tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break, // the semaphore is never closed; stop if it is
-                    },
-                };
                 let (tcp, remote) = tokio::select! {
                     biased;
                     () = &mut shutdown => break,
@@ -308,6 +399,18 @@ impl Hub {
                         }
                     },
                 };
+                let Some(handshaking) = Handshaking::admit(
+                    &handshakes,
+                    &sources,
+                    remote.ip(),
+                    config.max_handshakes_per_source,
+                    &stats,
+                ) else {
+                    bump(&stats.admission_refused);
+                    debug!(%remote, "handshake budget spent; connection closed");
+                    drop(tcp);
+                    continue;
+                };
                 next_id += 1;
                 let conn = Connection {
                     id: next_id,
@@ -316,7 +419,9 @@ impl Hub {
                     stats: stats.clone(),
                     router: router_tx.clone(),
                     filter: filter.clone(),
+                    member: None,
                 };
+                let members = members.clone();
                 let mut stop = stop_rx.clone();
                 let span = info_span!(
                     "bus_connection",
@@ -327,10 +432,9 @@ impl Hub {
                 conns.spawn(
                     async move {
                         tokio::select! {
-                            () = conn.serve(tcp) => {}
+                            () = conn.serve(tcp, handshaking, members) => {}
                             _ = stop.changed() => debug!("closing: hub shutting down"),
                         }
-                        drop(permit);
                     }
                     .instrument(span),
                 );
@@ -375,6 +479,13 @@ enum RouterCmd {
     Publish {
         msg: Arc<Message>,
     },
+    /// Tell the connection what its access rules refused.
+    Refuse {
+        conn: u64,
+        what: Refusal,
+        sid: u32,
+        topic: String,
+    },
     /// Answered by the router, not the reader, so that a pong also confirms every frame the client
     /// sent before the ping has been routed (what `BusClient::flush` relies on).
     Ping {
@@ -387,6 +498,7 @@ enum RouterCmd {
 enum Outbound {
     Deliver { sid: u32, msg: Arc<Message> },
     Pong,
+    Refused { what: Refusal, sid: u32, topic: String },
 }
 
 struct RoutedConn {
@@ -434,15 +546,28 @@ impl Router {
                 }
             }
             RouterCmd::Publish { msg } => self.publish(msg),
-            RouterCmd::Ping { conn } => {
-                let result = match self.conns.get(&conn) {
-                    Some(c) => c.out.try_send(Outbound::Pong),
-                    None => return,
-                };
-                if let Err(e) = result {
-                    self.evict(conn, eviction_for(&e));
+            RouterCmd::Ping { conn } => self.send(conn, Outbound::Pong),
+            RouterCmd::Refuse { conn, what, sid, topic } => {
+                // A refused subscription replaces nothing, but an earlier one under its sid
+                // ends: the client forgets the sid on a refusal.
+                if what == Refusal::Subscribe
+                    && let Some(c) = self.conns.get_mut(&conn)
+                {
+                    c.subs.remove(&sid);
                 }
+                self.send(conn, Outbound::Refused { what, sid, topic });
             }
+        }
+    }
+
+    /// Queue `item` for `conn`, evicting it if its queue is full.
+    fn send(&mut self, conn: u64, item: Outbound) {
+        let result = match self.conns.get(&conn) {
+            Some(c) => c.out.try_send(item),
+            None => return,
+        };
+        if let Err(e) = result {
+            self.evict(conn, eviction_for(&e));
         }
     }
 
@@ -551,10 +676,13 @@ struct Connection {
     stats: Arc<HubStats>,
     router: mpsc::Sender<RouterCmd>,
     filter: Option<Filter>,
+    /// Who the peer is, from its certificate; `None` until the handshake, or when its name
+    /// carries no role (then it may do nothing but ping).
+    member: Option<Member>,
 }
 
 impl Connection {
-    async fn serve(self, tcp: TcpStream) {
+    async fn serve(mut self, tcp: TcpStream, handshaking: Handshaking, members: Arc<Semaphore>) {
         // Frames are small and latency matters more than packet count.
         let _ = tcp.set_nodelay(true);
         let tls = match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(tcp)).await {
@@ -570,15 +698,30 @@ impl Connection {
                 return;
             }
         };
-        let peer: Arc<str> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|cert| tls::peer_name(cert))
-            .unwrap_or_else(|| "unnamed".to_owned())
-            .into();
+        // The handshake is over: its budget is free for the next one.
+        drop(handshaking);
+        let Ok(_slot) = members.try_acquire_owned() else {
+            bump(&self.stats.connections_refused);
+            warn!(max = self.config.max_connections, "every member slot is taken; connection closed");
+            return;
+        };
+        let cert = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+        let peer: Arc<str> =
+            cert.and_then(|cert| tls::peer_name(cert)).unwrap_or_else(|| "unnamed".to_owned()).into();
         tracing::Span::current().record("peer", &*peer);
+        self.member = match cert.and_then(|cert| tls::certificate_common_name(cert)) {
+            Some(cn) => match Member::from_common_name(&cn) {
+                Ok(member) => Some(member),
+                Err(error) => {
+                    warn!(%error, "the peer's certificate names no bus role; it may only ping");
+                    None
+                }
+            },
+            None => {
+                warn!("the peer's certificate has no common name; it may only ping");
+                None
+            }
+        };
         let _open = OpenConnection::new(self.stats.clone());
         info!("connected");
 
@@ -631,10 +774,20 @@ impl Connection {
                 };
             let conn = self.id;
             let cmd = match frame {
-                Frame::Subscribe { sid, pattern } => RouterCmd::Subscribe { conn, sid, pattern },
+                Frame::Subscribe { sid, pattern } => {
+                    if self.member.as_ref().is_some_and(|m| m.may_subscribe(&pattern)) {
+                        RouterCmd::Subscribe { conn, sid, pattern }
+                    } else {
+                        bump(&self.stats.subscribe_refused);
+                        warn!(%pattern, "subscription refused by the access rules");
+                        RouterCmd::Refuse { conn, what: Refusal::Subscribe, sid, topic: pattern }
+                    }
+                }
                 Frame::Unsubscribe { sid } => RouterCmd::Unsubscribe { conn, sid },
                 Frame::Publish { topic, reply_to, payload } => {
                     let msg = Message { topic, reply_to, payload };
+                    // The filter first: it sees every published message, as its contract says;
+                    // what it drops is counted there and not answered.
                     if let Some(filter) = &self.filter
                         && !filter(&msg)
                     {
@@ -642,14 +795,24 @@ impl Connection {
                         debug!(topic = %msg.topic, "message dropped by the filter");
                         continue;
                     }
-                    trace!(topic = %msg.topic, len = msg.payload.len(), "publish");
-                    RouterCmd::Publish { msg: Arc::new(msg) }
+                    if self
+                        .member
+                        .as_ref()
+                        .is_some_and(|m| m.may_publish(&msg.topic, msg.reply_to.as_deref()))
+                    {
+                        trace!(topic = %msg.topic, len = msg.payload.len(), "publish");
+                        RouterCmd::Publish { msg: Arc::new(msg) }
+                    } else {
+                        bump(&self.stats.publish_refused);
+                        warn!(topic = %msg.topic, reply_to = msg.reply_to.as_deref().unwrap_or(""), "publish refused by the access rules");
+                        RouterCmd::Refuse { conn, what: Refusal::Publish, sid: 0, topic: msg.topic }
+                    }
                 }
                 Frame::Ping => RouterCmd::Ping { conn },
                 Frame::Pong => continue,
-                Frame::Deliver { .. } => {
+                Frame::Deliver { .. } | Frame::Refused { .. } => {
                     bump(&self.stats.malformed_frames);
-                    warn!("client sent a deliver frame, which only the hub may send");
+                    warn!("client sent a frame only the hub may send");
                     return "protocol violation";
                 }
             };
@@ -701,6 +864,9 @@ fn encode_outbound(item: &Outbound, buf: &mut Vec<u8>) {
             frame::encode_deliver(buf, *sid, &msg.topic, msg.reply_to.as_deref(), &msg.payload)
         }
         Outbound::Pong => Frame::Pong.encode(buf),
+        Outbound::Refused { what, sid, topic } => {
+            Frame::Refused { what: *what, sid: *sid, topic: topic.clone() }.encode(buf)
+        }
     };
     // Cannot happen: every message was decoded from a valid frame. Skip it rather than kill the
     // connection if it ever does.

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod client;
 pub mod counters;
 pub mod envelope;

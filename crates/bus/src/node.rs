@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::acl::{self, PARENT_ID};
 use crate::counters::Counters;
 use crate::envelope::{Envelope, SealError};
 use crate::identity::{Identity, KeyId};
-use crate::transport::{Subscription, Transport, TransportError, random_inbox};
+use crate::transport::{Subscription, Transport, TransportError};
 use crate::trust::{
     BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, Verifier,
     VerifierConfig,
@@ -32,10 +33,10 @@ pub enum NodeError {
     Timeout(u64),
     #[error("no verified reply to the request on {topic} within {after:?}")]
     RequestTimeout { topic: String, after: Duration },
-    #[error("cannot make a reply inbox for the request on {topic}: {error}")]
-    Inbox { topic: String, error: getrandom::Error },
     #[error("the envelope on {topic} asks for no reply")]
     NoReplyTo { topic: String },
+    #[error("the request on {topic} names {reply_to:?} for its reply, which is not an inbox of its sender")]
+    ForeignReplyTo { topic: String, reply_to: String },
 }
 
 fn now_ms() -> i64 {
@@ -143,8 +144,9 @@ impl BusNode {
         Ok(self.transport.publish(topic, None, sealed)?)
     }
 
-    /// Ask on `topic` and wait for the answer: the first reply on a fresh inbox that the node's
-    /// trust set accepts, or [`NodeError::RequestTimeout`]. The request is signed with the
+    /// Ask on `topic` and wait for the answer: the first reply on a fresh inbox of this member's
+    /// own (`_inbox.<member id>.<random>`, from the transport) that the node's trust set
+    /// accepts, or [`NodeError::RequestTimeout`]. The request is signed with the
     /// inbox as its reply-to, so an answer is bound to this request: a reply sealed for any
     /// other inbox (a replay of an old answer) is refused, as is anything unsigned or from a key
     /// the node does not trust. Who may answer *what* is the caller's to check on the
@@ -155,7 +157,7 @@ impl BusNode {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Envelope, NodeError> {
-        let inbox = random_inbox().map_err(|error| NodeError::Inbox { topic: topic.to_string(), error })?;
+        let inbox = self.transport.new_inbox();
         // Subscribing first: the transport keeps per-connection order, so the inbox is
         // registered at the hub before the request can reach anyone who answers it.
         let mut replies = self.subscribe(&inbox)?;
@@ -177,11 +179,23 @@ impl BusNode {
         }
     }
 
-    /// Answer `request` (an envelope this node accepted) on its reply-to inbox, signed.
+    /// Answer `request` (an envelope this node accepted) on its reply-to inbox, signed — only
+    /// if that is an inbox of the requester's own: for a request signed by a parent key, a
+    /// parent inbox (`_inbox.parent.…`). A node knows no other member's id, so it answers only
+    /// its parent; anything else is refused with [`NodeError::ForeignReplyTo`] and counted in
+    /// `replies_refused`, so a request cannot aim a signed answer at a topic of its choosing.
     pub fn reply(&self, request: &Envelope, payload: Vec<u8>) -> Result<(), NodeError> {
         let Some(inbox) = request.reply_to() else {
             return Err(NodeError::NoReplyTo { topic: request.topic().to_string() });
         };
+        let from_parent = self.bundle().key(&request.sender()).is_some_and(|k| k.role == KeyRole::Parent);
+        if !from_parent || !acl::reply_allowed(PARENT_ID, inbox) {
+            self.counters.reply_refused();
+            return Err(NodeError::ForeignReplyTo {
+                topic: request.topic().to_string(),
+                reply_to: inbox.to_string(),
+            });
+        }
         let sealed = self.publisher.seal(inbox, None, payload, now_ms())?;
         Ok(self.transport.publish(inbox, None, sealed)?)
     }

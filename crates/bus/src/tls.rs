@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The ALPN name of the hub protocol. It versions the wire format (see [`crate::frame`]): a hub
 /// and a client that speak different versions fail the handshake instead of misreading frames.
-pub const ALPN_PROTOCOL: &[u8] = b"enjin-bus/1";
+pub const ALPN_PROTOCOL: &[u8] = b"enjin-bus/2";
 
 /// What a node needs to join its ring's bus, all PEM.
 #[derive(Clone)]
@@ -131,18 +131,7 @@ pub fn server_name(name: &str) -> Result<rustls_pki_types::ServerName<'static>, 
 /// to label tracing spans, not to make decisions. It walks the DER by hand because the one field
 /// is not worth a full X.509 parser as a dependency; every access is bounds-checked.
 pub fn peer_name(cert_der: &[u8]) -> Option<String> {
-    let (_, certificate, _) = der::tlv(cert_der, der::SEQUENCE)?;
-    let (_, tbs, _) = der::tlv(certificate, der::SEQUENCE)?;
-    let mut rest = tbs;
-    // Optional explicit version [0].
-    if let Some((_, _, after)) = der::tlv(rest, 0xa0) {
-        rest = after;
-    }
-    // serialNumber, signature, issuer, validity.
-    for tag in [der::INTEGER, der::SEQUENCE, der::SEQUENCE, der::SEQUENCE] {
-        rest = der::tlv(rest, tag)?.2;
-    }
-    let (_, subject, after_subject) = der::tlv(rest, der::SEQUENCE)?;
+    let (subject, after_subject) = subject(cert_der)?;
     if let Some(cn) = common_name(subject) {
         return Some(printable(cn));
     }
@@ -155,6 +144,37 @@ pub fn peer_name(cert_der: &[u8]) -> Option<String> {
         rest = after;
     }
     None
+}
+
+/// The subject common name of a certificate, exactly as written (UTF-8), for decisions: the
+/// hub reads a member's role from it (see [`crate::acl`]). `None` when there is none or it is
+/// not UTF-8. Only meaningful on a certificate the TLS layer verified against the ring CA, whose
+/// key service alone chooses the name.
+pub fn certificate_common_name(cert_der: &[u8]) -> Option<String> {
+    let (subject, _) = subject(cert_der)?;
+    std::str::from_utf8(common_name(subject)?).ok().map(str::to_owned)
+}
+
+/// The first certificate of a PEM chain, as DER.
+pub fn first_certificate_der(cert_pem: &str) -> Option<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next()?.ok()
+}
+
+/// A certificate's subject name and the bytes after it.
+fn subject(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, certificate, _) = der::tlv(cert_der, der::SEQUENCE)?;
+    let (_, tbs, _) = der::tlv(certificate, der::SEQUENCE)?;
+    let mut rest = tbs;
+    // Optional explicit version [0].
+    if let Some((_, _, after)) = der::tlv(rest, 0xa0) {
+        rest = after;
+    }
+    // serialNumber, signature, issuer, validity.
+    for tag in [der::INTEGER, der::SEQUENCE, der::SEQUENCE, der::SEQUENCE] {
+        rest = der::tlv(rest, tag)?.2;
+    }
+    let (_, subject, after_subject) = der::tlv(rest, der::SEQUENCE)?;
+    Some((subject, after_subject))
 }
 
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
@@ -310,12 +330,16 @@ mod tests {
         assert_eq!(peer_name(&der_of(&san_only)).as_deref(), Some("n8.ring"));
         let (nothing, _) = leaf(&issuer, None, &[]);
         assert_eq!(peer_name(&der_of(&nothing)), None);
+        assert_eq!(certificate_common_name(&der_of(&with_cn)).as_deref(), Some("node-7"));
+        assert_eq!(certificate_common_name(&der_of(&san_only)), None, "a SAN is never a common name");
+        assert_eq!(certificate_common_name(&der_of(&nothing)), None);
     }
 
     proptest! {
         #[test]
         fn peer_name_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = peer_name(&bytes);
+            let _ = certificate_common_name(&bytes);
         }
 
         #[test]

@@ -48,7 +48,8 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Messages on topics matching `pattern`, until the Subscription is dropped (which unsubscribes).
     fn subscribe(&self, pattern: &str) -> Result<Subscription, TransportError>;
 
-    /// A fresh, unguessable reply topic (`_inbox.<random hex>`).
+    /// A fresh, unguessable reply topic: `_inbox.<member id>.<random hex>`, under the member's
+    /// own id (see [`crate::acl`]) where the transport knows it, else `_inbox.<random hex>`.
     fn new_inbox(&self) -> String;
 }
 

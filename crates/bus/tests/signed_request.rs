@@ -12,7 +12,8 @@ use enjin_bus::counters::RejectReason;
 use enjin_bus::hub::HubConfig;
 use enjin_bus::identity::Identity;
 use enjin_bus::node::{BusNode, NodeError};
-use enjin_bus::trust::{KeyRole, TrustBundle, TrustedKey, VerifierConfig};
+use enjin_bus::transport::Transport;
+use enjin_bus::trust::{KeyRole, Publisher, TrustBundle, TrustedKey, VerifierConfig};
 use transport_common::*;
 
 const RING: u8 = 1;
@@ -151,4 +152,67 @@ async fn only_a_request_can_be_replied_to() {
     assert!(matches!(err, NodeError::NoReplyTo { .. }), "{err}");
     assert_eq!(err.to_string(), "the envelope on plain.news asks for no reply");
     ring.hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_is_answered_only_on_the_parents_own_inbox() {
+    let secret = [7u8; 32];
+    let (member, other) = (identity(), identity());
+    let ring = Ring::start(&Identity::from_secret_bytes(&secret), &[&member, &other]).await;
+    // A second signer with the parent's key, made first so that its sequence numbers stay below
+    // those of the asker's own envelopes later.
+    let parent = Publisher::starting_now(Identity::from_secret_bytes(&secret), RING, Arc::default());
+    let asker = ring.node("asker", Identity::from_secret_bytes(&secret)).await;
+    assert!(asker.client.member().is_some_and(|m| m.id() == "parent"));
+    let responder = ring.node("responder", member).await;
+    let mut requests = responder.node.subscribe("logs.host-1").expect("subscribe");
+    responder.client.flush(WAIT).await.expect("flush");
+    let other = ring.node("other", other).await;
+
+    // Signed by the parent's key but naming a retained topic, a member's inbox, or no inbox at
+    // all as its reply-to: refused and counted, nothing sent.
+    for reply_to in ["state.desired.h2", "_inbox.0a0b0c0d-1111-4222-8333-444455556666.x", "_inbox.parent"] {
+        let sealed = parent.seal("logs.host-1", Some(reply_to), b"?".to_vec(), now_ms()).expect("seal");
+        asker.client.publish("logs.host-1", Some(reply_to), sealed).expect("publish");
+        let req = tokio::time::timeout(WAIT, requests.next()).await.expect("in time").expect("open");
+        let err = responder.node.reply(&req, b"secret".to_vec()).expect_err("refused");
+        assert!(matches!(err, NodeError::ForeignReplyTo { .. }), "{err}");
+    }
+    assert_eq!(responder.node.counters().replies_refused(), 3);
+
+    // A member's request is not answered either: a node answers only its parent.
+    let asking = other.node.request("logs.host-1", b"?".to_vec(), WAIT);
+    let answer = async {
+        let req = tokio::time::timeout(WAIT, requests.next()).await.expect("in time").expect("open");
+        assert!(
+            req.reply_to().is_some_and(|r| r.starts_with("_inbox.parent.")),
+            "both are parent components here"
+        );
+        let from_member = responder.node.reply(&req, Vec::new());
+        assert!(matches!(from_member, Err(NodeError::ForeignReplyTo { .. })), "{from_member:?}");
+    };
+    let (asked, ()) = tokio::join!(tokio::time::timeout(Duration::from_millis(500), asking), answer);
+    assert!(asked.is_err(), "no answer came");
+    assert_eq!(responder.node.counters().replies_refused(), 4);
+
+    // The parent's own request, on its own inbox, is answered.
+    let server = serve_next(&responder, requests);
+    let reply = asker.node.request("logs.host-1", b"hi".to_vec(), WAIT).await.expect("a reply");
+    assert_eq!(reply.payload(), b"ok");
+    assert!(reply.topic().starts_with("_inbox.parent."), "{}", reply.topic());
+    server.abort();
+    ring.hub.stop().await;
+}
+
+fn serve_next(n: &Node, mut requests: enjin_bus::node::NodeSubscription) -> tokio::task::JoinHandle<()> {
+    let node = n.node.clone();
+    tokio::spawn(async move {
+        while let Some(req) = requests.next().await {
+            node.reply(&req, b"ok".to_vec()).expect("reply");
+        }
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use enjin_bus::acl::{self, Member, Role};
 use enjin_bus::counters::Counters;
 use enjin_bus::envelope::Envelope;
 use enjin_bus::hub::HubStats;
@@ -35,6 +36,9 @@ use uuid::Uuid;
 
 use crate::auth::JoinGrant;
 use crate::registry::{Registry, RegistryError};
+
+/// The node label that makes a node's bus member the edge (router and DNS), not a host.
+pub const EDGE_ROLE_LABEL: (&str, &str) = ("enjin.dev/role", "edge");
 
 /// How long a rotated key stays accepted unless the caller says otherwise.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(300);
@@ -242,9 +246,19 @@ impl BusAuthority {
     }
 
     /// TLS material for a component of this machine (the hub, the control plane's own bus
-    /// client), issued by the ring CA. Kept in memory only.
+    /// client), issued by the ring CA. Kept in memory only. Its common name is
+    /// `parent:<name>`: on the bus it is the ring's parent, to which every topic is open.
     pub fn local_tls(&self, name: &str, sans: &[String]) -> Result<TlsMaterial, BusError> {
-        let issued = self.ca.issue(name, sans, CERT_VALIDITY).map_err(|e| BusError::Setup(e.to_string()))?;
+        let member = Member::parent(name).map_err(|e| BusError::Setup(e.to_string()))?;
+        self.issue_tls(&member, sans)
+    }
+
+    /// TLS material naming `member` (its role and id, which the hub's access rules read).
+    fn issue_tls(&self, member: &Member, sans: &[String]) -> Result<TlsMaterial, BusError> {
+        let issued = self
+            .ca
+            .issue(&member.common_name(), sans, CERT_VALIDITY)
+            .map_err(|e| BusError::Setup(e.to_string()))?;
         Ok(TlsMaterial {
             ca_pem: self.ca.cert_pem().to_string(),
             cert_pem: issued.cert_pem,
@@ -450,7 +464,7 @@ impl BusAuthority {
         let record = KeyRecord::new(id, self.ring, KeyRole::Member, label, Some(node), None);
         let k = key_key(self.ring, &id);
         self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, to_json(&record)?)])).await?;
-        let tls = self.local_tls(label, &[])?;
+        let tls = self.issue_tls(&self.node_member(node).await?, &[])?;
         enjin_pki::write_private(&dir.join("tls.key"), &tls.key_pem).map_err(|e| setup(&e))?;
         std::fs::write(dir.join("tls.crt"), &tls.cert_pem).map_err(|e| setup(&e))?;
         std::fs::write(dir.join("ca.crt"), &tls.ca_pem).map_err(|e| setup(&e))?;
@@ -770,10 +784,6 @@ impl BusAuthority {
                 message: "not a valid Ed25519 point".into(),
             });
         }
-        let cert_pem = self
-            .ca
-            .sign_csr(&req.label, &req.csr_pem, CERT_VALIDITY)
-            .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
         if let Some(node) = req.node {
             let n = match self.registry.get::<NodeSpec>(node).await {
                 Ok(n) => n,
@@ -792,6 +802,16 @@ impl BusAuthority {
                 });
             }
         }
+        // The role is the key service's to say, from what it knows of the node, never the
+        // joiner's: the certificate names it, and the hub's access rules follow it.
+        let member = match req.node {
+            Some(node) => self.node_member(node).await?,
+            None => Member::keyed(&id.to_string()).map_err(|e| BusError::Setup(e.to_string()))?,
+        };
+        let cert_pem = self
+            .ca
+            .sign_csr(&member.common_name(), &req.csr_pem, CERT_VALIDITY)
+            .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
         let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, req.node, None);
         let k = key_key(self.ring, &id);
         let txn = Txn::new()
@@ -836,6 +856,27 @@ impl BusAuthority {
                     s.slow_consumer_disconnects,
                 ),
                 ("enjin_bus_hub_handshake_failures_total", "TLS handshakes refused.", s.handshake_failures),
+                ("enjin_bus_hub_handshakes", "TLS handshakes in progress.", s.handshakes),
+                (
+                    "enjin_bus_hub_admission_refused_total",
+                    "Connections closed before their handshake: the handshake budget (in all or per source address) was spent.",
+                    s.admission_refused,
+                ),
+                (
+                    "enjin_bus_hub_connections_refused_total",
+                    "Authenticated connections closed because every member slot was taken.",
+                    s.connections_refused,
+                ),
+                (
+                    "enjin_bus_hub_subscribe_refused_total",
+                    "Subscriptions refused by the members' access rules.",
+                    s.subscribe_refused,
+                ),
+                (
+                    "enjin_bus_hub_publish_refused_total",
+                    "Publishes refused by the members' access rules (topic or reply-to).",
+                    s.publish_refused,
+                ),
             ] {
                 let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
                 out.push_str(&format!(
@@ -877,6 +918,12 @@ impl BusAuthority {
     /// Answer requests on `topic` from the ring's keys with `handler`, signed by the parent key,
     /// on each request's reply inbox; runs until the bus goes away. Handlers run on a blocking
     /// thread (they may read files).
+    ///
+    /// A reply goes only to an inbox of the request's verified sender (`_inbox.<its id>.…`, the
+    /// id from its key's record: see [`BusAuthority::inbox_id_of_key`]); a request naming any
+    /// other reply-to is not answered, and is counted in `replies_refused`. Otherwise anyone
+    /// who can have bytes served (by uploading a package) could have the parent sign them onto
+    /// a topic of their choosing, such as another host's desired set.
     pub async fn serve_requests(&self, topic: &str, handler: RequestHandler) -> Result<(), BusError> {
         let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
         let mut sub = t.subscribe(topic).map_err(|e| BusError::Setup(e.to_string()))?;
@@ -896,6 +943,23 @@ impl BusAuthority {
             }
             let Ok(env) = verifier.accept(&m.payload, now_ms()) else { continue };
             let Some(inbox) = env.reply_to().map(str::to_string) else { continue };
+            let requester = match self.inbox_id_of_key(&env.sender()).await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "cannot look up the requester's key; request dropped");
+                    continue;
+                }
+            };
+            if !requester.as_deref().is_some_and(|id| acl::reply_allowed(id, &inbox)) {
+                self.counters.reply_refused();
+                tracing::warn!(
+                    %topic,
+                    sender = %env.sender().short(),
+                    reply_to = %inbox,
+                    "request refused: its reply-to is not an inbox of its sender"
+                );
+                continue;
+            }
             let handler = handler.clone();
             let payload = env.into_payload();
             let reply = match tokio::task::spawn_blocking(move || handler(&payload)).await {
@@ -957,8 +1021,8 @@ impl BusAuthority {
         // Counted apart: the monitor already counts every envelope on the bus, replies included.
         let mut verifier = Verifier::new(bundle, VerifierConfig::default(), Arc::new(Counters::new()))
             .map_err(|e| BusError::Setup(e.to_string()))?;
-        let inbox = enjin_bus::transport::random_inbox()
-            .map_err(|e| BusError::Setup(format!("cannot make a reply inbox for {topic}: {e}")))?;
+        // `_inbox.parent.<random>`: hosts answer only on the parent's inboxes.
+        let inbox = t.new_inbox();
         // Subscribed before publishing, so the inbox is known at the hub before anyone answers.
         let mut replies = t.subscribe(&inbox).map_err(|e| BusError::Setup(e.to_string()))?;
         let sealed = self
@@ -1011,6 +1075,33 @@ impl BusAuthority {
                 message: format!("host {host} sent an unreadable log reply: {e}"),
             }),
         }
+    }
+
+    /// Who the certificate of `node` names on the bus: the edge when the node carries the
+    /// edge's role label, a host otherwise.
+    async fn node_member(&self, node: Uuid) -> Result<Member, BusError> {
+        let n = self.registry.get::<NodeSpec>(node).await?;
+        let role = match n.meta.labels.get(EDGE_ROLE_LABEL.0).map(String::as_str) {
+            Some(v) if v == EDGE_ROLE_LABEL.1 => Role::Edge,
+            _ => Role::Host,
+        };
+        Member::node(role, &node.to_string()).map_err(|e| BusError::Setup(e.to_string()))
+    }
+
+    /// The id a key's holder has in inbox topics, as its certificate names it (see
+    /// [`enjin_bus::acl`]): `parent` for parent keys, the node for a key bound to one, the
+    /// key's first 128 bits otherwise. `None` for a key this ring does not know.
+    async fn inbox_id_of_key(&self, key: &KeyId) -> Result<Option<String>, BusError> {
+        let Some(kv) = self.store.get(&key_key(self.ring, key)).await? else { return Ok(None) };
+        let r: KeyRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
+        Ok(Some(match (r.role, r.node) {
+            (KeyRole::Parent, _) => acl::PARENT_ID.to_string(),
+            (KeyRole::Member, Some(node)) => node.to_string(),
+            (KeyRole::Member, None) => {
+                Member::keyed(&key.to_string()).map_err(|e| BusError::Setup(e.to_string()))?.id().to_string()
+            }
+        }))
     }
 
     /// The node a key of this ring is bound to.
@@ -1102,5 +1193,335 @@ impl BusAuthority {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enjin_bus::client::{BusClient, ClientConfig};
+    use enjin_bus::hub::{Hub, HubConfig};
+    use enjin_bus::node::{BusNode, bundle_from_birth};
+    use enjin_model::api::PACKAGES_TOPIC;
+    use enjin_model::kinds::Strategy;
+    use enjin_store::{SqliteStore, SqliteStoreConfig};
+    use tokio::sync::watch;
+
+    /// A ring 1 on loopback: the key service, its hub (with the parent's edge filter) and the
+    /// control plane's own bus client attached.
+    struct TestRing {
+        dir: tempfile::TempDir,
+        authority: Arc<BusAuthority>,
+        hub: SocketAddr,
+        stats: Arc<HubStats>,
+        machine: Uuid,
+        _stop: watch::Sender<bool>,
+    }
+
+    fn client_config() -> ClientConfig {
+        ClientConfig {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..ClientConfig::default()
+        }
+    }
+
+    async fn ring() -> TestRing {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("store"));
+        let cp = crate::ControlPlane::new(store.clone());
+        cp.bootstrap().await.expect("bootstrap");
+        let req = CreateRequest {
+            account: None,
+            ring: Ring::META,
+            label: Some("m0".into()),
+            labels: Default::default(),
+            spec: NodeSpec::default(),
+        };
+        let machine = cp.registry().create(req, Utc::now()).await.expect("machine").meta.uuid;
+        let config = BusConfig {
+            ring: Ring::INFRASTRUCTURE,
+            keys_dir: dir.path().join("keys"),
+            pki_dir: dir.path().join("pki"),
+            label: "m0".into(),
+            node: Some(machine),
+            disconnected_after: Duration::from_secs(60),
+            lost_after: Duration::from_secs(120),
+        };
+        let authority = BusAuthority::open(store, config).await.expect("key service");
+        let hub_tls = authority.local_tls("hub", &["localhost".into()]).expect("hub tls");
+        let hub = Hub::bind("127.0.0.1:0".parse().expect("addr"), &hub_tls, HubConfig::default())
+            .await
+            .expect("hub")
+            .with_filter(authority.hub_filter());
+        let (addr, stats) = (hub.local_addr(), hub.stats());
+        authority.set_hub(addr, stats.clone());
+        let (stop, mut stop_rx) = watch::channel(false);
+        tokio::spawn(hub.run(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        let own = authority.local_tls("control-plane", &[]).expect("tls");
+        let client = BusClient::connect(addr, "localhost", &own, client_config()).expect("client");
+        client.wait_connected(Duration::from_secs(10)).await.expect("control plane on its bus");
+        authority.attach(Arc::new(client)).await.expect("attach");
+        TestRing { dir, authority, hub: addr, stats, machine, _stop: stop }
+    }
+
+    /// A ring 1 host under the machine, enrolled as the agent would be, on the bus.
+    struct TestHost {
+        node: Uuid,
+        client: Arc<BusClient>,
+        bus: BusNode,
+        dir: PathBuf,
+    }
+
+    impl TestHost {
+        /// A second signer with the host's key, for envelopes `BusNode` would not make.
+        fn publisher(&self) -> Publisher {
+            let identity = Identity::load(&self.dir.join("bus.key")).expect("key");
+            Publisher::starting_now(identity, 1, Arc::new(Counters::new()))
+        }
+    }
+
+    async fn host(ring: &TestRing, label: &str, labels: &[(&str, &str)]) -> TestHost {
+        let spec =
+            NodeSpec { parent: Some(ring.machine), strategy: Some(Strategy::Process), ..NodeSpec::default() };
+        let req = CreateRequest {
+            account: None,
+            ring: Ring::INFRASTRUCTURE,
+            label: Some(label.into()),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            spec,
+        };
+        let node = ring.authority.registry.create(req, Utc::now()).await.expect("host node").meta.uuid;
+        let dir = ring.dir.path().join(label);
+        ring.authority.enroll_local(node, label, &dir).await.expect("enrol");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("enrolment file");
+        let tls = TlsMaterial {
+            ca_pem: read("ca.crt"),
+            cert_pem: read("tls.crt"),
+            key_pem: enjin_pki::read_private(&dir.join("tls.key")).expect("tls key"),
+        };
+        let bundle =
+            bundle_from_birth(&std::fs::read(dir.join("bundle.env")).expect("bundle")).expect("bundle");
+        let identity = Identity::load(&dir.join("bus.key")).expect("key");
+        let client =
+            Arc::new(BusClient::connect(ring.hub, "localhost", &tls, client_config()).expect("client"));
+        client.wait_connected(Duration::from_secs(10)).await.expect("host on the bus");
+        let bus = BusNode::start(client.clone(), identity, bundle, VerifierConfig::default()).expect("node");
+        TestHost { node, client, bus, dir }
+    }
+
+    fn forged_desired(node: Uuid) -> Vec<u8> {
+        serde_json::to_vec(&DesiredChildren { node, revision: 999_999, children: Vec::new(), firewall: None })
+            .expect("json")
+    }
+
+    /// Serve `payload` as every package chunk, as the package store would an uploaded package.
+    fn serve_packages(ring: &TestRing, payload: Vec<u8>) {
+        let authority = ring.authority.clone();
+        tokio::spawn(async move {
+            let handler: RequestHandler = Arc::new(move |_: &[u8]| payload.clone());
+            let _ = authority.serve_requests(PACKAGES_TOPIC, handler).await;
+        });
+    }
+
+    const CHUNK_REQUEST: &[u8] = br#"{"digest":"sha256:00","offset":0}"#;
+
+    /// The attack that motivated reply rules: a member that can have bytes served by the package
+    /// service (it uploaded the package) names another host's retained desired topic as the
+    /// reply-to of a chunk request, hoping the parent signs its bytes onto that topic. The hub
+    /// refuses the request (a host's reply-to must be its own inbox) and counts it; nothing
+    /// reaches the victim's topic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_package_request_cannot_aim_the_parent_signed_reply_at_a_hosts_desired_set() {
+        let ring = ring().await;
+        let victim = host(&ring, "victim", &[]).await;
+        let mallory = host(&ring, "mallory", &[]).await;
+        let forged = forged_desired(victim.node);
+        serve_packages(&ring, forged.clone());
+        let target = desired_topic(victim.node);
+        let mut desired = victim.bus.subscribe(&target).expect("subscribe");
+        victim.client.flush(Duration::from_secs(10)).await.expect("flush");
+        let publisher = mallory.publisher();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tick.tick() => {
+                    let sealed = publisher
+                        .seal(PACKAGES_TOPIC, Some(&target), CHUNK_REQUEST.to_vec(), now_ms())
+                        .expect("seal");
+                    mallory.client.publish(PACKAGES_TOPIC, Some(&target), sealed).expect("queued");
+                    sent += 1;
+                }
+                env = desired.next() => {
+                    let env = env.expect("subscription open");
+                    assert_ne!(env.payload(), &forged[..], "the parent signed the requester's bytes onto {target}");
+                }
+            }
+        }
+        mallory.client.flush(Duration::from_secs(10)).await.expect("flush");
+        assert!(ring.stats.snapshot().publish_refused >= sent, "every forged request refused at the hub");
+        assert!(mallory.client.stats().refused >= sent, "and the requester told so");
+        // The same host asking properly, on its own inbox, is answered.
+        let reply =
+            mallory.bus.request(PACKAGES_TOPIC, CHUNK_REQUEST.to_vec(), Duration::from_secs(10)).await;
+        assert_eq!(reply.expect("answered").payload(), &forged[..]);
+    }
+
+    /// The second line: even a request the hub lets through (here relayed by a connection of the
+    /// parent's, which may publish anything) is answered only on its sender's own inbox. A
+    /// reply-to naming a retained topic or another member's inbox is refused and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_package_service_answers_only_on_the_requesters_own_inbox() {
+        let ring = ring().await;
+        let victim = host(&ring, "victim", &[]).await;
+        let mallory = host(&ring, "mallory", &[]).await;
+        let forged = forged_desired(victim.node);
+        serve_packages(&ring, forged.clone());
+        let relay_tls = ring.authority.local_tls("relay", &[]).expect("tls");
+        let relay = BusClient::connect(ring.hub, "localhost", &relay_tls, client_config()).expect("client");
+        relay.wait_connected(Duration::from_secs(10)).await.expect("relay on the bus");
+        let mut snoop = relay.subscribe(">").expect("the parent may follow everything");
+        relay.flush(Duration::from_secs(10)).await.expect("flush");
+        let publisher = mallory.publisher();
+        let targets = [
+            desired_topic(victim.node),
+            enjin_model::api::ROUTES_TOPIC.to_string(),
+            TRUST_UPDATE_TOPIC.to_string(),
+            format!("_inbox.{}.stolen", victim.node),
+            "_inbox.parent.stolen".to_string(),
+        ];
+        let before = ring.authority.counters().replies_refused();
+        for target in &targets {
+            let sealed =
+                publisher.seal(PACKAGES_TOPIC, Some(target), CHUNK_REQUEST.to_vec(), now_ms()).expect("seal");
+            relay.publish(PACKAGES_TOPIC, Some(target), sealed).expect("queued");
+        }
+        relay.flush(Duration::from_secs(10)).await.expect("flush");
+        let refused = || ring.authority.counters().replies_refused() - before;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while refused() < targets.len() as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "refused {} of {}", refused(), targets.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Nothing carrying the served bytes was published anywhere.
+        let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(m)) = tokio::time::timeout_at(quiet, snoop.next()).await {
+            let payload = Envelope::decode(&m.payload).map(|e| e.payload().to_vec()).unwrap_or_default();
+            assert_ne!(payload, forged, "served bytes published on {}", m.topic);
+        }
+    }
+
+    /// A host may subscribe only to its own topics: `>` and another host's desired set are
+    /// refused at the hub (answered, counted, the subscription ended) and deliver nothing, even
+    /// though the other host's desired set is retained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_cannot_subscribe_to_everything_or_to_another_hosts_desired_set() {
+        let ring = ring().await;
+        let victim = host(&ring, "victim", &[]).await;
+        let mallory = host(&ring, "mallory", &[]).await;
+        // The victim's own desired set is retained and delivered to the victim.
+        let mut own = victim.bus.subscribe(&desired_topic(victim.node)).expect("subscribe");
+        let first = tokio::time::timeout(Duration::from_secs(20), own.next()).await.expect("in time");
+        assert!(first.is_some(), "a host gets its own desired set");
+        for pattern in
+            [">".to_string(), desired_topic(victim.node), "state.desired.*".into(), "_inbox.>".into()]
+        {
+            let before = ring.stats.snapshot().subscribe_refused;
+            let mut sub = mallory.client.subscribe(&pattern).expect("queued");
+            let ended = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time");
+            assert!(ended.is_none(), "{pattern}: the refused subscription ends without a message");
+            assert_eq!(ring.stats.snapshot().subscribe_refused, before + 1, "{pattern}: counted");
+        }
+        // Its own desired set it still gets, on the same connection.
+        let mut mine = mallory.bus.subscribe(&desired_topic(mallory.node)).expect("subscribe");
+        let set = tokio::time::timeout(Duration::from_secs(20), mine.next()).await.expect("in time");
+        assert!(set.is_some(), "the connection stays and its own topics work");
+    }
+
+    /// A host may not publish the parent's state or speak for another node's reports.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_cannot_publish_platform_state_or_another_nodes_reports() {
+        let ring = ring().await;
+        let victim = host(&ring, "victim", &[]).await;
+        let mallory = host(&ring, "mallory", &[]).await;
+        let relay_tls = ring.authority.local_tls("watcher", &[]).expect("tls");
+        let watcher = BusClient::connect(ring.hub, "localhost", &relay_tls, client_config()).expect("client");
+        watcher.wait_connected(Duration::from_secs(10)).await.expect("on the bus");
+        let topics = [
+            TRUST_UPDATE_TOPIC.to_string(),
+            enjin_model::api::ROUTES_TOPIC.to_string(),
+            enjin_model::api::DNS_TOPIC.to_string(),
+            desired_topic(victim.node),
+            enjin_model::api::stats_topic(victim.node),
+            enjin_model::api::edge_topic(victim.node),
+            format!("_inbox.{}.x", victim.node),
+        ];
+        let mut subs: Vec<_> = topics.iter().map(|t| watcher.subscribe(t).expect("subscribe")).collect();
+        watcher.flush(Duration::from_secs(10)).await.expect("flush");
+        // Retained topics hand their current value to a new subscription: drain those first.
+        for sub in &mut subs {
+            while tokio::time::timeout(Duration::from_millis(200), sub.next()).await.is_ok() {}
+        }
+        // `state.*` from anyone but a parent key is dropped by the parent's edge filter first
+        // (counted as filtered); the rest by the access rules.
+        let refused = || {
+            let s = ring.stats.snapshot();
+            s.publish_refused + s.filtered
+        };
+        let before = refused();
+        for topic in &topics {
+            mallory.bus.publish(topic, b"{}".to_vec()).expect("queued");
+        }
+        mallory.client.flush(Duration::from_secs(10)).await.expect("flush");
+        assert_eq!(refused(), before + topics.len() as u64);
+        assert!(ring.stats.snapshot().publish_refused >= 3, "stats, edge and inbox by the access rules");
+        for (topic, sub) in topics.iter().zip(&mut subs) {
+            let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+            assert!(got.is_err(), "nothing delivered on {topic}: {got:?}");
+        }
+        // Observations of another host pass the hub (a host reports on the instances it
+        // supervises, which the hub does not know) but are stored only from the key bound to
+        // the node or to its supervisor.
+        let report = serde_json::json!({"node": victim.node, "strategy": "heartbeat", "state": "lost", "observed_at": Utc::now()});
+        let sealed = mallory
+            .publisher()
+            .seal(
+                &enjin_model::api::observation_topic(victim.node),
+                None,
+                report.to_string().into_bytes(),
+                now_ms(),
+            )
+            .expect("seal");
+        let env = Envelope::decode(&sealed).expect("decode");
+        let err = ring.authority.record_observation(&env).await;
+        assert!(matches!(err, Err(BusError::Refused(_))), "another host's observation is refused");
+    }
+
+    /// The edge's certificate carries the edge role (from its node's role label), which follows
+    /// the route table and zone but no host's desired set.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_edge_is_enrolled_with_the_edge_role() {
+        let ring = ring().await;
+        let edge = host(&ring, "edge", &[EDGE_ROLE_LABEL]).await;
+        let h = host(&ring, "h1", &[]).await;
+        let member = edge.client.member().expect("a role").clone();
+        assert_eq!(member.role(), Role::Edge);
+        assert_eq!(member.id(), edge.node.to_string());
+        assert_eq!(h.client.member().map(Member::role), Some(Role::Host));
+        let mut routes = edge.client.subscribe(enjin_model::api::ROUTES_TOPIC).expect("subscribe");
+        let mut desired = edge.client.subscribe(&desired_topic(h.node)).expect("queued");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), desired.next()).await.expect("in time").is_none(),
+            "a host's desired set is refused to the edge"
+        );
+        ring.authority.publish_state(enjin_model::api::ROUTES_TOPIC, b"{}".to_vec()).expect("publish");
+        let got = tokio::time::timeout(Duration::from_secs(10), routes.next()).await.expect("in time");
+        assert!(got.is_some(), "the edge follows the route table");
     }
 }

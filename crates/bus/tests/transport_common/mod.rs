@@ -37,8 +37,16 @@ impl Ca {
         Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
     }
 
-    /// Material for a node named `cn`, valid as a server for `localhost` and 127.0.0.1 too.
-    pub fn node(&self, cn: &str) -> TlsMaterial {
+    /// Material for a component of the ring's parent named `name` (common name
+    /// `parent:<name>`: every topic is open to it), valid as a server for `localhost` and
+    /// 127.0.0.1 too. A name with a `:` is taken as the whole common name (`host:<uuid>`, …).
+    pub fn node(&self, name: &str) -> TlsMaterial {
+        let cn = if name.contains(':') { name.to_owned() } else { format!("parent:{name}") };
+        self.node_named(&cn)
+    }
+
+    /// Material whose certificate's common name is exactly `cn`.
+    pub fn node_named(&self, cn: &str) -> TlsMaterial {
         let key = KeyPair::generate().expect("generate a node key");
         let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("node params");
