@@ -6,6 +6,5 @@ use enjin_model::api::HostFirewall;
 /// Make this host route for its instances and hold `firewall`.
 pub fn apply(firewall: &HostFirewall) -> Result<(), enjin_net::NetError> {
     enjin_net::instance::prepare_host()?;
-    let _ = firewall;
-    Ok(())
+    enjin_net::firewall::apply(firewall)
 }

@@ -29,7 +29,7 @@ use crate::platform::{APP_LABEL, PROCESS_LABEL};
 use crate::registry::{Registry, RegistryError};
 
 /// The label of the cloud-wide ring 2 network every instance has an address on.
-pub const INSTANCE_NETWORK_LABEL: &str = "instances";
+pub const INSTANCE_NETWORK_LABEL: &str = crate::platform::network::INSTANCES;
 
 /// What every host's firewall shares.
 #[derive(Debug, Clone, Default, PartialEq)]

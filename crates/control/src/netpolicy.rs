@@ -9,19 +9,12 @@ use enjin_model::Object;
 use enjin_model::api::{
     ChildNetwork, DesiredChild, DesiredChildren, FirewallInstance, HostFirewall, ListQuery,
 };
-use enjin_model::kinds::{Cidr, DesiredState, NetworkInterfaceSpec, NodeSpec};
+use enjin_model::kinds::{AccessRuleSetSpec, AccessRuleSpec, Cidr, DesiredState, NetworkInterfaceSpec, NodeSpec};
 use uuid::Uuid;
 
+use crate::firewall::FirewallBase;
 use crate::platform::network;
 use crate::registry::{Registry, RegistryError};
-
-/// The base of every host's firewall: who the edge is, what instances may never reach.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FirewallBase {
-    pub edge: Vec<IpAddr>,
-    pub protected: Vec<Cidr>,
-    pub instance_network: Option<Cidr>,
-}
 
 /// What one read of the store says about the instance network.
 #[derive(Debug)]
@@ -41,7 +34,9 @@ impl NetworkView {
         // bridge's, the hosts' gateway); everything of rings 0 and 1 is on that network.
         let edge = crate::ipam::gateway(&hosts.spec.cidr).into_iter().collect();
         let base = FirewallBase {
+            network: Some(instances.meta.uuid),
             edge,
+            dns: Vec::new(),
             protected: vec![hosts.spec.cidr, loopback()],
             instance_network: Some(instances.spec.cidr),
         };
@@ -100,12 +95,23 @@ pub async fn desired_children(registry: &Registry, host: Uuid) -> Result<Desired
             network,
         });
     }
-    let firewall = view.instances_network.is_some().then(|| HostFirewall {
-        edge: view.base.edge.clone(),
-        dns: Vec::new(),
-        protected: view.base.protected.clone(),
-        instance_network: view.base.instance_network,
-        instances,
-    });
+    let firewall = match view.instances_network {
+        None => None,
+        Some(network) => {
+            // Rules resolve against every instance of the cloud (a peer may be on another host).
+            let endpoints = crate::firewall::instance_endpoints(registry).await?;
+            let (rules, _) = registry.list::<AccessRuleSpec>(&ListQuery::default()).await?;
+            let (sets, _) = registry.list::<AccessRuleSetSpec>(&ListQuery::default()).await?;
+            let base = FirewallBase { network: Some(network), ..view.base.clone() };
+            let mut fw: HostFirewall = crate::firewall::host_firewall(host, base, &endpoints, &rules, &sets);
+            // Instances no app owns (made by hand) get the defaults: the edge to their port.
+            for i in instances {
+                if !fw.instances.iter().any(|f| f.node == i.node) {
+                    fw.instances.push(i);
+                }
+            }
+            Some(fw)
+        }
+    };
     Ok(DesiredChildren { node: host, revision, children, firewall })
 }
