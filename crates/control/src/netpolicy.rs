@@ -9,7 +9,9 @@ use enjin_model::Object;
 use enjin_model::api::{
     ChildNetwork, DesiredChild, DesiredChildren, FirewallInstance, HostFirewall, ListQuery,
 };
-use enjin_model::kinds::{AccessRuleSetSpec, AccessRuleSpec, Cidr, DesiredState, NetworkInterfaceSpec, NodeSpec};
+use enjin_model::kinds::{
+    AccessRuleSetSpec, AccessRuleSpec, Cidr, DesiredState, NetworkInterfaceSpec, NodeSpec,
+};
 use uuid::Uuid;
 
 use crate::firewall::FirewallBase;
