@@ -2,11 +2,14 @@
 //! a bridge, an instance namespace inside it on a routed veth pair (`enjin_net::instance`), the
 //! machine routing the instance's block through the host. The backend's listening socket is
 //! made inside the instance's namespace (a thread joins it, binds, and ends); the router stays
-//! on the machine, as the edge does. Everything is removed on drop.
+//! on the machine, as the edge does, and the host's nftables firewall admits it to the
+//! instance's port, as on a real host. Everything is removed on drop.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
+use enjin_model::api::{FirewallInstance, HostFirewall};
+use enjin_model::kinds::Cidr;
 use enjin_net::instance::{InstanceNames, ensure_instance, instance_names, prepare_host, remove_instance};
 
 const GATEWAY: &str = "10.196.7.1";
@@ -70,6 +73,24 @@ impl InstanceBackend {
         })?;
         enjin_net::route_replace(None, BLOCK, host)?;
         b.route = true;
+        // The host's firewall as the control plane would give it: the edge (the bridge's
+        // address) to the instance's port, nothing else; so the row pays for nftables too.
+        let firewall = HostFirewall {
+            edge: vec![gw],
+            dns: Vec::new(),
+            protected: vec![Cidr { addr: gw, prefix: 24 }],
+            instance_network: Some(BLOCK.parse().map_err(anyhow::Error::msg)?),
+            instances: vec![FirewallInstance {
+                node: uuid::Uuid::new_v4(),
+                account: uuid::Uuid::new_v4(),
+                address,
+                interface: b.instance.veth.clone(),
+                port: Some(PORT),
+                ingress: Vec::new(),
+                egress: Vec::new(),
+            }],
+        };
+        in_ns(&b.host.0, move || Ok(enjin_net::firewall::apply(&firewall)?))?;
         let addr = b.addr;
         let listener = in_ns(&b.instance.netns, move || {
             std::net::TcpListener::bind(addr)
@@ -78,23 +99,6 @@ impl InstanceBackend {
         listener.set_nonblocking(true)?;
         b.listener = Some(listener);
         Ok(b)
-    }
-
-    /// The host's namespace, for work that must happen there (its firewall).
-    pub fn host_ns(&self) -> &str {
-        &self.host.0
-    }
-
-    /// Run `f` inside the host's namespace.
-    pub fn in_host<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        in_ns(&self.host.0, f)
-    }
-
-    pub fn instance(&self) -> &InstanceNames {
-        &self.instance
     }
 }
 
