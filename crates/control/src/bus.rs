@@ -1314,8 +1314,13 @@ mod tests {
     }
 
     fn forged_desired(node: Uuid) -> Vec<u8> {
-        serde_json::to_vec(&DesiredChildren { node, revision: 999_999, children: Vec::new(), firewall: None })
-            .expect("json")
+        serde_json::to_vec(&enjin_model::api::DesiredChildren {
+            node,
+            revision: 999_999,
+            children: Vec::new(),
+            firewall: None,
+        })
+        .expect("json")
     }
 
     /// Serve `payload` as every package chunk, as the package store would an uploaded package.

@@ -433,12 +433,12 @@ async fn create_instances(
                 }
             }
         };
-        if let (Some(block), Some((instances, _))) = (own_block, &networks) {
-            if let Err(e) = network::attach(&p.registry, &node, instances.meta.uuid, &block).await {
-                made.push(node.meta.uuid);
-                remove(p, &made).await;
-                return Err(e);
-            }
+        if let (Some(block), Some((instances, _))) = (own_block, &networks)
+            && let Err(e) = network::attach(&p.registry, &node, instances.meta.uuid, &block).await
+        {
+            made.push(node.meta.uuid);
+            remove(p, &made).await;
+            return Err(e);
         }
         tracing::info!(app = %app, instance = %label, host = %host, strategy = strategy.name(), "instance placed");
         if sandbox == Sandbox::None {
