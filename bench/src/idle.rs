@@ -122,8 +122,8 @@ fn observe(child: &mut Child, data: &Path) -> anyhow::Result<(Memory, Memory)> {
 }
 
 /// `enjin up` with `hosts` ring 1 hosts on loopback port 0 (API, bus, router, DNS), its data in
-/// `data`, its stderr in `log`, and its hosts in `10.<octet>.<pid>.0/24`: a range of its own,
-/// apart from any `enjin up` the machine is running.
+/// `data`, its stderr in `log`, its hosts in `10.<octet>.<pid>.0/24` and its instances in
+/// `10.<octet + 2>.0.0/16`: ranges of its own, apart from any `enjin up` the machine is running.
 pub fn start_up(exe: &Path, data: &Path, log: &Path, hosts: usize, octet: u8) -> anyhow::Result<Child> {
     let stderr = std::fs::File::create(log).with_context(|| format!("failed to create {}", log.display()))?;
     Command::new(exe)
@@ -132,6 +132,7 @@ pub fn start_up(exe: &Path, data: &Path, log: &Path, hosts: usize, octet: u8) ->
         .args(["up", "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0", "--hosts", &hosts.to_string()])
         .args(["--router-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
         .args(["--hosts-cidr", &format!("10.{octet}.{}.0/24", std::process::id() % 250 + 1)])
+        .args(["--instance-cidr", &format!("10.{}.0.0/16", octet.wrapping_add(2))])
         .env("ENJIN_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
