@@ -25,6 +25,9 @@ pub struct InstanceBackend {
     route: bool,
     pub listener: Option<std::net::TcpListener>,
     pub addr: SocketAddr,
+    /// A backend in the host's own namespace, at the host's address: how instances ran before
+    /// they had namespaces of their own (the comparison's anchor).
+    pub host_listener: Option<std::net::TcpListener>,
 }
 
 /// Whether this process may make namespaces (root).
@@ -60,6 +63,7 @@ impl InstanceBackend {
             route: false,
             listener: None,
             addr: SocketAddr::new(INSTANCE.parse().context("address")?, PORT),
+            host_listener: None,
         };
         let (gw, host): (IpAddr, IpAddr) = (GATEWAY.parse()?, HOST.parse()?);
         enjin_net::ensure_bridge(&b.bridge, gw, 24)?;
@@ -98,6 +102,13 @@ impl InstanceBackend {
         })?;
         listener.set_nonblocking(true)?;
         b.listener = Some(listener);
+        let at_host = SocketAddr::new(host, PORT);
+        let listener = in_ns(&b.host.0, move || {
+            std::net::TcpListener::bind(at_host)
+                .with_context(|| format!("failed to bind {at_host} in the host"))
+        })?;
+        listener.set_nonblocking(true)?;
+        b.host_listener = Some(listener);
         Ok(b)
     }
 }
@@ -105,6 +116,7 @@ impl InstanceBackend {
 impl Drop for InstanceBackend {
     fn drop(&mut self) {
         self.listener = None;
+        self.host_listener = None;
         if self.route {
             let _ = std::process::Command::new("ip").args(["route", "del", BLOCK]).status();
         }

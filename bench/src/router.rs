@@ -52,6 +52,9 @@ fn workers() -> usize {
 enum Path3 {
     Direct,
     Enjin,
+    /// The router to a backend in a host's namespace, on the hosts' bridge (instances before
+    /// they had namespaces of their own).
+    EnjinHostNs,
     /// The router to a backend in an instance's own namespace, through its host.
     EnjinNetns,
     Nginx,
@@ -62,6 +65,7 @@ impl Path3 {
         match self {
             Path3::Direct => "direct to the backend",
             Path3::Enjin => "through enjin-router",
+            Path3::EnjinHostNs => "through enjin-router, backend in a host namespace (before)",
             Path3::EnjinNetns => "through enjin-router, backend in an instance namespace",
             Path3::Nginx => "through nginx",
         }
@@ -159,8 +163,10 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     rows.push(Row { path: Path3::Direct, outcome: load(backend, &|| None) });
     rows.push(Row { path: Path3::Enjin, outcome: load(router_addr, &|| Some(thread_ticks("enjin-router"))) });
     if crate::netns_backend::possible() {
-        let outcome = netns_row(&backend_rt, &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))));
-        rows.push(Row { path: Path3::EnjinNetns, outcome });
+        let (before, now) =
+            netns_rows(&backend_rt, &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))));
+        rows.push(Row { path: Path3::EnjinHostNs, outcome: before });
+        rows.push(Row { path: Path3::EnjinNetns, outcome: now });
     }
     let nginx_outcome = match Nginx::start(&nginx, dir.path(), backend) {
         Ok(mut n) => {
@@ -265,13 +271,35 @@ fn serve_hello(listener: tokio::net::TcpListener) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-/// The router (a second one, the same configuration) to a backend whose socket lives in an
-/// instance's own namespace, reached through its host as the edge reaches instances.
-fn netns_row(backend_rt: &Runtime, load: &dyn Fn(SocketAddr) -> Result<Wrk, String>) -> Result<Wrk, String> {
-    let mut made = crate::netns_backend::InstanceBackend::make().map_err(|e| format!("{e:#}"))?;
-    let std_listener = made.listener.take().ok_or("no listener")?;
+/// The router (a second one, the same configuration) to a backend in a host's namespace, then
+/// to one in an instance's own namespace behind that host's firewall, reached through the host
+/// as the edge reaches instances.
+fn netns_rows(
+    backend_rt: &Runtime,
+    load: &dyn Fn(SocketAddr) -> Result<Wrk, String>,
+) -> (Result<Wrk, String>, Result<Wrk, String>) {
+    let failed = |e: String| (Err(e.clone()), Err(e));
+    let mut made = match crate::netns_backend::InstanceBackend::make() {
+        Ok(m) => m,
+        Err(e) => return failed(format!("{e:#}")),
+    };
+    let (Some(instance), Some(host)) = (made.listener.take(), made.host_listener.take()) else {
+        return failed("no listener".into());
+    };
+    let before = through_router(backend_rt, host, load);
+    let now = through_router(backend_rt, instance, load);
+    drop(made);
+    (before, now)
+}
+
+/// Serve the hello backend on `listener` and measure a router of its own in front of it.
+fn through_router(
+    backend_rt: &Runtime,
+    listener: std::net::TcpListener,
+    load: &dyn Fn(SocketAddr) -> Result<Wrk, String>,
+) -> Result<Wrk, String> {
     let backend = backend_rt
-        .block_on(async { serve_hello(tokio::net::TcpListener::from_std(std_listener)?) })
+        .block_on(async { serve_hello(tokio::net::TcpListener::from_std(listener)?) })
         .map_err(|e| format!("{e:#}"))?;
     let router_rt = runtime("bench-router-ns", 1).map_err(|e| format!("{e:#}"))?;
     let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
@@ -304,7 +332,6 @@ fn netns_row(backend_rt: &Runtime, load: &dyn Fn(SocketAddr) -> Result<Wrk, Stri
     let _ = stop.send(());
     let _ = router_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), serving).await });
     router_rt.shutdown_timeout(Duration::from_secs(1));
-    drop(made);
     outcome
 }
 
