@@ -110,20 +110,7 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
 
     // The router runs its own worker threads (one per core); this runtime only waits in `serve`.
     let router_rt = runtime("bench-router", 1)?;
-    let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
-    router.apply(RouteTable {
-        version: 1,
-        routes: vec![RouteEntry {
-            app: APP.into(),
-            hosts: vec![HOST.into()],
-            path_prefix: "/".into(),
-            backends: vec![RouteBackend {
-                instance: uuid::Uuid::new_v4(),
-                label: "bench-0".into(),
-                addr: backend,
-            }],
-        }],
-    });
+    let router = router_to(backend, "bench-0");
     let listener = router_rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .context("failed to bind the router on 127.0.0.1:0")?;
@@ -292,6 +279,25 @@ fn netns_rows(
     (before, now)
 }
 
+/// A router with one worker thread per core whose one app has `backend` as its one backend.
+fn router_to(backend: SocketAddr, label: &str) -> Router {
+    let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
+    router.apply(RouteTable {
+        version: 1,
+        routes: vec![RouteEntry {
+            app: APP.into(),
+            hosts: vec![HOST.into()],
+            path_prefix: "/".into(),
+            backends: vec![RouteBackend {
+                instance: uuid::Uuid::new_v4(),
+                label: label.into(),
+                addr: backend,
+            }],
+        }],
+    });
+    router
+}
+
 /// Serve the hello backend on `listener` and measure a router of its own in front of it.
 fn through_router(
     backend_rt: &Runtime,
@@ -302,20 +308,7 @@ fn through_router(
         .block_on(async { serve_hello(tokio::net::TcpListener::from_std(listener)?) })
         .map_err(|e| format!("{e:#}"))?;
     let router_rt = runtime("bench-router-ns", 1).map_err(|e| format!("{e:#}"))?;
-    let router = Router::new(RouterConfig { threads: workers(), ..RouterConfig::default() });
-    router.apply(RouteTable {
-        version: 1,
-        routes: vec![RouteEntry {
-            app: APP.into(),
-            hosts: vec![HOST.into()],
-            path_prefix: "/".into(),
-            backends: vec![RouteBackend {
-                instance: uuid::Uuid::new_v4(),
-                label: "bench-ns".into(),
-                addr: backend,
-            }],
-        }],
-    });
+    let router = router_to(backend, "bench-ns");
     let listener = router_rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .map_err(|e| format!("failed to bind the router: {e}"))?;
