@@ -909,12 +909,7 @@ fn merge_by_time(mut lists: Vec<VecDeque<LogLine>>) -> VecDeque<LogLine> {
     }
 }
 
-/// A host's answer to a log request it will not serve, in place of a [`LogsReply`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsRefused {
-    pub error: String,
-}
+pub use enjin_model::api::LogsRefused;
 
 /// The reply to the log request `payload`: a [`LogsReply`], or a [`LogsRefused`] when it does
 /// not decode or names an instance that neither runs here (`running`) nor has logs here.

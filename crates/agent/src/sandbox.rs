@@ -82,6 +82,21 @@ fn spawn_error(id: &ChildId, program: &str, e: impl std::fmt::Display) -> Launch
     }
 }
 
+/// The instance's `resolv.conf` in its directory (replaced whole each start), naming
+/// `nameservers`: world-readable, as the instance reads it through the jail's mount.
+fn write_resolv_conf(dir: &Path, nameservers: &[std::net::IpAddr]) -> std::io::Result<PathBuf> {
+    let mut text = String::from("# Written by enjin: the platform's DNS for this instance.\n");
+    for ns in nameservers {
+        text.push_str(&format!("nameserver {ns}\n"));
+    }
+    let path = dir.join("resolv.conf");
+    let tmp = dir.join(".resolv.conf.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 /// A directory that is root's alone (created if missing; a link in its place is refused).
 fn private_dir(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
@@ -333,12 +348,19 @@ impl Launcher for SandboxLauncher {
                 .map_err(|e| spawn_error(&id, &name, format!("its network: {e}")))?;
             sandbox.netns = Some(enjin_net::instance::netns_path(&net.netns));
         }
+        let resolv_conf = match child.network.as_ref().filter(|n| !n.nameservers.is_empty()) {
+            Some(net) => {
+                Some(write_resolv_conf(&dir, &net.nameservers).map_err(|e| spawn_error(&id, &name, e))?)
+            }
+            None => None,
+        };
         sandbox.jail = Some(Jail {
             root,
             app: APP_DIR.into(),
             lower,
             writable,
             shm_bytes: SHM_BYTES.min(resources.disk_bytes.unwrap_or(SHM_BYTES)),
+            resolv_conf,
         });
         sandbox.args = spec.command.iter().skip(1).map(Into::into).collect();
         sandbox.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
@@ -375,6 +397,6 @@ impl Launcher for SandboxLauncher {
             .map_err(|_| SignalError::InvalidGroup { pgid: p.pgid })?;
         let pgid = i32::try_from(p.pgid).map_err(|_| SignalError::InvalidGroup { pgid: p.pgid })?;
         enjin_sys::proc::signal_group(enjin_sys::Pid::from_raw(pgid), signal)
-            .map_err(|e| SignalError::Failed { signal: s, pgid: p.pgid, stderr: e.to_string() })
+            .map_err(|e| SignalError::Failed { signal: s, pgid: p.pgid, reason: e.to_string() })
     }
 }

@@ -7,131 +7,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use enjin_agent::logs::collected_path;
-use enjin_agent::{AgentConfig, AgentFile, Children};
-use enjin_bus::client::{BusClient, ClientConfig};
-use enjin_bus::identity::Identity;
-use enjin_bus::node::{BusNode, bundle_from_birth};
-use enjin_bus::trust::VerifierConfig;
-use enjin_control::ControlPlane;
-use enjin_control::bus::{BusAuthority, BusConfig};
-use enjin_model::Ring;
-use enjin_model::api::{
-    CreateRequest, DesiredChildren, HostStats, InstanceStats, LogsRequest, logs_topic, stats_topic,
-};
-use enjin_model::kinds::{NodeSpec, Strategy};
-use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
+use enjin_model::api::{HostStats, InstanceStats, LogsRequest, logs_topic, stats_topic};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod ring1;
 
-struct NoChildren;
-
-impl Children for NoChildren {
-    fn apply(&self, _desired: &DesiredChildren) {}
-}
-
-struct Ring1 {
-    dir: tempfile::TempDir,
-    cp: ControlPlane,
-    authority: Arc<BusAuthority>,
-    hub: std::net::SocketAddr,
-    machine: Uuid,
-    stop: watch::Sender<bool>,
-}
-
-impl Ring1 {
-    async fn start() -> Ring1 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("store"));
-        let cp = ControlPlane::new(store.clone());
-        cp.bootstrap().await.expect("bootstrap");
-        let req = CreateRequest {
-            account: None,
-            ring: Ring::META,
-            label: Some("m0".into()),
-            labels: Default::default(),
-            spec: NodeSpec::default(),
-        };
-        let machine = cp.registry().create(req, Utc::now()).await.expect("machine").meta.uuid;
-        let config = BusConfig {
-            ring: Ring::INFRASTRUCTURE,
-            keys_dir: dir.path().join("keys"),
-            pki_dir: dir.path().join("pki"),
-            label: "m0".into(),
-            node: Some(machine),
-            disconnected_after: Duration::from_secs(60),
-            lost_after: Duration::from_secs(300),
-        };
-        let authority = BusAuthority::open(store, config).await.expect("key service");
-        let tls = authority.local_tls("hub", &["localhost".into(), "127.0.0.1".into()]).expect("hub tls");
-        let hub = enjin_bus::hub::Hub::bind("127.0.0.1:0".parse().expect("addr"), &tls, Default::default())
-            .await
-            .expect("hub")
-            .with_filter(authority.hub_filter());
-        let addr = hub.local_addr();
-        authority.set_hub(addr, hub.stats());
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(hub.run(until(stopped)));
-        let own = authority.local_tls("control-plane", &[]).expect("tls");
-        let client = BusClient::connect(addr, "localhost", &own, ClientConfig::default()).expect("client");
-        client.wait_connected(WAIT).await.expect("control plane on its bus");
-        authority.attach(Arc::new(client)).await.expect("attach");
-        Ring1 { dir, cp, authority, hub: addr, machine, stop }
-    }
-
-    /// A host under m0 with its agent directory prepared, as `enjin up` does.
-    async fn host(&self, label: &str) -> (Uuid, AgentConfig) {
-        let spec =
-            NodeSpec { parent: Some(self.machine), strategy: Some(Strategy::Netns), ..NodeSpec::default() };
-        let req = CreateRequest {
-            account: None,
-            ring: Ring::INFRASTRUCTURE,
-            label: Some(label.into()),
-            labels: Default::default(),
-            spec,
-        };
-        let host = self.cp.registry().create(req, Utc::now()).await.expect("host").meta.uuid;
-        let dir = self.dir.path().join("hosts").join(label);
-        self.authority.enroll_local(host, label, &dir).await.expect("enrol");
-        let file =
-            AgentFile { ring: 1, node: host, hub: self.hub, server_name: "localhost".into(), sandbox: false };
-        AgentConfig::write(&dir, &file).expect("agent.json");
-        (host, AgentConfig::load(&dir).expect("agent config"))
-    }
-
-    /// A bus node signing with `config`'s host key, for sending as that host.
-    async fn as_host(&self, config: &AgentConfig) -> (BusNode, Arc<BusClient>) {
-        let identity = Identity::load(&config.key_file()).expect("key");
-        let bundle = bundle_from_birth(&config.bundle().expect("bundle")).expect("birth bundle");
-        let tls = config.tls().expect("tls");
-        let client = Arc::new(
-            BusClient::connect(self.hub, "localhost", &tls, ClientConfig::default()).expect("client"),
-        );
-        client.wait_connected(WAIT).await.expect("connected");
-        let node = BusNode::start(client.clone(), identity, bundle, VerifierConfig::default()).expect("node");
-        (node, client)
-    }
-}
-
-impl Drop for Ring1 {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn until(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use ring1::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_parent_reads_a_host_s_logs_over_the_bus() {

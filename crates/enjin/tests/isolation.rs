@@ -262,6 +262,18 @@ impl Cloud {
             .collect()
     }
 
+    /// An app's instances' labels, as `enjin app status` shows them.
+    fn instance_labels(&self, app: &str) -> Vec<String> {
+        let out = cli(&self.data, &["-o", "json", "app", "status", app]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some(i["label"].as_str()?.to_string()))
+            .collect()
+    }
+
     fn logs(&self, app: &str) -> String {
         let out = cli(&self.data, &["logs", app, "--tail", "10000"]);
         if out.status.success() { stdout(&out) } else { String::new() }
@@ -455,6 +467,13 @@ fn check_instance_dir(dir: &Path) {
                 assert!(inside.is_empty(), "{} holds {:?} on the host", entry.path().display(), inside);
             }
             "disk.img" | "package" | "next.tmp" => assert!(meta.is_file(), "{name} is a file"),
+            // The instance's resolvers, world-readable for its uid through the jail's mount
+            // (inside this 0700 directory, so no other uid reaches it).
+            "resolv.conf" => {
+                assert!(meta.is_file(), "{name} is a file");
+                assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644), "{name} is root's, read-only");
+                continue;
+            }
             // The next start's image, formatted ahead.
             n if n.starts_with("next") && n.ends_with(".img") => assert!(meta.is_file(), "{name} is a file"),
             other => panic!("{} holds an unexpected {other}", dir.display()),
@@ -1117,7 +1136,8 @@ fn output_past_the_disk_quota_does_not_fill_the_hosts_disk() {
 
 /// With two apps deployed, every entry of the data directory is root's, and its mode is 0700
 /// or 0600 except what docs/security.md lists (unpacked packages, 0777/0666 inside root's
-/// 0700 `packages/`, and the empty lower layer `instances/.empty`). Walked as `nobody` and as
+/// 0700 `packages/`, the empty lower layer `instances/.empty`, and each instance's
+/// `resolv.conf`, 0644 inside its 0700 directory). Walked as `nobody` and as
 /// each instance's uid, nothing in it can be listed or opened, and only the data directory
 /// itself can be seen to exist.
 #[test]
@@ -1156,10 +1176,15 @@ fn nothing_in_the_data_directory_is_open_to_other_uids() {
         let in_package = parts.len() >= 4 && parts[0] == "hosts" && parts[2] == "packages";
         let empty_lower =
             parts.len() == 4 && parts[0] == "hosts" && parts[2] == "instances" && parts[3] == ".empty";
+        // The instance's own resolvers, read inside its sandbox through the jail's mount.
+        let resolv_conf =
+            parts.len() == 5 && parts[0] == "hosts" && parts[2] == "instances" && parts[4] == "resolv.conf";
         let ok = if in_package {
             if t.is_dir() { mode == 0o777 } else { mode == 0o666 || mode == 0o777 }
         } else if empty_lower {
             mode == 0o755
+        } else if resolv_conf {
+            t.is_file() && mode == 0o644
         } else {
             mode & 0o077 == 0 && mode & 0o7000 == 0
         };
@@ -1297,9 +1322,13 @@ fn instances_reach_only_what_the_firewall_admits() {
         "victim={victim_addr},peer={peer_addr},hub={hub},api={}:{api_port},host={host_ip}:{host_port}",
         hub.ip()
     );
+    // Its peer by name, through the platform's DNS on the hosts network.
+    let peer_name =
+        format!("{}.peer-b.enjin.internal", cloud.instance_labels("peer-b").first().expect("a label"));
     let hostile = cloud.app(
         "hostile-net",
         &[
+            ("RESOLVE", &format!("peer={peer_name}")),
             ("TARGETS", &targets),
             ("SPOOF_AS", &spoofed.to_string()),
             ("SPOOF_TO", &peer_addr.to_string()),
@@ -1318,6 +1347,13 @@ fn instances_reach_only_what_the_firewall_admits() {
         assert_ne!(got, "<missing>", "{target} was not tried: {first:?}");
     }
     assert!(first.get("raw").starts_with("denied"), "a raw socket: {first:?}");
+    let resolved = cloud.wait_runs("hostile-net", "dns.peer", 1, Duration::from_secs(30));
+    let answers: Vec<String> = resolved.iter().filter_map(|r| r.results.get("dns.peer").cloned()).collect();
+    assert!(
+        answers.iter().any(|a| *a == peer_addr.ip().to_string()),
+        "{peer_name} did not resolve to {} from inside the instance: {answers:?}",
+        peer_addr.ip()
+    );
     assert_ne!(first.get("spoof"), "connected", "a spoofed source got through: {first:?}");
     // Ports are the instance's own: the hostile app listens on 8080 too, and the victim still
     // answers through the router.

@@ -1,10 +1,10 @@
 //! A supervised child: what to run ([`ChildSpec`]), and how to run and stop it ([`Launcher`]).
 //!
 //! [`ProcessLauncher`] is the `process` strategy of DESIGN.md §6: a plain child process in its own
-//! process group, with no isolation. It is the fallback without root. Without `unsafe` this crate
-//! cannot call kill(2), so it signals process groups by running `/bin/kill`; `enjin-sys` implements
-//! [`Launcher`] with real syscalls (pidfds, cgroups, namespaces, a UNIX user per child) and takes
-//! its place where the parent may use them.
+//! process group, with no isolation. It is the fallback without root. It reads `/proc` and
+//! signals process groups through `enjin-sys`; the agent implements [`Launcher`] with the rest
+//! of what `enjin-sys` offers (pidfds, cgroups, namespaces, a UNIX user per child) and takes its
+//! place where the parent may use them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -132,6 +132,20 @@ impl Signal {
 
     pub fn from_number(n: i32) -> Option<Signal> {
         Signal::ALL.into_iter().find(|s| s.number() == n)
+    }
+
+    /// The same signal as the kernel's interfaces name it.
+    pub fn to_nix(self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal as S;
+        match self {
+            Signal::Hup => S::SIGHUP,
+            Signal::Int => S::SIGINT,
+            Signal::Quit => S::SIGQUIT,
+            Signal::Kill => S::SIGKILL,
+            Signal::Usr1 => S::SIGUSR1,
+            Signal::Usr2 => S::SIGUSR2,
+            Signal::Term => S::SIGTERM,
+        }
     }
 }
 
@@ -322,10 +336,8 @@ pub enum SignalError {
     InvalidGroup { pgid: u32 },
     #[error("no process left in group {pgid}")]
     NoSuchProcess { pgid: u32 },
-    #[error("failed to run {program} to send {signal} to process group {pgid}: {source}")]
-    Spawn { program: PathBuf, signal: Signal, pgid: u32, source: io::Error },
-    #[error("failed to send {signal} to process group {pgid}: {stderr}")]
-    Failed { signal: Signal, pgid: u32, stderr: String },
+    #[error("failed to send {signal} to process group {pgid}: {reason}")]
+    Failed { signal: Signal, pgid: u32, reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -432,23 +444,15 @@ fn wait_until_gone<L: Launcher + ?Sized>(launcher: &L, process: &ProcessHandle, 
 /// the supervisor's (SIGPIPE once the supervisor is gone), and children must outlive an agent
 /// restart to be re-adopted. So lines carry no timestamps; each start is marked by a header line.
 ///
-/// Signals are sent by running `kill -s <SIG> -- -<pgid>` (procps or util-linux): the no-root,
-/// no-`unsafe` fallback. `enjin-sys` sends them with kill(2) or pidfd_send_signal(2).
+/// Signals go to the child's whole process group with killpg(2), through `enjin-sys`.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     log_dir: PathBuf,
-    kill_program: PathBuf,
 }
 
 impl ProcessLauncher {
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
-        ProcessLauncher { log_dir: log_dir.into(), kill_program: PathBuf::from("/bin/kill") }
-    }
-
-    /// Another `kill` program, for systems without `/bin/kill`.
-    pub fn with_kill_program(mut self, program: impl Into<PathBuf>) -> Self {
-        self.kill_program = program.into();
-        self
+        ProcessLauncher { log_dir: log_dir.into() }
     }
 
     /// Where the child's stdout and stderr go.
@@ -520,25 +524,10 @@ impl Launcher for ProcessLauncher {
         if pgid <= 1 {
             return Err(SignalError::InvalidGroup { pgid });
         }
-        let output = std::process::Command::new(&self.kill_program)
-            .args(["-s", signal.name(), "--", &format!("-{pgid}")])
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| SignalError::Spawn {
-                program: self.kill_program.clone(),
-                signal,
-                pgid,
-                source,
-            })?;
-        if output.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if stderr.contains("No such process") {
-            Err(SignalError::NoSuchProcess { pgid })
-        } else {
-            Err(SignalError::Failed { signal, pgid, stderr })
+        match enjin_sys::proc::signal_group(probe::as_pid(pgid), signal.to_nix()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_gone() => Err(SignalError::NoSuchProcess { pgid }),
+            Err(e) => Err(SignalError::Failed { signal, pgid, reason: e.to_string() }),
         }
     }
 }

@@ -257,72 +257,17 @@ impl ProbeTracker {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` the supervisor uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcStat {
-    pub pid: u32,
-    pub comm: String,
-    /// R, S, D, Z, T, t, X, I …
-    pub state: char,
-    pub ppid: u32,
-    pub pgrp: u32,
-    pub session: u32,
-    /// Clock ticks after boot.
-    pub start_time: u64,
-}
+pub use enjin_sys::proc::{ProcStat, ReadStatError};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed /proc stat line: {reason}")]
-pub struct ParseStatError {
-    pub reason: &'static str,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadStatError {
-    #[error("failed to read /proc/{pid}/stat: {source}")]
-    Read { pid: u32, source: std::io::Error },
-    #[error("failed to parse /proc/{pid}/stat: {source}")]
-    Parse { pid: u32, source: ParseStatError },
-}
-
-impl ProcStat {
-    /// Parses one `/proc/<pid>/stat` line. The command name sits in parentheses and may itself
-    /// contain spaces and parentheses, so fields are counted from the last `)`.
-    pub fn parse(line: &str) -> Result<ProcStat, ParseStatError> {
-        let err = |reason| ParseStatError { reason };
-        let open = line.find('(').ok_or(err("no '(' before the command name"))?;
-        let close = line.rfind(')').ok_or(err("no ')' after the command name"))?;
-        if close < open {
-            return Err(err("')' before '('"));
-        }
-        let pid = line[..open].trim().parse().map_err(|_| err("bad pid"))?;
-        let comm = line[open + 1..close].to_owned();
-        // Fields 3.. after the command name; field n is at index n - 3.
-        let rest: Vec<&str> = line[close + 1..].split_ascii_whitespace().collect();
-        let field = |n: usize| rest.get(n - 3).copied().ok_or(err("too few fields"));
-        let mut state_chars = field(3)?.chars();
-        let state = match (state_chars.next(), state_chars.next()) {
-            (Some(c), None) => c,
-            _ => return Err(err("bad state")),
-        };
-        let num = |n: usize, what| field(n)?.parse::<u32>().map_err(|_| err(what));
-        let ppid = num(4, "bad ppid")?;
-        let pgrp = num(5, "bad process group")?;
-        let session = num(6, "bad session")?;
-        let start_time = field(22)?.parse().map_err(|_| err("bad start time"))?;
-        Ok(ProcStat { pid, comm, state, ppid, pgrp, session, start_time })
-    }
-
-    /// A zombie (exited, not yet reaped) or a dying task is no longer running anything.
-    pub fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
-    }
-}
-
+/// `/proc/<pid>/stat` of `pid`.
 pub fn read_stat(pid: u32) -> Result<ProcStat, ReadStatError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|source| ReadStatError::Read { pid, source })?;
-    ProcStat::parse(&text).map_err(|source| ReadStatError::Parse { pid, source })
+    enjin_sys::proc::stat(as_pid(pid))
+}
+
+/// A pid as the kernel's interfaces take it; one beyond `i32` names no process (`-1` is
+/// never read as a pid: `/proc/-1` does not exist).
+pub(crate) fn as_pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(-1))
 }
 
 /// Whether `pid` is still the process that started at `start_time` and has not exited.
@@ -341,7 +286,7 @@ pub fn group_alive(pgid: u32) -> bool {
             return false;
         };
         // Processes vanish while we scan; a missing one is not in the group.
-        read_stat(pid).is_ok_and(|s| s.pgrp == pgid && !s.is_dead())
+        read_stat(pid).is_ok_and(|s| i64::from(s.pgrp) == i64::from(pgid) && !s.is_dead())
     })
 }
 
@@ -353,54 +298,17 @@ mod tests {
     use std::sync::atomic::{AtomicU16, Ordering};
     use tokio::net::TcpListener;
 
-    const SAMPLE: &str = "4242 (sleep) S 4200 4242 4200 0 -1 4194304 110 0 0 0 0 0 0 0 20 0 1 0 9876543 \
-                          8441856 230 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-
-    #[test]
-    fn parses_stat() {
-        let s = ProcStat::parse(SAMPLE).expect("parse");
-        assert_eq!(s.pid, 4242);
-        assert_eq!(s.comm, "sleep");
-        assert_eq!(s.state, 'S');
-        assert_eq!((s.ppid, s.pgrp, s.session), (4200, 4242, 4200));
-        assert_eq!(s.start_time, 9_876_543);
-        assert!(!s.is_dead());
-    }
-
     #[test]
     fn reads_own_stat() {
         let me = std::process::id();
         let s = read_stat(me).expect("own stat");
-        assert_eq!(s.pid, me);
+        assert_eq!(i64::from(s.pid), i64::from(me));
         assert!(process_alive(me, s.start_time));
         assert!(!process_alive(me, s.start_time + 1));
-        assert!(group_alive(s.pgrp));
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        for line in ["", "12 sleep S", "x (a) S 1 1 1", "12 (a) SS 1 1 1", "12 (a) S 1 1 1 0"] {
-            assert!(ProcStat::parse(line).is_err(), "{line:?}");
-        }
+        assert!(group_alive(u32::try_from(s.pgrp).expect("a group id")));
     }
 
     proptest! {
-        #[test]
-        fn command_names_with_parens_and_spaces(comm in "[ -~]{0,16}", pid in 1..4_000_000u32, start: u64) {
-            let line = format!("{pid} ({comm}) Z 1 {pid} 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
-            let s = ProcStat::parse(&line).expect("parse");
-            prop_assert_eq!(&s.comm, &comm);
-            prop_assert_eq!(s.pid, pid);
-            prop_assert_eq!(s.pgrp, pid);
-            prop_assert_eq!(s.start_time, start);
-            prop_assert!(s.is_dead());
-        }
-
-        #[test]
-        fn parser_never_panics(line in "\\PC{0,200}") {
-            let _ = ProcStat::parse(&line);
-        }
-
         /// Health flips only after the threshold of consecutive results, and never to unhealthy
         /// inside the grace period of a starting child.
         #[test]

@@ -293,5 +293,5 @@ async fn a_missing_program_is_a_crash_loop() {
 }
 
 fn probe_pgrp(pid: u32) -> u32 {
-    enjin_supervisor::probe::read_stat(pid).expect("stat").pgrp
+    u32::try_from(enjin_supervisor::probe::read_stat(pid).expect("stat").pgrp).expect("a group id")
 }

@@ -139,6 +139,35 @@ impl LoopDevice {
     }
 }
 
+/// Detaches every loop device whose backing file is below `dir` (as the kernel names it, which
+/// may end in ` (deleted)`), returning the devices detached. A device still mounted somewhere
+/// only loses its autoclear wait: the kernel detaches it once the mount goes.
+pub fn detach_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let prefix = dir.to_string_lossy().trim_end_matches('/').to_string() + "/";
+    for entry in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+        if !backing.trim_end().starts_with(&prefix) {
+            continue;
+        }
+        let path = PathBuf::from(format!("/dev/{name}"));
+        let Ok(device) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) else {
+            continue;
+        };
+        // SAFETY: LOOP_CLR_FD takes no argument; the fd is a live loop device.
+        let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD, 0) };
+        if ret == 0 {
+            out.push(path);
+        }
+    }
+    out
+}
+
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;

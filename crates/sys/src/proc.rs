@@ -33,6 +33,13 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
+impl ProcStat {
+    /// A zombie (exited, not yet reaped) or a dying task runs nothing any more.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
 /// Why `/proc/<pid>/stat` contents could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseStatError {
@@ -218,6 +225,23 @@ pub fn signal_group(pgid: Pid, signal: Signal) -> Result<(), SignalError> {
         return Err(SignalError { target, signal, source: Errno::EINVAL });
     }
     nix::sys::signal::killpg(pgid, signal).map_err(|source| SignalError { target, signal, source })
+}
+
+/// The processes whose network namespace is the one bound at `netns` (a file under
+/// `/run/netns`): those that would keep it alive, unnamed, after its name is removed.
+pub fn pids_in_netns(netns: &Path) -> Vec<Pid> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(netns) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        // Following the link gives the namespace's own inode, as a bind mount of it does.
+        let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else { continue };
+        if ns.dev() == target.dev() && ns.ino() == target.ino() {
+            out.push(Pid::from_raw(pid));
+        }
+    }
+    out
 }
 
 /// Sets the process's umask to 077: everything it creates from now on is private to its

@@ -410,7 +410,14 @@ fn jail_spec(base: &Path, uid: u32, writable: sandbox::Writable, script: &str) -
     std::fs::create_dir_all(&root).expect("root");
     std::fs::create_dir_all(writable.mountpoint()).expect("mountpoint");
     let mut spec = sh_spec(uid, Path::new("/app"), script);
-    spec.jail = Some(sandbox::Jail { root, app: "/app".into(), lower, writable, shm_bytes: 1 << 20 });
+    spec.jail = Some(sandbox::Jail {
+        root,
+        app: "/app".into(),
+        lower,
+        writable,
+        shm_bytes: 1 << 20,
+        resolv_conf: None,
+    });
     spec
 }
 
@@ -555,4 +562,34 @@ fn a_flood_of_output_takes_no_more_of_the_host_than_the_log_budget() {
     use std::os::unix::fs::FileExt as _;
     std::fs::File::open(&log).expect("log").read_exact_at(&mut tail, len - 6).expect("tail");
     assert_eq!(&tail, b"\ndone\n");
+}
+
+#[test]
+fn a_jail_resolves_with_the_instance_s_own_resolv_conf_read_only() {
+    if !root_or_skip("a_jail_resolves_with_the_instance_s_own_resolv_conf_read_only") {
+        return;
+    }
+    if !std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.is_file()) {
+        // Nothing to mount over: the jail keeps the host's, as documented.
+        eprintln!("/etc/resolv.conf is not a regular file here; nothing to check");
+        return;
+    }
+    let base = base_dir();
+    let own = base.path().join("resolv.conf");
+    std::fs::write(&own, "nameserver 10.250.0.1\n").expect("resolv.conf");
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let writable = sandbox::Writable::Tmpfs { bytes: 8 << 20, mountpoint: base.path().join("disk") };
+    let script = r#"
+echo "resolv=$(cat /etc/resolv.conf)"
+echo x >> /etc/resolv.conf 2>/dev/null && echo "resolv_writable=yes" || echo "resolv_writable=no"
+"#;
+    let mut spec = jail_spec(base.path(), 64_322, writable, script);
+    if let Some(jail) = spec.jail.as_mut() {
+        jail.resolv_conf = Some(own.clone());
+    }
+    let (status, out) = run(spec, Duration::from_secs(20));
+    assert!(status.success(), "{out}");
+    assert_eq!(field(&out, "resolv"), "nameserver 10.250.0.1", "{out}");
+    assert_eq!(field(&out, "resolv_writable"), "no", "{out}");
+    assert_eq!(std::fs::read_to_string(&own).expect("read"), "nameserver 10.250.0.1\n");
 }

@@ -43,10 +43,9 @@ impl Drop for Reaper {
         let pids = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         for pid in pids {
             // Only a live group leader we saw: never a reused pid in someone else's group.
-            if probe::read_stat(pid).is_ok_and(|s| !s.is_dead() && s.pgrp == pid) {
-                let _ = std::process::Command::new("/bin/kill")
-                    .args(["-s", "KILL", "--", &format!("-{pid}")])
-                    .status();
+            if probe::read_stat(pid).is_ok_and(|s| !s.is_dead() && i64::from(s.pgrp) == i64::from(pid)) {
+                let group = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+                let _ = enjin_sys::proc::signal_group(group, nix::sys::signal::Signal::SIGKILL);
             }
         }
     }

@@ -928,6 +928,7 @@ mod tests {
         plan::Host {
             dev_shm: true,
             system: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
+            resolv_conf_file: true,
             filters: crate::seccomp::programs().expect("filter"),
         }
     }

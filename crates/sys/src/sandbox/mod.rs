@@ -275,6 +275,10 @@ pub struct Jail {
     pub writable: Writable,
     /// Size of the `/dev/shm` tmpfs.
     pub shm_bytes: u64,
+    /// A host file shown read-only as the jail's `/etc/resolv.conf` (the instance's own
+    /// resolvers), when the host's `/etc/resolv.conf` is a regular file to mount it over;
+    /// `None` shows the host's.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The instance's writable filesystem, mounted in the sandbox's namespace on `mountpoint` (an
@@ -523,6 +527,7 @@ pub fn spawn(mut spec: SandboxSpec) -> Result<Sandbox, SpawnError> {
     let host = plan::Host {
         dev_shm: Path::new("/dev/shm").is_dir(),
         system: if spec.jail.is_some() { plan::system_dirs() } else { Vec::new() },
+        resolv_conf_file: std::fs::symlink_metadata(plan::RESOLV_CONF).is_ok_and(|m| m.is_file()),
         filters: if spec.seccomp { seccomp_programs()? } else { Vec::new() },
     };
     let mut plan = plan::build(&spec, fds, host)?;

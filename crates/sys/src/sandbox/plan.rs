@@ -145,8 +145,14 @@ pub(crate) struct Host {
     /// The host's system directories for a jail: each path, and the target when it is a
     /// symlink.
     pub system: Vec<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    /// Whether the host's [`RESOLV_CONF`] is a regular file (a jail's own can be mounted over
+    /// it only then).
+    pub resolv_conf_file: bool,
     pub filters: Vec<seccompiler::BpfProgram>,
 }
+
+/// Where programs look for their resolvers.
+pub(crate) const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The host's [`super::SYSTEM_DIRS`] that exist, with their link targets.
 pub(crate) fn system_dirs() -> Vec<(std::path::PathBuf, Option<std::path::PathBuf>)> {
@@ -264,7 +270,7 @@ pub(crate) fn build(spec: &SandboxSpec, fds: ChildFds, host: Host) -> Result<Pla
         if !pid_ns {
             return Err(invalid("a jail needs a PID namespace of its own (its /proc is new)"));
         }
-        jail_steps(&mut steps, jail, &host.system, spec.uid, spec.gid)?;
+        jail_steps(&mut steps, jail, &host, spec.uid, spec.gid)?;
     } else {
         host_root_steps(&mut steps, spec, &workdir, dev_shm, pid_ns)?;
     }
@@ -392,15 +398,7 @@ const JAIL_OWN: [&str; 4] = ["/tmp", "/dev", "/proc", "/var"];
 pub(crate) const DEVICES: [(&str, u32, u32); 6] =
     [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-type SystemDirs = [(std::path::PathBuf, Option<std::path::PathBuf>)];
-
-fn jail_steps(
-    steps: &mut Vec<Step>,
-    jail: &Jail,
-    system: &SystemDirs,
-    uid: u32,
-    gid: u32,
-) -> Result<(), SpawnError> {
+fn jail_steps(steps: &mut Vec<Step>, jail: &Jail, host: &Host, uid: u32, gid: u32) -> Result<(), SpawnError> {
     use nix::mount::MsFlags;
     check_clean_absolute("jail root", &jail.root)?;
     check_clean_absolute("jail lower layer", &jail.lower)?;
@@ -454,7 +452,7 @@ fn jail_steps(
         flags: nosuid_nodev,
         data: Some(c("tmpfs options", "mode=0755,size=1m")?),
     });
-    for (dir, link) in system {
+    for (dir, link) in &host.system {
         match link {
             Some(target) => steps.push(Step::Symlink {
                 target: path_cstring("link target", target)?,
@@ -478,6 +476,26 @@ fn jail_steps(
                 });
             }
         }
+    }
+
+    // The instance's resolvers over the host's, where /etc is the host's directory.
+    let etc_mounted = host.system.iter().any(|(d, link)| d == Path::new("/etc") && link.is_none());
+    if let Some(resolv) = jail.resolv_conf.as_ref().filter(|_| etc_mounted && host.resolv_conf_file) {
+        check_clean_absolute("resolv.conf", resolv)?;
+        let at = inside(root, Path::new(RESOLV_CONF))?;
+        steps.push(Step::Mount {
+            source: path_cstring("resolv.conf", resolv)?,
+            target: at.clone(),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+        });
+        steps.push(Step::SetAttr {
+            path: at,
+            recursive: false,
+            set: libc::MOUNT_ATTR_RDONLY | MS_NOSUID_NODEV,
+            clear: 0,
+        });
     }
 
     // The app: the package under the writable layer.
