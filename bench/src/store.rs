@@ -62,6 +62,8 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     rows.push(Row::write("CAS (mod_revision) + put, own key per task", cas));
     let hot = cas_hot_key(&store, &value, TASKS, limits).await?;
     rows.push(Row::write("CAS (mod_revision) + put, 1 shared key, retry until won", hot));
+    let reread = cas_hot_key_reread(&store, &value, TASKS, limits).await?;
+    rows.push(Row::write("CAS (mod_revision) + put, 1 shared key, get then CAS, re-read on loss", reread));
     // Reads of the keys the first row wrote: what each store read the API makes costs.
     let written = rows[0].sample.ops().max(1);
     for tasks in [1, TASKS] {
@@ -132,12 +134,13 @@ async fn cas(
     key: &str,
     rev: Revision,
     value: &[u8],
+    lost: u64,
 ) -> Result<(bool, Revision), enjin_store::StoreError> {
     let txn = Txn::new()
         .when([Compare::mod_revision(key, rev)])
         .then([Op::put(key, value)])
         .otherwise([Op::get(key)]);
-    let resp = store.txn(txn).await?;
+    let resp = store.txn(retried(txn, lost)).await?;
     if resp.succeeded {
         // The put is the only write of the txn: the key's new mod_revision is the txn's.
         return Ok((true, resp.revision));
@@ -172,7 +175,7 @@ async fn cas_own_keys(
             };
             while budget.claim().is_some() {
                 let start = Instant::now();
-                match cas(&store, &key, rev, &value).await {
+                match cas(&store, &key, rev, &value, 0).await {
                     Ok((won, now)) => {
                         rev = now;
                         if won {
@@ -211,15 +214,18 @@ async fn cas_hot_key(
             let mut rev = seed_rev;
             'ops: while budget.claim().is_some() {
                 let start = Instant::now();
+                let mut lost = 0;
                 loop {
-                    match cas(&store, KEY, rev, &value).await {
+                    match cas(&store, KEY, rev, &value, lost).await {
                         Ok((true, now)) => {
                             rev = now;
                             report.latencies.push(start.elapsed());
+                            report.most_conflicts = report.most_conflicts.max(lost);
                             break;
                         }
                         Ok((false, now)) => {
                             rev = now;
+                            lost += 1;
                             report.conflicts += 1;
                             // An update still losing at the deadline is dropped, not counted.
                             if budget.expired() {
@@ -237,4 +243,71 @@ async fn cas_hot_key(
         }
     })
     .await
+}
+
+/// The usual read-modify-write: read the shared key, compare-and-swap on the revision read,
+/// and on a loss read it again and retry. The latency is that of one successful update: its
+/// first read, every lost attempt and every re-read.
+async fn cas_hot_key_reread(
+    store: &Arc<SqliteStore>,
+    value: &Arc<[u8]>,
+    tasks: usize,
+    limits: Limits,
+) -> anyhow::Result<Sample> {
+    const KEY: &str = "/bench/hot-reread";
+    store
+        .txn(Txn::new().then([Op::put(KEY, &value[..])]))
+        .await
+        .context("failed to seed the shared CAS key")?;
+    run::run(tasks, limits, |_, budget| {
+        let (store, value) = (Arc::clone(store), Arc::clone(value));
+        async move {
+            let mut report = TaskReport::default();
+            'ops: while budget.claim().is_some() {
+                let start = Instant::now();
+                let mut lost = 0;
+                loop {
+                    let rev = match store.get(KEY).await {
+                        Ok(Some(kv)) => kv.mod_revision,
+                        Ok(None) => {
+                            report.error(format!("{KEY} is missing"));
+                            break 'ops;
+                        }
+                        Err(e) => {
+                            report.error(e);
+                            break 'ops;
+                        }
+                    };
+                    let txn =
+                        Txn::new().when([Compare::mod_revision(KEY, rev)]).then([Op::put(KEY, &value[..])]);
+                    match store.txn(retried(txn, lost)).await {
+                        Ok(resp) if resp.succeeded => {
+                            report.latencies.push(start.elapsed());
+                            report.most_conflicts = report.most_conflicts.max(lost);
+                            break;
+                        }
+                        Ok(_) => {
+                            lost += 1;
+                            report.conflicts += 1;
+                            // An update still losing at the deadline is dropped, not counted.
+                            if budget.expired() {
+                                break 'ops;
+                            }
+                        }
+                        Err(e) => {
+                            report.error(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            report
+        }
+    })
+    .await
+}
+
+/// Tells the store how many times this update has already lost its compare.
+fn retried(txn: Txn, lost: u64) -> Txn {
+    txn.retry(u32::try_from(lost).unwrap_or(u32::MAX))
 }

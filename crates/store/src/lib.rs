@@ -163,6 +163,12 @@ pub struct Txn {
     pub compare: Vec<Compare>,
     pub success: Vec<Op>,
     pub failure: Vec<Op>,
+    /// How many times the caller already sent this update and lost its compare. A scheduling
+    /// hint only: of the transactions waiting for the store at the same time, those that lost
+    /// more often run first, so a contended compare-and-swap retried with it wins within a
+    /// bounded number of attempts. It never changes what the transaction does, and a backend
+    /// without a writer queue may ignore it.
+    pub retry: u32,
 }
 
 impl Txn {
@@ -182,6 +188,12 @@ impl Txn {
 
     pub fn otherwise(mut self, ops: impl IntoIterator<Item = Op>) -> Self {
         self.failure.extend(ops);
+        self
+    }
+
+    /// Marks this as the `retry`-th resend of an update whose compare lost (see [`Txn::retry`]).
+    pub fn retry(mut self, retry: u32) -> Self {
+        self.retry = retry;
         self
     }
 

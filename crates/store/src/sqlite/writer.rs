@@ -4,7 +4,40 @@
 //! transaction, the transaction commits (one fsync for the group), and only then are the new
 //! revision published and the callers answered. A command that fails rolls back its savepoint
 //! alone; the others in the group are not affected.
+//!
+//! # Fairness under contention
+//!
+//! Many callers doing compare-and-swap on one key race: in each group only the first
+//! transaction whose compare holds wins, the others fail and retry. Answering a group in
+//! arrival order made that race unfair in two ways. The caller answered first is also first
+//! back, so it kept winning. And the callers split into two cohorts that alternate groups: the
+//! group that forms while one cohort's retries are still on their way holds only the other
+//! cohort, so every group after a win is full of revisions that win made stale, and the
+//! cohort that lands there can lose for seconds. The writer removes both:
+//!
+//! - **Order within a group.** Of the commands queued together (none was answered yet, so any
+//!   order is a valid serial order), the transactions whose compares hold at the start of the
+//!   group run first, the longest-losing first ([`Txn::retry`](crate::Txn::retry)), then
+//!   those already stale. So the win goes to the caller that has lost most often, and every
+//!   loser's failure branch (an `Op::get` there saves a separate read) sees the winner's write.
+//! - **Gathering the retries.** After a group in which transactions lost a compare, the writer
+//!   waits for as many new commands as there were losers, at most [`LINGER`], before it starts
+//!   the next group, so that the retries run together rather than split across two groups.
+//!   Commands that were already queued join that group too. A group without a lost compare
+//!   never waits.
+//! - The losers are answered before the other callers of their group.
+//!
+//! The bound this gives: with `n` callers each retrying a lost update with its count, every
+//! group holds each of them once, with a revision that is current, and the one that has lost
+//! most wins. A caller that lost `k` times is passed only by callers that lost at least as
+//! often; each of those leaves the race when it wins (its next update starts at 0) and no one
+//! joins it, so an update wins within `n` groups. A caller slower than [`LINGER`] to retry
+//! misses one group and comes back with a higher count. Callers that do not pass a count are
+//! ordered by arrival, which the answer order above keeps roughly round-robin. Only scheduling
+//! changes: a compare that fails still fails, and the revision, durability and watch rules
+//! are those of any serial order.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
@@ -22,6 +55,12 @@ use crate::{Lease, LeaseId, Revision, StoreError, Txn, TxnResponse};
 /// How long an expiry that failed waits before it is tried again, so that a broken disk does
 /// not turn the writer into a busy loop.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest the writer waits for the retries of a group's lost compares before it starts
+/// the next group (see the module docs). A retry takes a caller a wakeup and perhaps a read,
+/// tens to hundreds of microseconds; the wait costs its full length only when losers do not
+/// retry, and only after a group in which a compare lost.
+const LINGER: Duration = Duration::from_millis(2);
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -56,6 +95,14 @@ pub(super) enum Command {
 }
 
 impl Command {
+    /// The caller's count of lost attempts, for ordering a group.
+    fn retry(&self) -> u32 {
+        match self {
+            Command::Txn { txn, .. } => txn.retry,
+            _ => 0,
+        }
+    }
+
     /// Answers without running it; hands back a `Close`'s reply for the caller to answer last.
     fn refuse(self, err: impl Fn() -> StoreError) -> Option<oneshot::Sender<()>> {
         // A caller that went away no longer wants the answer: ignoring a failed send is right.
@@ -149,6 +196,9 @@ struct Batch {
     next_lease: LeaseId,
     changes: Vec<LeaseChange>,
     outcomes: Vec<Outcome>,
+    /// Answers of transactions that lost a compare to another of the group or were already
+    /// stale: sent first, and counted to know how many retries to wait for.
+    lost: Vec<Outcome>,
 }
 
 pub(super) struct Writer {
@@ -163,6 +213,10 @@ pub(super) struct Writer {
     next_lease: LeaseId,
     leases: HashMap<LeaseId, LeaseTimer>,
     deadlines: BTreeSet<(Instant, LeaseId)>,
+    /// Commands taken off the queue before the last group was answered, for the next group.
+    held: Vec<Command>,
+    /// How many retries of the last group's lost compares to wait for.
+    losers: usize,
 }
 
 impl Writer {
@@ -187,6 +241,8 @@ impl Writer {
             next_lease: opened.next_lease,
             leases: HashMap::new(),
             deadlines: BTreeSet::new(),
+            held: Vec::new(),
+            losers: 0,
         };
         // As etcd does, a lease's clock restarts on open: the time the store was down does
         // not count against it.
@@ -217,22 +273,36 @@ impl Writer {
     fn serve(&mut self) -> Option<oneshot::Sender<()>> {
         tracing::info!(revision = self.revision, leases = self.leases.len(), "state store writer started");
         loop {
-            let first = match self.deadlines.first() {
-                None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(&(deadline, _)) => {
-                    self.commands.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            let mut commands = std::mem::take(&mut self.held);
+            let held = commands.len();
+            if commands.is_empty() {
+                let first = match self.deadlines.first() {
+                    None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(&(deadline, _)) => {
+                        self.commands.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    }
+                };
+                match first {
+                    Ok(command) => commands.push(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return None,
                 }
-            };
-            let mut commands = Vec::new();
-            match first {
-                Ok(command) => commands.push(command),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return None,
             }
             while commands.len() < self.max_batch {
                 match self.commands.try_recv() {
                     Ok(command) => commands.push(command),
                     Err(_) => break,
+                }
+            }
+            let wanted = (held + std::mem::take(&mut self.losers)).min(self.max_batch);
+            if commands.len() < wanted {
+                let until = Instant::now() + LINGER;
+                while commands.len() < wanted {
+                    match self.commands.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(command) => commands.push(command),
+                        // Gone senders show at the next receive; run what is here first.
+                        Err(_) => break,
+                    }
                 }
             }
             if let Some(close) = self.commit_batch(commands) {
@@ -242,8 +312,8 @@ impl Writer {
     }
 
     fn shutdown(self, close: Option<oneshot::Sender<()>>) {
-        let Writer { path, conn, lock, commands, revisions, revision, .. } = self;
-        while let Ok(command) = commands.try_recv() {
+        let Writer { path, conn, lock, commands, revisions, revision, held, .. } = self;
+        for command in held.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
             if let Some(reply) = command.refuse(|| StoreError::Closed) {
                 let _ = reply.send(());
             }
@@ -345,12 +415,13 @@ impl Writer {
             next_lease: self.next_lease,
             changes: Vec::new(),
             outcomes: Vec::with_capacity(count),
+            lost: Vec::new(),
         };
         let mut fatal = None;
         if !expired.is_empty() {
             fatal = self.expire(&mut batch, &expired);
         }
-        for command in commands {
+        for (command, competed) in self.schedule(commands) {
             if let Some(Fatal(msg)) = &fatal {
                 close = close.or(command.refuse(|| backend(&self.path, "failed to write", msg)));
             } else if close.is_some() {
@@ -358,7 +429,7 @@ impl Writer {
             } else if let Command::Close { reply } = command {
                 close = Some(reply);
             } else {
-                fatal = self.apply(command, &mut batch);
+                fatal = self.apply(command, competed, &mut batch);
             }
         }
 
@@ -382,8 +453,24 @@ impl Writer {
                 if changed {
                     self.revisions.send_replace(self.revision);
                 }
-                tracing::debug!(commands = count, revision = self.revision, "committed group");
-                for outcome in batch.outcomes {
+                tracing::debug!(
+                    commands = count,
+                    lost = batch.lost.len(),
+                    revision = self.revision,
+                    "committed group"
+                );
+                if !batch.lost.is_empty() {
+                    // What is queued now was sent before any loser could retry: it goes into
+                    // the next group, and the wait for the retries comes on top of it.
+                    while self.held.len() < self.max_batch {
+                        match self.commands.try_recv() {
+                            Ok(command) => self.held.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    self.losers = batch.lost.len();
+                }
+                for outcome in batch.lost.into_iter().chain(batch.outcomes) {
                     outcome.send();
                 }
             }
@@ -396,7 +483,7 @@ impl Writer {
                 tracing::error!(error = %msg, commands = count, "state store group failed to commit");
                 let postponed = expired.into_iter().map(LeaseChange::Postponed).collect();
                 self.apply_lease_changes(postponed, now);
-                for outcome in batch.outcomes {
+                for outcome in batch.lost.into_iter().chain(batch.outcomes) {
                     outcome.fail(|| backend(&self.path, "failed to commit to", &msg)).send();
                 }
             }
@@ -447,8 +534,49 @@ impl Writer {
         }
     }
 
-    /// Runs one command in its own savepoint and records its answer in `batch`.
-    fn apply(&self, command: Command, batch: &mut Batch) -> Option<Fatal> {
+    /// Orders one group for fairness (see the module docs): the transactions whose compares
+    /// hold now first, each part by how often its caller already lost, then arrival. Pairs each
+    /// command with whether it competed: whether its compares were checked up front, which is
+    /// done only when at least two transactions of the group have compares. Commands after a
+    /// `Close` stay where they are, to be refused.
+    fn schedule(&self, commands: Vec<Command>) -> Vec<(Command, bool)> {
+        let guarded =
+            |command: &Command| matches!(command, Command::Txn { txn, .. } if !txn.compare.is_empty());
+        let contended = commands.iter().filter(|command| guarded(command)).count() >= 2;
+        let mut keyed: Vec<(Command, bool, bool)> = commands
+            .into_iter()
+            .map(|command| {
+                let holds = match &command {
+                    Command::Txn { txn, .. } if contended => self.compares_hold(txn),
+                    _ => true,
+                };
+                let competes = contended && guarded(&command);
+                (command, holds, competes)
+            })
+            .collect();
+        if contended {
+            let end = keyed
+                .iter()
+                .position(|(command, ..)| matches!(command, Command::Close { .. }))
+                .unwrap_or(keyed.len());
+            // A stable sort: equals keep their arrival order.
+            keyed[..end].sort_by_key(|(command, holds, _)| (Reverse(*holds), Reverse(command.retry())));
+        }
+        keyed.into_iter().map(|(command, _, competes)| (command, competes)).collect()
+    }
+
+    /// Whether every compare of `txn` holds on the store as it is now. A read error counts as
+    /// holding: the transaction then meets it again when it runs, and reports it.
+    fn compares_hold(&self, txn: &Txn) -> bool {
+        txn.compare.iter().all(|compare| match ops::get_kv(&self.conn, &compare.key) {
+            Ok(kv) => ops::compare_holds(kv.as_ref(), compare),
+            Err(_) => true,
+        })
+    }
+
+    /// Runs one command in its own savepoint and records its answer in `batch`. A transaction
+    /// that `competed` (see [`Writer::schedule`]) and failed its compare counts as a loser.
+    fn apply(&self, command: Command, competed: bool, batch: &mut Batch) -> Option<Fatal> {
         match command {
             Command::Txn { txn, reply } => {
                 let revision = batch.revision + 1;
@@ -467,7 +595,9 @@ impl Writer {
                         responses: outcome.responses,
                     }
                 });
-                batch.outcomes.push(Outcome::Txn(reply, result));
+                let lost = competed && result.as_ref().is_ok_and(|response| !response.succeeded);
+                let answers = if lost { &mut batch.lost } else { &mut batch.outcomes };
+                answers.push(Outcome::Txn(reply, result));
                 fatal
             }
             Command::LeaseGrant { ttl, reply } => {

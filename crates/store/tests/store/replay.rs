@@ -53,7 +53,7 @@ fn txn() -> impl Strategy<Value = Txn> {
         prop::collection::vec(op(), 0..4),
         prop::collection::vec(op(), 0..3),
     )
-        .prop_map(|(compare, success, failure)| Txn { compare, success, failure })
+        .prop_map(|(compare, success, failure)| Txn { compare, success, failure, retry: 0 })
 }
 
 /// Groups of transactions: the groups run one after the other, the transactions of one group
