@@ -67,7 +67,8 @@ impl fmt::Display for Role {
 
 /// First tokens the platform's own topics use. A `member` may use only topics outside them (its
 /// own inbox and the trust topic aside).
-pub const PLATFORM_NAMESPACES: &[&str] = &["state", INBOX, "packages", "logs", "stats", "observe", "edge"];
+pub const PLATFORM_NAMESPACES: &[&str] =
+    &["state", INBOX, "packages", "logs", "stats", "observe", "edge", "keys"];
 
 /// Allowed patterns of one role; `{id}` stands for the member's id.
 struct Rules {
@@ -84,17 +85,27 @@ struct Rules {
 /// or to its supervisor, so a host cannot speak for another host's nodes.
 const HOST: Rules = Rules {
     subscribe: &[TRUST_UPDATE_TOPIC, "state.desired.{id}", "logs.{id}", "_inbox.{id}.>"],
-    publish: &["observe.*", "stats.{id}", "packages.fetch", "_inbox.parent.>"],
+    publish: &[
+        "observe.*",
+        "stats.{id}",
+        "packages.fetch",
+        "_inbox.parent.>",
+        "keys.certificate",
+        "keys.rotate",
+    ],
 };
 
 /// The edge follows trust, the route table and the zone, and reports on itself.
 const EDGE: Rules = Rules {
     subscribe: &[TRUST_UPDATE_TOPIC, "state.routes", "state.dns", "_inbox.{id}.>"],
-    publish: &["observe.{id}", "edge.{id}"],
+    publish: &["observe.{id}", "edge.{id}", "keys.certificate", "keys.rotate"],
 };
 
 /// On top of topics outside [`PLATFORM_NAMESPACES`].
-const MEMBER: Rules = Rules { subscribe: &[TRUST_UPDATE_TOPIC, "_inbox.{id}.>"], publish: &[] };
+const MEMBER: Rules = Rules {
+    subscribe: &[TRUST_UPDATE_TOPIC, "_inbox.{id}.>"],
+    publish: &["keys.certificate", "keys.rotate"],
+};
 
 /// Permissions of one member, spelled out: what a NATS user of this member gets.
 #[derive(Debug, Clone, PartialEq, Eq)]

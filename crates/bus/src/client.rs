@@ -157,6 +157,8 @@ enum Command {
     },
     /// Ping the hub and report when it answers.
     Flush(oneshot::Sender<()>),
+    /// The TLS configuration changed: reconnect with it unless this session already uses it.
+    Reconnect,
 }
 
 /// Aborts the owner task when the client is dropped.
@@ -178,11 +180,14 @@ pub struct BusClient {
     subscription_queue: usize,
     stats: Arc<ClientStats>,
     /// Who this client is on the bus, from its certificate; `None` for a name without a role.
-    member: Option<Member>,
+    /// Replaced when the certificate is ([`BusClient::set_tls`]).
+    member: std::sync::RwLock<Option<Member>>,
     /// Used for inboxes only if the OS random source fails later: still unique, and unguessable
     /// to anyone who has not seen an earlier inbox of this client.
     inbox_prefix: String,
     inbox_seq: AtomicU64,
+    /// The TLS configuration connections are made with.
+    connector: SharedConnector,
     _owner: AbortOnDrop,
 }
 
@@ -205,12 +210,10 @@ impl BusClient {
         if config.ping_interval.is_zero() || config.ping_timeout.is_zero() {
             return Err(ClientError::Config("ping_interval and ping_timeout must be positive"));
         }
-        let connector = TlsConnector::from(tls::client_config(tls)?);
+        let connector = SharedConnector::new(TlsConnector::from(tls::client_config(tls)?));
         let server_name = tls::server_name(server_name)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
-        let member = tls::first_certificate_der(&tls.cert_pem)
-            .and_then(|der| tls::certificate_common_name(&der))
-            .and_then(|cn| Member::from_common_name(&cn).ok());
+        let member = member_of(tls);
         let inbox_prefix = match &member {
             Some(m) => acl::inbox_for(m.id()),
             None => random_inbox(),
@@ -224,11 +227,12 @@ impl BusClient {
         let owner = Owner {
             addr,
             server_name,
-            connector,
+            connector: connector.clone(),
             subscription_queue,
             config,
             commands: commands_rx,
             subs: HashMap::new(),
+            session_tls: 0,
             connected: connected_tx,
             stats: stats.clone(),
         };
@@ -240,9 +244,10 @@ impl BusClient {
             next_sid: AtomicU32::new(1),
             subscription_queue,
             stats,
-            member,
+            member: std::sync::RwLock::new(member),
             inbox_prefix,
             inbox_seq: AtomicU64::new(0),
+            connector,
             _owner: AbortOnDrop(task),
         })
     }
@@ -287,9 +292,30 @@ impl BusClient {
     }
 
     /// Who this client is on the bus, as its certificate names it.
-    pub fn member(&self) -> Option<&Member> {
-        self.member.as_ref()
+    pub fn member(&self) -> Option<Member> {
+        self.member.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
+
+    /// Use new TLS material (a renewed certificate, or one for a rotated key) from now on: the
+    /// client drops its connection once everything queued before the call is written, and
+    /// connects again at once with the new certificate. Subscriptions are renewed as after any
+    /// reconnection, and retained state is delivered again.
+    pub fn set_tls(&self, tls: &TlsMaterial) -> Result<(), ClientError> {
+        let connector = TlsConnector::from(tls::client_config(tls)?);
+        *self.member.write().unwrap_or_else(std::sync::PoisonError::into_inner) = member_of(tls);
+        self.connector.set(connector);
+        // Disconnected, the owner is not reading commands, and its next attempt uses the new
+        // configuration anyway: then this waits for the next session, which ignores it.
+        let _ = self.commands.try_send(Command::Reconnect);
+        Ok(())
+    }
+}
+
+/// Who a client is on the bus, from the common name of its certificate.
+fn member_of(tls: &TlsMaterial) -> Option<Member> {
+    tls::first_certificate_der(&tls.cert_pem)
+        .and_then(|der| tls::certificate_common_name(&der))
+        .and_then(|cn| Member::from_common_name(&cn).ok())
 }
 
 impl Transport for BusClient {
@@ -317,8 +343,12 @@ impl Transport for BusClient {
         }))
     }
 
+    fn connection_state(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.connected.clone())
+    }
+
     fn new_inbox(&self) -> String {
-        let fresh = match &self.member {
+        let fresh = match &self.member() {
             Some(m) => acl::inbox_for(m.id()),
             None => random_inbox(),
         };
@@ -337,6 +367,32 @@ fn queue_error<T>(e: mpsc::error::TrySendError<T>) -> TransportError {
     }
 }
 
+/// The TLS configuration the next connection uses, shared by the handle (which replaces it)
+/// and the owner task (which connects with it), with a generation that grows with each change.
+#[derive(Clone)]
+struct SharedConnector(Arc<std::sync::Mutex<(u64, TlsConnector)>>);
+
+impl SharedConnector {
+    fn new(connector: TlsConnector) -> Self {
+        Self(Arc::new(std::sync::Mutex::new((0, connector))))
+    }
+
+    fn get(&self) -> (u64, TlsConnector) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, connector: TlsConnector) {
+        let mut current = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = (current.0 + 1, connector);
+    }
+}
+
+impl std::fmt::Debug for SharedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedConnector").field(&self.get().0).finish()
+    }
+}
+
 /// A live subscription, as the owner task keeps it.
 struct Sub {
     pattern: String,
@@ -347,6 +403,8 @@ struct Sub {
 enum End {
     /// Every handle is gone: stop for good.
     Stopped,
+    /// The TLS configuration changed: connect again at once.
+    Renewed,
     Lost(String),
 }
 
@@ -354,7 +412,9 @@ enum End {
 struct Owner {
     addr: SocketAddr,
     server_name: ServerName<'static>,
-    connector: TlsConnector,
+    connector: SharedConnector,
+    /// The generation of the TLS configuration the current session connected with.
+    session_tls: u64,
     config: ClientConfig,
     subscription_queue: usize,
     commands: mpsc::Receiver<Command>,
@@ -369,7 +429,8 @@ impl Owner {
         let mut failures: u32 = 0;
         loop {
             match self.connect().await {
-                Ok(stream) => {
+                Ok((stream, generation)) => {
+                    self.session_tls = generation;
                     bump(&self.stats.connects);
                     info!(after_failures = failures, "connected to the hub");
                     failures = 0;
@@ -378,6 +439,10 @@ impl Owner {
                     self.connected.send_replace(false);
                     match end {
                         End::Stopped => return,
+                        End::Renewed => {
+                            info!("reconnecting with a new certificate");
+                            continue;
+                        }
                         End::Lost(reason) => {
                             bump(&self.stats.disconnects);
                             warn!(%reason, "lost the hub connection; reconnecting");
@@ -401,18 +466,19 @@ impl Owner {
     }
 
     /// TCP, mTLS, and one ping answered: only then is the hub known to have accepted us.
-    async fn connect(&self) -> Result<TlsStream<TcpStream>, ConnectError> {
+    async fn connect(&self) -> Result<(TlsStream<TcpStream>, u64), ConnectError> {
         let attempt = async {
             let tcp = TcpStream::connect(self.addr).await?;
             // Frames are small and latency matters more than packet count.
             tcp.set_nodelay(true)?;
-            let mut tls = self.connector.connect(self.server_name.clone(), tcp).await?;
+            let (generation, connector) = self.connector.get();
+            let mut tls = connector.connect(self.server_name.clone(), tcp).await?;
             let mut ping = Vec::new();
             Frame::Ping.encode(&mut ping)?;
             tls.write_all(&ping).await?;
             tls.flush().await?;
             match frame::read_frame(&mut tls, &mut Vec::new()).await? {
-                Some(Frame::Pong) => Ok(tls),
+                Some(Frame::Pong) => Ok((tls, generation)),
                 Some(_) => Err(ConnectError::Protocol),
                 None => Err(ConnectError::Refused),
             }
@@ -451,13 +517,22 @@ impl Owner {
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else { return End::Stopped };
-                    self.apply(command, &mut buf, &mut pings);
+                    let mut renewed = self.apply(command, &mut buf, &mut pings);
                     // Batch whatever else is queued into the same write.
-                    while buf.len() < WRITE_BATCH {
+                    while buf.len() < WRITE_BATCH && !renewed {
                         match self.commands.try_recv() {
-                            Ok(command) => self.apply(command, &mut buf, &mut pings),
+                            Ok(command) => renewed = self.apply(command, &mut buf, &mut pings),
                             Err(_) => break,
                         }
+                    }
+                    if renewed {
+                        return match write(&mut writer, &mut buf, write_timeout).await {
+                            Ok(()) => {
+                                let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+                                End::Renewed
+                            }
+                            Err(e) => End::Lost(e),
+                        };
                     }
                 }
                 frame = inbound.recv() => match frame {
@@ -494,12 +569,13 @@ impl Owner {
         }
     }
 
+    /// Apply one command; `true` when the session must end to reconnect with new TLS.
     fn apply(
         &mut self,
         command: Command,
         buf: &mut Vec<u8>,
         pings: &mut VecDeque<(Instant, Option<oneshot::Sender<()>>)>,
-    ) {
+    ) -> bool {
         match command {
             Command::Publish(encoded) => buf.extend_from_slice(&encoded),
             Command::Subscribe { sid, pattern, tx } => {
@@ -515,7 +591,9 @@ impl Owner {
                 pings.push_back((Instant::now(), Some(done)));
                 encode(&Frame::Ping, buf);
             }
+            Command::Reconnect => return self.connector.get().0 > self.session_tls,
         }
+        false
     }
 
     fn deliver(&mut self, sid: u32, msg: Message, buf: &mut Vec<u8>) {

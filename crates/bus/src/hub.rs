@@ -25,6 +25,15 @@
 //! refused one is answered with a REFUSED frame (the connection stays, as with NATS's
 //! permissions violation) and counted in `subscribe_refused` / `publish_refused`. A certificate
 //! whose name carries no role may do nothing but ping.
+//!
+//! # Certificates that stop counting
+//! With an admission check ([`Hub::with_admission`]), a member's certificate is only as good as
+//! the bus key it is bound to ([`tls::certificate_bound_key`]): the check runs after the
+//! handshake (a refused member is closed before it takes a slot, `certificates_refused`) and
+//! again every [`RECHECK_EVERY`] for as long as the connection lives, so a revoked or retired
+//! key's connections end within that period (`certificates_revoked`). A connection also ends
+//! when its certificate expires (`certificates_expired`): the member reconnects with the
+//! certificate it renewed meanwhile.
 //! - One router task owns all routing state (connections, subscriptions, retained messages).
 //!   Readers send it commands over a bounded channel, so a flood of publishes pushes back through
 //!   TCP onto the publisher. The router itself never awaits a socket: it only `try_send`s.
@@ -42,6 +51,9 @@
 //! The last message published on each topic starting with `retained_prefix` is kept (at most
 //! `max_retained` topics) and delivered at once to every new matching subscription. Publishing an
 //! empty payload on such a topic clears it. An empty `retained_prefix` disables retention.
+//! With `retained_dir`, retained messages are also kept on disk ([`crate::retained`]) and loaded
+//! again (through the filter) when the hub starts, so a restarted hub hands members their state
+//! the moment they resubscribe, before any publisher has reconnected.
 //!
 //! # Protocol errors
 //! A frame that does not decode, a frame only the hub may send, or more than
@@ -64,6 +76,8 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 
 use crate::acl::Member;
 use crate::frame::{self, Frame, Refusal};
+use crate::identity::KeyId;
+use crate::retained;
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::topic;
 use crate::transport::Message;
@@ -79,6 +93,15 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// A hook that sees every published message at the edge, before the access rules; returning
 /// `false` drops it (counted in `filtered`, not answered). Example: drop payloads that are not signed envelopes before they are fanned out.
 pub type Filter = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
+
+/// A hook that decides whether a verified member may stay connected: given its role and id
+/// (from the certificate's common name) and the bus key its certificate is bound to, `Err`
+/// with the reason closes the connection. Called after each handshake and every
+/// [`RECHECK_EVERY`] for each connection, so it must be cheap (read an in-memory table).
+pub type Admission = Arc<dyn Fn(&Member, Option<&KeyId>) -> Result<(), String> + Send + Sync>;
+
+/// How often each connection's member is checked again against the admission hook.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Hub settings. Validated by [`Hub::bind`].
 #[derive(Debug, Clone)]
@@ -106,6 +129,9 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// Time allowed for one write to a connection.
     pub write_timeout: Duration,
+    /// Where retained messages are kept across restarts (0700, created if missing); `None`
+    /// keeps them in memory only.
+    pub retained_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -121,6 +147,7 @@ impl Default for HubConfig {
             handshake_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
+            retained_dir: None,
         }
     }
 }
@@ -134,6 +161,8 @@ pub enum HubError {
     Tls(#[from] TlsError),
     #[error("failed to bind the hub to {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Retained(#[from] retained::RetainedError),
 }
 
 /// Counters for `/metrics`. All monotonic except `connections`, the number open now.
@@ -154,6 +183,9 @@ pub struct HubStats {
     malformed_frames: AtomicU64,
     subscriptions_refused: AtomicU64,
     retained_refused: AtomicU64,
+    certificates_refused: AtomicU64,
+    certificates_revoked: AtomicU64,
+    certificates_expired: AtomicU64,
 }
 
 /// A point-in-time copy of [`HubStats`].
@@ -190,6 +222,13 @@ pub struct HubStatsSnapshot {
     pub subscriptions_refused: u64,
     /// Retained messages not kept because `max_retained` was reached.
     pub retained_refused: u64,
+    /// Members closed right after their handshake by the admission check (revoked, retired or
+    /// unknown key).
+    pub certificates_refused: u64,
+    /// Members disconnected later because the admission check stopped admitting them.
+    pub certificates_revoked: u64,
+    /// Members disconnected because their certificate expired.
+    pub certificates_expired: u64,
 }
 
 impl HubStats {
@@ -211,6 +250,9 @@ impl HubStats {
             malformed_frames: get(&self.malformed_frames),
             subscriptions_refused: get(&self.subscriptions_refused),
             retained_refused: get(&self.retained_refused),
+            certificates_refused: get(&self.certificates_refused),
+            certificates_revoked: get(&self.certificates_revoked),
+            certificates_expired: get(&self.certificates_expired),
         }
     }
 }
@@ -299,6 +341,9 @@ pub struct Hub {
     config: Arc<HubConfig>,
     stats: Arc<HubStats>,
     filter: Option<Filter>,
+    admission: Option<Admission>,
+    /// Retained messages loaded from `retained_dir` at bind.
+    retained: Vec<Message>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -333,6 +378,10 @@ impl Hub {
         let acceptor = TlsAcceptor::from(tls::server_config(tls)?);
         let listener = TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
+        let retained = match &config.retained_dir {
+            Some(dir) => retained::load(dir, &config.retained_prefix, config.max_retained)?,
+            None => Vec::new(),
+        };
         Ok(Hub {
             listener,
             local_addr,
@@ -340,12 +389,21 @@ impl Hub {
             config: Arc::new(config),
             stats: Arc::default(),
             filter: None,
+            admission: None,
+            retained,
         })
     }
 
-    /// Drop published messages for which `filter` returns `false`, before routing.
+    /// Drop published messages for which `filter` returns `false`, before routing. Retained
+    /// messages loaded from disk pass through it too, when the hub starts.
     pub fn with_filter(mut self, filter: Filter) -> Self {
         self.filter = Some(filter);
+        self
+    }
+
+    /// Admit members only while `admission` says so: see the module documentation.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
         self
     }
 
@@ -362,16 +420,29 @@ impl Hub {
     /// Serve until `shutdown` completes; then stop accepting, close every connection (aborting any
     /// that take longer than a short grace period), release the port and return.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Hub { listener, local_addr, acceptor, config, stats, filter } = self;
+        let Hub { listener, local_addr, acceptor, config, stats, filter, admission, retained } = self;
         let span = info_span!("bus_hub", addr = %local_addr);
         async move {
             let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
-            let router = Router {
+            let persist = config.retained_dir.clone().map(retained::spawn_writer);
+            let mut router = Router {
                 config: config.clone(),
                 stats: stats.clone(),
                 conns: HashMap::new(),
                 retained: HashMap::new(),
+                persist,
             };
+            // What was kept on disk is state again, if it still passes the filter (a message
+            // signed by a key revoked meanwhile does not).
+            let loaded = retained.len();
+            for msg in retained {
+                if filter.as_ref().is_none_or(|f| f(&msg)) {
+                    router.retained.insert(msg.topic.clone(), Arc::new(msg));
+                }
+            }
+            if loaded > 0 {
+                info!(loaded, kept = router.retained.len(), "retained messages loaded from disk");
+            }
             let mut router = AbortOnDrop(tokio::spawn(router.run(router_rx).in_current_span()));
             let (stop_tx, stop_rx) = watch::channel(());
             let members = Arc::new(Semaphore::new(config.max_connections));
@@ -419,6 +490,7 @@ impl Hub {
                     stats: stats.clone(),
                     router: router_tx.clone(),
                     filter: filter.clone(),
+                    admission: admission.clone(),
                     member: None,
                 };
                 let members = members.clone();
@@ -515,6 +587,8 @@ struct Router {
     stats: Arc<HubStats>,
     conns: HashMap<u64, RoutedConn>,
     retained: HashMap<String, Arc<Message>>,
+    /// Where changes to retained messages go to be written to disk.
+    persist: Option<mpsc::UnboundedSender<retained::Change>>,
 }
 
 /// Why the router stops routing to a connection.
@@ -633,11 +707,20 @@ impl Router {
         }
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
+            self.persist(msg);
         } else if self.retained.len() < self.config.max_retained || self.retained.contains_key(&msg.topic) {
             self.retained.insert(msg.topic.clone(), msg.clone());
+            self.persist(msg);
         } else {
             bump(&self.stats.retained_refused);
             warn!(topic = %msg.topic, max = self.config.max_retained, "retained topic limit reached; message delivered but not kept");
+        }
+    }
+
+    fn persist(&self, msg: &Arc<Message>) {
+        if let Some(tx) = &self.persist {
+            // The writer only stops with the hub.
+            let _ = tx.send(msg.clone());
         }
     }
 
@@ -676,6 +759,7 @@ struct Connection {
     stats: Arc<HubStats>,
     router: mpsc::Sender<RouterCmd>,
     filter: Option<Filter>,
+    admission: Option<Admission>,
     /// Who the peer is, from its certificate; `None` until the handshake, or when its name
     /// carries no role (then it may do nothing but ping).
     member: Option<Member>,
@@ -700,11 +784,6 @@ impl Connection {
         };
         // The handshake is over: its budget is free for the next one.
         drop(handshaking);
-        let Ok(_slot) = members.try_acquire_owned() else {
-            bump(&self.stats.connections_refused);
-            warn!(max = self.config.max_connections, "every member slot is taken; connection closed");
-            return;
-        };
         let cert = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
         let peer: Arc<str> =
             cert.and_then(|cert| tls::peer_name(cert)).unwrap_or_else(|| "unnamed".to_owned()).into();
@@ -722,6 +801,26 @@ impl Connection {
                 None
             }
         };
+        let bound_key = cert.and_then(|cert| tls::certificate_bound_key(cert));
+        // Valid through its last second, as the handshake's own check counts it.
+        let expires =
+            cert.and_then(|cert| tls::certificate_not_after(cert)).map(|t| instant_of(t.saturating_add(1)));
+        if let Some(admission) = &self.admission {
+            let verdict = match &self.member {
+                Some(member) => admission(member, bound_key.as_ref()),
+                None => Err("the certificate names no bus role".to_owned()),
+            };
+            if let Err(reason) = verdict {
+                bump(&self.stats.certificates_refused);
+                warn!(%reason, "certificate refused after the handshake");
+                return;
+            }
+        }
+        let Ok(_slot) = members.try_acquire_owned() else {
+            bump(&self.stats.connections_refused);
+            warn!(max = self.config.max_connections, "every member slot is taken; connection closed");
+            return;
+        };
         let _open = OpenConnection::new(self.stats.clone());
         info!("connected");
 
@@ -737,6 +836,7 @@ impl Connection {
         ));
         let reason = tokio::select! {
             reason = self.read_loop(&mut reader) => reason,
+            reason = self.standing(bound_key.as_ref(), expires) => reason,
             evicted = &mut kill_rx => match evicted {
                 Ok(()) => "evicted by the router",
                 Err(_) => "hub stopping",
@@ -749,6 +849,45 @@ impl Connection {
         drop(writer);
         let _ = self.router.send(RouterCmd::Detach { conn: self.id }).await;
         info!(reason, "disconnected");
+    }
+
+    /// Returns when the member's certificate stops counting: it expired, or the admission
+    /// check no longer admits its member (checked every [`RECHECK_EVERY`]).
+    async fn standing(
+        &self,
+        bound_key: Option<&KeyId>,
+        expires: Option<tokio::time::Instant>,
+    ) -> &'static str {
+        let expiry = async {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let revoked = async {
+            let (Some(admission), Some(member)) = (&self.admission, &self.member) else {
+                return std::future::pending().await;
+            };
+            let mut tick = tokio::time::interval(RECHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(reason) = admission(member, bound_key) {
+                    warn!(%reason, "member no longer admitted; disconnecting");
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = expiry => {
+                bump(&self.stats.certificates_expired);
+                "certificate expired"
+            }
+            () = revoked => {
+                bump(&self.stats.certificates_revoked);
+                "certificate revoked"
+            }
+        }
     }
 
     /// Read frames until the connection should close; returns why.
@@ -821,6 +960,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// The monotonic instant at which a wall-clock time (seconds since the Unix epoch) is reached;
+/// now, if it has passed.
+fn instant_of(unix_seconds: i64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let at = Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
+    tokio::time::Instant::now() + at.saturating_sub(now)
 }
 
 /// Drain the outbound queue into the socket until the router drops the queue or a write fails.

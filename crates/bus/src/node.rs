@@ -65,7 +65,9 @@ pub fn bundle_from_birth(sealed: &[u8]) -> Result<TrustBundle, NodeError> {
 /// One node's presence on the bus.
 pub struct BusNode {
     transport: Arc<dyn Transport>,
-    publisher: Publisher,
+    /// Signs as this node; replaced when the node rotates its key.
+    publisher: std::sync::RwLock<Arc<Publisher>>,
+    ring: u8,
     trust: watch::Receiver<TrustBundle>,
     config: VerifierConfig,
     counters: Arc<Counters>,
@@ -74,7 +76,7 @@ pub struct BusNode {
 
 impl std::fmt::Debug for BusNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BusNode").field("key", &self.publisher.identity().key_id()).finish_non_exhaustive()
+        f.debug_struct("BusNode").field("key", &self.key_id()).finish_non_exhaustive()
     }
 }
 
@@ -112,11 +114,30 @@ impl BusNode {
             }
         });
         let publisher = Publisher::starting_now(identity, ring, counters.clone());
-        Ok(BusNode { transport, publisher, trust: rx, config, counters, follower })
+        Ok(BusNode {
+            transport,
+            publisher: std::sync::RwLock::new(Arc::new(publisher)),
+            ring,
+            trust: rx,
+            config,
+            counters,
+            follower,
+        })
+    }
+
+    fn publisher(&self) -> Arc<Publisher> {
+        self.publisher.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn key_id(&self) -> KeyId {
-        self.publisher.identity().key_id()
+        self.publisher().identity().key_id()
+    }
+
+    /// Sign as `identity` from now on: the node rotated its key and its parent accepted the
+    /// new one.
+    pub fn adopt_identity(&self, identity: Identity) {
+        let publisher = Arc::new(Publisher::starting_now(identity, self.ring, self.counters.clone()));
+        *self.publisher.write().unwrap_or_else(std::sync::PoisonError::into_inner) = publisher;
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -126,6 +147,12 @@ impl BusNode {
     /// The trust set in force now.
     pub fn bundle(&self) -> TrustBundle {
         self.trust.borrow().clone()
+    }
+
+    /// Whether `env` (an envelope this node accepted) was signed by a parent key of its ring:
+    /// only the parent says what runs, routes and resolves.
+    pub fn is_from_parent(&self, env: &Envelope) -> bool {
+        self.trust.borrow().key(&env.sender()).is_some_and(|k| k.role == KeyRole::Parent)
     }
 
     /// Wait until the trust set reaches `version` (or later).
@@ -140,7 +167,7 @@ impl BusNode {
 
     /// Sign and publish.
     pub fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), NodeError> {
-        let sealed = self.publisher.seal(topic, None, payload, now_ms())?;
+        let sealed = self.publisher().seal(topic, None, payload, now_ms())?;
         Ok(self.transport.publish(topic, None, sealed)?)
     }
 
@@ -161,7 +188,7 @@ impl BusNode {
         // Subscribing first: the transport keeps per-connection order, so the inbox is
         // registered at the hub before the request can reach anyone who answers it.
         let mut replies = self.subscribe(&inbox)?;
-        let sealed = self.publisher.seal(topic, Some(&inbox), payload, now_ms())?;
+        let sealed = self.publisher().seal(topic, Some(&inbox), payload, now_ms())?;
         self.transport.publish(topic, Some(&inbox), sealed)?;
         let first = async {
             while let Some(env) = replies.next().await {
@@ -188,7 +215,7 @@ impl BusNode {
         let Some(inbox) = request.reply_to() else {
             return Err(NodeError::NoReplyTo { topic: request.topic().to_string() });
         };
-        let from_parent = self.bundle().key(&request.sender()).is_some_and(|k| k.role == KeyRole::Parent);
+        let from_parent = self.is_from_parent(request);
         if !from_parent || !acl::reply_allowed(PARENT_ID, inbox) {
             self.counters.reply_refused();
             return Err(NodeError::ForeignReplyTo {
@@ -196,7 +223,7 @@ impl BusNode {
                 reply_to: inbox.to_string(),
             });
         }
-        let sealed = self.publisher.seal(inbox, None, payload, now_ms())?;
+        let sealed = self.publisher().seal(inbox, None, payload, now_ms())?;
         Ok(self.transport.publish(inbox, None, sealed)?)
     }
 

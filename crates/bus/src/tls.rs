@@ -13,6 +13,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::identity::KeyId;
+
 /// The ALPN name of the hub protocol. It versions the wire format (see [`crate::frame`]): a hub
 /// and a client that speak different versions fail the handshake instead of misreading frames.
 pub const ALPN_PROTOCOL: &[u8] = b"enjin-bus/2";
@@ -104,6 +106,11 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    // No resumption: a resumed session skips verifying the client's certificate, so an
+    // expired one would keep getting in. Members connect for hours; a full handshake each
+    // time costs nothing worth keeping.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -115,6 +122,7 @@ pub fn client_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>
         .with_root_certificates(ring_roots(material)?)
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -160,8 +168,8 @@ pub fn first_certificate_der(cert_pem: &str) -> Option<CertificateDer<'static>> 
     CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next()?.ok()
 }
 
-/// A certificate's subject name and the bytes after it.
-fn subject(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A certificate's validity, subject name and the bytes after the subject.
+fn tbs_fields(cert_der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     let (_, certificate, _) = der::tlv(cert_der, der::SEQUENCE)?;
     let (_, tbs, _) = der::tlv(certificate, der::SEQUENCE)?;
     let mut rest = tbs;
@@ -169,24 +177,53 @@ fn subject(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
     if let Some((_, _, after)) = der::tlv(rest, 0xa0) {
         rest = after;
     }
-    // serialNumber, signature, issuer, validity.
-    for tag in [der::INTEGER, der::SEQUENCE, der::SEQUENCE, der::SEQUENCE] {
+    // serialNumber, signature, issuer.
+    for tag in [der::INTEGER, der::SEQUENCE, der::SEQUENCE] {
         rest = der::tlv(rest, tag)?.2;
     }
+    let (_, validity, rest) = der::tlv(rest, der::SEQUENCE)?;
     let (_, subject, after_subject) = der::tlv(rest, der::SEQUENCE)?;
-    Some((subject, after_subject))
+    Some((validity, subject, after_subject))
+}
+
+/// A certificate's subject name and the bytes after it.
+fn subject(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
+    tbs_fields(cert_der).map(|(_, subject, after)| (subject, after))
+}
+
+/// The bus key a member's certificate is bound to: the 64 hex digits the ring's key service
+/// writes into the subject's serialNumber attribute (see `enjin_pki::BOUND_KEY_OID`). `None`
+/// when there is none or it is not a key. Only meaningful on a verified certificate.
+pub fn certificate_bound_key(cert_der: &[u8]) -> Option<KeyId> {
+    let (subject, _) = subject(cert_der)?;
+    std::str::from_utf8(attribute(subject, OID_SERIAL_NUMBER)?).ok()?.parse().ok()
+}
+
+/// When a certificate stops being valid, in seconds since the Unix epoch. `None` when the DER
+/// is not what we expect.
+pub fn certificate_not_after(cert_der: &[u8]) -> Option<i64> {
+    let (validity, _, _) = tbs_fields(cert_der)?;
+    let (_, _, rest) = der::any_tlv(validity)?;
+    let (tag, time, _) = der::any_tlv(rest)?;
+    der::time(tag, time)
 }
 
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_SERIAL_NUMBER: &[u8] = &[0x55, 0x04, 0x05];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
 fn common_name(name: &[u8]) -> Option<&[u8]> {
+    attribute(name, OID_COMMON_NAME)
+}
+
+/// The value of the first attribute `oid` of a distinguished name.
+fn attribute<'a>(name: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
     let mut rdns = name;
     while let Some((_, rdn, after)) = der::tlv(rdns, der::SET) {
         let mut attrs = rdn;
         while let Some((_, attr, next)) = der::tlv(attrs, der::SEQUENCE) {
-            let (_, oid, value) = der::tlv(attr, der::OID)?;
-            if oid == OID_COMMON_NAME {
+            let (_, found, value) = der::tlv(attr, der::OID)?;
+            if found == oid {
                 return der::any_tlv(value).map(|(_, s, _)| s);
             }
             attrs = next;
@@ -237,6 +274,45 @@ mod der {
     /// The first element of `input` if its tag is `tag`: (tag, content, rest).
     pub fn tlv(input: &[u8], tag: u8) -> Option<(u8, &[u8], &[u8])> {
         any_tlv(input).filter(|(t, _, _)| *t == tag)
+    }
+
+    pub const UTC_TIME: u8 = 0x17;
+    pub const GENERALIZED_TIME: u8 = 0x18;
+
+    /// A UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as
+    /// seconds since the Unix epoch; other forms (fractions, offsets) are not used by X.509.
+    pub fn time(tag: u8, text: &[u8]) -> Option<i64> {
+        let digits = |s: &[u8]| -> Option<i64> {
+            s.iter().try_fold(0i64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0')))
+        };
+        let (year, rest) = match (tag, text.len()) {
+            (UTC_TIME, 13) => {
+                let yy = digits(text.get(..2)?)?;
+                (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+            }
+            (GENERALIZED_TIME, 15) => (digits(text.get(..4)?)?, text.get(4..)?),
+            _ => return None,
+        };
+        if rest.last() != Some(&b'Z') {
+            return None;
+        }
+        let field = |i: usize| digits(rest.get(i..i + 2)?);
+        let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        Some(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
+    }
+
+    /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (month + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
     }
 
     /// The first element of `input`, whatever its tag: (tag, content, rest).
@@ -335,11 +411,44 @@ mod tests {
         assert_eq!(certificate_common_name(&der_of(&nothing)), None);
     }
 
+    #[test]
+    fn bound_key_and_expiry_are_read_from_the_certificate() {
+        let ca = enjin_pki::RingCa::generate(1).expect("ca");
+        let key = crate::identity::Identity::generate().expect("key").key_id();
+        let validity = std::time::Duration::from_secs(3_600);
+        let issued = ca.issue_bound("host:x", &key.to_string(), validity).expect("issue");
+        let der = der_of(&issued.cert_pem);
+        assert_eq!(certificate_bound_key(&der), Some(key));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+            as i64;
+        let not_after = certificate_not_after(&der).expect("not after");
+        assert!((not_after - (now + 3_600)).abs() <= 2, "{not_after} vs {now} + 3600");
+        let unbound = ca.issue("host:y", &[], validity).expect("issue");
+        assert_eq!(certificate_bound_key(&der_of(&unbound.cert_pem)), None);
+    }
+
+    #[test]
+    fn times_are_read_as_x509_writes_them() {
+        assert_eq!(der::time(der::UTC_TIME, b"700101000000Z"), Some(0));
+        assert_eq!(der::time(der::UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der::time(der::GENERALIZED_TIME, b"20261205120000Z"), Some(1_796_472_000));
+        assert_eq!(der::time(der::GENERALIZED_TIME, b"2026120512000Z"), None);
+        assert_eq!(der::time(der::UTC_TIME, b"261305120000Z"), None, "month 13");
+        assert_eq!(der::time(der::UTC_TIME, b"26120512000+0"), None);
+    }
+
     proptest! {
         #[test]
         fn peer_name_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = peer_name(&bytes);
             let _ = certificate_common_name(&bytes);
+            let _ = certificate_bound_key(&bytes);
+            let _ = certificate_not_after(&bytes);
+        }
+
+        #[test]
+        fn times_never_panic(tag in any::<u8>(), text in prop::collection::vec(any::<u8>(), 0..20)) {
+            let _ = der::time(tag, &text);
         }
 
         #[test]

@@ -51,6 +51,13 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// A fresh, unguessable reply topic: `_inbox.<member id>.<random hex>`, under the member's
     /// own id (see [`crate::acl`]) where the transport knows it, else `_inbox.<random hex>`.
     fn new_inbox(&self) -> String;
+
+    /// Whether the transport is connected now, following changes, where the transport can
+    /// tell (`None` otherwise). A publisher of state uses it to publish again the moment it
+    /// reconnects, in case the other side lost what it kept.
+    fn connection_state(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// A stream of messages matching one pattern. Dropping it unsubscribes.

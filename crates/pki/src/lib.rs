@@ -12,9 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
+
+/// The subject attribute that binds a member's certificate to its bus key: X.520
+/// serialNumber (2.5.4.5), holding the key's 64 hex digits. The ring's hub refuses a
+/// certificate whose bound key the ring's trust no longer accepts.
+pub const BOUND_KEY_OID: &[u64] = &[2, 5, 4, 5];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -30,6 +35,8 @@ pub enum PkiError {
     BadKey { path: PathBuf, source: rcgen::Error },
     #[error("invalid certificate name {0:?}")]
     BadName(String),
+    #[error("invalid bound key {0:?}: expected 64 lowercase hex digits")]
+    BadKeyName(String),
     #[error("invalid certificate signing request: {0}")]
     BadCsr(rcgen::Error),
 }
@@ -58,6 +65,21 @@ pub struct Issued {
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"<secret>").finish()
+    }
+}
+
+/// A certificate signing request and the private key it was made for, both PEM.
+pub struct SigningRequest {
+    pub csr_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for SigningRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningRequest")
+            .field("csr_pem", &self.csr_pem)
+            .field("key_pem", &"<secret>")
+            .finish()
     }
 }
 
@@ -130,10 +152,18 @@ impl RingCa {
     }
 
     /// Sign a child's certificate signing request: the child keeps its TLS key. Only the CSR's
-    /// public key is used; name, usages and validity are the CA's choice, never the requester's.
-    pub fn sign_csr(&self, name: &str, csr_pem: &str, validity: Duration) -> Result<String, PkiError> {
+    /// public key is used; name, bound key, usages and validity are the CA's choice, never the
+    /// requester's. `bound_key` (64 hex digits) is written into the subject's serialNumber
+    /// attribute ([`BOUND_KEY_OID`]): the bus key whose revocation revokes the certificate.
+    pub fn sign_csr(
+        &self,
+        name: &str,
+        bound_key: Option<&str>,
+        csr_pem: &str,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
-        let params = self.leaf_params(name, &[], validity)?;
+        let params = self.leaf_params(name, bound_key, &[], validity)?;
         let cert = rcgen::CertificateSigningRequestParams { params, public_key: csr.public_key }
             .signed_by(&self.issuer)
             .map_err(|e| PkiError::Generate { what: format!("certificate for {name}"), source: e })?;
@@ -143,11 +173,17 @@ impl RingCa {
     fn leaf_params(
         &self,
         name: &str,
+        bound_key: Option<&str>,
         sans: &[String],
         validity: Duration,
     ) -> Result<CertificateParams, PkiError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(PkiError::BadName(name.to_string()));
+        }
+        if let Some(key) = bound_key
+            && !(key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        {
+            return Err(PkiError::BadKeyName(key.chars().take(80).collect()));
         }
         let mut params = CertificateParams::new(sans.to_vec()).map_err(|e| PkiError::Generate {
             what: format!("certificate parameters for {name}"),
@@ -157,6 +193,9 @@ impl RingCa {
         dn.push(DnType::OrganizationName, "enjin");
         dn.push(DnType::OrganizationalUnitName, format!("ring {}", self.ring));
         dn.push(DnType::CommonName, name);
+        if let Some(key) = bound_key {
+            dn.push(DnType::CustomDnType(BOUND_KEY_OID.to_vec()), DnValue::PrintableString(printable(key)?));
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -173,7 +212,23 @@ impl RingCa {
     /// A TLS certificate for `name` (its common name) with the given subject alternative names
     /// (DNS names or IP addresses), for both server and client authentication, with a new key.
     pub fn issue(&self, name: &str, sans: &[String], validity: Duration) -> Result<Issued, PkiError> {
-        let params = self.leaf_params(name, sans, validity)?;
+        self.issue_with(name, None, sans, validity)
+    }
+
+    /// Like [`RingCa::issue`], for a member whose bus key is `bound_key` (64 hex digits): see
+    /// [`RingCa::sign_csr`].
+    pub fn issue_bound(&self, name: &str, bound_key: &str, validity: Duration) -> Result<Issued, PkiError> {
+        self.issue_with(name, Some(bound_key), &[], validity)
+    }
+
+    fn issue_with(
+        &self,
+        name: &str,
+        bound_key: Option<&str>,
+        sans: &[String],
+        validity: Duration,
+    ) -> Result<Issued, PkiError> {
+        let params = self.leaf_params(name, bound_key, sans, validity)?;
         let key = KeyPair::generate()
             .map_err(|e| PkiError::Generate { what: format!("key for {name}"), source: e })?;
         let cert = params
@@ -181,6 +236,22 @@ impl RingCa {
             .map_err(|e| PkiError::Generate { what: format!("certificate for {name}"), source: e })?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// A new TLS key and a certificate signing request for it, both PEM, for a node asking its
+/// ring's CA for a certificate (the CA chooses every field but the public key).
+pub fn new_csr() -> Result<SigningRequest, PkiError> {
+    let what = || "certificate signing request".to_string();
+    let key = KeyPair::generate().map_err(|e| PkiError::Generate { what: what(), source: e })?;
+    let params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| PkiError::Generate { what: what(), source: e })?;
+    let csr = params.serialize_request(&key).map_err(|e| PkiError::Generate { what: what(), source: e })?;
+    let csr_pem = csr.pem().map_err(|e| PkiError::Generate { what: what(), source: e })?;
+    Ok(SigningRequest { csr_pem, key_pem: key.serialize_pem() })
+}
+
+fn printable(key: &str) -> Result<rcgen::string::PrintableString, PkiError> {
+    rcgen::string::PrintableString::try_from(key).map_err(|_| PkiError::BadKeyName(key.to_string()))
 }
 
 /// Write a private file: created 0600 under a temporary name, synced, then renamed into place,
@@ -242,9 +313,19 @@ mod tests {
         let mut params = CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, "i-am-the-ca");
         let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
-        let cert = ca.sign_csr("host-7", &csr, Duration::from_secs(60)).expect("signed");
+        let cert = ca.sign_csr("host-7", None, &csr, Duration::from_secs(60)).expect("signed");
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(matches!(ca.sign_csr("x", "garbage", Duration::from_secs(60)), Err(PkiError::BadCsr(_))));
+        assert!(matches!(
+            ca.sign_csr("x", None, "garbage", Duration::from_secs(60)),
+            Err(PkiError::BadCsr(_))
+        ));
+        let fresh = new_csr().expect("csr");
+        let key = "ab".repeat(32);
+        ca.sign_csr("host-7", Some(&key), &fresh.csr_pem, Duration::from_secs(60)).expect("bound");
+        assert!(matches!(
+            ca.sign_csr("host-7", Some("AB"), &fresh.csr_pem, Duration::from_secs(60)),
+            Err(PkiError::BadKeyName(_))
+        ));
     }
 
     #[test]
