@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use enjin_bus::tls::TlsMaterial;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,14 @@ pub struct AgentFile {
     /// runs as the uid the control plane reserved for it (`spec.run.uid`).
     #[serde(default)]
     pub sandbox: bool,
+    /// Rotate the agent's bus key once it is this many seconds old (default 30 days; 0:
+    /// never on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_key_after_seconds: Option<u64>,
 }
+
+/// How old an agent's bus key gets before the agent rotates it, unless configured.
+pub const DEFAULT_KEY_ROTATION: Duration = Duration::from_secs(30 * 86_400);
 
 fn localhost() -> String {
     "localhost".into()
@@ -47,6 +55,8 @@ pub struct AgentConfig {
     pub server_name: String,
     /// Runs `unix-user` children in the sandbox.
     pub sandbox: bool,
+    /// When the agent rotates its bus key; `None`: never on its own.
+    pub rotate_key_after: Option<Duration>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -68,6 +78,11 @@ impl AgentConfig {
             hub: f.hub,
             server_name: f.server_name,
             sandbox: f.sandbox,
+            rotate_key_after: match f.rotate_key_after_seconds {
+                None => Some(DEFAULT_KEY_ROTATION),
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
         })
     }
 
@@ -93,6 +108,11 @@ impl AgentConfig {
 
     pub fn bundle(&self) -> Result<Vec<u8>, ConfigError> {
         read(&self.dir.join("bundle.env"))
+    }
+
+    /// The agent's credentials and how it keeps them fresh.
+    pub fn credentials(&self) -> crate::credentials::Credentials {
+        crate::credentials::Credentials { dir: self.dir.clone(), rotate_key_after: self.rotate_key_after }
     }
 
     /// Where the agent keeps its children's state and logs.

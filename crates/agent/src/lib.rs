@@ -10,6 +10,7 @@
 
 mod children;
 mod config;
+pub mod credentials;
 pub mod logs;
 mod network;
 mod packages;
@@ -25,7 +26,7 @@ use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::envelope::Envelope;
 use enjin_bus::identity::Identity;
 use enjin_bus::node::{BusNode, NodeSubscription, bundle_from_birth};
-use enjin_bus::trust::{KeyRole, VerifierConfig};
+use enjin_bus::trust::VerifierConfig;
 use enjin_model::api::{
     DesiredChildren, ObservationReport, desired_topic, logs_topic, observation_topic, stats_topic,
 };
@@ -35,7 +36,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations, report_of};
-pub use config::{AgentConfig, AgentFile, ConfigError};
+pub use config::{AgentConfig, AgentFile, ConfigError, DEFAULT_KEY_ROTATION};
 pub use packages::{BusPackageSource, PackageCache, PackageError, PackageSource, install};
 pub use sandbox::{APP_DIR, SandboxChild, SandboxLauncher};
 
@@ -87,12 +88,15 @@ pub async fn run(
     let identity = Identity::load(&config.key_file()).map_err(|e| ConfigError::Key(e.to_string()))?;
     let tls = config.tls()?;
     let bundle = bundle_from_birth(&config.bundle()?).map_err(|e| AgentError::Bus(e.to_string()))?;
-    let client = BusClient::connect(config.hub, &config.server_name, &tls, ClientConfig::default())
-        .map_err(|e| AgentError::Bus(e.to_string()))?;
-    let node = Arc::new(
-        BusNode::start(Arc::new(client), identity, bundle, VerifierConfig::default())
+    let client = Arc::new(
+        BusClient::connect(config.hub, &config.server_name, &tls, ClientConfig::default())
             .map_err(|e| AgentError::Bus(e.to_string()))?,
     );
+    let node = Arc::new(
+        BusNode::start(client.clone(), identity, bundle, VerifierConfig::default())
+            .map_err(|e| AgentError::Bus(e.to_string()))?,
+    );
+    let upkeep = tokio::spawn(config.credentials().keep_fresh(node.clone(), client));
     children.attach(&node);
     let mut desired =
         node.subscribe(&desired_topic(config.node)).map_err(|e| AgentError::Bus(e.to_string()))?;
@@ -138,7 +142,7 @@ pub async fn run(
             env = desired.next() => {
                 let Some(env) = env else { break };
                 // Only the ring's parent says what runs here.
-                if node.bundle().key(&env.sender()).map(|k| k.role) != Some(KeyRole::Parent) {
+                if !node.is_from_parent(&env) {
                     tracing::warn!(sender = %env.sender().short(), "desired children from a non-parent key ignored");
                     continue;
                 }
@@ -160,6 +164,7 @@ pub async fn run(
     }
     tracing::info!(node = %config.node, "agent stopping");
     stats_task.abort();
+    upkeep.abort();
     if let Some(c) = collector {
         let stopped = tokio::task::spawn_blocking(move || c.stop());
         if tokio::time::timeout(COLLECTOR_STOP, stopped).await.is_err() {
@@ -196,7 +201,7 @@ fn answer_logs(
     dir: &Path,
     readers: &Arc<Semaphore>,
 ) {
-    if node.bundle().key(&env.sender()).map(|k| k.role) != Some(KeyRole::Parent) {
+    if !node.is_from_parent(&env) {
         tracing::warn!(sender = %env.sender().short(), "log request from a non-parent key ignored");
         return;
     }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cloud;
 pub mod firewall;
 pub mod instance;
 
