@@ -1,6 +1,14 @@
 //! The audit log: one record per authenticated mutating request (who, as which token, from
-//! where, did what to which object, and how it ended), written to the store before the answer
-//! goes out, readable newest first, and deleted after the retention period.
+//! where, did what to which object, and how it ended), handed to the store as the answer goes
+//! out, readable newest first, and deleted after the retention period.
+//!
+//! A record is written by a task of its own, so that the answer does not wait for a second
+//! commit (the change's own was already waited for); a read of the log, and the server's
+//! shutdown, first wait for every record handed over before them ([`AuditLog::flush`]). At
+//! most [`IN_FLIGHT_MAX`] records are in flight; past that a request writes its own before it
+//! is answered, so a flood of requests cannot queue records without bound. A crash of the
+//! server loses the records still in flight: those of requests answered in the last store
+//! commit or so.
 //!
 //! Records live at `/audit/<time>-<uuid>`, the time in nanoseconds since the epoch zero-padded
 //! to 20 digits, so that key order is time order. The store ranges by prefix only, so a read
@@ -23,6 +31,7 @@ use chrono::{DateTime, Utc};
 use enjin_model::api::{AuditObject, AuditRecord, AuditResult};
 use enjin_model::kinds::Verb;
 use enjin_store::{KeyValue, Op, Store, StoreError, Txn};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -135,27 +144,69 @@ impl Pending {
     }
 }
 
-/// Record the answer to `pending` (if it is recorded) and hand the answer back. A record that
-/// cannot be written is logged and counted; the answer stays what it was.
-pub async fn record(
-    store: &Arc<dyn Store>,
-    metrics: &Metrics,
-    pending: Option<Pending>,
-    resp: Response,
-) -> Response {
-    let Some(pending) = pending else { return resp };
-    let rec = pending.finish(&resp);
-    match write(store.as_ref(), &rec).await {
-        Ok(()) => metrics.audit_recorded(rec.result.name()),
-        Err(e) => {
-            metrics.audit_write_failure();
-            tracing::error!(
-                error = %e, principal = %rec.principal, method = %rec.method, path = %rec.path,
-                status = rec.status, "failed to write an audit record"
-            );
+/// Records written after their answers went out, at most, at once.
+pub const IN_FLIGHT_MAX: u32 = 1024;
+
+/// Where the route layer hands its records (see the module's documentation).
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl AuditLog {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        AuditLog { store, metrics, in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX as usize)) }
+    }
+
+    /// Record the answer to `pending` (if it is recorded) and hand the answer back. A record
+    /// that cannot be written is logged and counted; the answer stays what it was.
+    pub async fn record(&self, pending: Option<Pending>, resp: Response) -> Response {
+        let Some(pending) = pending else { return resp };
+        let rec = pending.finish(&resp);
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                let log = self.clone();
+                tokio::spawn(async move {
+                    log.write_counted(&rec).await;
+                    drop(permit);
+                });
+            }
+            // Too many in flight (or a flush waiting): this request waits for its own.
+            Err(_) => self.write_counted(&rec).await,
+        }
+        resp
+    }
+
+    /// Wait until every record handed over before this call is in the store (or failed).
+    pub async fn flush(&self) {
+        // Permits are handed out in order, so this waits for the holders before it only.
+        if let Ok(all) = self.in_flight.acquire_many(IN_FLIGHT_MAX).await {
+            drop(all);
         }
     }
-    resp
+
+    async fn write_counted(&self, rec: &AuditRecord) {
+        match write(self.store.as_ref(), rec).await {
+            Ok(()) => self.metrics.audit_recorded(rec.result.name()),
+            Err(e) => {
+                self.metrics.audit_write_failure();
+                tracing::error!(
+                    error = %e, principal = %rec.principal, method = %rec.method, path = %rec.path,
+                    status = rec.status, "failed to write an audit record"
+                );
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("in_flight", &(IN_FLIGHT_MAX as usize - self.in_flight.available_permits()))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,13 +11,13 @@ use enjin_model::api::{
 };
 use enjin_model::kinds::{AccountSpec, MembershipSpec, NodeSpec, PermSet, Resource, RoleSpec, Verb};
 use enjin_model::{FieldError, Ring, validate_label};
-use enjin_store::{Compare, Op, Store, StoreError, Txn};
+use enjin_store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::access::{Grants, Scope, describe_missing};
-use crate::biscuits::{self, Attenuation, BISCUIT_MARK, RequestFacts, TokenKey, Verified};
+use crate::biscuits::{self, Attenuation, BISCUIT_MARK, CheckFailure, RequestFacts, TokenKey, Verified};
 use crate::registry::{AUTH_GENERATION, Registry, RegistryError};
 
 /// Cached principals beyond this many are dropped all at once; a cache miss costs only a few
@@ -28,9 +28,14 @@ const TOKEN_PREFIX: &str = "/auth/tokens/";
 /// `/auth/token-ids/<token id>`: the hash of that token's secret, so that a biscuit naming the
 /// token finds its record. Written and deleted in the same transaction as the record.
 const TOKEN_ID_PREFIX: &str = "/auth/token-ids/";
-/// `/auth/revoked/<revocation id, hex>`: a revoked biscuit block; every biscuit carrying it is
-/// refused.
+/// `/auth/revoked/<revocation id, hex>`: a revoked biscuit block ([`RevocationRecord`]); every
+/// biscuit carrying it is refused.
 const REVOKED_PREFIX: &str = "/auth/revoked/";
+/// A revocation is deleted only this long after its root token expired, so that a server whose
+/// clock runs behind (and so still takes the token for unexpired) keeps refusing it.
+const REVOCATION_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// Revocations deleted per store transaction.
+const REVOCATION_PRUNE_BATCH: usize = 500;
 /// `/auth/used/<token id>`: when the token was last used (RFC 3339).
 const USED_PREFIX: &str = "/auth/used/";
 /// The longest a token may be made to live (ten years), short of forever.
@@ -75,6 +80,29 @@ struct TokenRecord {
     /// tokens made before ceilings): it holds whatever its principal holds.
     #[serde(default)]
     ceiling: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// What `/auth/revoked/<id>` holds: which token's biscuit was revoked, when and by whom, and
+/// until when the revocation matters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RevocationRecord {
+    token: Uuid,
+    revoked_at: DateTime<Utc>,
+    by: String,
+    /// When the root token expires. A biscuit cannot outlive its root (its principal carries
+    /// the root's expiry), so past this the revocation refuses nothing that expiry does not,
+    /// and may go. `None`: the root never expires (or the record predates this field), and the
+    /// revocation is kept for good.
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl RevocationRecord {
+    /// Whether the revocation can be forgotten at `now`: its biscuit is refused as expired on
+    /// every server whose clock is within [`REVOCATION_GRACE`] of ours.
+    fn outlived(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t.checked_add_signed(REVOCATION_GRACE).is_some_and(|t| t <= now))
+    }
 }
 
 impl TokenRecord {
@@ -146,9 +174,9 @@ impl Principal {
         self.grants.allows_somewhere(verb, resource)
     }
 
-    /// Why the caller's biscuit refuses a request, if it does: a failed check of one of its
-    /// blocks. Opaque tokens have no checks.
-    pub fn attenuation_refuses(&self, facts: &RequestFacts) -> Option<String> {
+    /// Why the caller's biscuit refuses a request, if it does: failed checks of its blocks,
+    /// or its expiry. Opaque tokens have no checks.
+    pub fn attenuation_refuses(&self, facts: &RequestFacts) -> Option<CheckFailure> {
         self.attenuation.as_ref().and_then(|a| a.check(facts).err())
     }
 
@@ -192,8 +220,56 @@ pub enum AuthError {
     Biscuit(#[from] biscuits::BiscuitProblem),
     #[error("the bearer biscuit has been revoked")]
     Revoked,
+    /// A biscuit whose expiry check fails: it is no longer a credential, whatever it asks.
+    #[error("the bearer biscuit has expired: {0}")]
+    BiscuitExpired(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// A bearer token as presented, told apart by its mark, not yet looked up or verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// A join token (`enjin_join_…`): looked up by its hash.
+    Join(&'a str),
+    /// A biscuit (`enjinb_…`): verified by [`biscuits::verify`] (on a cache miss), then its
+    /// root token looked up.
+    Biscuit(&'a str),
+    /// An opaque API token (`enjin_…`): looked up by its hash.
+    Opaque(&'a str),
+}
+
+/// The first step of [`Auth::authenticate`]: the token an `Authorization` header presents, and
+/// which kind it is. Only the header's bytes are read; anything but `Bearer <token>` with a
+/// known mark is refused here.
+pub fn presented(header: Option<&str>) -> Result<Presented<'_>, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or(AuthError::Missing)?;
+    if token.starts_with(JOIN_MARK) {
+        Ok(Presented::Join(token))
+    } else if token.starts_with(BISCUIT_MARK) {
+        Ok(Presented::Biscuit(token))
+    } else if token.starts_with(TOKEN_MARK) {
+        Ok(Presented::Opaque(token))
+    } else {
+        Err(AuthError::Invalid)
+    }
+}
+
+/// What the server makes of an `Authorization` header before it reads the store: the token it
+/// presents and, for a biscuit, the biscuit verified under `root` (`None` for other tokens).
+/// These are the two steps [`Auth::authenticate`] takes over a bearer's untrusted bytes
+/// ([`presented`], then [`biscuits::verify`] on a cache miss), so that the fuzz target and the
+/// property tests drive exactly what the server runs.
+pub fn read_bearer(header: &str, root: biscuit_auth::PublicKey) -> Result<Option<Verified>, AuthError> {
+    match presented(Some(header))? {
+        Presented::Biscuit(token) => Ok(Some(biscuits::verify(token, root)?)),
+        Presented::Join(_) | Presented::Opaque(_) => Ok(None),
+    }
 }
 
 fn hash(token: &str) -> String {
@@ -251,19 +327,11 @@ impl Auth {
 
     /// Resolve an `Authorization` header value to a principal.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
-        let header = header.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or(AuthError::Missing)?;
-        if token.starts_with(JOIN_MARK) {
-            return self.authenticate_join(token).await;
-        }
-        let is_biscuit = token.starts_with(BISCUIT_MARK);
-        if !is_biscuit && !token.starts_with(TOKEN_MARK) {
-            return Err(AuthError::Invalid);
-        }
+        let (token, is_biscuit) = match presented(header)? {
+            Presented::Join(token) => return self.authenticate_join(token).await,
+            Presented::Biscuit(token) => (token, true),
+            Presented::Opaque(token) => (token, false),
+        };
         let digest = hash(token);
         // Read the generation first: a change after this read bumps it, so the entry cached
         // below can only be too old to use, never wrongly fresh. Revoking a token or a biscuit
@@ -700,13 +768,46 @@ impl Auth {
         let Some(id) = biscuits::last_revocation_id(&verified) else {
             return Err(FieldError::new("biscuit", "has no blocks").into());
         };
-        let value = serde_json::json!({"token": token, "revoked_at": now, "by": caller.name});
-        let txn = Txn::new().then([
-            Op::put(format!("{REVOKED_PREFIX}{id}"), value.to_string().into_bytes()),
-            Self::bump_generation(),
-        ]);
+        let revocation = RevocationRecord {
+            token,
+            revoked_at: now,
+            by: caller.name.clone(),
+            expires_at: record.expires_at,
+        };
+        let value = serde_json::to_vec(&revocation).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let txn = Txn::new().then([Op::put(format!("{REVOKED_PREFIX}{id}"), value), Self::bump_generation()]);
         self.store().txn(txn).await?;
+        // Revocations accumulate only as fast as they are written, so pruning on write keeps
+        // their number near the number of live revoked biscuits without a timer of its own.
+        if let Err(e) = self.prune_revocations(now).await {
+            tracing::warn!(error = %e, "failed to delete outlived biscuit revocations");
+        }
         Ok(token)
+    }
+
+    /// Delete the revocations whose root token expired (more than [`REVOCATION_GRACE`] before
+    /// `now`): their biscuits are refused as expired anyway. Revocations of tokens that never
+    /// expire, and records that cannot be read, are kept. Returns how many were deleted.
+    pub async fn prune_revocations(&self, now: DateTime<Utc>) -> Result<usize, RegistryError> {
+        let range = self.store().range(REVOKED_PREFIX).await?;
+        let outlived: Vec<&KeyValue> = range
+            .kvs
+            .iter()
+            .filter(|kv| serde_json::from_slice::<RevocationRecord>(&kv.value).is_ok_and(|r| r.outlived(now)))
+            .collect();
+        let mut deleted = 0;
+        for batch in outlived.chunks(REVOCATION_PRUNE_BATCH) {
+            // Only as read: a revocation written again meanwhile is judged on the next prune.
+            let unchanged = batch.iter().map(|kv| Compare::mod_revision(&kv.key, kv.mod_revision));
+            let ops = batch.iter().map(|kv| Op::delete(&kv.key));
+            if self.store().txn(Txn::new().when(unchanged).then(ops)).await?.succeeded {
+                deleted += batch.len();
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "deleted revocations of expired biscuits");
+        }
+        Ok(deleted)
     }
 
     /// Token `id`'s record, found through the id index.
@@ -781,6 +882,84 @@ impl Auth {
                 })
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::biscuits::{Restriction, attenuate};
+
+    /// One key for every case: making a key per case would only slow the search down.
+    fn key() -> &'static TokenKey {
+        static KEY: std::sync::OnceLock<TokenKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(TokenKey::generate)
+    }
+
+    /// Base64url with padding, as biscuits are written.
+    fn base64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                let c = if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] } else { b'=' };
+                out.push(char::from(c));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn headers_are_told_apart_by_their_marks() {
+        assert!(matches!(presented(None), Err(AuthError::Missing)));
+        assert!(matches!(presented(Some("Basic YWRtaW4=")), Err(AuthError::Missing)));
+        assert!(matches!(presented(Some("Bearer garbage")), Err(AuthError::Invalid)));
+        assert_eq!(presented(Some("Bearer enjin_join_ab")).ok(), Some(Presented::Join("enjin_join_ab")));
+        assert_eq!(presented(Some("bearer  enjinb_ab ")).ok(), Some(Presented::Biscuit("enjinb_ab")));
+        assert_eq!(presented(Some("Bearer enjin_ab")).ok(), Some(Presented::Opaque("enjin_ab")));
+        let root = key().mint(Uuid::new_v4()).expect("mint");
+        let read = read_bearer(&format!("Bearer {root}"), key().public()).expect("a valid biscuit");
+        assert!(read.is_some());
+        assert_eq!(base64url(b"\xfb\xff"), "-_8=", "the URL-safe alphabet, padded");
+    }
+
+    proptest! {
+        #[test]
+        fn reading_any_header_never_panics(header in any::<String>()) {
+            let _ = read_bearer(&header, key().public());
+        }
+
+        #[test]
+        fn reading_any_bytes_as_a_biscuit_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let header = format!("Bearer {BISCUIT_MARK}{}", base64url(&bytes));
+            prop_assert!(read_bearer(&header, key().public()).is_err(), "random bytes never verify");
+        }
+
+        #[test]
+        fn reading_a_damaged_biscuit_never_panics(
+            cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            truncate in any::<Option<prop::sample::Index>>(),
+        ) {
+            let root = key().mint(Uuid::nil()).expect("mint");
+            let narrow = Restriction { verbs: vec![Verb::Get], ..Default::default() };
+            let mut bytes = attenuate(&root, &narrow).expect("attenuate").into_bytes();
+            let body = BISCUIT_MARK.len()..bytes.len();
+            for (at, byte) in cuts {
+                let i = body.start + at.index(body.len());
+                bytes[i] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="[usize::from(byte) % 65];
+            }
+            if let Some(at) = truncate {
+                bytes.truncate(body.start + at.index(body.len()));
+            }
+            let bearer = String::from_utf8(bytes).expect("ascii");
+            if let Ok(Some(v)) = read_bearer(&format!("Bearer {bearer}"), key().public()) {
+                // A change can land in base64 padding bits and leave the bytes whole.
+                prop_assert_eq!(v.token, Uuid::nil());
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::{AuthorizerBuilder, BlockBuilder, date, fact, string};
-use biscuit_auth::error::{Logic, Token as BiscuitError};
+use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
 use biscuit_auth::{Algorithm, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
 use chrono::{DateTime, SecondsFormat, Utc};
 use enjin_model::kinds::Verb;
@@ -199,8 +199,32 @@ impl Attenuation {
         &self.revocation_ids
     }
 
-    /// Run every block's checks against the request's facts; `Err` says which failed.
-    pub fn check(&self, facts: &RequestFacts) -> Result<(), String> {
+    /// Run every block's checks against the request's facts; `Err` says which failed, and
+    /// whether the biscuit has merely expired.
+    ///
+    /// Expiry is a check on `time` like any other, so it is told apart by what it does rather
+    /// than by how it is written: a check that fails now but held at the epoch, with every
+    /// other fact unchanged, is one that time has run out on. An expired biscuit is no longer
+    /// a credential (401), while a check refusing this request is a refusal (403).
+    pub fn check(&self, facts: &RequestFacts) -> Result<(), CheckFailure> {
+        let failed_now = match self.failed_checks(facts) {
+            Ok(failed) if failed.is_empty() => return Ok(()),
+            Ok(failed) => failed,
+            Err(why) => return Err(CheckFailure::Refused(why)),
+        };
+        let at_epoch = RequestFacts { now: DateTime::<Utc>::UNIX_EPOCH, ..facts.clone() };
+        // A run that cannot finish at the epoch proves nothing about time: keep the refusal.
+        let failed_then = self.failed_checks(&at_epoch).unwrap_or_else(|_| failed_now.clone());
+        let expired: Vec<&FailedCheck> = failed_now.iter().filter(|c| !failed_then.contains(c)).collect();
+        if expired.is_empty() {
+            return Err(CheckFailure::Refused(describe(failed_now.iter())));
+        }
+        Err(CheckFailure::Expired(describe(expired.into_iter())))
+    }
+
+    /// The checks that fail with these facts (none: the request passes), or why the checks
+    /// could not be run at all.
+    fn failed_checks(&self, facts: &RequestFacts) -> Result<Vec<FailedCheck>, String> {
         let mut builder = AuthorizerBuilder::new().set_limits(LIMITS);
         let mut add = |name: &str, value: biscuit_auth::builder::Term| -> Result<(), String> {
             builder = std::mem::take(&mut builder).fact(fact(name, &[value])).map_err(|e| e.to_string())?;
@@ -220,14 +244,28 @@ impl Attenuation {
             .and_then(|b| b.build(&self.biscuit))
             .map_err(|e| format!("cannot run its checks: {e}"))?;
         match authorizer.authorize() {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Vec::new()),
             Err(BiscuitError::FailedLogic(
                 Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
-            )) => Err(checks.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+            )) => Ok(checks),
             Err(BiscuitError::RunLimit(e)) => Err(format!("its checks ran past the server's limits: {e}")),
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Why a biscuit's checks refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// Checks that held before and fail now: the biscuit has expired. Names the checks.
+    Expired(String),
+    /// Checks that refuse this request whenever it is made. Names the checks, or why they
+    /// could not be run.
+    Refused(String),
+}
+
+fn describe<'a>(checks: impl Iterator<Item = &'a FailedCheck>) -> String {
+    checks.map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// How to narrow a biscuit (`enjin token attenuate`).
@@ -325,7 +363,7 @@ mod tests {
         assert_eq!(v.attenuation.revocation_ids().len(), 2);
         assert!(v.attenuation.check(&facts(Verb::Get, Some("shop"))).is_ok());
         let refused = v.attenuation.check(&facts(Verb::Get, Some("blog"))).expect_err("other app");
-        assert!(refused.contains("app"), "{refused}");
+        assert!(matches!(&refused, CheckFailure::Refused(why) if why.contains("app")), "{refused:?}");
         assert!(v.attenuation.check(&facts(Verb::Create, Some("shop"))).is_err());
         assert!(v.attenuation.check(&facts(Verb::Get, None)).is_err(), "no app named: refused");
     }
@@ -354,7 +392,34 @@ mod tests {
         let mut f = facts(Verb::Get, None);
         assert!(v.attenuation.check(&f).is_ok());
         f.now += chrono::TimeDelta::seconds(120);
-        assert!(v.attenuation.check(&f).is_err());
+        let expired = v.attenuation.check(&f).expect_err("expired");
+        assert!(matches!(&expired, CheckFailure::Expired(why) if why.contains("time")), "{expired:?}");
+    }
+
+    #[test]
+    fn an_expired_biscuit_is_told_apart_from_a_refused_request() {
+        let key = TokenKey::generate();
+        let root = key.mint(Uuid::new_v4()).expect("mint");
+        let past = Restriction {
+            verbs: vec![Verb::Get],
+            expires_at: Some(Utc::now() - chrono::TimeDelta::seconds(60)),
+            ..Default::default()
+        };
+        let v = verify(&attenuate(&root, &past).expect("attenuate"), key.public()).expect("verify");
+        // Expired and also refused (a create): expired wins, the token is no credential now.
+        for verb in [Verb::Get, Verb::Create] {
+            assert!(matches!(v.attenuation.check(&facts(verb, None)), Err(CheckFailure::Expired(_))));
+        }
+        // A check on time that was never true is a refusal, not an expiry.
+        let not_yet = Restriction {
+            checks: vec!["check if time($t), $t >= 2999-01-01T00:00:00Z".into()],
+            ..Default::default()
+        };
+        let v = verify(&attenuate(&root, &not_yet).expect("attenuate"), key.public()).expect("verify");
+        assert!(matches!(v.attenuation.check(&facts(Verb::Get, None)), Err(CheckFailure::Refused(_))));
+        let only_get = Restriction { verbs: vec![Verb::Get], ..Default::default() };
+        let v = verify(&attenuate(&root, &only_get).expect("attenuate"), key.public()).expect("verify");
+        assert!(matches!(v.attenuation.check(&facts(Verb::Create, None)), Err(CheckFailure::Refused(_))));
     }
 
     #[test]

@@ -37,13 +37,21 @@ use uuid::Uuid;
 use crate::auth::JoinGrant;
 use crate::registry::{Registry, RegistryError};
 
+mod members;
+
 /// The node label that makes a node's bus member the edge (router and DNS), not a host.
 pub const EDGE_ROLE_LABEL: (&str, &str) = ("enjin.dev/role", "edge");
 
 /// How long a rotated key stays accepted unless the caller says otherwise.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(300);
-/// Validity of TLS certificates issued to a ring's nodes.
-pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Validity of TLS certificates issued to a ring's members, unless configured otherwise: a day,
+/// renewed by each member over the bus when two thirds of it have passed. Short, so that a
+/// certificate that leaked is worth little, and long enough to ride out a long outage of the
+/// key service.
+pub const CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Validity of the certificates of this machine's own components (hub, control plane), which
+/// are kept in memory and made again at each start.
+const LOCAL_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -83,6 +91,10 @@ pub struct BusConfig {
     pub disconnected_after: Duration,
     /// … and this late, *lost*.
     pub lost_after: Duration,
+    /// How long a member's certificate is valid ([`CERT_VALIDITY`] by default).
+    pub certificate_validity: Duration,
+    /// How long a member's old key stays accepted after it rotates ([`DEFAULT_OVERLAP`]).
+    pub member_key_overlap: Duration,
 }
 
 /// A key as stored: public half and life cycle only.
@@ -159,6 +171,10 @@ pub struct BusAuthority {
     messages: broadcast::Sender<BusMessage>,
     /// The ring's parent keys and when each stops being accepted, for the hub's edge check.
     parents: Arc<RwLock<ParentKeys>>,
+    /// Every key of the ring as the hub's admission check needs it.
+    admitted: Arc<RwLock<members::AdmissionTable>>,
+    /// Bumped each time the transport connects again.
+    reconnections: tokio::sync::watch::Sender<u64>,
     /// After how long without a heartbeat a host is disconnected, and then lost.
     liveness: (Duration, Duration),
     /// The latest use report of each host, by host node.
@@ -218,11 +234,15 @@ impl BusAuthority {
             counters,
             messages,
             parents: Arc::default(),
+            admitted: Arc::default(),
+            reconnections: tokio::sync::watch::Sender::new(0),
             liveness,
             host_stats: Mutex::default(),
             edge_reports: Mutex::default(),
         };
         authority.record_own_key(key).await?;
+        // Fills the hub's tables, before any hub asks them.
+        authority.bundle().await?;
         Ok(Arc::new(authority))
     }
 
@@ -255,9 +275,11 @@ impl BusAuthority {
 
     /// TLS material naming `member` (its role and id, which the hub's access rules read).
     fn issue_tls(&self, member: &Member, sans: &[String]) -> Result<TlsMaterial, BusError> {
+        // Parent components' certificates are bound to no key: they are made in memory at
+        // each start and never leave this process.
         let issued = self
             .ca
-            .issue(&member.common_name(), sans, CERT_VALIDITY)
+            .issue(&member.common_name(), sans, LOCAL_CERT_VALIDITY)
             .map_err(|e| BusError::Setup(e.to_string()))?;
         Ok(TlsMaterial {
             ca_pem: self.ca.cert_pem().to_string(),
@@ -308,9 +330,14 @@ impl BusAuthority {
     /// relaying to tails) and publishes the current trust bundle.
     pub async fn attach(self: &Arc<Self>, transport: Arc<dyn Transport>) -> Result<(), BusError> {
         let sub = transport.subscribe(">").map_err(|e| BusError::Setup(e.to_string()))?;
+        let connection = transport.connection_state();
         if let Ok(mut t) = self.transport.lock() {
             *t = Some(transport);
         }
+        if let Some(connected) = connection {
+            tokio::spawn(self.clone().republish_on_reconnect(connected));
+        }
+        tokio::spawn(self.clone().serve_key_requests());
         let bundle = self.bundle().await?;
         let verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
             .map_err(|e| BusError::Setup(e.to_string()))?;
@@ -453,6 +480,7 @@ impl BusAuthority {
         // Root's alone: the host's instances see their files only through their own mounts.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| setup(&e))?;
         let key_path = dir.join("bus.key");
+        self.finish_rotation(node, &key_path).await?;
         let identity = if key_path.exists() {
             Identity::load(&key_path).map_err(|e| setup(&e))?
         } else {
@@ -464,10 +492,14 @@ impl BusAuthority {
         let record = KeyRecord::new(id, self.ring, KeyRole::Member, label, Some(node), None);
         let k = key_key(self.ring, &id);
         self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, to_json(&record)?)])).await?;
-        let tls = self.issue_tls(&self.node_member(node).await?, &[])?;
-        enjin_pki::write_private(&dir.join("tls.key"), &tls.key_pem).map_err(|e| setup(&e))?;
-        std::fs::write(dir.join("tls.crt"), &tls.cert_pem).map_err(|e| setup(&e))?;
-        std::fs::write(dir.join("ca.crt"), &tls.ca_pem).map_err(|e| setup(&e))?;
+        let member = self.node_member(node).await?;
+        let issued = self
+            .ca
+            .issue_bound(&member.common_name(), &id.to_string(), self.config.certificate_validity)
+            .map_err(|e| setup(&e))?;
+        enjin_pki::write_private(&dir.join("tls.key"), &issued.key_pem).map_err(|e| setup(&e))?;
+        enjin_pki::write_private(&dir.join("tls.crt"), &issued.cert_pem).map_err(|e| setup(&e))?;
+        enjin_pki::write_private(&dir.join("ca.crt"), self.ca.cert_pem()).map_err(|e| setup(&e))?;
         let sealed = self.sealed_bundle(&self.publisher()).await?;
         std::fs::write(dir.join("bundle.env"), sealed).map_err(|e| setup(&e))?;
         self.publish_trust().await
@@ -593,16 +625,18 @@ impl BusAuthority {
     pub async fn bundle(&self) -> Result<TrustBundle, BusError> {
         let range = self.store.range(&keys_prefix(self.ring)).await?;
         let mut keys = Vec::new();
+        let mut records = Vec::new();
         for kv in &range.kvs {
             let r: KeyRecord = serde_json::from_slice(&kv.value)
                 .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
             keys.push(TrustedKey {
                 id: r.id,
                 role: r.role,
-                label: r.label,
+                label: r.label.clone(),
                 not_after_ms: r.not_after.map(|t| t.timestamp_millis()),
                 revoked: r.revoked,
             });
+            records.push(r);
         }
         if let Ok(mut p) = self.parents.write() {
             *p = keys
@@ -610,6 +644,10 @@ impl BusAuthority {
                 .filter(|k| k.role == KeyRole::Parent && !k.revoked)
                 .map(|k| (k.id, k.not_after_ms))
                 .collect();
+        }
+        let table = members::AdmissionTable::from_records(&records);
+        if let Ok(mut a) = self.admitted.write() {
+            *a = table;
         }
         Ok(TrustBundle { ring: self.ring, version: u64::try_from(range.revision).unwrap_or(0), keys })
     }
@@ -810,7 +848,12 @@ impl BusAuthority {
         };
         let cert_pem = self
             .ca
-            .sign_csr(&member.common_name(), &req.csr_pem, CERT_VALIDITY)
+            .sign_csr(
+                &member.common_name(),
+                Some(&id.to_string()),
+                &req.csr_pem,
+                self.config.certificate_validity,
+            )
             .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
         let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, req.node, None);
         let k = key_key(self.ring, &id);
@@ -876,6 +919,21 @@ impl BusAuthority {
                     "enjin_bus_hub_publish_refused_total",
                     "Publishes refused by the members' access rules (topic or reply-to).",
                     s.publish_refused,
+                ),
+                (
+                    "enjin_bus_hub_certificates_refused_total",
+                    "Members closed after their handshake: their certificate's key is revoked, retired or unknown.",
+                    s.certificates_refused,
+                ),
+                (
+                    "enjin_bus_hub_certificates_revoked_total",
+                    "Members disconnected because their certificate's key stopped being trusted.",
+                    s.certificates_revoked,
+                ),
+                (
+                    "enjin_bus_hub_certificates_expired_total",
+                    "Members disconnected because their certificate expired.",
+                    s.certificates_expired,
                 ),
             ] {
                 let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
@@ -984,13 +1042,6 @@ impl BusAuthority {
     }
 }
 
-/// A host's answer to a log request it will not serve (the agent's `LogsRefused`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogsRefused {
-    error: String,
-}
-
 /// How long a log request waits for its host.
 pub const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Use reports older than this are left out of `/metrics`: the host stopped reporting.
@@ -1068,7 +1119,7 @@ impl BusAuthority {
         if let Ok(reply) = serde_json::from_slice::<enjin_model::api::LogsReply>(env.payload()) {
             return Ok(reply);
         }
-        match serde_json::from_slice::<LogsRefused>(env.payload()) {
+        match serde_json::from_slice::<enjin_model::api::LogsRefused>(env.payload()) {
             Ok(refused) => Err(BusError::Refused(format!("host {host}: {}", refused.error))),
             Err(e) => Err(BusError::Invalid {
                 field: "reply",
@@ -1248,13 +1299,16 @@ mod tests {
             node: Some(machine),
             disconnected_after: Duration::from_secs(60),
             lost_after: Duration::from_secs(120),
+            certificate_validity: CERT_VALIDITY,
+            member_key_overlap: DEFAULT_OVERLAP,
         };
         let authority = BusAuthority::open(store, config).await.expect("key service");
         let hub_tls = authority.local_tls("hub", &["localhost".into()]).expect("hub tls");
         let hub = Hub::bind("127.0.0.1:0".parse().expect("addr"), &hub_tls, HubConfig::default())
             .await
             .expect("hub")
-            .with_filter(authority.hub_filter());
+            .with_filter(authority.hub_filter())
+            .with_admission(authority.hub_admission());
         let (addr, stats) = (hub.local_addr(), hub.stats());
         authority.set_hub(addr, stats.clone());
         let (stop, mut stop_rx) = watch::channel(false);
@@ -1518,7 +1572,7 @@ mod tests {
         let member = edge.client.member().expect("a role").clone();
         assert_eq!(member.role(), Role::Edge);
         assert_eq!(member.id(), edge.node.to_string());
-        assert_eq!(h.client.member().map(Member::role), Some(Role::Host));
+        assert_eq!(h.client.member().as_ref().map(Member::role), Some(Role::Host));
         let mut routes = edge.client.subscribe(enjin_model::api::ROUTES_TOPIC).expect("subscribe");
         let mut desired = edge.client.subscribe(&desired_topic(h.node)).expect("queued");
         assert!(

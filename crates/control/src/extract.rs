@@ -149,6 +149,16 @@ mod tests {
         assert_eq!(v["d"], serde_json::json!(7));
     }
 
+    /// A long whole number written with `.0` is read exactly (serde_json's default parser
+    /// rounded this one to `…406.5`, and the body was refused as not an integer).
+    #[test]
+    fn long_whole_floats_are_read_exactly() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(r#"{"revision": 4215484637112406.0}"#).expect("json");
+        integral_numbers(&mut v);
+        assert_eq!(v["revision"].as_i64(), Some(4_215_484_637_112_406));
+    }
+
     #[test]
     fn arrays_read_as_objects_are_found() {
         let read = serde_json::json!({"spec": {"a": null, "b": {"c": 1}}, "list": [{"x": 1}]});

@@ -39,7 +39,8 @@ use tokio::net::TcpListener;
 pub use access::{Grants, Scope};
 pub use audit::AuditAccount;
 pub use auth::{
-    ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Principal, SYSTEM_ACCOUNT, VIEWER_ROLE,
+    ADMIN_PRINCIPAL, ADMIN_ROLE, Auth, AuthError, JoinGrant, Presented, Principal, SYSTEM_ACCOUNT,
+    VIEWER_ROLE, presented, read_bearer,
 };
 pub use config::{ApiLimits, AuditConfig, ControlConfig, InstanceDefaults, Rate};
 pub use problem::ApiError;
@@ -70,15 +71,18 @@ impl ControlPlane {
         let registry = Registry::with_config(store, config);
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let openapi = Arc::new(openapi::document(&routes::table()));
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             auth: Auth::new(registry.clone()),
+            audit: audit::AuditLog::new(registry.store().clone(), Arc::clone(&metrics)),
             registry,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             openapi,
             stopping,
             bus: None,
             platform: None,
             rate: config.api.rate.map(|r| Arc::new(limits::RateLimiter::new(r))),
+            failed_auth: config.api.failed_auth.map(|r| Arc::new(limits::FailedAuthLimiter::new(r))),
         };
         ControlPlane { state, stop: Arc::new(stop), audit: config.audit, limits: config.api, tls: None }
     }
@@ -149,7 +153,11 @@ impl ControlPlane {
         let stopping = move || {
             stop.send_replace(true);
         };
-        server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await
+        let audit = self.state.audit.clone();
+        let served = server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await;
+        // The records of the last requests answered.
+        audit.flush().await;
+        served
     }
 }
 

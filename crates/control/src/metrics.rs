@@ -25,6 +25,7 @@ struct Inner {
     audit_pruned: u64,
     connections_closed: BTreeMap<&'static str, u64>,
     rate_limited: u64,
+    failed_auth_limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -68,8 +69,8 @@ impl Metrics {
         m.audit_pruned += n as u64;
     }
 
-    /// A connection the server closed at the door (over the cap, a slow handshake or slow
-    /// headers, idle).
+    /// A connection the server closed at the door (over the cap, a slow handshake, slow
+    /// headers or a slow body, idle).
     pub fn connection_closed(&self, reason: &'static str) {
         let Ok(mut m) = self.inner.lock() else { return };
         *m.connections_closed.entry(reason).or_default() += 1;
@@ -79,6 +80,13 @@ impl Metrics {
     pub fn rate_limited(&self) {
         let Ok(mut m) = self.inner.lock() else { return };
         m.rate_limited += 1;
+    }
+
+    /// A request refused with 429 before authentication: its source address failed to
+    /// authenticate too often.
+    pub fn failed_auth_limited(&self) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.failed_auth_limited += 1;
     }
 
     pub fn render(&self, store_revision: i64) -> String {
@@ -150,6 +158,12 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE enjin_http_rate_limited_total counter");
         let _ = writeln!(out, "enjin_http_rate_limited_total {}", m.rate_limited);
+        let _ = writeln!(
+            out,
+            "# HELP enjin_http_failed_auth_limited_total Requests refused with 429 before authentication (a source address with too many failed authentications)."
+        );
+        let _ = writeln!(out, "# TYPE enjin_http_failed_auth_limited_total counter");
+        let _ = writeln!(out, "enjin_http_failed_auth_limited_total {}", m.failed_auth_limited);
         let _ = writeln!(out, "# HELP enjin_store_revision The state store's current revision.");
         let _ = writeln!(out, "# TYPE enjin_store_revision gauge");
         let _ = writeln!(out, "enjin_store_revision {store_revision}");

@@ -3,7 +3,7 @@
 //! model (see `platform/network.rs` for the instance network and `docs/security.md` for the
 //! defaults the firewall keeps).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use enjin_model::Object;
 use enjin_model::api::{
@@ -34,11 +34,14 @@ impl NetworkView {
         };
         // The router reaches instances from the machine's address on the hosts network (the
         // bridge's, the hosts' gateway); everything of rings 0 and 1 is on that network.
-        let edge = crate::ipam::gateway(&hosts.spec.cidr).into_iter().collect();
+        let gateway = crate::ipam::gateway(&hosts.spec.cidr);
+        let edge = gateway.into_iter().collect();
+        // The edge's DNS also listens on that address, port 53, for instances.
+        let dns = gateway.map(|ip| SocketAddr::new(ip, DNS_PORT)).into_iter().collect();
         let base = FirewallBase {
             network: Some(instances.meta.uuid),
             edge,
-            dns: Vec::new(),
+            dns,
             protected: vec![hosts.spec.cidr, loopback()],
             instance_network: Some(instances.spec.cidr),
         };
@@ -55,10 +58,14 @@ fn loopback() -> Cidr {
     Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 }
 }
 
-/// The names an instance's network goes by on its host.
-pub fn child_network(node: Uuid, address: IpAddr) -> ChildNetwork {
+/// The port instances query DNS on (resolv.conf has no port).
+pub const DNS_PORT: u16 = 53;
+
+/// The names an instance's network goes by on its host, and the resolvers it is given.
+pub fn child_network(node: Uuid, address: IpAddr, dns: &[SocketAddr]) -> ChildNetwork {
     let names = enjin_net::instance::instance_names(&node.to_string());
-    ChildNetwork { address, interface: names.veth, netns: names.netns }
+    let nameservers = dns.iter().filter(|d| d.port() == DNS_PORT).map(SocketAddr::ip).collect();
+    ChildNetwork { address, interface: names.veth, netns: names.netns, nameservers }
 }
 
 /// The desired set of `host`: its running children, an instance with a network of its own only
@@ -74,7 +81,7 @@ pub async fn desired_children(registry: &Registry, host: Uuid) -> Result<Desired
         let network = if run.own_network {
             // Never started without its network: it would share the host's.
             let Some(address) = view.address(n.meta.uuid) else { continue };
-            let net = child_network(n.meta.uuid, address);
+            let net = child_network(n.meta.uuid, address, &view.base.dns);
             instances.push(FirewallInstance {
                 node: n.meta.uuid,
                 account: n.meta.account,

@@ -57,10 +57,11 @@ pub fn errors(r: &RouteDef) -> Vec<u16> {
 }
 
 /// What a row of the route table implies: 401 and 403 from the guard, and 429 from the rate
-/// limit in front of every guarded route; 400 when a query string or body can be malformed;
+/// limits in front of every guarded route (a principal's requests, a source's failed
+/// authentications); 400 when a query string or body can be malformed;
 /// 404 when a path parameter does not parse (an id that is no id names nothing); 413 and 415
 /// for a JSON body (over [`enjin_model::api::MAX_BODY_BYTES`], or not `application/json`), 413
-/// for a binary one.
+/// for a binary one; 408 for any body, when it does not arrive within the body timeout.
 pub fn implied_errors(r: &RouteDef) -> Vec<u16> {
     let mut codes = Vec::new();
     if r.perm != Perm::Public {
@@ -73,8 +74,8 @@ pub fn implied_errors(r: &RouteDef) -> Vec<u16> {
         codes.push(404);
     }
     match r.body {
-        Some(Body::Json(_)) => codes.extend([413, 415]),
-        Some(Body::Binary) => codes.push(413),
+        Some(Body::Json(_)) => codes.extend([408, 413, 415]),
+        Some(Body::Binary) => codes.extend([408, 413]),
         None => {}
     }
     codes

@@ -119,7 +119,10 @@ impl From<AuthError> for ApiError {
             | AuthError::Invalid
             | AuthError::Expired
             | AuthError::Biscuit(_)
-            | AuthError::Revoked => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            | AuthError::Revoked
+            | AuthError::BiscuitExpired(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            }
             AuthError::Registry(r) => r.into(),
         }
     }

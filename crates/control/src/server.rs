@@ -1,8 +1,8 @@
-//! The API's own accept loop, where the limits at the door are kept: at most
-//! `max_connections` open connections (one more is closed as soon as it is accepted, so a flood
-//! of connections costs the server an accept and a close each, never a queue), a TLS handshake
-//! within `handshake_timeout`, each request's headers within `header_timeout`, and idle
-//! keep-alive connections closed after `idle_timeout`. Each connection is HTTP/1.1 (hyper),
+//! The API's own accept loop, where the limits at the door are kept: at most `max_connections` open
+//! connections (one more is closed as soon as it is accepted, so a flood of connections costs the
+//! server an accept and a close each, never a queue), a TLS handshake within `handshake_timeout`,
+//! each request's headers within `header_timeout` and its body within `body_timeout` of them, and
+//! idle keep-alive connections closed after `idle_timeout`. Each connection is HTTP/1.1 (hyper),
 //! optionally inside TLS (rustls); requests carry `ConnectInfo<SocketAddr>` like `axum::serve`
 //! gives them.
 //!
@@ -11,12 +11,16 @@
 //! body holds a guard until it is finished or dropped). With no request in flight, the first
 //! byte read starts the header clock; a connection with no request in flight and nothing read
 //! since the last response is idle. hyper's own header timer is off, because it starts as soon as
-//! a connection waits for a request and so would cut idle keep-alive connections short.
+//! a connection waits for a request and so would cut idle keep-alive connections short. While a
+//! request is in flight the watchdog waits (a watch may stream for hours); its body carries its
+//! own deadline instead ([`Deadline`]): a body not in by then fails to read, the request is
+//! answered 408 and the connection closed.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -137,18 +141,29 @@ where
     let activity = Arc::new(Activity::new(Instant::now()));
     let service = {
         let (app, activity) = (door.app.clone(), Arc::clone(&activity));
-        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
+        let (metrics, body_timeout) = (Arc::clone(&door.metrics), door.limits.body_timeout);
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = InFlight::start(Arc::clone(&activity));
-            let mut app = app.clone();
+            let timed_out = Arc::new(AtomicBool::new(false));
+            let deadline = Instant::now() + body_timeout;
+            let mut req = req.map(|body| Body::new(Deadline::new(body, deadline, Arc::clone(&timed_out))));
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let (mut app, metrics) = (app.clone(), Arc::clone(&metrics));
             let refused = crate::limits::announced_too_large(req.headers());
             // Boxed, so that the connection is `Unpin` and can hand its stream back at the end.
             Box::pin(async move {
-                let resp = match refused {
+                let mut resp = match refused {
                     Some(resp) => resp,
                     // The router is always ready; `call` needs no `poll_ready` first.
                     None => app.call(req).await?,
                 };
+                // Whatever the handler made of a body that failed to arrive, it was the client's
+                // slowness: say so, and close the connection (the rest of the body is unread).
+                if timed_out.load(Ordering::Relaxed) {
+                    metrics.connection_closed("body-timeout");
+                    tracing::debug!(%peer, timeout = ?body_timeout, "a request body did not arrive in time");
+                    resp = body_timed_out(body_timeout);
+                }
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Body::new(Tracked { body, _guard: guard })))
             })
         })
@@ -333,6 +348,78 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// A request body that must arrive in full by a deadline. Past it, reading the body fails and
+/// `timed_out` is set, so that the answer is a 408 whatever the handler made of the failure.
+struct Deadline {
+    body: Incoming,
+    at: Instant,
+    /// Made on the first read: a request whose body is never read needs no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once the body has ended: a late read of a body already in is not a timeout.
+    done: bool,
+    timed_out: Arc<AtomicBool>,
+}
+
+/// Why a request body could not be read: it did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+impl Deadline {
+    fn new(body: Incoming, at: Instant, timed_out: Arc<AtomicBool>) -> Self {
+        Deadline { body, at, timer: None, done: false, timed_out }
+    }
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Polled before the body, every time: a body trickling in is always ready with one
+        // more byte, and must still be stopped.
+        let at = this.at;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyTimedOut.into())));
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.done = true;
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to a request whose body did not arrive within `timeout`: 408, and the
+/// connection closes (the rest of the body is never read).
+fn body_timed_out(timeout: Duration) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let detail =
+        format!("the request body did not arrive within {} s of its headers", timeout.as_secs_f64().ceil());
+    let mut resp =
+        crate::problem::ApiError::new(axum::http::StatusCode::REQUEST_TIMEOUT, "body-timeout", detail)
+            .into_response();
+    resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    resp
+}
+
 /// A connection's stream, telling the watchdog when bytes arrive.
 struct Watched<S> {
     io: S,
@@ -422,6 +509,76 @@ mod tests {
             exchange(addr, &format!("POST /peer HTTP/1.1\r\nHost: x\r\nContent-Length: {huge}\r\n\r\n"))
                 .await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+        stop.send(()).expect("still serving");
+        let served = tokio::time::timeout(Duration::from_secs(10), serving).await.expect("stopped in time");
+        served.expect("no panic").expect("no error");
+    }
+
+    /// Read until the peer closes the connection (or `limit` passes): what was read, and when
+    /// the close came.
+    async fn until_closed(mut read: impl AsyncRead + Unpin, limit: Duration) -> (String, Duration) {
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), read.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), started.elapsed()),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("still open after {limit:?}: {}", String::from_utf8_lossy(&got)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_is_cut_off_with_408_and_a_body_in_time_is_served() {
+        let app = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Arc::new(Metrics::default());
+        let timeout = Duration::from_millis(700);
+        let limits = ApiLimits { body_timeout: timeout, ..limits() };
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let serving = tokio::spawn(serve(listener, app, None, limits, Arc::clone(&metrics), shutdown, || {}));
+
+        // Headers at once, then the body a byte every 100 ms: 100 bytes would take 10 s.
+        let (read, mut write) = TcpStream::connect(addr).await.expect("connect").into_split();
+        let sent = std::time::Instant::now();
+        write
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            .await
+            .expect("head");
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if write.write_all(b"a").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let (answer, _) = until_closed(read, Duration::from_secs(8)).await;
+        let took = sent.elapsed();
+        trickle.abort();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        assert!(answer.contains("application/problem+json") && answer.contains("body-timeout"), "{answer}");
+        assert!(took >= timeout, "cut only after the body timeout: {took:?}");
+        assert!(took < Duration::from_secs(5), "cut soon after it, not when the body ends: {took:?}");
+        assert!(metrics.render(0).contains("enjin_http_connections_closed_total{reason=\"body-timeout\"} 1"));
+
+        // A body sent in time is read and answered as usual.
+        let (_, answer) = exchange(
+            addr,
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\n5"), "{answer}");
 
         stop.send(()).expect("still serving");
         let served = tokio::time::timeout(Duration::from_secs(10), serving).await.expect("stopped in time");

@@ -476,6 +476,10 @@ pub struct ChildNetwork {
     pub interface: String,
     /// The namespace's name under `/run/netns`.
     pub netns: String,
+    /// The resolvers the instance's `/etc/resolv.conf` names (port 53): the edge's DNS on the
+    /// hosts network, which answers for the platform's zone.
+    #[serde(default)]
+    pub nameservers: Vec<std::net::IpAddr>,
 }
 
 /// What a host's firewall admits, computed by the control plane from the model (instances,
@@ -670,6 +674,13 @@ pub struct LogLine {
     /// Increases by one per line of the instance, across rotations and agent restarts.
     pub seq: u64,
     pub line: String,
+}
+
+/// A host's answer to a log request it will not serve, in place of a [`LogsReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsRefused {
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

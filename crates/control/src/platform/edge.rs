@@ -185,7 +185,8 @@ impl View {
 }
 
 /// Keep both snapshots published: after each change in the store (a burst of changes makes
-/// one publication) and every [`REPUBLISH_EVERY`].
+/// one publication), each time the key service reconnects to its hub, and every
+/// [`REPUBLISH_EVERY`].
 pub(super) async fn publish_loop(platform: Arc<Platform>, bus: Arc<BusAuthority>) {
     let registry = platform.registry.clone();
     let mut watch = match registry.store().watch("/registry/", 0).await {
@@ -197,10 +198,13 @@ pub(super) async fn publish_loop(platform: Arc<Platform>, bus: Arc<BusAuthority>
         }
     };
     let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+    let mut reconnections = bus.reconnections();
     let mut last: Option<(Vec<RouteEntry>, Vec<DnsRecord>)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => last = None,
+            // A hub that restarted may have lost them: publish again at once.
+            Ok(()) = reconnections.changed() => last = None,
             batch = watch.recv() => {
                 if batch.is_none() {
                     tick.tick().await;

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use chrono::Utc;
 use enjin_model::api::{CreateRequest, ListQuery};
-use enjin_model::kinds::{Cidr, NetworkInterfaceSpec, NetworkSpec};
+use enjin_model::kinds::{AccessRuleSetSpec, AccountSpec, Cidr, NetworkInterfaceSpec, NetworkSpec};
 use enjin_model::{Object, Ring};
 use uuid::Uuid;
 
@@ -70,6 +70,58 @@ pub async fn networks(
     let (instances, _) = registry.list::<NetworkSpec>(&find(Ring::PLATFORM, INSTANCES)).await?;
     let (hosts, _) = registry.list::<NetworkSpec>(&find(Ring::INFRASTRUCTURE, HOSTS)).await?;
     Ok(instances.into_iter().next().zip(hosts.into_iter().next()))
+}
+
+/// The label of each account's own rule set on the instance network, which `enjin access-rule
+/// create` adds rules to by default.
+pub const DEFAULT_RULE_SET: &str = "default";
+
+/// Give every tenant account (or only `account`) its default rule set on the instance network,
+/// where it has none: a tenant cannot see the operator's network to make one itself. Nothing
+/// to do without an instance network.
+pub async fn ensure_default_rule_sets(
+    registry: &Registry,
+    account: Option<Uuid>,
+) -> Result<(), RegistryError> {
+    let q = ListQuery { ring: Some(Ring::PLATFORM), label: Some(INSTANCES.into()), ..ListQuery::default() };
+    let Some(network) = registry.list::<NetworkSpec>(&q).await?.0.into_iter().next() else { return Ok(()) };
+    let system = registry.system_account().await?;
+    let accounts: Vec<Uuid> = match account {
+        Some(a) => vec![a],
+        None => registry
+            .list::<AccountSpec>(&ListQuery::default())
+            .await?
+            .0
+            .into_iter()
+            .map(|a| a.meta.uuid)
+            .collect(),
+    };
+    for account in accounts.into_iter().filter(|a| *a != system) {
+        let q = ListQuery {
+            account: Some(account),
+            label: Some(DEFAULT_RULE_SET.into()),
+            ..ListQuery::default()
+        };
+        let (sets, _) = registry.list::<AccessRuleSetSpec>(&q).await?;
+        if sets.iter().any(|s| s.spec.network == network.meta.uuid) {
+            continue;
+        }
+        let req = CreateRequest {
+            account: Some(account),
+            ring: Ring::PLATFORM,
+            label: Some(DEFAULT_RULE_SET.into()),
+            labels: Default::default(),
+            spec: AccessRuleSetSpec {
+                network: network.meta.uuid,
+                description: "the account's rules on the instance network".into(),
+            },
+        };
+        match registry.create(req, Utc::now()).await {
+            Ok(_) | Err(RegistryError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The block of `host`, from its interface on the hosts network.

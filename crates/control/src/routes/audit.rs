@@ -19,6 +19,8 @@ pub async fn list(
         principal: q.principal,
         limit: q.limit.unwrap_or(AUDIT_LIMIT_DEFAULT) as usize,
     };
+    // Records of requests answered before this one are read too.
+    state.audit.flush().await;
     let items = audit::read(state.registry.store().as_ref(), &filter, Utc::now()).await?;
     Ok(Json(AuditList { items }))
 }

@@ -13,11 +13,12 @@ mod system;
 mod tokens;
 mod watch;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,8 +34,9 @@ use enjin_model::{Kind, Object, Spec, with_spec_type};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use tracing::Instrument;
 
-use crate::auth::{Auth, Principal};
-use crate::biscuits::RequestFacts;
+use crate::auth::{Auth, AuthError, Principal};
+use crate::biscuits::{CheckFailure, RequestFacts};
+use crate::limits::FailedAuthLimiter;
 use crate::metrics::Metrics;
 use crate::problem::ApiError;
 use crate::registry::Registry;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub platform: Option<Arc<crate::platform::Platform>>,
     /// Requests per principal (`limits.rs`); `None` when rate limiting is off.
     pub rate: Option<Arc<crate::limits::RateLimiter>>,
+    /// Failed authentications per source address (`limits.rs`); `None` when not limited.
+    pub failed_auth: Option<Arc<FailedAuthLimiter>>,
+    /// Where mutating requests are recorded (`audit.rs`).
+    pub audit: crate::audit::AuditLog,
 }
 
 /// Who may call a route.
@@ -503,26 +509,39 @@ pub fn router(state: AppState, routes: Vec<RouteDef>) -> Router {
 /// Authenticate, then authorize against the route's permission, before any extractor runs:
 /// a caller without the right learns nothing about bodies, paths or objects.
 async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Request, next: Next) -> Response {
+    // A source that keeps failing to authenticate is refused before its token is looked at
+    // (limits.rs); one that succeeds is never slowed by it.
+    let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip());
+    let failures = state.failed_auth.as_deref().zip(source);
+    if let Some((limiter, source)) = failures
+        && let Err(limited) = limiter.admit(source, Instant::now())
+    {
+        state.metrics.failed_auth_limited();
+        return limited.into_response();
+    }
     let header = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let principal = match state.auth.authenticate(header).await {
         Ok(p) => p,
-        Err(e) => {
-            state.metrics.auth_failure("unauthenticated");
-            return ApiError::from(e).into_response();
-        }
+        Err(e) => return unauthenticated(&state, failures, e),
     };
-    // Limits at the door (limits.rs): a principal over its rate is refused before anything else.
-    if let Some(limiter) = &state.rate
-        && let Err(limited) = limiter.check(&principal.name, std::time::Instant::now())
-    {
-        state.metrics.rate_limited();
-        return limited.into_response();
-    }
     // Only a biscuit's checks need the request's facts.
     let facts = match principal.attenuation {
         Some(_) => Some(request_facts(&mut req, perm).await),
         None => None,
     };
+    let verdict = facts.as_ref().and_then(|f| principal.attenuation_refuses(f));
+    // An expired biscuit is no credential any more: refused like an unknown token, before
+    // anything is counted or recorded against its principal.
+    if let Some(CheckFailure::Expired(why)) = verdict {
+        return unauthenticated(&state, failures, AuthError::BiscuitExpired(why));
+    }
+    // Limits at the door (limits.rs): a principal over its rate is refused before anything else.
+    if let Some(limiter) = &state.rate
+        && let Err(limited) = limiter.check(&principal.name, Instant::now())
+    {
+        state.metrics.rate_limited();
+        return limited.into_response();
+    }
     // From here on the caller is known: its mutating requests are recorded, refusals included.
     let audit = crate::audit::Pending::begin(&req, &principal, perm, chrono::Utc::now());
     // Objects and tokens belong to accounts: here the caller needs the permission in some
@@ -554,22 +573,36 @@ async fn authorize(State((state, perm)): State<(AppState, Perm)>, mut req: Reque
             _ => "watch these kinds".to_string(),
         };
         let refused = ApiError::forbidden(format!("principal {} may not {what}", principal.name));
-        return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
-            .await;
+        return state.audit.record(audit, refused.into_response()).await;
     }
     // A biscuit's checks come on top of the permission, never instead of it. On a route that
     // lets a biscuit act on itself, the handler runs them when it acts on something else.
-    if let Some(refused) = facts.as_ref().and_then(|f| attenuation_refuses(&principal, perm, f)) {
+    if let Some(refused) = attenuation_refuses(&principal, perm, verdict) {
         state.metrics.auth_failure("attenuated");
-        return crate::audit::record(state.registry.store(), &state.metrics, audit, refused.into_response())
-            .await;
+        return state.audit.record(audit, refused.into_response()).await;
     }
     if let Some(facts) = facts {
         req.extensions_mut().insert(facts);
     }
     req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
-    crate::audit::record(state.registry.store(), &state.metrics, audit, resp).await
+    state.audit.record(audit, resp).await
+}
+
+/// The 401 for a request whose token is no credential, counted against its source. A store
+/// failure while authenticating is the server's fault, not the caller's, and is not counted.
+fn unauthenticated(
+    state: &AppState,
+    failures: Option<(&FailedAuthLimiter, IpAddr)>,
+    e: AuthError,
+) -> Response {
+    state.metrics.auth_failure("unauthenticated");
+    if let Some((limiter, source)) = failures
+        && !matches!(e, AuthError::Registry(_))
+    {
+        limiter.failed(source, Instant::now());
+    }
+    ApiError::from(e).into_response()
 }
 
 /// The facts a biscuit's checks see about this request: the time, the route's permission as
@@ -596,9 +629,10 @@ async fn request_facts(req: &mut Request, perm: Perm) -> RequestFacts {
     RequestFacts { now: chrono::Utc::now(), operation, resource, route, app }
 }
 
-/// The 403 a caller's biscuit answers for this request, if its checks refuse it. Biscuits
-/// cannot mint credentials at all: a new token or join token would not carry their checks.
-fn attenuation_refuses(principal: &Principal, perm: Perm, facts: &RequestFacts) -> Option<ApiError> {
+/// The 403 a caller's biscuit answers for this request, if its checks (`verdict`) refuse it.
+/// Biscuits cannot mint credentials at all: a new token or join token would not carry their
+/// checks.
+fn attenuation_refuses(principal: &Principal, perm: Perm, verdict: Option<CheckFailure>) -> Option<ApiError> {
     principal.attenuation.as_ref()?;
     if matches!(perm, Perm::Require(Verb::Create, Resource::Token | Resource::JoinToken)) {
         return Some(ApiError::forbidden(crate::auth::ATTENUATED_MINT));
@@ -606,8 +640,12 @@ fn attenuation_refuses(principal: &Principal, perm: Perm, facts: &RequestFacts) 
     if matches!(perm, Perm::RequireOrSelf(..)) {
         return None;
     }
-    let why = principal.attenuation_refuses(facts)?;
-    Some(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")))
+    match verdict? {
+        CheckFailure::Refused(why) => {
+            Some(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")))
+        }
+        CheckFailure::Expired(why) => Some(AuthError::BiscuitExpired(why).into()),
+    }
 }
 
 /// Count and time every request, inside a span carrying its method and route.

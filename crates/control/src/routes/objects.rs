@@ -119,6 +119,13 @@ pub async fn create<S: Spec>(
             return Err(ApiError::from(e));
         }
     }
+    if S::KIND == Kind::Account
+        && let Err(e) =
+            crate::platform::network::ensure_default_rule_sets(&state.registry, Some(obj.meta.uuid)).await
+    {
+        // The account stands; `enjin access-rule create` says what is missing.
+        tracing::warn!(account = %obj.meta.uuid, error = %e, "the account's default rule set was not made");
+    }
     tracing::info!(kind = %S::KIND, uuid = %obj.meta.uuid, account = %obj.meta.account, by = %principal.name, "created");
     let location = format!("/{}/{}/{}", enjin_model::api::VERSION, S::KIND.plural(), obj.meta.uuid);
     let audited = Extension(AuditAccount(obj.meta.account));

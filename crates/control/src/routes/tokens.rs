@@ -9,8 +9,8 @@ use enjin_model::api::{RevokeDerivedRequest, TokenCreateRequest, TokenCreated, T
 use enjin_model::kinds::{Resource, Verb};
 
 use super::AppState;
-use crate::auth::Principal;
-use crate::biscuits::RequestFacts;
+use crate::auth::{AuthError, Principal};
+use crate::biscuits::{CheckFailure, RequestFacts};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::ApiError;
 use crate::registry::RegistryError;
@@ -78,8 +78,14 @@ pub async fn revoke_derived(
         if !principal.allows_somewhere(Verb::Delete, Resource::Token) {
             return Err(ApiError::forbidden(format!("principal {} may not delete token", principal.name)));
         }
-        if let Some(why) = facts.and_then(|Extension(f)| principal.attenuation_refuses(&f)) {
-            return Err(ApiError::forbidden(format!("the token's attenuation refused this request: {why}")));
+        match facts.and_then(|Extension(f)| principal.attenuation_refuses(&f)) {
+            None => {}
+            Some(CheckFailure::Expired(why)) => return Err(AuthError::BiscuitExpired(why).into()),
+            Some(CheckFailure::Refused(why)) => {
+                return Err(ApiError::forbidden(format!(
+                    "the token's attenuation refused this request: {why}"
+                )));
+            }
         }
     }
     let token = state.auth.revoke_derived(&principal, &req.biscuit, Utc::now()).await?;

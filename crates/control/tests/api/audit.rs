@@ -141,6 +141,8 @@ async fn the_log_filters_by_time_and_principal_newest_first() {
 async fn records_are_counted_on_metrics() {
     let s = TestServer::start().await;
     s.create("tiers", tier(0, "web")).await;
+    // The record is written as the answer goes out: wait for it before counting.
+    s.settle_audit().await;
     let reply = s.get("/metrics").await;
     assert!(reply.text().contains("enjin_audit_records_total{result=\"ok\"} 1"), "{}", reply.text());
     assert!(reply.text().contains("enjin_audit_write_failures_total 0"), "{}", reply.text());

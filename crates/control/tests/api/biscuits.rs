@@ -90,9 +90,11 @@ async fn a_backup_guest_reads_one_apps_logs_for_ten_minutes_and_nothing_else() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let r = get(&s, &brief, "/v1/nodes").await;
-        if r.status == StatusCode::FORBIDDEN {
-            refused_by_attenuation(&r, "expired");
-            assert!(r.body["detail"].as_str().unwrap_or_default().contains("time"), "{}", r.body);
+        if r.status != StatusCode::OK {
+            // Expired is unauthenticated, not forbidden: the biscuit is no credential now.
+            assert_problem_status(&r, 401);
+            let detail = r.body["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("expired") && detail.contains("time"), "{}", r.body);
             break;
         }
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -237,5 +239,49 @@ async fn attenuation_never_widens() {
             .await;
     assert!(matches!(r.status.as_u16(), 403 | 404), "{} {}", r.status, r.body);
     assert_eq!(get(&s, &admin_root, "/v1/nodes").await.status, StatusCode::OK);
+    s.stop().await;
+}
+
+/// How many biscuit revocations the store holds.
+async fn revocations(s: &TestServer) -> usize {
+    use enjin_store::Store;
+    s.store().range("/auth/revoked/").await.expect("read the revocations").kvs.len()
+}
+
+fn refused_as_revoked(r: &Reply, what: &str) {
+    assert_problem_status(r, 401);
+    assert!(r.body["detail"].as_str().unwrap_or_default().contains("revoked"), "{what}: {}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocations_are_forgotten_once_their_root_token_has_expired_and_only_then() {
+    let s = TestServer::start().await;
+    let (_, brief, _) = issue(&s, json!({"principal": "admin", "expires_in_seconds": 60})).await;
+    let (_, daily, _) = issue(&s, json!({"principal": "admin", "expires_in_seconds": 86_400})).await;
+    let (_, forever, _) = issue(&s, json!({"principal": "admin"})).await;
+    let derive =
+        |root: &str| attenuate(root, &narrow(&[Verb::Get, Verb::List], None, None)).expect("attenuate");
+    let (brief, daily, forever) = (derive(&brief), derive(&daily), derive(&forever));
+    for b in [&brief, &daily, &forever] {
+        let r = s.post("/v1/tokens/revoke-derived", &json!({"biscuit": b})).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    assert_eq!(revocations(&s).await, 3, "nothing has expired yet: revoking pruned nothing");
+
+    // Two hours on, the brief token has been expired for over an hour: its biscuits are refused
+    // as expired whatever their ids, so the revocation goes.
+    let later = Utc::now() + chrono::TimeDelta::hours(2);
+    assert_eq!(s.auth.prune_revocations(later).await.expect("prune"), 1);
+    assert_eq!(revocations(&s).await, 2);
+    for (b, what) in [(&daily, "daily"), (&forever, "forever")] {
+        refused_as_revoked(&get(&s, b, "/v1/nodes").await, what);
+    }
+
+    // A century on, the daily token's goes too; a token that never expires keeps its
+    // revocation for good.
+    let much_later = Utc::now() + chrono::TimeDelta::days(36_500);
+    assert_eq!(s.auth.prune_revocations(much_later).await.expect("prune"), 1);
+    assert_eq!(revocations(&s).await, 1);
+    refused_as_revoked(&get(&s, &forever, "/v1/nodes").await, "forever");
     s.stop().await;
 }

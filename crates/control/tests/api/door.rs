@@ -1,6 +1,7 @@
 //! The API's door, attacked: TLS that trusts only the server's CA, a slowloris client dribbling
 //! its headers, more connections than the cap, idle keep-alive connections, a principal over
-//! its rate, and bodies over every route's limit.
+//! its rate, a source guessing tokens, a client trickling its body, and bodies over every
+//! route's limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +118,43 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_trickling_its_body_is_answered_408_and_cut_off() {
+    let body_timeout = Duration::from_secs(1);
+    let s = TestServer::start_with(&with_limits(|l| l.body_timeout = body_timeout)).await;
+    let (read, mut write) = tokio::io::split(tls_stream(&s).await);
+    let head = format!(
+        "POST /v1/nodes HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n",
+        s.token
+    );
+    write.write_all(head.as_bytes()).await.expect("headers");
+    write.flush().await.expect("flush");
+    let sent = Instant::now();
+    let closed = tokio::spawn(until_closed(read, Duration::from_secs(10)));
+    // The body a byte every 200 ms: 200 bytes would take 40 s.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            if write.write_all(b" ").await.is_err() || write.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (_, got) = closed.await.expect("reader");
+    let took = sent.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert!(took >= body_timeout - Duration::from_millis(100), "cut only after the body timeout: {took:?}");
+    assert!(took < body_timeout + Duration::from_secs(4), "cut soon after it: {took:?}");
+    let metrics = s.get("/metrics").await;
+    assert!(metrics.text().contains("enjin_http_connections_closed_total{reason=\"body-timeout\"} 1"));
+    assert_eq!(s.list("nodes", &[]).await.0.len(), 0, "nothing was made of the half body");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_are_closed_at_once_and_do_not_starve_the_server() {
     let cap = 8;
     let s = TestServer::start_with(&with_limits(|l| {
@@ -227,6 +265,44 @@ async fn a_principal_over_its_rate_gets_429_and_others_do_not() {
         client.list_json(enjin_model::Kind::Node, &Default::default()).await.expect("served, in time");
     }
     assert!(started.elapsed() >= Duration::from_millis(900), "it did wait: {:?}", started.elapsed());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_keeps_failing_to_authenticate_gets_429_and_successes_cost_nothing() {
+    let s = TestServer::start_with(&with_limits(|l| {
+        l.rate = None;
+        l.failed_auth = Some(Rate { per_second: 1, burst: 3 });
+    }))
+    .await;
+    // Successful requests take nothing from the source's bucket, however many.
+    for _ in 0..30 {
+        assert_eq!(s.get("/v1/nodes").await.status, StatusCode::OK);
+    }
+    let guess = |token: &'static str| send(s.http.get(s.url("/v1/nodes")).bearer_auth(token));
+    let missing = || send(s.http.get(s.url("/v1/nodes")));
+    assert_problem(&guess("enjin_nope").await, 401, None);
+    assert_problem(&missing().await, 401, None);
+    assert_problem(&guess("enjinb_AAAA").await, 401, None);
+    // The burst is spent: the next try is refused before its token is looked at, even a good one.
+    let refused = guess("enjin_again").await;
+    assert_problem(&refused, 429, None);
+    assert_eq!(refused.body["type"], "urn:enjin:problem:rate-limited");
+    assert!(
+        refused.body["detail"].as_str().unwrap_or("").contains("failed authentications"),
+        "{}",
+        refused.body
+    );
+    let retry: u64 = refused.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert_eq!(retry, 1, "one more try a second");
+    assert_problem(&s.get("/v1/nodes").await, 429, None);
+    assert_eq!(s.get("/healthz").await.status, StatusCode::OK, "a public route needs no token");
+
+    // After the wait it says, the source may try again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(s.get("/v1/nodes").await.status, StatusCode::OK);
+    let metrics = s.get("/metrics").await;
+    assert!(metrics.text().contains("enjin_http_failed_auth_limited_total 2"), "{}", metrics.text());
     s.stop().await;
 }
 

@@ -121,9 +121,16 @@ async fn rules_name_apps_of_their_account_and_resolve_to_their_instances() {
     let token = s.issue("acme-admin").await["token"].as_str().expect("token").to_string();
     let r = call(&s, &token, Method::GET, &format!("/v1/nodes/{db}/effective-rules"), None).await;
     assert_problem_status(&r, 404);
+    // The account was given its default rule set on the instance network with it, which it
+    // cannot see; a second one of that name is a conflict.
+    let r = call(&s, &token, Method::GET, "/v1/access-rule-sets?label=default", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sets = r.body["items"].as_array().expect("items");
+    assert_eq!(sets.len(), 1, "{}", r.body);
+    assert_eq!(sets[0]["spec"]["network"], json!(net), "{}", r.body);
+    let acme_set = uuid_of(&sets[0]);
     let r = call(&s, &token, Method::POST, "/v1/access-rule-sets", Some(&rule_set(2, "default", &net))).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let acme_set = uuid_of(&r.body);
+    assert_problem_status(&r, 409);
     let r =
         call(&s, &token, Method::POST, "/v1/access-rules", Some(&rule(&acme_set, "steal", json!({})))).await;
     assert_problem(&r, 422, Some("spec.target"));

@@ -47,11 +47,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server with the default configuration but no rate limit: these tests drive the API
-    /// far faster than one principal is let to (the door's own tests turn it on).
+    /// A server with the default configuration but no rate limits: these tests drive the API
+    /// far faster than one principal is let to, and fail to authenticate far more often than
+    /// one address is let to (the door's own tests turn them on).
     pub async fn start() -> TestServer {
         let mut config = ControlConfig::default();
         config.api.rate = None;
+        config.api.failed_auth = None;
         TestServer::start_with(&config).await
     }
 
@@ -197,8 +199,16 @@ impl TestServer {
         ids
     }
 
-    /// The store's current revision, as a list reads it.
+    /// Wait until the audit records of every request answered so far are in the store: they are
+    /// written after their answers, and a read of the log waits for them.
+    pub async fn settle_audit(&self) {
+        let reply = self.get("/v1/audit?limit=1").await;
+        assert_eq!(reply.status, StatusCode::OK, "read the audit log: {}", reply.body);
+    }
+
+    /// The store's current revision, as a list reads it, once the audit log has settled.
     pub async fn revision(&self) -> i64 {
+        self.settle_audit().await;
         self.list("accounts", &[]).await.1
     }
 
@@ -206,6 +216,7 @@ impl TestServer {
     /// it by. Every audited request adds one transaction (one put) of its own, and nothing in a
     /// test prunes the log, so this is the revision minus the records kept.
     pub async fn model_revision(&self) -> i64 {
+        self.settle_audit().await;
         let records = self.store.range("/audit/").await.expect("read the audit log").kvs.len();
         self.revision().await - i64::try_from(records).expect("a count")
     }

@@ -117,13 +117,16 @@ impl Ring1 {
             node: Some(machine),
             disconnected_after: Duration::from_secs(1),
             lost_after: Duration::from_secs(3),
+            certificate_validity: enjin_control::bus::CERT_VALIDITY,
+            member_key_overlap: enjin_control::bus::DEFAULT_OVERLAP,
         };
         let authority = BusAuthority::open(store.clone(), config).await.expect("key service");
         let hub_tls = authority.local_tls("hub", &["localhost".into(), "127.0.0.1".into()]).expect("hub tls");
         let hub = Hub::bind("127.0.0.1:0".parse().expect("addr"), &hub_tls, HubConfig::default())
             .await
             .expect("hub")
-            .with_filter(authority.hub_filter());
+            .with_filter(authority.hub_filter())
+            .with_admission(authority.hub_admission());
         let (hub_addr, hub_stats) = (hub.local_addr(), hub.stats());
         authority.set_hub(hub_addr, hub_stats.clone());
         let (stop, stop_rx) = watch::channel(false);
