@@ -53,6 +53,9 @@ pub enum Output {
 pub enum Command {
     /// Run a whole cloud on this machine: the control plane and this machine as the ring 0 node
     Up(ServeArgs),
+    /// Stop this data directory's `enjin up` and remove what its cloud made on this machine
+    /// (namespaces, bridge, veths, routes, cgroups, firewall tables, loop devices)
+    Down(DownArgs),
     /// Run the control plane only
     Server(ServeArgs),
     /// Run a ring agent from the directory its parent prepared (started by the parent)
@@ -238,6 +241,13 @@ pub struct ServeArgs {
     /// Serve the API as plain HTTP instead of TLS; refused unless --listen is a loopback address
     #[arg(long)]
     pub insecure_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Remove the data directory too: the cloud is gone for good
+    #[arg(long)]
+    pub purge: bool,
 }
 
 #[derive(Debug, Args)]

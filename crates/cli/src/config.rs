@@ -235,6 +235,31 @@ pub struct HostsFileConfig {
 pub struct BusFileConfig {
     /// Where the ring 1 bus hub listens (default 127.0.0.1:7481).
     pub listen: Option<SocketAddr>,
+    /// How long the certificates of the ring's members are valid (default a day); members
+    /// renew theirs over the bus when two thirds of it have passed.
+    pub certificate_validity_seconds: Option<u64>,
+}
+
+impl BusFileConfig {
+    /// Shortest certificate validity accepted: members must have time to renew.
+    const MIN_CERTIFICATE_VALIDITY: u64 = 30;
+    /// Longest: short-lived certificates are the point.
+    const MAX_CERTIFICATE_VALIDITY: u64 = 30 * 86_400;
+
+    /// The members' certificate validity, checked.
+    pub fn certificate_validity(&self) -> anyhow::Result<std::time::Duration> {
+        match self.certificate_validity_seconds {
+            None => Ok(enjin_control::bus::CERT_VALIDITY),
+            Some(s) if (Self::MIN_CERTIFICATE_VALIDITY..=Self::MAX_CERTIFICATE_VALIDITY).contains(&s) => {
+                Ok(std::time::Duration::from_secs(s))
+            }
+            Some(s) => anyhow::bail!(
+                "[bus] certificate_validity_seconds: {s} is outside {}..={} (30 seconds to 30 days)",
+                Self::MIN_CERTIFICATE_VALIDITY,
+                Self::MAX_CERTIFICATE_VALIDITY
+            ),
+        }
+    }
 }
 
 /// `[api]`: where the API listens, the extra names its certificate carries, and its limits at
@@ -260,10 +285,16 @@ struct RawApi {
     rate: Option<toml::Value>,
     /// Requests a principal may make at once (default twice the rate).
     burst: Option<toml::Value>,
+    /// Failed authentications per second per source address (default 1), or "unlimited".
+    failed_auth_rate: Option<toml::Value>,
+    /// Failed authentications a source address may make at once (default 20).
+    failed_auth_burst: Option<toml::Value>,
     /// Open connections at most (default 1024).
     max_connections: Option<toml::Value>,
     /// Seconds (default 10 each, idle 60).
     header_timeout_seconds: Option<toml::Value>,
+    /// Seconds to send a request's body after its headers (default 300).
+    body_timeout_seconds: Option<toml::Value>,
     tls_handshake_timeout_seconds: Option<toml::Value>,
     idle_timeout_seconds: Option<toml::Value>,
 }
@@ -284,26 +315,16 @@ impl TryFrom<RawApi> for ApiConfig {
                 return Err(format!("[api] tls_names: {name:?} is neither a DNS name nor an IP address"));
             }
         }
-        let rate = match raw.rate {
-            Some(toml::Value::String(s)) if s == UNLIMITED => None,
-            Some(v) => Some(bounded(&v, 1, 1_000_000).map_err(key("rate"))?),
-            None => Some(u64::from(ApiLimits::RATE_PER_SECOND)),
-        };
-        let rate = match rate {
-            None if raw.burst.is_some() => {
-                return Err("[api] burst: needs a rate; rate is \"unlimited\"".into());
-            }
-            None => None,
-            Some(per_second) => {
-                let burst = match raw.burst {
-                    Some(v) => bounded(&v, 1, 10_000_000).map_err(key("burst"))?,
-                    None if raw_rate_is_default(per_second) => u64::from(ApiLimits::BURST),
-                    None => per_second * 2,
-                };
-                // Both in range of u32 (checked above).
-                Some(Rate { per_second: per_second as u32, burst: burst as u32 })
-            }
-        };
+        let rate = rate_setting(
+            (raw.rate, "rate"),
+            (raw.burst, "burst"),
+            Rate { per_second: ApiLimits::RATE_PER_SECOND, burst: ApiLimits::BURST },
+        )?;
+        let failed_auth = rate_setting(
+            (raw.failed_auth_rate, "failed_auth_rate"),
+            (raw.failed_auth_burst, "failed_auth_burst"),
+            Rate { per_second: ApiLimits::FAILED_AUTH_PER_SECOND, burst: ApiLimits::FAILED_AUTH_BURST },
+        )?;
         let seconds = |v: Option<toml::Value>, k: &'static str, default: std::time::Duration| match v {
             None => Ok(default),
             Some(v) => {
@@ -320,12 +341,14 @@ impl TryFrom<RawApi> for ApiConfig {
             tls_names: raw.tls_names,
             limits: ApiLimits {
                 rate,
+                failed_auth,
                 max_connections,
                 header_timeout: seconds(
                     raw.header_timeout_seconds,
                     "header_timeout_seconds",
                     d.header_timeout,
                 )?,
+                body_timeout: seconds(raw.body_timeout_seconds, "body_timeout_seconds", d.body_timeout)?,
                 handshake_timeout: seconds(
                     raw.tls_handshake_timeout_seconds,
                     "tls_handshake_timeout_seconds",
@@ -337,8 +360,34 @@ impl TryFrom<RawApi> for ApiConfig {
     }
 }
 
-fn raw_rate_is_default(per_second: u64) -> bool {
-    per_second == u64::from(ApiLimits::RATE_PER_SECOND)
+/// A token bucket from a rate key (a whole number per second, or "unlimited" for none) and a
+/// burst key (default: `default`'s burst with the default rate, else twice the rate).
+fn rate_setting(
+    (rate, rate_key): (Option<toml::Value>, &'static str),
+    (burst, burst_key): (Option<toml::Value>, &'static str),
+    default: Rate,
+) -> Result<Option<Rate>, String> {
+    fn key(k: &'static str) -> impl Fn(String) -> String {
+        move |m| format!("[api] {k}: {m}")
+    }
+    let per_second = match rate {
+        Some(toml::Value::String(s)) if s == UNLIMITED => None,
+        Some(v) => Some(bounded(&v, 1, 1_000_000).map_err(key(rate_key))?),
+        None => Some(u64::from(default.per_second)),
+    };
+    let Some(per_second) = per_second else {
+        if burst.is_some() {
+            return Err(format!("[api] {burst_key}: needs a rate; {rate_key} is \"unlimited\""));
+        }
+        return Ok(None);
+    };
+    let burst = match burst {
+        Some(v) => bounded(&v, 1, 10_000_000).map_err(key(burst_key))?,
+        None if per_second == u64::from(default.per_second) => u64::from(default.burst),
+        None => per_second * 2,
+    };
+    // Both in range of u32 (checked above).
+    Ok(Some(Rate { per_second: per_second as u32, burst: burst as u32 }))
 }
 
 /// A whole number from `min` to `max`.
@@ -542,7 +591,7 @@ mod tests {
         let c = api(
             "[api]\nlisten = \"0.0.0.0:7480\"\ntls_names = [\"enjin.example\", \"10.0.0.5\"]\nrate = 5\n\
              max_connections = 64\nheader_timeout_seconds = 2\ntls_handshake_timeout_seconds = 3\n\
-             idle_timeout_seconds = 4\n",
+             idle_timeout_seconds = 4\nbody_timeout_seconds = 5\n",
         )
         .expect("valid");
         assert_eq!(c.tls_names, ["enjin.example", "10.0.0.5"]);
@@ -555,9 +604,16 @@ mod tests {
         assert_eq!(c.limits.header_timeout, std::time::Duration::from_secs(2));
         assert_eq!(c.limits.handshake_timeout, std::time::Duration::from_secs(3));
         assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(4));
+        assert_eq!(c.limits.body_timeout, std::time::Duration::from_secs(5));
         let c = api("[api]\nrate = 1\nburst = 1\n").expect("valid");
         assert_eq!(c.limits.rate, Some(Rate { per_second: 1, burst: 1 }));
         assert_eq!(api("[api]\nrate = \"unlimited\"\n").expect("valid").limits.rate, None);
+        assert_eq!(d.limits.failed_auth, Some(Rate { per_second: 1, burst: 20 }));
+        let c = api("[api]\nfailed_auth_rate = 2\nfailed_auth_burst = 5\n").expect("valid");
+        assert_eq!(c.limits.failed_auth, Some(Rate { per_second: 2, burst: 5 }));
+        let c = api("[api]\nfailed_auth_rate = \"unlimited\"\n").expect("valid");
+        assert_eq!(c.limits.failed_auth, None);
+        assert_eq!(c.limits.rate, d.limits.rate, "each limit is its own");
     }
 
     #[test]
@@ -569,10 +625,14 @@ mod tests {
             ("rate = \"lots\"", "[api] rate"),
             ("burst = 0", "[api] burst"),
             ("rate = \"unlimited\"\nburst = 5", "[api] burst"),
+            ("failed_auth_rate = 0", "[api] failed_auth_rate"),
+            ("failed_auth_burst = -1", "[api] failed_auth_burst"),
+            ("failed_auth_rate = \"unlimited\"\nfailed_auth_burst = 5", "[api] failed_auth_burst"),
             ("max_connections = 0", "[api] max_connections"),
             ("header_timeout_seconds = 0", "[api] header_timeout_seconds"),
             ("tls_handshake_timeout_seconds = 100000", "[api] tls_handshake_timeout_seconds"),
             ("idle_timeout_seconds = \"1m\"", "[api] idle_timeout_seconds"),
+            ("body_timeout_seconds = 0", "[api] body_timeout_seconds"),
             ("tls_names = [\"not a name\"]", "[api] tls_names"),
         ] {
             let err = api(&format!("[api]\n{text}\n")).expect_err(text);

@@ -169,6 +169,20 @@ fn a_tenant_cannot_touch_another_tenants_app() {
     wait_until("bob's node runs in its own namespace", Duration::from_secs(30), || {
         Path::new("/run/netns").join(format!("eji-{short}")).exists().then_some(())
     });
+    // A tenant writes access rules with its own token alone: its account has a rule set on
+    // the instance network it cannot see. Naming another account's app is refused.
+    let out = as_tenant(
+        &data,
+        &alice,
+        &["access-rule", "create", "web-to-web", "--from", "acme-web", "--to", "acme-web", "--port", "9000"],
+    );
+    assert!(out.status.success(), "alice's rule: {}{}", stdout(&out), stderr(&out));
+    let out = as_tenant(
+        &data,
+        &bob,
+        &["access-rule", "create", "into-acme", "--from", "10.0.0.0/8", "--to", "acme-web", "--port", "8080"],
+    );
+    assert!(!out.status.success(), "bob named alice's app in a rule: {}", stdout(&out));
     // Alice's app is untouched: still v1, still serving.
     let out = as_tenant(&data, &alice, &["-o", "json", "app", "status", "acme-web"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");

@@ -17,7 +17,7 @@ use crate::output;
 
 /// The instance network's label, and the rule set the CLI uses by default.
 const INSTANCE_NETWORK: &str = "instances";
-const DEFAULT_RULE_SET: &str = "default";
+use enjin_control::platform::network::DEFAULT_RULE_SET;
 
 pub async fn run(g: &Global, cmd: AccessRuleCommand) -> Result<()> {
     let kind = Kind::AccessRule;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use enjin_client::Client;
-use enjin_model::api::{AppStatus, DeployRequest, LogsQuery, RolloutStarted};
+use enjin_model::api::{AppStatus, DeployRequest, EventType, LogsQuery, RolloutStarted};
 use enjin_model::kinds::{Strategy, TaskSpec, TaskState};
+use enjin_model::{Kind, Object};
 use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
@@ -137,6 +138,9 @@ fn print_started(g: &Global, started: &RolloutStarted) -> Result<()> {
 }
 
 /// Show a rollout's progress until it ends; an error if it failed.
+/// Follow the rollout's task until it ends: read it once, then take each change from the
+/// store's watch (the SSE stream), starting at the revision read — no polling. Should the watch
+/// end or fail, the task is read again and the watch restarted from there.
 async fn follow_task(g: &Global, c: &Client, started: &RolloutStarted, what: &str) -> Result<()> {
     let bar = ProgressBar::new(0).with_style(style("  {prefix:>9} [{bar:30}] {pos}/{len} {msg}"));
     bar.set_prefix("rollout");
@@ -146,28 +150,56 @@ async fn follow_task(g: &Global, c: &Client, started: &RolloutStarted, what: &st
             .get::<TaskSpec>(started.task)
             .await
             .with_context(|| format!("cannot follow task {}", started.task))?;
-        let p = &task.spec.progress;
-        bar.set_length(p.total);
-        bar.set_position(p.done);
-        bar.set_message(p.message.clone());
-        if bar.is_hidden() && p.message != said && !task.spec.state.is_final() {
-            println!("{:>9}: {}", "rollout", p.message);
-            said.clone_from(&p.message);
-        }
-        match task.spec.state {
-            TaskState::Succeeded => {
-                finish(&bar, p.message.clone());
-                if g.output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&task)?);
+        let mut watch = c.watch(Some(Kind::Task), Some(task.meta.revision));
+        let mut current = task;
+        loop {
+            if let Some(done) = show_task(g, &bar, &mut said, &current, what)? {
+                return done;
+            }
+            let Some(Ok(batch)) = watch.next().await else { break };
+            let id = started.task.to_string();
+            for e in batch.events.into_iter().filter(|e| e.object["uuid"].as_str() == Some(id.as_str())) {
+                if e.event_type == EventType::Deleted {
+                    bail!("{what}: its task {id} was deleted before it ended");
                 }
-                return Ok(());
+                if let Ok(t) = serde_json::from_value::<Object<TaskSpec>>(e.object) {
+                    current = t;
+                }
             }
-            TaskState::Failed | TaskState::Cancelled => {
-                bar.abandon_with_message("failed".to_string());
-                bail!("{what}: {}", task.spec.error.unwrap_or(p.message.clone()));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+/// Show where `task` is; `Some` with the outcome once it has ended.
+fn show_task(
+    g: &Global,
+    bar: &ProgressBar,
+    said: &mut String,
+    task: &Object<TaskSpec>,
+    what: &str,
+) -> Result<Option<Result<()>>> {
+    let p = &task.spec.progress;
+    bar.set_length(p.total);
+    bar.set_position(p.done);
+    bar.set_message(p.message.clone());
+    if bar.is_hidden() && p.message != *said && !task.spec.state.is_final() {
+        println!("{:>9}: {}", "rollout", p.message);
+        said.clone_from(&p.message);
+    }
+    match task.spec.state {
+        TaskState::Succeeded => {
+            finish(bar, p.message.clone());
+            if g.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(task)?);
+            }
+            Ok(Some(Ok(())))
+        }
+        TaskState::Failed | TaskState::Cancelled => {
+            bar.abandon_with_message("failed".to_string());
+            let why = task.spec.error.clone().unwrap_or(p.message.clone());
+            Ok(Some(Err(anyhow!("{what}: {why}"))))
+        }
+        _ => Ok(None),
     }
 }
 

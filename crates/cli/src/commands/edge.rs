@@ -17,7 +17,7 @@ use enjin_agent::{AgentConfig, AgentFile};
 use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::identity::Identity;
 use enjin_bus::node::{BusNode, bundle_from_birth};
-use enjin_bus::trust::{KeyRole, VerifierConfig};
+use enjin_bus::trust::VerifierConfig;
 use enjin_control::ControlPlane;
 use enjin_control::bus::BusAuthority;
 use enjin_dns::{DnsConfig, DnsServer};
@@ -47,6 +47,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 pub struct EdgeFile {
     pub router_listen: SocketAddr,
     pub dns_listen: SocketAddr,
+    /// Where instances query DNS: the hosts network's gateway, port 53 (the instances'
+    /// firewalls admit exactly that). `None` without a hosts network.
+    #[serde(default)]
+    pub instance_dns: Option<SocketAddr>,
 }
 
 /// `<dir>/listening.json`: where it listens, written by the edge once bound (the ports may
@@ -104,8 +108,14 @@ pub async fn prepare(
         }
     };
     authority.enroll_local(node.meta.uuid, LABEL, dir).await.context("failed to enrol the edge")?;
-    let file =
-        AgentFile { ring: 1, node: node.meta.uuid, hub, server_name: "localhost".into(), sandbox: false };
+    let file = AgentFile {
+        ring: 1,
+        node: node.meta.uuid,
+        hub,
+        server_name: "localhost".into(),
+        sandbox: false,
+        rotate_key_after_seconds: None,
+    };
     AgentConfig::write(dir, &file)?;
     let path = dir.join("edge.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&listen)?)
@@ -199,13 +209,29 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
         let stop = stopped(stop_rx.clone());
         async move { d.serve(udp, tcp, stop).await }
     });
+    // The same zone for instances, on the address their resolv.conf names. Without it apps
+    // still run; they just cannot resolve the platform's names.
+    if let Some(addr) = listen.instance_dns {
+        match bind_dns(addr).await {
+            Ok((udp, tcp)) => {
+                let d = dns.clone();
+                let stop = stopped(stop_rx.clone());
+                tokio::spawn(async move { d.serve(udp, tcp, stop).await });
+                tracing::info!(%addr, "DNS for instances listening");
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "instances get no DNS"),
+        }
+    }
 
     // The bus: the data plane above works without it; this only brings newer snapshots.
     let identity = Identity::load(&config.key_file()).context("the edge's identity")?;
     let bundle = bundle_from_birth(&config.bundle()?).context("the edge's trust bundle")?;
-    let client = BusClient::connect(config.hub, &config.server_name, &config.tls()?, ClientConfig::default())
-        .context("failed to connect to the ring bus")?;
-    let node = Arc::new(BusNode::start(Arc::new(client), identity, bundle, VerifierConfig::default())?);
+    let client = Arc::new(
+        BusClient::connect(config.hub, &config.server_name, &config.tls()?, ClientConfig::default())
+            .context("failed to connect to the ring bus")?,
+    );
+    let node = Arc::new(BusNode::start(client.clone(), identity, bundle, VerifierConfig::default())?);
+    let upkeep = tokio::spawn(config.credentials().keep_fresh(node.clone(), client));
     let mut routes = node.subscribe(ROUTES_TOPIC)?;
     let mut zones = node.subscribe(DNS_TOPIC)?;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -230,7 +256,7 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
             }),
             _ = report.tick() => publish(&node, &edge_topic(config.node), &edge_report(config.node, &apps, &router, &dns)),
             Some(env) = routes.next() => {
-                if node.bundle().key(&env.sender()).map(|k| k.role) != Some(KeyRole::Parent) {
+                if !node.is_from_parent(&env) {
                     continue;
                 }
                 match serde_json::from_slice::<RouteTable>(env.payload()) {
@@ -250,7 +276,7 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
                 }
             }
             Some(env) = zones.next() => {
-                if node.bundle().key(&env.sender()).map(|k| k.role) != Some(KeyRole::Parent) {
+                if !node.is_from_parent(&env) {
                     continue;
                 }
                 match serde_json::from_slice::<DnsZone>(env.payload()) {
@@ -268,6 +294,7 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
         }
     }
     tracing::info!("edge stopping: draining requests in flight");
+    upkeep.abort();
     stop_tx.send_replace(true);
     let drained = tokio::time::timeout(Duration::from_secs(15), async {
         let _ = serving_router.await;
@@ -278,6 +305,13 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
         tracing::warn!("the edge's servers did not stop in time");
     }
     Ok(())
+}
+
+/// A UDP socket and a TCP listener on `addr`.
+async fn bind_dns(addr: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(addr).await?;
+    let tcp = tokio::net::TcpListener::bind(addr).await?;
+    Ok((udp, tcp))
 }
 
 fn publish<T: Serialize>(node: &BusNode, topic: &str, value: &T) {

@@ -21,6 +21,7 @@ use enjin_control::{ControlPlane, RegistryError};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
 use enjin_model::kinds::{Cidr, NetworkInterfaceSpec, NetworkSpec, NetworkStrategy, NodeSpec, Strategy};
 use enjin_model::{Object, Ring};
+use enjin_net::cloud::{CloudRecord, HostRecord};
 use enjin_supervisor::{
     ChildId, ChildSpec, Intensity, ProcessLauncher, Restart, Supervisor, SupervisorConfig,
 };
@@ -36,6 +37,8 @@ pub struct HostsNetwork {
     pub bridge: String,
     /// The instance network: its range, each host owning a block of it.
     pub instances: Cidr,
+    /// What this cloud has made outside its data directory (`cloud.rs`).
+    pub record: Arc<std::sync::Mutex<CloudRecord>>,
 }
 
 pub const HOSTS_CIDR: &str = "10.250.0.0/24";
@@ -53,7 +56,12 @@ pub fn can_netns() -> bool {
 }
 
 /// The ring 1 network the hosts live on, and its bridge, up.
-pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr, instance_cidr: Cidr) -> Result<HostsNetwork> {
+pub async fn hosts_network(
+    cp: &ControlPlane,
+    cidr: Cidr,
+    instance_cidr: Cidr,
+    mut record: CloudRecord,
+) -> Result<HostsNetwork> {
     let q =
         ListQuery { ring: Some(Ring::INFRASTRUCTURE), label: Some("hosts".into()), ..ListQuery::default() };
     let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
@@ -75,13 +83,41 @@ pub async fn hosts_network(cp: &ControlPlane, cidr: Cidr, instance_cidr: Cidr) -
     let gateway =
         enjin_control::ipam::gateway(&cidr).context("the hosts network has no room for a gateway")?;
     let bridge = enjin_net::names(&network.meta.uuid.to_string()).bridge;
-    let (b, g, p) = (bridge.clone(), gateway, cidr.prefix);
-    tokio::task::spawn_blocking(move || enjin_net::ensure_bridge(&b, g, p))
-        .await
-        .context("bridge setup panicked")?
-        .with_context(|| format!("failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr)"))?;
+    record.bridge = Some(bridge.clone());
+    record.save().context("failed to record the hosts' bridge")?;
+    let (b, g, p, id) = (bridge.clone(), gateway, cidr.prefix, record.id.clone());
+    tokio::task::spawn_blocking(move || {
+        enjin_net::ensure_bridge(&b, g, p)?;
+        enjin_net::cloud::set_alias(None, &b, &id)
+    })
+    .await
+    .context("bridge setup panicked")?
+    .map_err(|e| {
+        // Say whose the other bridge is, when a cloud on this machine recorded it.
+        let owner = match &e {
+            enjin_net::NetError::AddressInUse { interface, .. } => enjin_net::cloud::records()
+                .into_iter()
+                .find(|r| r.bridge.as_deref() == Some(interface.as_str()))
+                .map(|r| {
+                    format!(
+                        "; it is the bridge of the cloud of {} (`enjin down --data-dir {}` removes it)",
+                        r.data_dir.display(),
+                        r.data_dir.display()
+                    )
+                }),
+            _ => None,
+        };
+        anyhow::Error::new(e).context(format!(
+            "failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr){}",
+            owner.unwrap_or_default()
+        ))
+    })?;
     let instances = instance_network(cp, &cidr, instance_cidr).await?;
-    Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge, instances })
+    enjin_control::platform::network::ensure_default_rule_sets(cp.registry(), None)
+        .await
+        .context("failed to give the accounts their default rule sets")?;
+    let record = Arc::new(std::sync::Mutex::new(record));
+    Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge, instances, record })
 }
 
 /// The ring 2 network instances get their addresses from (made once; its range then stays).
@@ -216,6 +252,7 @@ pub async fn start(
             hub,
             server_name: "localhost".into(),
             sandbox: root_user,
+            rotate_key_after_seconds: None,
         };
         AgentConfig::write(&dir, &file)?;
         let agent = vec![
@@ -342,9 +379,18 @@ async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result
     let names = enjin_net::names(&host.to_string());
     let (ns, veth, bridge, gw, prefix) =
         (names.netns.clone(), names.veth, net.bridge.clone(), net.gateway, net.cidr.prefix);
-    tokio::task::spawn_blocking(move || enjin_net::ensure_host(&ns, &veth, &bridge, address, prefix, gw))
-        .await
-        .context("namespace setup panicked")??;
+    let id = {
+        let mut record = net.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        record.add_host(HostRecord { node: host.to_string(), netns: ns.clone(), veth: veth.clone() });
+        record.save().context("failed to record the host's namespace")?;
+        record.id.clone()
+    };
+    tokio::task::spawn_blocking(move || {
+        enjin_net::ensure_host(&ns, &veth, &bridge, address, prefix, gw)?;
+        enjin_net::cloud::set_alias(None, &veth, &id)
+    })
+    .await
+    .context("namespace setup panicked")??;
     tracing::info!(%host, %address, netns = %names.netns, "host network ready");
     Ok((names.netns, address))
 }

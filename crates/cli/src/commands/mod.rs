@@ -5,6 +5,8 @@ mod agent;
 mod apps;
 mod audit;
 mod bus;
+mod cloud;
+mod down;
 mod edge;
 mod hosts;
 mod keys;
@@ -32,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             enjin_sys::proc::private_umask();
             serve::run(g, &args, true).await
         }
+        Command::Down(args) => down::run(g, &args),
         Command::Server(args) => {
             enjin_sys::proc::private_umask();
             serve::run(g, &args, false).await

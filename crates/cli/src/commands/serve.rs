@@ -14,7 +14,7 @@ use enjin_model::{Object, Ring};
 use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
 use tokio::net::TcpListener;
 
-use super::{edge, hosts};
+use super::{cloud, edge, hosts};
 use crate::args::{Global, ServeArgs};
 use crate::config::{
     self, CA_FILE, DEFAULT_BUS_LISTEN, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_ROUTER_LISTEN,
@@ -28,6 +28,9 @@ use enjin_control::platform::{Platform, PlatformConfig};
 pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> {
     let dir = config::data_dir(g)?;
     config::ensure_data_dir(&dir)?;
+    if whole_cloud {
+        cloud::claim(&dir)?;
+    }
     let file = config::load_file_config(&dir)?;
     let default: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
     let listen = args.listen.or(file.api.listen).unwrap_or(default);
@@ -100,6 +103,8 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
             file.hosts.disconnected_after_seconds.unwrap_or(10),
         ),
         lost_after: std::time::Duration::from_secs(file.hosts.lost_after_seconds.unwrap_or(300)),
+        certificate_validity: file.bus.certificate_validity()?,
+        member_key_overlap: enjin_control::bus::DEFAULT_OVERLAP,
     };
     let authority =
         BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
@@ -119,7 +124,13 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
                 Some(c) => c,
                 None => hosts::INSTANCE_CIDR.parse().map_err(anyhow::Error::msg)?,
             };
-            let net = hosts::hosts_network(&cp, cidr, instance_cidr).await?;
+            // What this cloud makes outside its data directory is recorded before it is made;
+            // what clouds whose data directories are gone left is reclaimed first.
+            let id = cloud::cloud_id(&dir)?;
+            let own = id.clone();
+            tokio::task::spawn_blocking(move || cloud::reclaim(&own)).await.context("reclaiming panicked")?;
+            let record = cloud::record_for(&dir, &id)?;
+            let net = hosts::hosts_network(&cp, cidr, instance_cidr, record).await?;
             bus_listen = SocketAddr::new(net.gateway, bus_listen.port());
             Some(net)
         } else {
@@ -127,12 +138,15 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         };
         let sans = vec!["localhost".to_string(), bus_listen.ip().to_string()];
         let hub_tls = authority.local_tls("hub", &sans)?;
-        let hub = Hub::bind(bus_listen, &hub_tls, HubConfig::default())
+        let hub_config =
+            HubConfig { retained_dir: Some(dir.join("bus").join("retained")), ..HubConfig::default() };
+        let hub = Hub::bind(bus_listen, &hub_tls, hub_config)
             .await
             .with_context(|| {
                 format!("failed to start the ring 1 bus hub on {bus_listen}; pick another with --bus-listen")
             })?
-            .with_filter(authority.hub_filter());
+            .with_filter(authority.hub_filter())
+            .with_admission(authority.hub_admission());
         let addr = hub.local_addr();
         authority.set_hub(addr, hub.stats());
         tokio::spawn(hub.run(stopped(stop_rx.clone())));
@@ -151,6 +165,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
                     Some(a) => a,
                     None => DEFAULT_DNS_LISTEN.parse().context("default DNS address")?,
                 },
+                instance_dns: hosts_net
+                    .as_ref()
+                    .map(|n| SocketAddr::new(n.gateway, enjin_control::netpolicy::DNS_PORT)),
             };
             let edge_dir = dir.join("edge");
             let edge_spec = edge::prepare(&cp, &authority, machine, &edge_dir, addr, listen).await?;
@@ -203,6 +220,9 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     }
     store.close().await.context("failed to close the state store")?;
     served.with_context(|| format!("the API server on {addr} failed"))?;
+    if whole_cloud {
+        cloud::release(&dir);
+    }
     println!("enjin: stopped cleanly; run it again to resume");
     Ok(())
 }
@@ -345,7 +365,7 @@ fn banner(
     println!("  enjin node list                 (from a checkout: cargo run -- node list)");
     let cacert = ca.map(|c| format!("--cacert {} ", c.display())).unwrap_or_default();
     println!("  curl {cacert}-H \"Authorization: Bearer $(cat {})\" {url}/v1/nodes", token.display());
-    println!("Ctrl-C stops it; running it again resumes the same cloud.");
+    println!("Ctrl-C stops it; running it again resumes the same cloud; `enjin down` takes it apart.");
 }
 
 /// The ring 0 token-signing key (`<data-dir>/keys/token-signing.key`, 0600), made on first

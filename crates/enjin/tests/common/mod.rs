@@ -39,6 +39,11 @@ impl Running {
     }
 
     pub fn start_with(mode: &str, data_dir: &Path, extra: &[&str]) -> Running {
+        Running::start_in(mode, data_dir, (&own_range(), &own_instance_range()), extra)
+    }
+
+    /// Start `enjin <mode>` with these hosts' and instances' ranges (for `enjin up`).
+    pub fn start_in(mode: &str, data_dir: &Path, ranges: (&str, &str), extra: &[&str]) -> Running {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
@@ -46,9 +51,9 @@ impl Running {
             .args(if mode == "up" {
                 [
                     "--hosts-cidr",
-                    &own_range(),
+                    ranges.0,
                     "--instance-cidr",
-                    &own_instance_range(),
+                    ranges.1,
                     "--router-listen",
                     "127.0.0.1:0",
                     "--dns-listen",
