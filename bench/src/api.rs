@@ -305,7 +305,7 @@ async fn attenuation_rows(
     ));
     rows.push(Row::read(
         "in process: run its checks (every request)",
-        in_process(limits, || verified.attenuation.check(&facts)),
+        in_process(limits, || verified.attenuation.check(&facts).map_err(|e| format!("{e:?}"))),
     ));
     Ok(rows)
 }

@@ -11,6 +11,7 @@
 mod api;
 mod bus;
 mod bus_flood;
+mod bus_standing;
 mod deploy;
 mod firewall;
 mod idle;
@@ -323,7 +324,14 @@ async fn bus_flood(quick: bool) -> anyhow::Result<Vec<Failure>> {
     eprintln!("measuring the bus hub under 2,000 half-open connections…");
     let rows = bus_flood::rows(quick).await?;
     report::print_bus_flood(&rows);
-    Ok(rows.iter().filter_map(|r| Some(Failure { row: r.name.to_owned(), why: r.failure()? })).collect())
+    let mut failures: Vec<Failure> =
+        rows.iter().filter_map(|r| Some(Failure { row: r.name.to_owned(), why: r.failure()? })).collect();
+    eprintln!("measuring revocation and a hub restart…");
+    let standing = bus_standing::rows(quick).await?;
+    report::print_bus_standing(&standing);
+    failures
+        .extend(standing.iter().filter_map(|r| Some(Failure { row: r.name.to_owned(), why: r.failure()? })));
+    Ok(failures)
 }
 
 /// The supervision section: restarts after SIGKILL, what an instance is made of, and the idle

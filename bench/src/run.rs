@@ -50,6 +50,8 @@ pub struct TaskReport {
     pub latencies: Vec<Duration>,
     /// Compare-and-swap attempts that lost (each still went through the store's writer).
     pub conflicts: u64,
+    /// The most compare-and-swap attempts that one operation lost before it won.
+    pub most_conflicts: u64,
     pub errors: u64,
     pub first_error: Option<String>,
 }
@@ -72,6 +74,8 @@ pub struct Sample {
     /// Sorted, for quantiles.
     latencies: Vec<Duration>,
     pub conflicts: u64,
+    /// The most compare-and-swap attempts that one operation lost before it won.
+    pub most_conflicts: u64,
     pub errors: u64,
     pub first_error: Option<String>,
 }
@@ -84,12 +88,14 @@ impl Sample {
             elapsed,
             latencies: Vec::new(),
             conflicts: 0,
+            most_conflicts: 0,
             errors: 0,
             first_error: None,
         };
         for r in reports {
             sample.latencies.extend(r.latencies);
             sample.conflicts += r.conflicts;
+            sample.most_conflicts = sample.most_conflicts.max(r.most_conflicts);
             sample.errors += r.errors;
             if sample.first_error.is_none() {
                 sample.first_error = r.first_error;

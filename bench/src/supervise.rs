@@ -341,7 +341,7 @@ fn program_pid(strategy: Strategy, pid: u32) -> Result<u32, String> {
     }
 }
 
-fn proc_of(stat: &enjin_supervisor::ProcStat) -> anyhow::Result<Proc> {
+fn proc_of(stat: &procfs::ProcStat) -> anyhow::Result<Proc> {
     let memory =
         procfs::memory(stat.pid).with_context(|| format!("failed to read the memory of pid {}", stat.pid))?;
     Ok(Proc { pid: stat.pid, comm: stat.comm.clone(), memory })
