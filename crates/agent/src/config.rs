@@ -14,6 +14,8 @@ use uuid::Uuid;
 pub enum ConfigError {
     #[error("failed to read {path}: {error}")]
     Read { path: PathBuf, error: String },
+    #[error("failed to write {path}: {error}")]
+    Write { path: PathBuf, error: String },
     #[error("invalid {path}: {error}")]
     Invalid { path: PathBuf, error: String },
     #[error("bad identity: {0}")]
@@ -86,12 +88,13 @@ impl AgentConfig {
         })
     }
 
-    /// Write `agent.json` (the parent does this when it prepares a host).
+    /// Write `agent.json` (the parent does this when it prepares a host): atomically, 0600.
     pub fn write(dir: &Path, file: &AgentFile) -> Result<(), ConfigError> {
         let path = dir.join(Self::FILE);
         let bytes = serde_json::to_vec_pretty(file)
             .map_err(|e| ConfigError::Invalid { path: path.clone(), error: e.to_string() })?;
-        std::fs::write(&path, bytes).map_err(|e| ConfigError::Read { path, error: e.to_string() })
+        enjin_sys::fs::write_private(&path, &bytes)
+            .map_err(|e| ConfigError::Write { path, error: e.to_string() })
     }
 
     pub fn key_file(&self) -> PathBuf {

@@ -158,7 +158,7 @@ impl Credentials {
             tracing::warn!(error = %e, "the bundle with the new key has not arrived; using the key anyway");
         }
         let key_path = self.path("bus.key");
-        std::fs::rename(&next, &key_path)
+        enjin_sys::fs::rename_durable(&next, &key_path)
             .map_err(|e| CredentialError::File { path: key_path.clone(), error: e.to_string() })?;
         node.adopt_identity(fresh);
         self.install(&csr.key_pem, &cert_pem, client)?;

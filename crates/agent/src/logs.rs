@@ -700,23 +700,14 @@ impl Collector {
         }
     }
 
-    /// Save the state: written to a temporary file (0600) and renamed over the old one, so a
-    /// crash leaves either the old state or the new.
+    /// Save the state atomically and durably (0600): a crash leaves either the old state or the
+    /// new, and once this returns the new state survives a power cut, so the blocks punched
+    /// after it are never read again as if they still held lines.
     pub fn save(&self) -> Result<(), CollectorError> {
         let path = self.config.dir.join(STATE_FILE);
-        let tmp = self.config.dir.join(format!("{STATE_FILE}.tmp"));
         let save = |source| CollectorError::SaveState { path: path.clone(), source };
         let bytes = serde_json::to_vec(&self.state).map_err(|e| save(io::Error::other(e)))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(save)?;
-        f.write_all(&bytes).map_err(save)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(save)
+        enjin_sys::fs::write_private(&path, &bytes).map_err(save)
     }
 }
 

@@ -90,10 +90,7 @@ fn write_resolv_conf(dir: &Path, nameservers: &[std::net::IpAddr]) -> std::io::R
         text.push_str(&format!("nameserver {ns}\n"));
     }
     let path = dir.join("resolv.conf");
-    let tmp = dir.join(".resolv.conf.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-    std::fs::rename(&tmp, &path)?;
+    enjin_sys::fs::write_atomic(&path, text.as_bytes(), 0o644)?;
     Ok(path)
 }
 

@@ -2,9 +2,8 @@
 //! its server and token. Nothing below the CLI reads the environment or these files.
 
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -435,28 +434,11 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("failed to make {} private", dir.display()))
 }
 
-/// Write a secret file with mode 0600 from the start (never briefly world-readable): a
-/// temporary file, synced, renamed into place, and the directory synced.
+/// Write a secret file atomically with mode 0600 from the start (never briefly
+/// world-readable): [`enjin_sys::fs::write_private`].
 pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("failed to create {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("failed to write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        // The rename is durable once the directory is.
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("failed to sync {}", parent.display()))?;
-    }
-    Ok(())
+    enjin_sys::fs::write_private(path, contents.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Where the CLI sends requests, with which token, trusting which CA.

@@ -501,7 +501,7 @@ impl BusAuthority {
         enjin_pki::write_private(&dir.join("tls.crt"), &issued.cert_pem).map_err(|e| setup(&e))?;
         enjin_pki::write_private(&dir.join("ca.crt"), self.ca.cert_pem()).map_err(|e| setup(&e))?;
         let sealed = self.sealed_bundle(&self.publisher()).await?;
-        std::fs::write(dir.join("bundle.env"), sealed).map_err(|e| setup(&e))?;
+        enjin_sys::fs::write_private(&dir.join("bundle.env"), &sealed).map_err(|e| setup(&e))?;
         self.publish_trust().await
     }
 
@@ -771,7 +771,7 @@ impl BusAuthority {
             return Err(BusError::Refused(format!("key {} changed meanwhile; retry", old.id.short())));
         }
         self.publish_trust_as(&current).await?;
-        std::fs::rename(&next_path, &path)
+        enjin_sys::fs::rename_durable(&next_path, &path)
             .map_err(|e| BusError::Setup(format!("{}: {e}", path.display())))?;
         let publisher = Publisher::starting_now(fresh, self.ring, self.counters.clone());
         if let Ok(mut p) = self.publisher.lock() {

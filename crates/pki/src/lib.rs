@@ -6,8 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -136,7 +135,7 @@ impl RingCa {
         fs::create_dir_all(dir).map_err(|e| PkiError::Write { path: dir.to_path_buf(), source: e })?;
         let ca = RingCa::generate(ring)?;
         write_private(&key_path, &ca.issuer.key().serialize_pem())?;
-        fs::write(&cert_path, &ca.cert_pem)
+        enjin_sys::fs::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644)
             .map_err(|e| PkiError::Write { path: cert_path.clone(), source: e })?;
         tracing::info!(ring, path = %cert_path.display(), "created ring certificate authority");
         Ok(ca)
@@ -254,15 +253,12 @@ fn printable(key: &str) -> Result<rcgen::string::PrintableString, PkiError> {
     rcgen::string::PrintableString::try_from(key).map_err(|_| PkiError::BadKeyName(key.to_string()))
 }
 
-/// Write a private file: created 0600 under a temporary name, synced, then renamed into place,
-/// so it is never readable by others, not even for a moment.
+/// Write a private file atomically ([`enjin_sys::fs::write_private`]): created 0600 under a
+/// temporary name of its own, synced, renamed into place and the directory synced, so it is
+/// never readable by others, not even for a moment, and a crash leaves the old file or the new.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let err = |e| PkiError::Write { path: path.to_path_buf(), source: e };
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
-    f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    enjin_sys::fs::write_private(path, contents.as_bytes())
+        .map_err(|e| PkiError::Write { path: path.to_path_buf(), source: e })
 }
 
 /// Read a private file, refusing one that others can read.

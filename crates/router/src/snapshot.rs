@@ -1,10 +1,9 @@
 //! The last applied route table on disk, so that a restarted router serves it without the
-//! control plane. Written whole to a temporary file beside it, then renamed over it, so a crash
-//! leaves either the old table or the new one, never half of one.
+//! control plane. Written atomically ([`enjin_sys::fs::write_private`]), so a crash leaves either
+//! the old table or the new one, never half of one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use enjin_model::api::RouteTable;
@@ -15,8 +14,6 @@ pub enum SaveSnapshotError {
     Encode { version: i64, source: serde_json::Error },
     #[error("failed to write route snapshot {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("failed to replace route snapshot {path}: {source}")]
-    Rename { path: PathBuf, source: io::Error },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,30 +29,8 @@ pub enum LoadSnapshotError {
 pub fn save(path: &Path, table: &RouteTable) -> Result<(), SaveSnapshotError> {
     let json = serde_json::to_vec(table)
         .map_err(|source| SaveSnapshotError::Encode { version: table.version, source })?;
-    let temp = temp_path(path);
-    let write = |temp: &Path| -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(temp)?;
-        // `mode` applies only when the file is created; a temporary file left by a crash keeps
-        // whatever mode it had.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(&json)?;
-        file.sync_all()
-    };
-    if let Err(source) = write(&temp) {
-        let _ = fs::remove_file(&temp);
-        return Err(SaveSnapshotError::Write { path: temp, source });
-    }
-    if let Err(source) = fs::rename(&temp, path) {
-        let _ = fs::remove_file(&temp);
-        return Err(SaveSnapshotError::Rename { path: path.to_path_buf(), source });
-    }
-    // The rename is durable only once the directory is synced. Some filesystems refuse to
-    // sync a directory; the table is still in place, so that is not worth failing for.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
+    enjin_sys::fs::write_private(path, &json)
+        .map_err(|source| SaveSnapshotError::Write { path: path.to_path_buf(), source })?;
     Ok(())
 }
 
@@ -69,10 +44,4 @@ pub fn load(path: &Path) -> Result<Option<RouteTable>, LoadSnapshotError> {
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|source| LoadSnapshotError::Decode { path: path.to_path_buf(), source })
-}
-
-/// `.<name>.tmp` beside `path`: same directory, so the rename cannot cross filesystems.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
 }

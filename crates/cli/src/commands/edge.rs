@@ -118,7 +118,7 @@ pub async fn prepare(
     };
     AgentConfig::write(dir, &file)?;
     let path = dir.join("edge.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&listen)?)
+    enjin_sys::fs::write_private(&path, &serde_json::to_vec_pretty(&listen)?)
         .with_context(|| format!("failed to write {}", path.display()))?;
     let exe = std::env::current_exe().context("cannot find the enjin binary to run the edge")?;
     let command = vec![exe.display().to_string(), "edge".into(), "--dir".into(), dir.display().to_string()];
@@ -191,7 +191,7 @@ pub async fn run(args: &EdgeArgs) -> Result<()> {
         .with_context(|| format!("failed to start the DNS service on tcp {dns_addr}"))?;
     let here = Listening { pid: std::process::id(), router: listener.local_addr()?, dns: dns_addr };
     let path = dir.join("listening.json");
-    std::fs::write(&path, serde_json::to_vec(&here)?)
+    enjin_sys::fs::write_private(&path, &serde_json::to_vec(&here)?)
         .with_context(|| format!("failed to write {}", path.display()))?;
     tracing::info!(router = %here.router, dns = %here.dns, "edge listening");
 

@@ -289,7 +289,7 @@ impl BusAuthority {
             Err(e) => return Err(e),
         };
         if known {
-            std::fs::rename(&next, key_path).map_err(|e| setup(&e))?;
+            enjin_sys::fs::rename_durable(&next, key_path).map_err(|e| setup(&e))?;
             tracing::info!(%node, key = %candidate.short(), "finished the member's interrupted key rotation");
         } else {
             std::fs::remove_file(&next).map_err(|e| setup(&e))?;
