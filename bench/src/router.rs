@@ -37,6 +37,8 @@ const QUICK_SECONDS: u32 = 2;
 /// A short run before each measured one, so that both proxies have their upstream pools
 /// filled and nothing is measured cold.
 const WARMUP_SECONDS: u32 = 1;
+/// Alternating rounds of the host-namespace and instance-namespace rows (one in a quick run).
+const NETNS_ROUNDS: usize = 5;
 /// Past its `-d`, how long wrk may take before it is killed.
 const WRK_GRACE: Duration = Duration::from_secs(15);
 /// How long nginx may take to answer on its port, and to stop.
@@ -149,9 +151,15 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     };
     rows.push(Row { path: Path3::Direct, outcome: load(backend, &|| None) });
     rows.push(Row { path: Path3::Enjin, outcome: load(router_addr, &|| Some(thread_ticks("enjin-router"))) });
+    let mut log = Vec::new();
     if crate::netns_backend::possible() {
-        let (before, now) =
-            netns_rows(&backend_rt, &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))));
+        let rounds = if quick { 1 } else { NETNS_ROUNDS };
+        let (before, now) = netns_rows(
+            &backend_rt,
+            rounds,
+            &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))),
+            &mut log,
+        );
         rows.push(Row { path: Path3::EnjinHostNs, outcome: before });
         rows.push(Row { path: Path3::EnjinNetns, outcome: now });
     }
@@ -181,7 +189,7 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     backend_rt.shutdown_timeout(Duration::from_secs(1));
     dir.close().context("failed to remove nginx's directory")?;
 
-    print(&rows, seconds, stats.as_ref());
+    print(&rows, seconds, stats.as_ref(), &log);
 
     let mut failures: Vec<Failure> = rows
         .iter()
@@ -258,12 +266,17 @@ fn serve_hello(listener: tokio::net::TcpListener) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-/// The router (a second one, the same configuration) to a backend in a host's namespace, then
-/// to one in an instance's own namespace behind that host's firewall, reached through the host
-/// as the edge reaches instances.
+/// The router (a second one, the same configuration) to a backend in a host's namespace, and a
+/// third to one in an instance's own namespace behind that host's firewall, reached through the
+/// host as the edge reaches instances. Both stay up while wrk alternates between them for
+/// `rounds` rounds (which goes first alternates too), so that a slow spell of the machine falls
+/// on both rows alike; each row is its median round by req/s. What every round measured goes
+/// to `log`.
 fn netns_rows(
     backend_rt: &Runtime,
+    rounds: usize,
     load: &dyn Fn(SocketAddr) -> Result<Wrk, String>,
+    log: &mut Vec<String>,
 ) -> (Result<Wrk, String>, Result<Wrk, String>) {
     let failed = |e: String| (Err(e.clone()), Err(e));
     let mut made = match crate::netns_backend::InstanceBackend::make() {
@@ -273,10 +286,51 @@ fn netns_rows(
     let (Some(instance), Some(host)) = (made.listener.take(), made.host_listener.take()) else {
         return failed("no listener".into());
     };
-    let before = through_router(backend_rt, host, load);
-    let now = through_router(backend_rt, instance, load);
+    let routers = RouterInFront::start(backend_rt, host, "bench-host")
+        .and_then(|h| Ok((h, RouterInFront::start(backend_rt, instance, "bench-ns")?)));
+    let (before, now) = match routers {
+        Ok((host, ns)) => {
+            let (mut before, mut now) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    before.push(load(host.addr));
+                    now.push(load(ns.addr));
+                } else {
+                    now.push(load(ns.addr));
+                    before.push(load(host.addr));
+                }
+            }
+            host.stop();
+            ns.stop();
+            (before, now)
+        }
+        Err(e) => return failed(e),
+    };
     drop(made);
-    (before, now)
+    let rates = |runs: &[Result<Wrk, String>]| -> String {
+        let each: Vec<String> = runs
+            .iter()
+            .map(|r| r.as_ref().map_or_else(|_| "failed".into(), |w| format!("{:.0}", w.per_sec)))
+            .collect();
+        each.join(", ")
+    };
+    log.push(format!(
+        "Host namespace vs instance namespace, {rounds} alternating rounds (req/s): before [{}], now [{}].",
+        rates(&before),
+        rates(&now)
+    ));
+    (median(before), median(now))
+}
+
+/// The median run by req/s; the first failure if any run failed.
+fn median(runs: Vec<Result<Wrk, String>>) -> Result<Wrk, String> {
+    let mut ok = Vec::new();
+    for r in runs {
+        ok.push(r?);
+    }
+    ok.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    let mid = ok.len() / 2;
+    ok.into_iter().nth(mid).ok_or_else(|| "no run".into())
 }
 
 /// A router with one worker thread per core whose one app has `backend` as its one backend.
@@ -298,34 +352,43 @@ fn router_to(backend: SocketAddr, label: &str) -> Router {
     router
 }
 
-/// Serve the hello backend on `listener` and measure a router of its own in front of it.
-fn through_router(
-    backend_rt: &Runtime,
-    listener: std::net::TcpListener,
-    load: &dyn Fn(SocketAddr) -> Result<Wrk, String>,
-) -> Result<Wrk, String> {
-    let backend = backend_rt
-        .block_on(async { serve_hello(tokio::net::TcpListener::from_std(listener)?) })
-        .map_err(|e| format!("{e:#}"))?;
-    let router_rt = runtime("bench-router-ns", 1).map_err(|e| format!("{e:#}"))?;
-    let router = router_to(backend, "bench-ns");
-    let listener = router_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| format!("failed to bind the router: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = router_rt.spawn(async move {
-        router
-            .serve(listener, async move {
-                drop(stopped.await);
-            })
-            .await
-    });
-    let outcome = load(addr);
-    let _ = stop.send(());
-    let _ = router_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), serving).await });
-    router_rt.shutdown_timeout(Duration::from_secs(1));
-    outcome
+/// The hello backend served on a listener, and a router of its own in front of it on
+/// 127.0.0.1.
+struct RouterInFront {
+    addr: SocketAddr,
+    runtime: Runtime,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl RouterInFront {
+    fn start(backend_rt: &Runtime, listener: std::net::TcpListener, label: &str) -> Result<Self, String> {
+        let backend = backend_rt
+            .block_on(async { serve_hello(tokio::net::TcpListener::from_std(listener)?) })
+            .map_err(|e| format!("{e:#}"))?;
+        let runtime = runtime("bench-router-ns", 1).map_err(|e| format!("{e:#}"))?;
+        let router = router_to(backend, label);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| format!("failed to bind the router: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = runtime.spawn(async move {
+            router
+                .serve(listener, async move {
+                    drop(stopped.await);
+                })
+                .await
+        });
+        Ok(RouterInFront { addr, runtime, stop, serving })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let serving = self.serving;
+        let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), serving).await });
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 }
 
 /// Runs wrk against `addr` for `seconds` and parses what it prints.
@@ -542,7 +605,7 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0))
 }
 
-fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
+fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>, log: &[String]) {
     println!(
         "## HTTP router: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s on 127.0.0.1, one hyper hello backend, \
          HTTP/1.1 keep-alive on both sides; the backend on a {w}-thread runtime and the router with {w} worker \
@@ -597,6 +660,17 @@ fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>) {
             println!("enjin-router is {verdict} nginx: {:.2}x nginx's req/s ({e:.0} vs {n:.0}).", e / n);
         }
         _ => println!("enjin-router vs nginx: not compared (a row failed)."),
+    }
+    if let (Some(before), Some(now)) = (rate(Path3::EnjinHostNs), rate(Path3::EnjinNetns))
+        && before > 0.0
+    {
+        println!(
+            "Instance namespace vs host namespace (medians): {:.2}x ({now:.0} vs {before:.0}).",
+            now / before
+        );
+    }
+    for line in log {
+        println!("{line}");
     }
     if let Some(s) = stats {
         println!(
