@@ -11,16 +11,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use enjin_bus::acl::{self, Member, Role};
+use enjin_bus::acl::{self, Member, MemberNameError, Role};
 use enjin_bus::counters::Counters;
-use enjin_bus::envelope::Envelope;
+use enjin_bus::envelope::{Envelope, SealError};
 use enjin_bus::hub::HubStats;
-use enjin_bus::identity::{Identity, KeyId};
+use enjin_bus::identity::{GenerateError, Identity, KeyId, LoadKeyError, SaveKeyError};
 use enjin_bus::tls::TlsMaterial;
 use enjin_bus::transport::{Transport, TransportError};
 use enjin_bus::trust::{
-    KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey, Verifier,
-    VerifierConfig,
+    BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey,
+    Verifier, VerifierConfig,
 };
 use enjin_model::api::{
     BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
@@ -63,8 +63,31 @@ pub enum BusError {
     Invalid { field: &'static str, message: String },
     #[error("the ring bus is not running on this server")]
     NoHub,
-    #[error("failed to set up keys: {0}")]
-    Setup(String),
+    /// A file of the ring's keys, certificates or members could not be made or replaced.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] enjin_pki::PkiError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    LoadKey(#[from] LoadKeyError),
+    #[error(transparent)]
+    SaveKey(#[from] SaveKeyError),
+    #[error("not a member name: {0}")]
+    Member(#[from] MemberNameError),
+    #[error("the trust bundle cannot be used: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("failed to sign a message: {0}")]
+    Seal(#[from] SealError),
+    #[error("the bus: {0}")]
+    Transport(#[from] TransportError),
+    #[error("failed to encode a message: {0}")]
+    Encode(#[from] serde_json::Error),
     /// A node asked over the bus did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -196,25 +219,29 @@ impl std::fmt::Debug for BusAuthority {
     }
 }
 
+/// A file error naming the file.
+fn file_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BusError + use<> {
+    let path = path.to_path_buf();
+    move |source| BusError::File { path, source }
+}
+
 impl BusAuthority {
     /// Load (or create, on first start) the ring's CA and this machine's parent key, and
     /// record the key's public half.
     pub async fn open(store: Arc<dyn Store>, config: BusConfig) -> Result<Arc<BusAuthority>, BusError> {
         let ring = config.ring.get();
-        let setup = |e: &dyn std::fmt::Display| BusError::Setup(e.to_string());
-        let ca = RingCa::load_or_create(&config.pki_dir, ring).map_err(|e| setup(&e))?;
+        let ca = RingCa::load_or_create(&config.pki_dir, ring)?;
         for d in [&config.keys_dir, &config.pki_dir] {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(d).map_err(|e| setup(&format!("{}: {e}", d.display())))?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| setup(&format!("{}: {e}", d.display())))?;
+            std::fs::create_dir_all(d).map_err(file_error(d))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(file_error(d))?;
         }
         let path = config.keys_dir.join(format!("ring-{ring}-parent.key"));
         let identity = if path.exists() {
-            Identity::load(&path).map_err(|e| setup(&e))?
+            Identity::load(&path)?
         } else {
-            let id = Identity::generate().map_err(|e| setup(&e))?;
-            id.save(&path).map_err(|e| setup(&e))?;
+            let id = Identity::generate()?;
+            id.save(&path)?;
             id
         };
         let counters = Arc::new(Counters::new());
@@ -269,7 +296,7 @@ impl BusAuthority {
     /// client), issued by the ring CA. Kept in memory only. Its common name is
     /// `parent:<name>`: on the bus it is the ring's parent, to which every topic is open.
     pub fn local_tls(&self, name: &str, sans: &[String]) -> Result<TlsMaterial, BusError> {
-        let member = Member::parent(name).map_err(|e| BusError::Setup(e.to_string()))?;
+        let member = Member::parent(name).map_err(BusError::from)?;
         self.issue_tls(&member, sans)
     }
 
@@ -277,10 +304,8 @@ impl BusAuthority {
     fn issue_tls(&self, member: &Member, sans: &[String]) -> Result<TlsMaterial, BusError> {
         // Parent components' certificates are bound to no key: they are made in memory at
         // each start and never leave this process.
-        let issued = self
-            .ca
-            .issue(&member.common_name(), sans, LOCAL_CERT_VALIDITY)
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+        let issued =
+            self.ca.issue(&member.common_name(), sans, LOCAL_CERT_VALIDITY).map_err(BusError::from)?;
         Ok(TlsMaterial {
             ca_pem: self.ca.cert_pem().to_string(),
             cert_pem: issued.cert_pem,
@@ -329,7 +354,7 @@ impl BusAuthority {
     /// Connect the service to its ring's bus: it follows every topic (verifying, counting and
     /// relaying to tails) and publishes the current trust bundle.
     pub async fn attach(self: &Arc<Self>, transport: Arc<dyn Transport>) -> Result<(), BusError> {
-        let sub = transport.subscribe(">").map_err(|e| BusError::Setup(e.to_string()))?;
+        let sub = transport.subscribe(">").map_err(BusError::from)?;
         let connection = transport.connection_state();
         if let Ok(mut t) = self.transport.lock() {
             *t = Some(transport);
@@ -340,7 +365,7 @@ impl BusAuthority {
         tokio::spawn(self.clone().serve_key_requests());
         let bundle = self.bundle().await?;
         let verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+            .map_err(BusError::from)?;
         tokio::spawn(self.clone().monitor(sub, verifier));
         tokio::spawn(self.clone().desired_loop());
         tokio::spawn(self.clone().liveness_loop(self.liveness.0, self.liveness.1));
@@ -475,17 +500,16 @@ impl BusAuthority {
     /// host that already has its files keeps its identity (its agent is being restarted).
     pub async fn enroll_local(&self, node: Uuid, label: &str, dir: &std::path::Path) -> Result<(), BusError> {
         use std::os::unix::fs::PermissionsExt;
-        let setup = |e: &dyn std::fmt::Display| BusError::Setup(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(|e| setup(&e))?;
+        std::fs::create_dir_all(dir).map_err(file_error(dir))?;
         // Root's alone: the host's instances see their files only through their own mounts.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| setup(&e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(file_error(dir))?;
         let key_path = dir.join("bus.key");
         self.finish_rotation(node, &key_path).await?;
         let identity = if key_path.exists() {
-            Identity::load(&key_path).map_err(|e| setup(&e))?
+            Identity::load(&key_path)?
         } else {
-            let id = Identity::generate().map_err(|e| setup(&e))?;
-            id.save(&key_path).map_err(|e| setup(&e))?;
+            let id = Identity::generate()?;
+            id.save(&key_path)?;
             id
         };
         let id = identity.key_id();
@@ -493,15 +517,14 @@ impl BusAuthority {
         let k = key_key(self.ring, &id);
         self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, to_json(&record)?)])).await?;
         let member = self.node_member(node).await?;
-        let issued = self
-            .ca
-            .issue_bound(&member.common_name(), &id.to_string(), self.config.certificate_validity)
-            .map_err(|e| setup(&e))?;
-        enjin_pki::write_private(&dir.join("tls.key"), &issued.key_pem).map_err(|e| setup(&e))?;
-        enjin_pki::write_private(&dir.join("tls.crt"), &issued.cert_pem).map_err(|e| setup(&e))?;
-        enjin_pki::write_private(&dir.join("ca.crt"), self.ca.cert_pem()).map_err(|e| setup(&e))?;
+        let issued =
+            self.ca.issue_bound(&member.common_name(), &id.to_string(), self.config.certificate_validity)?;
+        enjin_pki::write_private(&dir.join("tls.key"), &issued.key_pem)?;
+        enjin_pki::write_private(&dir.join("tls.crt"), &issued.cert_pem)?;
+        enjin_pki::write_private(&dir.join("ca.crt"), self.ca.cert_pem())?;
         let sealed = self.sealed_bundle(&self.publisher()).await?;
-        enjin_sys::fs::write_private(&dir.join("bundle.env"), &sealed).map_err(|e| setup(&e))?;
+        let bundle = dir.join("bundle.env");
+        enjin_sys::fs::write_private(&bundle, &sealed).map_err(file_error(&bundle))?;
         self.publish_trust().await
     }
 
@@ -511,13 +534,10 @@ impl BusAuthority {
         let desired = crate::netpolicy::desired_children(&self.registry, host).await?;
         let payload = to_json(&desired)?;
         let topic = desired_topic(host);
-        let sealed = self
-            .publisher()
-            .seal(&topic, None, payload, now_ms())
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+        let sealed = self.publisher().seal(&topic, None, payload, now_ms()).map_err(BusError::from)?;
         match t.publish(&topic, None, sealed) {
             Ok(()) | Err(TransportError::Full) => Ok(()),
-            Err(e) => Err(BusError::Setup(e.to_string())),
+            Err(e) => Err(BusError::from(e)),
         }
     }
 
@@ -656,10 +676,8 @@ impl BusAuthority {
     async fn sealed_bundle(&self, publisher: &Publisher) -> Result<Vec<u8>, BusError> {
         let bundle = self.bundle().await?;
         let update = TrustUpdate { version: bundle.version, change: TrustChange::Replace(bundle) };
-        let payload = update.to_json().map_err(|e| BusError::Setup(e.to_string()))?;
-        publisher
-            .seal(TRUST_UPDATE_TOPIC, None, payload, now_ms())
-            .map_err(|e| BusError::Setup(e.to_string()))
+        let payload = update.to_json().map_err(BusError::from)?;
+        publisher.seal(TRUST_UPDATE_TOPIC, None, payload, now_ms()).map_err(BusError::from)
     }
 
     /// Publish the whole bundle on the retained trust topic (level-triggered).
@@ -677,7 +695,7 @@ impl BusAuthority {
                 tracing::warn!(ring = self.ring, "bus queue full; trust bundle will be republished");
                 Ok(())
             }
-            Err(e) => Err(BusError::Setup(e.to_string())),
+            Err(e) => Err(BusError::from(e)),
         }
     }
 
@@ -742,11 +760,11 @@ impl BusAuthority {
                 old.id.short()
             )));
         }
-        let fresh = Identity::generate().map_err(|e| BusError::Setup(e.to_string()))?;
+        let fresh = Identity::generate().map_err(BusError::from)?;
         let path = self.config.keys_dir.join(format!("ring-{}-parent.key", self.ring));
         let next_path = path.with_extension("key.next");
         let _ = std::fs::remove_file(&next_path);
-        fresh.save(&next_path).map_err(|e| BusError::Setup(e.to_string()))?;
+        fresh.save(&next_path).map_err(BusError::from)?;
         let now = Utc::now();
         let overlap = TimeDelta::from_std(overlap).unwrap_or(TimeDelta::seconds(300));
         let new = KeyRecord {
@@ -771,8 +789,7 @@ impl BusAuthority {
             return Err(BusError::Refused(format!("key {} changed meanwhile; retry", old.id.short())));
         }
         self.publish_trust_as(&current).await?;
-        enjin_sys::fs::rename_durable(&next_path, &path)
-            .map_err(|e| BusError::Setup(format!("{}: {e}", path.display())))?;
+        enjin_sys::fs::rename_durable(&next_path, &path).map_err(file_error(&path))?;
         let publisher = Publisher::starting_now(fresh, self.ring, self.counters.clone());
         if let Ok(mut p) = self.publisher.lock() {
             *p = Arc::new(publisher);
@@ -844,7 +861,7 @@ impl BusAuthority {
         // joiner's: the certificate names it, and the hub's access rules follow it.
         let member = match req.node {
             Some(node) => self.node_member(node).await?,
-            None => Member::keyed(&id.to_string()).map_err(|e| BusError::Setup(e.to_string()))?,
+            None => Member::keyed(&id.to_string()).map_err(BusError::from)?,
         };
         let cert_pem = self
             .ca
@@ -952,7 +969,7 @@ impl BusAuthority {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, BusError> {
-    serde_json::to_vec(v).map_err(|e| BusError::Setup(e.to_string()))
+    serde_json::to_vec(v).map_err(BusError::from)
 }
 
 /// Answers one request's payload with a reply's payload.
@@ -963,13 +980,10 @@ impl BusAuthority {
     /// Publish `payload` on a retained `state.*` topic, signed by the parent key.
     pub fn publish_state(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
         let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
-        let sealed = self
-            .publisher()
-            .seal(topic, None, payload, now_ms())
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+        let sealed = self.publisher().seal(topic, None, payload, now_ms()).map_err(BusError::from)?;
         match t.publish(topic, None, sealed) {
             Ok(()) | Err(TransportError::Full) => Ok(()),
-            Err(e) => Err(BusError::Setup(e.to_string())),
+            Err(e) => Err(BusError::from(e)),
         }
     }
 
@@ -984,10 +998,10 @@ impl BusAuthority {
     /// a topic of their choosing, such as another host's desired set.
     pub async fn serve_requests(&self, topic: &str, handler: RequestHandler) -> Result<(), BusError> {
         let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
-        let mut sub = t.subscribe(topic).map_err(|e| BusError::Setup(e.to_string()))?;
+        let mut sub = t.subscribe(topic).map_err(BusError::from)?;
         let bundle = self.bundle().await?;
         let mut verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+            .map_err(BusError::from)?;
         let mut refreshed = std::time::Instant::now();
         while let Some(m) = sub.next().await {
             // Follow trust changes (joins, revocations) now and then.
@@ -1071,17 +1085,13 @@ impl BusAuthority {
         let bundle = self.bundle().await?;
         // Counted apart: the monitor already counts every envelope on the bus, replies included.
         let mut verifier = Verifier::new(bundle, VerifierConfig::default(), Arc::new(Counters::new()))
-            .map_err(|e| BusError::Setup(e.to_string()))?;
+            .map_err(BusError::from)?;
         // `_inbox.parent.<random>`: hosts answer only on the parent's inboxes.
         let inbox = t.new_inbox();
         // Subscribed before publishing, so the inbox is known at the hub before anyone answers.
-        let mut replies = t.subscribe(&inbox).map_err(|e| BusError::Setup(e.to_string()))?;
-        let sealed = self
-            .publisher()
-            .seal(topic, Some(&inbox), payload, now_ms())
-            .map_err(|e| BusError::Setup(e.to_string()))?;
-        t.publish(topic, Some(&inbox), sealed)
-            .map_err(|e| BusError::Setup(format!("request on {topic}: {e}")))?;
+        let mut replies = t.subscribe(&inbox).map_err(BusError::from)?;
+        let sealed = self.publisher().seal(topic, Some(&inbox), payload, now_ms()).map_err(BusError::from)?;
+        t.publish(topic, Some(&inbox), sealed)?;
         let first = async {
             while let Some(m) = replies.next().await {
                 // A verified envelope sealed for another inbox is a replayed answer.
@@ -1136,7 +1146,7 @@ impl BusAuthority {
             Some(v) if v == EDGE_ROLE_LABEL.1 => Role::Edge,
             _ => Role::Host,
         };
-        Member::node(role, &node.to_string()).map_err(|e| BusError::Setup(e.to_string()))
+        Member::node(role, &node.to_string()).map_err(BusError::from)
     }
 
     /// The id a key's holder has in inbox topics, as its certificate names it (see
@@ -1150,7 +1160,7 @@ impl BusAuthority {
             (KeyRole::Parent, _) => acl::PARENT_ID.to_string(),
             (KeyRole::Member, Some(node)) => node.to_string(),
             (KeyRole::Member, None) => {
-                Member::keyed(&key.to_string()).map_err(|e| BusError::Setup(e.to_string()))?.id().to_string()
+                Member::keyed(&key.to_string()).map_err(BusError::from)?.id().to_string()
             }
         }))
     }

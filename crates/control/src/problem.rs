@@ -138,9 +138,26 @@ impl From<BusError> for ApiError {
             }
             BusError::NoHub => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
             BusError::Timeout(d) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", d),
-            BusError::Setup(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
             BusError::Store(s) => s.into(),
             BusError::Registry(r) => r.into(),
+            BusError::File { .. }
+            | BusError::Pki(_)
+            | BusError::Generate(_)
+            | BusError::LoadKey(_)
+            | BusError::SaveKey(_)
+            | BusError::Member(_)
+            | BusError::Bundle(_)
+            | BusError::Seal(_)
+            | BusError::Transport(_)
+            | BusError::Encode(_) => {
+                // The server's own files and keys: logged in full here, not shown to the client.
+                tracing::error!(error = %e, "the ring bus failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the ring bus failed; see the server's log".to_string(),
+                )
+            }
         }
     }
 }

@@ -105,8 +105,7 @@ impl BusAuthority {
             }
         };
         let mut verifier = match self.bundle().await.and_then(|b| {
-            Verifier::new(b, VerifierConfig::default(), self.counters.clone())
-                .map_err(|e| BusError::Setup(e.to_string()))
+            Verifier::new(b, VerifierConfig::default(), self.counters.clone()).map_err(BusError::from)
         }) {
             Ok(v) => v,
             Err(e) => {
@@ -153,9 +152,7 @@ impl BusAuthority {
                 self.refresh(&mut verifier).await;
             }
             let sent = to_json(&reply).and_then(|payload| {
-                self.publisher()
-                    .seal(&inbox, None, payload, now_ms())
-                    .map_err(|e| BusError::Setup(e.to_string()))
+                self.publisher().seal(&inbox, None, payload, now_ms()).map_err(BusError::from)
             });
             match sent {
                 Ok(sealed) => {
@@ -214,7 +211,7 @@ impl BusAuthority {
     ) -> Result<KeyReply, BusError> {
         let member = match record.node {
             Some(node) => self.node_member(node).await?,
-            None => Member::keyed(&key.to_string()).map_err(|e| BusError::Setup(e.to_string()))?,
+            None => Member::keyed(&key.to_string()).map_err(BusError::from)?,
         };
         let validity = self.config.certificate_validity;
         let cert_pem = self
@@ -281,18 +278,17 @@ impl BusAuthority {
         if !next.exists() {
             return Ok(());
         }
-        let setup = |e: &dyn std::fmt::Display| BusError::Setup(format!("{}: {e}", next.display()));
-        let candidate = Identity::load(&next).map_err(|e| setup(&e))?.key_id();
+        let candidate = Identity::load(&next)?.key_id();
         let known = match self.record(&candidate.to_string()).await {
             Ok((r, _)) => r.node == Some(node) && !r.revoked && r.not_after.is_none(),
             Err(BusError::NoSuchKey(..)) => false,
             Err(e) => return Err(e),
         };
         if known {
-            enjin_sys::fs::rename_durable(&next, key_path).map_err(|e| setup(&e))?;
+            enjin_sys::fs::rename_durable(&next, key_path).map_err(super::file_error(key_path))?;
             tracing::info!(%node, key = %candidate.short(), "finished the member's interrupted key rotation");
         } else {
-            std::fs::remove_file(&next).map_err(|e| setup(&e))?;
+            std::fs::remove_file(&next).map_err(super::file_error(&next))?;
         }
         Ok(())
     }

@@ -103,8 +103,11 @@ pub enum PlatformError {
     /// The change would start a tenant's instances where no host can sandbox them.
     #[error("{0}")]
     NoSandbox(String),
-    #[error("package store: {0}")]
-    Packages(String),
+    #[error(transparent)]
+    Packages(#[from] enjin_app::store::StoreError),
+    /// A blocking task of the platform's ended without an answer (it panicked or was cancelled).
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The change would take the app's account past a quota.
     #[error(transparent)]
     Quota(#[from] crate::quota::QuotaExceeded),
@@ -162,8 +165,7 @@ pub struct Platform {
 
 impl Platform {
     pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
-        let packages =
-            PackageStore::open(&config.packages_dir).map_err(|e| PlatformError::Packages(e.to_string()))?;
+        let packages = PackageStore::open(&config.packages_dir)?;
         Ok(Arc::new(Platform { registry, packages, config, bus: Mutex::new(None) }))
     }
 
@@ -344,10 +346,7 @@ impl Platform {
 
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<PackageUploaded, PlatformError> {
         let store = self.packages.clone();
-        let out = tokio::task::spawn_blocking(move || store.put(&bytes))
-            .await
-            .map_err(|e| PlatformError::Packages(e.to_string()))?
-            .map_err(|e| PlatformError::Packages(e.to_string()))?;
+        let out = tokio::task::spawn_blocking(move || store.put(&bytes)).await??;
         tracing::info!(digest = %out.package.digest, size = out.package.size, existed = out.existed, "package stored");
         Ok(PackageUploaded { package: out.package, existed: out.existed })
     }
@@ -360,7 +359,6 @@ impl Platform {
             if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() {
                 continue;
             }
-            let why = "interrupted: the control plane stopped during the rollout".to_string();
             let task = rollout::TaskHandle::new(&self.registry, t);
             let rollout_id = task.uuid();
             let nodes = self.instances_where(ROLLOUT_LABEL, &rollout_id.to_string()).await?;
@@ -380,7 +378,7 @@ impl Platform {
                 };
                 let _ = self.registry.update(r.meta.uuid, req, Utc::now()).await;
             }
-            task.finish(Err(why)).await;
+            task.finish(Err(rollout::RolloutError::Interrupted)).await;
         }
         Ok(())
     }

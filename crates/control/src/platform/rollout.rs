@@ -35,6 +35,45 @@ use crate::registry::{Registry, RegistryError};
 /// How often a rollout looks at its instances' health.
 const POLL: Duration = Duration::from_millis(200);
 
+/// Why a rollout did not complete. Its message is what the task records as its error, for the
+/// person who deployed: it names the instance, the release and what still serves.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The new instances could not be made or read (placement, quota, the store).
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error("instance {instance} failed: {message}")]
+    InstanceFailed { instance: String, message: String },
+    #[error("instance {0} was deleted")]
+    InstanceDeleted(Uuid),
+    #[error("{unhealthy} of {of} instances not healthy after {}s ({waiting})", timeout.as_secs())]
+    NotHealthy { unhealthy: usize, of: usize, timeout: Duration, waiting: String },
+    /// A previous run of the control plane stopped during the rollout; its instances are gone.
+    #[error("interrupted: the control plane stopped during the rollout")]
+    Interrupted,
+    /// A deploy, replace or rollback failed: the release that was live before still is.
+    #[error("v{version} of {app} was not deployed: {cause}; the live release keeps serving")]
+    NotDeployed {
+        version: u32,
+        app: String,
+        #[source]
+        cause: Box<RolloutError>,
+    },
+    /// A scale failed: the instances that ran before still do.
+    #[error("{app} was not scaled: {cause}")]
+    NotScaled {
+        app: String,
+        #[source]
+        cause: Box<RolloutError>,
+    },
+}
+
+impl From<RegistryError> for RolloutError {
+    fn from(e: RegistryError) -> Self {
+        RolloutError::Platform(e.into())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// A new release: start all its instances, then make it live and remove the old ones.
@@ -104,7 +143,8 @@ impl TaskHandle {
         }
     }
 
-    pub async fn finish(mut self, outcome: Result<String, String>) {
+    pub async fn finish(mut self, outcome: Result<String, RolloutError>) {
+        let outcome = outcome.map_err(|e| e.to_string());
         self.write(|s| match &outcome {
             Ok(m) => {
                 s.state = TaskState::Succeeded;
@@ -150,10 +190,10 @@ async fn replace(
     release: &Object<ReleaseSpec>,
     mode: Mode,
     isolation: Isolation,
-) -> Result<String, String> {
+) -> Result<String, RolloutError> {
     let app = env.meta.label.clone().unwrap_or_default();
     let version = release.spec.version;
-    let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+    let view = View::read(&p.registry).await?;
     let old: Vec<Uuid> = view.instances_of(env.meta.uuid).map(|n| n.meta.uuid).collect();
     let wanted: Vec<(String, ProcessType)> =
         release.spec.manifest.processes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -170,7 +210,7 @@ async fn replace(
                 unsandboxed += made.unsandboxed;
             }
             Err(e) => {
-                result = Err(e.to_string());
+                result = Err(RolloutError::from(e));
                 break;
             }
         }
@@ -195,7 +235,7 @@ async fn replace(
         if mode == Mode::Release {
             set_release_state(&p.registry, release.meta.uuid, ReleaseState::Failed).await;
         }
-        return Err(format!("v{version} of {app} was not deployed: {e}; the live release keeps serving"));
+        return Err(RolloutError::NotDeployed { version, app, cause: Box::new(e) });
     }
     if mode == Mode::Release {
         // Live first, then the others superseded: between the two both serve, never neither.
@@ -222,9 +262,9 @@ async fn scale(
     env: &Object<CompartmentSpec>,
     release: &Object<ReleaseSpec>,
     isolation: Isolation,
-) -> Result<String, String> {
+) -> Result<String, RolloutError> {
     let app = env.meta.label.clone().unwrap_or_default();
-    let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+    let view = View::read(&p.registry).await?;
     let mut to_remove = Vec::new();
     let mut started = Vec::new();
     let mut unsandboxed = 0;
@@ -255,9 +295,8 @@ async fn scale(
             to_remove.extend(have[want..].iter().map(|n| n.meta.uuid));
         } else if have.len() < want {
             let (count, first) = (want - have.len(), have.len());
-            let made = create_instances(p, task.uuid(), env, release, name, pt, count, first, isolation)
-                .await
-                .map_err(|e| e.to_string());
+            let made =
+                create_instances(p, task.uuid(), env, release, name, pt, count, first, isolation).await;
             match made {
                 Ok(mut m) => {
                     started.append(&mut m.nodes);
@@ -265,7 +304,7 @@ async fn scale(
                 }
                 Err(e) => {
                     remove(p, &started).await;
-                    return Err(e);
+                    return Err(RolloutError::NotScaled { app, cause: Box::new(e.into()) });
                 }
             }
         }
@@ -285,7 +324,7 @@ async fn scale(
                 .await
         {
             remove(p, &started).await;
-            return Err(format!("{app} was not scaled: {e}"));
+            return Err(RolloutError::NotScaled { app, cause: Box::new(e) });
         }
     }
     drain_and_remove(p, &to_remove).await;
@@ -505,20 +544,22 @@ async fn wait_healthy(
     total: u64,
     version: u32,
     note: &str,
-) -> Result<(), String> {
+) -> Result<(), RolloutError> {
     let start = Instant::now();
     loop {
-        let view = View::read(&p.registry).await.map_err(|e| e.to_string())?;
+        let view = View::read(&p.registry).await?;
         let mut healthy = 0u64;
         let mut waiting = None;
         for id in nodes {
             let Some(n) = view.instances.iter().find(|n| n.meta.uuid == *id) else {
-                return Err(format!("instance {id} was deleted"));
+                return Err(RolloutError::InstanceDeleted(*id));
             };
             let label = n.meta.label.clone().unwrap_or_default();
             match view.health(n) {
                 Health::Healthy(_) => healthy += 1,
-                Health::Failed(m) => return Err(format!("instance {label} failed: {m}")),
+                Health::Failed(m) => {
+                    return Err(RolloutError::InstanceFailed { instance: label, message: m.to_string() });
+                }
                 other => {
                     waiting = Some(format!(
                         "{label}: {}",
@@ -537,13 +578,12 @@ async fn wait_healthy(
             return Ok(());
         }
         if start.elapsed() > timeout {
-            return Err(format!(
-                "{} of {} instances not healthy after {}s ({})",
-                nodes.len() as u64 - healthy,
-                nodes.len(),
-                timeout.as_secs(),
-                waiting.unwrap_or_default()
-            ));
+            return Err(RolloutError::NotHealthy {
+                unhealthy: nodes.len() - healthy as usize,
+                of: nodes.len(),
+                timeout,
+                waiting: waiting.unwrap_or_default(),
+            });
         }
         tokio::time::sleep(POLL).await;
     }

@@ -34,8 +34,14 @@ impl From<PlatformError> for ApiError {
             PlatformError::Unavailable(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
             PlatformError::NoSandbox(d) => ApiError::new(StatusCode::CONFLICT, "no-sandbox", d),
             PlatformError::Quota(q) => ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", q.to_string()),
-            PlatformError::Packages(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            PlatformError::Packages(_) | PlatformError::Task(_) => {
+                // The server's own files: logged in full here, not shown to the client.
+                tracing::error!(error = %e, "the platform failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the platform failed; see the server's log".to_string(),
+                )
             }
         }
     }
