@@ -267,7 +267,7 @@ impl PackageSource for BusPackageSource {
                 .await
                 .map_err(|e| format!("no answer from the package store: {e}"))?;
             // Only the parent's store is asked; any other answer is ignored.
-            if node.bundle().key(&reply.sender()).map(|k| k.role) != Some(enjin_bus::trust::KeyRole::Parent) {
+            if !node.is_from_parent(&reply) {
                 return Err("a chunk came from a key that is not the ring's parent".into());
             }
             Ok(reply.into_payload())

@@ -15,7 +15,7 @@ use crate::envelope::{Envelope, SealError};
 use crate::identity::{Identity, KeyId};
 use crate::transport::{Subscription, Transport, TransportError};
 use crate::trust::{
-    BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, Verifier,
+    BundleError, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, Verifier,
     VerifierConfig,
 };
 
@@ -54,8 +54,7 @@ pub fn bundle_from_birth(sealed: &[u8]) -> Result<TrustBundle, NodeError> {
         return Err(NodeError::Birth("it is not a whole bundle".into()));
     };
     bundle.validate()?;
-    let signer = bundle.key(&env.sender()).filter(|k| k.role == KeyRole::Parent && !k.revoked);
-    if signer.is_none() || bundle.ring != env.ring() {
+    if !bundle.is_parent(&env.sender()) || bundle.ring != env.ring() {
         return Err(NodeError::Birth("it is not signed by a parent key it lists".into()));
     }
     env.verify_signature().map_err(|e| NodeError::Birth(e.to_string()))?;
@@ -149,10 +148,10 @@ impl BusNode {
         self.trust.borrow().clone()
     }
 
-    /// Whether `env` (an envelope this node accepted) was signed by a parent key of its ring:
-    /// only the parent says what runs, routes and resolves.
+    /// Whether `env` (an envelope this node accepted) was signed by a parent key of its ring
+    /// that is not revoked ([`TrustBundle::is_parent`]).
     pub fn is_from_parent(&self, env: &Envelope) -> bool {
-        self.trust.borrow().key(&env.sender()).is_some_and(|k| k.role == KeyRole::Parent)
+        self.trust.borrow().is_parent(&env.sender())
     }
 
     /// Wait until the trust set reaches `version` (or later).

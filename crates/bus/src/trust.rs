@@ -105,6 +105,13 @@ impl TrustBundle {
         self.keys.iter().find(|k| k.id == *id)
     }
 
+    /// Whether `id` is a parent key of this ring that is not revoked: the one check, wherever
+    /// a member must know that what it got comes from its parent (only the parent says what
+    /// runs, routes and resolves, and serves packages).
+    pub fn is_parent(&self, id: &KeyId) -> bool {
+        self.key(id).is_some_and(|k| k.role == KeyRole::Parent && !k.revoked)
+    }
+
     /// Checks what can be checked without a clock: keys are unique real Ed25519 public keys,
     /// labels are short and printable, and at least one parent key is not revoked.
     pub fn validate(&self) -> Result<(), BundleError> {
@@ -640,6 +647,18 @@ mod tests {
         assert_eq!(v.bundle(), &bundle());
         assert_eq!(v.counters().trust_updates_applied(), 0);
         assert_eq!(v.accept(&seal(9, 1, NOW), NOW), Err(RejectReason::UnknownKey));
+    }
+
+    #[test]
+    fn only_a_parent_key_that_is_not_revoked_is_the_parent() {
+        let mut b = bundle();
+        assert!(b.is_parent(&id(1).key_id()));
+        assert!(!b.is_parent(&id(2).key_id()), "a member");
+        assert!(!b.is_parent(&id(9).key_id()), "a stranger");
+        let mut revoked = key(4, KeyRole::Parent);
+        revoked.revoked = true;
+        b.keys.push(revoked);
+        assert!(!b.is_parent(&id(4).key_id()), "a revoked parent key");
     }
 
     #[test]
