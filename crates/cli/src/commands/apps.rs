@@ -25,10 +25,11 @@ fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// Finish a step; where there is no terminal to draw bars on, say it in a line instead.
+/// Finish a step; where there is no terminal to draw bars on, say it in a line instead. Progress
+/// goes to stderr, as the bars do: stdout holds only the result (JSON with `-o json`).
 fn finish(bar: &ProgressBar, message: String) {
     if bar.is_hidden() {
-        println!("{:>9}: {message}", bar.prefix());
+        eprintln!("{:>9}: {message}", bar.prefix());
     }
     bar.finish_with_message(message);
 }
@@ -119,7 +120,9 @@ pub async fn deploy(g: &Global, args: &DeployArgs) -> Result<()> {
     }
     follow_task(g, &c, &started, &format!("v{}", started.version)).await?;
     let status = c.app(&name).await?;
-    println!("{name} v{} is live at {}", started.version, status.url);
+    if g.output != Output::Json {
+        println!("{name} v{} is live at {}", started.version, status.url);
+    }
     if let Some(line) = isolation(&status).filter(|_| !isolated(&status)) {
         eprintln!("warning: {name} isolation: {line}");
     }
@@ -183,7 +186,7 @@ fn show_task(
     bar.set_position(p.done);
     bar.set_message(p.message.clone());
     if bar.is_hidden() && p.message != *said && !task.spec.state.is_final() {
-        println!("{:>9}: {}", "rollout", p.message);
+        eprintln!("{:>9}: {}", "rollout", p.message);
         said.clone_from(&p.message);
     }
     match task.spec.state {
@@ -329,7 +332,9 @@ pub async fn restart(g: &Global, app: &str) -> Result<()> {
     let c = client(g)?;
     let started = c.restart(app).await.with_context(|| format!("failed to restart {app}"))?;
     follow_task(g, &c, &started, &format!("restart {app}")).await?;
-    println!("{app}: every instance replaced");
+    if g.output != Output::Json {
+        println!("{app}: every instance replaced");
+    }
     Ok(())
 }
 
@@ -344,7 +349,9 @@ pub async fn rollback(g: &Global, app: &str, version: Option<&str>) -> Result<()
     let c = client(g)?;
     let started = c.rollback(app, version).await.with_context(|| format!("failed to roll {app} back"))?;
     follow_task(g, &c, &started, &format!("rollback of {app}")).await?;
-    println!("{app} v{} is live", started.version);
+    if g.output != Output::Json {
+        println!("{app} v{} is live", started.version);
+    }
     Ok(())
 }
 

@@ -25,6 +25,9 @@ use enjin_bus::hub::{Hub, HubConfig};
 use enjin_control::bus::{BusAuthority, BusConfig};
 use enjin_control::platform::{Platform, PlatformConfig};
 
+/// `<data>/bus/hub.addr`: where the ring 1 hub listened last.
+const HUB_ADDR_FILE: &str = "hub.addr";
+
 pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> {
     let dir = config::data_dir(g)?;
     config::ensure_data_dir(&dir)?;
@@ -140,14 +143,34 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         let hub_tls = authority.local_tls("hub", &sans)?;
         let hub_config =
             HubConfig { retained_dir: Some(dir.join("bus").join("retained")), ..HubConfig::default() };
-        let hub = Hub::bind(bus_listen, &hub_tls, hub_config)
-            .await
+        // Asked for any port, listen where the last run did when that port is free: the agents
+        // this run adopts know only that address.
+        let bus_dir = dir.join("bus");
+        fs::create_dir_all(&bus_dir).with_context(|| format!("failed to create {}", bus_dir.display()))?;
+        let last = bus_dir.join(HUB_ADDR_FILE);
+        let again = std::fs::read_to_string(&last)
+            .ok()
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            .filter(|a| bus_listen.port() == 0 && a.ip() == bus_listen.ip());
+        let bound = match again {
+            Some(a) => match Hub::bind(a, &hub_tls, hub_config.clone()).await {
+                Ok(hub) => Ok(hub),
+                Err(e) => {
+                    tracing::warn!(addr = %a, error = %e, "the hub's last address is taken; running agents must be restarted to find the new one");
+                    Hub::bind(bus_listen, &hub_tls, hub_config).await
+                }
+            },
+            None => Hub::bind(bus_listen, &hub_tls, hub_config).await,
+        };
+        let hub = bound
             .with_context(|| {
                 format!("failed to start the ring 1 bus hub on {bus_listen}; pick another with --bus-listen")
             })?
             .with_filter(authority.hub_filter())
             .with_admission(authority.hub_admission());
         let addr = hub.local_addr();
+        enjin_sys::fs::write_private(&last, addr.to_string().as_bytes())
+            .with_context(|| format!("failed to write {}", last.display()))?;
         authority.set_hub(addr, hub.stats());
         tokio::spawn(hub.run(stopped(stop_rx.clone())));
         let own_tls = authority.local_tls("control-plane", &[])?;
@@ -201,11 +224,12 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     };
     let platform =
         Platform::open(cp.registry().clone(), platform_config).context("failed to open the package store")?;
-    if let Err(e) = platform.recover().await {
-        tracing::warn!(error = %e, "unfinished rollouts not cleaned up");
-    }
     if hub_addr.is_some() {
         platform.attach_bus(authority.clone());
+    }
+    // After the bus: a rollout that is finished drains through the routers as any other.
+    if let Err(e) = platform.recover().await {
+        tracing::warn!(error = %e, "unfinished rollouts not taken up");
     }
     let cp = cp.with_bus(authority).with_platform(platform);
     let ca = (!args.insecure_http).then(|| dir.join(CA_FILE));

@@ -35,8 +35,8 @@ use enjin_model::api::{
 };
 use enjin_model::kinds::{
     AppManifest, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec,
-    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, Strategy, TaskKind,
-    TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
+    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, RolloutStep, Strategy,
+    TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
 };
 use enjin_model::{FieldError, Object, Ring};
 use enjin_store::{Compare, Op, Txn};
@@ -351,8 +351,11 @@ impl Platform {
         Ok(PackageUploaded { package: out.package, existed: out.existed })
     }
 
-    /// Fail the rollouts a previous run of this process left unfinished: their instances are
-    /// removed and their releases marked failed, so nothing half-deployed stays.
+    /// Take up the rollouts a previous run of this process left unfinished, each by the step
+    /// its task recorded ([`rollout::resume`]): one that had not gone live is undone (its
+    /// instances removed, its release failed), one that had is finished (the instances it
+    /// replaces drained and removed). They run in the background, as rollouts do, and hold
+    /// their apps against other rollouts until they end.
     pub async fn recover(self: &Arc<Self>) -> Result<(), PlatformError> {
         let (tasks, _) = self.registry.list::<TaskSpec>(&ListQuery::default()).await?;
         for t in tasks {
@@ -360,25 +363,8 @@ impl Platform {
                 continue;
             }
             let task = rollout::TaskHandle::new(&self.registry, t);
-            let rollout_id = task.uuid();
-            let nodes = self.instances_where(ROLLOUT_LABEL, &rollout_id.to_string()).await?;
-            for n in nodes {
-                let _ = self.registry.delete(enjin_model::Kind::Node, n.meta.uuid, None).await;
-            }
-            if let Some(subject) = task.subject()
-                && let Ok(r) = self.registry.get::<ReleaseSpec>(subject).await
-                && r.spec.state == ReleaseState::Deploying
-            {
-                let spec = ReleaseSpec { state: ReleaseState::Failed, ..r.spec.clone() };
-                let req = UpdateRequest {
-                    revision: r.meta.revision,
-                    label: r.meta.label,
-                    labels: r.meta.labels,
-                    spec,
-                };
-                let _ = self.registry.update(r.meta.uuid, req, Utc::now()).await;
-            }
-            task.finish(Err(rollout::RolloutError::Interrupted)).await;
+            tracing::info!(task = %task.uuid(), step = ?task.recorded_step(), "resuming an unfinished rollout");
+            tokio::spawn(rollout::resume(self.clone(), task));
         }
         Ok(())
     }
@@ -793,6 +779,7 @@ impl Platform {
             subject: Some(subject),
             result: None,
             error: None,
+            step: Some(RolloutStep::Starting),
         };
         let label = format!("{app}-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let req = CreateRequest {
@@ -807,7 +794,11 @@ impl Platform {
     }
 
     /// Ring 2 nodes carrying `key=value`.
-    async fn instances_where(&self, key: &str, value: &str) -> Result<Vec<Object<NodeSpec>>, PlatformError> {
+    pub(super) async fn instances_where(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<Object<NodeSpec>>, PlatformError> {
         let q = ListQuery {
             ring: Some(Ring::PLATFORM),
             selector: Some(format!("{key}={value}")),

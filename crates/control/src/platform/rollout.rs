@@ -4,6 +4,10 @@
 //! time to finish what they were doing, and removed. A rollout that fails removes what it
 //! started and leaves the live release as it was.
 //!
+//! A rollout records its step in its task before taking it ([`RolloutStep`]), so that a
+//! control plane that stops in the middle undoes it when it comes back if it had not gone live,
+//! and finishes it if it had ([`resume`]).
+//!
 //! Each instance is recorded with the strategy its host really runs it by; a tenant's go only
 //! to hosts that sandbox them, and the operator's that run unsandboxed are said so, in the
 //! task's progress and result and in the log.
@@ -16,7 +20,8 @@ use chrono::Utc;
 use enjin_model::api::{CreateRequest, PACKAGE_CHUNK, PACKAGES_TOPIC, PackageChunkRequest, UpdateRequest};
 use enjin_model::kinds::{
     CompartmentSpec, DesiredState, HealthKind, NodeSpec, ObservationState, ObservationStrategy, ProbeSpec,
-    ProcessType, ReleaseSpec, ReleaseState, RestartPolicy, RunSpec, TaskProgress, TaskSpec, TaskState,
+    ProcessType, ReleaseSpec, ReleaseState, RestartPolicy, RolloutStep, RunSpec, TaskProgress, TaskSpec,
+    TaskState,
 };
 use enjin_model::{Kind, Object, Ring};
 use uuid::Uuid;
@@ -136,6 +141,17 @@ impl TaskHandle {
         }
     }
 
+    /// Record the step the rollout is about to take; it is in the store before the step begins.
+    pub async fn step(&mut self, step: RolloutStep) {
+        if self.task.spec.step != Some(step) {
+            self.write(|s| s.step = Some(step)).await;
+        }
+    }
+
+    pub fn recorded_step(&self) -> Option<RolloutStep> {
+        self.task.spec.step
+    }
+
     pub async fn progress(&mut self, done: u64, total: u64, message: String) {
         let p = TaskProgress { done, total, message };
         if self.task.spec.progress != p {
@@ -237,6 +253,8 @@ async fn replace(
         }
         return Err(RolloutError::NotDeployed { version, app, cause: Box::new(e) });
     }
+    // From here on a restart finishes the rollout rather than undoing it: recorded first.
+    task.step(RolloutStep::Live).await;
     if mode == Mode::Release {
         // Live first, then the others superseded: between the two both serve, never neither.
         let live = set_release_state(&p.registry, release.meta.uuid, ReleaseState::Active).await;
@@ -265,7 +283,7 @@ async fn scale(
 ) -> Result<String, RolloutError> {
     let app = env.meta.label.clone().unwrap_or_default();
     let view = View::read(&p.registry).await?;
-    let mut to_remove = Vec::new();
+    let to_remove = past_counts(&view, env.meta.uuid, &release.spec);
     let mut started = Vec::new();
     let mut unsandboxed = 0;
     let mut adding = 0u64;
@@ -290,10 +308,7 @@ async fn scale(
     task.progress(0, adding, format!("adding {adding} instances")).await;
     for (name, pt, have) in &plan {
         let want = pt.instances as usize;
-        if have.len() > want {
-            // The newest go first: the oldest have proven themselves.
-            to_remove.extend(have[want..].iter().map(|n| n.meta.uuid));
-        } else if have.len() < want {
+        if have.len() < want {
             let (count, first) = (want - have.len(), have.len());
             let made =
                 create_instances(p, task.uuid(), env, release, name, pt, count, first, isolation).await;
@@ -327,9 +342,118 @@ async fn scale(
             return Err(RolloutError::NotScaled { app, cause: Box::new(e) });
         }
     }
+    task.step(RolloutStep::Draining).await;
     drain_and_remove(p, &to_remove).await;
     let counts: Vec<String> = plan.iter().map(|(n, pt, _)| format!("{n}={}", pt.instances)).collect();
     Ok(format!("{app} scaled to {}{note}", counts.join(" ")))
+}
+
+/// Take up a rollout a previous run of the control plane left unfinished, by the step its
+/// task recorded:
+///
+/// - `live`, and its release is the app's live one (or it was a restart of the live release):
+///   finished. Every other live release of the app is superseded, and every instance of the
+///   app that this rollout did not start is drained and removed.
+/// - `draining` (a scale): finished. The instances past the release's counts are drained and
+///   removed.
+/// - anything else (`starting`, or `live` for a release that was never made live): undone. The
+///   rollout's instances are removed and a release still deploying is marked failed; what
+///   served before still serves.
+pub async fn resume(p: Arc<Platform>, mut task: TaskHandle) {
+    let release = match task.subject() {
+        Some(id) => p.registry.get::<ReleaseSpec>(id).await.ok(),
+        None => None,
+    };
+    let outcome = match (release, task.recorded_step()) {
+        (Some(r), Some(RolloutStep::Live)) if r.spec.state == ReleaseState::Active => {
+            finish_live(&p, &mut task, &r).await
+        }
+        (Some(r), Some(RolloutStep::Draining)) => finish_scale(&p, &r).await,
+        (release, _) => {
+            undo(&p, &task, release.as_ref()).await;
+            Err(RolloutError::Interrupted)
+        }
+    };
+    match &outcome {
+        Ok(m) => tracing::info!(task = %task.uuid(), "{m}"),
+        Err(e) => tracing::warn!(task = %task.uuid(), "rollout undone: {e}"),
+    }
+    task.finish(outcome).await;
+}
+
+/// The rest of a rollout whose instances had gone live: see [`resume`].
+async fn finish_live(
+    p: &Arc<Platform>,
+    task: &mut TaskHandle,
+    release: &Object<ReleaseSpec>,
+) -> Result<String, RolloutError> {
+    let view = View::read(&p.registry).await?;
+    let app = release.spec.app;
+    for r in view.releases.values() {
+        if r.spec.app == app && r.meta.uuid != release.meta.uuid && r.spec.state == ReleaseState::Active {
+            set_release_state(&p.registry, r.meta.uuid, ReleaseState::Superseded).await;
+        }
+    }
+    let rollout = task.uuid().to_string();
+    let (ours, old): (Vec<&Object<NodeSpec>>, Vec<&Object<NodeSpec>>) =
+        view.instances_of(app).partition(|n| n.meta.labels.get(ROLLOUT_LABEL) == Some(&rollout));
+    let old: Vec<Uuid> = old.iter().map(|n| n.meta.uuid).collect();
+    task.progress(0, 0, format!("v{} is live; draining {} old instances", release.spec.version, old.len()))
+        .await;
+    drain_and_remove(p, &old).await;
+    Ok(format!(
+        "v{} is live with {} instances (the rollout was finished after the control plane restarted)",
+        release.spec.version,
+        ours.len()
+    ))
+}
+
+/// The rest of a scale that was removing instances: see [`resume`].
+async fn finish_scale(p: &Arc<Platform>, release: &Object<ReleaseSpec>) -> Result<String, RolloutError> {
+    let view = View::read(&p.registry).await?;
+    let excess = past_counts(&view, release.spec.app, &release.spec);
+    drain_and_remove(p, &excess).await;
+    Ok(format!(
+        "scaled: {} instances past the counts of v{} removed (the rollout was finished after the control \
+         plane restarted)",
+        excess.len(),
+        release.spec.version
+    ))
+}
+
+/// The undoing of a rollout that had not gone live: see [`resume`].
+async fn undo(p: &Arc<Platform>, task: &TaskHandle, release: Option<&Object<ReleaseSpec>>) {
+    match p.instances_where(ROLLOUT_LABEL, &task.uuid().to_string()).await {
+        Ok(nodes) => remove(p, &nodes.iter().map(|n| n.meta.uuid).collect::<Vec<_>>()).await,
+        Err(e) => tracing::warn!(task = %task.uuid(), error = %e, "the rollout's instances were not found"),
+    }
+    if let Some(r) = release
+        && r.spec.state == ReleaseState::Deploying
+    {
+        set_release_state(&p.registry, r.meta.uuid, ReleaseState::Failed).await;
+    }
+}
+
+/// The app's instances past `release`'s counts: per process type, the newest of those not
+/// draining beyond the count (the oldest have proven themselves), and every one already
+/// draining. What a scale removes.
+fn past_counts(view: &View, app: Uuid, release: &ReleaseSpec) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let mut by_process: BTreeMap<&str, Vec<&Object<NodeSpec>>> = BTreeMap::new();
+    for n in view.instances_of(app) {
+        if n.meta.labels.contains_key(DRAINING_LABEL) {
+            out.push(n.meta.uuid);
+            continue;
+        }
+        let process = n.meta.labels.get(PROCESS_LABEL).map_or("", String::as_str);
+        by_process.entry(process).or_default().push(n);
+    }
+    for (process, mut have) in by_process {
+        let want = release.manifest.processes.get(process).map_or(0, |pt| pt.instances as usize);
+        have.sort_by_key(|n| n.meta.created_at);
+        out.extend(have.iter().skip(want).map(|n| n.meta.uuid));
+    }
+    out
 }
 
 /// What the operator is told when instances run unsandboxed.

@@ -42,6 +42,23 @@ impl TaskState {
     }
 }
 
+/// How far a rollout (a deploy task) has come, recorded before each step so that a control
+/// plane that stops in the middle can tell, when it comes back, whether to undo the rollout or
+/// to finish it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutStep {
+    /// Starting new instances and waiting for them to be healthy; what ran before still
+    /// serves. Undone on a restart: the rollout's instances are removed.
+    Starting,
+    /// The new instances are healthy and take over: a new release becomes the app's live one,
+    /// and every instance the rollout did not start is drained and removed. Finished on a
+    /// restart (unless the new release was never made live: then undone).
+    Live,
+    /// A scale removes the instances past the release's counts. Finished on a restart.
+    Draining,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskProgress {
@@ -74,6 +91,9 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16384), regex(pattern = super::TEXT_PATTERN))]
     pub error: Option<String>,
+    /// A rollout's step, kept current while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<RolloutStep>,
 }
 
 fn pending() -> TaskState {
@@ -144,6 +164,7 @@ mod tests {
             subject: None,
             result: None,
             error: None,
+            step: None,
         }
     }
 
