@@ -4,7 +4,8 @@
 //!
 //! Key layout (all under one store):
 //! - `/registry/<kind>/<uuid>` — the object (JSON). Watches follow this prefix only.
-//! - `/index/label/<kind>/<ring>/<scope>/<label>` — the uuid owning a label among siblings.
+//! - `/index/label/<kind>/<ring>/<scope>/<label>` — the uuid owning a label among siblings
+//!   (`<account>:<scope>` for a tenant's objects, so one tenant's names say nothing of another's).
 //! - `/refs/<target>/<source-kind>/<source>` — "source refers to target", with the field.
 //! - `/guards/<target>` — written by every write that adds a reference to `target`; a delete of
 //!   `target` compares it, so a reference added concurrently makes the delete retry and see it.

@@ -48,7 +48,9 @@
 //!    leaves the request untouched: it is retried whole, whatever its method and body, on
 //!    another backend when there is one, up to [`RouterConfig::max_attempts`] in all, and the
 //!    backend is ejected. An idle connection the instance had closed is replaced by a new one
-//!    without counting as an attempt. A request that was sent is never sent again.
+//!    without counting as an attempt. A request that was sent goes again only if it is
+//!    idempotent (RFC 9110) and has no body, when its instance failed it before answering;
+//!    any other request that was sent is never sent again.
 //! 4. Connect failures that use up the attempts, and answers that are not HTTP: 502. No response
 //!    headers within [`RouterConfig::response_timeout`]: 504.
 //! 5. A request with `Connection: upgrade` (WebSocket and the like) that the backend answers
