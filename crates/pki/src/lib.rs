@@ -135,8 +135,8 @@ impl RingCa {
         fs::create_dir_all(dir).map_err(|e| PkiError::Write { path: dir.to_path_buf(), source: e })?;
         let ca = RingCa::generate(ring)?;
         write_private(&key_path, &ca.issuer.key().serialize_pem())?;
-        enjin_sys::fs::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644)
-            .map_err(|e| PkiError::Write { path: cert_path.clone(), source: e })?;
+        // Public, but in a data directory nothing of which is open to others.
+        write_private(&cert_path, &ca.cert_pem)?;
         tracing::info!(ring, path = %cert_path.display(), "created ring certificate authority");
         Ok(ca)
     }
