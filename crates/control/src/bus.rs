@@ -196,6 +196,9 @@ pub struct BusAuthority {
     parents: Arc<RwLock<ParentKeys>>,
     /// Every key of the ring as the hub's admission check needs it.
     admitted: Arc<RwLock<members::AdmissionTable>>,
+    /// The newest trust bundle version this server has read: a key request server whose
+    /// verifier is older reads the keys again at once instead of refusing a new member.
+    trust_version: std::sync::atomic::AtomicU64,
     /// Bumped each time the transport connects again.
     reconnections: tokio::sync::watch::Sender<u64>,
     /// After how long without a heartbeat a host is disconnected, and then lost.
@@ -262,6 +265,7 @@ impl BusAuthority {
             messages,
             parents: Arc::default(),
             admitted: Arc::default(),
+            trust_version: std::sync::atomic::AtomicU64::new(0),
             reconnections: tokio::sync::watch::Sender::new(0),
             liveness,
             host_stats: Mutex::default(),
@@ -550,6 +554,21 @@ impl BusAuthority {
 
     /// Keep every host's desired children published: after each change to nodes (watched from
     /// the store), and every [`REPUBLISH_EVERY`] in case anything was missed.
+    /// Publish the desired set of every host this machine is parent of; failures are logged
+    /// (the next change or the periodic republish tries again).
+    pub(crate) async fn publish_all_desired(&self) {
+        match self.own_hosts().await {
+            Ok(hosts) => {
+                for h in hosts {
+                    if let Err(e) = self.publish_desired(h).await {
+                        tracing::warn!(host = %h, error = %e, "cannot publish desired children");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list hosts"),
+        }
+    }
+
     async fn desired_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPUBLISH_EVERY);
         // Everything a desired set is made of: nodes, their interfaces, access rules.
@@ -577,16 +596,7 @@ impl BusAuthority {
                     Some(_) => {}
                 },
             }
-            match self.own_hosts().await {
-                Ok(hosts) => {
-                    for h in hosts {
-                        if let Err(e) = self.publish_desired(h).await {
-                            tracing::warn!(host = %h, error = %e, "cannot publish desired children");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot list hosts"),
-            }
+            self.publish_all_desired().await;
         }
     }
 
@@ -669,7 +679,14 @@ impl BusAuthority {
         if let Ok(mut a) = self.admitted.write() {
             *a = table;
         }
-        Ok(TrustBundle { ring: self.ring, version: u64::try_from(range.revision).unwrap_or(0), keys })
+        let version = u64::try_from(range.revision).unwrap_or(0);
+        self.trust_version.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
+        Ok(TrustBundle { ring: self.ring, version, keys })
+    }
+
+    /// The newest trust bundle version this server has read.
+    pub(crate) fn latest_trust_version(&self) -> u64 {
+        self.trust_version.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current bundle as a signed envelope, for a child's birth.

@@ -89,12 +89,12 @@ fn get(router: std::net::SocketAddr, path: &str) -> String {
 }
 
 fn app_copy(into: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slowstart");
+    // The bystander's app, under a manifest of its own (two instances).
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let dst = into.join(APP);
     std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["app.py", "enjin.toml"] {
-        std::fs::copy(src.join(f), dst.join(f)).expect("copy the fixture");
-    }
+    std::fs::copy(fixtures.join("bystander/app.py"), dst.join("app.py")).expect("copy the app");
+    std::fs::copy(fixtures.join("slowstart/enjin.toml"), dst.join("enjin.toml")).expect("copy the manifest");
     dst
 }
 

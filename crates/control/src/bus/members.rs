@@ -123,9 +123,13 @@ impl BusAuthority {
             }
             let env = match verifier.accept(&m.payload, now_ms()) {
                 Ok(env) => env,
-                // A member that joined since the last read: read the keys again, at most so
-                // often, so that garbage cannot turn into a store read per message.
-                Err(_) if refreshed.elapsed() > RETRY_REFRESH => {
+                // A member that joined since the last read: read the keys again at once if this
+                // server has made a newer bundle since (a join or a rotation did), else at most
+                // so often, so that garbage cannot turn into a store read per message.
+                Err(_)
+                    if verifier.bundle().version < self.latest_trust_version()
+                        || refreshed.elapsed() > RETRY_REFRESH =>
+                {
                     self.refresh(&mut verifier).await;
                     refreshed = std::time::Instant::now();
                     let Ok(env) = verifier.accept(&m.payload, now_ms()) else { continue };
@@ -310,16 +314,7 @@ impl BusAuthority {
             if let Err(e) = self.publish_trust().await {
                 tracing::warn!(error = %e, "failed to republish the trust bundle");
             }
-            match self.own_hosts().await {
-                Ok(hosts) => {
-                    for h in hosts {
-                        if let Err(e) = self.publish_desired(h).await {
-                            tracing::warn!(host = %h, error = %e, "cannot publish desired children");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot list hosts"),
-            }
+            self.publish_all_desired().await;
             self.reconnections.send_modify(|n| *n += 1);
         }
     }
