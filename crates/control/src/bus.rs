@@ -230,8 +230,10 @@ fn file_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BusError
 
 impl BusAuthority {
     /// Load (or create, on first start) the ring's CA and this machine's parent key, and
-    /// record the key's public half.
-    pub async fn open(store: Arc<dyn Store>, config: BusConfig) -> Result<Arc<BusAuthority>, BusError> {
+    /// record the key's public half. Reads and writes go through `registry` (and its watch
+    /// cache, if it has one).
+    pub async fn open(registry: Registry, config: BusConfig) -> Result<Arc<BusAuthority>, BusError> {
+        let store = registry.store().clone();
         let ring = config.ring.get();
         let ca = RingCa::load_or_create(&config.pki_dir, ring)?;
         for d in [&config.keys_dir, &config.pki_dir] {
@@ -253,7 +255,7 @@ impl BusAuthority {
         let (messages, _) = broadcast::channel(1024);
         let liveness = (config.disconnected_after, config.lost_after);
         let authority = BusAuthority {
-            registry: Registry::new(store.clone()),
+            registry,
             store,
             ring,
             ca,
@@ -1329,7 +1331,7 @@ mod tests {
             certificate_validity: CERT_VALIDITY,
             member_key_overlap: DEFAULT_OVERLAP,
         };
-        let authority = BusAuthority::open(store, config).await.expect("key service");
+        let authority = BusAuthority::open(Registry::new(store), config).await.expect("key service");
         let hub_tls = authority.local_tls("hub", &["localhost".into()]).expect("hub tls");
         let hub = Hub::bind("127.0.0.1:0".parse().expect("addr"), &hub_tls, HubConfig::default())
             .await

@@ -6,6 +6,7 @@
 
 mod access;
 mod audit;
+pub mod cache;
 mod auth;
 pub mod biscuits;
 pub mod bus;
@@ -68,7 +69,12 @@ impl ControlPlane {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
-        let registry = Registry::with_config(store, config);
+        ControlPlane::with_registry(Registry::with_config(store, config), config)
+    }
+
+    /// A control plane over `registry` (made with the same `config`; with a watch cache when
+    /// lists should be answered from one).
+    pub fn with_registry(registry: Registry, config: &ControlConfig) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let openapi = Arc::new(openapi::document(&routes::table()));
         let metrics = Arc::new(Metrics::default());

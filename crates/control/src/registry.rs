@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
@@ -38,6 +39,8 @@ use enjin_model::{
 use enjin_store::{Compare, KeyValue, Op, OpResponse, Store, StoreError, Txn};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::cache::{Filter, WatchCache};
 
 use crate::config::{ControlConfig, InstanceDefaults, is_instance};
 use crate::{ipam, ports, uids};
@@ -250,7 +253,13 @@ pub struct Registry {
     instances: InstanceDefaults,
     /// [`uids::RANGE`], narrowed by tests that run it out.
     uid_range: RangeInclusive<u32>,
+    /// Where lists are answered from when the control plane runs one (see [`crate::cache`]).
+    cache: Option<Arc<WatchCache>>,
 }
+
+/// How long a list waits for the watch cache to catch up with the store before it reads the
+/// store instead.
+const CACHE_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Registry {
     /// A registry with the default configuration.
@@ -259,7 +268,18 @@ impl Registry {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
-        Registry { store, system: Arc::default(), instances: config.instances, uid_range: uids::RANGE }
+        Registry { store, system: Arc::default(), instances: config.instances, uid_range: uids::RANGE, cache: None }
+    }
+
+    /// Answer lists from `cache` (kept by [`WatchCache::reflect`] over this registry's store).
+    pub fn with_cache(mut self, cache: Arc<WatchCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The watch cache lists are answered from, if any.
+    pub fn cache(&self) -> Option<&Arc<WatchCache>> {
+        self.cache.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -324,8 +344,22 @@ impl Registry {
         self.decode_owned(&kv)
     }
 
+    /// The objects of kind `S` that pass `q`, ordered by ring, label and creation, with the
+    /// revision they are as of: from the watch cache once it has caught up with the store's
+    /// current revision (so a list sees every write acknowledged before it), else from the
+    /// store.
     pub async fn list<S: Spec>(&self, q: &ListQuery) -> Result<(Vec<Object<S>>, i64), RegistryError> {
         let selector = parse_selector(q.selector.as_deref())?;
+        if let Some(cache) = &self.cache {
+            let current = self.store.current_revision().await?;
+            if cache.wait_for(current, CACHE_PATIENCE).await {
+                let filter = Filter { query: q, selector: &selector, system: self.system.get().copied() };
+                let (mut items, revision) = cache.list::<S>(&filter)?;
+                sort_listed(&mut items);
+                return Ok((items, revision));
+            }
+            tracing::warn!(revision = current, cached = cache.revision(), "the watch cache is behind the store; listing from the store");
+        }
         let range = self.store.range(&kind_prefix(S::KIND)).await?;
         let mut items = Vec::new();
         for kv in &range.kvs {
@@ -342,13 +376,7 @@ impl Registry {
                 items.push(obj);
             }
         }
-        items.sort_by(|a, b| {
-            (a.meta.ring, &a.meta.label, a.meta.created_at).cmp(&(
-                b.meta.ring,
-                &b.meta.label,
-                b.meta.created_at,
-            ))
-        });
+        sort_listed(&mut items);
         Ok((items, range.revision))
     }
 
@@ -1128,6 +1156,13 @@ fn check_meta(kind: Kind, label: Option<&str>, labels: &BTreeMap<String, String>
         None => {}
     }
     validate_labels(labels)
+}
+
+/// The order of lists: by ring, then label, then creation.
+fn sort_listed<S>(items: &mut [Object<S>]) {
+    items.sort_by(|a, b| {
+        (a.meta.ring, &a.meta.label, a.meta.created_at).cmp(&(b.meta.ring, &b.meta.label, b.meta.created_at))
+    });
 }
 
 fn parse_selector(s: Option<&str>) -> Result<Vec<(String, String)>, FieldError> {

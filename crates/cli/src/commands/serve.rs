@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use enjin_control::{ControlConfig, ControlPlane};
+use enjin_control::cache::WatchCache;
+use enjin_control::{ControlConfig, ControlPlane, Registry};
 use enjin_model::api::{CreateRequest, ListQuery};
 use enjin_model::kinds::{NodeSpec, Resources};
 use enjin_model::{Object, Ring};
@@ -60,8 +61,22 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     let api_limits = file.api.limits;
     tracing::info!(?api_limits, "limits at the API's door");
     let token_key = token_signing_key(&dir)?;
-    let cp = ControlPlane::with_config(store.clone(), &ControlConfig { instances, api: api_limits, audit })
-        .with_token_key(token_key);
+
+    // One shutdown signal for every part: the API, the watch cache, the hub.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Lists are answered from one watch cache of the store, shared by the API and the bus.
+    let control_config = ControlConfig { instances, api: api_limits, audit };
+    let cache = WatchCache::start(store.clone(), stop_rx.clone());
+    let registry = Registry::with_config(store.clone(), &control_config).with_cache(cache);
+    let cp = ControlPlane::with_registry(registry.clone(), &control_config).with_token_key(token_key);
     cp.bootstrap().await.context("failed to bootstrap the system account and roles")?;
 
     let token_path = dir.join(TOKEN_FILE);
@@ -85,16 +100,6 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
 
     let machine = if whole_cloud { Some(register_machine(&cp).await?) } else { None };
 
-    // One shutdown signal for every part: the API, the hub.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop_tx.send_replace(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
     // Keys and trust are a ring 0 service; `enjin up` also hosts the ring 1 bus as its parent.
     let bus_config = BusConfig {
         ring: Ring::INFRASTRUCTURE,
@@ -110,7 +115,7 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
         member_key_overlap: enjin_control::bus::DEFAULT_OVERLAP,
     };
     let authority =
-        BusAuthority::open(store.clone(), bus_config).await.context("failed to start the key service")?;
+        BusAuthority::open(registry, bus_config).await.context("failed to start the key service")?;
     let mut hub_addr = None;
     let mut host_supervisor = None;
     let mut edge = None;
