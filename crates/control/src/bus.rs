@@ -26,7 +26,7 @@ use enjin_model::api::{
     BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
     UpdateRequest, desired_topic,
 };
-use enjin_model::kinds::{NodeObservationSpec, NodeSpec, ObservationState, ObservationStrategy};
+use enjin_model::kinds::{NodeObservationSpec, NodeSpec};
 use enjin_model::{Ring, validate_label};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
@@ -35,8 +35,11 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::auth::JoinGrant;
+use crate::cache::WatchCache;
+use crate::controller::Controllers;
 use crate::registry::{Registry, RegistryError};
 
+mod controllers;
 mod members;
 
 /// The node label that makes a node's bus member the edge (router and DNS), not a host.
@@ -203,6 +206,10 @@ pub struct BusAuthority {
     reconnections: tokio::sync::watch::Sender<u64>,
     /// After how long without a heartbeat a host is disconnected, and then lost.
     liveness: (Duration, Duration),
+    /// Turned true by [`BusAuthority::stop`]: every loop of the service ends.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// The desired-state publisher and liveness, once attached.
+    controllers: Mutex<Option<Controllers>>,
     /// The latest use report of each host, by host node.
     host_stats: Mutex<std::collections::HashMap<Uuid, enjin_model::api::HostStats>>,
     /// The latest report of each edge node (router and DNS), from its own key.
@@ -234,6 +241,12 @@ impl BusAuthority {
     /// cache, if it has one).
     pub async fn open(registry: Registry, config: BusConfig) -> Result<Arc<BusAuthority>, BusError> {
         let store = registry.store().clone();
+        let stopping = tokio::sync::watch::Sender::new(false);
+        // Controllers need a cache's changes: a registry without one gets its own.
+        let registry = match registry.cache() {
+            Some(_) => registry,
+            None => registry.with_cache(WatchCache::start(store.clone(), stopping.subscribe())),
+        };
         let ring = config.ring.get();
         let ca = RingCa::load_or_create(&config.pki_dir, ring)?;
         for d in [&config.keys_dir, &config.pki_dir] {
@@ -270,6 +283,8 @@ impl BusAuthority {
             trust_version: std::sync::atomic::AtomicU64::new(0),
             reconnections: tokio::sync::watch::Sender::new(0),
             liveness,
+            stopping,
+            controllers: Mutex::new(None),
             host_stats: Mutex::default(),
             edge_reports: Mutex::default(),
         };
@@ -368,15 +383,13 @@ impl BusAuthority {
         if let Some(connected) = connection {
             tokio::spawn(self.clone().republish_on_reconnect(connected));
         }
-        tokio::spawn(self.clone().serve_key_requests());
+        self.until_stopped(self.clone().serve_key_requests());
         let bundle = self.bundle().await?;
         let verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
             .map_err(BusError::from)?;
-        tokio::spawn(self.clone().monitor(sub, verifier));
-        tokio::spawn(self.clone().desired_loop());
-        tokio::spawn(self.clone().liveness_loop(self.liveness.0, self.liveness.1));
+        self.until_stopped(self.clone().monitor(sub, verifier));
         let this = self.clone();
-        tokio::spawn(async move {
+        self.until_stopped(async move {
             let mut tick = tokio::time::interval(REPUBLISH_EVERY);
             tick.tick().await;
             loop {
@@ -386,7 +399,39 @@ impl BusAuthority {
                 }
             }
         });
+        if let Some(cache) = self.registry.cache() {
+            let mut controllers = Controllers::new(cache.clone());
+            controllers.start(controllers::DesiredPublisher(self.clone()));
+            let (disconnected_after, lost_after) = self.liveness;
+            controllers.start(controllers::Liveness { bus: self.clone(), disconnected_after, lost_after });
+            if let Ok(mut c) = self.controllers.lock()
+                && let Some(old) = c.replace(controllers)
+            {
+                old.signal_stop();
+            }
+        }
         self.publish_trust().await
+    }
+
+    /// Run `task` until [`BusAuthority::stop`].
+    fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    /// Stop the service's loops and controllers (and its own watch cache, if it made one), and
+    /// wait for the controllers to end.
+    pub async fn stop(&self) {
+        self.stopping.send_replace(true);
+        let controllers = self.controllers.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = controllers {
+            c.stop().await;
+        }
     }
 
     /// Verify everything on the bus: count it, follow trust updates, relay the rest to tails.
@@ -544,103 +589,6 @@ impl BusAuthority {
         match t.publish(&topic, None, sealed) {
             Ok(()) | Err(TransportError::Full) => Ok(()),
             Err(e) => Err(BusError::from(e)),
-        }
-    }
-
-    /// The ring 1 hosts this machine supervises.
-    async fn own_hosts(&self) -> Result<Vec<Uuid>, BusError> {
-        let Some(machine) = self.config.node else { return Ok(Vec::new()) };
-        let q = ListQuery { parent: Some(machine), ..ListQuery::default() };
-        Ok(self.registry.list::<NodeSpec>(&q).await?.0.into_iter().map(|n| n.meta.uuid).collect())
-    }
-
-    /// Keep every host's desired children published: after each change to nodes (watched from
-    /// the store), and every [`REPUBLISH_EVERY`] in case anything was missed.
-    /// Publish the desired set of every host this machine is parent of; failures are logged
-    /// (the next change or the periodic republish tries again).
-    pub(crate) async fn publish_all_desired(&self) {
-        match self.own_hosts().await {
-            Ok(hosts) => {
-                for h in hosts {
-                    if let Err(e) = self.publish_desired(h).await {
-                        tracing::warn!(host = %h, error = %e, "cannot publish desired children");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list hosts"),
-        }
-    }
-
-    async fn desired_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(REPUBLISH_EVERY);
-        // Everything a desired set is made of: nodes, their interfaces, access rules.
-        let relevant = [
-            enjin_model::Kind::Node,
-            enjin_model::Kind::NetworkInterface,
-            enjin_model::Kind::AccessRule,
-            enjin_model::Kind::AccessRuleSet,
-        ]
-        .map(crate::registry::kind_prefix);
-        let mut watch = match self.store.watch(crate::registry::REGISTRY_PREFIX, 0).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch nodes; desired state is only republished periodically");
-                let (_tx, rx) = tokio::sync::mpsc::channel(1);
-                rx
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                batch = watch.recv() => match batch {
-                    None => { tick.tick().await; }
-                    Some(Ok(b)) if !b.events.iter().any(|e| relevant.iter().any(|p| e.kv.key.starts_with(p.as_str()))) => continue,
-                    Some(_) => {}
-                },
-            }
-            self.publish_all_desired().await;
-        }
-    }
-
-    /// A host whose heartbeat stopped is first *disconnected* (its children are presumed to
-    /// be running: a network blip must never double or kill healthy work), and only after
-    /// `lost_after` *lost*.
-    async fn liveness_loop(self: Arc<Self>, disconnected_after: Duration, lost_after: Duration) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Ok(hosts) = self.own_hosts().await else { continue };
-            for host in hosts {
-                let q = ListQuery { parent: Some(host), ..ListQuery::default() };
-                let Ok((obs, _)) = self.registry.list::<NodeObservationSpec>(&q).await else { continue };
-                let Some(beat) = obs.into_iter().find(|o| o.spec.strategy == ObservationStrategy::Heartbeat)
-                else {
-                    continue;
-                };
-                let silent = (Utc::now() - beat.spec.observed_at).to_std().unwrap_or_default();
-                let next = if silent >= lost_after {
-                    ObservationState::Lost
-                } else if silent >= disconnected_after {
-                    ObservationState::Disconnected
-                } else {
-                    continue;
-                };
-                if beat.spec.state == next || beat.spec.state == ObservationState::Lost {
-                    continue;
-                }
-                let message = format!("no heartbeat for {}s", silent.as_secs());
-                let spec = NodeObservationSpec { state: next, message, ..beat.spec.clone() };
-                let req = UpdateRequest {
-                    revision: beat.meta.revision,
-                    label: None,
-                    labels: beat.meta.labels,
-                    spec,
-                };
-                match self.registry.update(beat.meta.uuid, req, Utc::now()).await {
-                    Ok(_) => tracing::warn!(%host, state = ?next, "host heartbeat missing"),
-                    Err(e) => tracing::debug!(%host, error = %e, "liveness update raced"),
-                }
-            }
         }
     }
 

@@ -290,7 +290,13 @@ impl WatchCache {
                 let after = fresh.kinds.get(kind);
                 for (uuid, entry) in &index.objects {
                     if after.is_none_or(|a| !a.objects.contains_key(uuid)) {
-                        changes.push(Change { kind: *kind, uuid: *uuid, revision, old: Some(Arc::clone(entry)), new: None });
+                        changes.push(Change {
+                            kind: *kind,
+                            uuid: *uuid,
+                            revision,
+                            old: Some(Arc::clone(entry)),
+                            new: None,
+                        });
                     }
                 }
             }
@@ -328,7 +334,10 @@ impl WatchCache {
     }
 
     /// The objects of kind `S` that pass `filter`, unsorted, with the revision they are as of.
-    pub(crate) fn list<S: Spec>(&self, filter: &Filter<'_>) -> Result<(Vec<Object<S>>, Revision), RegistryError> {
+    pub(crate) fn list<S: Spec>(
+        &self,
+        filter: &Filter<'_>,
+    ) -> Result<(Vec<Object<S>>, Revision), RegistryError> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let Some(index) = state.kinds.get(&S::KIND) else { return Ok((Vec::new(), state.revision)) };
         if let Some((key, error)) = index.corrupt.values().next() {
@@ -343,7 +352,9 @@ impl WatchCache {
             Box::new(index.by_label.get(&(k.clone(), v.clone())).into_iter().flatten())
         } else if let Some(a) = q.account {
             let stored_as_nil = (filter.system == Some(a)).then(|| index.by_account.get(&nil)).flatten();
-            Box::new(index.by_account.get(&a).into_iter().flatten().chain(stored_as_nil.into_iter().flatten()))
+            Box::new(
+                index.by_account.get(&a).into_iter().flatten().chain(stored_as_nil.into_iter().flatten()),
+            )
         } else {
             Box::new(index.objects.keys())
         };
@@ -368,6 +379,13 @@ impl WatchCache {
         Ok((items, state.revision))
     }
 
+    /// The objects of `kind` whose parent is `parent`.
+    pub fn children(&self, kind: Kind, parent: Uuid) -> Vec<Uuid> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let index = state.kinds.get(&kind);
+        index.and_then(|k| k.by_parent.get(&parent)).map_or_else(Vec::new, |c| c.iter().copied().collect())
+    }
+
     /// How many objects of `kind` the cache holds.
     pub fn len(&self, kind: Kind) -> usize {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -386,8 +404,8 @@ mod tests {
     use enjin_model::api::{CreateRequest, UpdateRequest};
     use enjin_model::kinds::{NodeSpec, Strategy};
     use enjin_store::{
-        Lease, LeaseId, RangeResponse, SqliteStore, SqliteStoreConfig, StoreError, Txn, TxnResponse, WatchError,
-        WatchStream,
+        Lease, LeaseId, RangeResponse, SqliteStore, SqliteStoreConfig, StoreError, Txn, TxnResponse,
+        WatchError, WatchStream,
     };
 
     use super::*;
@@ -395,11 +413,17 @@ mod tests {
 
     fn store() -> (Arc<SqliteStore>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
+        let store =
+            SqliteStore::open(SqliteStoreConfig::new(dir.path().join("state.db"))).expect("open the store");
         (Arc::new(store), dir)
     }
 
-    fn node(ring: Ring, label: &str, parent: Option<Uuid>, labels: &[(&str, &str)]) -> CreateRequest<NodeSpec> {
+    fn node(
+        ring: Ring,
+        label: &str,
+        parent: Option<Uuid>,
+        labels: &[(&str, &str)],
+    ) -> CreateRequest<NodeSpec> {
         CreateRequest {
             account: None,
             ring,
@@ -445,7 +469,12 @@ mod tests {
         for o in made.iter().skip(1).step_by(5) {
             let mut labels = o.meta.labels.clone();
             labels.insert("app".into(), "moved".into());
-            let req = UpdateRequest { revision: o.meta.revision, label: o.meta.label.clone(), labels, spec: o.spec.clone() };
+            let req = UpdateRequest {
+                revision: o.meta.revision,
+                label: o.meta.label.clone(),
+                labels,
+                spec: o.spec.clone(),
+            };
             // Some were deleted above: their updates fail, in both views alike.
             let _ = plain.update(o.meta.uuid, req, now).await;
         }
@@ -483,7 +512,8 @@ mod tests {
         let now = Utc::now();
         for i in 0..40 {
             let label = format!("n{i}");
-            let created = registry.create(node(Ring::META, &label, None, &[("i", &label)]), now).await.expect("node");
+            let created =
+                registry.create(node(Ring::META, &label, None, &[("i", &label)]), now).await.expect("node");
             let q = ListQuery { selector: Some(format!("i={label}")), ..ListQuery::default() };
             let (items, _) = registry.list::<NodeSpec>(&q).await.expect("list");
             assert_eq!(ids(&items), vec![(created.meta.uuid, created.meta.revision)], "write {i}");
@@ -505,7 +535,12 @@ mod tests {
         let c = changes.recv().await.expect("created");
         assert_eq!((c.kind, c.uuid, c.old.is_none()), (Kind::Node, made.meta.uuid, true));
         let labels = BTreeMap::from([("v".to_string(), "2".to_string())]);
-        let req = UpdateRequest { revision: made.meta.revision, label: made.meta.label.clone(), labels, spec: made.spec.clone() };
+        let req = UpdateRequest {
+            revision: made.meta.revision,
+            label: made.meta.label.clone(),
+            labels,
+            spec: made.spec.clone(),
+        };
         registry.update(made.meta.uuid, req, now).await.expect("update");
         let c = changes.recv().await.expect("updated");
         let label = |e: &Option<Arc<Entry>>| e.as_ref().and_then(|e| e.meta.labels.get("v").cloned());
@@ -575,7 +610,8 @@ mod tests {
         let plain = Registry::new(inner.clone());
         let now = Utc::now();
         let before = plain.create(node(Ring::META, "before", None, &[]), now).await.expect("node");
-        let store = Arc::new(Compacting { inner, fail_watches: AtomicUsize::new(2), ranges: AtomicUsize::new(0) });
+        let store =
+            Arc::new(Compacting { inner, fail_watches: AtomicUsize::new(2), ranges: AtomicUsize::new(0) });
         let (stop, stopping) = watch::channel(false);
         let cache = WatchCache::start(store.clone(), stopping);
         let registry = Registry::new(store.clone()).with_cache(Arc::clone(&cache));

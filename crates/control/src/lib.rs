@@ -6,11 +6,12 @@
 
 mod access;
 mod audit;
-pub mod cache;
 mod auth;
 pub mod biscuits;
 pub mod bus;
+pub mod cache;
 mod config;
+pub mod controller;
 mod extract;
 pub mod firewall;
 pub mod ipam;

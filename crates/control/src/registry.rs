@@ -268,7 +268,13 @@ impl Registry {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
-        Registry { store, system: Arc::default(), instances: config.instances, uid_range: uids::RANGE, cache: None }
+        Registry {
+            store,
+            system: Arc::default(),
+            instances: config.instances,
+            uid_range: uids::RANGE,
+            cache: None,
+        }
     }
 
     /// Answer lists from `cache` (kept by [`WatchCache::reflect`] over this registry's store).
@@ -358,7 +364,11 @@ impl Registry {
                 sort_listed(&mut items);
                 return Ok((items, revision));
             }
-            tracing::warn!(revision = current, cached = cache.revision(), "the watch cache is behind the store; listing from the store");
+            tracing::warn!(
+                revision = current,
+                cached = cache.revision(),
+                "the watch cache is behind the store; listing from the store"
+            );
         }
         let range = self.store.range(&kind_prefix(S::KIND)).await?;
         let mut items = Vec::new();

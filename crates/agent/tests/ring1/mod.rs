@@ -73,7 +73,8 @@ impl Ring1 {
             certificate_validity: validity,
             member_key_overlap: overlap,
         };
-        let authority = BusAuthority::open(enjin_control::Registry::new(store), config).await.expect("key service");
+        let authority =
+            BusAuthority::open(enjin_control::Registry::new(store), config).await.expect("key service");
         let (stop, stopped) = watch::channel(false);
         let retained = dir.path().join("retained");
         let (addr, hub_stats, hub_task) =

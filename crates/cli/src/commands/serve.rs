@@ -236,11 +236,13 @@ pub async fn run(g: &Global, args: &ServeArgs, whole_cloud: bool) -> Result<()> 
     if let Err(e) = platform.recover().await {
         tracing::warn!(error = %e, "unfinished rollouts not taken up");
     }
-    let cp = cp.with_bus(authority).with_platform(platform);
+    let cp = cp.with_bus(authority.clone()).with_platform(platform);
     let ca = (!args.insecure_http).then(|| dir.join(CA_FILE));
     banner(&url, &dir, &token_path, ca.as_deref(), machine.as_ref(), hub_addr, edge.as_ref());
 
     let served = cp.serve(listener, stopped(stop_rx)).await;
+    // Nothing is published for hosts that are stopping.
+    authority.stop().await;
     if let Some(sup) = host_supervisor {
         // Stop the hosts' agents gracefully; each stops its own children.
         if let Err(e) = sup.shutdown().await {

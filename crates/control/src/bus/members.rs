@@ -297,8 +297,8 @@ impl BusAuthority {
         Ok(())
     }
 
-    /// Publish the trust bundle and every host's desired set each time the transport connects
-    /// again: a hub that restarted without its retained messages has them back at once, not
+    /// Publish the trust bundle, and have every host's desired set published, each time the
+    /// transport connects again: a hub that restarted without its retained messages has them back at once, not
     /// at the next periodic republication.
     pub(super) async fn republish_on_reconnect(
         self: Arc<Self>,
@@ -314,7 +314,7 @@ impl BusAuthority {
             if let Err(e) = self.publish_trust().await {
                 tracing::warn!(error = %e, "failed to republish the trust bundle");
             }
-            self.publish_all_desired().await;
+            // Wakes the desired-state publisher and the routes publisher.
             self.reconnections.send_modify(|n| *n += 1);
         }
     }

@@ -120,7 +120,9 @@ impl Ring1 {
             certificate_validity: enjin_control::bus::CERT_VALIDITY,
             member_key_overlap: enjin_control::bus::DEFAULT_OVERLAP,
         };
-        let authority = BusAuthority::open(enjin_control::Registry::new(store.clone()), config).await.expect("key service");
+        let authority = BusAuthority::open(enjin_control::Registry::new(store.clone()), config)
+            .await
+            .expect("key service");
         let hub_tls = authority.local_tls("hub", &["localhost".into(), "127.0.0.1".into()]).expect("hub tls");
         let hub = Hub::bind("127.0.0.1:0".parse().expect("addr"), &hub_tls, HubConfig::default())
             .await
