@@ -336,6 +336,12 @@ impl Client {
         self.execute(rb.header("Accept", "text/event-stream"), &path).await.map(Tail::new)
     }
 
+    /// The server's metrics, in Prometheus text format (`/metrics`, the system account's).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let resp = self.execute(self.request(Method::GET, "/metrics"), "/metrics").await?;
+        resp.text().await.map_err(|e| ClientError::Http { url: self.url("/metrics"), source: e })
+    }
+
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         let path = format!("/{VERSION}/openapi.json");
         self.send(self.request(Method::GET, &path), &path).await

@@ -89,6 +89,21 @@ impl Metrics {
         m.failed_auth_limited += 1;
     }
 
+    /// The store's counters (`reads`, `keys_read`, `txns`), as counters since it was opened.
+    pub fn render_store(stats: enjin_store::StoreStats) -> String {
+        let mut out = String::new();
+        for (name, help, n) in [
+            ("reads", "Reads the state store answered (gets, ranges, watch catch-up reads).", stats.reads),
+            ("keys_read", "Keys the state store's gets and ranges returned.", stats.keys_read),
+            ("txns", "Transactions submitted to the state store.", stats.txns),
+        ] {
+            let _ = writeln!(out, "# HELP enjin_store_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE enjin_store_{name}_total counter");
+            let _ = writeln!(out, "enjin_store_{name}_total {n}");
+        }
+        out
+    }
+
     pub fn render(&self, store_revision: i64) -> String {
         let mut out = String::new();
         let Ok(m) = self.inner.lock() else { return out };

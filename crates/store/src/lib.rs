@@ -310,6 +310,18 @@ pub enum WatchError {
     Closed,
 }
 
+/// What a store has been asked since it was opened: the load the layers above put on it, for
+/// metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Reads answered: gets, ranges, revision lookups, and the reads of watches catching up.
+    pub reads: u64,
+    /// Keys those gets and ranges returned.
+    pub keys_read: u64,
+    /// Transactions submitted.
+    pub txns: u64,
+}
+
 /// The store interface. Backends: [`SqliteStore`] (embedded default); an etcd backend drops in
 /// behind the same trait.
 #[async_trait]
@@ -346,6 +358,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Flush and stop; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// What this store has been asked so far; `None` for a backend that does not count.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }
 
 /// The end of the key range that `prefix` covers, for `key >= prefix AND key < end` scans over

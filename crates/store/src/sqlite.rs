@@ -10,7 +10,7 @@ mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +21,8 @@ use self::reader::ReadPool;
 use self::watch::WatchTask;
 use self::writer::{Command, Reply, Writer};
 use crate::{
-    KeyValue, Lease, LeaseId, RangeResponse, Revision, Store, StoreError, Txn, TxnResponse, WatchStream,
+    KeyValue, Lease, LeaseId, RangeResponse, Revision, Store, StoreError, StoreStats, Txn, TxnResponse,
+    WatchStream,
 };
 
 /// The longest lease TTL accepted. Leases exist to detect that their holder is gone; a TTL
@@ -111,6 +112,8 @@ pub struct SqliteStore {
     closed: AtomicBool,
     watch_buffer: usize,
     watch_rows_per_read: usize,
+    keys_read: AtomicU64,
+    txns: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -142,6 +145,8 @@ impl SqliteStore {
             closed: AtomicBool::new(false),
             watch_buffer: config.watch_buffer,
             watch_rows_per_read: config.watch_rows_per_read,
+            keys_read: AtomicU64::new(0),
+            txns: AtomicU64::new(0),
         })
     }
 
@@ -200,22 +205,28 @@ impl Store for SqliteStore {
             return Err(StoreError::Invalid("key must not be empty".into()));
         }
         let key = key.to_owned();
-        self.read(move |conn| ops::get_kv(conn, &key)).await
+        let kv = self.read(move |conn| ops::get_kv(conn, &key)).await?;
+        self.keys_read.fetch_add(u64::from(kv.is_some()), Ordering::Relaxed);
+        Ok(kv)
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
         let prefix = prefix.to_owned();
-        self.read(move |conn| {
-            let kvs = ops::range_kvs(conn, &prefix)?;
-            let revision = ops::current_revision(conn)?;
-            Ok(RangeResponse { kvs, revision })
-        })
-        .await
+        let range = self
+            .read(move |conn| {
+                let kvs = ops::range_kvs(conn, &prefix)?;
+                let revision = ops::current_revision(conn)?;
+                Ok(RangeResponse { kvs, revision })
+            })
+            .await?;
+        self.keys_read.fetch_add(range.kvs.len() as u64, Ordering::Relaxed);
+        Ok(range)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
+        self.txns.fetch_add(1, Ordering::Relaxed);
         self.request(|reply| Command::Txn { txn, reply }).await
     }
 
@@ -283,5 +294,13 @@ impl Store for SqliteStore {
         self.queue_slots.close();
         self.reads.clear();
         Ok(())
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        Some(StoreStats {
+            reads: self.reads.count(),
+            keys_read: self.keys_read.load(Ordering::Relaxed),
+            txns: self.txns.load(Ordering::Relaxed),
+        })
     }
 }

@@ -29,6 +29,10 @@ pub struct ProcStat {
     pub pgrp: i32,
     /// Field 6: session.
     pub session: i32,
+    /// Field 14: time spent in user mode, in clock ticks.
+    pub utime: u64,
+    /// Field 15: time spent in kernel mode, in clock ticks.
+    pub stime: u64,
     /// Field 22: start time in clock ticks after boot.
     pub start_time: u64,
 }
@@ -119,6 +123,8 @@ pub fn parse_stat(contents: &[u8]) -> Result<ProcStat, ParseStatError> {
         pgrp: number(field(5, "pgrp")?, 5, "pgrp")?,
         session: number(field(6, "session")?, 6, "session")?,
         start_time: number(field(22, "starttime")?, 22, "starttime")?,
+        utime: number(field(14, "utime")?, 14, "utime")?,
+        stime: number(field(15, "stime")?, 15, "stime")?,
     })
 }
 
@@ -278,6 +284,7 @@ mod tests {
         assert_eq!(s.pgrp, 42);
         assert_eq!(s.session, 42);
         assert_eq!(s.start_time, 12345);
+        assert_eq!((s.utime, s.stime), (1, 2));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! returns (keys and revision) comes from one snapshot.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::Connection;
@@ -18,11 +19,18 @@ pub(super) struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     /// Caps the connections open at once (and the blocking threads the reads take).
     permits: Arc<Semaphore>,
+    /// Reads run so far.
+    count: AtomicU64,
 }
 
 impl ReadPool {
     pub(super) fn new(path: PathBuf, max_readers: usize) -> Self {
-        ReadPool { path, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max_readers.max(1))) }
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_readers.max(1))),
+            count: AtomicU64::new(0),
+        }
     }
 
     /// Drops the idle connections; reads still running (a watch catching up) open new ones.
@@ -30,7 +38,13 @@ impl ReadPool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
+    /// Reads run so far.
+    pub(super) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.count.fetch_add(1, Ordering::Relaxed);
         // The lock guards only the pop: the connection is used with the lock released.
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut conn = match idle {

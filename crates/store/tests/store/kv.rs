@@ -338,3 +338,18 @@ async fn open_errors_name_the_path() {
     let err = SqliteStore::open(config).expect_err("bad config");
     assert!(err.to_string().contains("watch_buffer"), "{err}");
 }
+
+#[tokio::test]
+async fn stats_count_reads_keys_returned_and_transactions() {
+    let t = TestStore::new();
+    let before = t.store.stats().expect("the SQLite store counts");
+    put(&t.store, "a/1", "1").await;
+    put(&t.store, "a/2", "2").await;
+    t.store.range("a/").await.expect("range");
+    t.store.get("a/1").await.expect("get");
+    t.store.get("missing").await.expect("get");
+    let after = t.store.stats().expect("the SQLite store counts");
+    assert_eq!(after.txns - before.txns, 2);
+    assert_eq!(after.reads - before.reads, 3, "one range and two gets");
+    assert_eq!(after.keys_read - before.keys_read, 3, "two keys ranged and one found");
+}
