@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::auth::JoinGrant;
 use crate::cache::WatchCache;
-use crate::controller::Controllers;
+use crate::controller::{Controllers, Reconciler};
 use crate::registry::{Registry, RegistryError};
 
 mod controllers;
@@ -411,6 +411,21 @@ impl BusAuthority {
             }
         }
         self.publish_trust().await
+    }
+
+    /// Run `reconciler` with this service's controllers (on the same cache, stopped with them);
+    /// not at all before [`BusAuthority::attach`], which starts them.
+    pub fn start_controller<R: Reconciler>(&self, reconciler: R) {
+        match self.controllers.lock() {
+            Ok(mut c) => match c.as_mut() {
+                Some(controllers) => controllers.start(reconciler),
+                None => tracing::error!(
+                    controller = reconciler.name(),
+                    "the bus has no controllers yet; not started"
+                ),
+            },
+            Err(_) => tracing::error!(controller = reconciler.name(), "the bus's controllers are poisoned"),
+        }
     }
 
     /// Run `task` until [`BusAuthority::stop`].

@@ -46,7 +46,7 @@ pub use auth::{
 };
 pub use config::{ApiLimits, AuditConfig, ControlConfig, InstanceDefaults, Rate};
 pub use problem::ApiError;
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, object_key};
 pub use routes::{Perm, RouteDef};
 
 use crate::metrics::Metrics;

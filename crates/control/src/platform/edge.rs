@@ -1,12 +1,13 @@
 //! The router's table and the DNS zone, computed from the store and published whole on the
-//! ring bus (retained topics, signed by the parent key) after every change and periodically.
+//! ring bus (retained topics, signed by the parent key) by a controller on the watch cache,
+//! after every change and periodically.
 //! Ring 1 services serve from the last snapshot they got, so they keep working while the
 //! control plane is away.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use enjin_model::api::{
     DNS_TOPIC, DnsRecord, DnsZone, ListQuery, ROUTES_TOPIC, RouteBackend, RouteEntry, RouteTable,
@@ -15,11 +16,13 @@ use enjin_model::kinds::{
     CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec, ObservationState,
     ObservationStrategy, ReleaseSpec, ReleaseState, WEB,
 };
-use enjin_model::{Object, Ring};
+use enjin_model::{Kind, Object, Ring};
 use uuid::Uuid;
 
 use super::{APP_LABEL, DRAINING_LABEL, Health, PROCESS_LABEL, Platform, PlatformError, RELEASE_LABEL};
 use crate::bus::BusAuthority;
+use crate::cache::Change;
+use crate::controller::{Action, ReconcileError, Reconciler};
 use crate::registry::Registry;
 
 /// How often the snapshots are published even without a change.
@@ -184,63 +187,80 @@ impl View {
     }
 }
 
-/// Keep both snapshots published: after each change in the store (a burst of changes makes
-/// one publication), each time the key service reconnects to its hub, and every
-/// [`REPUBLISH_EVERY`].
-pub(super) async fn publish_loop(platform: Arc<Platform>, bus: Arc<BusAuthority>) {
-    let registry = platform.registry.clone();
-    let mut watch = match registry.store().watch("/registry/", 0).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the store; routes are only republished periodically");
-            let (_tx, rx) = tokio::sync::mpsc::channel(1);
-            rx
-        }
-    };
-    let mut tick = tokio::time::interval(REPUBLISH_EVERY);
-    let mut reconnections = bus.reconnections();
-    let mut last: Option<(Vec<RouteEntry>, Vec<DnsRecord>)> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => last = None,
-            // A hub that restarted may have lost them: publish again at once.
-            Ok(()) = reconnections.changed() => last = None,
-            batch = watch.recv() => {
-                if batch.is_none() {
-                    tick.tick().await;
-                }
-                // Let the rest of a burst arrive.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, watch.recv()).await {}
+/// The kinds the tables are computed from.
+const EDGE_INPUTS: [Kind; 5] =
+    [Kind::Compartment, Kind::Release, Kind::Node, Kind::NetworkInterface, Kind::NodeObservation];
+
+/// What was published last, and when.
+struct Published {
+    tables: (Vec<RouteEntry>, Vec<DnsRecord>),
+    /// The bus's reconnection count then: a hub that restarted may have lost it.
+    reconnections: u64,
+    at: Instant,
+}
+
+/// Keeps both snapshots published (a controller with one key): after each change of what they
+/// are computed from, when the bus connects again, and at least every [`REPUBLISH_EVERY`].
+/// Unchanged tables are not published again until then.
+pub(super) struct EdgePublisher {
+    platform: Arc<Platform>,
+    bus: Arc<BusAuthority>,
+    last: Mutex<Option<Published>>,
+}
+
+impl EdgePublisher {
+    pub(super) fn new(platform: Arc<Platform>, bus: Arc<BusAuthority>) -> Self {
+        EdgePublisher { platform, bus, last: Mutex::new(None) }
+    }
+}
+
+impl Reconciler for EdgePublisher {
+    type Key = ();
+
+    fn name(&self) -> &'static str {
+        "route and zone publisher"
+    }
+
+    fn keys_of(&self, change: &Change) -> Vec<()> {
+        if EDGE_INPUTS.contains(&change.kind) { vec![()] } else { Vec::new() }
+    }
+
+    async fn all_keys(&self) -> Result<Vec<()>, ReconcileError> {
+        Ok(vec![()])
+    }
+
+    async fn reconcile(&self, _: &()) -> Result<Action, ReconcileError> {
+        let view = View::read(&self.platform.registry).await.map_err(ReconcileError::new)?;
+        let config = &self.platform.config;
+        let routes = view.routes(&config.domain);
+        let zone = view.zone(&config.zone, config.router);
+        let tables = (routes.routes.clone(), zone.records.clone());
+        let reconnections = *self.bus.reconnections().borrow();
+        {
+            let last =
+                self.last.lock().map_err(|_| ReconcileError::new("the publisher's state is poisoned"))?;
+            let due = last.as_ref().map(|p| REPUBLISH_EVERY.saturating_sub(p.at.elapsed()));
+            if let (Some(p), Some(due)) = (last.as_ref(), due)
+                && p.tables == tables
+                && p.reconnections == reconnections
+                && !due.is_zero()
+            {
+                return Ok(Action::RequeueAfter(due));
             }
         }
-        let view = match View::read(&registry).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the store for routes");
-                continue;
-            }
-        };
-        let routes = view.routes(&platform.config.domain);
-        let zone = view.zone(&platform.config.zone, platform.config.router);
-        let current = (routes.routes.clone(), zone.records.clone());
-        if last.as_ref() == Some(&current) {
-            continue;
+        let r = serde_json::to_vec(&routes).map_err(ReconcileError::new)?;
+        let z = serde_json::to_vec(&zone).map_err(ReconcileError::new)?;
+        self.bus.publish_state(ROUTES_TOPIC, r).map_err(ReconcileError::new)?;
+        self.bus.publish_state(DNS_TOPIC, z).map_err(ReconcileError::new)?;
+        tracing::debug!(version = routes.version, routes = routes.routes.len(), "routes and zone published");
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(Published { tables, reconnections, at: Instant::now() });
         }
-        let payloads = serde_json::to_vec(&routes).and_then(|r| Ok((r, serde_json::to_vec(&zone)?)));
-        let Ok((r, z)) = payloads else { continue };
-        let sent = bus.publish_state(ROUTES_TOPIC, r).and_then(|()| bus.publish_state(DNS_TOPIC, z));
-        match sent {
-            Ok(()) => {
-                tracing::debug!(
-                    version = routes.version,
-                    routes = routes.routes.len(),
-                    "routes and zone published"
-                );
-                last = Some(current);
-            }
-            Err(e) => tracing::warn!(error = %e, "routes not published"),
-        }
+        Ok(Action::RequeueAfter(REPUBLISH_EVERY))
+    }
+
+    fn wake(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.bus.reconnections())
     }
 }
 

@@ -183,7 +183,7 @@ impl Platform {
         if let Ok(mut b) = self.bus.lock() {
             *b = Some(bus.clone());
         }
-        tokio::spawn(edge::publish_loop(self.clone(), bus.clone()));
+        bus.start_controller(edge::EdgePublisher::new(self.clone(), bus.clone()));
         tokio::spawn(rollout::serve_packages(self.clone(), bus));
     }
 
