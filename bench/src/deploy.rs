@@ -54,7 +54,7 @@ pub async fn measure(dir: PathBuf, runs: usize) -> anyhow::Result<Outcome> {
         .context("the deploy thread panicked")?
 }
 
-fn example() -> PathBuf {
+pub fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-hello")
 }
 
@@ -87,7 +87,7 @@ fn measure_blocking(dir: &Path, runs: usize) -> anyhow::Result<Outcome> {
 }
 
 /// The router's address, from `enjin up`'s banner.
-fn router_of(child: &mut Child) -> anyhow::Result<SocketAddr> {
+pub fn router_of(child: &mut Child) -> anyhow::Result<SocketAddr> {
     let rx = idle::stdout_lines(child)?;
     let deadline = Instant::now() + START_PATIENCE;
     while Instant::now() < deadline {
@@ -110,7 +110,7 @@ fn router_of(child: &mut Child) -> anyhow::Result<SocketAddr> {
     bail!("enjin up printed no router address within {START_PATIENCE:?}")
 }
 
-fn cli(exe: &Path, data: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+pub fn cli(exe: &Path, data: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
     Command::new(exe)
         .arg("--data-dir")
         .arg(data)
@@ -120,7 +120,7 @@ fn cli(exe: &Path, data: &Path, args: &[&str]) -> anyhow::Result<std::process::O
         .with_context(|| format!("failed to run enjin {}", args.join(" ")))
 }
 
-fn wait_for_hosts(exe: &Path, data: &Path) -> anyhow::Result<()> {
+pub fn wait_for_hosts(exe: &Path, data: &Path) -> anyhow::Result<()> {
     let alive = |host: &str| {
         let Ok(out) = cli(exe, data, &["-o", "json", "node-observation", "list", "--parent", host]) else {
             return false;
@@ -150,7 +150,7 @@ fn get(router: SocketAddr, host: &str) -> Option<(u16, String)> {
 }
 
 /// Copy the example to `to`, with `greeting`.
-fn app_copy(to: &Path, greeting: &str) -> anyhow::Result<()> {
+pub fn app_copy(to: &Path, greeting: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("failed to create {}", to.display()))?;
     for f in ["app.py", "Procfile"] {
         std::fs::copy(example().join(f), to.join(f)).with_context(|| format!("failed to copy {f}"))?;

@@ -44,8 +44,12 @@ pub struct Idle {
     pub notes: Vec<String>,
 }
 
-/// The `enjin` binary beside this one.
+/// The `enjin` binary beside this one, or the one `ENJIN_BENCH_BINARY` names (to measure
+/// another build against this one).
 pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ENJIN_BENCH_BINARY") {
+        return Ok(PathBuf::from(path));
+    }
     let exe = std::env::current_exe().context("cannot find this binary")?;
     Ok(exe.with_file_name("enjin"))
 }
@@ -162,7 +166,7 @@ pub fn log_tail(log: &Path) -> String {
 }
 
 /// The `enjin agent` processes whose directory is under `data`.
-fn agents(data: &Path) -> Vec<u32> {
+pub fn agents(data: &Path) -> Vec<u32> {
     let data = data.display().to_string();
     procfs::table()
         .iter()

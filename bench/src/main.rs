@@ -15,6 +15,8 @@ mod bus_standing;
 mod deploy;
 mod firewall;
 mod idle;
+mod idle_load;
+mod list;
 mod netns_backend;
 mod procfs;
 mod report;
@@ -89,6 +91,8 @@ enum Section {
     Deploy,
     /// The instance firewall: compile and apply 1,000 rules in one nft transaction
     Firewall,
+    /// CPU and store reads per minute of an idle `enjin up` with 2 hosts and 10 apps
+    IdleLoad,
 }
 
 impl Args {
@@ -236,6 +240,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     if args.runs(Section::Firewall) {
         failures.extend(firewall::run(args.quick).await?);
     }
+    if args.runs(Section::IdleLoad) {
+        failures.extend(idle_load::run(args.quick).await?);
+    }
 
     dir.close().context("failed to remove the temporary directory")?;
 
@@ -260,6 +267,13 @@ async fn disk(args: &Args, dir: &Path, limits: Limits) -> anyhow::Result<Vec<Fai
         eprintln!("measuring store transactions…");
         store_rows = store::rows(&store_dir, limits).await?;
     }
+    let mut list_rows = Vec::new();
+    if args.runs(Section::Store) {
+        eprintln!("measuring lists over {} objects…", list::objects(args.quick));
+        let list_dir = dir.join("list");
+        std::fs::create_dir(&list_dir).with_context(|| format!("failed to create {}", list_dir.display()))?;
+        list_rows = list::rows(&list_dir, list::objects(args.quick), limits).await?;
+    }
     let mut api_rows = Vec::new();
     if args.runs(Section::Api) {
         eprintln!("measuring the HTTP API…");
@@ -277,6 +291,7 @@ async fn disk(args: &Args, dir: &Path, limits: Limits) -> anyhow::Result<Vec<Fai
     report::print_anchor(&anchors);
     if args.runs(Section::Store) {
         report::print_store(&store_rows, fsyncs_per_sec);
+        report::print_list(&list_rows);
     }
     if args.runs(Section::Api) {
         report::print_api(&api_rows, fsyncs_per_sec);
@@ -290,6 +305,7 @@ async fn disk(args: &Args, dir: &Path, limits: Limits) -> anyhow::Result<Vec<Fai
     Ok(anchors
         .iter()
         .chain(&store_rows)
+        .chain(&list_rows)
         .chain(&api_rows)
         .filter(|r| r.sample.errors > 0)
         .map(|r| Failure {

@@ -64,6 +64,11 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The CPU time `pid` has used (user + system), in clock ticks; `None` once it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    read_stat(pid).ok().map(|s| s.utime + s.stime)
+}
+
 /// Whether this process runs with effective uid 0.
 pub fn is_root() -> bool {
     status_field(std::process::id(), "Uid:").is_some_and(|v| v.split_whitespace().nth(1) == Some("0"))

@@ -220,6 +220,33 @@ pub fn print_store(rows: &[Row], fsyncs_per_sec: f64) {
     println!();
 }
 
+pub fn print_list(rows: &[Row]) {
+    println!("## Lists with a selector (Registry::list, one task)\n");
+    println!("| list | ops | time (s) | lists/s | p50 (ms) | p99 (ms) | max (ms) | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let s = &r.sample;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            ops(s),
+            secs(s.elapsed),
+            per_sec(s.per_sec()),
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99)),
+            ms(s.max()),
+            s.errors,
+        );
+    }
+    println!();
+    println!(
+        "\"store scan\" reads and decodes the kind's whole prefix for every list; \"watch cache\" \
+         answers from the cache's label index once it has caught up with the store's revision \
+         (one revision read per list). The objects are written straight into the store, as the \
+         registry encodes them.\n"
+    );
+}
+
 pub fn print_api(rows: &[Row], fsyncs_per_sec: f64) {
     println!("## HTTP API (in-process control plane on 127.0.0.1, enjin-client, SQLite store)\n");
     println!(

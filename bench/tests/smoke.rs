@@ -7,8 +7,12 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// The tables and the column holding each one's rate.
-const TABLES: [(&str, &str); 3] =
-    [("| anchor |", "fsyncs/s"), ("| store workload |", "txns/s"), ("| api request |", "req/s")];
+const TABLES: [(&str, &str); 4] = [
+    ("| anchor |", "fsyncs/s"),
+    ("| store workload |", "txns/s"),
+    ("| list |", "lists/s"),
+    ("| api request |", "req/s"),
+];
 
 /// The bus tables and the columns that must be positive in every row.
 const BUS_TABLES: [(&str, &str); 4] = [
@@ -143,6 +147,19 @@ fn quick_run_prints_every_table_with_nonzero_rates() {
     assert_supervise_tables(&stdout);
     assert_deploy_table(&stdout);
     assert_firewall_table(&stdout);
+    assert_idle_table(&stdout);
+}
+
+/// The idle row: enjin's CPU is positive (its hosts heartbeat), and the store's counters were
+/// read from `/metrics`.
+fn assert_idle_table(stdout: &str) {
+    let cpu = rates(stdout, "| idle cloud |", "total");
+    assert_eq!(cpu.len(), 1, "{stdout}");
+    assert!(cpu[0] > 0.0, "an idle cloud that used no CPU at all:\n{stdout}");
+    // Numbers, not "not counted": the binary exports the store's counters.
+    for column in ["store reads/min", "keys read/min", "store txns/min"] {
+        assert_eq!(rates(stdout, "| idle cloud |", column).len(), 1, "{stdout}");
+    }
 }
 
 #[test]
