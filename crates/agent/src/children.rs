@@ -169,6 +169,16 @@ impl Launcher for RoutingLauncher {
         if let Some(s) = self.sandboxed(&spec.id) {
             return s.launch(spec);
         }
+        // Only a desired set says how a child runs: one never noted (a record restored before
+        // the first set) must not fall through to a plain process, the agent's own user.
+        let noted = self.strategies.lock().is_ok_and(|m| m.contains_key(spec.id.as_str()));
+        if !noted {
+            return Err(LaunchError::Spawn {
+                id: spec.id.clone(),
+                program: spec.command.first().cloned().unwrap_or_default(),
+                source: std::io::Error::other("no desired set has said how to run it yet"),
+            });
+        }
         let digest = self.digests.lock().ok().and_then(|d| d.get(spec.id.as_str()).cloned());
         match (digest, &self.packages) {
             (Some(digest), Some((cache, work))) => {
@@ -188,6 +198,10 @@ impl Launcher for RoutingLauncher {
 
     fn signal(&self, p: &ProcessHandle, s: Signal) -> Result<(), SignalError> {
         self.process.signal(p, s)
+    }
+
+    fn find(&self, spec: &ChildSpec) -> Option<ProcessHandle> {
+        self.sandboxed(&spec.id)?.find(spec)
     }
 }
 
@@ -300,4 +314,20 @@ pub fn forward_observations(mut from: mpsc::Receiver<Observation>, to: mpsc::Sen
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_no_desired_set_has_described_is_never_run_as_a_plain_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let launcher = RoutingLauncher::new(ProcessLauncher::new(dir.path().join("logs")), None);
+        let spec =
+            ChildSpec::new(ChildId::new(uuid::Uuid::new_v4().to_string()).expect("id"), vec!["true".into()]);
+        let Err(e) = launcher.launch(&spec) else { panic!("a child of unknown strategy was launched") };
+        assert!(e.to_string().contains("no desired set"), "{e}");
+        assert!(launcher.find(&spec).is_none());
+    }
 }

@@ -389,6 +389,20 @@ impl Launcher for SandboxLauncher {
         Ok(Launched { process, waiter })
     }
 
+    /// The child's cgroup is named by its id and outlives an agent killed before it recorded
+    /// the launch: the oldest live group leader in it is the process that launch started.
+    fn find(&self, spec: &ChildSpec) -> Option<ProcessHandle> {
+        let group = self.cgroups.existing(spec.id.as_str()).ok()??;
+        let pids = group.pids().ok()?;
+        let leader = pids
+            .into_iter()
+            .filter_map(|pid| enjin_sys::proc::stat(pid).ok())
+            .filter(|s| s.pid == s.pgrp && s.state != 'Z' && s.state != 'X')
+            .min_by_key(|s| s.start_time)?;
+        let pid = u32::try_from(leader.pid).ok()?;
+        Some(ProcessHandle { pid, pgid: pid, start_time: leader.start_time })
+    }
+
     fn signal(&self, p: &ProcessHandle, s: Signal) -> Result<(), SignalError> {
         let signal = enjin_sys::Signal::try_from(s.number())
             .map_err(|_| SignalError::InvalidGroup { pgid: p.pgid })?;

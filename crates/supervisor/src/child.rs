@@ -265,6 +265,12 @@ impl SpecHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The spec of a process found without a record is not known: this hash matches no spec,
+    /// so such a child is replaced (stopped, then started anew) once adopted.
+    pub fn unknown() -> Self {
+        SpecHash(String::new())
+    }
 }
 
 impl fmt::Display for SpecHash {
@@ -384,6 +390,13 @@ pub trait Launcher: Send + Sync + fmt::Debug + 'static {
 
     /// Sends `signal` to every process in the child's process group.
     fn signal(&self, process: &ProcessHandle, signal: Signal) -> Result<(), SignalError>;
+
+    /// A live process of this child that nobody recorded: a supervisor killed between starting
+    /// it and writing its record leaves one behind. Launchers that can tell (a cgroup per child)
+    /// answer, so the child is adopted instead of started a second time; others never find one.
+    fn find(&self, _spec: &ChildSpec) -> Option<ProcessHandle> {
+        None
+    }
 
     /// Whether the leader is still the process that was launched: same pid, same start time, not
     /// a zombie. This is how adopted children (not our children, so not waitable) are watched.

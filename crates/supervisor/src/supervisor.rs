@@ -56,6 +56,11 @@ pub struct SupervisorConfig {
     pub adopted_poll_interval: Duration,
     /// How long to wait before trying again when a stop failed (for example, `kill` missing).
     pub stop_retry: Duration,
+    /// Whether recorded children that are not running start as soon as the supervisor does
+    /// (true), or wait until a later `ensure` or `set_desired` names them again (false): a
+    /// launcher that learns from the desired set how to run a child (its user, its sandbox)
+    /// must not be asked to start one before it has seen that set.
+    pub launch_restored: bool,
 }
 
 impl SupervisorConfig {
@@ -65,6 +70,7 @@ impl SupervisorConfig {
             command_capacity: 64,
             adopted_poll_interval: Duration::from_secs(1),
             stop_retry: Duration::from_secs(1),
+            launch_restored: true,
         }
     }
 
@@ -796,6 +802,19 @@ impl Owner {
     }
 
     fn launch(&mut self, child: &mut Child) {
+        // Before its first start under this supervisor, a child may already be running: started
+        // by a supervisor killed before it could record the process. Adopt it, never start two.
+        if child.inc == 0
+            && let Some(process) = self.launcher.find(&child.spec)
+        {
+            warn!(child = %child.id(), pid = process.pid, "found pid {} of child {} running without a record", process.pid, child.id());
+            self.adopt(child, process, SpecHash::unknown());
+            self.dirty = true;
+            // Its spec is unknown, so the adopted process is stopped and the child started
+            // anew from its spec: one process at a time, of the spec that is wanted.
+            self.reconcile(child);
+            return;
+        }
         child.inc += 1;
         child.adopted = false;
         child.probe = None;
@@ -1085,6 +1104,11 @@ impl Owner {
                     (ObservationState::Exited, "exited for good under a previous supervisor")
                 };
                 self.emit(&mut child, state, ObservationStrategy::Process, message.into());
+            }
+            if matches!(child.phase, Phase::Pending) && !self.config.launch_restored {
+                debug!(child = %id, "child {id} waits to be named again before it starts");
+                self.children.insert(id, child);
+                continue;
             }
             if self.reconcile(&mut child) {
                 self.children.insert(id, child);

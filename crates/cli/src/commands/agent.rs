@@ -56,7 +56,10 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
             .with_packages(cache, config.dir.join("work")),
     );
     let (sup_tx, sup_rx) = mpsc::channel(256);
-    let supervisor = Supervisor::start(SupervisorConfig::new(&children_dir), launcher.clone(), sup_tx)
+    // Children restored from the supervisor's records start only once a desired set has told
+    // the launcher how to run them (their user, their sandbox).
+    let config_sup = SupervisorConfig { launch_restored: false, ..SupervisorConfig::new(&children_dir) };
+    let supervisor = Supervisor::start(config_sup, launcher.clone(), sup_tx)
         .await
         .with_context(|| format!("failed to start the supervisor in {}", children_dir.display()))?;
     let (report_tx, report_rx) = mpsc::channel(256);

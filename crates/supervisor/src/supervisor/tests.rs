@@ -30,6 +30,10 @@ struct FakeState {
     launches: Vec<(String, u32, Instant)>,
     signals: Vec<(u32, Signal)>,
     procs: HashMap<u32, FakeProc>,
+    /// Per child, a process the fake's "cgroup" holds that no record names.
+    unrecorded: HashMap<String, u32>,
+    /// Launches made while another process of the same child was alive.
+    doubled: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +73,10 @@ impl Launcher for Arc<Fake> {
         let n = s.launches.iter().filter(|(i, ..)| *i == id).count();
         let behaviour =
             s.script.get(&id).and_then(|b| b.get(n).or(b.last()).copied()).unwrap_or(Behaviour::Run);
+        let running = s.launches.iter().any(|(i, p, _)| *i == id && s.procs.get(p).is_some_and(|p| p.alive));
+        if running {
+            s.doubled.push(id.clone());
+        }
         s.launches.push((id, pid, Instant::now()));
         let (tx, rx) = oneshot::channel();
         s.procs.insert(pid, FakeProc { exit: Some(tx), alive: true });
@@ -98,6 +106,12 @@ impl Launcher for Arc<Fake> {
 
     fn group_alive(&self, process: &ProcessHandle) -> bool {
         self.is_alive(process)
+    }
+
+    fn find(&self, spec: &ChildSpec) -> Option<ProcessHandle> {
+        let s = self.state();
+        let pid = *s.unrecorded.get(spec.id.as_str())?;
+        s.procs.get(&pid).is_some_and(|p| p.alive).then_some(ProcessHandle { pid, pgid: pid, start_time: 1 })
     }
 }
 
@@ -327,6 +341,62 @@ async fn adopts_after_a_crash_and_restarts_what_dies() {
     let seen = rig.until("a", ObservationState::Running).await;
     let exited = seen.iter().find(|o| o.state == ObservationState::Exited).expect("exited");
     assert!(exited.message.contains(&format!("adopted pid {pid_a} is gone")), "{}", exited.message);
+    assert_eq!(fake.launches("a").len(), 2);
+    rig.sup.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_running_without_a_record_is_adopted_then_replaced_never_doubled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(Fake::default());
+    // A supervisor was killed between starting "a" and recording it: the process runs, no record
+    // names it, and only the launcher (its cgroup) can find it.
+    let orphan = fake.launch(&spec("a", Restart::Permanent)).expect("launch").process.pid;
+    fake.state().unrecorded.insert("a".into(), orphan);
+    let (sup, rx) = start(dir.path(), &fake).await;
+    let mut rig = Rig { fake: fake.clone(), sup, rx, _dir: dir };
+    rig.sup.handle().ensure(spec("a", Restart::Permanent)).await.expect("ensure");
+    let seen = rig.until("a", ObservationState::Running).await;
+    assert!(seen.iter().any(|o| o.message.contains(&format!("adopted pid {orphan}"))), "{seen:?}");
+    // Its spec is unknown, so it is replaced: stopped first, then started from the wanted spec.
+    let seen = rig.until("a", ObservationState::Running).await;
+    assert!(seen.iter().any(|o| o.state == ObservationState::Exited), "{seen:?}");
+    let launches = fake.launches("a");
+    assert_eq!(launches.len(), 2, "the orphan and its one replacement: {launches:?}");
+    assert!(fake.state().signals.iter().any(|(pid, _)| *pid == orphan), "the orphan was stopped");
+    assert!(!fake.is_alive(&ProcessHandle { pid: orphan, pgid: orphan, start_time: 1 }));
+    assert!(fake.state().doubled.is_empty(), "never two processes of one child");
+    let snap = rig.sup.handle().snapshot().await.expect("snapshot");
+    assert_eq!(snap.children[0].pid, Some(launches[1].0));
+
+    // A child with nothing left behind is simply started.
+    rig.sup.handle().ensure(spec("b", Restart::Permanent)).await.expect("ensure");
+    rig.until("b", ObservationState::Running).await;
+    assert_eq!(fake.launches("b").len(), 1);
+    assert!(fake.state().doubled.is_empty());
+    rig.sup.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn restored_children_can_wait_to_be_named_again_before_they_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(Fake::default());
+    let (sup, mut rx) = start(dir.path(), &fake).await;
+    sup.handle().ensure(spec("a", Restart::Permanent)).await.expect("ensure");
+    while rx.recv().await.expect("observation").state != ObservationState::Running {}
+    let pid = sup.handle().snapshot().await.expect("snapshot").children[0].pid.expect("pid");
+    sup.abort().await;
+    // While nobody supervises, a dies (the machine rebooted, say).
+    fake.crash(pid, Exit::Signal(9));
+
+    let (tx, rx) = mpsc::channel(1024);
+    let config = SupervisorConfig { launch_restored: false, ..SupervisorConfig::new(dir.path()) };
+    let sup = Supervisor::start(config, Arc::new(fake.clone()), tx).await.expect("start");
+    let mut rig = Rig { fake: fake.clone(), sup, rx, _dir: dir };
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(fake.launches("a").len(), 1, "not started before it is named again");
+    rig.sup.handle().set_desired(vec![spec("a", Restart::Permanent)]).await.expect("set");
+    rig.until("a", ObservationState::Running).await;
     assert_eq!(fake.launches("a").len(), 2);
     rig.sup.shutdown().await.expect("shutdown");
 }
