@@ -38,7 +38,7 @@ use enjin_model::kinds::{
     ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, RolloutStep, Strategy,
     TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
 };
-use enjin_model::{FieldError, Object, Ring};
+use enjin_model::{FieldError, Kind, Object, Ring};
 use enjin_store::{Compare, Op, Txn};
 use uuid::Uuid;
 
@@ -741,7 +741,16 @@ impl Platform {
                 Err(e) => return Err(e.into()),
             }
         };
-        let task = self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await?;
+        let task = match self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Lost the app to a rollout started meanwhile: the release it made is not kept.
+                if let Err(d) = self.registry.delete(Kind::Release, release.meta.uuid, None).await {
+                    tracing::warn!(app = %name, version, error = %d, "release of a rollout not started left behind");
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(app = %name, version, task = %task.uuid(), "rollout started");
         Ok(self.launch(task, env, release, rollout::Mode::Release, caller.isolation()))
     }
@@ -781,16 +790,53 @@ impl Platform {
             error: None,
             step: Some(RolloutStep::Starting),
         };
-        let label = format!("{app}-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let req = CreateRequest {
             account: Some(env.meta.account),
             ring: Ring::PLATFORM,
-            label: Some(label),
-            labels: [(APP_LABEL.to_string(), app)].into(),
+            label: Some(rollout::running_name(&app)),
+            labels: [(APP_LABEL.to_string(), app.clone())].into(),
             spec,
         };
-        let task = self.registry.create(req, Utc::now()).await?;
+        let mut settled = false;
+        let task = loop {
+            match self.registry.create(req.clone(), Utc::now()).await {
+                Ok(t) => break t,
+                // The name is the app's running slot. A task that ended without giving it up
+                // (cancelled through the API) gives it up now; a running one keeps it.
+                Err(RegistryError::Conflict { .. }) if !settled && self.settle_running_name(&app).await? => {
+                    settled = true;
+                }
+                Err(RegistryError::Conflict { .. }) => {
+                    return Err(PlatformError::Conflict(format!(
+                        "app {app} is already being changed by another task; wait for it (enjin task list)"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(rollout::TaskHandle::new(&self.registry, task))
+    }
+
+    /// Renames a task that holds `app`'s running name although it has ended; whether one did.
+    async fn settle_running_name(&self, app: &str) -> Result<bool, PlatformError> {
+        let name = rollout::running_name(app);
+        let (tasks, _) = self.registry.list::<TaskSpec>(&ListQuery::default()).await?;
+        let Some(t) = tasks.into_iter().find(|t| t.meta.label.as_deref() == Some(name.as_str())) else {
+            return Ok(false);
+        };
+        if !t.spec.state.is_final() {
+            return Ok(false);
+        }
+        let req = UpdateRequest {
+            revision: t.meta.revision,
+            label: Some(format!("{app}-{}", &t.meta.uuid.simple().to_string()[..8])),
+            labels: t.meta.labels.clone(),
+            spec: t.spec.clone(),
+        };
+        match self.registry.update(t.meta.uuid, req, Utc::now()).await {
+            Ok(_) | Err(RegistryError::Conflict { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ring 2 nodes carrying `key=value`.

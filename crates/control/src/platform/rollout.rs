@@ -96,6 +96,22 @@ pub struct TaskHandle {
     task: Object<TaskSpec>,
 }
 
+/// The name a task holds while it changes `app`. Names are unique among an account's tasks (the
+/// store's label index), so at most one task at a time changes an app, however many servers try
+/// to start one at once: the second create fails its compare.
+pub(super) fn running_name(app: &str) -> String {
+    format!("{app}-rollout")
+}
+
+/// The name a task keeps once it has ended: its app and the start of its uuid.
+fn settled_name(task: &Object<TaskSpec>) -> Option<String> {
+    let app = task.meta.labels.get(APP_LABEL)?;
+    if task.meta.label.as_deref() != Some(running_name(app).as_str()) {
+        return task.meta.label.clone();
+    }
+    Some(format!("{app}-{}", &task.meta.uuid.simple().to_string()[..8]))
+}
+
 impl TaskHandle {
     pub fn new(registry: &Registry, task: Object<TaskSpec>) -> Self {
         TaskHandle { registry: registry.clone(), task }
@@ -113,9 +129,14 @@ impl TaskHandle {
         for _ in 0..5 {
             let mut spec = self.task.spec.clone();
             change(&mut spec);
+            // An ending task gives up the app's running name in the write that ends it.
+            let label = match spec.state.is_final() {
+                true => settled_name(&self.task),
+                false => self.task.meta.label.clone(),
+            };
             let req = UpdateRequest {
                 revision: self.task.meta.revision,
-                label: self.task.meta.label.clone(),
+                label,
                 labels: self.task.meta.labels.clone(),
                 spec,
             };

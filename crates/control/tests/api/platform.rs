@@ -136,3 +136,53 @@ async fn a_port_is_held_by_one_node_until_it_goes() {
     s.create("nodes", with_port("b")).await;
     s.stop().await;
 }
+
+/// One task at a time changes an app, even when the check that none runs is raced: the task's
+/// name is the app's slot in the store's unique index, so the second start fails its compare,
+/// keeps no release, and a task that ended without giving up the name gives it up.
+#[tokio::test]
+async fn an_apps_running_name_admits_one_rollout_and_is_given_back() {
+    let s = TestServer::start().await;
+    let package = upload(&s, b"pkg").await.body["package"].clone();
+    // A task holding the app's running name that the check does not see (no app label): what a
+    // start racing this one on another server looks like from here.
+    let holder = s
+        .create(
+            "tasks",
+            json!({"ring": 2, "label": "hello-rollout", "spec": {"type": "deploy", "state": "running"}}),
+        )
+        .await;
+    let deploy = json!({"manifest": manifest("hello", 1), "package": package});
+    let r = s.post("/v1/apps/hello/deploys", &deploy).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.body["detail"].as_str().unwrap_or("").contains("already being changed"), "{}", r.body);
+    let releases = s.get("/v1/apps/hello/releases").await;
+    assert_eq!(
+        releases.body["items"].as_array().map_or(0, Vec::len),
+        0,
+        "no release kept: {}",
+        releases.body
+    );
+
+    // Ended without giving the name up (cancelled through the API): the next start takes it over.
+    s.update("tasks", &holder, json!({"type": "deploy", "state": "cancelled"})).await;
+    let r = s.post("/v1/apps/hello/deploys", &deploy).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let task = r.body["task"].as_str().expect("task").to_string();
+    let old = s.fetch("tasks", &uuid_of(&holder)).await;
+    assert_ne!(old["label"], "hello-rollout", "{old}");
+    // The rollout fails (no host) and gives the name back with its end: the next one starts.
+    let mut t = Value::Null;
+    for _ in 0..100 {
+        t = s.get(&format!("/v1/tasks/{task}")).await.body;
+        if t["spec"]["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(t["spec"]["state"], "failed", "{t}");
+    assert!(t["label"].as_str().is_some_and(|l| l.starts_with("hello-") && l != "hello-rollout"), "{t}");
+    let r = s.post("/v1/apps/hello/deploys", &deploy).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    s.stop().await;
+}
