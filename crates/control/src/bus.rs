@@ -22,11 +22,8 @@ use enjin_bus::trust::{
     BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey,
     Verifier, VerifierConfig,
 };
-use enjin_model::api::{
-    BusMessage, CreateRequest, JoinRequest, JoinResponse, KeyInfo, ListQuery, ObservationReport,
-    UpdateRequest, desired_topic,
-};
-use enjin_model::kinds::{NodeObservationSpec, NodeSpec};
+use enjin_model::api::{BusMessage, JoinRequest, JoinResponse, KeyInfo, desired_topic};
+use enjin_model::kinds::NodeSpec;
 use enjin_model::{Ring, validate_label};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
@@ -40,6 +37,7 @@ use crate::controller::{Controllers, Reconciler};
 use crate::registry::{Registry, RegistryError};
 
 mod controllers;
+mod intake;
 mod members;
 
 /// The node label that makes a node's bus member the edge (router and DNS), not a host.
@@ -447,117 +445,6 @@ impl BusAuthority {
         if let Some(c) = controllers {
             c.stop().await;
         }
-    }
-
-    /// Verify everything on the bus: count it, follow trust updates, relay the rest to tails.
-    async fn monitor(self: Arc<Self>, mut sub: enjin_bus::transport::Subscription, mut verifier: Verifier) {
-        while let Some(m) = sub.next().await {
-            let now = now_ms();
-            let env = match verifier.accept(&m.payload, now) {
-                Ok(env) => env,
-                Err(reason) => {
-                    tracing::debug!(topic = %m.topic, reason = reason.label(), "bus message rejected");
-                    continue;
-                }
-            };
-            if env.topic() == TRUST_UPDATE_TOPIC {
-                if let Err(e) = verifier.apply_update(&env, now) {
-                    tracing::warn!(error = %e, "trust update not applied");
-                }
-                continue;
-            }
-            if env.topic().starts_with("observe.") {
-                match self.record_observation(&env).await {
-                    Ok(()) => {}
-                    // The last words of a node just deleted (an instance stopped by a rollout).
-                    Err(BusError::Registry(RegistryError::NotFound { .. })) => {
-                        tracing::debug!(topic = %env.topic(), "observation of a deleted node dropped");
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "observation not stored");
-                    }
-                }
-            }
-            if env.topic().starts_with("edge.")
-                && let Err(e) = self.record_edge(&env).await
-            {
-                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "edge report refused");
-            }
-            if env.topic().starts_with("stats.")
-                && let Err(e) = self.record_stats(&env).await
-            {
-                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), error = %e, "stats report refused");
-            }
-            let (payload, encoding) = match std::str::from_utf8(env.payload()) {
-                Ok(text) => (text.to_string(), "utf-8"),
-                Err(_) => (env.payload().iter().map(|b| format!("{b:02x}")).collect(), "hex"),
-            };
-            let msg = BusMessage {
-                ring: Ring::new(i64::from(env.ring())).unwrap_or(Ring::INFRASTRUCTURE),
-                topic: env.topic().to_string(),
-                sender: env.sender().to_string(),
-                seq: env.seq(),
-                timestamp_ms: env.timestamp_ms(),
-                reply_to: env.reply_to().map(str::to_string),
-                payload,
-                encoding: encoding.into(),
-            };
-            // No tail listening is fine.
-            let _ = self.messages.send(msg);
-        }
-        tracing::info!(ring = self.ring, "bus monitor stopped");
-    }
-
-    /// Store an agent's report as the node's observation for that strategy (one per node and
-    /// strategy, updated in place). A key may report only on the node it is bound to and on
-    /// the nodes that node supervises.
-    async fn record_observation(&self, env: &Envelope) -> Result<(), BusError> {
-        let report: ObservationReport = serde_json::from_slice(env.payload())
-            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
-        if env.topic() != enjin_model::api::observation_topic(report.node) {
-            return Err(BusError::Refused("the report's node does not match its topic".into()));
-        }
-        let kv = self.store.get(&key_key(self.ring, &env.sender())).await?;
-        let sender: Option<KeyRecord> = kv.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-        let Some(reporter) = sender.and_then(|r| r.node) else {
-            return Err(BusError::Refused("the sender's key is bound to no node".into()));
-        };
-        let node = self.registry.get::<NodeSpec>(report.node).await?;
-        if report.node != reporter && node.spec.parent != Some(reporter) {
-            return Err(BusError::Refused(format!(
-                "node {reporter} does not supervise node {}",
-                report.node
-            )));
-        }
-        self.store_observation(report, node.meta.ring).await
-    }
-
-    /// Store `report` as its node's observation for that strategy (one per node and strategy,
-    /// updated in place), for observers in this process (the ring 0 supervisor of hosts).
-    pub async fn store_observation(&self, report: ObservationReport, ring: Ring) -> Result<(), BusError> {
-        let spec = NodeObservationSpec {
-            node: report.node,
-            strategy: report.strategy,
-            state: report.state,
-            observed_at: report.observed_at,
-            message: report.message,
-        };
-        let q = ListQuery { parent: Some(report.node), ..ListQuery::default() };
-        let (existing, _) = self.registry.list::<NodeObservationSpec>(&q).await?;
-        let now = Utc::now();
-        match existing.into_iter().find(|o| o.spec.strategy == spec.strategy) {
-            Some(o) => {
-                let req =
-                    UpdateRequest { revision: o.meta.revision, label: None, labels: o.meta.labels, spec };
-                self.registry.update(o.meta.uuid, req, now).await?;
-            }
-            None => {
-                let req =
-                    CreateRequest { account: None, ring, label: None, labels: Default::default(), spec };
-                self.registry.create(req, now).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Give birth to a host this machine supervises: its bus identity (kept in `dir`, 0600,
@@ -1146,97 +1033,6 @@ impl BusAuthority {
             }
         }))
     }
-
-    /// The node a key of this ring is bound to.
-    async fn node_of_key(&self, key: &KeyId) -> Result<Option<Uuid>, BusError> {
-        let kv = self.store.get(&key_key(self.ring, key)).await?;
-        Ok(kv.and_then(|kv| serde_json::from_slice::<KeyRecord>(&kv.value).ok()).and_then(|r| r.node))
-    }
-
-    /// Keep a host's use report, if it comes from the key bound to that host.
-    async fn record_stats(&self, env: &Envelope) -> Result<(), BusError> {
-        let report: enjin_model::api::HostStats = serde_json::from_slice(env.payload())
-            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
-        if env.topic() != enjin_model::api::stats_topic(report.node) {
-            return Err(BusError::Refused("the report's node does not match its topic".into()));
-        }
-        if self.node_of_key(&env.sender()).await? != Some(report.node) {
-            return Err(BusError::Refused(format!("the sender's key is not bound to node {}", report.node)));
-        }
-        if let Ok(mut stats) = self.host_stats.lock() {
-            stats.insert(report.node, report);
-        }
-        Ok(())
-    }
-
-    /// Keep an edge node's report, if it comes from the key bound to that node.
-    async fn record_edge(&self, env: &Envelope) -> Result<(), BusError> {
-        let report: enjin_model::api::EdgeReport = serde_json::from_slice(env.payload())
-            .map_err(|e| BusError::Invalid { field: "payload", message: e.to_string() })?;
-        if env.topic() != enjin_model::api::edge_topic(report.node) {
-            return Err(BusError::Refused("the report's node does not match its topic".into()));
-        }
-        if self.node_of_key(&env.sender()).await? != Some(report.node) {
-            return Err(BusError::Refused(format!("the sender's key is not bound to node {}", report.node)));
-        }
-        if let Ok(mut reports) = self.edge_reports.lock() {
-            reports.insert(report.node, report);
-        }
-        Ok(())
-    }
-
-    /// The latest report of every edge node fresher than [`STATS_STALE_AFTER`].
-    pub fn edge_reports(&self) -> Vec<enjin_model::api::EdgeReport> {
-        let stale = Utc::now() - TimeDelta::from_std(STATS_STALE_AFTER).unwrap_or(TimeDelta::MAX);
-        let Ok(reports) = self.edge_reports.lock() else { return Vec::new() };
-        let mut out: Vec<_> = reports.values().filter(|r| r.at >= stale).cloned().collect();
-        out.sort_by_key(|r| r.node);
-        out
-    }
-
-    /// The latest reported use of every instance, with when its host reported it.
-    pub fn instance_stats(
-        &self,
-    ) -> std::collections::HashMap<Uuid, (enjin_model::api::InstanceStats, DateTime<Utc>)> {
-        let Ok(stats) = self.host_stats.lock() else { return Default::default() };
-        stats
-            .values()
-            .flat_map(|h| h.instances.iter().map(move |i| (i.instance, (i.clone(), h.at))))
-            .collect()
-    }
-
-    /// `/metrics` lines of instances' use, from reports fresher than [`STATS_STALE_AFTER`].
-    fn render_instance_metrics(&self) -> String {
-        let stale = Utc::now() - TimeDelta::from_std(STATS_STALE_AFTER).unwrap_or(TimeDelta::MAX);
-        let mut instances: Vec<_> =
-            self.instance_stats().into_values().filter(|(_, at)| *at >= stale).map(|(i, _)| i).collect();
-        if instances.is_empty() {
-            return String::new();
-        }
-        instances.sort_by_key(|i| i.instance);
-        let mut out = String::from(
-            "# HELP enjin_instance_cpu_seconds_total CPU time used by an instance since it started.\n\
-             # TYPE enjin_instance_cpu_seconds_total counter\n",
-        );
-        for i in &instances {
-            let seconds = i.cpu_usage_ns as f64 / 1e9;
-            out.push_str(&format!(
-                "enjin_instance_cpu_seconds_total{{instance=\"{}\"}} {seconds}\n",
-                i.instance
-            ));
-        }
-        out.push_str(
-            "# HELP enjin_instance_memory_bytes Memory charged to an instance now.\n\
-             # TYPE enjin_instance_memory_bytes gauge\n",
-        );
-        for i in &instances {
-            out.push_str(&format!(
-                "enjin_instance_memory_bytes{{instance=\"{}\"}} {}\n",
-                i.instance, i.memory_bytes
-            ));
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -1245,6 +1041,7 @@ mod tests {
     use enjin_bus::client::{BusClient, ClientConfig};
     use enjin_bus::hub::{Hub, HubConfig};
     use enjin_bus::node::{BusNode, bundle_from_birth};
+    use enjin_model::api::CreateRequest;
     use enjin_model::api::PACKAGES_TOPIC;
     use enjin_model::kinds::Strategy;
     use enjin_store::{SqliteStore, SqliteStoreConfig};
@@ -1550,7 +1347,10 @@ mod tests {
             )
             .expect("seal");
         let env = Envelope::decode(&sealed).expect("decode");
-        let err = ring.authority.record_observation(&env).await;
+        let Ok(intake::Report::Observation(report)) = intake::Report::decode(&env) else {
+            panic!("an observation on its node's topic decodes")
+        };
+        let err = ring.authority.record_observation(&env.sender(), report).await;
         assert!(matches!(err, Err(BusError::Refused(_))), "another host's observation is refused");
     }
 
