@@ -13,7 +13,6 @@
 //! host's veth also carry the id as their interface alias (`ip link` shows `alias enjin:<id>`),
 //! so that a person can tell whose they are.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,12 +77,9 @@ impl CloudRecord {
         let path = Self::path_in(dir, &self.id);
         let fail = |source| RecordError::Write { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(fail)?;
-        let tmp = dir.join(format!(".{}.{}.tmp", self.id, std::process::id()));
         let body = serde_json::to_vec_pretty(self).map_err(|e| fail(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        f.write_all(&body).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &path).map_err(fail)
+        // Root's record of what it made: written whole or not at all, and it survives a crash.
+        enjin_sys::fs::write_private(&path, &body).map_err(fail)
     }
 
     pub fn save(&self) -> Result<(), RecordError> {

@@ -18,8 +18,7 @@
 //! nothing about their exit status, which the restart policy treats as abnormal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -536,19 +535,8 @@ fn load_state(path: &Path) -> Result<Vec<Record>, StartError> {
 }
 
 fn write_state(dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    let path = dir.join(STATE_FILE);
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    // Specs carry environment variables, which may be secrets.
-    let mut file =
-        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    // The rename is durable once the directory is; a failure here only weakens that.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // Specs carry environment variables, which may be secrets: 0600, atomically, durably.
+    enjin_sys::fs::write_private(&dir.join(STATE_FILE), bytes)
 }
 
 struct Owner {

@@ -18,7 +18,7 @@ async fn sigkilled_permanent_child_is_restarted() {
     let pid = rig.pid("web").await;
     let before = rig.seen.len();
 
-    kill(pid, "KILL");
+    kill(pid);
     let exited = rig.wait("web", Exited).await;
     assert!(
         exited.message.contains(&format!("pid {pid} exited with signal 9 (SIGKILL)")),
@@ -234,7 +234,7 @@ async fn children_are_adopted_after_a_supervisor_crash() {
 
     // The agent crashes: nothing is stopped. While no one watches, c dies.
     rig.sup.abort().await;
-    kill(pid(&before, "c"), "KILL");
+    kill(pid(&before, "c"));
     eventually("c is dead", || !alive(pid(&before, "c"))).await;
 
     let mut rig = start(tmp.path()).await;
@@ -257,7 +257,7 @@ async fn children_are_adopted_after_a_supervisor_crash() {
 
     // An adopted child that dies is noticed by polling and restarted by its policy.
     let a = pid(&after, "a");
-    kill(a, "KILL");
+    kill(a);
     let exited = rig.wait("a", Exited).await;
     assert!(exited.message.contains(&format!("adopted pid {a} is gone")), "{}", exited.message);
     let running = rig.wait("a", Running).await;

@@ -140,13 +140,11 @@ pub fn sh(id: &str, restart: Restart, script: &str) -> ChildSpec {
     spec(id, restart, &["sh", "-c", script])
 }
 
-/// Sends `signal` to one process with the system `kill`.
-pub fn kill(pid: u32, signal: &str) {
-    let status = std::process::Command::new("/bin/kill")
-        .args(["-s", signal, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
+/// Sends SIGKILL to one process.
+pub fn kill(pid: u32) {
+    let raw = i32::try_from(pid).expect("pid");
+    enjin_sys::proc::signal(enjin_sys::Pid::from_raw(raw), enjin_sys::Signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
 }
 
 pub fn alive(pid: u32) -> bool {
