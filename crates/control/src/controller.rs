@@ -388,11 +388,14 @@ mod tests {
         // Failed twice, then retried after 200 ms and 400 ms more: three runs.
         let f = runs(failing.meta.uuid);
         assert_eq!(f.len(), 3, "{f:?}");
-        assert!(f[1] - f[0] >= BACKOFF_FIRST && f[2] - f[1] >= BACKOFF_FIRST * 2, "{f:?}");
+        assert!(
+            f[1].saturating_sub(f[0]) >= BACKOFF_FIRST && f[2].saturating_sub(f[1]) >= BACKOFF_FIRST * 2,
+            "{f:?}"
+        );
         // Asked to come back three times, 150 ms apart.
         let p = runs(periodic.meta.uuid);
         assert_eq!(p.len(), 4, "{p:?}");
-        assert!(p.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(150)), "{p:?}");
+        assert!(p.windows(2).all(|w| w[1].saturating_sub(w[0]) >= Duration::from_millis(150)), "{p:?}");
         // 21 writes in a burst: at most one reconcile each (fewer when they come faster than
         // it reconciles), the last after the last write was sent.
         let b = runs(busy.meta.uuid);

@@ -104,9 +104,9 @@ impl Reconciler for Liveness {
         let (next, then) = if silent >= self.lost_after {
             (ObservationState::Lost, None)
         } else if silent >= self.disconnected_after {
-            (ObservationState::Disconnected, Some(self.lost_after - silent))
+            (ObservationState::Disconnected, Some(self.lost_after.saturating_sub(silent)))
         } else {
-            return Ok(Action::RequeueAfter(self.disconnected_after - silent));
+            return Ok(Action::RequeueAfter(self.disconnected_after.saturating_sub(silent)));
         };
         if beat.spec.state != next {
             let message = format!("no heartbeat for {}s", silent.as_secs());

@@ -199,7 +199,7 @@ async fn list_filters() {
         v.sort();
         v.into_iter().cloned().collect::<Vec<String>>()
     };
-    let cases: Vec<(Query, Vec<String>)> = vec![
+    let cases: Vec<(Query<'_>, Vec<String>)> = vec![
         (vec![("ring", "0")], sorted(vec![&m1, &m2, &m3])),
         (vec![("ring", "1")], sorted(vec![&h1, &h2, &h3])),
         (vec![("ring", "2")], sorted(vec![&a1])),

@@ -30,6 +30,8 @@ pub struct Running {
     /// `enjin up`'s HTTP router and DNS service.
     pub router: Option<std::net::SocketAddr>,
     pub dns: Option<std::net::SocketAddr>,
+    /// Stopped (and reaped) by the test itself: nothing left for `drop` to do.
+    stopped: bool,
 }
 
 impl Running {
@@ -110,7 +112,7 @@ impl Running {
         }
         // Keep draining stdout so that the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Running { child, url, data_dir: data_dir.to_path_buf(), router, dns }
+        Running { child, url, data_dir: data_dir.to_path_buf(), router, dns, stopped: false }
     }
 
     pub fn token(&self) -> String {
@@ -139,7 +141,7 @@ impl Running {
         assert!(ok.success(), "kill -INT {pid}");
         let status =
             wait_timeout(&mut self.child, Duration::from_secs(20)).expect("enjin stopped after SIGINT");
-        std::mem::forget(self);
+        self.stopped = true;
         status
     }
 
@@ -160,7 +162,7 @@ impl Running {
     pub fn crash(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
-        std::mem::forget(self);
+        self.stopped = true;
     }
 }
 
@@ -169,6 +171,9 @@ impl Drop for Running {
     /// agents and their children stop too rather than live on as orphans; SIGKILL only if that
     /// does not work in time.
     fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
         if wait_timeout(&mut self.child, Duration::from_secs(15)).is_none() {
