@@ -182,8 +182,13 @@ impl BusAuthority {
         Ok(())
     }
 
-    /// The node a key of this ring is bound to.
+    /// The node a key of this ring is bound to: from the admission table the hub checks
+    /// members against (rebuilt with every bundle), or the store for a key newer than the table.
     pub(super) async fn node_of_key(&self, key: &KeyId) -> Result<Option<Uuid>, BusError> {
+        let known = self.admitted.read().ok().and_then(|t| t.node_of(key));
+        if let Some(node) = known {
+            return Ok(node);
+        }
         let kv = self.store.get(&key_key(self.ring, key)).await?;
         Ok(kv.and_then(|kv| serde_json::from_slice::<KeyRecord>(&kv.value).ok()).and_then(|r| r.node))
     }

@@ -44,6 +44,12 @@ impl AdmissionTable {
         AdmissionTable { keys }
     }
 
+    /// The node `key` is bound to (`Some(None)`: bound to none), or `None` when this table
+    /// does not know the key (it may be newer than the table).
+    pub(super) fn node_of(&self, key: &KeyId) -> Option<Option<Uuid>> {
+        self.keys.get(key).map(|k| k.node)
+    }
+
     /// Whether `member`, whose certificate is bound to `key`, may be connected at `now_ms`.
     /// The parent's own components hold certificates made in memory at each start, bound to
     /// no key; every other member's certificate must be bound to a member key of the ring that
