@@ -379,7 +379,7 @@ impl BusAuthority {
             *t = Some(transport);
         }
         if let Some(connected) = connection {
-            tokio::spawn(self.clone().republish_on_reconnect(connected));
+            self.until_stopped(self.clone().republish_on_reconnect(connected));
         }
         self.until_stopped(self.clone().serve_key_requests());
         let bundle = self.bundle().await?;
@@ -427,7 +427,7 @@ impl BusAuthority {
     }
 
     /// Run `task` until [`BusAuthority::stop`].
-    fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             tokio::select! {

@@ -184,7 +184,7 @@ impl Platform {
             *b = Some(bus.clone());
         }
         bus.start_controller(edge::EdgePublisher::new(self.clone(), bus.clone()));
-        tokio::spawn(rollout::serve_packages(self.clone(), bus));
+        bus.until_stopped(rollout::serve_packages(self.clone(), bus.clone()));
     }
 
     /// The edge nodes' Prometheus metrics (router and DNS), as they last reported them.
