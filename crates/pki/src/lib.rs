@@ -4,6 +4,7 @@
 //! the store or an API response; it does no cryptography of its own (rcgen and ring do).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -20,22 +21,61 @@ use rcgen::{
 /// certificate whose bound key the ring's trust no longer accepts.
 pub const BOUND_KEY_OID: &[u64] = &[2, 5, 4, 5];
 
+/// Why making, loading or storing a key or certificate failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// rcgen could not make a key, certificate parameters (a subject alternative name that is
+    /// neither an IP address nor a valid DNS name), a certificate or a CSR.
     #[error("failed to generate {what}: {source}")]
-    Generate { what: String, source: rcgen::Error },
+    Generate {
+        /// What was being made, naming its ring or subject: `ring 1 CA key`, `certificate for host-1`.
+        what: String,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// A key or certificate file exists but could not be read.
     #[error("failed to read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The key or certificate file.
+        path: PathBuf,
+        /// The I/O error from reading it (or from `stat` on it).
+        source: std::io::Error,
+    },
+    /// A key or certificate file, or the directory for them, could not be written. The file is
+    /// replaced atomically, so it holds its old contents or the new, never part of either.
     #[error("failed to write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        /// The key or certificate file, or the directory being created for them.
+        path: PathBuf,
+        /// The I/O error from creating, writing, syncing or renaming.
+        source: std::io::Error,
+    },
+    /// A private key file grants its group or others some access, so it is refused rather than
+    /// used: the operator must treat the key as leaked, or at least `chmod 600` it.
     #[error("{path} is readable by other users (mode {mode:o}); private keys must be 0600")]
-    Exposed { path: PathBuf, mode: u32 },
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (the low nine only), shown in octal.
+        mode: u32,
+    },
+    /// A CA key file was read but is not a PEM private key rcgen can use: damaged or replaced.
     #[error("{path} holds no usable private key: {source}")]
-    BadKey { path: PathBuf, source: rcgen::Error },
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// The common name asked for is empty, longer than 64 bytes or holds a control character;
+    /// holds the name as given.
     #[error("invalid certificate name {0:?}")]
     BadName(String),
+    /// The bound key is not 64 lowercase hex digits; holds (at most the first 80 characters of)
+    /// what was given.
     #[error("invalid bound key {0:?}: expected 64 lowercase hex digits")]
     BadKeyName(String),
+    /// The requester's CSR is not a PEM certificate signing request rcgen can parse.
     #[error("invalid certificate signing request: {0}")]
     BadCsr(rcgen::Error),
 }
@@ -57,7 +97,10 @@ impl std::fmt::Debug for RingCa {
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]
 pub struct Issued {
+    /// The certificate, signed by the ring's CA.
     pub cert_pem: String,
+    /// Its private key (PKCS#8): a secret, to be written only with [`write_private`]. `Debug`
+    /// hides it.
     pub key_pem: String,
 }
 
@@ -69,7 +112,10 @@ impl std::fmt::Debug for Issued {
 
 /// A certificate signing request and the private key it was made for, both PEM.
 pub struct SigningRequest {
+    /// The PKCS#10 request to send to the CA; it carries the public key only.
     pub csr_pem: String,
+    /// The private key (PKCS#8) the request is for: it never leaves the node, and is written
+    /// only with [`write_private`]. `Debug` hides it.
     pub key_pem: String,
 }
 
@@ -141,6 +187,8 @@ impl RingCa {
         Ok(ca)
     }
 
+    /// The ring whose nodes this CA certifies; it is in the CA's common name and in the
+    /// organizational unit of every certificate it issues.
     pub fn ring(&self) -> u8 {
         self.ring
     }
