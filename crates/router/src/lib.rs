@@ -69,6 +69,7 @@
 //! caller's runtime instead.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod balance;
 mod body;

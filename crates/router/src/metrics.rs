@@ -121,9 +121,11 @@ impl AppMetrics {
 /// One app's numbers since the router started, for a status command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppStats {
+    /// The app's name, as in the route table.
     pub app: String,
     /// Responses sent, of every status (the router's own error pages included).
     pub requests: u64,
+    /// `requests` split by status class; the classes add up to `requests`.
     pub by_class: StatusClasses,
     /// Requests whose response has not finished (open tunnels included).
     pub in_flight: u64,

@@ -8,20 +8,50 @@ use std::path::{Path, PathBuf};
 
 use enjin_model::api::RouteTable;
 
+/// Why [`save`] failed. The table in memory is unaffected: the router keeps serving it, and only
+/// a restart before the next successful save would fall back to an older snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveSnapshotError {
+    /// The table could not be serialized to JSON; a route table always can, so this is a bug.
     #[error("failed to encode route table {version}: {source}")]
-    Encode { version: i64, source: serde_json::Error },
+    Encode {
+        /// The version of the table that failed to encode.
+        version: i64,
+        /// serde_json's reason.
+        source: serde_json::Error,
+    },
+    /// The file could not be written (disk full, missing directory, permissions); it still holds
+    /// either the old table or the new one, never part of one.
     #[error("failed to write route snapshot {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The snapshot file that was being replaced.
+        path: PathBuf,
+        /// The I/O error from writing or renaming it.
+        source: io::Error,
+    },
 }
 
+/// Why [`load`] failed. A missing file is not an error (it is `Ok(None)`); these mean a file is
+/// there but cannot be used, and the router must wait for the control plane's table.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadSnapshotError {
+    /// The file exists but could not be read (permissions, I/O error).
     #[error("failed to read route snapshot {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The I/O error from reading it.
+        source: io::Error,
+    },
+    /// The file was read but does not hold a route table as JSON: written by another version,
+    /// or by something else; deleting it is safe.
     #[error("route snapshot {path} is not a route table: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        /// The snapshot file.
+        path: PathBuf,
+        /// serde_json's reason, with the line and column.
+        source: serde_json::Error,
+    },
 }
 
 /// Writes `table` to `path` atomically, readable and writable by the owner only (0600): the
