@@ -37,8 +37,8 @@ use uuid::Uuid;
 
 pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations, report_of};
 pub use config::{AgentConfig, AgentFile, ConfigError, DEFAULT_KEY_ROTATION};
-pub use packages::{BusPackageSource, PackageCache, PackageError, PackageSource, install};
-pub use sandbox::{APP_DIR, SandboxChild, SandboxLauncher};
+pub use packages::{BusPackageSource, ChunkError, PackageCache, PackageError, PackageSource, install};
+pub use sandbox::{APP_DIR, SandboxChild, SandboxError, SandboxLauncher};
 
 /// How often the agent says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);

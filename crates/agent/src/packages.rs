@@ -27,13 +27,32 @@ pub trait PackageSource: Send + Sync + 'static {
         &self,
         digest: &str,
         offset: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, ChunkError>> + Send + '_>>;
+}
+
+/// Why a chunk of a package did not come.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The agent has not joined the bus yet.
+    #[error("not on the bus yet")]
+    NotOnBus,
+    /// The request could not be encoded.
+    #[error("failed to encode the chunk request: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The ring's package store did not answer in time, or the request could not be sent.
+    #[error("no answer from the package store: {0}")]
+    NoAnswer(#[from] enjin_bus::node::NodeError),
+    /// An answer signed by a key that is not a parent key of the ring: ignored.
+    #[error("a chunk came from a key that is not the ring's parent")]
+    NotFromParent,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
     #[error("package {digest}: {message}")]
     Fetch { digest: String, message: String },
+    #[error("package {digest}: {source}")]
+    Chunk { digest: String, source: ChunkError },
     #[error("package {digest} does not match its digest (got {got})")]
     Digest { digest: String, got: String },
     #[error("package {digest}: failed to unpack into {}: {message}", path.display())]
@@ -102,7 +121,7 @@ impl PackageCache {
                 .source
                 .chunk(&digest, bytes.len() as u64)
                 .await
-                .map_err(|message| PackageError::Fetch { digest: digest.clone(), message })?;
+                .map_err(|source| PackageError::Chunk { digest: digest.clone(), source })?;
             if chunk.is_empty() {
                 return Err(PackageError::Fetch {
                     digest: digest.clone(),
@@ -257,18 +276,15 @@ impl PackageSource for BusPackageSource {
         &self,
         digest: &str,
         offset: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, ChunkError>> + Send + '_>> {
         let req = enjin_model::api::PackageChunkRequest { digest: digest.to_string(), offset };
         Box::pin(async move {
-            let node = self.node.get().ok_or("not on the bus yet")?;
-            let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-            let reply = node
-                .request(enjin_model::api::PACKAGES_TOPIC, payload, CHUNK_TIMEOUT)
-                .await
-                .map_err(|e| format!("no answer from the package store: {e}"))?;
+            let node = self.node.get().ok_or(ChunkError::NotOnBus)?;
+            let payload = serde_json::to_vec(&req)?;
+            let reply = node.request(enjin_model::api::PACKAGES_TOPIC, payload, CHUNK_TIMEOUT).await?;
             // Only the parent's store is asked; any other answer is ignored.
             if !node.is_from_parent(&reply) {
-                return Err("a chunk came from a key that is not the ring's parent".into());
+                return Err(ChunkError::NotFromParent);
             }
             Ok(reply.into_payload())
         })

@@ -110,19 +110,37 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Why the sandbox could not be set up, or an instance's filesystem made.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// No cgroup hierarchy to put instances in.
+    #[error(transparent)]
+    Cgroups(#[from] enjin_sys::cgroup::DetectError),
+    /// A directory of the sandbox (root's, mode 0700 or 0755) could not be made.
+    #[error("{}: {source}", path.display())]
+    Dir { path: PathBuf, source: std::io::Error },
+    /// The instance's size-limited filesystem could not be formatted or attached.
+    #[error(transparent)]
+    Disk(#[from] enjin_sys::disk::DiskError),
+}
+
+fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + use<> {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Dir { path, source }
+}
+
 impl SandboxLauncher {
     /// `cgroup_parent` names this host's branch of the cgroup tree (e.g. `enjin/host-1`).
-    pub fn new(root: &Path, logs: &Path, cgroup_parent: &str) -> Result<Self, String> {
+    pub fn new(root: &Path, logs: &Path, cgroup_parent: &str) -> Result<Self, SandboxError> {
         let cgroups = enjin_sys::cgroup::detect(&CgroupConfig {
             parent: cgroup_parent.into(),
             ..CgroupConfig::default()
-        })
-        .map_err(|e| e.to_string())?;
-        private_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        })?;
+        private_dir(root).map_err(dir_error(root))?;
         let empty = root.join(".empty");
-        std::fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+        std::fs::create_dir_all(&empty).map_err(dir_error(&empty))?;
         std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: {e}", empty.display()))?;
+            .map_err(dir_error(&empty))?;
         let disks = enjin_sys::disk::available();
         if !disks {
             tracing::warn!(
@@ -220,9 +238,9 @@ impl SandboxLauncher {
         &self,
         dir: &Path,
         resources: &Resources,
-    ) -> Result<(Writable, Option<enjin_sys::disk::LoopDevice>), String> {
+    ) -> Result<(Writable, Option<enjin_sys::disk::LoopDevice>), SandboxError> {
         let mountpoint = dir.join("disk");
-        private_dir(&mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+        private_dir(&mountpoint).map_err(dir_error(&mountpoint))?;
         let bytes = resources.disk_bytes.unwrap_or(UNLIMITED_DISK).max(enjin_sys::disk::MIN_BYTES);
         if !self.disks {
             let bytes = resources.memory_bytes.map_or(bytes, |m| bytes.min(m));
@@ -235,8 +253,8 @@ impl SandboxLauncher {
         let device = match prepared {
             Some(p) if std::fs::rename(&p.image, &image).is_ok() => p.device,
             _ => {
-                enjin_sys::disk::format_ext4(&image, bytes).map_err(|e| e.to_string())?;
-                enjin_sys::disk::LoopDevice::attach(&image).map_err(|e| e.to_string())?
+                enjin_sys::disk::format_ext4(&image, bytes)?;
+                enjin_sys::disk::LoopDevice::attach(&image)?
             }
         };
         Ok((Writable::Device { device: device.path().to_path_buf(), mountpoint }, Some(device)))
