@@ -7,6 +7,7 @@
 //! the wire protocol (UDP and TCP, parsing, truncation); this crate decides the answers.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod handler;
 mod metrics;
@@ -48,17 +49,31 @@ impl Default for DnsConfig {
 /// Why [`DnsServer::serve`] stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    /// A socket handed to [`DnsServer::serve`] has no local address (it was never bound, or is
+    /// broken); nothing was served.
     #[error("failed to read the local address of a dns socket: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// hickory's server on one socket failed; the other socket is stopped as well, so the
+    /// service is down until it is started again.
     #[error("dns server on {protocol} {addr} stopped: {source}")]
     Stopped {
+        /// `"udp"` or `"tcp"`: which of the two servers failed.
         protocol: &'static str,
+        /// The local address of the socket that failed.
         addr: SocketAddr,
+        /// hickory's reason.
         #[source]
         source: hickory_proto::ProtoError,
     },
+    /// hickory's server on one socket finished without an error before shutdown was asked
+    /// for, which means its socket went away; the other socket is stopped as well.
     #[error("dns server on {protocol} {addr} stopped unexpectedly")]
-    Ended { protocol: &'static str, addr: SocketAddr },
+    Ended {
+        /// `"udp"` or `"tcp"`: which of the two servers ended.
+        protocol: &'static str,
+        /// The local address of the socket that went away.
+        addr: SocketAddr,
+    },
 }
 
 /// The state every clone of a [`DnsServer`] and every query shares.

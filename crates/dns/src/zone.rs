@@ -13,8 +13,17 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 /// Why a snapshot cannot be served at all.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildZoneError {
+    /// The zone's origin is empty or not a domain name, so no record in it could be placed; the
+    /// snapshot is refused and the previous one stays in service.
     #[error("dns zone version {version} has an invalid origin {origin:?}: {reason}")]
-    InvalidOrigin { version: i64, origin: String, reason: String },
+    InvalidOrigin {
+        /// The version of the refused snapshot.
+        version: i64,
+        /// The origin as the snapshot gave it.
+        origin: String,
+        /// Why it is not a domain name, from hickory's parser (or `empty name`).
+        reason: String,
+    },
 }
 
 /// A zone ready to answer from.
