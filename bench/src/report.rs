@@ -162,22 +162,25 @@ fn secs(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64())
 }
 
+/// The cells every timed row shares: ops, time, rate, p50, p99 and max.
+fn timing(s: &Sample) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {}",
+        ops(s),
+        secs(s.elapsed),
+        per_sec(s.per_sec()),
+        ms(s.quantile(0.5)),
+        ms(s.quantile(0.99)),
+        ms(s.max())
+    )
+}
+
 pub fn print_anchor(rows: &[Row]) {
     println!("## Anchor: raw fsync in the same directory\n");
     println!("| anchor | ops | time (s) | fsyncs/s | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let s = &r.sample;
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.name,
-            ops(s),
-            secs(s.elapsed),
-            per_sec(s.per_sec()),
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99)),
-            ms(s.max()),
-        );
+        println!("| {} | {} |", r.name, timing(&r.sample));
     }
     println!();
 }
@@ -225,18 +228,7 @@ pub fn print_list(rows: &[Row]) {
     println!("| list | ops | time (s) | lists/s | p50 (ms) | p99 (ms) | max (ms) | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let s = &r.sample;
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.name,
-            ops(s),
-            secs(s.elapsed),
-            per_sec(s.per_sec()),
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99)),
-            ms(s.max()),
-            s.errors,
-        );
+        println!("| {} | {} | {} |", r.name, timing(&r.sample), r.sample.errors);
     }
     println!();
     println!(
