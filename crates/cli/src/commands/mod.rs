@@ -5,10 +5,8 @@ mod agent;
 mod apps;
 mod audit;
 mod bus;
-mod cloud;
 mod down;
 mod edge;
-mod hosts;
 mod keys;
 mod login;
 mod objects;
@@ -32,12 +30,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         // what must be wider says so with an explicit mode.
         Command::Up(args) => {
             enjin_sys::proc::private_umask();
-            serve::run(g, &args, true).await
+            serve::run(g, &args, enjin_node::Mode::Up).await
         }
         Command::Down(args) => down::run(g, &args),
         Command::Server(args) => {
             enjin_sys::proc::private_umask();
-            serve::run(g, &args, false).await
+            serve::run(g, &args, enjin_node::Mode::Server).await
         }
         Command::Agent(args) => {
             enjin_sys::proc::private_umask();
