@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod logs;
 mod network;
 mod packages;
+pub mod process;
 mod sandbox;
 pub mod stats;
 

@@ -3,26 +3,18 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use enjin_control::{ApiLimits, AuditConfig, InstanceDefaults, Rate};
 use serde::Deserialize;
 
-use crate::args::Global;
+use crate::args::{Global, ServeArgs};
 use crate::contexts::{self, Contexts};
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
-pub const DEFAULT_BUS_LISTEN: &str = "127.0.0.1:7481";
 pub const CONFIG_FILE: &str = "enjin.toml";
-pub const TOKEN_FILE: &str = "admin.token";
-pub const ENDPOINT_FILE: &str = "endpoint";
-/// The CA the API server's certificate comes from (the ring 0 CA), for clients to trust.
-pub const CA_FILE: &str = "ca.crt";
-pub const STATE_FILE: &str = "state.db";
-pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:7482";
-pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:7453";
+pub use enjin_node::layout::{CA_FILE, ENDPOINT_FILE, TOKEN_FILE};
+use enjin_node::{DEFAULT_LISTEN, Mode, NodeConfig};
 
 /// `enjin.toml` in the data directory. Every field is optional; defaults are in code and in
 /// docs/configuration.md.
@@ -427,11 +419,38 @@ pub fn load_file_config(dir: &Path) -> Result<FileConfig> {
     }
 }
 
-/// Create the data directory, private to its owner.
-pub fn ensure_data_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("failed to create data directory {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("failed to make {} private", dir.display()))
+/// The configuration of `enjin up` (`Mode::Up`) or `enjin server`: flags first, then
+/// `enjin.toml` in the data directory, then the defaults `enjin_node` writes down. The one
+/// place they are merged; the result is validated before anything starts.
+pub fn node_config(global: &Global, args: &ServeArgs, mode: Mode) -> Result<NodeConfig> {
+    let dir = data_dir(global)?;
+    let file = load_file_config(&dir)?;
+    let d = NodeConfig::new(mode, dir);
+    let config = NodeConfig {
+        listen: args.listen.or(file.api.listen).unwrap_or(d.listen),
+        insecure_http: args.insecure_http,
+        tls_names: file.api.tls_names,
+        api_limits: file.api.limits,
+        instances: file.instances.0,
+        audit: file.audit.0,
+        bus_listen: args.bus_listen.or(file.bus.listen).unwrap_or(d.bus_listen),
+        certificate_validity: file.bus.certificate_validity()?,
+        hosts: args.hosts.or(file.hosts.count).unwrap_or(d.hosts),
+        hosts_cidr: args.hosts_cidr.or(file.hosts.cidr).unwrap_or(d.hosts_cidr),
+        instance_cidr: args.instance_cidr.or(file.hosts.instance_cidr).unwrap_or(d.instance_cidr),
+        disconnected_after: file
+            .hosts
+            .disconnected_after_seconds
+            .map_or(d.disconnected_after, std::time::Duration::from_secs),
+        lost_after: file.hosts.lost_after_seconds.map_or(d.lost_after, std::time::Duration::from_secs),
+        router_listen: args.router_listen.or(file.router.listen).unwrap_or(d.router_listen),
+        dns_listen: args.dns_listen.or(file.dns.listen).unwrap_or(d.dns_listen),
+        domain: file.router.domain,
+        zone: file.dns.zone,
+        ..d
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 /// Write a secret file atomically with mode 0600 from the start (never briefly
@@ -536,7 +555,48 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use clap::Parser;
+
     use super::*;
+    use crate::args::{Cli, Command};
+
+    fn serve_config(dir: &Path, toml: &str, flags: &[&str]) -> Result<NodeConfig> {
+        fs::write(dir.join(CONFIG_FILE), toml).expect("write");
+        let data_dir = dir.display().to_string();
+        let mut argv = vec!["enjin", "--data-dir", &data_dir, "up"];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv).expect("arguments");
+        let Command::Up(args) = &cli.command else { panic!("not up") };
+        node_config(&cli.global, args, Mode::Up)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = "[api]\nlisten = \"127.0.0.1:9000\"\n[hosts]\ncount = 3\nlost_after_seconds = 60\n\
+                    [router]\nlisten = \"127.0.0.1:9002\"\ndomain = \"apps.test\"\n";
+        let c =
+            serve_config(dir.path(), toml, &["--listen", "127.0.0.1:9100", "--hosts", "1"]).expect("valid");
+        assert_eq!(c.data_dir, dir.path());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9100", "the flag");
+        assert_eq!(c.hosts, 1, "the flag");
+        assert_eq!(c.router_listen.to_string(), "127.0.0.1:9002", "the file");
+        assert_eq!(c.domain.as_deref(), Some("apps.test"));
+        assert_eq!(c.lost_after, std::time::Duration::from_secs(60));
+        assert_eq!(c.bus_listen, enjin_node::DEFAULT_BUS_LISTEN, "the default");
+        assert_eq!(c.disconnected_after, enjin_node::DEFAULT_DISCONNECTED_AFTER);
+        assert_eq!(c.hosts_cidr, enjin_node::DEFAULT_HOSTS_CIDR);
+    }
+
+    #[test]
+    fn a_merged_config_is_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = serve_config(dir.path(), "[api]\nlisten = \"0.0.0.0:7480\"\n", &["--insecure-http"])
+            .expect_err("plain HTTP off loopback");
+        assert!(format!("{err:#}").contains("refusing --insecure-http on 0.0.0.0:7480"), "{err:#}");
+    }
 
     #[test]
     fn secrets_are_private() {

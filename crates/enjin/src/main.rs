@@ -25,11 +25,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(enjin_cli::run(cli)) {
+    match runtime.block_on(enjin_cli::run(cli, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The process's one signal handler: SIGINT (Ctrl-C) or SIGTERM asks the running command to
+/// stop gracefully. It is installed when first polled, so commands that never wait for it
+/// (the API clients) keep the default: a signal ends them at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let on = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = on(SignalKind::interrupt(), "SIGINT") => {}
+        () = on(SignalKind::terminate(), "SIGTERM") => {}
+    }
+    tracing::info!("shutting down");
 }

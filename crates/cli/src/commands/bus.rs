@@ -1,5 +1,6 @@
 //! `enjin bus tail <topic>`: verified messages, as the control plane sees them.
 
+use std::future::Future;
 use std::io::Write;
 
 use anyhow::{Result, anyhow};
@@ -7,14 +8,16 @@ use anyhow::{Result, anyhow};
 use super::client;
 use crate::args::{BusCommand, Global, Output};
 
-pub async fn run(g: &Global, cmd: BusCommand) -> Result<()> {
+/// Tail until the topic ends or `shutdown` completes (Ctrl-C).
+pub async fn run(g: &Global, cmd: BusCommand, shutdown: impl Future<Output = ()>) -> Result<()> {
     let BusCommand::Tail { topic, ring } = cmd;
     let c = client(g)?;
     let mut tail = c.bus_tail(ring, &topic).await?;
+    tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
             m = tail.next() => m,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = &mut shutdown => return Ok(()),
         };
         let Some(m) = next else { return Ok(()) };
         let m = m.map_err(|e| anyhow!("bus tail ended: {e}"))?;

@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{Context, Result};
 
-use super::cloud;
+use enjin_node::cloud;
+
 use crate::args::{DownArgs, Global};
 use crate::config;
 

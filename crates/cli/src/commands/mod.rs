@@ -1,14 +1,10 @@
 //! One module per command.
 
 mod access;
-mod agent;
 mod apps;
 mod audit;
 mod bus;
-mod cloud;
 mod down;
-mod edge;
-mod hosts;
 mod keys;
 mod login;
 mod objects;
@@ -16,6 +12,8 @@ mod serve;
 mod token;
 mod tree;
 mod watch;
+
+use std::future::Future;
 
 use anyhow::Result;
 use clap::CommandFactory;
@@ -25,27 +23,30 @@ use enjin_model::Kind;
 use crate::args::{AccountCommand, AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
 use crate::config;
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Run one command; `shutdown` completes when the process is asked to stop (the long-running
+/// commands stop gracefully then; the others mostly never look at it).
+pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         // The long-running parts create everything private (0600 files, 0700 directories);
         // what must be wider says so with an explicit mode.
         Command::Up(args) => {
             enjin_sys::proc::private_umask();
-            serve::run(g, &args, true).await
+            serve::run(g, &args, enjin_node::Mode::Up, shutdown).await
         }
         Command::Down(args) => down::run(g, &args),
         Command::Server(args) => {
             enjin_sys::proc::private_umask();
-            serve::run(g, &args, false).await
+            serve::run(g, &args, enjin_node::Mode::Server, shutdown).await
         }
         Command::Agent(args) => {
             enjin_sys::proc::private_umask();
-            agent::run(&args).await
+            let config = enjin_agent::process::ProcessConfig { ring: args.ring, dir: args.dir };
+            Ok(enjin_agent::process::run(config, shutdown).await?)
         }
         Command::Edge(args) => {
             enjin_sys::proc::private_umask();
-            edge::run(&args).await
+            Ok(enjin_edge::run(enjin_edge::EdgeConfig { dir: args.dir }, shutdown).await?)
         }
         Command::Account(AccountCommand::Object(c)) => objects::run(g, Kind::Account, c).await,
         Command::Account(AccountCommand::Status { account }) => token::account_status(g, account).await,
@@ -74,8 +75,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(c) => token::run(g, c).await,
         Command::Key(c) => keys::run(g, c).await,
         Command::JoinToken(c) => keys::join_token(g, c).await,
-        Command::Bus(c) => bus::run(g, c).await,
-        Command::Watch(args) => watch::run(g, &args).await,
+        Command::Bus(c) => bus::run(g, c, shutdown).await,
+        Command::Watch(args) => watch::run(g, &args, shutdown).await,
         Command::Audit(args) => audit::run(g, &args).await,
         Command::Login(args) => login::login(g, &args).await,
         Command::Context(c) => login::context(g, c),

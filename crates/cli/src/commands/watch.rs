@@ -1,5 +1,6 @@
 //! `enjin watch`: follow committed changes until Ctrl-C.
 
+use std::future::Future;
 use std::io::Write;
 
 use anyhow::Result;
@@ -7,13 +8,15 @@ use anyhow::Result;
 use super::client;
 use crate::args::{Global, Output, WatchArgs};
 
-pub async fn run(g: &Global, args: &WatchArgs) -> Result<()> {
+/// Follow until the server ends the watch or `shutdown` completes (Ctrl-C).
+pub async fn run(g: &Global, args: &WatchArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let c = client(g)?;
     let mut watch = c.watch(args.kind, args.from);
+    tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {
             b = watch.next() => b,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = &mut shutdown => return Ok(()),
         };
         let Some(batch) = batch else { return Ok(()) };
         let batch = batch?;

@@ -14,28 +14,72 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use enjin_net::cloud::{CloudRecord, ID_FILE};
+use enjin_net::NetError;
+use enjin_net::cloud::{CloudRecord, ID_FILE, RecordError};
 use enjin_sys::{Pid, Signal};
+
+/// Why a cloud's record could not be made, or its resources not taken apart.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("failed to write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read this process's start time")]
+    StartTime(#[source] enjin_sys::proc::ReadStatError),
+    #[error("enjin up already runs for {} (pid {pid}); stop it first (Ctrl-C, or `enjin down`)", dir.display())]
+    AlreadyUp { dir: PathBuf, pid: u32 },
+    #[error("failed to resolve {}", path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Record {
+        what: &'static str,
+        #[source]
+        source: RecordError,
+    },
+    #[error("failed to remove {what}")]
+    Remove {
+        what: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("failed to stop host {node}'s instances")]
+    KillCgroup {
+        node: String,
+        #[source]
+        source: enjin_sys::cgroup::KillAllError,
+    },
+    #[error("failed to remove host {node}'s cgroups")]
+    DeleteCgroup {
+        node: String,
+        #[source]
+        source: enjin_sys::cgroup::DeleteGroupError,
+    },
+}
 
 /// `<data-dir>/enjin.pid`: the running `enjin up` ("<pid> <start time>").
 pub const PID_FILE: &str = "enjin.pid";
 
 /// The data directory's cloud id, made on first use.
-pub fn cloud_id(dir: &Path) -> Result<String> {
+pub fn cloud_id(dir: &Path) -> Result<String, CloudError> {
     if let Some(id) = enjin_net::cloud::read_id(dir) {
         return Ok(id);
     }
     let id = uuid::Uuid::new_v4().to_string();
-    crate::config::write_secret(&dir.join(ID_FILE), &format!("{id}\n"))?;
+    write_private(&dir.join(ID_FILE), &format!("{id}\n"))?;
     Ok(id)
 }
 
 /// This process and its start time.
-pub fn own_process() -> Result<(u32, u64)> {
+pub fn own_process() -> Result<(u32, u64), CloudError> {
     let pid = std::process::id();
-    let start =
-        enjin_sys::proc::start_time(Pid::this()).context("failed to read this process's start time")?;
+    let start = enjin_sys::proc::start_time(Pid::this()).map_err(CloudError::StartTime)?;
     Ok((pid, start))
 }
 
@@ -58,15 +102,17 @@ pub fn running_up(dir: &Path) -> Option<(u32, u64)> {
 }
 
 /// Record this process as the data directory's `enjin up`, refusing if another one runs it.
-pub fn claim(dir: &Path) -> Result<()> {
+pub fn claim(dir: &Path) -> Result<(), CloudError> {
     let (pid, start) = own_process()?;
     if let Some((other, _)) = running_up(dir).filter(|(p, _)| *p != pid) {
-        anyhow::bail!(
-            "enjin up already runs for {} (pid {other}); stop it first (Ctrl-C, or `enjin down`)",
-            dir.display()
-        );
+        return Err(CloudError::AlreadyUp { dir: dir.to_path_buf(), pid: other });
     }
-    crate::config::write_secret(&dir.join(PID_FILE), &format!("{pid} {start}\n"))
+    write_private(&dir.join(PID_FILE), &format!("{pid} {start}\n"))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CloudError> {
+    enjin_sys::fs::write_private(path, contents.as_bytes())
+        .map_err(|source| CloudError::Write { path: path.to_path_buf(), source })
 }
 
 /// Forget the pid file at a clean stop.
@@ -76,10 +122,10 @@ pub fn release(dir: &Path) {
 
 /// A new record for this process's cloud, or the one kept from its last start (its hosts and
 /// bridge may be found running and adopted), now naming this process.
-pub fn record_for(dir: &Path, id: &str) -> Result<CloudRecord> {
+pub fn record_for(dir: &Path, id: &str) -> Result<CloudRecord, CloudError> {
     let (pid, start_time) = own_process()?;
     let data_dir =
-        std::path::absolute(dir).with_context(|| format!("failed to resolve {}", dir.display()))?;
+        std::path::absolute(dir).map_err(|source| CloudError::Resolve { path: dir.to_path_buf(), source })?;
     let mut record = enjin_net::cloud::records().into_iter().find(|r| r.id == id).unwrap_or(CloudRecord {
         id: id.to_string(),
         data_dir: data_dir.clone(),
@@ -91,7 +137,9 @@ pub fn record_for(dir: &Path, id: &str) -> Result<CloudRecord> {
     record.data_dir = data_dir;
     record.pid = pid;
     record.start_time = start_time;
-    record.save().context("failed to record what this cloud makes")?;
+    record
+        .save()
+        .map_err(|source| CloudError::Record { what: "failed to record what this cloud makes", source })?;
     Ok(record)
 }
 
@@ -183,7 +231,7 @@ pub fn stop(pid: u32, start_time: u64, patience: Duration) {
 /// Remove everything `record` names: processes left in its namespaces, its hosts' cgroups, its
 /// instances' and hosts' namespaces, its bridge, then the record. Its `enjin up` must have
 /// stopped. Idempotent; synchronous.
-pub fn take_apart(record: &CloudRecord) -> Result<Removed> {
+pub fn take_apart(record: &CloudRecord) -> Result<Removed, CloudError> {
     let mut removed = Removed::default();
     let all = namespaces(record);
     // Agents left by a crashed `enjin up` first (asked to stop their children), then whatever
@@ -223,7 +271,7 @@ pub fn take_apart(record: &CloudRecord) -> Result<Removed> {
         if instance {
             let names = enjin_net::instance::InstanceNames { netns: ns.clone(), veth: ns.clone() };
             enjin_net::instance::remove_instance(&names)
-                .with_context(|| format!("failed to remove namespace {ns}"))?;
+                .map_err(|source| CloudError::Remove { what: format!("namespace {ns}"), source })?;
         }
         removed.namespaces.push(ns.clone());
     }
@@ -232,30 +280,33 @@ pub fn take_apart(record: &CloudRecord) -> Result<Removed> {
             removed.links.push(h.veth.clone());
         }
         enjin_net::remove_host(&h.netns, &h.veth)
-            .with_context(|| format!("failed to remove namespace {}", h.netns))?;
+            .map_err(|source| CloudError::Remove { what: format!("namespace {}", h.netns), source })?;
     }
     if let Some(b) = &record.bridge {
         if enjin_net::cloud::link_exists(b) {
             removed.links.push(b.clone());
         }
         // Its routes to the instances' blocks go with it.
-        enjin_net::remove_bridge(b).with_context(|| format!("failed to remove bridge {b}"))?;
+        enjin_net::remove_bridge(b)
+            .map_err(|source| CloudError::Remove { what: format!("bridge {b}"), source })?;
     }
     removed.loop_devices = enjin_sys::disk::detach_under(&record.data_dir);
-    record.remove().context("failed to forget the cloud's record")?;
+    record
+        .remove()
+        .map_err(|source| CloudError::Record { what: "failed to forget the cloud's record", source })?;
     Ok(removed)
 }
 
 /// Kill what runs in a host's cgroups and remove them (`enjin/<node>` in every hierarchy).
-fn remove_cgroups(node: &str) -> Result<Vec<PathBuf>> {
+fn remove_cgroups(node: &str) -> Result<Vec<PathBuf>, CloudError> {
     let config = enjin_sys::cgroup::CgroupConfig::default();
     let Ok(cgroups) = enjin_sys::cgroup::detect(&config) else { return Ok(Vec::new()) };
     let Some(group) = cgroups.existing(node).ok().flatten() else { return Ok(Vec::new()) };
     let dirs = group.dirs();
     group
         .kill_all(Duration::from_secs(10))
-        .with_context(|| format!("failed to stop host {node}'s instances"))?;
-    group.delete().with_context(|| format!("failed to remove host {node}'s cgroups"))?;
+        .map_err(|source| CloudError::KillCgroup { node: node.to_string(), source })?;
+    group.delete().map_err(|source| CloudError::DeleteCgroup { node: node.to_string(), source })?;
     Ok(dirs)
 }
 
@@ -283,7 +334,7 @@ pub fn reclaim(own: &str) {
                 "reclaimed what a cloud whose data directory is gone left"
             ),
             Err(e) => {
-                tracing::warn!(cloud = %record.id, error = %format!("{e:#}"), "a gone cloud's resources not reclaimed")
+                tracing::warn!(cloud = %record.id, error = %crate::error::chain(&e), "a gone cloud's resources not reclaimed")
             }
         }
     }

@@ -1,18 +1,18 @@
-//! The ring 1 hosts `enjin up` runs on this machine (and, beside them, its edge): each a node in the store, an identity and
-//! certificate given at birth, and an `enjin agent --ring 1` supervised (OTP, permanent) by
-//! this process — inside its own network namespace on the hosts' bridge as root (`netns`),
-//! as a plain process otherwise (`process`, said loudly).
+//! The ring 1 hosts `enjin up` runs on this machine (and, beside them, its edge): each a node in
+//! the store, an identity and certificate given at birth, and an `enjin agent --ring 1`
+//! supervised (OTP, permanent) by this process — inside its own network namespace on the hosts'
+//! bridge as root (`netns`), as a plain process otherwise (`process`, said loudly).
 //!
 //! Each host says whether it can sandbox its instances in its `enjin.dev/sandbox` label
 //! (`unix-user` as root, `none` otherwise), set when it is created and corrected at every
 //! start, so that the platform records instances with the strategy they really run by.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use chrono::Utc;
 use enjin_agent::{AgentConfig, AgentFile};
 use enjin_control::bus::BusAuthority;
@@ -21,12 +21,109 @@ use enjin_control::{ControlPlane, RegistryError};
 use enjin_model::api::{CreateRequest, ListQuery, UpdateRequest};
 use enjin_model::kinds::{Cidr, NetworkInterfaceSpec, NetworkSpec, NetworkStrategy, NodeSpec, Strategy};
 use enjin_model::{Object, Ring};
-use enjin_net::cloud::{CloudRecord, HostRecord};
+use enjin_net::NetError;
+use enjin_net::cloud::{CloudRecord, HostRecord, RecordError};
 use enjin_supervisor::{
     ChildId, ChildSpec, Intensity, ProcessLauncher, Restart, Supervisor, SupervisorConfig,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
+
+/// Why the hosts (or the edge beside them) could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("{what}")]
+    Registry {
+        what: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("the hosts network has no room for a gateway")]
+    NoGateway,
+    #[error("{what}")]
+    Record {
+        what: &'static str,
+        #[source]
+        source: RecordError,
+    },
+    #[error(
+        "failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr){owner}"
+    )]
+    Bridge {
+        bridge: String,
+        /// Whose the bridge in the way is, when a cloud on this machine recorded it.
+        owner: String,
+        #[source]
+        source: NetError,
+    },
+    #[error(
+        "the instance network {instances} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range"
+    )]
+    Overlap { instances: Cidr, hosts: Cidr },
+    #[error("the instance network {0} is narrower than one host's block (a /24)")]
+    TooNarrow(Cidr),
+    #[error("{what}")]
+    Net {
+        what: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("failed to set up {label}'s network")]
+    HostNetwork {
+        label: String,
+        #[source]
+        source: Box<HostsError>,
+    },
+    #[error("the host's interface has no address")]
+    NoAddress,
+    #[error("{what}")]
+    Exe {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to enrol {label}")]
+    Enrol {
+        label: String,
+        #[source]
+        source: enjin_control::bus::BusError,
+    },
+    #[error(transparent)]
+    Agent(#[from] enjin_agent::ConfigError),
+    #[error(transparent)]
+    Edge(#[from] enjin_edge::EdgeError),
+    #[error(transparent)]
+    ChildId(#[from] enjin_supervisor::ChildIdError),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    #[error("failed to start the hosts' supervisor")]
+    Supervisor(#[source] enjin_supervisor::StartError),
+    #[error("failed to start the hosts' agents")]
+    Desired(#[source] enjin_supervisor::EnsureError),
+    #[error("failed to record the sandbox of host {0}: it kept changing")]
+    KeptChanging(String),
+}
+
+pub(crate) fn registry(what: impl Into<String>) -> impl FnOnce(RegistryError) -> HostsError {
+    let what = what.into();
+    move |source| HostsError::Registry { what, source }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostsError {
+    let path = path.to_path_buf();
+    move |source| HostsError::Io { action, path, source }
+}
+
+fn net_error(what: String) -> impl FnOnce(NetError) -> HostsError {
+    move |source| HostsError::Net { what, source }
+}
 
 /// The hosts' network on this machine, when hosts get network namespaces.
 #[derive(Debug, Clone)]
@@ -40,9 +137,6 @@ pub struct HostsNetwork {
     /// What this cloud has made outside its data directory (`cloud.rs`).
     pub record: Arc<std::sync::Mutex<CloudRecord>>,
 }
-
-pub const HOSTS_CIDR: &str = "10.250.0.0/24";
-pub const INSTANCE_CIDR: &str = "10.252.0.0/16";
 
 /// Whether this process may make network namespaces (root, with iproute2).
 pub fn can_netns() -> bool {
@@ -61,10 +155,11 @@ pub async fn hosts_network(
     cidr: Cidr,
     instance_cidr: Cidr,
     mut record: CloudRecord,
-) -> Result<HostsNetwork> {
+) -> Result<HostsNetwork, HostsError> {
     let q =
         ListQuery { ring: Some(Ring::INFRASTRUCTURE), label: Some("hosts".into()), ..ListQuery::default() };
-    let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
+    let (found, _) =
+        cp.registry().list::<NetworkSpec>(&q).await.map_err(registry("failed to find the hosts network"))?;
     let network = match found.into_iter().next() {
         Some(n) => n,
         None => {
@@ -76,26 +171,30 @@ pub async fn hosts_network(
                 labels: Default::default(),
                 spec,
             };
-            cp.registry().create(req, Utc::now()).await.context("failed to create the hosts network")?
+            cp.registry()
+                .create(req, Utc::now())
+                .await
+                .map_err(registry("failed to create the hosts network"))?
         }
     };
     let cidr = network.spec.cidr;
-    let gateway =
-        enjin_control::ipam::gateway(&cidr).context("the hosts network has no room for a gateway")?;
+    let gateway = enjin_control::ipam::gateway(&cidr).ok_or(HostsError::NoGateway)?;
     let bridge = enjin_net::names(&network.meta.uuid.to_string()).bridge;
     record.bridge = Some(bridge.clone());
-    record.save().context("failed to record the hosts' bridge")?;
+    record
+        .save()
+        .map_err(|source| HostsError::Record { what: "failed to record the hosts' bridge", source })?;
     let (b, g, p, id) = (bridge.clone(), gateway, cidr.prefix, record.id.clone());
     tokio::task::spawn_blocking(move || {
         enjin_net::ensure_bridge(&b, g, p)?;
         enjin_net::cloud::set_alias(None, &b, &id)
     })
     .await
-    .context("bridge setup panicked")?
-    .map_err(|e| {
+    .map_err(|_| HostsError::Panicked("bridge setup"))?
+    .map_err(|source| {
         // Say whose the other bridge is, when a cloud on this machine recorded it.
-        let owner = match &e {
-            enjin_net::NetError::AddressInUse { interface, .. } => enjin_net::cloud::records()
+        let owner = match &source {
+            NetError::AddressInUse { interface, .. } => enjin_net::cloud::records()
                 .into_iter()
                 .find(|r| r.bridge.as_deref() == Some(interface.as_str()))
                 .map(|r| {
@@ -107,34 +206,33 @@ pub async fn hosts_network(
                 }),
             _ => None,
         };
-        anyhow::Error::new(e).context(format!(
-            "failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr){}",
-            owner.unwrap_or_default()
-        ))
+        HostsError::Bridge { bridge: bridge.clone(), owner: owner.unwrap_or_default(), source }
     })?;
     let instances = instance_network(cp, &cidr, instance_cidr).await?;
     enjin_control::platform::network::ensure_default_rule_sets(cp.registry(), None)
         .await
-        .context("failed to give the accounts their default rule sets")?;
+        .map_err(registry("failed to give the accounts their default rule sets"))?;
     let record = Arc::new(std::sync::Mutex::new(record));
     Ok(HostsNetwork { network: network.meta.uuid, cidr, gateway, bridge, instances, record })
 }
 
 /// The ring 2 network instances get their addresses from (made once; its range then stays).
-async fn instance_network(cp: &ControlPlane, hosts: &Cidr, cidr: Cidr) -> Result<Cidr> {
+async fn instance_network(cp: &ControlPlane, hosts: &Cidr, cidr: Cidr) -> Result<Cidr, HostsError> {
     let label = enjin_control::platform::network::INSTANCES;
     let q = ListQuery { ring: Some(Ring::PLATFORM), label: Some(label.into()), ..ListQuery::default() };
-    let (found, _) = cp.registry().list::<NetworkSpec>(&q).await?;
+    let (found, _) = cp
+        .registry()
+        .list::<NetworkSpec>(&q)
+        .await
+        .map_err(registry("failed to find the instance network"))?;
     if let Some(n) = found.into_iter().next() {
         return Ok(n.spec.cidr);
     }
     if cidr.contains(hosts.addr) || hosts.contains(cidr.addr) {
-        anyhow::bail!(
-            "the instance network {cidr} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range"
-        );
+        return Err(HostsError::Overlap { instances: cidr, hosts: *hosts });
     }
     if cidr.prefix > enjin_control::platform::network::BLOCK_PREFIX {
-        anyhow::bail!("the instance network {cidr} is narrower than one host's block (a /24)");
+        return Err(HostsError::TooNarrow(cidr));
     }
     let spec = NetworkSpec { strategy: NetworkStrategy::Local, cidr, compartments: Vec::new() };
     let req = CreateRequest {
@@ -144,13 +242,13 @@ async fn instance_network(cp: &ControlPlane, hosts: &Cidr, cidr: Cidr) -> Result
         labels: Default::default(),
         spec,
     };
-    cp.registry().create(req, Utc::now()).await.context("failed to create the instance network")?;
+    cp.registry().create(req, Utc::now()).await.map_err(registry("failed to create the instance network"))?;
     Ok(cidr)
 }
 
 /// Routes to every host's block of the instance network: on this machine (the router reaches
 /// instances from here) and in every other host's namespace, through the host that owns it.
-fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<()> {
+fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<(), HostsError> {
     let blocks: Vec<(String, IpAddr, Cidr)> = hosts
         .iter()
         .filter_map(|(ns, addr)| {
@@ -160,28 +258,36 @@ fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<()> {
         .collect();
     for (ns, via, block) in &blocks {
         enjin_net::route_replace(None, &block.to_string(), *via)
-            .with_context(|| format!("failed to route {block} to its host"))?;
+            .map_err(net_error(format!("failed to route {block} to its host")))?;
         for (other, _, _) in blocks.iter().filter(|(o, _, _)| o != ns) {
             enjin_net::route_replace(Some(other), &block.to_string(), *via)
-                .with_context(|| format!("failed to route {block} from {other}"))?;
+                .map_err(net_error(format!("failed to route {block} from {other}")))?;
         }
     }
     Ok(())
 }
 
+/// What [`start`] needs besides the control plane: where the hosts connect, their network and
+/// how many there are.
+#[derive(Debug)]
+pub struct HostsPlan<'a> {
+    pub machine: &'a Object<NodeSpec>,
+    pub data_dir: &'a Path,
+    pub hub: SocketAddr,
+    pub net: Option<&'a HostsNetwork>,
+    pub count: usize,
+    /// Other ring 1 processes of this machine to supervise beside the agents (the edge).
+    pub also: Vec<ChildSpec>,
+}
+
 /// Make sure `count` hosts exist under `machine`, prepare each one's directory (and network
 /// namespace), and start supervising their agents.
-#[allow(clippy::too_many_arguments, reason = "called once, by enjin up, with what it has built")]
 pub async fn start(
     cp: &ControlPlane,
     authority: &Arc<BusAuthority>,
-    machine: &Object<NodeSpec>,
-    data_dir: &Path,
-    hub: SocketAddr,
-    net: Option<&HostsNetwork>,
-    count: usize,
-    also: Vec<ChildSpec>,
-) -> Result<Supervisor> {
+    plan: HostsPlan<'_>,
+) -> Result<Supervisor, HostsError> {
+    let HostsPlan { machine, data_dir, hub, net, count, also } = plan;
     let strategy = if net.is_some() { Strategy::Netns } else { Strategy::Process };
     if net.is_none() {
         tracing::warn!("not root: ring 1 hosts run as plain processes, without network namespaces");
@@ -197,9 +303,10 @@ pub async fn start(
         );
     }
     let q = ListQuery { parent: Some(machine.meta.uuid), ..ListQuery::default() };
-    let (mut hosts, _) = cp.registry().list::<NodeSpec>(&q).await?;
+    let (mut hosts, _) =
+        cp.registry().list::<NodeSpec>(&q).await.map_err(registry("failed to list this machine's hosts"))?;
     // The edge is this machine's ring 1 node too, but no host.
-    hosts.retain(|h| h.meta.labels.get(super::edge::ROLE.0).map(String::as_str) != Some(super::edge::ROLE.1));
+    hosts.retain(|h| h.meta.labels.get(enjin_edge::ROLE.0).map(String::as_str) != Some(enjin_edge::ROLE.1));
     for i in 1..=count {
         let label = format!("host-{i}");
         if hosts.iter().any(|h| h.meta.label.as_deref() == Some(label.as_str())) {
@@ -218,18 +325,18 @@ pub async fn start(
             cp.registry()
                 .create(req, Utc::now())
                 .await
-                .with_context(|| format!("failed to create {label}"))?,
+                .map_err(registry(format!("failed to create {label}")))?,
         );
     }
-    let exe = std::env::current_exe().context("cannot find the enjin binary to run agents")?;
+    let exe = std::env::current_exe()
+        .map_err(|source| HostsError::Exe { what: "cannot find the enjin binary to run agents", source })?;
     let root = data_dir.join("hosts");
-    std::fs::create_dir_all(&root).with_context(|| format!("failed to create {}", root.display()))?;
+    std::fs::create_dir_all(&root).map_err(io("create", &root))?;
     // Root's alone: instances see their own files through their own mounts, never through
     // a path below here.
     for d in [data_dir, root.as_path()] {
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("failed to set the mode of {}", d.display()))?;
+            .map_err(io("set the mode of", d))?;
     }
     for host in &mut hosts {
         if host.meta.labels.get(SANDBOX_LABEL).map(String::as_str) != Some(sandbox.label_value()) {
@@ -244,7 +351,7 @@ pub async fn start(
         authority
             .enroll_local(host.meta.uuid, &label, &dir)
             .await
-            .with_context(|| format!("failed to enrol {label}"))?;
+            .map_err(|source| HostsError::Enrol { label: label.clone(), source })?;
         // Sandboxed children run as the uids the control plane reserved for them.
         let file = AgentFile {
             ring: 1,
@@ -267,7 +374,7 @@ pub async fn start(
             (Some(n), Some(Strategy::Netns)) => {
                 let (ns, address) = netns_host(cp, host.meta.uuid, n)
                     .await
-                    .with_context(|| format!("failed to set up {label}'s network"))?;
+                    .map_err(|e| HostsError::HostNetwork { label: label.clone(), source: Box::new(e) })?;
                 let mut c = enjin_net::exec_prefix(&ns);
                 routed.push((ns, address));
                 c.extend(agent);
@@ -282,10 +389,9 @@ pub async fn start(
         let (n, routed) = (n.clone(), routed.clone());
         tokio::task::spawn_blocking(move || route_blocks(&n, &routed))
             .await
-            .context("routing panicked")??;
+            .map_err(|_| HostsError::Panicked("routing"))??;
     }
-    std::fs::create_dir_all(root.join("logs"))
-        .with_context(|| format!("failed to create {}", root.display()))?;
+    std::fs::create_dir_all(root.join("logs")).map_err(io("create", &root))?;
     let (obs_tx, mut obs_rx) = mpsc::channel(256);
     let supervisor = Supervisor::start(
         SupervisorConfig::new(root.join("supervisor")),
@@ -293,9 +399,9 @@ pub async fn start(
         obs_tx,
     )
     .await
-    .context("failed to start the hosts' supervisor")?;
+    .map_err(HostsError::Supervisor)?;
     specs.extend(also);
-    supervisor.handle().set_desired(specs).await.context("failed to start the hosts' agents")?;
+    supervisor.handle().set_desired(specs).await.map_err(HostsError::Desired)?;
     let authority = authority.clone();
     tokio::spawn(async move {
         while let Some(o) = obs_rx.recv().await {
@@ -315,7 +421,7 @@ async fn label_sandbox(
     cp: &ControlPlane,
     host: &Object<NodeSpec>,
     sandbox: Sandbox,
-) -> Result<Object<NodeSpec>> {
+) -> Result<Object<NodeSpec>, HostsError> {
     let label = host.meta.label.clone().unwrap_or_else(|| host.meta.uuid.to_string());
     let mut current = host.clone();
     for _ in 0..5 {
@@ -338,12 +444,12 @@ async fn label_sandbox(
                     .registry()
                     .get::<NodeSpec>(current.meta.uuid)
                     .await
-                    .with_context(|| format!("failed to read host {label}"))?;
+                    .map_err(registry(format!("failed to read host {label}")))?;
             }
-            Err(e) => return Err(e).with_context(|| format!("failed to record the sandbox of host {label}")),
+            Err(e) => return Err(registry(format!("failed to record the sandbox of host {label}"))(e)),
         }
     }
-    anyhow::bail!("failed to record the sandbox of host {label}: it kept changing")
+    Err(HostsError::KeptChanging(label))
 }
 
 /// How this machine runs one of its ring 1 nodes' processes (an agent, the edge): permanent,
@@ -358,8 +464,16 @@ pub fn ring1_child(id: ChildId, command: Vec<String>, log: &str) -> ChildSpec {
 }
 
 /// The host's interface on the hosts network (its address from IPAM) and its namespace.
-async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result<(String, IpAddr)> {
-    let (interfaces, _) = cp.registry().list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
+async fn netns_host(
+    cp: &ControlPlane,
+    host: Uuid,
+    net: &HostsNetwork,
+) -> Result<(String, IpAddr), HostsError> {
+    let (interfaces, _) = cp
+        .registry()
+        .list::<NetworkInterfaceSpec>(&ListQuery::default())
+        .await
+        .map_err(registry("failed to list the network interfaces"))?;
     let iface = match interfaces.into_iter().find(|i| i.spec.node == host && i.spec.network == net.network) {
         Some(i) => i,
         None => {
@@ -372,17 +486,22 @@ async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result
                 labels: Default::default(),
                 spec,
             };
-            cp.registry().create(req, Utc::now()).await?
+            cp.registry()
+                .create(req, Utc::now())
+                .await
+                .map_err(registry("failed to create the host's network interface"))?
         }
     };
-    let address = *iface.spec.addresses.first().context("the host's interface has no address")?;
+    let address = *iface.spec.addresses.first().ok_or(HostsError::NoAddress)?;
     let names = enjin_net::names(&host.to_string());
     let (ns, veth, bridge, gw, prefix) =
         (names.netns.clone(), names.veth, net.bridge.clone(), net.gateway, net.cidr.prefix);
     let id = {
         let mut record = net.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         record.add_host(HostRecord { node: host.to_string(), netns: ns.clone(), veth: veth.clone() });
-        record.save().context("failed to record the host's namespace")?;
+        record
+            .save()
+            .map_err(|source| HostsError::Record { what: "failed to record the host's namespace", source })?;
         record.id.clone()
     };
     tokio::task::spawn_blocking(move || {
@@ -390,7 +509,8 @@ async fn netns_host(cp: &ControlPlane, host: Uuid, net: &HostsNetwork) -> Result
         enjin_net::cloud::set_alias(None, &veth, &id)
     })
     .await
-    .context("namespace setup panicked")??;
+    .map_err(|_| HostsError::Panicked("namespace setup"))?
+    .map_err(net_error(format!("failed to set up namespace {}", names.netns)))?;
     tracing::info!(%host, %address, netns = %names.netns, "host network ready");
     Ok((names.netns, address))
 }

@@ -1,0 +1,171 @@
+//! [`NodeConfig`]: everything `enjin up` and `enjin server` run with, merged by the caller from
+//! flags, environment and `enjin.toml` before it gets here, and checked by
+//! [`NodeConfig::validate`]. The defaults are written here, once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use enjin_control::{ApiLimits, AuditConfig, InstanceDefaults};
+use enjin_model::kinds::Cidr;
+
+/// Where the API listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = local(7480);
+/// Where the ring 1 bus hub listens (with network namespaces only its port counts).
+pub const DEFAULT_BUS_LISTEN: SocketAddr = local(7481);
+/// Where the edge's HTTP router listens.
+pub const DEFAULT_ROUTER_LISTEN: SocketAddr = local(7482);
+/// Where the edge's DNS service listens, UDP and TCP.
+pub const DEFAULT_DNS_LISTEN: SocketAddr = local(7453);
+/// The hosts network's range, when hosts get network namespaces.
+pub const DEFAULT_HOSTS_CIDR: Cidr = Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 250, 0, 0)), prefix: 24 };
+/// The instance network's range: each host owns the /24 at its offset on the hosts network.
+pub const DEFAULT_INSTANCE_CIDR: Cidr = Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 252, 0, 0)), prefix: 16 };
+/// How many ring 1 hosts `enjin up` runs.
+pub const DEFAULT_HOSTS: usize = 2;
+/// Silence before a host is *disconnected*, and before it is *lost*.
+pub const DEFAULT_DISCONNECTED_AFTER: Duration = Duration::from_secs(10);
+pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(300);
+
+const fn local(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// Which of the two commands runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `enjin up`: the whole cloud on this machine — the control plane, this machine as the
+    /// ring 0 node, the ring 1 hub, hosts and edge.
+    Up,
+    /// `enjin server`: the control plane alone.
+    Server,
+}
+
+/// The configuration of one `enjin up` or `enjin server`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    /// The data directory: the store, keys, certificates, the hosts' and the edge's directories.
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// Serve the API as plain HTTP (loopback only, see [`NodeConfig::validate`]).
+    pub insecure_http: bool,
+    /// Names the API certificate carries besides localhost, loopback and the listen address.
+    pub tls_names: Vec<String>,
+    pub api_limits: ApiLimits,
+    /// Limits for instances that leave them out.
+    pub instances: InstanceDefaults,
+    pub audit: AuditConfig,
+    /// Where the ring 1 bus hub listens (`up` only).
+    pub bus_listen: SocketAddr,
+    /// How long the ring's members' certificates are valid.
+    pub certificate_validity: Duration,
+    /// How many ring 1 hosts run (`up` only).
+    pub hosts: usize,
+    /// The hosts network (`up` as root).
+    pub hosts_cidr: Cidr,
+    /// The instance network (`up` as root), used when it is first made; its range then stays.
+    pub instance_cidr: Cidr,
+    pub disconnected_after: Duration,
+    pub lost_after: Duration,
+    /// Where the edge's router and DNS listen (`up` only).
+    pub router_listen: SocketAddr,
+    pub dns_listen: SocketAddr,
+    /// Apps are served at `<app>.<domain>`; `None` keeps the platform's default.
+    pub domain: Option<String>,
+    /// The DNS zone of apps, instances and hosts; `None` keeps the platform's default.
+    pub zone: Option<String>,
+}
+
+impl NodeConfig {
+    /// The defaults, for `mode` on `data_dir`.
+    pub fn new(mode: Mode, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            mode,
+            data_dir,
+            listen: DEFAULT_LISTEN,
+            insecure_http: false,
+            tls_names: Vec::new(),
+            api_limits: ApiLimits::default(),
+            instances: InstanceDefaults::default(),
+            audit: AuditConfig::default(),
+            bus_listen: DEFAULT_BUS_LISTEN,
+            certificate_validity: enjin_control::bus::CERT_VALIDITY,
+            hosts: DEFAULT_HOSTS,
+            hosts_cidr: DEFAULT_HOSTS_CIDR,
+            instance_cidr: DEFAULT_INSTANCE_CIDR,
+            disconnected_after: DEFAULT_DISCONNECTED_AFTER,
+            lost_after: DEFAULT_LOST_AFTER,
+            router_listen: DEFAULT_ROUTER_LISTEN,
+            dns_listen: DEFAULT_DNS_LISTEN,
+            domain: None,
+            zone: None,
+        }
+    }
+
+    /// Check what can be checked before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // Plain HTTP only when asked for, and only on loopback, where no one else can listen in.
+        if self.insecure_http && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::PlainHttpOffLoopback { listen: self.listen });
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::NoDataDir);
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a [`NodeConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "refusing --insecure-http on {listen}: plain HTTP is allowed only on a loopback address \
+         (127.0.0.1, ::1); drop --insecure-http to serve TLS, or listen on loopback"
+    )]
+    PlainHttpOffLoopback { listen: SocketAddr },
+    #[error("the data directory is empty: give a path")]
+    NoDataDir,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let config = |insecure_http: bool, listen: &str| NodeConfig {
+            insecure_http,
+            listen: addr(listen),
+            ..NodeConfig::new(Mode::Server, "/tmp/enjin".into())
+        };
+        assert!(config(true, "127.0.0.1:7480").validate().is_ok());
+        assert!(config(true, "[::1]:7480").validate().is_ok());
+        assert!(config(false, "0.0.0.0:7480").validate().is_ok(), "TLS anywhere");
+        for refused in ["0.0.0.0:7480", "10.0.0.5:7480", "[::]:7480"] {
+            let err = config(true, refused).validate().expect_err(refused);
+            let msg = err.to_string();
+            assert!(msg.contains("--insecure-http") && msg.contains(refused), "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_the_documented_ones() {
+        let c = NodeConfig::new(Mode::Up, "/var/lib/enjin".into());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7480");
+        assert_eq!(c.bus_listen.to_string(), "127.0.0.1:7481");
+        assert_eq!(c.router_listen.to_string(), "127.0.0.1:7482");
+        assert_eq!(c.dns_listen.to_string(), "127.0.0.1:7453");
+        assert_eq!(c.hosts_cidr, "10.250.0.0/24".parse::<Cidr>().expect("cidr"));
+        assert_eq!(c.instance_cidr, "10.252.0.0/16".parse::<Cidr>().expect("cidr"));
+    }
+
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        let c = NodeConfig::new(Mode::Up, PathBuf::new());
+        assert_eq!(c.validate(), Err(ConfigError::NoDataDir));
+    }
+}
