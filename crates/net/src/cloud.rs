@@ -120,6 +120,10 @@ impl CloudRecord {
 
     /// Forget the record (once what it names is gone).
     pub fn remove_in(&self, dir: &Path) -> Result<(), RecordError> {
+        // A record read from disk names itself: never let its id reach outside `dir`.
+        if !valid_id(&self.id) {
+            return Err(RecordError::BadId(self.id.clone()));
+        }
         let path = Self::path_in(dir, &self.id);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -253,6 +257,12 @@ mod tests {
         r.remove_in(dir.path()).expect("removing twice is fine");
         assert!(records_in(dir.path()).is_empty());
         assert!(record("../x", dir.path()).save_in(dir.path()).is_err(), "ids never name other paths");
+        // Nor when a record read back names itself so: the file beside the records stays.
+        let outside = dir.path().join("records");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(dir.path().join("x.json"), "{}").expect("bystander");
+        assert!(record("../x", dir.path()).remove_in(&outside).is_err());
+        assert!(dir.path().join("x.json").exists(), "nothing outside the records directory is removed");
     }
 
     #[test]
