@@ -3,6 +3,7 @@
 //! is bounded by a timeout, except watches, which reconnect instead.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod apps;
 mod audit;
@@ -43,21 +44,49 @@ fn retry_after(resp: &reqwest::Response) -> Duration {
     Duration::from_secs(seconds).min(MAX_RETRY_AFTER)
 }
 
+/// Why a call to the API failed, split by whether the server answered at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with a problem document.
+    /// The server answered with a status other than 2xx: its problem document, or, when the
+    /// body is not one, a problem made from the status with the body as its detail.
     #[error("{}", problem_text(.0))]
     Api(Box<Problem>),
+    /// The server could not be reached: connecting failed or took over 5 s, or the call took
+    /// longer than its timeout (30 s; 10 min for an upload). Worth retrying ([`is_transient`]).
     #[error("cannot reach the enjin API at {url}: {source}")]
-    Connect { url: String, source: reqwest::Error },
+    Connect {
+        /// The server's base address (not the path of the call).
+        url: String,
+        /// reqwest's reason.
+        source: reqwest::Error,
+    },
+    /// The exchange broke off after the connection was made (reset, body cut short), or the
+    /// HTTP client itself could not be built.
     #[error("request to {url} failed: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        /// The full URL of the call (the base address when building the client failed).
+        url: String,
+        /// reqwest's reason.
+        source: reqwest::Error,
+    },
+    /// The server said yes but its body is not the JSON this call expects: a server of
+    /// another version, or not an enjin server.
     #[error("unexpected answer from {url}: {detail}")]
-    Protocol { url: String, detail: String },
+    Protocol {
+        /// The full URL of the call.
+        url: String,
+        /// serde_json's reason, with the line and column.
+        detail: String,
+    },
+    /// The server address does not start with `http://` or `https://`; holds it as given,
+    /// without trailing slashes.
     #[error("invalid server address {0:?}: it should look like https://127.0.0.1:7480")]
     BadUrl(String),
+    /// An `https://` address was given with no CA certificate to check the server with; the
+    /// client never falls back to the system's roots. Holds the address.
     #[error("no CA certificate to check {0} with: pass --ca FILE, or log in with `enjin login --ca FILE`")]
     NoCa(String),
+    /// The CA certificate given could not be made into a TLS configuration.
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),
 }
@@ -125,6 +154,7 @@ impl Client {
         Ok(Client { http: build(Some(REQUEST_TIMEOUT))?, streaming: build(None)?, base, token })
     }
 
+    /// The server's address as given, without trailing slashes: every call's URL starts with it.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -178,6 +208,7 @@ impl Client {
         }
     }
 
+    /// The server's liveness and version (`GET /healthz`); the one call that needs no token.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.send(self.request(Method::GET, "/healthz"), "/healthz").await
     }
@@ -194,6 +225,8 @@ impl Client {
 
     // Untyped calls, for callers that know the kind only at run time (the CLI).
 
+    /// Creates an object of `kind` from a JSON `CreateRequest` (`POST /v1/<kind>s`) and returns it
+    /// as stored, with its uuid and revision.
     pub async fn create_json(
         &self,
         kind: Kind,
@@ -203,16 +236,21 @@ impl Client {
         self.send(self.request(Method::POST, &path).json(body), &path).await
     }
 
+    /// The object of `kind` with `uuid` (`GET /v1/<kind>s/{uuid}`), as JSON.
     pub async fn get_json(&self, kind: Kind, uuid: Uuid) -> Result<serde_json::Value, ClientError> {
         let path = item(kind, uuid);
         self.send(self.request(Method::GET, &path), &path).await
     }
 
+    /// The objects of `kind` matching every filter in `q`, as JSON, with the store revision they
+    /// were read at (a watch resumes from it).
     pub async fn list_json(&self, kind: Kind, q: &ListQuery) -> Result<List<serde_json::Value>, ClientError> {
         let path = collection(kind);
         self.send(self.request(Method::GET, &path).query(q), &path).await
     }
 
+    /// Replaces an object's label, labels and spec from a JSON `UpdateRequest`
+    /// (`PUT /v1/<kind>s/{uuid}`); refused with 409 if the object changed since its `revision`.
     pub async fn update_json(
         &self,
         kind: Kind,
@@ -223,6 +261,8 @@ impl Client {
         self.send(self.request(Method::PUT, &path).json(body), &path).await
     }
 
+    /// Deletes an object (`DELETE /v1/<kind>s/{uuid}`); with `revision`, only if the object is
+    /// still at that revision (409 otherwise), without it whatever its revision.
     pub async fn delete(&self, kind: Kind, uuid: Uuid, revision: Option<i64>) -> Result<(), ClientError> {
         let path = item(kind, uuid);
         let mut rb = self.request(Method::DELETE, &path);
@@ -234,21 +274,28 @@ impl Client {
 
     // Typed calls.
 
+    /// Creates an object of `S`'s kind (`POST /v1/<kind>s`) and returns it as stored, with its
+    /// uuid and revision.
     pub async fn create<S: Spec>(&self, req: &CreateRequest<S>) -> Result<Object<S>, ClientError> {
         let path = collection(S::KIND);
         self.send(self.request(Method::POST, &path).json(req), &path).await
     }
 
+    /// The object of `S`'s kind with `uuid` (`GET /v1/<kind>s/{uuid}`).
     pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, ClientError> {
         let path = item(S::KIND, uuid);
         self.send(self.request(Method::GET, &path), &path).await
     }
 
+    /// The objects of `S`'s kind matching every filter in `q`, with the store revision they were
+    /// read at (a watch resumes from it).
     pub async fn list<S: Spec>(&self, q: &ListQuery) -> Result<List<S>, ClientError> {
         let path = collection(S::KIND);
         self.send(self.request(Method::GET, &path).query(q), &path).await
     }
 
+    /// Replaces the label, labels and spec of the object `uuid` (`PUT /v1/<kind>s/{uuid}`);
+    /// refused with 409 if it changed since `req.revision`. The ring cannot change.
     pub async fn update<S: Spec>(
         &self,
         uuid: Uuid,
@@ -276,11 +323,15 @@ impl Client {
         self.send(self.request(Method::GET, &path), &path).await
     }
 
+    /// The API tokens of the accounts where the caller may list tokens (`GET /v1/tokens`),
+    /// never their secrets.
     pub async fn token_list(&self) -> Result<TokenList, ClientError> {
         let path = format!("/{VERSION}/tokens");
         self.send(self.request(Method::GET, &path), &path).await
     }
 
+    /// Revokes the API token whose id (as [`Client::token_list`] shows it, not its secret) is
+    /// `id`.
     pub async fn token_revoke(&self, id: Uuid) -> Result<(), ClientError> {
         let path = format!("/{VERSION}/tokens/{id}");
         self.execute(self.request(Method::DELETE, &path), &path).await.map(drop)
@@ -293,22 +344,30 @@ impl Client {
         self.execute(self.request(Method::POST, &path).json(&body), &path).await.map(drop)
     }
 
+    /// The bus identities the control plane knows (`GET /v1/keys`): public keys, roles and
+    /// states, never a private half.
     pub async fn key_list(&self) -> Result<KeyList, ClientError> {
         let path = format!("/{VERSION}/keys");
         self.send(self.request(Method::GET, &path), &path).await
     }
 
+    /// Replaces the bus key `id` (its public key, hex), which must be held by the server's
+    /// machine; the old key stays accepted for `overlap_seconds` (the server's default: 300).
     pub async fn key_rotate(&self, id: &str, overlap_seconds: Option<u64>) -> Result<KeyInfo, ClientError> {
         let path = format!("/{VERSION}/keys/{id}/rotate");
         let body = RotateRequest { overlap_seconds };
         self.send(self.request(Method::POST, &path).json(&body), &path).await
     }
 
+    /// Revokes the bus key `id` (its public key, hex): every node of its ring stops accepting it.
+    /// Returns the key as it now stands.
     pub async fn key_revoke(&self, id: &str) -> Result<KeyInfo, ClientError> {
         let path = format!("/{VERSION}/keys/{id}/revoke");
         self.send(self.request(Method::POST, &path), &path).await
     }
 
+    /// Issues a single-use, expiring token for a child to join `req.ring` under the node
+    /// `req.parent`; its secret is in this answer only.
     pub async fn join_token_create(
         &self,
         req: &JoinTokenCreateRequest,
@@ -342,6 +401,7 @@ impl Client {
         resp.text().await.map_err(|e| ClientError::Http { url: self.url("/metrics"), source: e })
     }
 
+    /// The server's OpenAPI document (`GET /v1/openapi.json`), which describes every route.
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         let path = format!("/{VERSION}/openapi.json");
         self.send(self.request(Method::GET, &path), &path).await

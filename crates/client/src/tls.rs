@@ -8,14 +8,22 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+/// Why the CA certificate given could not be made into a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
+    /// The CA file is not well-formed PEM (a section that does not decode).
     #[error("failed to read the CA certificate PEM: {0}")]
     Pem(rustls_pki_types::pem::Error),
+    /// The CA file holds no `CERTIFICATE` section: it is empty, or holds something else (a
+    /// key, say).
     #[error("the CA PEM holds no certificate")]
     NoCertificate,
+    /// A certificate in the CA file is not one rustls can trust: not a parseable X.509
+    /// certificate.
     #[error("the CA certificate was refused as a trust anchor: {0}")]
     Rejected(rustls::Error),
+    /// rustls refused to build a configuration with the ring provider and its default protocol
+    /// versions; nothing the user gave causes this.
     #[error("failed to build the TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }

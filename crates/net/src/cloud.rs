@@ -25,12 +25,30 @@ pub const RECORDS_DIR: &str = "/run/enjin/clouds";
 /// The prefix of the interface alias naming a resource's cloud.
 pub const ALIAS_PREFIX: &str = "enjin:";
 
+/// Why a cloud record could not be written or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// The record, or the directory for it, could not be written; an existing record file
+    /// still holds its old contents or the new, never part of either.
     #[error("failed to write the cloud record {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        /// The record file.
+        path: PathBuf,
+        /// The I/O error from creating the directory or writing the file (an encoding failure
+        /// is wrapped as one).
+        source: std::io::Error,
+    },
+    /// The record file exists but could not be deleted; it keeps naming resources that may be
+    /// gone.
     #[error("failed to remove the cloud record {}: {source}", path.display())]
-    Remove { path: PathBuf, source: std::io::Error },
+    Remove {
+        /// The record file.
+        path: PathBuf,
+        /// The I/O error from deleting it.
+        source: std::io::Error,
+    },
+    /// The record's id is not 1 to 64 letters, digits and '-', so it cannot name a file among
+    /// the records; holds the id.
     #[error("invalid cloud id {0:?}")]
     BadId(String),
 }
@@ -38,24 +56,34 @@ pub enum RecordError {
 /// What one cloud made outside its data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloudRecord {
+    /// The cloud's id, as its data directory's [`ID_FILE`] holds it: the record's file name
+    /// and the interface alias of what it made.
     pub id: String,
     /// Absolute.
     pub data_dir: PathBuf,
     /// The `enjin up` that runs it, and its start time (clock ticks since boot) so that a
     /// reused pid is not taken for it.
     pub pid: u32,
+    /// The start time of `pid`, in clock ticks since boot; a process with that pid and another
+    /// start time is not this cloud's.
     pub start_time: u64,
+    /// The hosts network's bridge, recorded before it is made; `None` while the cloud has made
+    /// none.
     #[serde(default)]
     pub bridge: Option<String>,
+    /// Each host made (or about to be), one per node: see [`CloudRecord::add_host`].
     #[serde(default)]
     pub hosts: Vec<HostRecord>,
 }
 
+/// One ring 1 host a cloud made: what to remove, and whose cgroups to clean, when reclaiming it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
     /// The host's node uuid: its cgroups are `enjin/<node>` in every hierarchy.
     pub node: String,
+    /// The host's network namespace, under `/run/netns`.
     pub netns: String,
+    /// The host-side end of its veth pair, on the cloud's bridge.
     pub veth: String,
 }
 
@@ -65,6 +93,8 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl CloudRecord {
+    /// Where the record of cloud `id` is kept in `dir`: `<dir>/<id>.json`. `id` is not checked
+    /// here ([`valid_id`]).
     pub fn path_in(dir: &Path, id: &str) -> PathBuf {
         dir.join(format!("{id}.json"))
     }
@@ -82,12 +112,18 @@ impl CloudRecord {
         enjin_sys::fs::write_private(&path, &body).map_err(fail)
     }
 
+    /// Saves the record in the machine's records directory, [`RECORDS_DIR`]
+    /// ([`CloudRecord::save_in`]).
     pub fn save(&self) -> Result<(), RecordError> {
         self.save_in(Path::new(RECORDS_DIR))
     }
 
     /// Forget the record (once what it names is gone).
     pub fn remove_in(&self, dir: &Path) -> Result<(), RecordError> {
+        // A record read from disk names itself: never let its id reach outside `dir`.
+        if !valid_id(&self.id) {
+            return Err(RecordError::BadId(self.id.clone()));
+        }
         let path = Self::path_in(dir, &self.id);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -97,6 +133,8 @@ impl CloudRecord {
         }
     }
 
+    /// Forgets the record in the machine's records directory, [`RECORDS_DIR`]
+    /// ([`CloudRecord::remove_in`]).
     pub fn remove(&self) -> Result<(), RecordError> {
         self.remove_in(Path::new(RECORDS_DIR))
     }
@@ -143,6 +181,8 @@ pub fn records_in(dir: &Path) -> Vec<CloudRecord> {
     out
 }
 
+/// Every readable record in [`RECORDS_DIR`], sorted by id; unreadable ones are skipped (and
+/// logged).
 pub fn records() -> Vec<CloudRecord> {
     records_in(Path::new(RECORDS_DIR))
 }
@@ -217,6 +257,12 @@ mod tests {
         r.remove_in(dir.path()).expect("removing twice is fine");
         assert!(records_in(dir.path()).is_empty());
         assert!(record("../x", dir.path()).save_in(dir.path()).is_err(), "ids never name other paths");
+        // Nor when a record read back names itself so: the file beside the records stays.
+        let outside = dir.path().join("records");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(dir.path().join("x.json"), "{}").expect("bystander");
+        assert!(record("../x", dir.path()).remove_in(&outside).is_err());
+        assert!(dir.path().join("x.json").exists(), "nothing outside the records directory is removed");
     }
 
     #[test]

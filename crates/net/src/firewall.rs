@@ -35,6 +35,7 @@ use crate::{INSTANCE_PREFIX, NetError, check_name};
 
 /// enjin's table; nothing else is ever changed.
 pub const TABLE: &str = "enjin";
+/// The nftables family of [`TABLE`]: `inet`, so that one table judges IPv4 and IPv6 alike.
 pub const FAMILY: &str = "inet";
 
 /// Compile a host's firewall into one nftables JSON transaction.
@@ -302,17 +303,41 @@ fn vmap(key: &str, pairs: Vec<Value>) -> Value {
 /// Why a firewall was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
+    /// An instance's interface name is not [`INSTANCE_PREFIX`] and at most 11 letters, digits,
+    /// '-' or '_' (it becomes a chain name and a map key); nothing was applied.
     #[error(
         "instance {node}: invalid interface name {interface:?}: {INSTANCE_PREFIX} and at most 11 more \
          letters, digits, '-' and '_'"
     )]
-    BadInterface { node: uuid::Uuid, interface: String },
+    BadInterface {
+        /// The instance's node uuid.
+        node: uuid::Uuid,
+        /// The name as the control plane sent it.
+        interface: String,
+    },
+    /// Two instances have the same interface name (their uuids start with the same 8 letters
+    /// and digits, or the control plane erred); nothing was applied.
     #[error("instances {first} and {second} both have interface {interface}")]
-    DuplicateInterface { interface: String, first: uuid::Uuid, second: uuid::Uuid },
+    DuplicateInterface {
+        /// The name both have.
+        interface: String,
+        /// The instance listed first with it.
+        first: uuid::Uuid,
+        /// The instance listed next with it.
+        second: uuid::Uuid,
+    },
+    /// `nft` (or, inside a namespace, `nsenter`) could not be started or handed the document:
+    /// nftables is not installed, or not on `PATH`. The old table, if any, stays in force.
     #[error("failed to run nft: {0}")]
     Spawn(std::io::Error),
+    /// nft refused the transaction, so the kernel applied none of it and the old table, if any,
+    /// stays in force.
     #[error("nft refused the firewall of table {FAMILY} {TABLE}: {stderr}")]
-    Refused { stderr: String },
+    Refused {
+        /// nft's error lines (at most five, joined by `; `), with the first command it refuses
+        /// appended when one is found.
+        stderr: String,
+    },
 }
 
 impl From<FirewallError> for NetError {

@@ -26,6 +26,8 @@ pub fn instance_names(node: &str) -> InstanceNames {
     InstanceNames { netns: format!("eji-{short}"), veth: format!("eji-{short}") }
 }
 
+/// The names [`instance_names`] derives for an instance. Both are `eji-` and the uuid's first 8
+/// letters and digits; the same string is fine, as namespaces and interfaces are named apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceNames {
     /// Under `/run/netns`.

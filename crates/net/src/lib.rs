@@ -5,6 +5,7 @@
 //! traffic off the machine: hosts reach each other and their supervisor, nothing else.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cloud;
 pub mod firewall;
@@ -13,19 +14,43 @@ pub mod instance;
 use std::net::IpAddr;
 use std::process::Command;
 
+/// Why setting up or tearing down a host's networking failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// `ip` could not be started: iproute2 is not installed, or not on `PATH`.
     #[error("failed to run `ip {args}`: {source}")]
-    Spawn { args: String, source: std::io::Error },
+    Spawn {
+        /// The arguments `ip` was to get, joined by spaces.
+        args: String,
+        /// The error from starting it.
+        source: std::io::Error,
+    },
+    /// `ip` ran and exited non-zero: the kernel refused the change (or, with `args` starting
+    /// `sysctl`, a write under `/proc/sys` failed).
     #[error("`ip {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
+    Failed {
+        /// The arguments `ip` got, joined by spaces; `sysctl key=value` for a sysctl.
+        args: String,
+        /// What `ip` wrote to standard error, trimmed (for a sysctl, the I/O error).
+        stderr: String,
+    },
+    /// An interface or namespace name is empty, longer than Linux's 15 bytes, or holds a
+    /// character other than a letter, digit, '-' or '_'; refused before `ip` sees it.
     #[error("invalid name {0:?}: at most 15 characters of letters, digits, '-' and '_'")]
     BadName(String),
+    /// A bridge's gateway address is already on another interface, most likely another enjin's
+    /// hosts network on the same machine: the operator must give this one another range.
     #[error(
         "{address} is already on interface {interface} (another enjin's hosts network?); \
          give this one another range"
     )]
-    AddressInUse { address: IpAddr, interface: String },
+    AddressInUse {
+        /// The gateway address the bridge was to get.
+        address: IpAddr,
+        /// The interface (in the caller's namespace) that holds it.
+        interface: String,
+    },
+    /// The instance firewall was refused or could not be applied; boxed to keep this enum small.
     #[error(transparent)]
     Firewall(Box<firewall::FirewallError>),
 }
@@ -85,10 +110,16 @@ pub fn instance_interface(node: uuid::Uuid) -> String {
     format!("{INSTANCE_PREFIX}{short}")
 }
 
+/// The interface and namespace names [`names`] derives from one id; each is a prefix and the
+/// id's first 8 letters and digits, so two ids that share those get the same names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
+    /// `ejb-…`: a network's bridge, when the id is the network's.
     pub bridge: String,
+    /// `ejv-…`: the host-side end of a host's veth pair, on the bridge; its peer is made as
+    /// `<veth>p` and renamed `eth0` inside the host's namespace.
     pub veth: String,
+    /// `enjin-…`: a host's network namespace, under `/run/netns`.
     pub netns: String,
 }
 
@@ -116,6 +147,8 @@ fn interface_with(address: IpAddr) -> Result<Option<String>, NetError> {
         .map(|i| i.split('@').next().unwrap_or(i).to_string()))
 }
 
+/// Deletes the bridge `bridge`; one that does not exist is not an error. Veths on it are
+/// detached, not deleted.
 pub fn remove_bridge(bridge: &str) -> Result<(), NetError> {
     check_name(bridge)?;
     match ip(&["link", "del", bridge]) {

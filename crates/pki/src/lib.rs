@@ -78,6 +78,16 @@ pub enum PkiError {
     /// The requester's CSR is not a PEM certificate signing request rcgen can parse.
     #[error("invalid certificate signing request: {0}")]
     BadCsr(rcgen::Error),
+    /// Half of a CA is on disk: its certificate without its key, or the reverse. Making a new CA
+    /// would overwrite the half that is left and invalidate every certificate the old one
+    /// issued, so nothing is made: the operator restores the missing file or removes both.
+    #[error("{present} exists but {missing} does not; restore it, or remove both to make a new CA")]
+    HalfCa {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
 }
 
 /// A ring's certificate authority: it issues the TLS certificates of the ring's nodes, and its
@@ -170,6 +180,11 @@ impl RingCa {
     /// use with the key file at 0600.
     pub fn load_or_create(dir: &Path, ring: u8) -> Result<RingCa, PkiError> {
         let (cert_path, key_path) = (cert_file(dir, ring), key_file(dir, ring));
+        match (key_path.exists(), cert_path.exists()) {
+            (true, false) => return Err(PkiError::HalfCa { present: key_path, missing: cert_path }),
+            (false, true) => return Err(PkiError::HalfCa { present: cert_path, missing: key_path }),
+            _ => {}
+        }
         if key_path.exists() && cert_path.exists() {
             let key_pem = read_private(&key_path)?;
             let key = KeyPair::from_pem(&key_pem)
@@ -337,6 +352,22 @@ mod tests {
         assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(issued.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{issued:?}").contains("PRIVATE KEY"), "Debug never shows the key");
+    }
+
+    #[test]
+    fn half_a_ca_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = RingCa::load_or_create(dir.path(), 1).expect("create");
+        let key = fs::read(key_file(dir.path(), 1)).expect("key");
+        fs::remove_file(cert_file(dir.path(), 1)).expect("lose the certificate");
+        let err = RingCa::load_or_create(dir.path(), 1).map(|_| ()).expect_err("refused");
+        assert!(matches!(err, PkiError::HalfCa { .. }), "{err}");
+        assert_eq!(fs::read(key_file(dir.path(), 1)).expect("key"), key, "the key is not overwritten");
+        fs::write(cert_file(dir.path(), 1), ca.cert_pem()).expect("restore");
+        fs::remove_file(key_file(dir.path(), 1)).expect("lose the key");
+        let err = RingCa::load_or_create(dir.path(), 1).map(|_| ()).expect_err("refused");
+        assert!(err.to_string().contains("does not"), "{err}");
+        assert_eq!(fs::read_to_string(cert_file(dir.path(), 1)).expect("cert"), ca.cert_pem());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! It must never reorder or drop a committed event, and never acknowledge a write that a
 //! `kill -9` could lose.
 
+#![warn(missing_docs)]
+
 mod sqlite;
 
 use std::time::Duration;
@@ -25,7 +27,9 @@ pub type LeaseId = i64;
 /// One key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
+    /// The key, never empty; keys order by their UTF-8 bytes.
     pub key: String,
+    /// Opaque bytes: the store never looks inside.
     pub value: Vec<u8>,
     /// Revision of the transaction that created the key (since its last deletion).
     pub create_revision: Revision,
@@ -41,27 +45,40 @@ pub struct KeyValue {
 /// lease, and fails every `Value` comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CompareTarget {
+    /// The key's [`version`](KeyValue::version): writes since its creation.
     Version(i64),
+    /// The revision that created the key; equal to 0 means the key does not exist
+    /// ([`Compare::absent`]).
     CreateRevision(Revision),
+    /// The revision of the key's last write ([`Compare::mod_revision`]).
     ModRevision(Revision),
+    /// The key's value, compared byte by byte (lexicographically).
     Value(Vec<u8>),
     /// The key's lease id, 0 for none.
     Lease(LeaseId),
 }
 
+/// How a [`Compare`] relates the key's side (on the left) to the value in its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
+    /// The key's side equals the target's value.
     Equal,
+    /// The key's side differs from it (a missing key still fails a `Value` comparison).
     NotEqual,
+    /// The key's side is greater.
     Greater,
+    /// The key's side is smaller.
     Less,
 }
 
 /// One guard of a transaction: `key.target op value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compare {
+    /// The key looked at; must not be empty, but need not exist.
     pub key: String,
+    /// How the key's side must relate to the target's value for the guard to hold.
     pub op: CompareOp,
+    /// Which attribute of the key is compared, and the value it is compared with.
     pub target: CompareTarget,
 }
 
@@ -85,29 +102,40 @@ impl Compare {
 /// One operation inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// Write a key: create it, or replace its value whole (its version goes up by one).
     Put {
+        /// The key; must not be empty.
         key: String,
+        /// The new value.
         value: Vec<u8>,
+        /// The lease to attach the key to; `None` detaches it from any lease it had. A lease that
+        /// does not exist fails the whole transaction with [`StoreError::LeaseNotFound`].
         lease: Option<LeaseId>,
     },
     /// Delete one key; deleting a missing key is not an error (it reports 0 deleted).
     Delete {
+        /// The key; must not be empty.
         key: String,
     },
     /// Delete every key starting with `prefix`.
     DeletePrefix {
+        /// Empty deletes every key.
         prefix: String,
     },
+    /// Read one key as the transaction's earlier ops left it.
     Get {
+        /// The key; must not be empty.
         key: String,
     },
     /// Every key starting with `prefix`, in key order.
     Range {
+        /// Empty covers every key.
         prefix: String,
     },
 }
 
 impl Op {
+    /// A put of `value` at `key` attached to no lease (so it detaches the key from one it had).
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         Op::Put { key: key.into(), value: value.into(), lease: None }
     }
@@ -117,18 +145,22 @@ impl Op {
         Op::Put { key: key.into(), value: value.into(), lease: Some(lease) }
     }
 
+    /// A delete of `key`.
     pub fn delete(key: impl Into<String>) -> Self {
         Op::Delete { key: key.into() }
     }
 
+    /// A delete of every key starting with `prefix` (every key, if it is empty).
     pub fn delete_prefix(prefix: impl Into<String>) -> Self {
         Op::DeletePrefix { prefix: prefix.into() }
     }
 
+    /// A read of `key` inside the transaction.
     pub fn get(key: impl Into<String>) -> Self {
         Op::Get { key: key.into() }
     }
 
+    /// A read of every key starting with `prefix`, in key order, inside the transaction.
     pub fn range(prefix: impl Into<String>) -> Self {
         Op::Range { prefix: prefix.into() }
     }
@@ -143,16 +175,22 @@ impl Op {
 pub enum OpResponse {
     /// The previous value, if the key existed.
     Put {
+        /// The key as it was just before the put; `None` if the put created it.
         prev: Option<KeyValue>,
     },
     /// The deleted keys with their last values.
     Delete {
+        /// In key order; empty if no key matched.
         deleted: Vec<KeyValue>,
     },
+    /// What an [`Op::Get`] read.
     Get {
+        /// The key, or `None` if it does not exist.
         kv: Option<KeyValue>,
     },
+    /// What an [`Op::Range`] read.
     Range {
+        /// Every key under the prefix, in key order.
         kvs: Vec<KeyValue>,
     },
 }
@@ -160,8 +198,12 @@ pub enum OpResponse {
 /// `if all(compare) then success else failure`, applied atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {
+    /// The guards, checked in order against the store before any op runs; with none, `success`
+    /// runs.
     pub compare: Vec<Compare>,
+    /// The ops run, in order, when every guard holds.
     pub success: Vec<Op>,
+    /// The ops run, in order, when a guard fails.
     pub failure: Vec<Op>,
     /// How many times the caller already sent this update and lost its compare. A scheduling
     /// hint only: of the transactions waiting for the store at the same time, those that lost
@@ -172,20 +214,25 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// An empty transaction: no guards and no ops, so it succeeds and changes nothing.
     pub fn new() -> Self {
         Txn::default()
     }
 
+    /// Adds guards; all of them must hold for the [`then`](Txn::then) ops to run.
     pub fn when(mut self, compare: impl IntoIterator<Item = Compare>) -> Self {
         self.compare.extend(compare);
         self
     }
 
+    /// Adds ops to the branch run when every guard holds.
     pub fn then(mut self, ops: impl IntoIterator<Item = Op>) -> Self {
         self.success.extend(ops);
         self
     }
 
+    /// Adds ops to the branch run when a guard fails: an [`Op::get`] there reads what beat the
+    /// caller without a second round trip.
     pub fn otherwise(mut self, ops: impl IntoIterator<Item = Op>) -> Self {
         self.failure.extend(ops);
         self
@@ -232,24 +279,32 @@ impl Txn {
     }
 }
 
+/// What a [`Txn`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnResponse {
+    /// Whether every guard held, and so whether `success` (true) or `failure` ran.
     pub succeeded: bool,
     /// The store revision after the transaction: the new one if it wrote, else the current.
     pub revision: Revision,
+    /// One per op of the branch that ran, in the same order.
     pub responses: Vec<OpResponse>,
 }
 
+/// The keys under a prefix, all read from one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeResponse {
+    /// Every key under the prefix, in key order.
     pub kvs: Vec<KeyValue>,
     /// The store revision the read saw.
     pub revision: Revision,
 }
 
+/// What happened to the key of an [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// The key was created, or its value replaced.
     Put,
+    /// The key was deleted: by a delete, a prefix delete, or the end of its lease.
     Delete,
 }
 
@@ -258,8 +313,11 @@ pub enum EventKind {
 /// zero version and create revision; `prev` carries the key as it was just before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// Whether the key was written or deleted.
     pub kind: EventKind,
+    /// The key after the change (for a delete, the tombstone described above).
     pub kv: KeyValue,
+    /// The key just before a delete; always `None` for a put.
     pub prev: Option<KeyValue>,
 }
 
@@ -267,45 +325,93 @@ pub struct Event {
 /// a watcher never sees half a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchBatch {
+    /// The transaction's revision; a watch delivers each revision once, in increasing order.
     pub revision: Revision,
+    /// The transaction's changes to keys under the watched prefix, in the order it made them;
+    /// never empty.
     pub events: Vec<Event>,
 }
 
 /// A running watch. Dropping it cancels the watch.
 pub type WatchStream = mpsc::Receiver<Result<WatchBatch, WatchError>>;
 
+/// A granted lease: the keys attached to it are deleted, in one revision, when it expires or
+/// is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
+    /// Positive, and never reused by the same store.
     pub id: LeaseId,
+    /// How long the lease lives without a keep-alive, as the store keeps it (the SQLite store:
+    /// whole milliseconds, at most [`MAX_LEASE_TTL`]). Its clock restarts at every keep-alive
+    /// and when the store is opened again.
     pub ttl: Duration,
 }
 
+/// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be opened: missing directory, unreadable or foreign file, a newer
     /// schema, or another process (or handle) already owns it.
     #[error("failed to open state store at {}: {reason}", path.display())]
-    Open { path: std::path::PathBuf, reason: String },
+    Open {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What was wrong, in words for the operator.
+        reason: String,
+    },
+    /// The backend failed (for SQLite: an I/O error, a full disk, a damaged file); the message
+    /// names the file. A transaction answered with it was not applied: its whole group was
+    /// rolled back. The store keeps serving.
     #[error("state store backend failed: {0}")]
     Backend(String),
+    /// The lease does not exist: it expired, was revoked, or was never granted (ids below 1
+    /// never are). Holds the id.
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
+    /// [`Store::compact`] was asked for a revision older than the one already compacted to.
     #[error("revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        /// The revision asked for.
+        requested: Revision,
+        /// The oldest revision whose history is still kept.
+        compacted: Revision,
+    },
+    /// [`Store::compact`] was asked for a revision the store has not reached yet.
     #[error("revision {requested} is in the future (current is {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        /// The revision asked for.
+        requested: Revision,
+        /// The store's revision when it was asked.
+        current: Revision,
+    },
+    /// The request itself is wrong (an empty key, a lease TTL under 1 ms or over
+    /// [`MAX_LEASE_TTL`], a watch from a negative revision, a compaction to one below 1), or the
+    /// store was used outside a tokio runtime: the caller's bug, not the store's. Holds what was
+    /// wrong.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The store was closed ([`Store::close`]) or its writer stopped; no later call succeeds.
     #[error("state store is closed")]
     Closed,
 }
 
+/// Why a watch ended; it is the last item of the stream.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
+    /// The history the watch needs is gone: its start revision was already compacted, or
+    /// compaction overtook a watcher that fell behind. The watcher must read afresh (a range)
+    /// and watch again from that read's revision.
     #[error("watch start revision {requested} has been compacted (oldest kept is {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        /// The revision the watch needed next.
+        requested: Revision,
+        /// The oldest revision whose history is still kept.
+        compacted: Revision,
+    },
+    /// Reading the history failed, again after retries; holds the backend's error as text.
     #[error("watch failed: {0}")]
     Backend(String),
+    /// The store was closed; every event committed before it was delivered first.
     #[error("state store is closed")]
     Closed,
 }
@@ -329,6 +435,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The revision of the last committed write.
     async fn current_revision(&self) -> Result<Revision, StoreError>;
 
+    /// The key `key` (which must not be empty), or `None` if it does not exist.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
     /// Every key that starts with `prefix`, in key order, with the revision the read saw.
@@ -342,6 +449,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// when `from` is older than the compacted revision.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
 
+    /// A new lease that ends `ttl` after its grant or its last keep-alive; the answer holds the TTL
+    /// as the store keeps it.
     async fn lease_grant(&self, ttl: Duration) -> Result<Lease, StoreError>;
 
     /// Refresh a lease to its full TTL.

@@ -48,12 +48,19 @@ pub struct SqliteStoreConfig {
 }
 
 impl SqliteStoreConfig {
+    /// Default of [`max_batch`](Self::max_batch), in commands.
     pub const DEFAULT_MAX_BATCH: usize = 256;
+    /// Default of [`max_queued`](Self::max_queued), in commands.
     pub const DEFAULT_MAX_QUEUED: usize = 4096;
+    /// Default of [`max_readers`](Self::max_readers), in connections.
     pub const DEFAULT_MAX_READERS: usize = 8;
+    /// Default of [`watch_buffer`](Self::watch_buffer), in transactions per watch.
     pub const DEFAULT_WATCH_BUFFER: usize = 128;
+    /// Default of [`watch_rows_per_read`](Self::watch_rows_per_read), in history rows.
     pub const DEFAULT_WATCH_ROWS_PER_READ: usize = 1024;
 
+    /// The configuration for the database file `path`, every limit at its default. Every limit
+    /// must be at least 1, which [`SqliteStore::open`] checks.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteStoreConfig {
             path: path.into(),
