@@ -91,7 +91,8 @@ pub async fn run(config: ProcessConfig, shutdown: impl Future<Output = ()>) -> R
     let (sup_tx, sup_rx) = mpsc::channel(256);
     // Children restored from the supervisor's records start only once a desired set has told
     // the launcher how to run them (their user, their sandbox).
-    let supervisor_config = SupervisorConfig { launch_restored: false, ..SupervisorConfig::new(&children_dir) };
+    let supervisor_config =
+        SupervisorConfig { launch_restored: false, ..SupervisorConfig::new(&children_dir) };
     let supervisor = Supervisor::start(supervisor_config, launcher.clone(), sup_tx)
         .await
         .map_err(|source| ProcessError::Supervisor { dir: children_dir.clone(), source })?;
