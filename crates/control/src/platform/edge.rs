@@ -194,6 +194,8 @@ const EDGE_INPUTS: [Kind; 5] =
 /// What was published last, and when.
 struct Published {
     tables: (Vec<RouteEntry>, Vec<DnsRecord>),
+    /// The store revision the tables were read at.
+    version: i64,
     /// The bus's reconnection count then: a hub that restarted may have lost it.
     reconnections: u64,
     at: Instant,
@@ -236,6 +238,7 @@ impl Reconciler for EdgePublisher {
         let zone = view.zone(&config.zone, config.router);
         let tables = (routes.routes.clone(), zone.records.clone());
         let reconnections = *self.bus.reconnections().borrow();
+        let wanted = i64::try_from(*self.platform.routes_wanted.borrow()).unwrap_or(i64::MAX);
         {
             let last =
                 self.last.lock().map_err(|_| ReconcileError::new("the publisher's state is poisoned"))?;
@@ -243,6 +246,7 @@ impl Reconciler for EdgePublisher {
             if let (Some(p), Some(due)) = (last.as_ref(), due)
                 && p.tables == tables
                 && p.reconnections == reconnections
+                && p.version >= wanted
                 && !due.is_zero()
             {
                 return Ok(Action::RequeueAfter(due));
@@ -254,13 +258,14 @@ impl Reconciler for EdgePublisher {
         self.bus.publish_state(DNS_TOPIC, z).map_err(ReconcileError::new)?;
         tracing::debug!(version = routes.version, routes = routes.routes.len(), "routes and zone published");
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(Published { tables, reconnections, at: Instant::now() });
+            *last = Some(Published { tables, version: routes.version, reconnections, at: Instant::now() });
         }
         Ok(Action::RequeueAfter(REPUBLISH_EVERY))
     }
 
+    /// A rollout waiting for a table at least as new as a revision, or a reconnection.
     fn wake(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.bus.reconnections())
+        Some(self.platform.routes_wanted.subscribe())
     }
 }
 

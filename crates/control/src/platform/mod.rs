@@ -161,12 +161,17 @@ pub struct Platform {
     packages: PackageStore,
     config: PlatformConfig,
     bus: Mutex<Option<Arc<BusAuthority>>>,
+    /// The oldest store revision the routers' table must reflect, asked for by rollouts that
+    /// wait for it; every change wakes the route publisher, which publishes a table that new
+    /// even when its content did not change (a release went live on instances already routed).
+    routes_wanted: tokio::sync::watch::Sender<u64>,
 }
 
 impl Platform {
     pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
         let packages = PackageStore::open(&config.packages_dir)?;
-        Ok(Arc::new(Platform { registry, packages, config, bus: Mutex::new(None) }))
+        let (routes_wanted, _) = tokio::sync::watch::channel(0);
+        Ok(Arc::new(Platform { registry, packages, config, bus: Mutex::new(None), routes_wanted }))
     }
 
     pub fn config(&self) -> &PlatformConfig {
@@ -183,6 +188,13 @@ impl Platform {
         if let Ok(mut b) = self.bus.lock() {
             *b = Some(bus.clone());
         }
+        // A hub that restarted may have lost the tables: a reconnection asks for them again.
+        let (mut reconnected, wanted) = (bus.reconnections(), self.routes_wanted.clone());
+        bus.until_stopped(async move {
+            while reconnected.changed().await.is_ok() {
+                wanted.send_modify(|_| {});
+            }
+        });
         bus.start_controller(edge::EdgePublisher::new(self.clone(), bus.clone()));
         bus.until_stopped(rollout::serve_packages(self.clone(), bus.clone()));
     }
@@ -196,6 +208,12 @@ impl Platform {
     /// as new as store revision `version`; at once when there is no edge.
     pub async fn wait_routes_applied(&self, version: i64) {
         let Some(bus) = self.bus() else { return };
+        let wanted = u64::try_from(version).unwrap_or(0);
+        self.routes_wanted.send_if_modified(|w| {
+            let newer = wanted > *w;
+            *w = (*w).max(wanted);
+            newer
+        });
         let deadline = std::time::Instant::now() + ROUTES_PATIENCE;
         loop {
             let reports = bus.edge_reports();
