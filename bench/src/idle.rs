@@ -290,6 +290,16 @@ impl Network {
                 words.by_ref().find(|w| *w == "master");
                 words.next().map(str::to_string)
             });
+            // The host's instances' namespaces first: only the host's veths name them.
+            for ns in enjin_net::cloud::instance_namespaces(&names.netns).unwrap_or_default() {
+                if self.netns.contains(&ns) {
+                    continue;
+                }
+                let instance = enjin_net::instance::InstanceNames { netns: ns.clone(), veth: ns.clone() };
+                if enjin_net::instance::remove_instance(&instance).is_ok() {
+                    removed.push(format!("instance namespace {ns}"));
+                }
+            }
             if !self.netns.contains(&names.netns) && ip(&["netns", "del", &names.netns]).is_some() {
                 removed.push(format!("network namespace {}", names.netns));
             }

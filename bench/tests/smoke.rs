@@ -160,6 +160,12 @@ fn assert_idle_table(stdout: &str) {
     for column in ["store reads/min", "keys read/min", "store txns/min"] {
         assert_eq!(rates(stdout, "| idle cloud |", column).len(), 1, "{stdout}");
     }
+    // Its apps' instances had namespaces of their own; the bench removed them with the hosts.
+    let idle = stdout.split("| idle cloud |").nth(1).unwrap_or_default();
+    assert!(
+        idle.contains("instance namespace eji-"),
+        "the idle cloud's instance namespaces were not removed:\n{idle}"
+    );
 }
 
 #[test]
