@@ -393,6 +393,8 @@ async fn restored_children_can_wait_to_be_named_again_before_they_start() {
     let config = SupervisorConfig { launch_restored: false, ..SupervisorConfig::new(dir.path()) };
     let sup = Supervisor::start(config, Arc::new(fake.clone()), tx).await.expect("start");
     let mut rig = Rig { fake: fake.clone(), sup, rx, _dir: dir };
+    // Virtual time (the clock is paused): far past any restart backoff, so a launch of the
+    // restored child would have happened by now if the supervisor were going to make one.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(fake.launches("a").len(), 1, "not started before it is named again");
     rig.sup.handle().set_desired(vec![spec("a", Restart::Permanent)]).await.expect("set");
