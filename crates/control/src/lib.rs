@@ -150,6 +150,8 @@ impl ControlPlane {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router();
+        // The platform's controllers run while this server serves (one server runs them).
+        let controllers = self.state.platform.as_ref().map(platform::Platform::start_controllers);
         let stop = self.stop;
         let store = self.state.registry.store().clone();
         tokio::spawn(compact_history(store.clone(), stop.subscribe()));
@@ -162,6 +164,9 @@ impl ControlPlane {
         };
         let audit = self.state.audit.clone();
         let served = server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await;
+        if let Some(c) = controllers {
+            c.stop().await;
+        }
         // The records of the last requests answered.
         audit.flush().await;
         served

@@ -208,10 +208,6 @@ pub async fn run(
     if hub_addr.is_some() {
         platform.attach_bus(authority.clone());
     }
-    // After the bus: a rollout that is finished drains through the routers as any other.
-    if let Err(e) = platform.recover().await {
-        tracing::warn!(error = %e, "unfinished rollouts not taken up");
-    }
     let cp = cp.with_bus(authority.clone()).with_platform(platform);
     let ca = (!config.insecure_http).then(|| dir.join(CA_FILE));
     banner::Banner {

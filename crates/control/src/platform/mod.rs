@@ -19,6 +19,7 @@ pub mod edge;
 pub mod network;
 pub mod placement;
 mod rollout;
+mod runner;
 
 pub use placement::{Isolation, SANDBOX_LABEL, Sandbox};
 
@@ -35,14 +36,16 @@ use enjin_model::api::{
 };
 use enjin_model::kinds::{
     AppManifest, CompartmentSpec, CompartmentType, NetworkInterfaceSpec, NodeObservationSpec, NodeSpec,
-    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, RolloutStep, Strategy,
-    TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
+    ObservationState, ObservationStrategy, PackageRef, ReleaseSpec, ReleaseState, RolloutPlan, RolloutStep,
+    Strategy, TaskKind, TaskProgress, TaskSpec, TaskState, TierSpec, validate_manifest,
 };
 use enjin_model::{FieldError, Kind, Object, Ring};
 use enjin_store::{Compare, Op, Txn};
 use uuid::Uuid;
 
 use crate::bus::BusAuthority;
+use crate::cache::WatchCache;
+use crate::controller::Controllers;
 use crate::quota::Footprint;
 use crate::registry::{Registry, RegistryError};
 
@@ -165,13 +168,58 @@ pub struct Platform {
     /// wait for it; every change wakes the route publisher, which publishes a table that new
     /// even when its content did not change (a release went live on instances already routed).
     routes_wanted: tokio::sync::watch::Sender<u64>,
+    /// This run of the platform, as the rollout tasks it carries out record it.
+    run: Uuid,
+}
+
+/// The platform's controllers, running until [`PlatformControllers::stop`].
+#[derive(Debug)]
+pub struct PlatformControllers {
+    controllers: Controllers,
+    /// Stops the watch cache made for them, when the registry had none.
+    cache_stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl PlatformControllers {
+    /// Stop them (every rollout in progress stops where it is, for the next run to take over)
+    /// and wait until they have.
+    pub async fn stop(self) {
+        self.controllers.stop().await;
+        if let Some(stop) = self.cache_stop {
+            stop.send_replace(true);
+        }
+    }
 }
 
 impl Platform {
     pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
         let packages = PackageStore::open(&config.packages_dir)?;
         let (routes_wanted, _) = tokio::sync::watch::channel(0);
-        Ok(Arc::new(Platform { registry, packages, config, bus: Mutex::new(None), routes_wanted }))
+        Ok(Arc::new(Platform {
+            registry,
+            packages,
+            config,
+            bus: Mutex::new(None),
+            routes_wanted,
+            run: Uuid::new_v4(),
+        }))
+    }
+
+    /// Start the platform's controllers: the rollout controller, which carries out every
+    /// rollout the API records, and takes over those a stopped run of the control plane left
+    /// unfinished, each by the step its task recorded (one that had not gone live is undone,
+    /// one that had is finished). One server at a time runs them.
+    pub fn start_controllers(self: &Arc<Self>) -> PlatformControllers {
+        let (cache, cache_stop) = match self.registry.cache() {
+            Some(cache) => (cache.clone(), None),
+            None => {
+                let stop = tokio::sync::watch::Sender::new(false);
+                (WatchCache::start(self.registry.store().clone(), stop.subscribe()), Some(stop))
+            }
+        };
+        let mut controllers = Controllers::new(cache);
+        controllers.start(runner::RolloutRunner::new(self.clone(), self.run));
+        PlatformControllers { controllers, cache_stop }
     }
 
     pub fn config(&self) -> &PlatformConfig {
@@ -367,24 +415,6 @@ impl Platform {
         let out = tokio::task::spawn_blocking(move || store.put(&bytes)).await??;
         tracing::info!(digest = %out.package.digest, size = out.package.size, existed = out.existed, "package stored");
         Ok(PackageUploaded { package: out.package, existed: out.existed })
-    }
-
-    /// Take up the rollouts a previous run of this process left unfinished, each by the step
-    /// its task recorded ([`rollout::resume`]): one that had not gone live is undone (its
-    /// instances removed, its release failed), one that had is finished (the instances it
-    /// replaces drained and removed). They run in the background, as rollouts do, and hold
-    /// their apps against other rollouts until they end.
-    pub async fn recover(self: &Arc<Self>) -> Result<(), PlatformError> {
-        let (tasks, _) = self.registry.list::<TaskSpec>(&ListQuery::default()).await?;
-        for t in tasks {
-            if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() {
-                continue;
-            }
-            let task = rollout::TaskHandle::new(&self.registry, t);
-            tracing::info!(task = %task.uuid(), step = ?task.recorded_step(), "resuming an unfinished rollout");
-            tokio::spawn(rollout::resume(self.clone(), task));
-        }
-        Ok(())
     }
 
     /// The account that owns the app named `name`, if there is one. App names are unique
@@ -655,8 +685,10 @@ impl Platform {
         self.no_rollout_running(&env).await?;
         let live = self.live_release(&env).await?;
         self.check_isolation(caller, app, "restart").await?;
-        let task = self.new_task(&env, live.meta.uuid, format!("restart v{}", live.spec.version)).await?;
-        Ok(self.launch(task, env, live, rollout::Mode::Replace, caller.isolation()))
+        let plan = RolloutPlan { mode: rollout::Mode::Replace, isolation: caller.isolation() };
+        let task =
+            self.new_task(&env, live.meta.uuid, plan, format!("restart v{}", live.spec.version)).await?;
+        Ok(started(&task, &env, &live))
     }
 
     /// Set the instance counts of the live release's process types.
@@ -706,8 +738,9 @@ impl Platform {
         };
         let live = self.registry.update(live.meta.uuid, req, Utc::now()).await?;
         let what: Vec<String> = counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
-        let task = self.new_task(&env, live.meta.uuid, format!("scale {}", what.join(" "))).await?;
-        Ok(self.launch(task, env, live, rollout::Mode::Scale, caller.isolation()))
+        let plan = RolloutPlan { mode: rollout::Mode::Scale, isolation: caller.isolation() };
+        let task = self.new_task(&env, live.meta.uuid, plan, format!("scale {}", what.join(" "))).await?;
+        Ok(started(&task, &env, &live))
     }
 
     async fn live_release(
@@ -759,7 +792,11 @@ impl Platform {
                 Err(e) => return Err(e.into()),
             }
         };
-        let task = match self.new_task(&env, release.meta.uuid, format!("{description} v{version}")).await {
+        let plan = RolloutPlan { mode: rollout::Mode::Release, isolation: caller.isolation() };
+        let task = match self
+            .new_task(&env, release.meta.uuid, plan, format!("{description} v{version}"))
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 // Lost the app to a rollout started meanwhile: the release it made is not kept.
@@ -769,35 +806,19 @@ impl Platform {
                 return Err(e);
             }
         };
-        tracing::info!(app = %name, version, task = %task.uuid(), "rollout started");
-        Ok(self.launch(task, env, release, rollout::Mode::Release, caller.isolation()))
+        tracing::info!(app = %name, version, task = %task.meta.uuid, "rollout recorded");
+        Ok(started(&task, &env, &release))
     }
 
-    /// Carry out a rollout in the background; what the caller follows it by.
-    fn launch(
-        self: &Arc<Self>,
-        task: rollout::TaskHandle,
-        env: Object<CompartmentSpec>,
-        release: Object<ReleaseSpec>,
-        mode: rollout::Mode,
-        isolation: Isolation,
-    ) -> RolloutStarted {
-        let started = RolloutStarted {
-            app: env.meta.uuid,
-            task: task.uuid(),
-            release: release.meta.uuid,
-            version: release.spec.version,
-        };
-        tokio::spawn(rollout::run(self.clone(), task, env, release, mode, isolation));
-        started
-    }
-
+    /// Record a rollout of `env` as a running task holding the app's running name; the
+    /// rollout controller takes it up from there.
     async fn new_task(
         &self,
         env: &Object<CompartmentSpec>,
         subject: Uuid,
+        plan: RolloutPlan,
         message: String,
-    ) -> Result<rollout::TaskHandle, PlatformError> {
+    ) -> Result<Object<TaskSpec>, PlatformError> {
         let app = env.meta.label.clone().unwrap_or_default();
         let spec = TaskSpec {
             task_type: TaskKind::Deploy,
@@ -807,6 +828,8 @@ impl Platform {
             result: None,
             error: None,
             step: Some(RolloutStep::Starting),
+            rollout: Some(plan),
+            runner: None,
         };
         let req = CreateRequest {
             account: Some(env.meta.account),
@@ -832,7 +855,7 @@ impl Platform {
                 Err(e) => return Err(e.into()),
             }
         };
-        Ok(rollout::TaskHandle::new(&self.registry, task))
+        Ok(task)
     }
 
     /// Renames a task that holds `app`'s running name although it has ended; whether one did.
@@ -988,6 +1011,20 @@ impl Platform {
 
 /// The address instances on `host` are reached at: its first interface address, or loopback
 /// for a host that shares this machine's network.
+/// What the caller of a rollout follows it by.
+fn started(
+    task: &Object<TaskSpec>,
+    env: &Object<CompartmentSpec>,
+    release: &Object<ReleaseSpec>,
+) -> RolloutStarted {
+    RolloutStarted {
+        app: env.meta.uuid,
+        task: task.meta.uuid,
+        release: release.meta.uuid,
+        version: release.spec.version,
+    }
+}
+
 pub(crate) fn host_address(host: Uuid, interfaces: &[Object<NetworkInterfaceSpec>]) -> IpAddr {
     interfaces
         .iter()

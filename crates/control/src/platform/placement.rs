@@ -56,14 +56,8 @@ impl Sandbox {
     }
 }
 
-/// Where a rollout's instances may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// Only on hosts that sandbox them: a tenant's apps.
-    Required,
-    /// On any host, as a plain process where it cannot sandbox: the operator's own apps.
-    Optional,
-}
+/// Where a rollout's instances may run; recorded in its task's plan.
+pub use enjin_model::kinds::RolloutIsolation as Isolation;
 
 /// How an instance really runs: as its node says, except that `unix-user` on a host that
 /// cannot sandbox runs as a plain process (the host's agent falls back, saying so in its log).

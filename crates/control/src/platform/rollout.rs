@@ -79,15 +79,7 @@ impl From<RegistryError> for RolloutError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// A new release: start all its instances, then make it live and remove the old ones.
-    Release,
-    /// The live release again: replace every instance.
-    Replace,
-    /// The live release: add or remove instances to match its counts.
-    Scale,
-}
+pub use enjin_model::kinds::RolloutMode as Mode;
 
 /// A task this process is carrying out, kept current in the store.
 #[derive(Debug)]
@@ -105,7 +97,7 @@ pub(super) fn running_name(app: &str) -> String {
 
 /// The name a task keeps once it has ended: its app and the start of its uuid.
 fn settled_name(task: &Object<TaskSpec>) -> Option<String> {
-    let app = task.meta.labels.get(APP_LABEL)?;
+    let Some(app) = task.meta.labels.get(APP_LABEL) else { return task.meta.label.clone() };
     if task.meta.label.as_deref() != Some(running_name(app).as_str()) {
         return task.meta.label.clone();
     }
@@ -166,6 +158,27 @@ impl TaskHandle {
     pub async fn step(&mut self, step: RolloutStep) {
         if self.task.spec.step != Some(step) {
             self.write(|s| s.step = Some(step)).await;
+        }
+    }
+
+    /// Take the task up for `run` of the control plane, compared against the revision read:
+    /// whether this run holds it now (another that wrote first keeps it).
+    pub async fn claim(&mut self, run: Uuid) -> Result<bool, RegistryError> {
+        let mut spec = self.task.spec.clone();
+        spec.runner = Some(run);
+        let req = UpdateRequest {
+            revision: self.task.meta.revision,
+            label: self.task.meta.label.clone(),
+            labels: self.task.meta.labels.clone(),
+            spec,
+        };
+        match self.registry.update(self.task.meta.uuid, req, Utc::now()).await {
+            Ok(t) => {
+                self.task = t;
+                Ok(true)
+            }
+            Err(RegistryError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -369,8 +382,49 @@ async fn scale(
     Ok(format!("{app} scaled to {}{note}", counts.join(" ")))
 }
 
-/// Take up a rollout a previous run of the control plane left unfinished, by the step its
-/// task recorded:
+/// Carry out a rollout its task describes from the start: the task's subject is the release,
+/// its plan the mode and isolation. What the rollout controller runs for a task nobody has
+/// taken up yet.
+pub async fn start(platform: Arc<Platform>, task: TaskHandle) {
+    let Some(plan) = task.task.spec.rollout else {
+        return resume(platform, task).await;
+    };
+    let found = async {
+        let id = task.subject().ok_or_else(|| missing("names no release"))?;
+        let release = platform.registry.get::<ReleaseSpec>(id).await?;
+        let env = platform.registry.get::<CompartmentSpec>(release.spec.app).await?;
+        // The platform makes both in the task's account; anything else was not its doing.
+        if release.meta.account != task.task.meta.account || env.meta.account != task.task.meta.account {
+            return Err(missing("names a release of another account"));
+        }
+        Ok::<_, RolloutError>((env, release))
+    };
+    match found.await {
+        Ok((env, release)) => run(platform, task, env, release, plan.mode, plan.isolation).await,
+        Err(e) => {
+            tracing::warn!(task = %task.uuid(), "rollout not started: {e}");
+            task.finish(Err(e)).await;
+        }
+    }
+}
+
+fn missing(what: &str) -> RolloutError {
+    RolloutError::Platform(PlatformError::Conflict(format!("the rollout's task {what}")))
+}
+
+/// Take up a rollout a run of the control plane left unfinished (it stopped), by the step its
+/// task recorded ([`settle`]), and record how it ended.
+pub async fn resume(p: Arc<Platform>, mut task: TaskHandle) {
+    let outcome = settle(&p, &mut task).await;
+    match &outcome {
+        Ok(m) => tracing::info!(task = %task.uuid(), "{m}"),
+        Err(e) => tracing::warn!(task = %task.uuid(), "rollout undone: {e}"),
+    }
+    task.finish(outcome).await;
+}
+
+/// Bring a rollout that stopped part-way (its control plane stopped, or it was cancelled) to a
+/// clean end by the step its task recorded:
 ///
 /// - `live`, and its release is the app's live one (or it was a restart of the live release):
 ///   finished. Every other live release of the app is superseded, and every instance of the
@@ -380,26 +434,22 @@ async fn scale(
 /// - anything else (`starting`, or `live` for a release that was never made live): undone. The
 ///   rollout's instances are removed and a release still deploying is marked failed; what
 ///   served before still serves.
-pub async fn resume(p: Arc<Platform>, mut task: TaskHandle) {
+pub async fn settle(p: &Arc<Platform>, task: &mut TaskHandle) -> Result<String, RolloutError> {
     let release = match task.subject() {
         Some(id) => p.registry.get::<ReleaseSpec>(id).await.ok(),
         None => None,
-    };
-    let outcome = match (release, task.recorded_step()) {
+    }
+    .filter(|r| r.meta.account == task.task.meta.account);
+    match (release, task.recorded_step()) {
         (Some(r), Some(RolloutStep::Live)) if r.spec.state == ReleaseState::Active => {
-            finish_live(&p, &mut task, &r).await
+            finish_live(p, task, &r).await
         }
-        (Some(r), Some(RolloutStep::Draining)) => finish_scale(&p, &r).await,
+        (Some(r), Some(RolloutStep::Draining)) => finish_scale(p, &r).await,
         (release, _) => {
-            undo(&p, &task, release.as_ref()).await;
+            undo(p, task, release.as_ref()).await;
             Err(RolloutError::Interrupted)
         }
-    };
-    match &outcome {
-        Ok(m) => tracing::info!(task = %task.uuid(), "{m}"),
-        Err(e) => tracing::warn!(task = %task.uuid(), "rollout undone: {e}"),
     }
-    task.finish(outcome).await;
 }
 
 /// The rest of a rollout whose instances had gone live: see [`resume`].

@@ -10,7 +10,8 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use enjin_model::api::{CreateRequest, DeleteQuery, List, ListQuery, ObjectPath, UpdateRequest};
 use enjin_model::kinds::{
-    CompartmentSpec, CompartmentType, MembershipSpec, NodeSpec, Resource, RoleSpec, Strategy, Verb,
+    CompartmentSpec, CompartmentType, MembershipSpec, NodeSpec, Resource, RoleSpec, Strategy, TaskKind,
+    TaskSpec, TaskState, Verb,
 };
 use enjin_model::{FieldError, Kind, Object, ObjectMeta, Ring, Spec};
 use uuid::Uuid;
@@ -148,6 +149,9 @@ pub async fn update<S: Spec>(
         )
         .into());
     }
+    if account != principal.system {
+        check_platform_owned_update(&old, &req)?;
+    }
     check_grant(&state.registry, &principal, account, &req.spec).await?;
     check_tenant_node(&state.registry, principal.system, account, old.meta.ring, &req.spec).await?;
     let obj = state.registry.update(uuid, req, Utc::now()).await?;
@@ -163,6 +167,21 @@ pub async fn delete<S: Spec>(
 ) -> Result<(StatusCode, Extension<AuditAccount>), ApiError> {
     let old = state.registry.get::<S>(uuid).await?;
     check(&principal, Verb::Delete, &old.meta)?;
+    if S::KIND == Kind::Task {
+        let task = as_kind::<S, TaskSpec>(&old.spec)?;
+        // One the rollout controller carries out (the platform recorded its plan or its step).
+        let rollout = task.rollout.is_some() || task.step.is_some();
+        if task.task_type == TaskKind::Deploy && rollout && !task.state.is_final() {
+            // Its rollout needs the task to be settled: what it started, where it had got to.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "task {uuid} is a rollout still running: cancel it first (spec.state = \"cancelled\")"
+                ),
+            ));
+        }
+    }
     state.registry.delete(S::KIND, uuid, q.revision).await?;
     tracing::info!(kind = %S::KIND, %uuid, by = %principal.name, "deleted");
     Ok((StatusCode::NO_CONTENT, Extension(AuditAccount(old.meta.account))))
@@ -366,14 +385,7 @@ pub fn hide_env(spec: &mut serde_json::Value) {
 /// and check its package and quota; made by hand they could stand in for another account's
 /// app. (The operator may make them by hand.)
 fn check_platform_owned<S: Spec>(spec: &S) -> Result<(), ApiError> {
-    let made_by_deploys = match S::KIND {
-        Kind::Release => true,
-        Kind::Compartment => {
-            as_kind::<S, CompartmentSpec>(spec)?.compartment_type == CompartmentType::AppEnvironment
-        }
-        _ => false,
-    };
-    if made_by_deploys {
+    if made_by_deploys(spec)? {
         return Err(FieldError::new(
             "spec",
             format!("a {} of an app is made by deploying it (POST /v1/apps/{{app}}/deploys)", S::KIND),
@@ -381,6 +393,51 @@ fn check_platform_owned<S: Spec>(spec: &S) -> Result<(), ApiError> {
         .into());
     }
     Ok(())
+}
+
+/// Whether an object is one the platform makes for an app and carries out from the store: a
+/// release (its package and manifest are what the app's instances run), an app's environment,
+/// or a rollout's task (its plan says where instances may run). Written through the API by a
+/// tenant, any of these would let it run another account's package, or its own unsandboxed.
+fn made_by_deploys<S: Spec>(spec: &S) -> Result<bool, ApiError> {
+    Ok(match S::KIND {
+        Kind::Release => true,
+        Kind::Compartment => {
+            as_kind::<S, CompartmentSpec>(spec)?.compartment_type == CompartmentType::AppEnvironment
+        }
+        Kind::Task => as_kind::<S, TaskSpec>(spec)?.task_type == TaskKind::Deploy,
+        _ => false,
+    })
+}
+
+/// A tenant changes nothing the platform made for its apps (see [`made_by_deploys`]), except
+/// that it may cancel its own rollout: the task's state to `cancelled`, nothing else.
+fn check_platform_owned_update<S: Spec>(old: &Object<S>, req: &UpdateRequest<S>) -> Result<(), ApiError> {
+    if !made_by_deploys(&old.spec)? && !made_by_deploys(&req.spec)? {
+        return Ok(());
+    }
+    if S::KIND == Kind::Task {
+        let (before, mut after) = (as_kind::<S, TaskSpec>(&old.spec)?, as_kind::<S, TaskSpec>(&req.spec)?);
+        let cancels = after.state == TaskState::Cancelled;
+        after.state = before.state;
+        if cancels && after == before && req.label == old.meta.label && req.labels == old.meta.labels {
+            return Ok(());
+        }
+        return Err(FieldError::new(
+            "spec",
+            "a rollout's task is kept by the platform: it can only be cancelled (spec.state = \"cancelled\", \
+             everything else unchanged)",
+        )
+        .into());
+    }
+    Err(FieldError::new(
+        "spec",
+        format!(
+            "a {} of an app is kept by the platform: change the app by deploying, rolling back or scaling it",
+            S::KIND
+        ),
+    )
+    .into())
 }
 
 /// A node made in an account counts against its instance, memory and disk quotas.

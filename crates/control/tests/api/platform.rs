@@ -186,3 +186,56 @@ async fn an_apps_running_name_admits_one_rollout_and_is_given_back() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     s.stop().await;
 }
+
+/// The task of `id` once it has ended.
+async fn ended(s: &TestServer, id: &str) -> Value {
+    let mut t = Value::Null;
+    for _ in 0..200 {
+        t = s.get(&format!("/v1/tasks/{id}")).await.body;
+        if matches!(t["spec"]["state"].as_str(), Some("failed" | "succeeded" | "cancelled")) {
+            return t;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("task {id} did not end: {t}");
+}
+
+/// Rollouts are carried out by the rollout controller from what their tasks record alone: a
+/// task a stopped run of the control plane had claimed is taken over by its step, a task no run
+/// has claimed is run from its plan.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rollout_controller_runs_recorded_tasks_and_takes_over_a_stopped_runs() {
+    let s = TestServer::start().await;
+    let package = upload(&s, b"pkg").await.body["package"].clone();
+    let r = s
+        .post("/v1/apps/hello/deploys", &json!({"manifest": manifest("hello", 1), "package": package}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let release = r.body["release"].as_str().expect("release").to_string();
+    let first = ended(&s, r.body["task"].as_str().expect("task")).await;
+    assert_eq!(first["spec"]["state"], "failed", "{first}");
+    // The plan the API recorded (the operator's app may run unsandboxed), and who ran it.
+    assert_eq!(first["spec"]["rollout"], json!({"mode": "release", "isolation": "optional"}), "{first}");
+    let run = first["spec"]["runner"].as_str().expect("the run that carried it out").to_string();
+
+    // Cut at `starting` by a run that stopped: taken over, and undone.
+    let stopped_run = uuid::Uuid::new_v4().to_string();
+    let task = |runner: Option<&str>, subject: &str| {
+        json!({"ring": 2, "label": "hello-rollout", "labels": {"enjin.dev/app": "hello"}, "spec": {
+            "type": "deploy", "state": "running", "subject": subject, "step": "starting",
+            "rollout": {"mode": "release", "isolation": "required"}, "runner": runner}})
+    };
+    let stale = s.create("tasks", task(Some(&stopped_run), &release)).await;
+    let stale = ended(&s, &uuid_of(&stale)).await;
+    assert_eq!(stale["spec"]["state"], "failed", "{stale}");
+    assert!(stale["spec"]["error"].as_str().unwrap_or("").contains("interrupted"), "{stale}");
+    assert_eq!(stale["spec"]["runner"], run.as_str(), "taken over by the current run: {stale}");
+    assert_ne!(stale["label"], "hello-rollout", "the app's running name is given back: {stale}");
+
+    // Never taken up: run from its plan (and, with no host, failed as a deploy is).
+    let fresh = s.create("tasks", task(None, &release)).await;
+    let fresh = ended(&s, &uuid_of(&fresh)).await;
+    assert!(fresh["spec"]["error"].as_str().unwrap_or("").contains("no ring 1 host is up"), "{fresh}");
+
+    s.stop().await;
+}

@@ -601,3 +601,105 @@ async fn chain(
         assert!(matches!(r.status.as_u16(), 403 | 422), "{}", r.body);
     }
 }
+
+/// What the platform makes for a tenant's app, and carries out from the store, is not the
+/// tenant's to write: a release rewritten to run another package, a rollout task recorded by
+/// hand with an unsandboxed plan, a running rollout deleted out from under its controller. A
+/// tenant may cancel its own rollout, and only that: the rollout stops and what it started is
+/// removed. Nor does the controller run a task that names another account's release.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_write_the_platforms_releases_and_rollouts() {
+    let s = TestServer::start().await;
+    let m = s.create_id("nodes", machine("m")).await;
+    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
+        "spec": {"parent": m, "strategy": "process"}});
+    let host = s.create_id("nodes", host).await;
+    heartbeat(&s, &host).await;
+    let (_, a) = tenant(&s, "acme").await;
+    let package = send(
+        s.http
+            .post(s.url("/v1/packages"))
+            .bearer_auth(a.clone())
+            .header("Content-Type", "application/zstd")
+            .body(b"acme's code".to_vec()),
+    )
+    .await
+    .body["package"]
+        .clone();
+    // No agent reports on the instances: the rollout waits for their health.
+    let deploy = json!({"manifest": {"name": "shop", "processes": {"web": {"command": "sleep 1000",
+        "instances": 2, "health": {"type": "process"}}}}, "package": package});
+    let r = call(&s, &a, Method::POST, "/v1/apps/shop/deploys", Some(&deploy)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let release = r.body["release"].as_str().expect("release").to_string();
+    let task = r.body["task"].as_str().expect("task").to_string();
+
+    // The release's package and manifest are what its instances run.
+    let current = call(&s, &a, Method::GET, &format!("/v1/releases/{release}"), None).await.body;
+    let mut spec = current["spec"].clone();
+    spec["package"]["digest"] = json!(format!("sha256:{}", "0".repeat(64)));
+    let body = json!({"revision": current["revision"], "label": current["label"], "labels": current["labels"],
+        "spec": spec});
+    let r = call(&s, &a, Method::PUT, &format!("/v1/releases/{release}"), Some(&body)).await;
+    assert_problem_status(&r, 422);
+    assert!(r.body["detail"].as_str().unwrap_or_default().contains("kept by the platform"), "{}", r.body);
+
+    // A rollout recorded by hand, to run unsandboxed.
+    let planted = json!({"ring": 2, "label": "shop-x", "spec": {"type": "deploy", "state": "running",
+        "subject": release, "step": "starting", "rollout": {"mode": "replace", "isolation": "optional"}}});
+    let r = call(&s, &a, Method::POST, "/v1/tasks", Some(&planted)).await;
+    assert_problem_status(&r, 422);
+
+    // The rollout under way: its instances are made, and wait for a health nobody reports.
+    let instances = || async { ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await) };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while instances().await.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the rollout's instances were not made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/v1/tasks/{task}");
+    let held = call(&s, &a, Method::GET, &path, None).await.body;
+    assert_eq!(held["spec"]["state"], "running", "{held}");
+    let put = |spec: Value| json!({"revision": held["revision"], "label": held["label"], "labels": held["labels"], "spec": spec});
+    let mut unsandboxed = held["spec"].clone();
+    unsandboxed["rollout"]["isolation"] = json!("optional");
+    assert_problem_status(&call(&s, &a, Method::PUT, &path, Some(&put(unsandboxed))).await, 422);
+    assert_problem_status(&call(&s, &a, Method::DELETE, &path, None).await, 409);
+    let mut cancel = held["spec"].clone();
+    cancel["state"] = json!("cancelled");
+    let r = call(&s, &a, Method::PUT, &path, Some(&put(cancel))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Cancelled: the rollout stops, its instances go, its release is failed.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !instances().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the cancelled rollout's instances stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = call(&s, &a, Method::GET, &format!("/v1/releases/{release}"), None).await;
+    assert_eq!(r.body["spec"]["state"], "failed", "{}", r.body);
+    assert_eq!(call(&s, &a, Method::GET, &path, None).await.body["spec"]["state"], "cancelled");
+    assert_eq!(call(&s, &a, Method::DELETE, &path, None).await.status, StatusCode::NO_CONTENT);
+
+    // The operator's task naming acme's release, to run it unsandboxed: not run.
+    let foreign = s
+        .create(
+            "tasks",
+            json!({"ring": 2, "label": "foreign", "spec": {"type": "deploy", "state": "running",
+                "subject": release, "step": "starting", "rollout": {"mode": "replace", "isolation": "optional"}}}),
+        )
+        .await;
+    let mut t = Value::Null;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        t = s.fetch("tasks", &uuid_of(&foreign)).await;
+        if t["spec"]["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t["spec"]["error"].as_str().unwrap_or_default().contains("names a release of another account"),
+        "{t}"
+    );
+    s.stop().await;
+}

@@ -29,7 +29,9 @@ pub use release::{
     APP_NAME_PATTERN, AppManifest, HealthCheck, HealthKind, MAX_INSTANCES, PackageRef, ProcessType,
     ReleaseSpec, ReleaseState, WEB, valid_app_name, validate_manifest,
 };
-pub use task::{RolloutStep, TaskKind, TaskProgress, TaskSpec, TaskState};
+pub use task::{
+    RolloutIsolation, RolloutMode, RolloutPlan, RolloutStep, TaskKind, TaskProgress, TaskSpec, TaskState,
+};
 pub use tenancy::{AccountSpec, MembershipSpec, PermSet, Permission, Quota, Resource, RoleSpec, Verb};
 pub use tier::TierSpec;
 

@@ -94,6 +94,47 @@ pub struct TaskSpec {
     /// A rollout's step, kept current while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<RolloutStep>,
+    /// What a rollout does and where its instances may run: written by the platform when it
+    /// starts one, so that whichever control-plane server runs the rollouts can carry it out
+    /// from the store alone. Never written through the generic task API by a tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPlan>,
+    /// The run of the control plane carrying the rollout out (a uuid each run makes when it
+    /// starts). Empty until one takes it up; a task held by another run than the current one
+    /// was cut short (that run stopped) and is taken over by its recorded step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<Uuid>,
+}
+
+/// What a rollout task asks for; see [`TaskSpec::rollout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPlan {
+    pub mode: RolloutMode,
+    pub isolation: RolloutIsolation,
+}
+
+/// The three kinds of rollout; every deploy, rollback, restart and scale is one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutMode {
+    /// A new release (a deploy or a rollback): start all its instances, then make it live and
+    /// remove the old ones.
+    Release,
+    /// The live release again (a restart): replace every instance.
+    Replace,
+    /// The live release: add or remove instances to match its counts.
+    Scale,
+}
+
+/// Where a rollout's instances may run, decided by who asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutIsolation {
+    /// Only on hosts that sandbox them: a tenant's apps.
+    Required,
+    /// On any host, as a plain process where it cannot sandbox: the operator's own apps.
+    Optional,
 }
 
 fn pending() -> TaskState {
@@ -124,6 +165,9 @@ impl Spec for TaskSpec {
     fn check_update(&self, old: &Self) -> Result<(), FieldError> {
         if self.task_type != old.task_type {
             return Err(FieldError::new("spec.type", "a task's type cannot change"));
+        }
+        if self.rollout != old.rollout {
+            return Err(FieldError::new("spec.rollout", "a rollout's plan cannot change"));
         }
         if old.state.is_final() && self != old {
             return Err(FieldError::new(
@@ -165,6 +209,8 @@ mod tests {
             result: None,
             error: None,
             step: None,
+            rollout: None,
+            runner: None,
         }
     }
 
