@@ -4,6 +4,7 @@
 //! never trust a manifest or package (they come from users), never panic on one, and never
 //! write outside the directory it unpacks into.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod manifest;

@@ -71,6 +71,7 @@ pub struct ManifestError {
     pub column: Option<usize>,
     /// The field at fault, as a dotted path: `processes.web.instances`.
     pub field: Option<String>,
+    /// What is wrong, for the person who wrote the file.
     pub message: String,
 }
 
@@ -111,9 +112,13 @@ impl ManifestError {
 /// One process type as a file states it, before defaults and merging.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DraftProcess {
+    /// The command line, if this file gives one; a process that no file gives one is refused.
     pub command: Option<String>,
+    /// The instance count, if this file gives one; 1 when no file does.
     pub instances: Option<u32>,
+    /// The limits this file sets (`memory`, `disk`, `cpu`, `pids`); absent ones are unlimited.
     pub resources: Resources,
+    /// The health check, if this file sets one; else the model's default for the process's name.
     pub health: Option<HealthCheck>,
 }
 
@@ -121,9 +126,13 @@ pub struct DraftProcess {
 /// of every key, so that later errors can name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ManifestDraft {
+    /// The app's name, if the file sets one (only `enjin.toml` can).
     pub name: Option<String>,
+    /// The build command, if the file sets one (only `enjin.toml` can).
     pub build: Option<String>,
+    /// The environment variables the file sets (only `enjin.toml` can).
     pub env: BTreeMap<String, String>,
+    /// The process types the file defines, by name.
     pub processes: BTreeMap<String, DraftProcess>,
     origins: BTreeMap<String, Origin>,
 }
@@ -149,7 +158,9 @@ pub struct Sources<'a> {
     pub dir: &'a Path,
     /// The directory's own name, the app name of last resort.
     pub dir_name: Option<&'a str>,
+    /// The text of `enjin.toml`, if the app has one.
     pub enjin_toml: Option<&'a str>,
+    /// The text of the `Procfile`, if the app has one.
     pub procfile: Option<&'a str>,
     /// The name given on the command line; it beats every other.
     pub name_override: Option<&'a str>,

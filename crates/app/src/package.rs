@@ -85,33 +85,83 @@ pub struct Packed {
 /// A packed directory, written to a stream by [`pack_to`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackSummary {
+    /// `sha256:` and the hex digest of the bytes written.
     pub digest: String,
     /// Bytes written: the package's size.
     pub size: u64,
+    /// Regular files and symlinks packed (directories are not counted).
     pub files: u64,
+    /// Bytes of file content packed.
     pub unpacked_bytes: u64,
 }
 
+/// Why a directory could not be packed. Every variant but `Write` is about the app directory
+/// (the user can fix it); `Write` is about where the package was going.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
+    /// A file, directory, symlink or the ignore file could not be read.
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// What could not be read, under the app directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The ignore file has a rule that cannot be used (`**`, `!`, `..`, or one that matches
+    /// nothing).
     #[error("{}:{line}: {message}", path.display())]
-    Ignore { path: PathBuf, line: usize, message: String },
+    Ignore {
+        /// The ignore file.
+        path: PathBuf,
+        /// The 1-based line of the rule.
+        line: usize,
+        /// What is wrong with the rule.
+        message: String,
+    },
+    /// The files to pack add up to more than [`PackLimits::max_unpacked_bytes`].
     #[error("{} holds more than {limit} bytes of files, the most a package may", dir.display())]
-    TooLarge { dir: PathBuf, limit: u64 },
+    TooLarge {
+        /// The app directory.
+        dir: PathBuf,
+        /// The limit passed, in bytes.
+        limit: u64,
+    },
+    /// The directory has more than [`PackLimits::max_entries`] entries to pack.
     #[error("{} holds more than {limit} files and directories, the most a package may", dir.display())]
-    TooManyEntries { dir: PathBuf, limit: u64 },
+    TooManyEntries {
+        /// The app directory.
+        dir: PathBuf,
+        /// The limit passed, in entries.
+        limit: u64,
+    },
+    /// A symlink resolves outside the directory, or loops: unpacking would refuse it, so
+    /// packing does first.
     #[error(
         "symlink {} points outside the app directory (to {}), or loops; it could not be unpacked",
         path.display(),
         target.display()
     )]
-    SymlinkEscapes { path: PathBuf, target: PathBuf },
+    SymlinkEscapes {
+        /// The symlink.
+        path: PathBuf,
+        /// What it points to, as stored in it.
+        target: PathBuf,
+    },
+    /// A file shrank between the walk of the directory and its reading; packing again once
+    /// it is still may succeed.
     #[error("{} changed while it was being packed", path.display())]
-    Changed { path: PathBuf },
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The package could not be written to its destination.
     #[error("cannot write the package of {}: {source}", dir.display())]
-    Write { dir: PathBuf, source: io::Error },
+    Write {
+        /// The app directory being packed.
+        dir: PathBuf,
+        /// The I/O error of the destination (or of the compressor).
+        source: io::Error,
+    },
 }
 
 /// `sha256:` and 64 lowercase hex digits: the digest of a package's bytes.
@@ -514,40 +564,111 @@ impl Default for UnpackLimits {
 pub struct UnpackStats {
     /// Regular files, hard links included.
     pub files: u64,
+    /// Directories, the parents that entries implied included (the top is not counted).
     pub directories: u64,
+    /// Symlinks.
     pub symlinks: u64,
     /// Bytes of file content written.
     pub unpacked_bytes: u64,
 }
 
+/// Why a package was not unpacked. Whatever the variant, nothing is left at the destination:
+/// the work happens in a temporary directory beside it, removed on failure. Every variant but
+/// `DestExists` and `Io` is about the package's bytes (they come from a user): retrying the
+/// same package gives the same error.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The destination exists (as anything, a dangling symlink included); it is never
+    /// overwritten or merged into.
     #[error("{} already exists; a package is unpacked only into a new directory", dest.display())]
-    DestExists { dest: PathBuf },
+    DestExists {
+        /// The destination asked for.
+        dest: PathBuf,
+    },
+    /// The bytes do not start with a zstd frame's magic number.
     #[error("the package is not zstd-compressed")]
     NotZstd,
+    /// The zstd stream or the tar archive in it is malformed or cut short.
     #[error("the package is corrupt: {message}")]
-    Corrupt { message: String },
+    Corrupt {
+        /// What the decompressor or the tar reader found wrong.
+        message: String,
+    },
+    /// An entry's path is empty, absolute, has a `..` component or a NUL byte, is too long for
+    /// Linux, or goes through a symlink or a file unpacked before it.
     #[error("package entry {path:?}: {reason}")]
-    UnsafePath { path: String, reason: &'static str },
+    UnsafePath {
+        /// The entry's path as the package spells it (lossily decoded for display).
+        path: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A symlink resolves outside the package (following its other symlinks), or loops.
     #[error("package entry {path:?} is a symlink to {target:?}, which leaves the package or loops")]
-    SymlinkEscapes { path: String, target: String },
+    SymlinkEscapes {
+        /// The symlink's path in the package.
+        path: String,
+        /// Where it points, as stored.
+        target: String,
+    },
+    /// A hard link names something other than a regular file unpacked earlier.
     #[error("package entry {path:?} is a hard link to {target:?}, which is not a file unpacked before it")]
-    BadHardLink { path: String, target: String },
+    BadHardLink {
+        /// The link's path in the package.
+        path: String,
+        /// What it links to, as stored.
+        target: String,
+    },
+    /// A character device, block device or fifo.
     #[error("package entry {path:?} is a {kind}, which packages may not contain")]
-    SpecialFile { path: String, kind: &'static str },
+    SpecialFile {
+        /// The entry's path in the package.
+        path: String,
+        /// `character device`, `block device` or `fifo`.
+        kind: &'static str,
+    },
+    /// An entry of a tar type that is neither a file, a directory, a link nor a special file
+    /// refused above.
     #[error("package entry {path:?} has an entry type ({entry_type:?}) that is not supported")]
-    Unsupported { path: String, entry_type: u8 },
+    Unsupported {
+        /// The entry's path in the package.
+        path: String,
+        /// The tar type flag byte.
+        entry_type: u8,
+    },
+    /// Two entries have the same path; the second would overwrite the first.
     #[error("package entry {path:?} appears twice")]
-    Duplicate { path: String },
+    Duplicate {
+        /// The path in the package.
+        path: String,
+    },
+    /// More entries than [`UnpackLimits::max_entries`].
     #[error("the package has more than {limit} entries")]
-    TooManyEntries { limit: u64 },
+    TooManyEntries {
+        /// The limit passed.
+        limit: u64,
+    },
+    /// More bytes of file content than [`UnpackLimits::max_unpacked_bytes`].
     #[error("the package holds more than {limit} bytes of files")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit passed, in bytes.
+        limit: u64,
+    },
+    /// The decompressed stream grew past [`UnpackLimits::max_ratio`] times the compressed
+    /// bytes read (beyond the grace): a likely decompression bomb.
     #[error("the package decompresses to more than {limit} times its size")]
-    RatioExceeded { limit: u64 },
+    RatioExceeded {
+        /// The ratio passed.
+        limit: u64,
+    },
+    /// Writing under the destination (or making the temporary directory beside it) failed.
     #[error("cannot write {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// Where the write failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
 }
 
 /// Unpack a package into `dest`, which must not exist yet.

@@ -31,21 +31,47 @@ pub struct PackageStore {
 /// What [`PackageStore::put`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutOutcome {
+    /// The package's digest and size, to put in a release or a node's run spec.
     pub package: PackageRef,
     /// The package was already there; nothing was written.
     pub existed: bool,
 }
 
+/// Why a package store operation failed. `InvalidDigest`, `NotFound` and `DigestMismatch` are
+/// the caller's fault (a bad or unknown digest, bytes that are not what was announced); `Io`
+/// is the store's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The digest is not `sha256:` and 64 lowercase hex digits; checked before any path is
+    /// made from it.
     #[error("{digest:?} is not a package digest (sha256: and 64 lowercase hex digits)")]
-    InvalidDigest { digest: String },
+    InvalidDigest {
+        /// The digest as given.
+        digest: String,
+    },
+    /// No package with this digest is stored.
     #[error("package {digest} is not in the store")]
-    NotFound { digest: String },
+    NotFound {
+        /// The digest asked for.
+        digest: String,
+    },
+    /// The bytes given to [`PackageStore::put_verified`] do not hash to the digest announced;
+    /// nothing was stored.
     #[error("package bytes have digest {actual}, not the expected {expected}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The digest announced.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// A filesystem operation on the store failed.
     #[error("package store {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
 }
 
 impl PackageStore {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::{Kind, Object, Ring, Spec};
 
+/// The API version: the first segment of every API path (`/v1/...`).
 pub const VERSION: &str = "v1";
 
 /// The largest request body the API accepts.
@@ -24,14 +25,17 @@ pub struct CreateRequest<S> {
     /// account for the operator's principals, or the one account a tenant is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<Uuid>,
+    /// The ring the object is created in; it cannot change later.
     pub ring: Ring,
     /// The object's name; kinds that are named need one. `null` is the same as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::validate::optional_label_schema")]
     pub label: Option<String>,
+    /// Selector labels to set; absent or empty sets none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::validate::labels_schema")]
     pub labels: BTreeMap<String, String>,
+    /// The kind's spec, checked by the kind's rules and its references' ring rules.
     pub spec: S,
 }
 
@@ -48,9 +52,12 @@ pub struct UpdateRequest<S> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::validate::optional_label_schema")]
     pub label: Option<String>,
+    /// The complete new selector labels: absent or empty removes them all.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::validate::labels_schema")]
     pub labels: BTreeMap<String, String>,
+    /// The complete new spec; it replaces the stored one, and the kind's update rules (a task's
+    /// state machine, fields referrers rely on) are checked against the old one.
     pub spec: S,
 }
 
@@ -72,7 +79,9 @@ fn label_required<S: Spec>(schema: &mut schemars::Schema) {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "List_{S}")]
 pub struct List<S> {
+    /// The matching objects, ordered by ring, then label, then creation time.
     pub items: Vec<Object<S>>,
+    /// The store revision the list was read at.
     #[schemars(range(min = 0))]
     pub revision: i64,
 }
@@ -81,6 +90,7 @@ pub struct List<S> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectPath {
+    /// The object's uuid.
     pub uuid: Uuid,
 }
 
@@ -88,6 +98,7 @@ pub struct ObjectPath {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenPath {
+    /// The token's id, as [`TokenInfo::id`] gives it (not the secret).
     pub id: Uuid,
 }
 
@@ -119,14 +130,20 @@ pub struct ListQuery {
     /// Only objects of this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<Uuid>,
+    /// Only objects in this ring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<Ring>,
+    /// Only objects whose spec places them in this compartment ([`Spec::compartment`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment: Option<Uuid>,
+    /// Only objects that serve this tier ([`Spec::tiers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<Uuid>,
+    /// Only the object with this label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Only objects whose parent this is ([`Spec::parent`]: a node's supervisor, an observation's
+    /// node, a release's app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Uuid>,
     /// Selector labels, `key=value[,key=value]`: every pair must match. Keys end at the
@@ -159,23 +176,28 @@ pub struct WatchQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub from: Option<i64>,
+    /// Only changes to objects of this kind; absent means every kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<Kind>,
 }
 
+/// What happened to an object in a [`WatchEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     /// Created or updated.
     Put,
+    /// Deleted; the event carries the object as it was.
     Deleted,
 }
 
 /// One changed object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WatchEvent {
+    /// Whether the object was written or deleted. Written `type` in the JSON.
     #[serde(rename = "type")]
     pub event_type: EventType,
+    /// The object's kind, which says how to read `object`.
     pub kind: Kind,
     /// The object after the change, or as it was when deleted.
     pub object: serde_json::Value,
@@ -184,20 +206,29 @@ pub struct WatchEvent {
 /// Everything one store transaction changed: one server-sent event whose id is `revision`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WatchBatch {
+    /// The store revision of the transaction; batches arrive in increasing revision order.
     #[schemars(range(min = 1))]
     pub revision: i64,
+    /// The objects the transaction wrote or deleted that the caller may watch (and of the
+    /// kind asked for); may be empty, as the revision still moves.
     pub events: Vec<WatchEvent>,
 }
 
 /// An error, as RFC 9457 `application/problem+json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Problem {
+    /// A URI naming the sort of error (`urn:enjin:problem:not-found`); stable, for programs to
+    /// match on. Written `type` in the JSON.
     #[serde(rename = "type")]
     pub problem_type: String,
+    /// The HTTP status's reason phrase (`Not Found`).
     pub title: String,
+    /// The HTTP status code, the same as the response's.
     pub status: u16,
+    /// What went wrong in this case, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A URI for this occurrence of the problem; the server does not set it today.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     /// The request field at fault, as a JSON path (`spec.parent`).
@@ -212,6 +243,7 @@ pub struct TokenCreateRequest {
     /// Who the token speaks for; the principal's memberships give it its roles.
     #[schemars(schema_with = "crate::validate::label_schema")]
     pub principal: String,
+    /// What the token is for, for people; at most 1,024 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024))]
     pub description: String,
@@ -231,10 +263,14 @@ pub struct TokenCreateRequest {
 /// An API token as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenInfo {
+    /// The token's id: names it for listing and revocation; not a secret.
     pub id: Uuid,
+    /// The principal the token speaks for.
     pub principal: String,
+    /// What the token is for, as given on creation.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// When the token was issued.
     pub created_at: DateTime<Utc>,
     /// The account the token belongs to.
     pub account: Uuid,
@@ -258,8 +294,11 @@ pub struct TokenInfo {
 /// A new token; the secret is shown this once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenCreated {
+    /// The token as listed.
     #[serde(flatten)]
     pub info: TokenInfo,
+    /// The secret bearer token, for `Authorization: Bearer`. Shown this once: the server keeps
+    /// only a digest of it.
     pub token: String,
     /// The same token as a root biscuit (`enjinb_…`): its holder can derive narrower tokens
     /// from it offline (`enjin token attenuate`). Shown this once, like `token`.
@@ -275,15 +314,19 @@ pub struct RevokeDerivedRequest {
     pub biscuit: String,
 }
 
+/// A list of API tokens, as `GET /v1/tokens` answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenList {
+    /// The tokens the caller may list; never their secrets.
     pub items: Vec<TokenInfo>,
 }
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
+    /// `ok` whenever the server answers at all.
     pub status: String,
+    /// The server's version (its package version).
     pub version: String,
 }
 
@@ -296,22 +339,30 @@ pub struct KeyInfo {
     pub ring: Ring,
     /// `parent` keys may change the ring's trust; `member` keys are the ring's nodes.
     pub role: String,
+    /// The key's name, for people.
     pub label: String,
+    /// The node the key speaks for, if it is bound to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Uuid>,
-    /// `active`, `retiring` (rotated; accepted until `not_after`) or `revoked`.
+    /// `active`, `retiring` (rotated; accepted until `not_after`), `retired` (past `not_after`)
+    /// or `revoked`.
     pub state: String,
+    /// When the key was recorded by the control plane.
     pub created_at: DateTime<Utc>,
+    /// Until when a rotated key is accepted; absent for a key that was not rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+    /// The key that replaced this one on rotation, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<String>,
     /// Whether this machine holds the private half (and so can rotate it).
     pub local: bool,
 }
 
+/// A list of bus keys, as `GET /v1/keys` answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyList {
+    /// Every key of the rings the caller may read.
     pub items: Vec<KeyInfo>,
 }
 
@@ -340,10 +391,15 @@ pub struct JoinTokenCreateRequest {
 /// A join token; the secret is shown this once and works once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JoinTokenCreated {
+    /// The join token's id, for listing and revoking it.
     pub id: Uuid,
+    /// The ring the child will join.
     pub ring: Ring,
+    /// The node that will supervise the child.
     pub parent: Uuid,
+    /// When the token stops working, used or not.
     pub expires_at: DateTime<Utc>,
+    /// The secret the child presents once, as its bearer token on `POST /v1/join`.
     pub token: String,
 }
 
@@ -368,10 +424,15 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservationReport {
+    /// The node observed.
     pub node: Uuid,
+    /// How it was observed; the stored observation for this node and strategy is replaced.
     pub strategy: crate::kinds::ObservationStrategy,
+    /// What was seen.
     pub state: crate::kinds::ObservationState,
+    /// When it was seen, by the reporter's clock.
     pub observed_at: DateTime<Utc>,
+    /// What the reporter said, for people; empty is left out.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -384,9 +445,13 @@ pub fn observation_topic(node: Uuid) -> String {
 /// What a joining child gets: its certificate, the ring CA, and its trust bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JoinResponse {
+    /// The ring the child joined.
     pub ring: Ring,
+    /// The node that supervises the child.
     pub parent: Uuid,
+    /// The child's TLS certificate (PEM), signed by the ring CA, for the bus.
     pub cert_pem: String,
+    /// The ring CA's certificate (PEM), the only root the child trusts on the bus.
     pub ca_pem: String,
     /// The signed trust bundle (an encoded bus envelope, hex) from the parent ring.
     pub bundle: String,
@@ -398,12 +463,18 @@ pub struct JoinResponse {
 /// One bus message as `enjin bus tail` shows it, after verification by the control plane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BusMessage {
+    /// The ring whose bus carried it.
     pub ring: Ring,
+    /// The message's topic.
     pub topic: String,
     /// The sender's key id, hex.
     pub sender: String,
+    /// The sender's sequence number: each sender's messages are accepted only in increasing
+    /// order, so a replay is refused.
     pub seq: u64,
+    /// When the sender sent it, in milliseconds since the Unix epoch, by its clock.
     pub timestamp_ms: i64,
+    /// The topic the sender wants an answer on, if it asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     /// The payload as text when it is UTF-8, else hex.
@@ -443,6 +514,7 @@ pub struct DesiredChildren {
     pub node: Uuid,
     /// The store revision the set was read at; a host ignores a set older than one it has.
     pub revision: i64,
+    /// Every child the host should run, with how; a running child not listed is stopped.
     pub children: Vec<DesiredChild>,
     /// The host's firewall for its instances; absent leaves the host's firewall as it is
     /// (hosts without instance isolation).
@@ -450,13 +522,19 @@ pub struct DesiredChildren {
     pub firewall: Option<HostFirewall>,
 }
 
+/// One child a host should run: its identity, how to run it, and its limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredChild {
+    /// The child's node.
     pub uuid: Uuid,
+    /// The node's label; empty if it has none.
     pub label: String,
+    /// How the host runs the child.
     pub strategy: crate::kinds::Strategy,
+    /// What the child runs.
     pub run: crate::kinds::RunSpec,
+    /// The child's limits; absent ones are unlimited.
     #[serde(default)]
     pub resources: crate::kinds::Resources,
     /// The child's own network: its namespace's address and how the host reaches it. Absent
@@ -471,6 +549,7 @@ pub struct DesiredChild {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChildNetwork {
+    /// The instance's address in its namespace, from IPAM.
     pub address: std::net::IpAddr,
     /// The host-side veth's name (at most 15 bytes), derived from the node's uuid.
     pub interface: String,
@@ -501,6 +580,7 @@ pub struct HostFirewall {
     /// The whole instance network: traffic to it leaves an instance's side freely and is
     /// judged by the receiving instance's ingress rules (on its own host).
     pub instance_network: Option<crate::kinds::Cidr>,
+    /// One entry per isolated instance on this host, with its ingress and egress rules.
     pub instances: Vec<FirewallInstance>,
 }
 
@@ -508,8 +588,11 @@ pub struct HostFirewall {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallInstance {
+    /// The instance's node.
     pub node: Uuid,
+    /// The account that owns the instance.
     pub account: Uuid,
+    /// The instance's address on the instance network.
     pub address: std::net::IpAddr,
     /// The host-side veth.
     pub interface: String,
@@ -529,8 +612,11 @@ pub struct FirewallInstance {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallRule {
+    /// What the rule does with matching connections.
     pub action: crate::kinds::Action,
+    /// The protocol matched.
     pub protocol: crate::kinds::Protocol,
+    /// The ports matched; absent means every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<crate::kinds::PortRange>,
     /// The other end; empty means anywhere.
@@ -547,10 +633,15 @@ pub struct FirewallRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EffectiveRules {
+    /// The instance's node.
     pub node: Uuid,
+    /// The account that owns the instance.
     pub account: Uuid,
+    /// The app the instance belongs to.
     pub app: String,
+    /// The instance's process type.
     pub process: String,
+    /// The instance's address on the instance network.
     pub address: std::net::IpAddr,
     /// The port the edge reaches, if the instance serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -568,12 +659,17 @@ pub struct EffectiveRules {
 pub struct EffectiveRule {
     /// The access rule.
     pub rule: Uuid,
+    /// The access rule's label, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// What the rule does with matching connections.
     pub action: crate::kinds::Action,
+    /// The protocol matched.
     pub protocol: crate::kinds::Protocol,
+    /// The ports matched; absent means every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<crate::kinds::PortRange>,
+    /// The rule's priority: lower is tried first.
     pub priority: u32,
     /// The other end as the rule names it: an address range, `app[:process]`, or `anywhere`.
     pub peer: String,
@@ -594,6 +690,7 @@ pub fn desired_topic(node: Uuid) -> String {
 pub struct RouteTable {
     /// The store revision the table was computed at.
     pub version: i64,
+    /// Every route, sorted by app; a route not in the table is no longer served.
     pub routes: Vec<RouteEntry>,
 }
 
@@ -604,6 +701,7 @@ pub struct RouteTable {
 pub struct RouteEntry {
     /// The app the route serves (its label), for metrics and error pages.
     pub app: String,
+    /// The host names the route answers, lowercase, without a port.
     pub hosts: Vec<String>,
     /// `/` for the whole host.
     pub path_prefix: String,
@@ -611,12 +709,15 @@ pub struct RouteEntry {
     pub backends: Vec<RouteBackend>,
 }
 
+/// One instance a route may send requests to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteBackend {
     /// The instance node.
     pub instance: Uuid,
+    /// The instance node's label, for metrics and logs.
     pub label: String,
+    /// The address the router connects to: the instance's address and port.
     pub addr: std::net::SocketAddr,
 }
 
@@ -631,6 +732,7 @@ pub struct DnsZone {
     pub version: i64,
     /// The zone's origin, e.g. `enjin.internal` (no trailing dot).
     pub origin: String,
+    /// Every record of the zone; the zone holds nothing else.
     pub records: Vec<DnsRecord>,
 }
 
@@ -638,8 +740,27 @@ pub struct DnsZone {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "UPPERCASE")]
 pub enum DnsRecord {
-    A { name: String, addr: std::net::Ipv4Addr },
-    Srv { name: String, priority: u16, weight: u16, port: u16, target: String },
+    /// An IPv4 address record: a host (`<host>.hosts.<origin>`), an app (`<app>.<origin>`, the
+    /// router's address) or an instance (`<instance>.<app>.<origin>`).
+    A {
+        /// The owner name.
+        name: String,
+        /// The address it resolves to.
+        addr: std::net::Ipv4Addr,
+    },
+    /// A service record: one per routed instance of an app, under `_http._tcp.<app>.<origin>`.
+    Srv {
+        /// The owner name (`_http._tcp.<app>.<origin>`).
+        name: String,
+        /// Lower is tried first; every instance has the same.
+        priority: u16,
+        /// Share of the traffic among targets of equal priority.
+        weight: u16,
+        /// The port the instance serves on.
+        port: u16,
+        /// The instance's name, which has an `A` record in the zone.
+        target: String,
+    },
 }
 
 /// The retained bus topic of the DNS zone.
@@ -650,6 +771,7 @@ pub const DNS_TOPIC: &str = "state.dns";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsRequest {
+    /// The instances whose logs are asked for; each must run on, or have logs on, the host asked.
     pub instances: Vec<Uuid>,
     /// Only lines collected at or after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -668,11 +790,13 @@ pub struct LogsRequest {
 pub struct LogLine {
     /// When the line was collected from the instance's output.
     pub at: DateTime<Utc>,
+    /// The instance that wrote it.
     pub instance: Uuid,
     /// `stdout` or `stderr`.
     pub stream: String,
     /// Increases by one per line of the instance, across rotations and agent restarts.
     pub seq: u64,
+    /// The line, without its newline.
     pub line: String,
 }
 
@@ -680,9 +804,12 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogsRefused {
+    /// Why the request was refused, for people (an unreadable request, an instance not on this
+    /// host).
     pub error: String,
 }
 
+/// A host's answer to a [`LogsRequest`], sent on the request's reply inbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsReply {
@@ -699,9 +826,11 @@ pub fn logs_topic(host: Uuid) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceStats {
+    /// The instance's node.
     pub instance: Uuid,
     /// CPU time used since it started, in nanoseconds.
     pub cpu_usage_ns: u64,
+    /// Memory in use now, in bytes (the cgroup's `memory.current`).
     pub memory_bytes: u64,
 }
 
@@ -709,8 +838,11 @@ pub struct InstanceStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostStats {
+    /// The reporting host.
     pub node: Uuid,
+    /// When the host read the numbers, by its clock.
     pub at: DateTime<Utc>,
+    /// One entry per instance the host runs.
     pub instances: Vec<InstanceStats>,
 }
 
@@ -725,7 +857,9 @@ pub fn stats_topic(host: Uuid) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageChunkRequest {
+    /// The package's digest (`sha256:` and 64 lowercase hex digits).
     pub digest: String,
+    /// Where the chunk starts, in bytes from the start of the package.
     pub offset: u64,
 }
 
@@ -739,7 +873,9 @@ pub const PACKAGE_CHUNK: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
+    /// The app's manifest, as read from its `enjin.toml` or `Procfile`.
     pub manifest: crate::kinds::AppManifest,
+    /// The uploaded package to run, as `POST /v1/packages` returned it.
     pub package: crate::kinds::PackageRef,
     /// The account a new app is made in; absent: the caller's own. An existing app stays in
     /// its account.
@@ -750,6 +886,7 @@ pub struct DeployRequest {
 /// What an account's objects use, counted as its quota counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountUsage {
+    /// Apps (app environments) the account has.
     pub apps: u32,
     /// Ring 2 instances.
     pub instances: u32,
@@ -764,13 +901,16 @@ pub struct AccountUsage {
 /// An account with its quota and what it uses (`enjin account status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountStatus {
+    /// The account.
     pub account: Object<crate::kinds::AccountSpec>,
+    /// What the account's objects use now.
     pub usage: AccountUsage,
 }
 
 /// `GET /v1/account-status`: every account the caller may read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountStatusList {
+    /// One entry per account.
     pub items: Vec<AccountStatus>,
 }
 
@@ -786,9 +926,13 @@ pub struct UploadQuery {
 /// A rollout under way: follow its task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RolloutStarted {
+    /// The app's uuid (its app environment compartment).
     pub app: Uuid,
+    /// The task the rollout runs as: watch it for progress and the outcome.
     pub task: Uuid,
+    /// The release being rolled out.
     pub release: Uuid,
+    /// That release's version.
     pub version: u32,
 }
 
@@ -796,6 +940,8 @@ pub struct RolloutStarted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
+    /// The new instance count per process type; types left out keep their count. Naming a type
+    /// the live release does not have is refused.
     pub processes: BTreeMap<String, u32>,
 }
 
@@ -811,6 +957,7 @@ pub struct RollbackRequest {
 /// `POST /v1/packages`: what the package store holds for the uploaded bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PackageUploaded {
+    /// The stored package, to name in a [`DeployRequest`].
     pub package: crate::kinds::PackageRef,
     /// Whether identical content was already stored (and so stored only once).
     pub existed: bool,
@@ -819,25 +966,34 @@ pub struct PackageUploaded {
 /// One instance of an app, as `enjin app status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InstanceStatus {
+    /// The instance's node.
     pub uuid: Uuid,
+    /// The instance node's label.
     pub label: String,
+    /// The process type it runs.
     pub process: String,
+    /// The version of the release it runs; 0 if that release is not known.
     pub version: u32,
+    /// The label of the host it runs on; empty if unknown.
     pub host: String,
     /// How it really runs: `unix-user` (in the sandbox: its own uid, cgroup and namespaces) or
     /// `process` (a plain process of the user its host's agent runs as: not isolated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::kinds::Strategy>,
+    /// Where it serves: its address and port, once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::SocketAddr>,
     /// `healthy`, `starting`, `unhealthy`, `failed` or `draining`.
     pub state: String,
     /// Whether the router sends it traffic.
     pub routed: bool,
+    /// What its last observation said, for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// CPU time used since it started, in seconds, from its host's last report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
+    /// Memory in use, in bytes, from its host's last report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
 }
@@ -845,7 +1001,9 @@ pub struct InstanceStatus {
 /// `GET /v1/apps/{app}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AppStatus {
+    /// The app's name.
     pub name: String,
+    /// The app's uuid (its app environment compartment).
     pub uuid: Uuid,
     /// The account that owns the app.
     pub account: Uuid,
@@ -854,6 +1012,7 @@ pub struct AppStatus {
     /// The live release's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Every instance of the app, of every release.
     pub instances: Vec<InstanceStatus>,
     /// The routers' counters for the app, as the edge nodes last reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -863,12 +1022,14 @@ pub struct AppStatus {
 /// `GET /v1/apps`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AppList {
+    /// Every app the caller may read.
     pub items: Vec<AppStatus>,
 }
 
 /// `GET /v1/apps/{app}/releases`, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReleaseList {
+    /// The app's releases.
     pub items: Vec<Object<crate::kinds::ReleaseSpec>>,
 }
 
@@ -891,17 +1052,23 @@ pub struct LogsQuery {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppTraffic {
+    /// The app's label.
     pub app: String,
     /// Responses sent, the router's own error pages included.
     pub requests: u64,
+    /// Responses with a 5xx status, the router's own error pages included.
     pub responses_5xx: u64,
+    /// Requests being served now.
     pub in_flight: u64,
     /// Time to response headers, estimated from the router's histogram.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50_ms: Option<f64>,
+    /// Time to response headers at the 99th percentile, estimated from the router's histogram.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// Connections to instances that failed or timed out.
     pub connect_failures: u64,
+    /// Requests sent again to another instance after a failure.
     pub retries: u64,
     /// Instances in the table the router serves.
     pub backends: u64,
@@ -912,11 +1079,14 @@ pub struct AppTraffic {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeReport {
+    /// The edge node reporting.
     pub node: Uuid,
+    /// When it made the report, by its clock.
     pub at: DateTime<Utc>,
     /// The version of the route table it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes_version: Option<i64>,
+    /// Per-app traffic, one entry per app in its table.
     pub apps: Vec<AppTraffic>,
     /// Its router's and DNS service's metrics, Prometheus text.
     pub metrics: String,
@@ -949,6 +1119,7 @@ impl AuditResult {
         }
     }
 
+    /// The result as the audit log and `enjin audit` write it (`ok`, `refused`, `failed`).
     pub fn name(self) -> &'static str {
         match self {
             AuditResult::Ok => "ok",
@@ -965,6 +1136,7 @@ impl AuditResult {
 pub struct AuditObject {
     /// A kind name, or `token`, `key`, `join-token`, `join`.
     pub kind: String,
+    /// The object's uuid, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Uuid>,
 }
@@ -975,12 +1147,14 @@ pub struct AuditObject {
 pub struct AuditRecord {
     /// When the request arrived (UTC).
     pub time: DateTime<Utc>,
+    /// The principal the token speaks for.
     pub principal: String,
     /// The id of the token the request presented.
     pub token: Uuid,
     /// The account the change was made in, where the handler said so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<Uuid>,
+    /// The HTTP method.
     pub method: String,
     /// The verb of the route's permission (`create`, `update`, `delete`).
     pub verb: crate::kinds::Verb,
@@ -988,9 +1162,11 @@ pub struct AuditRecord {
     pub route: String,
     /// The path as requested, without the query.
     pub path: String,
+    /// What the request acted on.
     pub object: AuditObject,
     /// The HTTP status answered.
     pub status: u16,
+    /// How the request ended, from `status`.
     pub result: AuditResult,
     /// The peer address of the connection, when the server knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1002,6 +1178,7 @@ pub struct AuditRecord {
 
 /// The most records `GET /v1/audit` returns at once, and how many when not asked.
 pub const AUDIT_LIMIT_MAX: u32 = 1000;
+/// How many records `GET /v1/audit` returns when no `limit` is given.
 pub const AUDIT_LIMIT_DEFAULT: u32 = 100;
 
 /// Query of `GET /v1/audit`; all given filters must match.
@@ -1024,5 +1201,6 @@ pub struct AuditQuery {
 /// `GET /v1/audit`: records newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditList {
+    /// The records, newest first.
     pub items: Vec<AuditRecord>,
 }

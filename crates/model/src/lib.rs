@@ -2,6 +2,8 @@
 //! must keep, and the versioned wire types of the API. Pure data and pure functions: this crate
 //! must never do I/O, spawn tasks or read the clock except through callers.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod dag;
 pub mod kinds;

@@ -9,16 +9,22 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Ring(#[schemars(range(min = 0, max = 2))] u8);
 
+/// A ring number outside 0..=2, as given (-1 when the text given to `FromStr` was not a number).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ring {0} does not exist (rings are 0 meta, 1 infrastructure, 2 platform)")]
 pub struct RingError(pub i64);
 
 impl Ring {
+    /// Ring 0: the machines and the control plane, supervised by the operator.
     pub const META: Ring = Ring(0);
+    /// Ring 1: infrastructure (the hosts), supervised by ring-0 nodes.
     pub const INFRASTRUCTURE: Ring = Ring(1);
+    /// Ring 2: the platform (app instances), supervised by ring-1 hosts.
     pub const PLATFORM: Ring = Ring(2);
+    /// Every ring, from the metal up.
     pub const ALL: [Ring; 3] = [Ring::META, Ring::INFRASTRUCTURE, Ring::PLATFORM];
 
+    /// Checks the number: only 0, 1 and 2 are rings. Deserializing and parsing go through here.
     pub fn new(n: i64) -> Result<Ring, RingError> {
         match n {
             0..=2 => Ok(Ring(n as u8)),
@@ -26,6 +32,7 @@ impl Ring {
         }
     }
 
+    /// The ring's number, 0 to 2.
     pub fn get(self) -> u8 {
         self.0
     }
@@ -35,6 +42,8 @@ impl Ring {
         self.0.checked_sub(1).map(Ring)
     }
 
+    /// The ring's name in the seed's vocabulary (`meta`, `infrastructure`, `platform`), for messages
+    /// and help text; `Display` prints the number.
     pub fn name(self) -> &'static str {
         match self.0 {
             0 => "meta",

@@ -9,11 +9,15 @@ use crate::{Kind, Ring};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
+    /// The JSON path of the refused field, from the object's top (`spec.address`, `labels.tier`).
     pub field: String,
+    /// Why it was refused, for the user who sent the write; displayed after the field as
+    /// `field: message`.
     pub message: String,
 }
 
 impl FieldError {
+    /// A refusal of `field`; `message` is rendered once, here.
     pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
         FieldError { field: field.into(), message: message.to_string() }
     }
@@ -33,6 +37,7 @@ pub enum RingRule {
 }
 
 impl RingRule {
+    /// Whether a referrer in ring `referrer` may point at an object in ring `target`.
     pub fn allows(self, referrer: Ring, target: Ring) -> bool {
         match self {
             RingRule::Same => referrer == target,
@@ -42,6 +47,8 @@ impl RingRule {
         }
     }
 
+    /// The rule as the end of an error message ("must be in ring 1 …"), for a referrer in ring
+    /// `referrer`; the caller writes the referenced object before it.
     pub fn describe(self, referrer: Ring) -> String {
         match self {
             RingRule::Same => format!("must be in ring {referrer}"),
@@ -69,9 +76,13 @@ pub enum OnDelete {
 pub struct Reference {
     /// The JSON path of the referring field, for error messages (`spec.tiers[2]`).
     pub field: String,
+    /// The kind the referenced object must have.
     pub kind: Kind,
+    /// The referenced object's uuid; the write is refused if no object of `kind` has it.
     pub uuid: Uuid,
+    /// How the referenced object's ring must relate to the referrer's ring.
     pub ring: RingRule,
+    /// What deleting the referenced object does to the referrer.
     pub on_delete: OnDelete,
 }
 
@@ -79,9 +90,13 @@ pub struct Reference {
 /// existence (an interface's address must lie inside its network's range).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
+    /// The target's kind, as the reference asked for it.
     pub kind: Kind,
+    /// The ring the target lives in.
     pub ring: Ring,
+    /// The target's label, `None` if it has none.
     pub label: Option<String>,
+    /// The target's spec as stored, undecoded: the check reads the fields it needs from it.
     pub spec: serde_json::Value,
 }
 

@@ -5,12 +5,18 @@ use uuid::Uuid;
 use super::{Kind, Spec, no_duplicates, reference};
 use crate::{FieldError, OnDelete, Reference, Ring, RingRule};
 
+/// What sort of locality a compartment is. The model does not order the first four (a rack
+/// may lie in a zone or a zone in a rack); only `app-environment` is tied to a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CompartmentType {
+    /// A geographic region.
     Region,
+    /// A datacenter (a building or a provider's site).
     Datacenter,
+    /// A rack of machines in a datacenter.
     Rack,
+    /// An availability zone: machines that fail together.
     Zone,
     /// A deployed app's environment: the ring-2 compartment its instances live in.
     AppEnvironment,
@@ -20,6 +26,8 @@ pub enum CompartmentType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompartmentSpec {
+    /// The sort of locality; `app-environment` exactly when the compartment is in ring 2.
+    /// Written `type` in the JSON.
     #[serde(rename = "type")]
     pub compartment_type: CompartmentType,
     /// The compartments this one lies in; the first is its primary parent, which scopes its

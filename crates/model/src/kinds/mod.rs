@@ -41,22 +41,36 @@ use crate::{FieldError, Reference, Ring, Target};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// A tenant and the owner of objects ([`AccountSpec`]).
     Account,
+    /// A set of permissions ([`RoleSpec`]).
     Role,
+    /// A principal's role in an account ([`MembershipSpec`]); unnamed.
     Membership,
+    /// An address range and where it is ([`NetworkSpec`]).
     Network,
+    /// A node's attachment to a network, with its addresses ([`NetworkInterfaceSpec`]); unnamed.
     NetworkInterface,
+    /// A group of access rules on one network ([`AccessRuleSetSpec`]).
     AccessRuleSet,
+    /// One firewall rule ([`AccessRuleSpec`]); unnamed.
     AccessRule,
+    /// A locality, or an app's environment in ring 2 ([`CompartmentSpec`]).
     Compartment,
+    /// A role that nodes serve ([`TierSpec`]).
     Tier,
+    /// Anything supervised: a machine, a host, an instance ([`NodeSpec`]).
     Node,
+    /// What an observer last saw of a node ([`NodeObservationSpec`]); unnamed.
     NodeObservation,
+    /// A unit of work with a state machine ([`TaskSpec`]).
     Task,
+    /// One version of an app's code and configuration ([`ReleaseSpec`]).
     Release,
 }
 
 impl Kind {
+    /// Every kind, in declaration order (the order kinds sort in).
     pub const ALL: [Kind; 13] = [
         Kind::Account,
         Kind::Role,
@@ -142,6 +156,7 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A kind name that is none of a kind's singular, plural or title; holds the text given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown kind {0:?}")]
 pub struct UnknownKind(pub String);
@@ -162,6 +177,7 @@ impl std::str::FromStr for Kind {
 pub trait Spec:
     Serialize + DeserializeOwned + JsonSchema + Clone + fmt::Debug + Send + Sync + 'static
 {
+    /// The kind whose objects have this spec; [`with_spec_type!`](crate::with_spec_type) maps back.
     const KIND: Kind;
 
     /// Rules this object keeps on its own, given its ring.

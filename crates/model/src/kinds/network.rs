@@ -12,7 +12,9 @@ use crate::{FieldError, OnDelete, Reference, Ring, RingRule, Target};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
 #[schemars(with = "String", extend("pattern" = CIDR_PATTERN))]
 pub struct Cidr {
+    /// The range's first address; may have host bits set only until the write checks them.
     pub addr: IpAddr,
+    /// The prefix length in bits: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub prefix: u8,
 }
 
@@ -91,6 +93,7 @@ impl Cidr {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
+    /// Whether `ip` lies in the range; an address of the other family never does.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -145,9 +148,11 @@ pub enum NetworkStrategy {
     Vpn,
 }
 
+/// An address range on ring networks, with the compartments it spans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
+    /// How the network is carried.
     pub strategy: NetworkStrategy,
     /// The range IPAM hands addresses out of.
     pub cidr: Cidr,
@@ -204,8 +209,14 @@ impl Spec for NetworkSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceSpec {
+    /// The network the interface is attached to, in the same ring; it cannot be deleted while the
+    /// interface exists.
     pub network: Uuid,
+    /// The node the interface belongs to, in the same ring; the interface is deleted with the node
+    /// and its addresses go back to the network.
     pub node: Uuid,
+    /// The interface's addresses, each inside the network's range and listed once; empty until
+    /// IPAM gives it one.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
     /// A MAC address such as `02:00:00:00:00:01`.
@@ -267,7 +278,9 @@ impl Spec for NetworkInterfaceSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRuleSetSpec {
+    /// The network the rules apply to, in the same ring.
     pub network: Uuid,
+    /// What the set is for, for people; at most 1,024 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
@@ -285,26 +298,37 @@ impl Spec for AccessRuleSetSpec {
     }
 }
 
+/// What a rule does to the traffic it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Let it through.
     Allow,
+    /// Drop it.
     Deny,
 }
 
+/// Which way the traffic of a rule flows, seen from the instances the rule is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// Traffic arriving at the instances.
     Ingress,
+    /// Traffic the instances send.
     Egress,
 }
 
+/// The IP protocol a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Every protocol (the default); no ports may be given.
     Any,
+    /// TCP, optionally on `ports`.
     Tcp,
+    /// UDP, optionally on `ports`.
     Udp,
+    /// ICMP (and ICMPv6); no ports may be given.
     Icmp,
 }
 
@@ -312,7 +336,9 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[schemars(with = "String", extend("pattern" = PORT_RANGE_PATTERN))]
 pub struct PortRange {
+    /// The first port of the range, at least 1.
     pub first: u16,
+    /// The last port, inclusive; equal to `first` for a single port, never below it once written.
     pub last: u16,
 }
 
@@ -390,7 +416,9 @@ impl<'de> Deserialize<'de> for PortRange {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 #[schemars(with = "String", extend("pattern" = APP_SELECTOR_PATTERN))]
 pub struct AppSelector {
+    /// The app's name.
     pub app: String,
+    /// The process type (`web`, `worker`); none selects every process type of the app.
     pub process: Option<String>,
 }
 
@@ -459,11 +487,16 @@ impl<'de> Deserialize<'de> for AppSelector {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRuleSpec {
+    /// The rule set the rule belongs to, in the same ring; the rule is deleted with it.
     pub rule_set: Uuid,
+    /// Whether matching traffic is let through or dropped.
     pub action: Action,
+    /// Whether the rule is about traffic to the instances or from them.
     pub direction: Direction,
+    /// The protocol matched; any by default.
     #[serde(default = "any_protocol")]
     pub protocol: Protocol,
+    /// The ports matched, for tcp and udp only; absent means every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortRange>,
     /// The other end; absent (with no `peer_app`) means anywhere.
@@ -491,12 +524,16 @@ fn default_priority() -> u32 {
 /// The other end of a rule, for comparing rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer<'a> {
+    /// Neither `peer` nor `peer_app`: any address.
     Anywhere,
+    /// An address range (`peer`).
     Range(&'a Cidr),
+    /// Instances of an app (`peer_app`).
     App(&'a AppSelector),
 }
 
 impl AccessRuleSpec {
+    /// The rule's other end; `peer` wins if both are set (which validation refuses).
     pub fn peer_of(&self) -> Peer<'_> {
         match (&self.peer, &self.peer_app) {
             (Some(c), _) => Peer::Range(c),

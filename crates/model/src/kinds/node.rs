@@ -23,6 +23,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The strategy as the API and CLI spell it (`unix-user`).
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Process => "process",
@@ -44,11 +45,16 @@ impl Strategy {
     }
 }
 
+/// Whether a node should be running; its supervisor converges on it, restarting or stopping
+/// the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
+    /// The node should run (the default).
     #[default]
     Running,
+    /// The node should not run: it is left out of its host's desired set, so its supervisor
+    /// stops it (SIGTERM, then SIGKILL after its stop grace); the object is kept.
     Stopped,
 }
 
@@ -62,10 +68,13 @@ pub struct Resources {
     /// CPU in thousandths of a core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes (the cgroup's `memory.max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Size in bytes of the node's writable layer; at least 4 MiB (`MIN_DISK_BYTES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// Most processes and threads the node may have at once (the cgroup's `pids.max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
 }
@@ -88,10 +97,14 @@ pub enum RestartKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
+    /// How the child is restarted after it exits.
     #[serde(default)]
     pub kind: RestartKind,
+    /// Most restarts allowed within `period_seconds` before the node has failed (default 5, at
+    /// most 1000).
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,
+    /// The sliding window of the restart count, in seconds (default 60, at least 1).
     #[serde(default = "default_period")]
     pub period_seconds: u64,
 }
@@ -118,6 +131,7 @@ impl Default for RestartPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
+    /// How the node is probed; `heartbeat` is refused here (agents send heartbeats themselves).
     pub strategy: ObservationStrategy,
     /// For tcp and http probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,8 +139,11 @@ pub struct ProbeSpec {
     /// For http probes (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Time between probes, in milliseconds (default 2,000; positive).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
+    /// How long one probe may take before it counts as failed, in milliseconds (default 1,000;
+    /// positive).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Consecutive failures that make the node unhealthy.
@@ -157,11 +174,15 @@ fn one() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
+    /// The program and its arguments, run without a shell; the first element is not empty.
     pub command: Vec<String>,
+    /// Environment variables the child gets, besides those the platform sets (`PORT`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub env: std::collections::BTreeMap<String, String>,
+    /// How the child is restarted when it exits; defaults to permanent, 5 restarts in 60 s.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// How the child's health is probed; none means it is healthy while its process runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSpec>,
     /// Seconds between SIGTERM and SIGKILL when stopping.
@@ -261,12 +282,17 @@ pub struct NodeSpec {
     /// How the parent runs this node; none for ring 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// The tiers the node serves, in the same ring, each at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Uuid>,
+    /// The compartment the node lives in, in the same ring; none for a node placed nowhere in
+    /// particular.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment: Option<Uuid>,
+    /// What the node may use; every limit absent by default.
     #[serde(default)]
     pub resources: Resources,
+    /// Whether the node should run or stay stopped; running by default.
     #[serde(default)]
     pub desired_state: DesiredState,
     /// What the node runs, where its strategy runs a command.
@@ -384,25 +410,40 @@ impl Spec for NodeSpec {
     }
 }
 
+/// Who observed a node, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservationStrategy {
+    /// The supervisor, watching the child's process (start, exit, restart).
     Process,
+    /// A TCP connect to the probe's port.
     Tcp,
+    /// An HTTP `GET` of the probe's path; a 2xx or 3xx status passes.
     Http,
+    /// Heartbeats the node's agent sends to the control plane (hosts).
     Heartbeat,
 }
 
+/// The state of a node as last observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservationState {
+    /// Accepted by its supervisor, not started yet.
     Pending,
+    /// Being started; not yet confirmed running.
     Starting,
+    /// Running, and healthy if it is probed.
     Running,
+    /// Running, but its probe has failed `failure_threshold` times in a row.
     Unhealthy,
+    /// Its process ended; it may be restarted, by its restart policy.
     Exited,
+    /// Its supervisor gave up on it (restarts used up, or it could not be started); a human or a
+    /// new spec must act.
     Failed,
+    /// Its heartbeats stopped for a while; it may come back (set by the control plane).
     Disconnected,
+    /// Its heartbeats stopped for long enough that it is counted gone (set by the control plane).
     Lost,
 }
 
@@ -410,10 +451,16 @@ pub enum ObservationState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeObservationSpec {
+    /// The node observed; the observation is deleted with it.
     pub node: Uuid,
+    /// How it was observed; the control plane keeps one observation per node and strategy,
+    /// updated in place.
     pub strategy: ObservationStrategy,
+    /// What was seen.
     pub state: ObservationState,
+    /// When it was seen, by the observer's clock.
     pub observed_at: DateTime<Utc>,
+    /// What the observer said, for people (`pid 42 is healthy: 200`); at most 4,096 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub message: String,

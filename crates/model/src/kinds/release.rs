@@ -26,16 +26,21 @@ pub enum HealthKind {
     Process,
 }
 
+/// A process type's health check, as the manifest gives it; it decides when a new instance
+/// counts as started and when a running one leaves the routes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// How health is checked. Written `type` in the JSON.
     #[serde(rename = "type")]
     pub kind: HealthKind,
     /// For http checks (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Time between checks, in milliseconds (default 1,000; at least 100).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
+    /// How long one check may take before it counts as failed, in milliseconds (default 1,000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Consecutive failures that take an instance out of the routes.
@@ -83,8 +88,10 @@ pub struct ProcessType {
     /// port ring 1 gave the instance.
     #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub command: String,
+    /// How many instances of this type run (default 1, at most [`MAX_INSTANCES`]); 0 runs none.
     #[serde(default = "one")]
     pub instances: u32,
+    /// What each instance may use; every limit absent by default.
     #[serde(default)]
     pub resources: Resources,
     /// Absent: a `web` process is checked on its port (tcp), others by liveness.
@@ -120,8 +127,11 @@ pub struct AppManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub build: Option<String>,
+    /// Environment variables every instance gets; `PORT` is refused (the platform sets it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The process types by name (`web`, `worker`), at least one; only [`WEB`] receives HTTP
+    /// traffic from the router.
     #[schemars(extend("propertyNames" = {"pattern": APP_NAME_PATTERN, "maxLength": 40}))]
     pub processes: BTreeMap<String, ProcessType>,
 }
@@ -133,6 +143,7 @@ pub struct PackageRef {
     /// `sha256:` and 64 lowercase hex digits of the packed (tar + zstd) bytes.
     #[schemars(regex(pattern = "^sha256:[0-9a-f]{64}$"))]
     pub digest: String,
+    /// Size of the packed bytes, in bytes.
     pub size: u64,
 }
 
@@ -151,6 +162,7 @@ impl PackageRef {
 pub enum ReleaseState {
     /// Its instances are starting beside the active release's.
     Deploying,
+    /// The release whose instances serve the app; at most one per app.
     Active,
     /// Replaced by a newer release; kept for rollbacks.
     Superseded,
@@ -164,9 +176,13 @@ pub enum ReleaseState {
 pub struct ReleaseSpec {
     /// The app environment (a ring-2 compartment of type app-environment).
     pub app: Uuid,
+    /// The release's number within its app: 1 for the first, then increasing.
     pub version: u32,
+    /// The package its instances unpack and run.
     pub package: PackageRef,
+    /// The app's manifest as deployed: its process types, their counts and environment.
     pub manifest: AppManifest,
+    /// Where the release is in its life; moves as rollouts and rollbacks go.
     pub state: ReleaseState,
     /// How it came about: `deploy`, `rollback to v2`, `restart`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -205,11 +221,11 @@ impl Spec for ReleaseSpec {
     }
 }
 
-/// Whether `name` can be an app or process name: a lowercase DNS label that starts with a
-/// letter.
 /// [`valid_app_name`] as a JSON Schema pattern; with `maxLength` 40.
 pub const APP_NAME_PATTERN: &str = "^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$";
 
+/// Whether `name` can be an app or process name: a lowercase DNS label that starts with a
+/// letter, at most 40 characters.
 pub fn valid_app_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()

@@ -5,13 +5,20 @@ use uuid::Uuid;
 use super::{Kind, Spec, text};
 use crate::{FieldError, Ring};
 
+/// What a task does; fixed when the task is created. Only `deploy` tasks are created by the
+/// platform today; the others are accepted through the API but nothing runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskKind {
+    /// A rollout of an app's release (a deploy or a scale); its progress is a [`RolloutStep`].
     Deploy,
+    /// Moving a tier's primary role to another node.
     Failover,
+    /// Copying an object's data somewhere safe.
     Backup,
+    /// Work repeated on a schedule.
     Periodic,
+    /// Updating the code a node runs.
     CodeUpdate,
 }
 
@@ -20,18 +27,27 @@ pub enum TaskKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Created, not started; the initial state when none is given.
     Pending,
+    /// Being worked on.
     Running,
+    /// Finished as asked; final.
     Succeeded,
+    /// Given up on; `error` says why; final.
     Failed,
+    /// Stopped before finishing, from pending or running; final.
     Cancelled,
 }
 
 impl TaskState {
+    /// Whether the state is succeeded, failed or cancelled: a task in it never changes again.
     pub fn is_final(self) -> bool {
         matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
     }
 
+    /// Whether an update may move a task from this state to `next`; staying in the same state is
+    /// always allowed (a final task's spec must then not change at all, which the update check
+    /// enforces separately).
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
         self == next
@@ -59,12 +75,15 @@ pub enum RolloutStep {
     Draining,
 }
 
+/// Units of work finished; never more than `total` when `total` is known.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskProgress {
+    /// Units of work in all.
     pub done: u64,
     /// 0 while the amount of work is unknown.
     pub total: u64,
+    /// What the task is doing now, for people; at most 4,096 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 4096), regex(pattern = super::TEXT_PATTERN))]
     pub message: String,
@@ -74,10 +93,13 @@ pub struct TaskProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
+    /// What the task does; cannot change after creation. Written `type` in the JSON.
     #[serde(rename = "type")]
     pub task_type: TaskKind,
+    /// Where the task is in its life; only moves along [`TaskState::can_become`].
     #[serde(default = "pending")]
     pub state: TaskState,
+    /// How much is done; zero and unknown by default.
     #[serde(default)]
     pub progress: TaskProgress,
     /// The object the task works on. Informational: it is not kept from being deleted, since a

@@ -13,6 +13,8 @@ use crate::{FieldError, OnDelete, Reference, Ring, RingRule, validate_label};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSpec {
+    /// What the account is for, for people; at most 1,024 characters, no control characters but
+    /// tab and newline. Empty is left out of the JSON.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
@@ -52,6 +54,7 @@ fn null_is_unlimited<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Quota, D:
 }
 
 impl Quota {
+    /// Whether no limit is set at all (the default); such a quota is left out of the JSON.
     pub fn is_unlimited(&self) -> bool {
         *self == Quota::default()
     }
@@ -69,12 +72,19 @@ impl Spec for AccountSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verb {
+    /// Read one object.
     Get,
+    /// List objects (or tokens, keys).
     List,
+    /// Create an object; for `token`, issue an API token.
     Create,
+    /// Change an existing object.
     Update,
+    /// Delete an object; for `token`, revoke one.
     Delete,
+    /// Follow changes as they happen (a watch query, `enjin bus tail`).
     Watch,
+    /// Every verb, written `*`; expanded to [`Verb::CONCRETE`] when permissions are compared.
     #[serde(rename = "*")]
     Any,
 }
@@ -84,6 +94,7 @@ impl Verb {
     pub const CONCRETE: [Verb; 6] =
         [Verb::Get, Verb::List, Verb::Create, Verb::Update, Verb::Delete, Verb::Watch];
 
+    /// The verb as roles and the API spell it (`get`, …, `*`).
     pub fn name(self) -> &'static str {
         match self {
             Verb::Get => "get",
@@ -100,7 +111,9 @@ impl Verb {
 /// What a permission applies to: a kind, API tokens, the API document, metrics, or anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resource {
+    /// Objects of one kind, named by its singular name (`node`, `network-interface`).
     Kind(Kind),
+    /// API tokens: issuing (`create`), listing and revoking (`delete`) them.
     Token,
     /// Bus identities: list, rotate, revoke.
     Key,
@@ -112,8 +125,12 @@ pub enum Resource {
     Bus,
     /// The audit log of changes (`enjin audit`). Not in the viewer role: it shows who did what.
     Audit,
+    /// Reading the API's OpenAPI document.
     OpenApi,
+    /// Reading the Prometheus metrics.
     Metrics,
+    /// Every resource, written `*`; expanded by [`Resource::concrete`] when permissions are
+    /// compared.
     Any,
 }
 
@@ -226,8 +243,10 @@ impl<'de> Deserialize<'de> for Resource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Permission {
+    /// The verbs granted, at least one; `*` grants them all.
     #[schemars(length(min = 1))]
     pub verbs: Vec<Verb>,
+    /// What they are granted on, at least one; `*` is every resource.
     #[schemars(length(min = 1))]
     pub resources: Vec<Resource>,
 }
@@ -236,14 +255,19 @@ pub struct Permission {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
+    /// What the role grants: the union of its permissions. Empty grants nothing.
     #[serde(default)]
     pub permissions: Vec<Permission>,
+    /// What the role is for, for people; at most 1,024 characters, no control characters but tab
+    /// and newline.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
 }
 
 impl RoleSpec {
+    /// Whether some permission of the role grants `verb` on `resource`, wildcards included on both
+    /// sides of the check.
     pub fn allows(&self, verb: Verb, resource: Resource) -> bool {
         self.permissions.iter().any(|p| {
             p.verbs.iter().any(|v| *v == Verb::Any || *v == verb)
@@ -259,7 +283,8 @@ impl RoleSpec {
         }
     }
 
-    /// Read everything but tokens.
+    /// Read every object, the API document and the metrics; nothing else (no tokens, keys,
+    /// join tokens, bus or audit log).
     pub fn viewer() -> Self {
         let resources =
             Kind::ALL.into_iter().map(Resource::Kind).chain([Resource::OpenApi, Resource::Metrics]).collect();
@@ -301,26 +326,33 @@ impl PermSet {
         PermSet(set)
     }
 
+    /// Whether the set holds exactly this pair; a wildcard is never in a set (they are expanded).
     pub fn contains(&self, verb: Verb, resource: Resource) -> bool {
         self.0.contains(&(verb, resource))
     }
 
+    /// Whether the set grants nothing.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The pairs held, in the order of `Verb` then `Resource` (their declaration order).
     pub fn iter(&self) -> impl Iterator<Item = (Verb, Resource)> + '_ {
         self.0.iter().copied()
     }
 
+    /// Adds one concrete pair; adding a wildcard would grant nothing that [`PermSet::contains`]
+    /// finds.
     pub fn insert(&mut self, verb: Verb, resource: Resource) {
         self.0.insert((verb, resource));
     }
 
+    /// What either set holds.
     pub fn union(&self, other: &PermSet) -> PermSet {
         PermSet(self.0.union(&other.0).copied().collect())
     }
 
+    /// What both sets hold: what a holder keeps when capped by a ceiling (a token's scope).
     pub fn intersection(&self, other: &PermSet) -> PermSet {
         PermSet(self.0.intersection(&other.0).copied().collect())
     }
@@ -387,7 +419,11 @@ pub struct MembershipSpec {
     /// Who: the principal name that API tokens are issued to.
     #[schemars(schema_with = "crate::validate::label_schema")]
     pub principal: String,
+    /// The account the principal is a member of; any ring. The account cannot be deleted while
+    /// the membership exists.
     pub account: Uuid,
+    /// The role that says what the principal may do in that account; any ring. The role cannot be
+    /// deleted while the membership exists.
     pub role: Uuid,
 }
 

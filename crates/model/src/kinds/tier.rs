@@ -10,6 +10,8 @@ use crate::{FieldError, Ring, validate_label};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
+    /// What the tier is for, for people; at most 1,024 characters, no control characters but tab
+    /// and newline.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024), regex(pattern = super::TEXT_PATTERN))]
     pub description: String,
