@@ -49,6 +49,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role as spelled before the `:` of a certificate's common name.
     pub const fn name(self) -> &'static str {
         match self {
             Role::Parent => "parent",
@@ -110,7 +111,9 @@ const MEMBER: Rules = Rules {
 /// Permissions of one member, spelled out: what a NATS user of this member gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permissions {
+    /// Patterns it may subscribe to, with the member's id filled in (`>` alone for the parent).
     pub subscribe: Vec<String>,
+    /// Patterns of topics it may publish on, with the member's id filled in.
     pub publish: Vec<String>,
     /// Reply-to topics a publish may name; `None`: any.
     pub reply_to: Option<String>,
@@ -121,12 +124,21 @@ pub struct Permissions {
 /// Why a common name is not a member identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemberNameError {
+    /// The common name has no `:`, so it is not one the key service wrote.
     #[error("the certificate's common name names no bus role (expected role:id)")]
     NoRole,
+    /// The text before the `:` is not a role (cut to 16 characters, as it came from outside).
     #[error("unknown bus role {0:?}")]
     UnknownRole(String),
+    /// The id does not have its role's shape: a lowercase hyphenated uuid for hosts and edges,
+    /// 32 lowercase hex digits for members, 1 to 48 of `a-z 0-9 - _` for a parent's name.
     #[error("the {role} id {id:?} is not valid")]
-    BadId { role: Role, id: String },
+    BadId {
+        /// The role the id was given for.
+        role: Role,
+        /// The id as given.
+        id: String,
+    },
 }
 
 /// A member of the ring's bus as its certificate names it.
@@ -190,6 +202,7 @@ impl Member {
         }
     }
 
+    /// What the member is, which picks its access rules.
     pub fn role(&self) -> Role {
         self.role
     }

@@ -91,12 +91,18 @@ impl Default for ClientConfig {
 /// Why a client could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A [`ClientConfig`] value is out of range (zero queue, zero or inverted backoff, zero
+    /// ping); the text names the setting.
     #[error("invalid bus client configuration: {0}")]
     Config(&'static str),
+    /// The certificate, key, CA or server name cannot be used to build the TLS client.
     #[error("invalid bus client TLS material: {0}")]
     Tls(#[from] TlsError),
+    /// [`BusClient::connect`] was called outside a tokio runtime, which it needs to spawn its
+    /// owner task.
     #[error("the bus client must be created inside a tokio runtime")]
     NoRuntime,
+    /// No randomness for the client's inbox name; the host's entropy source is broken.
     #[error("failed to read the OS random source: {0}")]
     Random(getrandom::Error),
 }
@@ -127,6 +133,8 @@ pub struct ClientStatsSnapshot {
 }
 
 impl ClientStats {
+    /// Reads every counter. Each is read on its own (relaxed), so the copy is not one atomic
+    /// instant; good enough for metrics and tests.
     pub fn snapshot(&self) -> ClientStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClientStatsSnapshot {

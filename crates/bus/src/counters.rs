@@ -9,27 +9,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Why an envelope or trust update was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum RejectReason {
+    /// The bytes do not decode as an envelope.
     #[error("envelope rejected: malformed")]
     Malformed,
+    /// The envelope carries no signature.
     #[error("envelope rejected: unsigned")]
     Unsigned,
+    /// The signature does not verify under the sender's trusted key: forged, or changed in
+    /// transit. Also counted when a trust update's signature fails its second check.
     #[error("envelope rejected: signature does not verify (tampered)")]
     Tampered,
+    /// The sender is not in the ring's trust bundle at all.
     #[error("envelope rejected: sender key is not trusted in this ring")]
     UnknownKey,
+    /// The sender is listed but revoked, or past the end of its rotation overlap.
     #[error("envelope rejected: sender key is revoked or past its rotation window")]
     RevokedKey,
+    /// The sequence number is at or below the last one accepted from that sender.
     #[error("envelope rejected: sequence number not above the last one seen from its sender (replayed)")]
     Replayed,
+    /// The sender's timestamp is further from the receiver's clock than the verifier's window
+    /// allows: an old capture, or a clock that is off.
     #[error("envelope rejected: timestamp outside the accepted window (stale)")]
     Stale,
+    /// The envelope names a ring other than the receiver's.
     #[error("envelope rejected: addressed to another ring")]
     WrongRing,
+    /// A trust update signed by a key that is not a usable parent key.
     #[error("trust update rejected: not signed by a parent key")]
     UntrustedUpdate,
 }
 
 impl RejectReason {
+    /// Every reason, in declaration order (which is also each one's counter slot), so that
+    /// metrics list them all, zeros included.
     pub const ALL: [RejectReason; 9] = [
         RejectReason::Malformed,
         RejectReason::Unsigned,
@@ -75,19 +88,25 @@ pub struct Counters {
 // Relaxed ordering throughout: each counter is independent and only ever read for reporting,
 // so no other memory needs to be ordered against it.
 impl Counters {
+    /// All counters at zero.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An envelope was signed and encoded for sending (by [`crate::trust::Publisher::seal`]);
+    /// says nothing about whether it reached anyone.
     pub fn record_published(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
     }
+    /// A received envelope passed every check of [`crate::trust::Verifier::accept`].
     pub fn record_delivered(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
     }
+    /// A received envelope or trust update was refused, under exactly one reason.
     pub fn record_rejected(&self, reason: RejectReason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
+    /// A trust update changed this node's bundle (not counted when it was already applied).
     pub fn record_trust_update_applied(&self) {
         self.trust_updates_applied.fetch_add(1, Ordering::Relaxed);
     }
@@ -96,21 +115,28 @@ impl Counters {
         self.replies_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Envelopes sealed since start (see [`Counters::record_published`]).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
+    /// Envelopes received and accepted since start.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
     }
+    /// Refusals for `reason` since start.
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
     }
+    /// Refusals for every reason together; each counter is read separately, so under
+    /// concurrent traffic the sum is approximate.
     pub fn rejected_total(&self) -> u64 {
         RejectReason::ALL.iter().map(|r| self.rejected(*r)).sum()
     }
+    /// Trust updates that changed the bundle since start.
     pub fn trust_updates_applied(&self) -> u64 {
         self.trust_updates_applied.load(Ordering::Relaxed)
     }
+    /// Requests left unanswered because their reply-to was not the sender's own inbox.
     pub fn replies_refused(&self) -> u64 {
         self.replies_refused.load(Ordering::Relaxed)
     }

@@ -34,9 +34,15 @@ use ed25519_dalek::Signature;
 
 use crate::identity::{Identity, KeyId};
 
+/// The first four bytes of every encoded envelope; the last byte is the format version, so a
+/// future format is refused as [`DecodeError::BadMagic`] rather than misread.
 pub const MAGIC: &[u8; 4] = b"EJB1";
+/// Prefixed to the encoded body before signing and verifying (never sent), so an envelope
+/// signature cannot be valid for anything else the same key signs.
 pub const SIGNATURE_DOMAIN: &[u8] = b"enjin-bus-envelope-v1\0";
+/// Longest topic or reply topic, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
+/// Largest payload, in bytes (1 MiB); larger ones cannot be sealed and are refused on decode.
 pub const MAX_PAYLOAD_LEN: usize = 1024 * 1024;
 /// The largest valid encoding, for sizing transport frames.
 pub const MAX_ENCODED_LEN: usize =
@@ -48,12 +54,16 @@ const FLAG_ED25519: u8 = 1;
 /// Why a string is not a valid topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeTopicError {
+    /// The topic has no bytes at all.
     #[error("topic is empty")]
     Empty,
+    /// The topic's length in bytes, which exceeds [`MAX_TOPIC_LEN`].
     #[error("topic is {0} bytes long, the limit is {MAX_TOPIC_LEN}")]
     TooLong(usize),
+    /// The topic starts or ends with a dot, or has two in a row.
     #[error("topic {0:?} has an empty token (tokens are separated by single dots)")]
     EmptyToken(String),
+    /// The topic and the first character outside `A-Z a-z 0-9 _ -` in it (wildcards included).
     #[error("topic {0:?} contains {1:?}; topics use only A-Z a-z 0-9 _ - and dots")]
     Character(String, char),
 }
@@ -87,10 +97,13 @@ pub fn validate_envelope_topic(topic: &str) -> Result<(), EnvelopeTopicError> {
 /// Why an envelope could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
+    /// The topic to publish to is not a valid envelope topic.
     #[error("invalid envelope topic: {0}")]
     Topic(EnvelopeTopicError),
+    /// The reply topic is given but not a valid envelope topic.
     #[error("invalid envelope reply topic: {0}")]
     ReplyTo(EnvelopeTopicError),
+    /// The payload's length in bytes, which exceeds [`MAX_PAYLOAD_LEN`].
     #[error("envelope payload is {0} bytes, the limit is {MAX_PAYLOAD_LEN}")]
     PayloadTooLarge(usize),
 }
@@ -98,20 +111,35 @@ pub enum SealError {
 /// Why bytes are not an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// Not an envelope, or one of another format version.
     #[error("envelope does not start with {MAGIC:?}")]
     BadMagic,
+    /// The input ends before the named field is complete.
     #[error("envelope ends inside its {0} field")]
     Truncated(&'static str),
+    /// A length prefix announces more than the format allows; nothing was allocated for it.
     #[error("envelope {field} is {len} bytes, the limit is {max}")]
-    TooLong { field: &'static str, len: usize, max: usize },
+    TooLong {
+        /// The field whose length prefix is too large (`topic`, `reply_to`, `payload`).
+        field: &'static str,
+        /// The length the prefix announced, in bytes.
+        len: usize,
+        /// The largest length allowed for that field.
+        max: usize,
+    },
+    /// The named string field is not valid UTF-8.
     #[error("envelope {0} is not UTF-8")]
     Utf8(&'static str),
+    /// The topic is missing (length 0) or not a valid envelope topic.
     #[error("invalid envelope topic: {0}")]
     Topic(EnvelopeTopicError),
+    /// The reply topic is present but not a valid envelope topic.
     #[error("invalid envelope reply topic: {0}")]
     ReplyTo(EnvelopeTopicError),
+    /// The signature flag byte, which is neither 0 nor 1.
     #[error("envelope signature flag is {0}, expected 0 (unsigned) or 1 (ed25519)")]
     SignatureFlag(u8),
+    /// How many bytes follow the envelope; refused so that every envelope has one encoding.
     #[error("envelope has {0} trailing bytes")]
     TrailingBytes(usize),
 }
@@ -119,10 +147,15 @@ pub enum DecodeError {
 /// Why an envelope's signature is not good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// The envelope carries no signature (flag 0).
     #[error("envelope is unsigned")]
     Unsigned,
+    /// The sender id does not decode to an Ed25519 public key.
     #[error("envelope sender {0} is not a valid ed25519 public key")]
     InvalidSender(KeyId),
+    /// The signature does not verify under the sender's key (strictly: small-order keys and
+    /// non-canonical signatures fail too): some byte changed after signing, or another key
+    /// signed it.
     #[error("envelope signature does not verify under sender {0}")]
     Mismatch(KeyId),
 }
@@ -192,34 +225,46 @@ impl Envelope {
         Ok(env)
     }
 
+    /// The ring the sender addressed it to; a verifier refuses envelopes for other rings.
     pub fn ring(&self) -> u8 {
         self.ring
     }
+    /// The concrete topic it was published to (never a wildcard).
     pub fn topic(&self) -> &str {
         &self.topic
     }
+    /// The key that claims to have signed it; only a verified signature makes that true.
     pub fn sender(&self) -> KeyId {
         self.sender
     }
+    /// The sender's sequence number: rises with every envelope a sender seals, not
+    /// necessarily by one; a verifier refuses one at or below the last it accepted.
     pub fn seq(&self) -> u64 {
         self.seq
     }
+    /// When it was sealed, in milliseconds since the Unix epoch by the sender's clock.
     pub fn timestamp_ms(&self) -> i64 {
         self.timestamp_ms
     }
+    /// The topic the sender wants an answer on, if it expects one.
     pub fn reply_to(&self) -> Option<&str> {
         self.reply_to.as_deref()
     }
+    /// The opaque message, at most [`MAX_PAYLOAD_LEN`] bytes; its format is the topic's business.
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
+    /// The payload, without copying it.
     pub fn into_payload(self) -> Vec<u8> {
         self.payload
     }
+    /// The Ed25519 signature, or `None` for an unsigned envelope (which no verifier delivers).
     pub fn signature(&self) -> Option<&[u8; 64]> {
         self.signature.as_ref()
     }
 
+    /// The canonical wire encoding (see the module's table). Cannot fail: every `Envelope`
+    /// was validated when it was built, and [`Envelope::decode`] accepts the result.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         self.encode_body(&mut out);
@@ -264,6 +309,9 @@ impl Envelope {
         msg
     }
 
+    /// Parses exactly one canonical encoding, refusing anything else (trailing bytes
+    /// included). Never panics and allocates no more than `bytes` holds. The signature is not
+    /// checked: that is [`Envelope::verify_signature`] or, with trust, the verifier.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode_with_body_len(bytes).map(|(env, _)| env)
     }

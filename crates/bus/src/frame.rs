@@ -44,7 +44,9 @@ const REFUSED: u8 = 7;
 /// What a REFUSED frame refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// A subscription whose pattern the member may not subscribe to (wire byte 1).
     Subscribe,
+    /// A publish to a topic the member may not publish to (wire byte 2).
     Publish,
 }
 
@@ -61,30 +63,51 @@ impl Refusal {
 /// Deliver, Pong and Refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
+    /// Client to hub: deliver messages whose topic matches `pattern`, tagged `sid`.
     Subscribe {
+        /// Chosen by the client, unique among its own subscriptions on this connection;
+        /// subscribing again under a live sid replaces that subscription's pattern.
         sid: u32,
+        /// A topic pattern, wildcards allowed (see [`crate::topic::validate_pattern`]).
         pattern: String,
     },
+    /// Client to hub: end the subscription `sid`; an unknown sid is ignored.
     Unsubscribe {
+        /// The sid the subscription was made under.
         sid: u32,
     },
+    /// Client to hub: a message for every subscription matching `topic`.
     Publish {
+        /// A concrete topic, no wildcards.
         topic: String,
+        /// Where answers should go, if the publisher expects any; sent as length 0 when absent.
         reply_to: Option<String>,
+        /// Opaque bytes (a signed envelope, on this bus), at most [`MAX_PAYLOAD`].
         payload: Vec<u8>,
     },
+    /// Hub to client: a published message, once per matching subscription of the client.
     Deliver {
+        /// The client's subscription that matched.
         sid: u32,
+        /// The concrete topic it was published to.
         topic: String,
+        /// The publisher's reply topic, if it gave one.
         reply_to: Option<String>,
+        /// The publisher's bytes, unchanged.
         payload: Vec<u8>,
     },
+    /// Client to hub: a liveness probe; the hub answers [`Frame::Pong`].
     Ping,
+    /// Hub to client: the answer to a [`Frame::Ping`].
     Pong,
-    /// `topic` is the refused subscription's pattern, or the refused publish's topic.
+    /// Hub to client: a subscribe or publish the member's access rules forbid. The connection
+    /// stays open; a refused subscribe also ends any earlier subscription under its sid.
     Refused {
+        /// Which kind of request was refused.
         what: Refusal,
+        /// The refused subscription's sid; 0 for a publish.
         sid: u32,
+        /// The refused subscription's pattern, or the refused publish's topic.
         topic: String,
     },
 }
@@ -92,14 +115,28 @@ pub enum Frame {
 /// Why a frame could not be encoded, read or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// A frame body over [`MAX_FRAME_LEN`], announced by a peer or built by the caller; when
+    /// encoding, the output buffer is left as it was.
     #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}")]
-    TooLarge { len: usize },
+    TooLarge {
+        /// The body length in bytes.
+        len: usize,
+    },
+    /// A payload to encode is over [`MAX_PAYLOAD`].
     #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD}")]
-    PayloadTooLarge { len: usize },
+    PayloadTooLarge {
+        /// The payload length in bytes.
+        len: usize,
+    },
+    /// The peer's bytes are not a frame: unknown type, truncated field, empty frame, trailing
+    /// bytes, bad UTF-8. The text says which.
     #[error("malformed frame: {0}")]
     Malformed(&'static str),
+    /// A topic, reply topic or pattern the transport's rules refuse.
     #[error("frame names an invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// The socket failed, or closed in the middle of a frame; the only variant that is not
+    /// the peer's malformed input.
     #[error("failed to read a frame: {0}")]
     Io(#[from] std::io::Error),
 }

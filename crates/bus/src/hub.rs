@@ -155,12 +155,22 @@ impl Default for HubConfig {
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    /// A [`HubConfig`] value is out of range; the text names the setting.
     #[error("invalid hub configuration: {0}")]
     Config(&'static str),
+    /// The hub's certificate, key or CA cannot be used to build the TLS server.
     #[error("invalid hub TLS material: {0}")]
     Tls(#[from] TlsError),
+    /// The listening socket could not be bound or its address read (address in use, no
+    /// permission for the port).
     #[error("failed to bind the hub to {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address the hub was asked to listen on.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The retained-message directory could not be created or read.
     #[error(transparent)]
     Retained(#[from] retained::RetainedError),
 }
@@ -232,6 +242,7 @@ pub struct HubStatsSnapshot {
 }
 
 impl HubStats {
+    /// Reads every counter, each on its own (relaxed): not one atomic instant.
     pub fn snapshot(&self) -> HubStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         HubStatsSnapshot {

@@ -19,10 +19,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct KeyId([u8; 32]);
 
 impl KeyId {
+    /// Wraps 32 bytes as a key id without checking that they are a curve point (see
+    /// [`KeyId::verifying_key`]); trust bundles check that when they are validated.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
+    /// The compressed Ed25519 public key, as it goes on the wire.
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -58,6 +61,7 @@ impl fmt::Debug for KeyId {
 /// Why a string is not a key id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseKeyIdError {
+    /// The string is not 64 ASCII characters long; holds its length in characters.
     #[error("key id must be 64 hex digits, got {0} characters")]
     Length(usize),
     /// Only lowercase is accepted so that a key id has one spelling: ids copied between bundles,
@@ -127,27 +131,58 @@ pub struct GenerateError(getrandom::Error);
 /// Why a key file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveKeyError {
+    /// The path ends in `..` or is a root, so there is no file to write.
     #[error("key file path {} has no file name", .0.display())]
     NoFileName(PathBuf),
+    /// Creating, writing, syncing or renaming the file failed; the temporary file is removed
+    /// and any key file already at `path` is left as it was.
     #[error("failed to write key file {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The key file's path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
 }
 
 /// Why a key file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadKeyError {
+    /// The file could not be opened, examined or read (missing, no permission).
     #[error("failed to read key file {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The key file's path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The path names a directory, FIFO, device or socket.
     #[error("key file {} is not a regular file", .0.display())]
     NotAFile(PathBuf),
+    /// Group or others have some access to the file, so the secret may not be this node's
+    /// alone; the file is not read.
     #[error(
         "key file {} has mode {mode:04o}, refusing to use it: group and others must have no access \
          (chmod 600 it)",
         path.display()
     )]
-    Permissions { path: PathBuf, mode: u32 },
+    Permissions {
+        /// The key file's path.
+        path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
+        mode: u32,
+    },
+    /// The contents are not a version 1 key file (wrong header, bad hex, too long); the
+    /// reason says which part.
     #[error("key file {} is not an enjin bus key file: {reason}", path.display())]
-    Format { path: PathBuf, reason: &'static str },
+    Format {
+        /// The key file's path.
+        path: PathBuf,
+        /// Which part of the format is wrong.
+        reason: &'static str,
+    },
+    /// The secret parses but its public key is not the one on the key-id line: the file is
+    /// damaged or was edited by hand.
     #[error("key file {} is corrupt: its key-id line does not match its secret", .0.display())]
     KeyIdMismatch(PathBuf),
 }
@@ -173,10 +208,14 @@ impl Identity {
         Self { key: SigningKey::from_bytes(secret) }
     }
 
+    /// The public half: what trust bundles list and envelopes name as their sender.
     pub fn key_id(&self) -> KeyId {
         KeyId(self.key.verifying_key().to_bytes())
     }
 
+    /// A plain Ed25519 signature over `message`, with no domain prefix added: callers that
+    /// sign protocol data prefix their own domain (as envelopes do with
+    /// [`crate::envelope::SIGNATURE_DOMAIN`]).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
     }

@@ -3,6 +3,7 @@
 //! hub. It must never write its own cryptography (ed25519-dalek, rustls and ring do that), never
 //! accept a message it could not attribute, and never panic on bytes from the network.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod acl;

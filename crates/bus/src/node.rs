@@ -19,24 +19,51 @@ use crate::trust::{
     VerifierConfig,
 };
 
+/// Why a [`BusNode`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The transport refused the subscribe or publish (queue full, closed, invalid topic).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The envelope could not be sealed: invalid topic or reply topic, payload too large.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The trust bundle given to start the node, or the one in force when subscribing, does
+    /// not validate.
     #[error("invalid trust bundle: {0}")]
     Bundle(#[from] BundleError),
+    /// The sealed bundle from the join does not decode, is not a `Replace`, or is not signed
+    /// by a parent key of the ring it lists; the text says which.
     #[error("the bundle at birth is not usable: {0}")]
     Birth(String),
+    /// The trust set did not reach this version in time (also returned at once if the node's
+    /// trust follower has stopped).
     #[error("timed out waiting for trust version {0}")]
     Timeout(u64),
+    /// No reply the node trusts arrived on the request's inbox within the timeout; the
+    /// request may still have been acted on.
     #[error("no verified reply to the request on {topic} within {after:?}")]
-    RequestTimeout { topic: String, after: Duration },
+    RequestTimeout {
+        /// The topic the request was published on.
+        topic: String,
+        /// How long the node waited.
+        after: Duration,
+    },
+    /// [`BusNode::reply`] was asked to answer an envelope that named no reply topic.
     #[error("the envelope on {topic} asks for no reply")]
-    NoReplyTo { topic: String },
+    NoReplyTo {
+        /// The topic the envelope came on.
+        topic: String,
+    },
+    /// The request's reply topic is not an inbox of the parent's, or the request was not from
+    /// the parent; no answer was sent, and `replies_refused` was counted.
     #[error("the request on {topic} names {reply_to:?} for its reply, which is not an inbox of its sender")]
-    ForeignReplyTo { topic: String, reply_to: String },
+    ForeignReplyTo {
+        /// The topic the request came on.
+        topic: String,
+        /// The reply topic it named.
+        reply_to: String,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -128,6 +155,7 @@ impl BusNode {
         self.publisher.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// The key this node signs with now; changes after [`BusNode::adopt_identity`].
     pub fn key_id(&self) -> KeyId {
         self.publisher().identity().key_id()
     }
@@ -139,6 +167,8 @@ impl BusNode {
         *self.publisher.write().unwrap_or_else(std::sync::PoisonError::into_inner) = publisher;
     }
 
+    /// This node's envelope counters (published, delivered, rejected by reason), shared by its
+    /// publisher, its trust follower and every [`NodeSubscription`].
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
@@ -244,6 +274,9 @@ pub struct NodeSubscription {
 }
 
 impl NodeSubscription {
+    /// The next envelope that verifies, under the node's current trust set (adopted before
+    /// checking each message). `None` once the underlying subscription has ended: the
+    /// transport closed it, refused it, or its queue overflowed; resubscribe to continue.
     pub async fn next(&mut self) -> Option<Envelope> {
         loop {
             let m = self.sub.next().await?;

@@ -65,6 +65,7 @@ pub struct KeyReply {
 }
 
 impl KeyReply {
+    /// A refusal carrying `error` and nothing else (no certificate, no bundle version).
     pub fn refused(error: impl Into<String>) -> Self {
         KeyReply { cert_pem: None, not_after: None, bundle_version: None, error: Some(error.into()) }
     }
@@ -86,12 +87,18 @@ pub fn rotate_request(ring: u8, old: &KeyId, new: &Identity, csr_pem: String) ->
 /// Why a rotation request is not acceptable on its face.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RotateError {
+    /// `new_key` is not 64 lowercase hex digits, or not a point on the curve.
     #[error("new_key: not a hex Ed25519 public key")]
     BadKey,
+    /// `new_key` is the requester's current key: nothing would rotate.
     #[error("new_key: the new key is the old key")]
     SameKey,
+    /// `proof` is not hex, or not 64 bytes.
     #[error("proof: not a hex Ed25519 signature")]
     BadProofEncoding,
+    /// The proof does not verify (strictly) under `new_key` over this ring's, this old key's
+    /// and this new key's [`rotation_proof_message`]: the requester has not shown it holds the
+    /// new secret, or the proof was made for another rotation.
     #[error("proof: the new key's signature does not verify")]
     BadProof,
 }

@@ -30,8 +30,14 @@ pub type Change = Arc<Message>;
 /// Why the retained directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RetainedError {
+    /// The directory could not be created, listed or read.
     #[error("cannot use the retained message directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        /// The retained-message directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
 }
 
 /// Most changes the writer takes in one batch before writing.

@@ -44,24 +44,39 @@ impl fmt::Debug for TlsMaterial {
 /// Why TLS material could not be turned into a rustls configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// `ca_pem` is not valid PEM.
     #[error("failed to parse the ring CA certificate PEM: {0}")]
     CaPem(rustls_pki_types::pem::Error),
+    /// `ca_pem` parses but contains no certificate, so nothing could be trusted.
     #[error("the ring CA PEM holds no certificate")]
     NoCaCertificate,
+    /// A CA certificate is not usable as a trust anchor (bad DER, unsupported contents).
     #[error("the ring CA certificate was refused as a trust anchor: {0}")]
     CaRejected(rustls::Error),
+    /// `cert_pem`, this side's own certificate chain (hub or member), is not valid PEM.
     #[error("failed to parse the node certificate PEM: {0}")]
     CertPem(rustls_pki_types::pem::Error),
+    /// `cert_pem` contains no certificate.
     #[error("the node certificate PEM holds no certificate")]
     NoCertificate,
+    /// `key_pem` is not valid PEM or holds no private key.
     #[error("failed to parse the node private key PEM: {0}")]
     KeyPem(rustls_pki_types::pem::Error),
+    /// The hub's verifier of client certificates could not be built from the CA.
     #[error("failed to build the client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// rustls refused the configuration, typically a private key that does not match the
+    /// certificate or is of an unsupported kind.
     #[error("failed to build the TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// The name the hub's certificate must carry is not a valid DNS name or IP address.
     #[error("invalid server name {name:?}: {source}")]
-    ServerName { name: String, source: rustls_pki_types::InvalidDnsNameError },
+    ServerName {
+        /// The name as given.
+        name: String,
+        /// Why rustls refused it.
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
 }
 
 /// The one crypto provider the bus uses. Passed explicitly to every builder, so nothing depends

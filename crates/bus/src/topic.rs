@@ -11,20 +11,43 @@ pub const MAX_TOPIC_LEN: usize = 256;
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// The name has no bytes at all.
     #[error("topic is empty")]
     Empty,
+    /// The name is over [`MAX_TOPIC_LEN`] bytes.
     #[error("topic {topic:?} is {len} bytes long, the limit is {MAX_TOPIC_LEN}")]
-    TooLong { topic: String, len: usize },
+    TooLong {
+        /// The name's first 64 characters only, since it may come from the network.
+        topic: String,
+        /// Its full length in bytes.
+        len: usize,
+    },
+    /// The name starts or ends with a dot, or has two in a row.
     #[error("topic {topic:?} has an empty token")]
-    EmptyToken { topic: String },
+    EmptyToken {
+        /// The name as given.
+        topic: String,
+    },
+    /// The name contains whitespace or a control character.
     #[error("topic {topic:?} contains whitespace or a control character")]
-    InvalidCharacter { topic: String },
+    InvalidCharacter {
+        /// The name as given.
+        topic: String,
+    },
+    /// A concrete topic (to publish to) contains `*` or `>`.
     #[error("topic {topic:?} contains a wildcard; only subscription patterns may")]
-    Wildcard { topic: String },
+    Wildcard {
+        /// The topic as given.
+        topic: String,
+    },
+    /// A pattern has `*` or `>` inside a token (`a*`), or `>` before the last token.
     #[error(
         "pattern {pattern:?} uses a wildcard wrongly: `*` and `>` must be whole tokens and `>` must be last"
     )]
-    MisplacedWildcard { pattern: String },
+    MisplacedWildcard {
+        /// The pattern as given.
+        pattern: String,
+    },
 }
 
 /// Check a concrete topic (something one publishes to): no wildcards.

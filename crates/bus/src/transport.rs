@@ -14,9 +14,12 @@ use crate::topic::TopicError;
 /// A message as delivered to a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The concrete topic it was published to (not the subscription's pattern).
     pub topic: String,
     /// Where the sender wants replies, if anywhere.
     pub reply_to: Option<String>,
+    /// The publisher's bytes, unchanged and unverified: on this bus, an encoded envelope to
+    /// run through a verifier before trusting anything in it.
     pub payload: Vec<u8>,
 }
 
@@ -26,12 +29,20 @@ pub enum TransportError {
     /// The bounded outbound queue is full; the caller decides whether to retry, wait or drop.
     #[error("the outbound queue is full")]
     Full,
+    /// The topic, reply topic or pattern breaks the topic rules; retrying will not help.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// The payload is over [`MAX_PAYLOAD`]; retrying will not help.
     #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD}")]
-    PayloadTooLarge { len: usize },
+    PayloadTooLarge {
+        /// The payload's length in bytes.
+        len: usize,
+    },
+    /// A wait (for the connection, or for a flush to be answered) ran out after this long;
+    /// the command may still reach the hub later.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+
     /// The connection dropped while the operation waited for the peer; it may be retried.
     #[error("the connection to the hub was lost")]
     Disconnected,

@@ -46,18 +46,25 @@ pub enum KeyRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKey {
+    /// The key itself: its Ed25519 public key, which is also how envelopes name their sender.
     pub id: KeyId,
+    /// Whether it may change trust ([`KeyRole::Parent`]) or only publish.
     pub role: KeyRole,
+    /// Who holds the key, for logs and operators (at most [`MAX_LABEL_LEN`] bytes, no control
+    /// characters); never used to decide anything.
     pub label: String,
     /// Set on rotation to the end of the overlap window (receiver's clock, ms since the epoch):
     /// the key is accepted while `now < not_after_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after_ms: Option<i64>,
+    /// Set by a [`TrustChange::Revoke`]: the key is refused from then on. A revoked key stays
+    /// listed so that it cannot come back through [`TrustChange::AddKey`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
 }
 
 impl TrustedKey {
+    /// A key that is neither revoked nor on its way out (no `not_after_ms`).
     pub fn new(id: KeyId, role: KeyRole, label: impl Into<String>) -> Self {
         Self { id, role, label: label.into(), not_after_ms: None, revoked: false }
     }
@@ -72,9 +79,12 @@ impl TrustedKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustBundle {
+    /// The ring whose nodes hold this bundle; envelopes for any other ring are refused.
     pub ring: u8,
     /// Grows with every applied update; updates at or below it are ignored.
     pub version: u64,
+    /// Every key the ring knows, revoked ones included; ids are unique and at least one
+    /// parent key is not revoked (see [`TrustBundle::validate`]).
     pub keys: Vec<TrustedKey>,
 }
 
@@ -82,14 +92,22 @@ pub struct TrustBundle {
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("trust bundle is not valid JSON: {0}")]
+    /// Not JSON, not the bundle's shape, or a field this node does not know (unknown fields
+    /// are refused).
     Json(#[from] serde_json::Error),
     #[error("trust bundle lists key {0} twice")]
+    /// The same key appears in two entries, so which role or revocation applies is ambiguous.
     DuplicateKey(KeyId),
     #[error("trust bundle key {0} is not a usable ed25519 public key")]
+    /// The id does not decode to an Ed25519 point, or decodes to a small-order (weak) one under
+    /// which a signature proves nothing.
     InvalidKey(KeyId),
     #[error("trust bundle key {0} has a label longer than {MAX_LABEL_LEN} bytes or with control characters")]
+    /// The key's label is too long or contains a control character (it would garble logs).
     Label(KeyId),
     #[error("trust bundle for ring {0} has no usable parent key, so it could never be updated again")]
+    /// Every parent key of the ring (named by number) is revoked or missing, or, after an
+    /// update, none is usable now.
     NoParentKey(u8),
 }
 
@@ -101,6 +119,8 @@ impl TrustBundle {
         Ok(bundle)
     }
 
+    /// The entry for `id`, whether or not it is still usable; `None` if the bundle never
+    /// listed it.
     pub fn key(&self, id: &KeyId) -> Option<&TrustedKey> {
         self.keys.iter().find(|k| k.id == *id)
     }
@@ -210,9 +230,12 @@ pub struct TrustUpdate {
     /// The bundle version after this update. Versions need not be consecutive: a node that
     /// missed some updates applies the next one it sees, and a `Replace` brings it level.
     pub version: u64,
+    /// What the update does to the bundle.
     pub change: TrustChange,
 }
 
+/// The one change a [`TrustUpdate`] makes. Every variant is checked by [`TrustBundle::apply`],
+/// which refuses a result with no usable parent key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TrustChange {
@@ -221,7 +244,15 @@ pub enum TrustChange {
     AddKey(TrustedKey),
     /// Adds `new` and lets `old` (same role) keep working for `overlap_ms` more, so messages in
     /// flight and nodes that switch late are not cut off.
-    Rotate { old: KeyId, new: TrustedKey, overlap_ms: i64 },
+    Rotate {
+        /// The key being retired; must be listed and not revoked.
+        old: KeyId,
+        /// Its successor, with the same role; must not be listed yet.
+        new: TrustedKey,
+        /// How long `old` stays usable, in milliseconds from when the receiver applies the
+        /// update (its own clock); never negative, and never extends an earlier rotation's end.
+        overlap_ms: i64,
+    },
     /// Stops trusting a key at once.
     Revoke(KeyId),
     /// Replaces the whole set (same ring, `version` equal to the update's): the level-triggered
@@ -230,6 +261,7 @@ pub enum TrustChange {
 }
 
 impl TrustUpdate {
+    /// The payload to sign and publish on [`TRUST_UPDATE_TOPIC`].
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
@@ -239,35 +271,79 @@ impl TrustUpdate {
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("trust update arrived on topic {0:?}, expected {TRUST_UPDATE_TOPIC:?}")]
+    /// The envelope was on another topic (named here); it is not a trust update at all.
     WrongTopic(String),
+    /// The update was signed for another ring than this node's.
     #[error("trust update is for ring {envelope}, this node is in ring {bundle}")]
-    WrongRing { envelope: u8, bundle: u8 },
+    WrongRing {
+        /// The ring the envelope was addressed to.
+        envelope: u8,
+        /// The ring of this node's bundle.
+        bundle: u8,
+    },
     #[error("trust update from key {0} refused: only a current parent key may change trust")]
+    /// The signer (named here) is not a parent key usable now: a member, a stranger, a revoked
+    /// or expired parent key. Counted as an `untrusted_update` rejection.
     NotParent(KeyId),
     #[error("trust update signature is not valid: {0}")]
+    /// The envelope's signature does not verify under the parent key it names: tampered with,
+    /// or never checked by [`Verifier::accept`]. Counted as `tampered`.
     Signature(SignatureError),
     #[error("trust update payload is not a valid trust update: {0}")]
+    /// The signed payload is not a JSON [`TrustUpdate`] this node understands.
     Payload(serde_json::Error),
+    /// The update is not newer than the bundle. [`Verifier::apply_update`] treats this as an
+    /// already-applied update (`Ok(false)`); only [`TrustBundle::apply`] returns it.
     #[error("trust update version {update} is not above the bundle's version {current}")]
-    VersionNotNewer { update: u64, current: u64 },
+    VersionNotNewer {
+        /// The update's version.
+        update: u64,
+        /// The version of the bundle it was applied to.
+        current: u64,
+    },
     #[error("trust update adds key {0}, which the bundle already lists")]
+    /// An added key, or a rotation's new key, is already listed (possibly revoked).
     KeyExists(KeyId),
     #[error("trust update names key {0}, which the bundle does not list")]
+    /// A rotation or revocation names a key the bundle does not list.
     UnknownKey(KeyId),
     #[error("trust update rotates key {0}, which is revoked")]
+    /// A rotation starts from a revoked key: a revoked principal cannot hand on its trust.
     RotateRevoked(KeyId),
+    /// A rotation would change the principal's role; that is an add and a revoke instead.
     #[error("trust update rotates key {old} to {new} with a different role")]
-    RoleChange { old: KeyId, new: KeyId },
+    RoleChange {
+        /// The key being retired.
+        old: KeyId,
+        /// The successor whose role differs from `old`'s.
+        new: KeyId,
+    },
     #[error("trust update rotation overlap is {0} ms, must not be negative")]
+    /// A rotation's `overlap_ms`, which is below zero.
     NegativeOverlap(i64),
+    /// A `Replace` carries another ring's bundle.
     #[error("trust update replaces the bundle with one for ring {bundle}, this node is in ring {ring}")]
-    ReplaceRing { bundle: u8, ring: u8 },
+    ReplaceRing {
+        /// The ring of the replacement bundle.
+        bundle: u8,
+        /// The ring of the bundle being replaced.
+        ring: u8,
+    },
+    /// A `Replace` carries a bundle whose version differs from the update's.
     #[error("trust update version {update} replaces the bundle with one of version {bundle}")]
-    ReplaceVersion { bundle: u64, update: u64 },
+    ReplaceVersion {
+        /// The replacement bundle's own version.
+        bundle: u64,
+        /// The update's version, which the bundle's must equal.
+        update: u64,
+    },
     #[error("trust update would leave an invalid bundle: {0}")]
+    /// The bundle the update would produce fails validation (for instance, it would leave no
+    /// usable parent key); nothing was changed.
     Invalid(BundleError),
 }
 
+/// Tuning of a [`Verifier`]; the default accepts envelopes up to 30 s off the receiver's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifierConfig {
     /// How far an envelope's timestamp may be from the receiver's clock, either way. It bounds
@@ -299,6 +375,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier trusting `bundle`, with no replay state yet; fails if the bundle does not
+    /// validate. Deliveries and rejections are recorded in `counters`.
     pub fn new(
         bundle: TrustBundle,
         config: VerifierConfig,
@@ -308,6 +386,7 @@ impl Verifier {
         Ok(Self { bundle, keys, last_seq: HashMap::new(), config, counters })
     }
 
+    /// The trust set in force: the birth bundle with every applied update.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
     }
@@ -325,6 +404,7 @@ impl Verifier {
         Ok(true)
     }
 
+    /// The counters this verifier records into, shared with whoever renders `/metrics`.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
@@ -465,6 +545,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher signing as `identity` for `ring`, whose first envelope gets `first_seq`.
+    /// Only tests and callers that persist their own counter want this; a node uses
+    /// [`Publisher::starting_now`].
     pub fn new(identity: Identity, ring: u8, first_seq: u64, counters: Arc<Counters>) -> Self {
         Self { identity, ring, next_seq: AtomicU64::new(first_seq), counters }
     }
@@ -475,10 +558,12 @@ impl Publisher {
         Self::new(identity, ring, u64::try_from(micros).unwrap_or(u64::MAX), counters)
     }
 
+    /// The key this publisher signs with.
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
 
+    /// The ring every envelope it seals is addressed to.
     pub fn ring(&self) -> u8 {
         self.ring
     }

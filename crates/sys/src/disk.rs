@@ -4,7 +4,7 @@
 //! image's own blocks.
 //!
 //! This module never mounts anything: the sandboxed child mounts the device in its own mount
-//! namespace ([`crate::sandbox::Jail::disk`]). The loop device is attached with
+//! namespace ([`crate::sandbox::Jail::writable`]). The loop device is attached with
 //! `LO_FLAGS_AUTOCLEAR`, so it detaches itself when the last user lets go — the caller's
 //! [`LoopDevice`] handle and the sandbox's mount, which dies with the sandbox's mount
 //! namespace. Nothing is left to clean up but the image file.
@@ -16,14 +16,36 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Why a sandbox disk could not be made or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// The image file could not be created or sized (something other than a regular file is
+    /// in the way, no space, no permission).
     #[error("failed to create disk image {}: {source}", path.display())]
-    Create { path: PathBuf, source: io::Error },
+    Create {
+        /// The image file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// `mkfs.ext4` could not be run, or exited with an error; the image is left unformatted.
     #[error("mkfs.ext4 failed on {}: {message}", path.display())]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The image file.
+        path: PathBuf,
+        /// Why it could not run, or its exit status and standard error.
+        message: String,
+    },
+    /// Opening the image, `/dev/loop-control` or a loop device, or configuring one, failed;
+    /// also after 16 tries when other processes kept taking the free device first.
     #[error("failed to attach {} to a loop device: {source}", path.display())]
-    Attach { path: PathBuf, source: io::Error },
+    Attach {
+        /// The image file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The size asked for, in bytes, which is below [`MIN_BYTES`].
     #[error("disk size {0} bytes is below the 4 MiB minimum")]
     TooSmall(u64),
 }

@@ -117,10 +117,25 @@ pub enum Punched {
 /// Why a hole could not be punched.
 #[derive(Debug, thiserror::Error)]
 pub enum PunchHoleError {
+    /// `offset`, `len` or their sum does not fit in an `i64` file offset; nothing was done.
     #[error("invalid range {offset}+{len}: it does not fit in a file offset")]
-    Range { offset: u64, len: u64 },
+    Range {
+        /// Start of the range, in bytes from the start of the file.
+        offset: u64,
+        /// Length of the range, in bytes.
+        len: u64,
+    },
+    /// `fallocate(2)` failed for another reason than lack of support (`EBADF` on a file not
+    /// open for writing, `EIO`, …).
     #[error("failed to punch a hole at {offset}+{len}: {source}")]
-    Fallocate { offset: u64, len: u64, source: Errno },
+    Fallocate {
+        /// Start of the range, in bytes.
+        offset: u64,
+        /// Length of the range, in bytes.
+        len: u64,
+        /// What the kernel said.
+        source: Errno,
+    },
 }
 
 /// Frees the disk blocks of `[offset, offset + len)` in `file`, keeping the file's size

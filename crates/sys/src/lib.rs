@@ -9,6 +9,8 @@
 //!
 //! Everything here is synchronous: callers run it on a blocking thread.
 
+#![warn(missing_docs)]
+
 pub mod cgroup;
 pub mod disk;
 pub mod fs;

@@ -47,23 +47,58 @@ impl ProcStat {
 /// Why `/proc/<pid>/stat` contents could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseStatError {
+    /// There is no `(` … `)` pair around the comm field, so no field after it can be located.
     #[error("no parenthesised comm field")]
     NoComm,
+    /// The contents end before a field we need.
     #[error("field {field} ({name}) is missing")]
-    Missing { field: usize, name: &'static str },
+    Missing {
+        /// The field's 1-based number in proc(5).
+        field: usize,
+        /// The field's name in proc(5).
+        name: &'static str,
+    },
+    /// A field we need as a number is not one (or does not fit its type).
     #[error("field {field} ({name}) is not a number: {value:?}")]
-    NotANumber { field: usize, name: &'static str, value: String },
+    NotANumber {
+        /// The field's 1-based number in proc(5).
+        field: usize,
+        /// The field's name in proc(5).
+        name: &'static str,
+        /// The text found there.
+        value: String,
+    },
 }
 
 /// Why a process's stat could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadStatError {
+    /// The process has exited (and been reaped), or never existed: the stat file is missing,
+    /// or vanished while it was read (`ESRCH`).
     #[error("process {pid} does not exist ({} is missing)", path.display())]
-    Gone { pid: Pid, path: PathBuf },
+    Gone {
+        /// The process looked for.
+        pid: Pid,
+        /// Its stat file.
+        path: PathBuf,
+    },
+    /// The stat file exists but could not be read (for instance `EACCES` under a restrictive
+    /// `hidepid` mount).
     #[error("failed to read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The stat file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The contents are not what the kernel writes; with a real `/proc` this points at a bug.
     #[error("failed to parse {}: {source}", path.display())]
-    Parse { path: PathBuf, source: ParseStatError },
+    Parse {
+        /// The stat file.
+        path: PathBuf,
+        /// What did not parse.
+        source: ParseStatError,
+    },
 }
 
 /// Why a signal could not be sent.
@@ -72,7 +107,10 @@ pub enum ReadStatError {
 pub struct SignalError {
     /// `pid 123` or `process group 123`.
     pub target: String,
+    /// The signal that was to be sent.
     pub signal: Signal,
+    /// The error from `kill(2)`: `ESRCH` if the target is gone (see
+    /// [`SignalError::is_gone`]), `EPERM` if the caller may not signal it.
     pub source: Errno,
 }
 

@@ -44,9 +44,14 @@ pub enum Match {
 /// One entry of the policy, with the reason it is denied (docs/security.md lists the same).
 #[derive(Debug, Clone, Copy)]
 pub struct Denied {
+    /// The syscall's name, as in its man page (for docs and logs only).
     pub name: &'static str,
+    /// Its number on the native architecture (`libc::SYS_*`); the filter also denies the x32
+    /// number, `nr | 0x4000_0000`.
     pub nr: i64,
+    /// Which calls of it are denied; the others are allowed.
     pub when: Match,
+    /// What a tenant could do with it, in a few words.
     pub why: &'static str,
 }
 

@@ -40,7 +40,9 @@ use crate::syscalls::{HostSyscalls, Syscalls};
 /// The cgroup version of a hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
+    /// One mount per controller (or set of co-mounted controllers), each with its own tree.
     V1,
+    /// The unified hierarchy: one tree, controllers enabled per subtree.
     V2,
 }
 
@@ -69,6 +71,7 @@ pub enum Placement {
 pub struct CgroupConfig {
     /// A relative path, e.g. `enjin` or `enjin/ring2`.
     pub parent: PathBuf,
+    /// Whether `parent` hangs from the hierarchy's root or from this process's own cgroup.
     pub placement: Placement,
 }
 
@@ -103,6 +106,7 @@ pub enum KillMethod {
 /// What [`Group::kill_all`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KillReport {
+    /// The mechanism that emptied the group (the best the kernel offered).
     pub method: KillMethod,
     /// SIGKILLs sent (0 with `cgroup.kill` unless stragglers needed one).
     pub signalled: usize,
@@ -172,10 +176,26 @@ pub trait Group: fmt::Debug + Send + Sync {
 /// Why no usable hierarchy was found.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
+    /// `/proc/self/mountinfo`, `/proc/self/cgroup` or a v2 `cgroup.controllers` could not be
+    /// read.
     #[error("failed to read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// [`CgroupConfig::parent`] is empty, absolute, or contains `.` or `..`: groups must stay
+    /// below the base directory.
     #[error("invalid cgroup parent {}: {reason}", parent.display())]
-    InvalidParent { parent: PathBuf, reason: &'static str },
+    InvalidParent {
+        /// The configured parent.
+        parent: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Neither a v2 nor a v1 hierarchy has every [`REQUIRED_CONTROLLERS`]; the text lists what
+    /// each candidate lacks.
     #[error("no usable cgroup hierarchy: {0}")]
     Unusable(String),
 }
@@ -183,12 +203,34 @@ pub enum DetectError {
 /// Why a group could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateGroupError {
+    /// The name is not one plain directory name (empty, `.`, `..`, contains `/`, NUL or a
+    /// newline) or looks like a control file (`cgroup.*`, `memory.*`, `cpu.*`).
     #[error("invalid cgroup name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A directory of the group or of its parents could not be made (no permission, read-only
+    /// cgroupfs, a delegated subtree the caller does not own).
     #[error("failed to create {}: {source}", path.display())]
-    Create { path: PathBuf, source: io::Error },
+    Create {
+        /// The directory that could not be made.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// v2 only: writing `cgroup.subtree_control` failed, so the group's controllers would not
+    /// be available (typically the parent holds processes, or the controller is not delegated).
     #[error("failed to enable controllers in {}: {source}", path.display())]
-    EnableControllers { path: PathBuf, source: io::Error },
+    EnableControllers {
+        /// The directory whose `cgroup.subtree_control` was written.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Looking for the group failed for another reason than its absence.
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -196,8 +238,19 @@ pub enum CreateGroupError {
 /// Why a limit could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum SetLimitError {
+    /// The kernel refused the value (for instance a memory cap below what the group already
+    /// uses, or a cap above the parent's on v1).
     #[error("failed to write {value} to {}: {source}", path.display())]
-    Write { path: PathBuf, value: String, source: io::Error },
+    Write {
+        /// The control file written.
+        path: PathBuf,
+        /// The text written to it.
+        value: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The limit was refused before touching the kernel: a CPU limit under 10 millicores or
+    /// too large to express, or a pids limit of 0. The text says which.
     #[error("invalid limit: {0}")]
     Invalid(String),
 }
@@ -206,40 +259,97 @@ pub enum SetLimitError {
 #[derive(Debug, thiserror::Error)]
 #[error("failed to add pid {pid} to {}: {source}", path.display())]
 pub struct AddPidError {
+    /// The process that was to move.
     pub pid: Pid,
+    /// The `cgroup.procs` file it was written to.
     pub path: PathBuf,
+    /// What the kernel said (`ESRCH`: the process is gone).
     pub source: io::Error,
 }
 
 /// Why a control file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The file or directory could not be read (`NotFound`: the group is gone).
     #[error("failed to read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The control file or group directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The file's contents are not in the format the kernel documents.
     #[error("failed to parse {}: {detail}", path.display())]
-    Parse { path: PathBuf, detail: String },
+    Parse {
+        /// The control file.
+        path: PathBuf,
+        /// What did not parse.
+        detail: String,
+    },
 }
 
 /// Why a group could not be emptied.
 #[derive(Debug, thiserror::Error)]
 pub enum KillAllError {
+    /// Listing the group's processes failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// Writing `cgroup.kill` (v2) or `freezer.state` (v1) failed.
     #[error("failed to write {value} to {}: {source}", path.display())]
-    Write { path: PathBuf, value: &'static str, source: io::Error },
+    Write {
+        /// The control file.
+        path: PathBuf,
+        /// What was written (`1`, `FROZEN`, `THAWED`).
+        value: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// SIGKILL failed for another reason than the process having exited (typically `EPERM`:
+    /// the caller may not signal it).
     #[error("failed to send SIGKILL to pid {pid} in {}: {source}", path.display())]
-    Signal { pid: Pid, path: PathBuf, source: Errno },
+    Signal {
+        /// The process that could not be signalled.
+        pid: Pid,
+        /// The group's directory.
+        path: PathBuf,
+        /// The error from `kill(2)`.
+        source: Errno,
+    },
+    /// Processes were still listed when the timeout ran out (for instance stuck in
+    /// uninterruptible sleep); the group may empty later.
     #[error("{} still holds {remaining} processes after {waited:?} of killing", path.display())]
-    Timeout { path: PathBuf, remaining: usize, waited: Duration },
+    Timeout {
+        /// The group's directory.
+        path: PathBuf,
+        /// Processes listed in the last round.
+        remaining: usize,
+        /// How long the kill had been going on.
+        waited: Duration,
+    },
 }
 
 /// Why a group could not be removed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteGroupError {
+    /// The kernel refused with `EBUSY`: the group or a subgroup still holds processes; kill
+    /// them first ([`Group::kill_all`]).
     #[error("cannot remove {}: it still holds processes {pids:?}", path.display())]
-    Busy { path: PathBuf, pids: Vec<Pid> },
+    Busy {
+        /// The directory that could not be removed.
+        path: PathBuf,
+        /// The processes found in it and below, as this PID namespace sees them (may be empty
+        /// if they exited in the meantime).
+        pids: Vec<Pid>,
+    },
+    /// Listing or removing a directory failed otherwise.
     #[error("failed to remove {}: {source}", path.display())]
-    Remove { path: PathBuf, source: io::Error },
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Listing the processes of a busy group failed.
     #[error(transparent)]
     Read(#[from] ReadError),
 }

@@ -109,8 +109,11 @@ pub enum PidNamespace {
 /// One resource limit; `u64::MAX` is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimit {
+    /// Which limit (`RLIMIT_NOFILE`, …), as `setrlimit(2)` names it.
     pub resource: Resource,
+    /// The value enforced; the process may raise it up to `hard`.
     pub soft: u64,
+    /// The ceiling, which the sandbox (unprivileged) can lower but never raise.
     pub hard: u64,
 }
 
@@ -165,6 +168,7 @@ pub struct SandboxSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Numeric ids; no passwd entry is needed. Neither may be 0.
     pub uid: u32,
+    /// The primary group; supplementary groups are cleared.
     pub gid: u32,
     /// The one writable place besides `/tmp`: created if missing, owned by uid:gid, mode 0700,
     /// bind-mounted writable. Its parent directories must be searchable by `uid`. With
@@ -174,9 +178,12 @@ pub struct SandboxSpec {
     pub private_tmp: bool,
     /// Every mount read-only and nosuid except the workdir, the private tmpfs mounts and `/proc`.
     pub readonly_root: bool,
+    /// Whether the sandbox gets its own PID namespace, and who is PID 1 in it.
     pub pid_namespace: PidNamespace,
     /// `PR_SET_NO_NEW_PRIVS`: setuid bits and file capabilities never grant anything.
     pub no_new_privs: bool,
+    /// Set in the child while it is still privileged, so a hard limit may be raised above the
+    /// caller's; the program can then only lower them. An empty list keeps the caller's.
     pub rlimits: Vec<Rlimit>,
     /// `cgroup.procs` files to join before anything else (see [`SandboxSpec::join_cgroup`]).
     pub cgroup_procs: Vec<PathBuf>,
@@ -196,8 +203,11 @@ pub struct SandboxSpec {
     /// A network namespace to run in (such as `/run/netns/<name>`), joined before anything
     /// else; `None` keeps the caller's.
     pub netns: Option<PathBuf>,
+    /// Where the program's fd 0 comes from.
     pub stdin: Stdio,
+    /// Where the program's fd 1 goes (through the init's relay with `log_budget`).
     pub stdout: Stdio,
+    /// Where the program's fd 2 goes (through the init's relay with `log_budget`).
     pub stderr: Stdio,
 }
 
@@ -288,13 +298,25 @@ pub struct Jail {
 pub enum Writable {
     /// An ext4 filesystem on a block device (a loop device over a sized image, see
     /// [`crate::disk`]): disk usage bounded by the kernel, `ENOSPC` past it.
-    Device { device: PathBuf, mountpoint: PathBuf },
+    Device {
+        /// The block device holding the ext4 filesystem, e.g. `/dev/loop3`.
+        device: PathBuf,
+        /// The empty host directory it is mounted on, in the sandbox's namespace only.
+        mountpoint: PathBuf,
+    },
     /// A tmpfs of `bytes` (memory-backed, charged to the sandbox's memory cgroup): for hosts
     /// without loop devices, and tests.
-    Tmpfs { bytes: u64, mountpoint: PathBuf },
+    Tmpfs {
+        /// The tmpfs's size limit.
+        bytes: u64,
+        /// The empty host directory it is mounted on, in the sandbox's namespace only.
+        mountpoint: PathBuf,
+    },
 }
 
 impl Writable {
+    /// The host directory the filesystem is mounted on (in the sandbox's namespace), whatever
+    /// its kind.
     pub fn mountpoint(&self) -> &Path {
         match self {
             Writable::Device { mountpoint, .. } | Writable::Tmpfs { mountpoint, .. } => mountpoint,
@@ -309,18 +331,62 @@ pub const SYSTEM_DIRS: [&str; 9] =
 /// Why a sandbox could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
+    /// The spec was refused before anything was forked: a uid or gid of 0, a relative path or
+    /// one with `.` or `..`, a workdir that would expose too much, seccomp without
+    /// no_new_privs, a jail without its own PID namespace, a NUL byte in an argument. The
+    /// caller's mistake; retrying the same spec fails the same way.
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
+    /// The workdir (outside a jail) exists but is not a directory or is a symlink, or could
+    /// not be created, chowned or chmodded.
     #[error("failed to prepare workdir {}: {source}", path.display())]
-    Workdir { path: PathBuf, source: io::Error },
+    Workdir {
+        /// The workdir as given in the spec.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A pipe or fd the child needs could not be made or duplicated: a standard stream, a
+    /// log relay pipe, the network namespace file, the report pipe.
     #[error("failed to set up {what} for {}: {source}", program.display())]
-    Stdio { what: &'static str, program: PathBuf, source: io::Error },
+    Stdio {
+        /// Which one (`stdin`, `a log pipe`, `the network namespace`, …).
+        what: &'static str,
+        /// The program the sandbox was for.
+        program: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// `clone(2)` failed (`EAGAIN` at the process limit, `ENOMEM`, `EPERM` without the
+    /// privilege for a new PID namespace); no child exists.
     #[error("failed to fork the sandbox for {}: {source}", program.display())]
-    Clone { program: PathBuf, source: Errno },
+    Clone {
+        /// The program the sandbox was for.
+        program: PathBuf,
+        /// The error from `clone(2)`.
+        source: Errno,
+    },
+    /// A setup step in the child failed, so the program never ran; the child has been
+    /// reaped.
     #[error("sandbox for {} failed while {step}: {source}", program.display())]
-    Setup { program: PathBuf, step: String, source: Errno },
+    Setup {
+        /// The program the sandbox was for.
+        program: PathBuf,
+        /// The failing step, described with its path or value (`mounting a tmpfs on /tmp`).
+        step: String,
+        /// The errno the step failed with.
+        source: Errno,
+    },
+    /// Reading the child's report pipe failed, so whether setup succeeded is unknown; the
+    /// child has been killed and reaped.
     #[error("failed to read the setup report of the sandbox for {}: {source}", program.display())]
-    Report { program: PathBuf, source: io::Error },
+    Report {
+        /// The program the sandbox was for.
+        program: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The seccomp filter could not be compiled: a bug in the rules, not in the spec.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
@@ -329,7 +395,9 @@ pub enum SpawnError {
 #[derive(Debug, thiserror::Error)]
 #[error("failed to wait for sandbox pid {pid}: {source}")]
 pub struct WaitError {
+    /// The sandbox's pid (its init's, with [`PidNamespace::TinyInit`]).
     pub pid: Pid,
+    /// The error from `waitpid(2)` or `poll(2)`; `ECHILD` if someone else reaped it.
     pub source: Errno,
 }
 

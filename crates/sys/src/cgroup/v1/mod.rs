@@ -23,10 +23,15 @@ use crate::syscalls::Syscalls;
 /// The v1 controllers we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Controller {
+    /// Memory (and, with swap accounting, memory + swap) limits, usage and OOM kills; required.
     Memory,
+    /// CFS quota for the CPU limit; required.
     Cpu,
+    /// CPU usage accounting; optional (without it CPU usage cannot be read).
     Cpuacct,
+    /// The task count limit; required.
     Pids,
+    /// Freezing a group so a kill cannot race forks; optional (without it the kill loops).
     Freezer,
 }
 
