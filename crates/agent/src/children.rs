@@ -77,6 +77,9 @@ pub struct RoutingLauncher {
 }
 
 impl RoutingLauncher {
+    /// Plain processes through `process`; `unix-user` children through `sandbox` when this host
+    /// has one (`None`: they run as plain processes, with a warning). No child is launched
+    /// until a desired set has described it.
     pub fn new(process: ProcessLauncher, sandbox: Option<SandboxLauncher>) -> Self {
         RoutingLauncher {
             process,

@@ -10,14 +10,36 @@ use enjin_bus::tls::TlsMaterial;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Why the agent's directory could not be read or written. Every one means the directory is not
+/// as its parent prepared it; the agent cannot fix it on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A file is missing or unreadable.
     #[error("failed to read {path}: {error}")]
-    Read { path: PathBuf, error: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error from the filesystem, as text.
+        error: String,
+    },
+    /// `agent.json` could not be written.
     #[error("failed to write {path}: {error}")]
-    Write { path: PathBuf, error: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error from the filesystem, as text.
+        error: String,
+    },
+    /// A file was read but its content is wrong: `agent.json` does not parse (unknown fields
+    /// included), or a PEM file is not UTF-8.
     #[error("invalid {path}: {error}")]
-    Invalid { path: PathBuf, error: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: String,
+    },
+    /// `bus.key` could not be loaded as an Ed25519 identity.
     #[error("bad identity: {0}")]
     Key(String),
 }
@@ -26,9 +48,15 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
+    /// The ring the agent belongs to; `enjin agent --ring N` refuses a directory prepared for
+    /// another ring.
     pub ring: u8,
+    /// The agent's own node (host) uuid: it names the bus topics it follows and reports on,
+    /// and its branch of the cgroup tree.
     pub node: Uuid,
+    /// The ring's bus hub to connect to (mutual TLS).
     pub hub: SocketAddr,
+    /// The name the hub's certificate must carry; `localhost` when left out.
     #[serde(default = "localhost")]
     pub server_name: String,
     /// Whether this host runs `unix-user` children in the sandbox (it needs root). Each child
@@ -48,12 +76,19 @@ fn localhost() -> String {
     "localhost".into()
 }
 
+/// The agent's settings: `agent.json` read once, with the directory it came from, which also
+/// holds the agent's keys and state.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The agent's directory, prepared by its parent; root's alone on a host.
     pub dir: PathBuf,
+    /// See [`AgentFile::ring`].
     pub ring: u8,
+    /// See [`AgentFile::node`].
     pub node: Uuid,
+    /// See [`AgentFile::hub`].
     pub hub: SocketAddr,
+    /// See [`AgentFile::server_name`].
     pub server_name: String,
     /// Runs `unix-user` children in the sandbox.
     pub sandbox: bool,
@@ -66,6 +101,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 impl AgentConfig {
+    /// The settings file's name inside the agent's directory.
     pub const FILE: &'static str = "agent.json";
 
     /// Read the agent's directory.
@@ -97,10 +133,13 @@ impl AgentConfig {
             .map_err(|e| ConfigError::Write { path, error: e.to_string() })
     }
 
+    /// `<dir>/bus.key`: the agent's Ed25519 bus identity (0600), replaced when the key rotates.
     pub fn key_file(&self) -> PathBuf {
         self.dir.join("bus.key")
     }
 
+    /// The ring's CA (`ca.crt`) and the agent's certificate and key (`tls.crt`, `tls.key`),
+    /// read now: after a renewal the next call sees the new files.
     pub fn tls(&self) -> Result<TlsMaterial, ConfigError> {
         let text = |name: &str| {
             let p = self.dir.join(name);
@@ -109,6 +148,8 @@ impl AgentConfig {
         Ok(TlsMaterial { ca_pem: text("ca.crt")?, cert_pem: text("tls.crt")?, key_pem: text("tls.key")? })
     }
 
+    /// The raw bytes of `bundle.env`, the signed trust bundle the agent was born with; it is
+    /// verified when the agent joins the bus, not here.
     pub fn bundle(&self) -> Result<Vec<u8>, ConfigError> {
         read(&self.dir.join("bundle.env"))
     }

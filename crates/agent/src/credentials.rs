@@ -31,20 +31,35 @@ const WAKE_AT_LEAST_EVERY: Duration = Duration::from_secs(600);
 /// Why credentials could not be renewed or rotated.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The request could not be sent, or no answer came within 10 s. The current credentials
+    /// stay in use; [`Credentials::keep_fresh`] tries again with backoff.
     #[error("the key service did not answer: {0}")]
     Request(#[from] enjin_bus::node::NodeError),
+    /// An answer came from a key that is not a parent of the ring; it is ignored.
     #[error("the answer is not signed by a parent key of the ring")]
     NotFromParent,
+    /// The key service answered with an error (its text).
     #[error("the key service refused: {0}")]
     Refused(String),
+    /// The request could not be encoded, the answer does not decode or carries no certificate,
+    /// or the new TLS material would not make a working client; nothing was replaced.
     #[error("the key service's answer is unreadable: {0}")]
     Unreadable(String),
+    /// The certificate received is not bound to the key it was asked for (its short id).
     #[error("the new certificate is not bound to key {0}")]
     WrongKey(String),
+    /// A credential file could not be read, written or renamed.
     #[error("{path}: {error}")]
-    File { path: PathBuf, error: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The error from the filesystem, as text.
+        error: String,
+    },
+    /// A new bus key or TLS key and signing request could not be generated.
     #[error("cannot make a key: {0}")]
     Key(String),
+    /// The bus client refused the new TLS material after the files were written.
     #[error(transparent)]
     Client(#[from] enjin_bus::client::ClientError),
 }

@@ -6,6 +6,7 @@
 //! what its sandboxed children use ([`stats`]). It holds no store credentials and never decides
 //! on its own what to run, nor answers anyone but its parent: only a parent key may ask.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod children;
@@ -70,16 +71,24 @@ pub trait Children: Send + Sync + 'static {
     fn attach(&self, _node: &Arc<BusNode>) {}
 }
 
+/// Why [`run`] could not start. Once the agent is on the bus it does not fail: lost messages
+/// and unreadable sets are logged and repaired by the next ones.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A file of the agent's directory (identity, TLS material, trust bundle) is missing or
+    /// unreadable; the parent must prepare the directory again.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The trust bundle is not self-consistent, the bus client could not be built (its TLS
+    /// material is unusable; the hub is not contacted yet), the bus node did not start, or
+    /// subscribing to the desired children failed.
     #[error("cannot join the bus: {0}")]
     Bus(String),
 }
 
 /// Run the agent until `shutdown` completes. `observations` carries what the supervisor saw
-/// of the children, to be reported upwards.
+/// of the children, to be reported upwards. It also returns `Ok` when the subscription to its
+/// desired children ends (the transport closed, or the subscriber was cut off).
 pub async fn run(
     config: AgentConfig,
     children: Arc<dyn Children>,

@@ -61,6 +61,8 @@ const READ_PER_POLL: u64 = 8 * 1024 * 1024;
 pub struct CollectorConfig {
     /// Where the raw files are and the collected files go.
     pub dir: PathBuf,
+    /// Time between two polls of every followed file (200 ms by default): the delay before a
+    /// line becomes readable through [`read_logs`].
     pub poll_every: Duration,
     /// Size bound of `<id>.log` before it is rotated.
     pub max_bytes: u64,
@@ -80,6 +82,9 @@ pub struct CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// Defaults for a collector on `dir`: polls every 200 ms, rotates at 1 MiB, cuts lines at
+    /// 16 KiB, flushes a partial line after 2 s, retires a removed child after 30 s of quiet,
+    /// keeps the logs of at most 64 gone children for at most a day.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CollectorConfig {
             dir: dir.into(),
@@ -94,16 +99,45 @@ impl CollectorConfig {
     }
 }
 
+/// Why the collector could not start or save its state. Starting errors leave the agent
+/// running without log collection; a failed save is retried on the next poll, and nothing is
+/// freed from the raw files until a save succeeds.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    /// The logs directory could not be created.
     #[error("failed to create the logs directory {path}: {source}")]
-    Dir { path: PathBuf, source: io::Error },
+    Dir {
+        /// The logs directory.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// `collector.json` exists but could not be read.
     #[error("failed to read the collector state {path}: {source}")]
-    ReadState { path: PathBuf, source: io::Error },
+    ReadState {
+        /// The state file.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// `collector.json` does not parse. It is left in place, so the collector fails the same
+    /// way at every start until someone moves it aside.
     #[error("invalid collector state {path}: {source}")]
-    InvalidState { path: PathBuf, source: serde_json::Error },
+    InvalidState {
+        /// The state file.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// `collector.json` could not be written.
     #[error("failed to save the collector state {path}: {source}")]
-    SaveState { path: PathBuf, source: io::Error },
+    SaveState {
+        /// The state file.
+        path: PathBuf,
+        /// The error from encoding or writing.
+        source: io::Error,
+    },
+    /// The collector's thread could not be spawned.
     #[error("failed to start the log collector thread: {0}")]
     Thread(io::Error),
 }
@@ -188,11 +222,16 @@ pub struct LineSplitter {
 /// One line cut out of a stream: its text (newline removed) and the stream offset just after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CutLine {
+    /// The line's bytes without its `\n` (nor a `\r` before it); not necessarily UTF-8, and at
+    /// most `max_line` bytes.
     pub text: Vec<u8>,
+    /// The stream offset just after the line's last byte (its newline included): where reading
+    /// resumes once the line is safely stored.
     pub end: u64,
 }
 
 impl LineSplitter {
+    /// A splitter for a stream whose bytes before `offset` were already emitted.
     pub fn at(offset: u64) -> Self {
         LineSplitter { start: offset, pending: Vec::new() }
     }
@@ -207,6 +246,8 @@ impl LineSplitter {
         self.start + self.pending.len() as u64
     }
 
+    /// Whether bytes of an unterminated line are held, waiting for their newline or a
+    /// [`flush`](Self::flush).
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -483,7 +524,9 @@ struct Followed {
 /// What one poll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PollSummary {
+    /// Lines appended to collected files, over every child.
     pub lines: u64,
+    /// Children no longer desired whose files were drained and are no longer followed.
     pub retired: usize,
 }
 
@@ -774,6 +817,8 @@ pub struct CollectorHandle {
 }
 
 impl CollectorHandle {
+    /// Opens the collector (see [`Collector::open`]) and starts its thread, which polls at once
+    /// and then every `poll_every`.
     pub fn spawn(config: CollectorConfig) -> Result<CollectorHandle, CollectorError> {
         let every = config.poll_every;
         let mut collector = Collector::open(config)?;

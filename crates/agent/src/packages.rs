@@ -47,18 +47,55 @@ pub enum ChunkError {
     NotFromParent,
 }
 
+/// Why a package is not ready for a child. The child is left out of the supervisor's desired
+/// set (or, for [`install`], fails to launch) and the next desired set tries again.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
+    /// The digest is not `sha256:` and 64 lowercase hex digits, another fetch of it is in
+    /// progress, or the store ended the package before its announced size.
     #[error("package {digest}: {message}")]
-    Fetch { digest: String, message: String },
+    Fetch {
+        /// The package's digest as given.
+        digest: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A chunk did not come.
     #[error("package {digest}: {source}")]
-    Chunk { digest: String, source: ChunkError },
+    Chunk {
+        /// The package's digest.
+        digest: String,
+        /// Why the chunk did not come.
+        source: ChunkError,
+    },
+    /// The bytes received hash to something else: corrupted or not the package asked for.
+    /// Nothing was unpacked.
     #[error("package {digest} does not match its digest (got {got})")]
-    Digest { digest: String, got: String },
+    Digest {
+        /// The digest asked for.
+        digest: String,
+        /// `sha256:<hex>` of what arrived.
+        got: String,
+    },
+    /// The package is not a valid archive, breaks the unpacker's limits, or the cache directory
+    /// could not be written.
     #[error("package {digest}: failed to unpack into {}: {message}", path.display())]
-    Unpack { digest: String, path: PathBuf, message: String },
+    Unpack {
+        /// The package's digest.
+        digest: String,
+        /// Where it was to be unpacked.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A plain-process child's copy of the package could not be made.
     #[error("failed to install the app into {}: {error}", path.display())]
-    Install { path: PathBuf, error: std::io::Error },
+    Install {
+        /// The path being written or removed when it failed.
+        path: PathBuf,
+        /// The error from the filesystem.
+        error: std::io::Error,
+    },
 }
 
 /// The host's unpacked packages.
@@ -80,6 +117,8 @@ fn hex_of(digest: &str) -> &str {
 }
 
 impl PackageCache {
+    /// A cache unpacking into `dir` (created, 0700, on the first fetch) and fetching from
+    /// `source`.
     pub fn new(dir: PathBuf, source: Arc<dyn PackageSource>) -> Self {
         PackageCache { dir, source, busy: Mutex::new(HashSet::new()) }
     }
@@ -89,6 +128,7 @@ impl PackageCache {
         self.dir.join(hex_of(digest))
     }
 
+    /// Whether `digest` is a valid sha256 digest already unpacked here.
     pub fn has(&self, digest: &str) -> bool {
         PackageRef::valid_digest(digest) && self.path(digest).is_dir()
     }
@@ -266,6 +306,7 @@ pub struct BusPackageSource {
 const CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl BusPackageSource {
+    /// Fetch over `node` from now on; only the first call counts.
     pub fn attach(&self, node: Arc<enjin_bus::node::BusNode>) {
         let _ = self.node.set(node);
     }

@@ -20,35 +20,56 @@ use crate::{
 /// (`agent.json`, keys, certificates, trust bundle).
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
+    /// The ring asked for on the command line; must match the directory's `agent.json`.
     pub ring: u8,
+    /// The agent's directory.
     pub dir: PathBuf,
 }
 
 /// Why the agent process could not start, or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    /// `agent.json` is missing or invalid.
     #[error("cannot start the agent")]
     Config(#[source] ConfigError),
+    /// The directory belongs to an agent of another ring: the wrong `--ring` or `--dir`.
     #[error("{} is prepared for a ring {prepared} agent, not ring {asked}", dir.display())]
-    WrongRing { dir: PathBuf, prepared: u8, asked: u8 },
+    WrongRing {
+        /// The agent's directory.
+        dir: PathBuf,
+        /// The ring in its `agent.json`.
+        prepared: u8,
+        /// The ring asked for.
+        asked: u8,
+    },
+    /// A directory for the children's state, logs, instances or packages could not be made.
     #[error("failed to create {}", path.display())]
     Create {
+        /// The directory.
         path: PathBuf,
+        /// The error from the filesystem.
         #[source]
         source: std::io::Error,
     },
+    /// One of those directories could not be made private (0700).
     #[error("failed to set the mode of {}", path.display())]
     Mode {
+        /// The directory.
         path: PathBuf,
+        /// The error from the filesystem.
         #[source]
         source: std::io::Error,
     },
+    /// The supervisor did not start; most often another agent already runs on this directory.
     #[error("failed to start the supervisor in {}", dir.display())]
     Supervisor {
+        /// The supervisor's directory, `<dir>/children`.
         dir: PathBuf,
+        /// Why it did not start.
         #[source]
         source: enjin_supervisor::StartError,
     },
+    /// The agent could not join the bus; its children were stopped.
     #[error("the agent failed")]
     Agent(#[source] AgentError),
 }

@@ -10,8 +10,9 @@
 //! only inside the sandbox's mount namespace. On the host an instance is
 //! `<root>/<id>/` (root's, 0700): the image files and two empty mount points, nothing the
 //! tenant can write. The image is replaced by a freshly formatted one at every start (the next
-//! one is formatted and attached to a loop device in the background after each start), so the layer starts clean, as a
-//! Heroku dyno's filesystem does, and the agent never deletes, copies or chowns inside it. The
+//! one is formatted and attached to a loop device in the background after each start), so the
+//! layer starts clean, as a Heroku dyno's filesystem does, and the agent never deletes, copies or
+//! chowns inside it. The
 //! package is the overlay's lower layer, unpacked once per host by root into a root-only tree.
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,8 @@ const SHM_BYTES: u64 = 64 << 20;
 pub struct SandboxChild {
     /// The uid the control plane reserved.
     pub uid: Option<u32>,
+    /// The node's limits: memory, CPU and pids go to its cgroup, disk sizes its writable
+    /// layer (64 GiB, sparse, when unset).
     pub resources: Resources,
     /// The unpacked package (the overlay's lower layer); none: an empty one.
     pub package: Option<PathBuf>,
@@ -53,6 +56,9 @@ pub struct SandboxChild {
     pub network: Option<enjin_model::api::ChildNetwork>,
 }
 
+/// Launches `unix-user` children in the jail described above, one directory `<root>/<id>` and
+/// one cgroup `<parent>/<id>` per child. Needs root; [`SandboxLauncher::new`] fails where there
+/// is no usable cgroup hierarchy.
 pub struct SandboxLauncher {
     root: PathBuf,
     logs: PathBuf,
@@ -118,7 +124,12 @@ pub enum SandboxError {
     Cgroups(#[from] enjin_sys::cgroup::DetectError),
     /// A directory of the sandbox (root's, mode 0700 or 0755) could not be made.
     #[error("{}: {source}", path.display())]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: std::io::Error,
+    },
     /// The instance's size-limited filesystem could not be formatted or attached.
     #[error(transparent)]
     Disk(#[from] enjin_sys::disk::DiskError),

@@ -30,19 +30,32 @@ use crate::probe::{self, ProbeSpec, ProbeSpecError};
 #[serde(try_from = "String", into = "String")]
 pub struct ChildId(String);
 
+/// Why a string is not a [`ChildId`]. Deserialising goes through [`ChildId::new`] too, so a
+/// bad id in a spec or the state file fails with one of these messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChildIdError {
+    /// The id is the empty string.
     #[error("child id must not be empty")]
     Empty,
+    /// The id is over 128 bytes (bytes, not characters).
     #[error("child id {id:?} is longer than 128 bytes")]
-    TooLong { id: String },
+    TooLong {
+        /// The rejected id, whole.
+        id: String,
+    },
+    /// The id has a character outside `[A-Za-z0-9._-]` or starts with a dot, so it could
+    /// escape the log directory or make a hidden file there.
     #[error(
         "child id {id:?} may only contain letters, digits, '.', '_' and '-', and must not start with '.'"
     )]
-    Invalid { id: String },
+    Invalid {
+        /// The rejected id.
+        id: String,
+    },
 }
 
 impl ChildId {
+    /// Checks `id` against the rules above; this is the only way to make a `ChildId`.
     pub fn new(id: impl Into<String>) -> Result<Self, ChildIdError> {
         let id = id.into();
         if id.is_empty() {
@@ -58,6 +71,7 @@ impl ChildId {
         Ok(ChildId(id))
     }
 
+    /// The id as validated, safe to use as a file name component.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -91,12 +105,19 @@ impl fmt::Display for ChildId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Signal {
+    /// SIGHUP (1); many daemons take it as "reload your configuration".
     Hup,
+    /// SIGINT (2), what Ctrl-C sends.
     Int,
+    /// SIGQUIT (3); some runtimes dump their threads' stacks on it.
     Quit,
+    /// SIGKILL (9): cannot be caught; the end of every stop whose grace ran out.
     Kill,
+    /// SIGUSR1 (10), meaning whatever the program decides.
     Usr1,
+    /// SIGUSR2 (12), meaning whatever the program decides.
     Usr2,
+    /// SIGTERM (15), the default stop signal: asks the program to exit cleanly.
     #[default]
     Term,
 }
@@ -105,6 +126,7 @@ impl Signal {
     const ALL: [Signal; 7] =
         [Signal::Hup, Signal::Int, Signal::Quit, Signal::Kill, Signal::Usr1, Signal::Usr2, Signal::Term];
 
+    /// The signal number on Linux (x86-64 and arm64 agree on these seven).
     pub fn number(self) -> i32 {
         match self {
             Signal::Hup => 1,
@@ -130,6 +152,8 @@ impl Signal {
         }
     }
 
+    /// The inverse of [`number`](Self::number); `None` for a signal this enum does not name,
+    /// which [`Exit::Signal`] may still carry.
     pub fn from_number(n: i32) -> Option<Signal> {
         Signal::ALL.into_iter().find(|s| s.number() == n)
     }
@@ -160,8 +184,11 @@ impl fmt::Display for Signal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopSpec {
+    /// Sent first, to the whole group; SIGTERM when the spec leaves it out.
     #[serde(default)]
     pub signal: Signal,
+    /// How long the group has to exit after `signal` before SIGKILL (10 s by default); written
+    /// as `grace_ms`, whole milliseconds.
     #[serde(rename = "grace_ms", with = "crate::serde_ms")]
     pub grace: Duration,
 }
@@ -176,21 +203,31 @@ impl Default for StopSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChildSpec {
+    /// Names the child among its supervisor's children; the key of `ensure`, `remove` and the
+    /// state file.
     pub id: ChildId,
     /// Program and arguments; the program is looked up in `PATH` unless it contains a slash.
     pub command: Vec<String>,
+    /// Variables set for the child, on top of the inherited environment when `inherit_env` is
+    /// set. Names must be non-empty and free of `=` and NUL. Values may be secrets: the state
+    /// file that records them is private to the supervisor's user.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Whether the child also sees the supervisor's own environment. Launchers that sandbox
     /// tenants ignore this and give them only `env`.
     #[serde(default = "yes")]
     pub inherit_env: bool,
+    /// The working directory; `None` keeps the launcher's own (the supervisor's for
+    /// [`ProcessLauncher`]).
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+    /// Whether and how soon the child comes back after it exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// How the child is stopped when it is removed, replaced or the supervisor shuts down.
     #[serde(default)]
     pub stop: StopSpec,
+    /// A health check; `None` means the child counts as running as soon as its process starts.
     #[serde(default)]
     pub probe: Option<ProbeSpec>,
 }
@@ -199,18 +236,46 @@ fn yes() -> bool {
     true
 }
 
+/// Why a [`ChildSpec`] cannot be run, from [`ChildSpec::validate`]. The spec's author is at
+/// fault; sending it again unchanged fails the same way.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
+    /// `command` is empty, or its program is the empty string.
     #[error("child {id} has an empty command")]
-    EmptyCommand { id: ChildId },
+    EmptyCommand {
+        /// The child whose spec was rejected.
+        id: ChildId,
+    },
+    /// An argument or an environment value holds a NUL byte, which exec(2) cannot pass.
     #[error("child {id} has a command or environment containing a NUL byte")]
-    Nul { id: ChildId },
+    Nul {
+        /// The child whose spec was rejected.
+        id: ChildId,
+    },
+    /// An environment variable name is empty or holds `=` or NUL.
     #[error("child {id} has an invalid environment variable name {name:?}")]
-    EnvName { id: ChildId, name: String },
+    EnvName {
+        /// The child whose spec was rejected.
+        id: ChildId,
+        /// The offending name.
+        name: String,
+    },
+    /// The restart policy is inconsistent (see [`PolicyError`]).
     #[error("child {id} has an invalid restart policy: {source}")]
-    Policy { id: ChildId, source: PolicyError },
+    Policy {
+        /// The child whose spec was rejected.
+        id: ChildId,
+        /// What is wrong with the policy.
+        source: PolicyError,
+    },
+    /// The probe is inconsistent (see [`ProbeSpecError`]).
     #[error("child {id} has an invalid probe: {source}")]
-    Probe { id: ChildId, source: ProbeSpecError },
+    Probe {
+        /// The child whose spec was rejected.
+        id: ChildId,
+        /// What is wrong with the probe.
+        source: ProbeSpecError,
+    },
 }
 
 impl ChildSpec {
@@ -228,6 +293,13 @@ impl ChildSpec {
         }
     }
 
+    /// Checks what serde cannot: a non-empty command, no NUL bytes, valid variable names, a
+    /// sane policy and probe. It does not look for the program or the workdir; a missing one
+    /// shows up as a [`LaunchError::Spawn`]. [`SupervisorHandle::ensure`] calls it, so an
+    /// invalid spec is refused before anything is stopped or started; [`ProcessLauncher`]
+    /// checks again before it launches.
+    ///
+    /// [`SupervisorHandle::ensure`]: crate::SupervisorHandle::ensure
     pub fn validate(&self) -> Result<(), SpecError> {
         let id = || self.id.clone();
         if self.command.is_empty() || self.command[0].is_empty() {
@@ -262,6 +334,8 @@ impl ChildSpec {
 pub struct SpecHash(String);
 
 impl SpecHash {
+    /// The 64 lowercase hex digits (empty for [`unknown`](Self::unknown)); `Display` shows
+    /// only the first 12.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -284,7 +358,10 @@ impl fmt::Display for SpecHash {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessHandle {
+    /// The leader's pid, as seen from the supervisor's pid namespace.
     pub pid: u32,
+    /// The process group every signal goes to; equal to `pid` for a child launched in a group of
+    /// its own, as [`Launcher::launch`] requires.
     pub pgid: u32,
     /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
     pub start_time: u64,
@@ -295,6 +372,8 @@ pub struct ProcessHandle {
 pub struct ExitWaiter(Pin<Box<dyn Future<Output = io::Result<Exit>> + Send>>);
 
 impl ExitWaiter {
+    /// Wraps the future a launcher built to wait for its process; an `Err` is reported as an
+    /// exit with an unknown status.
     pub fn new(wait: impl Future<Output = io::Result<Exit>> + Send + 'static) -> Self {
         ExitWaiter(Box::pin(wait))
     }
@@ -316,42 +395,122 @@ impl fmt::Debug for ExitWaiter {
 /// A freshly started child.
 #[derive(Debug)]
 pub struct Launched {
+    /// Identifies the process from now on; recorded in the state file.
     pub process: ProcessHandle,
+    /// Resolves with the leader's exit; the supervisor awaits it on a task of its own.
     pub waiter: ExitWaiter,
 }
 
+/// Why [`Launcher::launch`] started no process. The supervisor treats every one as an exit with
+/// an unknown status, so the child's restart policy decides whether it is tried again.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// The spec is invalid; retrying the same spec cannot help.
     #[error("child {id} was not launched: {source}")]
-    Spec { id: ChildId, source: SpecError },
+    Spec {
+        /// The child that was not launched.
+        id: ChildId,
+        /// What is wrong with its spec.
+        source: SpecError,
+    },
+    /// The log directory or a log file could not be created or written.
     #[error("failed to open log file {path}: {source}")]
-    Log { path: PathBuf, source: io::Error },
+    Log {
+        /// The log file, or the log directory when creating it failed.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// fork/exec failed: the program is missing or not executable, the workdir is missing, or
+    /// the machine is out of processes. Also used when a launcher panicked (empty `program`).
     #[error("failed to start {program:?} for child {id}: {source}")]
-    Spawn { id: ChildId, program: String, source: io::Error },
+    Spawn {
+        /// The child that was not launched.
+        id: ChildId,
+        /// `command[0]` as given in the spec.
+        program: String,
+        /// The error from spawning.
+        source: io::Error,
+    },
+    /// The process was spawned but has no pid, which means it was already reaped.
     #[error("child {id} started but its pid is unknown")]
-    NoPid { id: ChildId },
+    NoPid {
+        /// The child whose process was lost.
+        id: ChildId,
+    },
+    /// The process was spawned but `/proc/<pid>/stat` could not be read; the launcher has
+    /// already sent it SIGKILL, since a process without a start time could not be told apart
+    /// from a later one with the same pid.
     #[error("child {id} started as pid {pid} but its start time is unreadable: {source}")]
-    StartTime { id: ChildId, pid: u32, source: probe::ReadStatError },
+    StartTime {
+        /// The child whose process was killed.
+        id: ChildId,
+        /// The pid it had.
+        pid: u32,
+        /// Why the stat file was unreadable.
+        source: probe::ReadStatError,
+    },
+    /// [`ProcessLauncher`] was called outside a tokio runtime, where its exit waiter could not
+    /// be built; a programming error, not a property of the child.
     #[error("child {id} must be launched from a thread of a tokio runtime")]
-    NoRuntime { id: ChildId },
+    NoRuntime {
+        /// The child that was not launched.
+        id: ChildId,
+    },
 }
 
+/// Why [`Launcher::signal`] sent nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
+    /// The group id is 0 or 1: killpg would hit the caller's own group or every process it may
+    /// signal. A corrupt record, never a real child.
     #[error("refusing to signal process group {pgid}: it is not a child's group")]
-    InvalidGroup { pgid: u32 },
+    InvalidGroup {
+        /// The refused group id.
+        pgid: u32,
+    },
+    /// ESRCH: every process of the group is gone. Stopping treats this as success.
     #[error("no process left in group {pgid}")]
-    NoSuchProcess { pgid: u32 },
+    NoSuchProcess {
+        /// The empty group.
+        pgid: u32,
+    },
+    /// Any other failure, typically EPERM: the group belongs to a user the supervisor may not
+    /// signal.
     #[error("failed to send {signal} to process group {pgid}: {reason}")]
-    Failed { signal: Signal, pgid: u32, reason: String },
+    Failed {
+        /// The signal that was not sent.
+        signal: Signal,
+        /// The group it was meant for.
+        pgid: u32,
+        /// The system's error, as text.
+        reason: String,
+    },
 }
 
+/// Why [`Launcher::stop`] could not make the group go away. The supervisor keeps the child in
+/// its stopping state and tries again after [`SupervisorConfig::stop_retry`].
+///
+/// [`SupervisorConfig::stop_retry`]: crate::SupervisorConfig::stop_retry
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
+    /// The stop signal or SIGKILL could not be sent.
     #[error("failed to stop pid {pid}: {source}")]
-    Signal { pid: u32, source: SignalError },
+    Signal {
+        /// The group's leader.
+        pid: u32,
+        /// Why the signal was not sent.
+        source: SignalError,
+    },
+    /// Something in the group was still alive 5 s after SIGKILL, typically stuck in
+    /// uninterruptible sleep (a dead NFS mount, a hung disk).
     #[error("process group {pgid} survived SIGKILL for {waited:?}")]
-    Survived { pgid: u32, waited: Duration },
+    Survived {
+        /// The group that would not die.
+        pgid: u32,
+        /// How long the stop waited after SIGKILL.
+        waited: Duration,
+    },
 }
 
 /// How a stop ended.
@@ -360,9 +519,19 @@ pub enum Stopped {
     /// Nothing was left to stop.
     AlreadyGone,
     /// The whole group exited within the grace period after the stop signal.
-    Graceful { signal: Signal, after: Duration },
+    Graceful {
+        /// The stop signal that was sent.
+        signal: Signal,
+        /// From the start of the stop to the group being gone.
+        after: Duration,
+    },
     /// Something was still alive after the grace period and the group was killed.
-    Killed { signal: Signal, grace: Duration },
+    Killed {
+        /// The stop signal that was ignored (or not acted on in time).
+        signal: Signal,
+        /// The grace the group had before SIGKILL.
+        grace: Duration,
+    },
 }
 
 impl fmt::Display for Stopped {
@@ -464,6 +633,7 @@ pub struct ProcessLauncher {
 }
 
 impl ProcessLauncher {
+    /// A launcher writing logs under `log_dir`, which is created on the first launch.
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
         ProcessLauncher { log_dir: log_dir.into() }
     }

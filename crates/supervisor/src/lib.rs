@@ -5,10 +5,11 @@
 //! previous supervisor left running.
 //!
 //! This crate must never use `unsafe` or raw syscalls: sandboxed launching (UNIX users, namespaces,
-//! cgroups) plugs in through [`Launcher`] from `enjin-sys`. It must never depend on the control
-//! plane: observations leave through a channel, desired state comes in through
-//! [`SupervisorHandle`].
+//! cgroups) plugs in as another [`Launcher`], built on `enjin-sys` outside this crate. It must
+//! never depend on the control plane: observations leave through a channel, desired state comes
+//! in through [`SupervisorHandle`].
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod child;

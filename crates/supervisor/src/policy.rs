@@ -32,6 +32,7 @@ pub enum Restart {
 }
 
 impl Restart {
+    /// The lowercase name used in specs and messages: `permanent`, `transient`, `temporary`.
     pub fn name(self) -> &'static str {
         match self {
             Restart::Permanent => "permanent",
@@ -45,7 +46,10 @@ impl Restart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Intensity {
+    /// Restarts allowed inside one window; the next one fails the child. 0 means the first exit
+    /// that would restart it fails it instead.
     pub max_restarts: u32,
+    /// The sliding window's length, longer than zero; written as `period_ms`.
     #[serde(rename = "period_ms", with = "crate::serde_ms")]
     pub period: Duration,
 }
@@ -62,10 +66,15 @@ impl Default for Intensity {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
+    /// The wait before the first restart of a crash loop (100 ms by default); at most `max`.
+    /// Written as `initial_ms`.
     #[serde(rename = "initial_ms", with = "crate::serde_ms")]
     pub initial: Duration,
+    /// No wait is longer than this, jitter included (30 s by default). Written as `max_ms`.
     #[serde(rename = "max_ms", with = "crate::serde_ms")]
     pub max: Duration,
+    /// Each restart of a crash loop waits this many times the previous base delay; finite and
+    /// at least 1 (1 keeps the delay constant).
     pub multiplier: f64,
     /// Up to this fraction of the delay is added at random, so that children that crashed
     /// together do not restart in lockstep. 0 turns it off.
@@ -104,27 +113,43 @@ impl Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
+    /// Which exits are followed by a restart; `permanent` when left out.
     #[serde(default)]
     pub restart: Restart,
+    /// How many restarts are too many; five a minute when left out.
     #[serde(default)]
     pub intensity: Intensity,
+    /// How long to wait before each restart.
     #[serde(default)]
     pub backoff: Backoff,
 }
 
+/// Why a [`RestartPolicy`] is refused by [`RestartPolicy::validate`]; the spec's author must fix
+/// it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
+    /// `intensity.period` is zero: no window could hold a restart.
     #[error("restart period must be longer than zero")]
     ZeroPeriod,
+    /// The multiplier is below 1 (delays would shrink in a crash loop), NaN or infinite.
     #[error("backoff multiplier {0} must be a finite number of at least 1")]
     Multiplier(f64),
+    /// The jitter fraction is outside 0..=1, or NaN.
     #[error("backoff jitter {0} must be between 0 and 1")]
     Jitter(f64),
+    /// `initial` is longer than `max`.
     #[error("initial backoff {initial:?} is longer than the maximum backoff {max:?}")]
-    InitialAboveMax { initial: Duration, max: Duration },
+    InitialAboveMax {
+        /// The configured first delay.
+        initial: Duration,
+        /// The configured cap.
+        max: Duration,
+    },
 }
 
 impl RestartPolicy {
+    /// Checks the bounds listed in [`PolicyError`]; the tracker relies on them (a zero period
+    /// or a NaN multiplier would make its arithmetic meaningless).
     pub fn validate(&self) -> Result<(), PolicyError> {
         let b = &self.backoff;
         if self.intensity.period.is_zero() {
@@ -162,6 +187,8 @@ impl Exit {
         self == Exit::Code(0)
     }
 
+    /// Reads a wait status: the exit code when the process exited, the signal when one killed
+    /// it, [`Exit::Unknown`] for anything else (a stopped or continued status).
     pub fn from_std(status: std::process::ExitStatus) -> Exit {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
@@ -188,7 +215,14 @@ impl fmt::Display for Exit {
 /// What to do after an exit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
-    Restart { after: Duration },
+    /// Start the child again once `after` has passed; the restart is already counted against
+    /// the intensity.
+    Restart {
+        /// The backoff delay, measured from the exit; zero means at once.
+        after: Duration,
+    },
+    /// Leave the child down. Final for [`GiveUpReason::Intensity`]: the tracker refuses every
+    /// later restart too.
     GiveUp(GiveUpReason),
 }
 
@@ -196,11 +230,22 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GiveUpReason {
     /// A temporary child is never restarted.
-    Temporary { exit: Exit },
+    Temporary {
+        /// How it ended, normal or not.
+        exit: Exit,
+    },
     /// A transient child exited normally.
-    Normal { exit: Exit },
+    Normal {
+        /// Always exit code 0.
+        exit: Exit,
+    },
     /// More restarts than the intensity allows: the child has failed and its parent must decide.
-    Intensity { max_restarts: u32, period: Duration },
+    Intensity {
+        /// The policy's limit that was exceeded.
+        max_restarts: u32,
+        /// The policy's window.
+        period: Duration,
+    },
 }
 
 impl GiveUpReason {
@@ -256,6 +301,7 @@ impl RestartTracker {
         }
     }
 
+    /// The policy the tracker was built with; a changed policy needs a new tracker.
     pub fn policy(&self) -> &RestartPolicy {
         &self.policy
     }

@@ -22,20 +22,39 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
 pub enum Check {
-    Tcp { addr: SocketAddr },
-    Http { addr: SocketAddr, path: String },
+    /// Passes when a TCP connection to `addr` is accepted; nothing is sent.
+    Tcp {
+        /// Where the child listens, as reachable from the supervisor.
+        addr: SocketAddr,
+    },
+    /// Passes when `GET path` on `addr` answers 2xx or 3xx (redirects are not followed).
+    Http {
+        /// Where the child listens, as reachable from the supervisor; also sent as `Host`.
+        addr: SocketAddr,
+        /// Starts with `/`; no whitespace or control characters, since it is written into
+        /// the request line as is.
+        path: String,
+    },
 }
 
 /// A health probe and how its results are judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
+    /// What is checked.
     pub check: Check,
+    /// Time between the starts of two checks; a check slower than this delays the next one
+    /// rather than overlapping it. The first check runs as soon as the child is up. Written as
+    /// `interval_ms`.
     #[serde(rename = "interval_ms", with = "crate::serde_ms")]
     pub interval: Duration,
+    /// How long one check may take, connection included, before it counts as failed. Written
+    /// as `timeout_ms`.
     #[serde(rename = "timeout_ms", with = "crate::serde_ms")]
     pub timeout: Duration,
+    /// Consecutive passes that make the child healthy; at least 1.
     pub success_threshold: u32,
+    /// Consecutive failures (outside the grace period) that make it unhealthy; at least 1.
     pub failure_threshold: u32,
     /// Failures this soon after the start do not count: the child is still starting.
     #[serde(rename = "grace_ms", with = "crate::serde_ms")]
@@ -46,16 +65,25 @@ pub struct ProbeSpec {
     pub restart_on_unhealthy: bool,
 }
 
+/// Why a [`ProbeSpec`] is refused by [`ProbeSpec::validate`]; the spec's author must fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeSpecError {
+    /// `interval` is zero, which would probe in a busy loop.
     #[error("probe interval must be longer than zero")]
     ZeroInterval,
+    /// `timeout` is zero, which would fail every check.
     #[error("probe timeout must be longer than zero")]
     ZeroTimeout,
+    /// `success_threshold` or `failure_threshold` is zero.
     #[error("probe thresholds must be at least 1")]
     ZeroThreshold,
+    /// The HTTP path does not start with `/` or holds whitespace or a control character, which
+    /// could smuggle extra lines into the request.
     #[error("http probe path {path:?} must start with '/' and contain no spaces or control characters")]
-    Path { path: String },
+    Path {
+        /// The rejected path.
+        path: String,
+    },
 }
 
 impl ProbeSpec {
@@ -73,14 +101,18 @@ impl ProbeSpec {
         }
     }
 
+    /// A TCP probe of `addr` with the defaults of [`new`](Self::new).
     pub fn tcp(addr: SocketAddr) -> Self {
         Self::new(Check::Tcp { addr })
     }
 
+    /// An HTTP probe of `path` on `addr` with the defaults of [`new`](Self::new); the path is
+    /// checked by [`validate`](Self::validate), not here.
     pub fn http(addr: SocketAddr, path: impl Into<String>) -> Self {
         Self::new(Check::Http { addr, path: path.into() })
     }
 
+    /// How observations made by this probe are labelled in the model.
     pub fn strategy(&self) -> ObservationStrategy {
         match self.check {
             Check::Tcp { .. } => ObservationStrategy::Tcp,
@@ -88,6 +120,9 @@ impl ProbeSpec {
         }
     }
 
+    /// Checks the bounds listed in [`ProbeSpecError`]; part of [`ChildSpec::validate`].
+    ///
+    /// [`ChildSpec::validate`]: crate::ChildSpec::validate
     pub fn validate(&self) -> Result<(), ProbeSpecError> {
         if self.interval.is_zero() {
             return Err(ProbeSpecError::ZeroInterval);
@@ -107,18 +142,52 @@ impl ProbeSpec {
     }
 }
 
+/// Why one check failed. Each counts as one failure towards `failure_threshold`; the message
+/// becomes the observation's text when the child turns unhealthy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The whole check (connect, and for HTTP the request and status line) took longer than
+    /// the probe's timeout.
     #[error("no answer from {addr} within {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
+    Timeout {
+        /// The probed address.
+        addr: SocketAddr,
+        /// The timeout that ran out.
+        timeout: Duration,
+    },
+    /// The connection was refused or failed: usually nothing listens yet.
     #[error("failed to connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        /// The probed address.
+        addr: SocketAddr,
+        /// The error from connect(2).
+        source: std::io::Error,
+    },
+    /// Sending the request or reading the answer failed after connecting.
     #[error("failed to talk http to {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io {
+        /// The probed address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The first line of the answer is not `HTTP/1.x NNN ...` (or the peer closed without
+    /// answering: the line is then empty).
     #[error("{addr} answered with a malformed http status line {line:?}")]
-    StatusLine { addr: SocketAddr, line: String },
+    StatusLine {
+        /// The probed address.
+        addr: SocketAddr,
+        /// What was read, at most 1024 bytes, lossily decoded, trailing whitespace removed.
+        line: String,
+    },
+    /// The answer's status is outside 200..=399.
     #[error("{addr} answered http status {status}")]
-    Status { addr: SocketAddr, status: u16 },
+    Status {
+        /// The probed address.
+        addr: SocketAddr,
+        /// The status received.
+        status: u16,
+    },
 }
 
 /// Runs one check; `Ok` carries a short description of the success.
@@ -195,7 +264,9 @@ pub fn parse_status_line(line: &str) -> Option<u16> {
 pub enum Health {
     /// No verdict yet.
     Starting,
+    /// `success_threshold` consecutive checks passed.
     Healthy,
+    /// `failure_threshold` consecutive checks failed.
     Unhealthy,
 }
 
@@ -229,6 +300,7 @@ impl ProbeTracker {
         ProbeTracker { health: Health::Healthy, grace_until: now, ..Self::new(spec, now) }
     }
 
+    /// The current verdict; it changes only through [`record`](Self::record).
     pub fn health(&self) -> Health {
         self.health
     }

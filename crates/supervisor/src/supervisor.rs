@@ -63,6 +63,8 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
+    /// Settings for a supervisor on `dir`: 64 queued commands, adopted children polled every
+    /// second, failed stops retried every second, recorded children started at once.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SupervisorConfig {
             dir: dir.into(),
@@ -73,6 +75,8 @@ impl SupervisorConfig {
         }
     }
 
+    /// `<dir>/children.json`: every child's spec and process, written with mode 0600 (specs
+    /// carry environment variables, which may be secrets) and replaced atomically.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
@@ -81,12 +85,21 @@ impl SupervisorConfig {
 /// A state change of one child.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Observation {
+    /// The child whose state changed.
     pub child: ChildId,
+    /// The state it entered. A child with a probe stays `starting` until the probe makes
+    /// it healthy; one without a probe is `running` as soon as its process is.
     pub state: ObservationState,
     /// What saw it: the process itself, or the child's TCP or HTTP probe.
     pub strategy: ObservationStrategy,
+    /// The process the child runs at that moment; `None` while it has none (pending, backing
+    /// off, down, or just launched and not yet reported).
     pub pid: Option<u32>,
+    /// Wall-clock time the supervisor saw the change.
     pub at: DateTime<Utc>,
+    /// What happened, for a human: the exit status and the restart decision, a probe's answer,
+    /// a launch error. Not length-limited here; [`to_node_observation`](Self::to_node_observation)
+    /// cuts it.
     pub message: String,
 }
 
@@ -119,19 +132,29 @@ impl Observation {
 /// One child as the supervisor sees it now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChildStatus {
+    /// The child.
     pub id: ChildId,
+    /// The state of its latest observation, even when that observation was dropped.
     pub state: ObservationState,
+    /// The process it runs now (also while it is being stopped); `None` when it has none.
     pub pid: Option<u32>,
     /// Restarts under the current spec.
     pub restarts: u32,
     /// Whether the running process was started by an earlier supervisor.
     pub adopted: bool,
+    /// The hash of the wanted spec. The running process may still run an older one while a
+    /// changed spec rolls out.
     pub spec_hash: SpecHash,
+    /// The message of its latest observation.
     pub message: String,
 }
 
+/// Everything a supervisor knows at one instant, from [`SupervisorHandle::snapshot`]; a
+/// consistent view, since the owner task answers between two state changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// Every child the supervisor holds, in id order, including failed ones, ones done for good
+    /// and ones being removed.
     pub children: Vec<ChildStatus>,
     /// Observations dropped because their channel was full; snapshots still carry the latest state.
     pub observations_dropped: u64,
@@ -140,13 +163,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The child with this id, if the supervisor holds it.
     pub fn get(&self, id: &ChildId) -> Option<&ChildStatus> {
         self.children.iter().find(|c| &c.id == id)
     }
 }
 
+/// What [`SupervisorHandle::ensure`] did with a spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnsureOutcome {
+    /// The child was not known: it is launched (or adopted, if a launcher finds it running).
     Created,
     /// Same spec as before: nothing happened.
     Unchanged,
@@ -154,42 +180,93 @@ pub enum EnsureOutcome {
     Updated,
 }
 
+/// What [`SupervisorHandle::set_desired`] did, counted per child as [`EnsureOutcome`] counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncSummary {
+    /// Children that were not known and are now starting.
     pub created: usize,
+    /// Children whose spec changed (they restart) or that were being removed and are wanted
+    /// again.
     pub updated: usize,
+    /// Children left exactly as they were.
     pub unchanged: usize,
+    /// Known children missing from the set, now being stopped and forgotten; one already being
+    /// removed counts again.
     pub removed: usize,
 }
 
+/// The supervisor's owner task has ended (shut down, detached, aborted or panicked), so a
+/// request could not be delivered or answered. Retrying on the same handle cannot help.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("supervisor for {dir} is gone")]
 pub struct SupervisorGone {
+    /// The directory the supervisor ran on, naming it in logs.
     pub dir: PathBuf,
 }
 
+/// Why [`SupervisorHandle::ensure`] or [`SupervisorHandle::set_desired`] changed nothing. Specs
+/// are checked before anything is sent, so a refused desired set leaves every child as it was.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EnsureError {
+    /// A spec is invalid; the caller must fix it.
     #[error(transparent)]
     Invalid(#[from] SpecError),
+    /// Two specs of one desired set share an id.
     #[error("child {id} appears twice in the desired set")]
-    Duplicate { id: ChildId },
+    Duplicate {
+        /// The repeated id.
+        id: ChildId,
+    },
+    /// The supervisor has ended.
     #[error(transparent)]
     Gone(#[from] SupervisorGone),
 }
 
+/// Why [`Supervisor::start`] did not start a supervisor. A state file that cannot be parsed is
+/// not one of them: it is moved aside (logged as an error) and the supervisor starts with no
+/// children.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The supervisor's directory could not be created.
     #[error("failed to create supervisor directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// Another live supervisor (in this process or another) holds the directory's lock; two
+    /// supervisors on one directory would each start the other's children.
     #[error("another supervisor holds {path}")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The lock file, `<dir>/supervisor.lock`.
+        path: PathBuf,
+    },
+    /// The lock file could not be opened or locked.
     #[error("failed to lock {path}: {source}")]
-    Lock { path: PathBuf, source: io::Error },
+    Lock {
+        /// The lock file, `<dir>/supervisor.lock`.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// The state file exists but could not be read (permissions, I/O error).
     #[error("failed to read supervisor state {path}: {source}")]
-    ReadState { path: PathBuf, source: io::Error },
+    ReadState {
+        /// The state file.
+        path: PathBuf,
+        /// The error from the filesystem.
+        source: io::Error,
+    },
+    /// The blocking task that locks and loads the directory panicked or was cancelled (the
+    /// runtime shutting down).
     #[error("supervisor for {dir} could not load its state: {source}")]
-    Join { dir: PathBuf, source: tokio::task::JoinError },
+    Join {
+        /// The supervisor's directory.
+        dir: PathBuf,
+        /// Why the task did not finish.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// A running supervisor. Dropping it (and every handle) ends the owner task and leaves the
@@ -254,6 +331,8 @@ impl SupervisorHandle {
         self.request(|reply| Command::Remove { id: id.clone(), reply }).await
     }
 
+    /// Every child's current state, straight from the owner task (not from the observation
+    /// channel, so nothing is missing when observations were dropped).
     pub async fn snapshot(&self) -> Result<Snapshot, SupervisorGone> {
         self.request(|reply| Command::Snapshot { reply }).await
     }
@@ -318,6 +397,8 @@ impl Supervisor {
         Ok(Supervisor { handle, task })
     }
 
+    /// Another handle on this supervisor. The owner task keeps running while any handle lives,
+    /// even after the `Supervisor` itself is dropped.
     pub fn handle(&self) -> SupervisorHandle {
         self.handle.clone()
     }
