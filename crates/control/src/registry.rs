@@ -432,9 +432,9 @@ impl Registry {
 
     /// Create an object of kind `S` with a fresh uuid, in one transaction with everything it
     /// implies: its label index entry, its references (each target checked to exist, be of a ring
-    /// it may refer to and belong to an account it may use), and for an instance its port, uid,
-    /// addresses and default limits. Retried with backoff when something it read changed under it;
-    /// [`RegistryError::Conflict`] when it keeps losing.
+    /// it may refer to and belong to an account it may use), a node's port, an instance's uid
+    /// and default limits, and an interface's addresses. Retried with backoff when something it
+    /// read changed under it; [`RegistryError::Conflict`] when it keeps losing.
     pub async fn create<S: Spec>(
         &self,
         req: CreateRequest<S>,
