@@ -14,6 +14,7 @@ use uuid::Uuid;
 pub enum Scope {
     /// Every account (a membership of the system account).
     Everywhere,
+    /// One account only, by its uuid (a membership of any account but the system one).
     Account(Uuid),
 }
 
@@ -31,6 +32,7 @@ impl Scope {
         }
     }
 
+    /// Back from [`Scope::name`]: `*` is everywhere, a uuid one account; `None` for anything else.
     pub fn parse(s: &str) -> Option<Scope> {
         if s == "*" { Some(Scope::Everywhere) } else { s.parse().ok().map(Scope::Account) }
     }
@@ -54,6 +56,7 @@ impl Grants {
         Grants { everywhere: PermSet::all(), accounts: BTreeMap::new() }
     }
 
+    /// Add `perms` in `scope` to what is already granted there (a union; nothing is ever removed).
     pub fn add(&mut self, scope: Scope, perms: &PermSet) {
         match scope {
             Scope::Everywhere => self.everywhere = self.everywhere.union(perms),
@@ -64,6 +67,7 @@ impl Grants {
         }
     }
 
+    /// [`Grants::add`] by value, for building grants in one expression.
     pub fn with(mut self, scope: Scope, perms: &PermSet) -> Grants {
         self.add(scope, perms);
         self
@@ -77,6 +81,7 @@ impl Grants {
         }
     }
 
+    /// Whether `verb resource` is allowed in `account`, by a grant everywhere or one in that account.
     pub fn allows(&self, verb: Verb, resource: Resource, account: Uuid) -> bool {
         self.everywhere.contains(verb, resource)
             || self.accounts.get(&account).is_some_and(|p| p.contains(verb, resource))
@@ -97,6 +102,7 @@ impl Grants {
         self.accounts.iter().filter(|(_, p)| !p.is_empty()).map(|(a, _)| *a)
     }
 
+    /// Whether nothing at all is allowed, in any scope (a grant of an empty set counts as none).
     pub fn is_empty(&self) -> bool {
         self.everywhere.is_empty() && self.accounts.values().all(PermSet::is_empty)
     }

@@ -55,8 +55,13 @@ pub const ATTENUATED_MINT: &str =
 
 /// The principal that `enjin up` and `enjin server` bootstrap, with the admin role.
 pub const ADMIN_PRINCIPAL: &str = "admin";
+/// The label of the operator's own account (ring `meta`). A membership of it holds in every
+/// account ([`Scope::Everywhere`]).
 pub const SYSTEM_ACCOUNT: &str = "system";
+/// The label of the built-in role that allows every verb on every resource; bootstrap gives it to
+/// [`ADMIN_PRINCIPAL`] in the system account.
 pub const ADMIN_ROLE: &str = "admin";
+/// The label of the built-in read-only role, made at bootstrap for operators to hand out.
 pub const VIEWER_ROLE: &str = "viewer";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,7 +133,11 @@ impl TokenRecord {
 /// An authenticated caller and what it may do, where.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The principal's name, as memberships and audit records name it (`join-<token id>` for a
+    /// join token).
     pub name: String,
+    /// The id of the token that authenticated the call (the root token for a biscuit): what
+    /// revocation and the last-used record refer to.
     pub token: Uuid,
     /// The principal's memberships, narrowed by the token's ceiling.
     pub grants: Arc<Grants>,
@@ -147,10 +156,16 @@ pub struct Principal {
 /// `revision`).
 #[derive(Debug, Clone)]
 pub struct JoinGrant {
+    /// The join token's id.
     pub id: Uuid,
+    /// The ring the joining machine enters.
     pub ring: Ring,
+    /// The machine the joiner becomes a child of.
     pub parent: Uuid,
+    /// The store key of the join token's record, deleted by the join that consumes it.
     pub key: String,
+    /// The record's `mod_revision` when read: the join deletes it only if it is unchanged, so two
+    /// joins racing on one token cannot both succeed.
     pub revision: i64,
 }
 
@@ -208,21 +223,30 @@ impl Principal {
     }
 }
 
+/// Why a request could not be authenticated. Every variant but [`AuthError::Registry`] is the
+/// caller's fault and answers 401; `Registry` is the store failing and answers as that error does.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// No `Authorization` header, or one that is not `Bearer <token>`.
     #[error("missing bearer token: send `Authorization: Bearer <token>`")]
     Missing,
+    /// A token with no known mark, no record in the store (never issued, deleted, or a join token
+    /// already used or expired), or a biscuit whose root token is gone.
     #[error("the bearer token is not valid")]
     Invalid,
+    /// The token (or a biscuit's root token) is past its `expires_at`.
     #[error("the bearer token has expired")]
     Expired,
+    /// A biscuit that does not decode or whose signatures do not verify under the token-signing key.
     #[error("the bearer biscuit is not valid: {0}")]
     Biscuit(#[from] biscuits::BiscuitProblem),
+    /// One of the biscuit's blocks has been revoked.
     #[error("the bearer biscuit has been revoked")]
     Revoked,
     /// A biscuit whose expiry check fails: it is no longer a credential, whatever it asks.
     #[error("the bearer biscuit has expired: {0}")]
     BiscuitExpired(String),
+    /// Reading the store failed, or a record in it is corrupt: not the caller's fault.
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }

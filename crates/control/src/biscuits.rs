@@ -37,18 +37,28 @@ pub const LIMITS: AuthorizerLimits =
 /// Why a bearer biscuit or a derivation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BiscuitProblem {
+    /// Longer than [`MAX_BISCUIT_BYTES`] once decoded (judged by its base64 length, before
+    /// decoding).
     #[error("the biscuit is longer than {MAX_BISCUIT_BYTES} bytes")]
     TooLarge,
+    /// More than [`MAX_BLOCKS`] blocks (for a derivation: the block it would add is counted).
     #[error("the biscuit has {0} blocks; at most {MAX_BLOCKS} are accepted")]
     TooManyBlocks(usize),
+    /// The bearer lacks the [`BISCUIT_MARK`] prefix.
     #[error("not a biscuit: it does not start with {BISCUIT_MARK}")]
     NotABiscuit,
+    /// Malformed base64 or Biscuit encoding, a signature chain that does not verify under the
+    /// token-signing key, or a Datalog run that failed; the text is the library's.
     #[error("the biscuit cannot be read or its signatures do not verify: {0}")]
     Untrusted(String),
+    /// A block signed by a third-party key: the server has no way to trust those keys.
     #[error("the biscuit carries third-party blocks, which are not accepted")]
     ThirdParty,
+    /// The authority block names no token id, several, or one that is not a uuid.
     #[error("the biscuit's authority block names no single token")]
     NoToken,
+    /// A block could not be built or appended: an invalid app label, a check that does not parse,
+    /// a restriction that narrows nothing, or an encoding failure.
     #[error("cannot build the block: {0}")]
     Block(String),
 }
@@ -67,10 +77,17 @@ impl std::fmt::Debug for TokenKey {
 /// Why the token-signing key could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenKeyError {
+    /// The key file could not be read or written, or others may read it.
     #[error(transparent)]
     File(#[from] enjin_pki::PkiError),
+    /// The file's contents are not a hex Ed25519 private key.
     #[error("{path} holds no Ed25519 token-signing key: {error}")]
-    BadKey { path: String, error: String },
+    BadKey {
+        /// The key file, as given.
+        path: String,
+        /// Why its contents were not a key.
+        error: String,
+    },
 }
 
 impl TokenKey {
@@ -96,6 +113,7 @@ impl TokenKey {
         Ok(key)
     }
 
+    /// The public half, which verifies every biscuit this key minted (or that was derived from one).
     pub fn public(&self) -> PublicKey {
         self.keys.public()
     }
@@ -141,7 +159,9 @@ impl std::fmt::Debug for Attenuation {
 /// A verified bearer biscuit: the root token it names, and its checks.
 #[derive(Debug)]
 pub struct Verified {
+    /// The id of the root token the authority block names; the caller must still look it up.
     pub token: Uuid,
+    /// The biscuit's checks, to run against each request it is presented with.
     pub attenuation: Attenuation,
 }
 
@@ -177,6 +197,8 @@ fn token_of(biscuit: &Biscuit) -> Result<Uuid, BiscuitProblem> {
     }
 }
 
+/// Lowercase hex, two digits per byte, no separator: how revocation ids are written in store
+/// keys and shown.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -186,10 +208,17 @@ pub fn hex(bytes: &[u8]) -> String {
 /// and, where the route names one, `app("<name>")`.
 #[derive(Debug, Clone)]
 pub struct RequestFacts {
+    /// The time the server takes for the request (`time($t)`); expiry checks compare with it.
     pub now: DateTime<Utc>,
+    /// The verb of the route's permission (`operation("get")`); `None` for public routes, which
+    /// then fail any check on it.
     pub operation: Option<Verb>,
+    /// The resource of the route's permission (`resource("release")`); `None` for public routes
+    /// and for a watch whose query names no kind.
     pub resource: Option<String>,
+    /// The matched route template (`route("/v1/apps/{app}/logs")`), not the concrete path.
     pub route: Option<String>,
+    /// The `{app}` the path names, when the route has one.
     pub app: Option<String>,
 }
 

@@ -36,9 +36,13 @@ const RELIST_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// One object as the cache holds it: decoded once, with what lists filter on drawn out.
 pub struct Entry {
+    /// The object's metadata (kind, uuid, ring, account, label, labels, revision).
     pub meta: ObjectMeta,
+    /// The compartment the object is in ([`Spec::compartment`]); `None` for kinds outside one.
     pub compartment: Option<Uuid>,
+    /// The tiers the object serves ([`Spec::tiers`]); empty for kinds without tiers.
     pub tiers: Vec<Uuid>,
+    /// The object's parent ([`Spec::parent`]): what the parent index and `parent` filters use.
     pub parent: Option<Uuid>,
     /// The `Object<S>` of the entry's kind.
     object: Box<dyn Any + Send + Sync>,
@@ -73,11 +77,17 @@ impl Entry {
 /// What one store revision did to one object.
 #[derive(Debug, Clone)]
 pub struct Change {
+    /// The object's kind.
     pub kind: Kind,
+    /// The object's uuid.
     pub uuid: Uuid,
+    /// The store revision of the change; after a relist, the list's revision for every difference
+    /// it found.
     pub revision: Revision,
+    /// The object as the cache held it before; `None` when it is new to the cache.
     pub old: Option<Arc<Entry>>,
-    /// `None` when the object was deleted.
+    /// The object now; `None` when it was deleted, or when what is stored no longer decodes
+    /// (lists of its kind then fail naming it).
     pub new: Option<Arc<Entry>>,
 }
 

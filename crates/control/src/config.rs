@@ -43,17 +43,24 @@ impl Default for AuditConfig {
 /// to say "unlimited", since an absent limit is filled from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceDefaults {
+    /// The memory limit (cgroup `memory.max`), in bytes.
     pub memory_bytes: Option<u64>,
+    /// The most processes and threads the instance may have at once (cgroup `pids.max`).
     pub pids: Option<u64>,
     /// Thousandths of a core.
     pub cpu_millis: Option<u64>,
+    /// The size of the instance's writable disk, in bytes.
     pub disk_bytes: Option<u64>,
 }
 
 impl InstanceDefaults {
+    /// The default memory limit: 512 MiB.
     pub const MEMORY_BYTES: u64 = 512 << 20;
+    /// The default process limit: 256.
     pub const PIDS: u64 = 256;
+    /// The default CPU limit: one core.
     pub const CPU_MILLIS: u64 = 1000;
+    /// The default writable disk: 1 GiB.
     pub const DISK_BYTES: u64 = 1 << 30;
 
     /// Nothing limited unless the spec says so.

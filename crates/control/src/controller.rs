@@ -38,6 +38,7 @@ pub enum Action {
 pub struct ReconcileError(pub String);
 
 impl ReconcileError {
+    /// A failure described by `e`'s `Display` text, which is what the warning logs.
     pub fn new(e: impl std::fmt::Display) -> Self {
         ReconcileError(e.to_string())
     }
@@ -46,10 +47,13 @@ impl ReconcileError {
 /// The first delay after a failed reconcile; it doubles per failure of the same key up to
 /// [`BACKOFF_MAX`], and a success resets it.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// The longest delay between retries of a key whose reconciles keep failing.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// One controller: what it watches, and how it reconciles one key.
 pub trait Reconciler: Send + Sync + 'static {
+    /// What one reconcile is about (an app, a node). Keys are coalesced while queued, so a key
+    /// waits in the queue at most once.
     type Key: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static;
 
     /// The controller's name, for logs.
@@ -150,6 +154,7 @@ pub struct Controllers {
 }
 
 impl Controllers {
+    /// Controllers woken by `cache`'s changes; none runs until [`Controllers::start`].
     pub fn new(cache: Arc<WatchCache>) -> Self {
         Controllers { cache, stop: watch::channel(false).0, tasks: Vec::new() }
     }

@@ -36,22 +36,35 @@ pub const INSTANCE_NETWORK_LABEL: &str = crate::platform::network::INSTANCES;
 pub struct FirewallBase {
     /// The instance network's object: only rule sets on it count (`None`: every rule set).
     pub network: Option<Uuid>,
+    /// The addresses the routers connect from: admitted to every instance's `port`.
     pub edge: Vec<IpAddr>,
+    /// The DNS servers every instance may query (UDP and TCP).
     pub dns: Vec<SocketAddr>,
+    /// Ranges no instance may connect to, whatever a rule says (the hosts network of rings 0
+    /// and 1, and loopback).
     pub protected: Vec<Cidr>,
+    /// The instance network's range; `None` when there is no instance network.
     pub instance_network: Option<Cidr>,
 }
 
 /// One instance on the instance network, anywhere in the cloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceEndpoint {
+    /// The instance's node.
     pub node: Uuid,
+    /// The host that runs it (the node's parent; the nil uuid if it has none).
     pub host: Uuid,
+    /// The account the instance belongs to: only that account's rules apply to it.
     pub account: Uuid,
+    /// The app it runs (its app label), which `peer_app` selectors match.
     pub app: String,
+    /// Its process type (its process label); empty when the node has none.
     pub process: String,
+    /// Its address on the instance network (the first of its interface's).
     pub address: IpAddr,
+    /// The port it serves, which the edge may reach; `None` if it serves none.
     pub port: Option<u16>,
+    /// The host-side veth, whose name is derived from the node's uuid.
     pub interface: String,
 }
 

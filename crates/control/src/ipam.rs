@@ -9,10 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use enjin_model::kinds::Cidr;
 use uuid::Uuid;
 
+/// The store key that holds `address` in `network` (`/ipam/<network>/<address>`): it exists
+/// exactly while an interface has that address.
 pub fn key(network: Uuid, address: IpAddr) -> String {
     format!("/ipam/{network}/{address}")
 }
 
+/// The prefix of every address key of `network`, to list the addresses it has handed out.
 pub fn prefix(network: Uuid) -> String {
     format!("/ipam/{network}/")
 }

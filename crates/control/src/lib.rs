@@ -69,6 +69,8 @@ impl ControlPlane {
         ControlPlane::with_config(store, &ControlConfig::default())
     }
 
+    /// A control plane over `store` with `config`'s limits, audit retention and instance defaults,
+    /// listing straight from the store (no watch cache; see [`ControlPlane::with_registry`]).
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
         ControlPlane::with_registry(Registry::with_config(store, config), config)
     }
@@ -119,10 +121,12 @@ impl ControlPlane {
         self
     }
 
+    /// The registry the API reads and writes through, for services run beside the API.
     pub fn registry(&self) -> &Registry {
         &self.state.registry
     }
 
+    /// Tokens and principals, for issuing the first admin token or checking one outside a request.
     pub fn auth(&self) -> &Auth {
         &self.state.auth
     }
@@ -137,6 +141,10 @@ impl ControlPlane {
         &self.state.openapi
     }
 
+    /// Every route, with authentication, authorization, rate limiting and the audit log, but
+    /// without what [`ControlPlane::serve`] adds at the door (connection limit, timeouts, the
+    /// `Content-Length` check, TLS) and without its background tasks. This is what `serve`
+    /// runs; on its own it drives the API in process, with no listener.
     pub fn router(&self) -> Router {
         routes::router(self.state.clone(), routes::table())
     }

@@ -63,19 +63,27 @@ pub struct ApiLimits {
 }
 
 impl ApiLimits {
+    /// The default sustained request rate per principal.
     pub const RATE_PER_SECOND: u32 = 100;
+    /// The default burst per principal: requests it may make at once before the rate applies.
     pub const BURST: u32 = 200;
     /// A person mistyping a token, or a script with a stale one, fails a few times; a source
     /// that fails this many times in a row is guessing or misconfigured, and each further try
     /// costs it a second.
     pub const FAILED_AUTH_PER_SECOND: u32 = 1;
+    /// The default number of failed authentications a source may make in a row before each further
+    /// try has to wait for [`ApiLimits::FAILED_AUTH_PER_SECOND`].
     pub const FAILED_AUTH_BURST: u32 = 20;
+    /// The default cap on connections open at once.
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// The default [`ApiLimits::header_timeout`].
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// Long enough for the largest package (512 MiB) at about 2 MB/s; a JSON body (1 MiB at
     /// most) that takes this long is not being sent in earnest.
     pub const BODY_TIMEOUT: Duration = Duration::from_secs(300);
+    /// The default [`ApiLimits::handshake_timeout`].
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default [`ApiLimits::idle_timeout`].
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// The most connections a server can be configured to hold (a semaphore's permits are
     /// counted in `u32` when the server drains).
@@ -139,6 +147,8 @@ pub struct RateLimiter {
 /// The answer to a caller over its rate: wait this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited {
+    /// How long until the bucket holds a token again; the 429's `Retry-After` is this rounded
+    /// up to whole seconds.
     pub retry_after: Duration,
 }
 
@@ -146,6 +156,8 @@ impl RateLimiter {
     /// How many principals' buckets are kept at most.
     pub const MAX_BUCKETS: usize = 10_000;
 
+    /// Buckets at `rate` (a zero `per_second` or `burst` is taken as 1), for at most
+    /// [`RateLimiter::MAX_BUCKETS`] principals.
     pub fn new(rate: Rate) -> Self {
         RateLimiter::with_capacity(rate, Self::MAX_BUCKETS, Instant::now())
     }
@@ -283,6 +295,8 @@ pub struct FailedAuthLimiter {
 pub struct SourceLimited(pub RateLimited);
 
 impl FailedAuthLimiter {
+    /// A limiter allowing each source `rate` failed authentications, for at most
+    /// [`RateLimiter::MAX_BUCKETS`] sources.
     pub fn new(rate: Rate) -> Self {
         FailedAuthLimiter { buckets: RateLimiter::new(rate) }
     }

@@ -21,12 +21,17 @@ use crate::registry::{Registry, RegistryError};
 /// What one read of the store says about the instance network.
 #[derive(Debug)]
 pub struct NetworkView {
+    /// What every host's firewall shares; empty (default) when there is no instance network yet.
     pub base: FirewallBase,
+    /// The instance network's uuid; `None` until the platform has made it.
     pub instances_network: Option<Uuid>,
+    /// Every network interface in the store, on any network and ring.
     pub interfaces: Vec<Object<NetworkInterfaceSpec>>,
 }
 
 impl NetworkView {
+    /// Read the instance network, the hosts network and every interface from the registry.
+    /// Without both networks the view is empty but not an error: nothing has an address yet.
     pub async fn read(registry: &Registry) -> Result<NetworkView, RegistryError> {
         let (interfaces, _) = registry.list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
         let Some((instances, hosts)) = network::networks(registry).await? else {

@@ -7,11 +7,13 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
+/// The prefix of every port key: a range read of it lists the ports taken.
 pub const PREFIX: &str = "/ports/";
 
 /// The ports instances are given.
 pub const RANGE: RangeInclusive<u16> = 20000..=29999;
 
+/// The store key that holds `port` (`/ports/<port>`): it exists exactly while a node has it.
 pub fn key(port: u16) -> String {
     format!("{PREFIX}{port}")
 }

@@ -12,32 +12,49 @@ use crate::registry::RegistryError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// An error answer of the API, rendered as a problem document (and logged at `error` when it is
+/// a 5xx: a server fault someone must look at). Every handler's error converts into one; the
+/// conversions from [`RegistryError`], [`AuthError`], [`StoreError`] and [`BusError`] decide
+/// whose fault each failure is.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status: 4xx when the caller is at fault, 5xx when the server is.
     pub status: StatusCode,
+    /// A short stable name for the kind of problem (`not-found`, `conflict`, `too-large`): the
+    /// document's `type` is `urn:enjin:problem:<slug>`, which clients may match on.
     pub slug: &'static str,
+    /// What went wrong, for a person, naming the object.
     pub detail: String,
+    /// The request field at fault, as a path into the body (`spec.cidr`) or a query parameter;
+    /// `None` when no single field is.
     pub field: Option<String>,
 }
 
 impl ApiError {
+    /// An error with no field at fault.
     pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, slug, detail: detail.into(), field: None }
     }
 
+    /// Name the field at fault.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
+    /// 400 `bad-request`: the request is malformed (a query, a header, a body that does not parse).
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad-request", detail)
     }
 
+    /// 403 `forbidden`: the caller is authenticated but lacks a permission; `detail` should say
+    /// which.
     pub fn forbidden(detail: impl Into<String>) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }
 
+    /// The RFC 9457 document sent as the body: `title` is the status's reason phrase, `instance`
+    /// is never set.
     pub fn problem(&self) -> Problem {
         Problem {
             problem_type: format!("urn:enjin:problem:{}", self.slug),

@@ -54,8 +54,6 @@ const MAX_UID_RACES: usize = 64;
 
 const DAG_GUARD: &str = "/guards/compartment-graph";
 
-/// Written by every change of who may do what (roles, memberships, tokens), so that cached
-/// authorizations know when they are stale: its mod revision is the authorization generation.
 /// Where an app's name is claimed for its account (`platform::claim_name`): the key's value
 /// is the account's uuid.
 const APP_NAMES: &str = "/apps/names/";
@@ -64,6 +62,8 @@ const APP_NAMES: &str = "/apps/names/";
 /// checked against each other commit one at a time.
 const ACCESS_RULE_GUARDS: &str = "/guards/access-rules/";
 
+/// Written by every change of who may do what (roles, memberships, tokens), so that cached
+/// authorizations know when they are stale: its mod revision is the authorization generation.
 pub const AUTH_GENERATION: &str = "/auth/generation";
 
 /// Add the authorization-generation bump to writes of kinds that grant permissions.
@@ -74,26 +74,59 @@ fn bump_auth(kind: Kind, txn: Txn) -> Txn {
     }
 }
 
+/// Why a registry operation failed. The API answers each as [`ApiError`](crate::ApiError)'s
+/// conversion says: not found 404, invalid 422, conflicts 409, forbidden 403, unavailable 503,
+/// corrupt 500, and a store error as that error says.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// No object of that kind has that uuid (never made, or deleted).
     #[error("{kind} {uuid} not found")]
-    NotFound { kind: Kind, uuid: Uuid },
+    NotFound {
+        /// The kind looked for.
+        kind: Kind,
+        /// The uuid looked for.
+        uuid: Uuid,
+    },
+    /// No API token has that id (never issued, or revoked).
     #[error("token {0} not found")]
     TokenNotFound(Uuid),
+    /// The request breaks a rule of the model (a label, a spec field, a reference to the wrong
+    /// kind or ring); the error names the field.
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The write collides with the store's state: a revision that is no longer current, a
+    /// label already taken among siblings, or an object that kept changing through every
+    /// retry. Reading again and retrying may succeed.
     #[error("{detail}")]
-    Conflict { field: Option<String>, detail: String },
+    Conflict {
+        /// The request field in conflict (`label`, `revision`); `None` when the whole write
+        /// is.
+        field: Option<String>,
+        /// What collided, naming the object it collided with where there is one.
+        detail: String,
+    },
+    /// A delete refused because another object still refers to the target (or to an object the
+    /// delete would cascade to); change or delete the referrer first.
     #[error("{detail}")]
-    StillReferenced { detail: String },
+    StillReferenced {
+        /// Which object refers to the target, and through which field.
+        detail: String,
+    },
+    /// What is stored does not decode: a bug or a damaged store, never the caller's fault.
     #[error("stored {key} is unreadable: {error}")]
-    Corrupt { key: String, error: String },
+    Corrupt {
+        /// The store key whose value is unreadable (or a description of the value).
+        key: String,
+        /// Why it does not decode.
+        error: String,
+    },
     /// Something the write needs has run out (every instance uid is taken).
     #[error("{0}")]
     Unavailable(String),
     /// The caller may not do this: it would grant more than the caller holds.
     #[error("{0}")]
     Forbidden(String),
+    /// The store failed (closed, compacted past a revision asked for, or an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -171,6 +204,8 @@ struct RefRecord {
     cascade: bool,
 }
 
+/// The store key of an object: `/registry/<kind>/<uuid>`. Watching the kind's prefix sees
+/// every change of its objects.
 pub fn object_key(kind: Kind, uuid: Uuid) -> String {
     format!("/registry/{}/{uuid}", kind.name())
 }
@@ -267,6 +302,7 @@ impl Registry {
         Registry::with_config(store, &ControlConfig::default())
     }
 
+    /// A registry over `store`, filling instance limits from `config`, with no watch cache.
     pub fn with_config(store: Arc<dyn Store>, config: &ControlConfig) -> Self {
         Registry {
             store,
@@ -288,6 +324,8 @@ impl Registry {
         self.cache.as_ref()
     }
 
+    /// The store underneath, for what lives outside the registry's objects (tokens, audit,
+    /// address and port keys).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -344,6 +382,8 @@ impl Registry {
         Ok(obj)
     }
 
+    /// The object of kind `S` with `uuid`, read from the store (never the cache), with its
+    /// revision and owner filled in.
     pub async fn get<S: Spec>(&self, uuid: Uuid) -> Result<Object<S>, RegistryError> {
         let kv = self.store.get(&object_key(S::KIND, uuid)).await?;
         let kv = kv.ok_or(RegistryError::NotFound { kind: S::KIND, uuid })?;
@@ -390,6 +430,11 @@ impl Registry {
         Ok((items, range.revision))
     }
 
+    /// Create an object of kind `S` with a fresh uuid, in one transaction with everything it
+    /// implies: its label index entry, its references (each target checked to exist, be of a ring
+    /// it may refer to and belong to an account it may use), a node's port, an instance's uid
+    /// and default limits, and an interface's addresses. Retried with backoff when something it
+    /// read changed under it; [`RegistryError::Conflict`] when it keeps losing.
     pub async fn create<S: Spec>(
         &self,
         req: CreateRequest<S>,
@@ -560,6 +605,10 @@ impl Registry {
         Err(busy(kind))
     }
 
+    /// Replace an object's label, labels and spec, only if `req.revision` is still its revision
+    /// (else [`RegistryError::Conflict`] on `revision`). What a kind forbids changing (a node's
+    /// port or uid, what referrers rely on) is refused; the object's uuid, ring, account and
+    /// creation time never change.
     pub async fn update<S: Spec>(
         &self,
         uuid: Uuid,

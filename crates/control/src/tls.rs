@@ -17,12 +17,18 @@ pub const API_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The certificate's common name.
 const API_CERT_NAME: &str = "enjin-api";
 
+/// Why [`server_config`] could not make the API's TLS configuration. Each is fatal at start:
+/// the server does not fall back to plain HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiTlsError {
+    /// The CA refused to issue the certificate (a name it cannot carry, a signing failure).
     #[error("failed to issue the API server certificate: {0}")]
     Issue(#[from] PkiError),
+    /// The issued certificate, the CA's certificate or the key did not parse as PEM: a bug in
+    /// issuing, not in the configuration.
     #[error("failed to read the API server certificate PEM: {0}")]
     Pem(rustls_pki_types::pem::Error),
+    /// rustls rejected the certificate chain or key, or the protocol versions.
     #[error("failed to build the API TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }

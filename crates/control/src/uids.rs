@@ -37,6 +37,8 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
+/// The prefix of every uid key, and of the counter [`NEXT`]: a range read of it lists the uids
+/// taken (skip the counter with [`uid_of`]).
 pub const PREFIX: &str = "/uids/";
 
 /// The next uid to try, as decimal text.
@@ -45,6 +47,8 @@ pub const NEXT: &str = "/uids/next";
 /// The uids instances are given (see the module documentation for why these).
 pub const RANGE: RangeInclusive<u32> = 10_000_000..=99_999_999;
 
+/// The store key that holds `uid` (`/uids/<uid>`), whose value is the instance's uuid: it
+/// exists exactly while a node holds the uid.
 pub fn key(uid: u32) -> String {
     format!("{PREFIX}{uid}")
 }

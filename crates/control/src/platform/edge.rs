@@ -31,16 +31,27 @@ const REPUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// Everything the tables are computed from, read at one moment.
 #[derive(Debug, Default)]
 pub struct View {
+    /// The store revision of the list of apps (read first); it versions the route table and the
+    /// zone, so a consumer can tell a newer table from an older one.
     pub revision: i64,
+    /// The app environments: ring 2 compartments of type `app-environment`.
     pub apps: Vec<Object<CompartmentSpec>>,
+    /// Every ring 2 release of any app, by uuid.
     pub releases: HashMap<Uuid, Object<ReleaseSpec>>,
+    /// The ring 2 nodes with an app label: the apps' instances.
     pub instances: Vec<Object<NodeSpec>>,
+    /// The ring 1 nodes (the hosts), by uuid.
     pub hosts: HashMap<Uuid, Object<NodeSpec>>,
+    /// Every network interface, on any network: where instances and hosts are reached.
     pub interfaces: Vec<Object<NetworkInterfaceSpec>>,
+    /// Every node observation, grouped by the node observed.
     pub observations: HashMap<Uuid, Vec<Object<NodeObservationSpec>>>,
 }
 
 impl View {
+    /// Read everything from the registry, one list per kind. The lists are separate reads, so a
+    /// write landing between two of them is seen by the later ones only; the next change publishes
+    /// again.
     pub async fn read(registry: &Registry) -> Result<View, PlatformError> {
         let ring = |r: Ring| ListQuery { ring: Some(r), ..ListQuery::default() };
         let (apps, revision) = registry.list::<CompartmentSpec>(&ring(Ring::PLATFORM)).await?;
@@ -66,6 +77,8 @@ impl View {
         })
     }
 
+    /// The release of `app` that is live: of its active releases, the one with the highest
+    /// version.
     pub fn live_release(&self, app: Uuid) -> Option<&Object<ReleaseSpec>> {
         self.releases
             .values()
@@ -73,10 +86,14 @@ impl View {
             .max_by_key(|r| r.spec.version)
     }
 
+    /// The instances in `app`'s environment (nodes whose compartment is the app), of every release
+    /// and process type.
     pub fn instances_of(&self, app: Uuid) -> impl Iterator<Item = &Object<NodeSpec>> {
         self.instances.iter().filter(move |n| n.spec.compartment == Some(app))
     }
 
+    /// What the node's observations say of its health ([`Health::of`]): `Starting` until its
+    /// process has been observed, then its probe's verdict if its spec has a probe.
     pub fn health(&self, node: &Object<NodeSpec>) -> Health {
         let obs: Vec<&Object<NodeObservationSpec>> =
             self.observations.get(&node.meta.uuid).map(|v| v.iter().collect()).unwrap_or_default();
@@ -92,6 +109,9 @@ impl View {
         })
     }
 
+    /// Where the instance serves: its own address on the instance network for an instance with a
+    /// network of its own (`None` until it has one), else its host's address (loopback when the
+    /// host has no interface). `None` when it serves no port.
     pub fn address_of(&self, node: &Object<NodeSpec>) -> Option<SocketAddr> {
         let run = node.spec.run.as_ref()?;
         let port = run.port?;
@@ -121,6 +141,9 @@ impl View {
             && self.address_of(node).is_some()
     }
 
+    /// The router's table: one route per app at `<app>.<domain>`, path `/`, with every
+    /// [routed](View::routed) instance as a backend, sorted by app then instance label. An app with
+    /// no routed instance keeps its route with no backends (the router answers 503 for it).
     pub fn routes(&self, domain: &str) -> RouteTable {
         let mut routes: Vec<RouteEntry> = self
             .apps
@@ -151,6 +174,10 @@ impl View {
         RouteTable { version: self.revision, routes }
     }
 
+    /// The DNS zone for `origin`: `<host>.hosts.<origin>` for each host, `<app>.<origin>` pointing
+    /// at the router (loopback when `router` is unset, unspecified or IPv6), `<instance>.<app>.<origin>`
+    /// for each instance with an IPv4 address, and an `_http._tcp.<app>.<origin>` SRV record per
+    /// routed instance. Records are sorted, so an unchanged model gives an identical zone.
     pub fn zone(&self, origin: &str, router: Option<SocketAddr>) -> DnsZone {
         let router_ip = match router.map(|r| r.ip()) {
             Some(IpAddr::V4(ip)) if !ip.is_unspecified() => ip,

@@ -71,8 +71,12 @@ pub fn effective_strategy(recorded: Option<Strategy>, host: Sandbox) -> Option<S
 /// A host as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostLoad {
+    /// The host's node uuid: what [`place`] returns for each instance it puts there.
     pub host: Uuid,
+    /// The host's label; the last tie-breaker, so equal hosts are chosen in a stable order.
     pub label: String,
+    /// The compartment the host is in (a failure domain): instances spread across compartments
+    /// before they spread across hosts. Hosts without one count as one compartment together.
     pub compartment: Option<Uuid>,
     /// Memory the host offers to instances; `None` for no limit.
     pub memory_capacity: Option<u64>,
@@ -86,14 +90,26 @@ pub struct HostLoad {
     pub sandbox: Sandbox,
 }
 
+/// Why [`eligible`] or [`place`] found no host. Placement is all or nothing: when it fails,
+/// none of the instances asked for is made (the rollout reports it as unavailable).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
+    /// No host was given to place on: none is up.
     #[error("no ring 1 host is up to run instances")]
     NoHosts,
+    /// The app requires isolation and none of the hosts up can sandbox.
     #[error("no ring 1 host that is up can sandbox instances, and this app's may run only in a sandbox")]
     NoSandbox,
+    /// Every host left would go over its memory capacity with one more instance.
     #[error("no host has {needed} bytes of memory free for instance {index} (of {count})")]
-    NoCapacity { needed: u64, index: usize, count: usize },
+    NoCapacity {
+        /// The memory one instance reserves, in bytes.
+        needed: u64,
+        /// Which instance found no room, counting from 1.
+        index: usize,
+        /// How many instances were being placed.
+        count: usize,
+    },
 }
 
 /// Keep the hosts a rollout may use.

@@ -67,8 +67,12 @@ pub struct AppState {
 pub enum Perm {
     /// Anyone (only `/healthz`).
     Public,
+    /// `verb` on `resource`. For an object kind, tokens and the OpenAPI document, holding it in some
+    /// account lets the request through and the handler checks the account it acts in; any other
+    /// resource must be held in the system account (an operator's permission).
     Require(Verb, Resource),
-    /// `watch` on the kind named in the query, or on every kind when none is named.
+    /// `watch` on the kind named in the query; with none named, on at least one kind (the
+    /// handler then sends only the events of kinds the caller may watch).
     WatchQuery,
     /// The permission, or a bearer biscuit acting on itself: the handler decides which (revoking
     /// a biscuit one holds only narrows what one can do).
@@ -105,21 +109,33 @@ pub enum Body {
 /// One route, as served and as documented.
 #[derive(Debug)]
 pub struct RouteDef {
+    /// The HTTP method.
     pub method: Method,
+    /// The path template as axum routes it and OpenAPI shows it, parameters in braces
+    /// (`/v1/apps/{app}`).
     pub path: String,
+    /// Who may call it, checked before any extractor runs.
     pub perm: Perm,
+    /// The OpenAPI `operationId`, unique across the API (`createToken`; for a kind's routes the
+    /// verb and the kind's title).
     pub operation_id: String,
+    /// One line saying what the route does, for the OpenAPI document.
     pub summary: String,
+    /// The OpenAPI tag the route is grouped under (a kind's title, or the area it serves).
     pub tag: String,
     /// The path parameters, as one object whose properties are named as in `path`.
     pub path_params: Option<SchemaFn>,
+    /// The schema of the query string, as one object; `None` for a route that takes none.
     pub query: Option<SchemaFn>,
+    /// What the request body must be; `None` for a route that takes none.
     pub body: Option<Body>,
+    /// What a successful answer carries.
     pub success: Success,
     /// Error statuses this route's handler can answer with besides those that follow from the
     /// rest of the row (`openapi::implied_errors`: 401, 403 and 429 where guarded, 400 for a
     /// query or body, 404 for a path, 413 and 415 for a body).
     pub errors: Vec<u16>,
+    /// The axum handler for `method` on `path`.
     pub handler: MethodRouter<AppState>,
 }
 
