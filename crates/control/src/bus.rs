@@ -54,46 +54,71 @@ pub const CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// are kept in memory and made again at each start.
 const LOCAL_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// Why the ring's key service or bus could not do what was asked. The first four are the
+/// caller's (the API answers 404, 409, 422 and 503); the rest are the server's own.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// No key with this id (as the caller wrote it) in this ring.
     #[error("no key {0} in ring {1}")]
     NoSuchKey(String, u8),
+    /// The change contradicts the key's life cycle (revoking a parent key, rotating a revoked
+    /// one) or raced another change of it; the message says which.
     #[error("{0}")]
     Refused(String),
+    /// A field of the request is not valid.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        /// The request's field, as the API names it.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// This server runs no hub for the ring, so nothing can be asked over it.
     #[error("the ring bus is not running on this server")]
     NoHub,
     /// A file of the ring's keys, certificates or members could not be made or replaced.
     #[error("{}: {source}", path.display())]
     File {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// The ring's CA could not be loaded, made or used to issue a certificate.
     #[error(transparent)]
     Pki(#[from] enjin_pki::PkiError),
+    /// A new key pair could not be generated.
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    /// This machine's parent key is on disk but cannot be read.
     #[error(transparent)]
     LoadKey(#[from] LoadKeyError),
+    /// A new parent key could not be written (0600) to disk.
     #[error(transparent)]
     SaveKey(#[from] SaveKeyError),
+    /// A member's name (in a certificate or a join) is not one the bus accepts.
     #[error("not a member name: {0}")]
     Member(#[from] MemberNameError),
+    /// The stored keys make a trust bundle that members would reject.
     #[error("the trust bundle cannot be used: {0}")]
     Bundle(#[from] BundleError),
+    /// A message could not be signed with the parent key.
     #[error("failed to sign a message: {0}")]
     Seal(#[from] SealError),
+    /// The transport (the hub connection) refused or lost a publish or subscribe.
     #[error("the bus: {0}")]
     Transport(#[from] TransportError),
+    /// A message's payload could not be encoded.
     #[error("failed to encode a message: {0}")]
     Encode(#[from] serde_json::Error),
     /// A node asked over the bus did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// The store failed a read or a write of the ring's keys.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An object the service reads or writes through the registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -303,10 +328,12 @@ impl BusAuthority {
         Ok(())
     }
 
+    /// The ring whose bus this service is the parent of.
     pub fn ring(&self) -> u8 {
         self.ring
     }
 
+    /// The ring CA's certificate (PEM), what members and the hub trust.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()
     }
@@ -353,6 +380,8 @@ impl BusAuthority {
         })
     }
 
+    /// Record the hub this server runs for the ring: its address (where requests over the
+    /// bus are sent) and its statistics (served on `/metrics`).
     pub fn set_hub(&self, addr: SocketAddr, stats: Arc<HubStats>) {
         if let Ok(mut h) = self.hub.lock() {
             *h = Some((addr, stats));
@@ -568,6 +597,7 @@ impl BusAuthority {
         }
     }
 
+    /// Every key of the ring, public halves and life cycle only, as the API lists them.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, BusError> {
         let range = self.store.range(&keys_prefix(self.ring)).await?;
         let mut out = Vec::new();
@@ -832,6 +862,8 @@ impl BusAuthority {
         out
     }
 
+    /// The service's verification counters (messages accepted, rejected by reason), shared
+    /// by every verifier it runs.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }

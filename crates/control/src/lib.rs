@@ -3,6 +3,7 @@
 //! and never acknowledge a write before the store has made it durable.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod access;
 mod audit;

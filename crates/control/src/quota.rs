@@ -17,21 +17,33 @@ use crate::registry::{Registry, RegistryError};
     "account {account}: quota {quota} is {limit}{unit}; this would use {wanted}{unit} (in use now: {now}{unit})"
 )]
 pub struct QuotaExceeded {
+    /// The account's label.
     pub account: String,
+    /// The quota's field in `AccountSpec.quota` (`instances`, `memory_bytes`, …).
     pub quota: &'static str,
+    /// The quota's value.
     pub limit: u64,
+    /// The use the change would leave behind.
     pub wanted: u64,
+    /// The use before the change. A change that lowers use is never refused, even past the
+    /// limit (a quota lowered below what runs does not stop a scale-down).
     pub now: u64,
+    /// `" bytes"` for the byte quotas, empty for counts: what the message appends to numbers.
     pub unit: &'static str,
 }
 
 /// The instances a change adds to an account (and any it removes, as a negative part).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Footprint {
+    /// Apps (app environments).
     pub apps: u64,
+    /// Ring 2 instances.
     pub instances: u64,
+    /// The instances' memory limits added up; `u64::MAX` once any has none.
     pub memory_bytes: u64,
+    /// The instances' disk limits added up; `u64::MAX` once any has none.
     pub disk_bytes: u64,
+    /// Bytes of uploaded packages.
     pub package_bytes: u64,
 }
 
@@ -47,6 +59,7 @@ impl Footprint {
         }
     }
 
+    /// Both together, each part saturating (an unbounded part stays unbounded).
     pub fn plus(self, o: Footprint) -> Footprint {
         Footprint {
             apps: self.apps.saturating_add(o.apps),
@@ -57,6 +70,7 @@ impl Footprint {
         }
     }
 
+    /// What is left once `o` goes, each part saturating at 0.
     pub fn minus(self, o: Footprint) -> Footprint {
         Footprint {
             apps: self.apps.saturating_sub(o.apps),
@@ -67,6 +81,7 @@ impl Footprint {
         }
     }
 
+    /// An account's use as [`usage`] reports it.
     pub fn of_usage(u: &AccountUsage) -> Footprint {
         Footprint {
             apps: u64::from(u.apps),

@@ -49,10 +49,14 @@ use crate::controller::Controllers;
 use crate::quota::Footprint;
 use crate::registry::{Registry, RegistryError};
 
-/// Labels the platform puts on the nodes it makes.
+/// Labels the platform puts on the nodes it makes. This one, the app's name, is also on its
+/// releases and rollout tasks.
 pub const APP_LABEL: &str = "enjin.dev/app";
+/// The process type (`web`, `worker`) an instance runs.
 pub const PROCESS_LABEL: &str = "enjin.dev/process";
+/// The uuid of the release an instance runs.
 pub const RELEASE_LABEL: &str = "enjin.dev/release";
+/// The uuid of the rollout task that started an instance: what an undone rollout removes.
 pub const ROLLOUT_LABEL: &str = "enjin.dev/rollout";
 /// On an instance being taken out of service: the router stops sending it requests before
 /// it is stopped.
@@ -64,6 +68,7 @@ const ROUTES_PATIENCE: Duration = Duration::from_secs(5);
 /// The largest package the store takes.
 pub const MAX_PACKAGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// Where the platform keeps packages and how it names apps; from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
     /// Where the content-addressed package store keeps packages.
@@ -80,6 +85,7 @@ pub struct PlatformConfig {
 }
 
 impl PlatformConfig {
+    /// The defaults, with packages kept in `packages_dir`.
     pub fn new(packages_dir: PathBuf) -> Self {
         PlatformConfig {
             packages_dir,
@@ -91,21 +97,30 @@ impl PlatformConfig {
     }
 }
 
+/// Why a change of what runs was refused or failed; the API maps each to its status.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
+    /// The store or an object in it failed (the server's fault, a 500, unless the registry
+    /// says otherwise).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A field of the request is wrong (422, naming the field).
     #[error("{0}")]
     Invalid(FieldError),
+    /// No app of this name in the caller's account (404; another account's app is not named).
     #[error("no app named {0}")]
     NoApp(String),
+    /// The app's state does not allow the change now: a rollout under way, no live release,
+    /// the release already live (409).
     #[error("{0}")]
     Conflict(String),
+    /// Something the change needs is not running on this server, such as the bus (503).
     #[error("{0}")]
     Unavailable(String),
     /// The change would start a tenant's instances where no host can sandbox them.
     #[error("{0}")]
     NoSandbox(String),
+    /// The package store failed to read or write a package.
     #[error(transparent)]
     Packages(#[from] enjin_app::store::StoreError),
     /// A blocking task of the platform's ended without an answer (it panicked or was cancelled).
@@ -137,6 +152,7 @@ fn owner_key(account: Uuid, digest: &str) -> String {
 /// Who asks for a change of what runs, and in which account the app is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The principal's name, for the task and the log.
     pub principal: String,
     /// The account that owns the app (or will, for its first deploy).
     pub account: Uuid,
@@ -192,6 +208,8 @@ impl PlatformControllers {
 }
 
 impl Platform {
+    /// The platform over `registry`, with its package store opened (made if missing). Its
+    /// controllers run from [`Platform::start_controllers`].
     pub fn open(registry: Registry, config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
         let packages = PackageStore::open(&config.packages_dir)?;
         let (routes_wanted, _) = tokio::sync::watch::channel(0);
@@ -222,10 +240,12 @@ impl Platform {
         PlatformControllers { controllers, cache_stop }
     }
 
+    /// The configuration it was opened with.
     pub fn config(&self) -> &PlatformConfig {
         &self.config
     }
 
+    /// The content-addressed package store.
     pub fn packages(&self) -> &PackageStore {
         &self.packages
     }
@@ -304,6 +324,8 @@ impl Platform {
         self.bus.lock().ok().and_then(|b| b.clone())
     }
 
+    /// Where `app` answers through the router: `http://<app>.<domain>`, with the router's
+    /// port when this server knows it.
     pub fn url_of(&self, app: &str) -> String {
         match self.config.router {
             Some(a) => format!("http://{app}.{}:{}", self.config.domain, a.port()),
@@ -410,6 +432,8 @@ impl Platform {
         Ok(out)
     }
 
+    /// Store a package without recording an owner (the operator's uploads); see
+    /// [`Platform::upload_for`].
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<PackageUploaded, PlatformError> {
         let store = self.packages.clone();
         let out = tokio::task::spawn_blocking(move || store.put(&bytes)).await??;
@@ -902,6 +926,7 @@ impl Platform {
         Ok(self.status_of(&env, &view, &stats))
     }
 
+    /// The status of every app, of every account (the operator's view).
     pub async fn list(&self) -> Result<Vec<AppStatus>, PlatformError> {
         let view = edge::View::read(&self.registry).await?;
         let stats = self.bus().map(|b| b.instance_stats()).unwrap_or_default();
@@ -1036,14 +1061,18 @@ pub(crate) fn host_address(host: Uuid, interfaces: &[Object<NetworkInterfaceSpec
 /// What the observations of an instance say of its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
+    /// Not yet started, or started and not yet passed its probe.
     Starting(String),
+    /// Running, and its probe (if any) passes: routed.
     Healthy(String),
+    /// Running, but its probe fails, or it exited and is being restarted.
     Unhealthy(String),
     /// Given up on by its supervisor (too many restarts).
     Failed(String),
 }
 
 impl Health {
+    /// The state's name as the API shows it.
     pub fn name(&self) -> &'static str {
         match self {
             Health::Starting(_) => "starting",
@@ -1053,6 +1082,7 @@ impl Health {
         }
     }
 
+    /// Why it is in this state, for people.
     pub fn message(&self) -> &str {
         match self {
             Health::Starting(m) | Health::Healthy(m) | Health::Unhealthy(m) | Health::Failed(m) => m,

@@ -132,7 +132,9 @@ pub struct TaskSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutPlan {
+    /// Deploy a release, replace the live release's instances, or scale it.
     pub mode: RolloutMode,
+    /// Where the instances may run: the caller's right, fixed when the task is recorded.
     pub isolation: RolloutIsolation,
 }
 
