@@ -131,6 +131,31 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+/// A key whose revision a check read, compared (and moved) by the write that acts on the
+/// check: see [`Registry::create_guarded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The guard's key.
+    pub key: String,
+    /// Its revision when read; 0 when it did not exist.
+    pub revision: i64,
+}
+
+impl Guard {
+    /// Read `key`'s revision now.
+    pub async fn read(store: &dyn enjin_store::Store, key: String) -> Result<Guard, RegistryError> {
+        let revision = store.get(&key).await?.map_or(0, |kv| kv.mod_revision);
+        Ok(Guard { key, revision })
+    }
+
+    fn compare(&self) -> Compare {
+        match self.revision {
+            0 => Compare::absent(&self.key),
+            r => Compare::mod_revision(&self.key, r),
+        }
+    }
+}
+
 impl RegistryError {
     fn conflict(field: Option<&str>, detail: impl Into<String>) -> Self {
         RegistryError::Conflict { field: field.map(str::to_string), detail: detail.into() }
@@ -440,6 +465,19 @@ impl Registry {
         req: CreateRequest<S>,
         now: DateTime<Utc>,
     ) -> Result<Object<S>, RegistryError> {
+        self.create_guarded(req, now, None).await
+    }
+
+    /// [`Registry::create`], only if `guard` is still as it was read (its key's revision, 0
+    /// for absent), moving it in the same transaction: the commit of a check made on what the
+    /// guard covers (an account's quota). [`RegistryError::Conflict`] on `guard` at once when
+    /// it moved.
+    pub async fn create_guarded<S: Spec>(
+        &self,
+        req: CreateRequest<S>,
+        now: DateTime<Utc>,
+        guard: Option<&Guard>,
+    ) -> Result<Object<S>, RegistryError> {
         let kind = S::KIND;
         check_meta(kind, req.label.as_deref(), &req.labels)?;
         req.spec.validate(req.ring)?;
@@ -526,6 +564,9 @@ impl Registry {
             check_targets(&obj.spec, obj.meta.ring, &resolved)?;
             let (guards, guard_ops) = self.check_access_rule(uuid, account, system, &obj.spec).await?;
             let mut txn = Txn::new().when([Compare::absent(&key)]).when(guards).then(guard_ops);
+            if let Some(g) = guard {
+                txn = txn.when([g.compare()]).then([Op::put(&g.key, uuid.to_string())]);
+            }
             let mut failure = Vec::new();
             if let Some(lkey) = &lkey {
                 txn = txn.when([Compare::absent(lkey)]).then([Op::put(lkey, uuid.to_string())]);
@@ -557,6 +598,11 @@ impl Registry {
             if resp.succeeded {
                 obj.meta.revision = resp.revision;
                 return Ok(obj);
+            }
+            if let Some(g) = guard
+                && g.revision != self.store.get(&g.key).await?.map_or(0, |kv| kv.mod_revision)
+            {
+                return Err(RegistryError::conflict(Some("guard"), format!("{} changed meanwhile", g.key)));
             }
             let skip = usize::from(lkey.is_some());
             if lkey.is_some()

@@ -47,7 +47,11 @@ use crate::bus::BusAuthority;
 use crate::cache::WatchCache;
 use crate::controller::Controllers;
 use crate::quota::Footprint;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Guard, Registry, RegistryError};
+
+/// Where an account's quota guard lives (`<prefix><account>`): moved by every rollout task
+/// created after a quota check, compared against the revision the check read.
+const QUOTA_GUARDS_PREFIX: &str = "/quota/guards/";
 
 /// Labels the platform puts on the nodes it makes. This one, the app's name, is also on its
 /// releases and rollout tasks.
@@ -350,43 +354,65 @@ impl Platform {
     }
 
     /// Refuse a change that leaves app `app` of `account` running `manifest` if that takes the
-    /// account past a quota (see `quota.rs`).
+    /// account past a quota (see `quota.rs`). Other apps of the account with a rollout under
+    /// way count as that rollout will leave them (their instances may not all exist yet). The
+    /// guard returned is what the rollout's task is created against, so that two changes in
+    /// one account cannot both pass on the same reading.
     async fn check_quota(
         &self,
         account: Uuid,
         app: &str,
         manifest: &AppManifest,
-    ) -> Result<(), PlatformError> {
+    ) -> Result<Option<Guard>, PlatformError> {
         let Some((label, quota)) = crate::quota::quota_of(&self.registry, account).await? else {
-            return Ok(());
+            return Ok(None);
         };
         if quota.is_unlimited() {
-            return Ok(());
+            return Ok(None);
         }
+        // Read before anything it guards.
+        let guard =
+            Guard::read(self.registry.store().as_ref(), format!("{QUOTA_GUARDS_PREFIX}{account}")).await?;
         let mut now = crate::quota::usage(&self.registry, account).await?;
         now.package_bytes = self.package_bytes(account).await?;
-        let q = ListQuery {
-            account: Some(account),
-            ring: Some(Ring::PLATFORM),
-            selector: Some(format!("{APP_LABEL}={app}")),
-            ..ListQuery::default()
+        let instances_of = |name: &str| {
+            let q = ListQuery {
+                account: Some(account),
+                ring: Some(Ring::PLATFORM),
+                selector: Some(format!("{APP_LABEL}={name}")),
+                ..ListQuery::default()
+            };
+            async move { self.registry.list::<NodeSpec>(&q).await.map(|(nodes, _)| nodes) }
         };
-        let (current, _) = self.registry.list::<NodeSpec>(&q).await?;
+        let current = instances_of(app).await?;
         let exists = match self.app_env(app, account, false).await {
             Ok(_) => true,
             Err(PlatformError::NoApp(_)) => false,
             Err(e) => return Err(e),
         };
         let defaults = self.registry.instance_defaults();
-        let wanted = manifest.processes.values().fold(Footprint::default(), |f, pt| {
-            f.plus(Footprint::instances(pt.instances, &defaults.applied(&pt.resources)))
-        });
-        let after = Footprint::of_usage(&now)
+        let footprint = |m: &AppManifest| {
+            m.processes.values().fold(Footprint::default(), |f, pt| {
+                f.plus(Footprint::instances(pt.instances, &defaults.applied(&pt.resources)))
+            })
+        };
+        let mut after = Footprint::of_usage(&now)
             .minus(crate::quota::footprint_of(&current))
-            .plus(wanted)
+            .plus(footprint(manifest))
             .plus(Footprint { apps: u64::from(!exists), ..Footprint::default() });
+        let q = ListQuery { account: Some(account), ..ListQuery::default() };
+        for t in self.registry.list::<TaskSpec>(&q).await?.0 {
+            let Some(other) = t.meta.labels.get(APP_LABEL) else { continue };
+            if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() || other == app {
+                continue;
+            }
+            let Some(r) = t.spec.subject else { continue };
+            let Ok(release) = self.registry.get::<ReleaseSpec>(r).await else { continue };
+            let theirs = crate::quota::footprint_of(&instances_of(other).await?);
+            after = after.plus(footprint(&release.spec.manifest)).minus(theirs);
+        }
         crate::quota::check(&label, &quota, &now, after)?;
-        Ok(())
+        Ok(Some(guard))
     }
 
     /// The bytes of the packages `account` has uploaded.
@@ -653,10 +679,10 @@ impl Platform {
             Err(e) => return Err(FieldError::new("package.digest", e.to_string()).into()),
         }
         self.check_package_owner(caller.account, &package.digest).await?;
-        self.check_quota(caller.account, &manifest.name, &manifest).await?;
+        let guard = self.check_quota(caller.account, &manifest.name, &manifest).await?;
         self.check_isolation(caller, &manifest.name, "deploy").await?;
         let env = self.app_env(&manifest.name, caller.account, true).await?;
-        self.start_release(caller, env, manifest, package, "deploy".into()).await
+        self.start_release(caller, env, manifest, package, "deploy".into(), guard).await
     }
 
     /// A new release with an old release's code and configuration.
@@ -686,7 +712,7 @@ impl Platform {
                 target.spec.version
             )));
         }
-        self.check_quota(caller.account, app, &target.spec.manifest).await?;
+        let guard = self.check_quota(caller.account, app, &target.spec.manifest).await?;
         self.check_isolation(caller, app, "rollback").await?;
         let description = format!("rollback to v{}", target.spec.version);
         self.start_release(
@@ -695,6 +721,7 @@ impl Platform {
             target.spec.manifest.clone(),
             target.spec.package.clone(),
             description,
+            guard,
         )
         .await
     }
@@ -710,8 +737,9 @@ impl Platform {
         let live = self.live_release(&env).await?;
         self.check_isolation(caller, app, "restart").await?;
         let plan = RolloutPlan { mode: rollout::Mode::Replace, isolation: caller.isolation() };
-        let task =
-            self.new_task(&env, live.meta.uuid, plan, format!("restart v{}", live.spec.version)).await?;
+        let task = self
+            .new_task(&env, live.meta.uuid, plan, format!("restart v{}", live.spec.version), None)
+            .await?;
         Ok(started(&task, &env, &live))
     }
 
@@ -750,8 +778,9 @@ impl Platform {
                 .count();
             *n as usize > have
         });
+        let mut guard = None;
         if adds {
-            self.check_quota(caller.account, app, &spec.manifest).await?;
+            guard = self.check_quota(caller.account, app, &spec.manifest).await?;
             self.check_isolation(caller, app, "scale").await?;
         }
         let req = UpdateRequest {
@@ -763,7 +792,9 @@ impl Platform {
         let live = self.registry.update(live.meta.uuid, req, Utc::now()).await?;
         let what: Vec<String> = counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
         let plan = RolloutPlan { mode: rollout::Mode::Scale, isolation: caller.isolation() };
-        let task = self.new_task(&env, live.meta.uuid, plan, format!("scale {}", what.join(" "))).await?;
+        let task = self
+            .new_task(&env, live.meta.uuid, plan, format!("scale {}", what.join(" ")), guard.as_ref())
+            .await?;
         Ok(started(&task, &env, &live))
     }
 
@@ -786,6 +817,7 @@ impl Platform {
         manifest: AppManifest,
         package: PackageRef,
         description: String,
+        guard: Option<Guard>,
     ) -> Result<RolloutStarted, PlatformError> {
         self.no_rollout_running(&env).await?;
         let name = env.meta.label.clone().unwrap_or_default();
@@ -818,7 +850,7 @@ impl Platform {
         };
         let plan = RolloutPlan { mode: rollout::Mode::Release, isolation: caller.isolation() };
         let task = match self
-            .new_task(&env, release.meta.uuid, plan, format!("{description} v{version}"))
+            .new_task(&env, release.meta.uuid, plan, format!("{description} v{version}"), guard.as_ref())
             .await
         {
             Ok(t) => t,
@@ -842,6 +874,7 @@ impl Platform {
         subject: Uuid,
         plan: RolloutPlan,
         message: String,
+        guard: Option<&Guard>,
     ) -> Result<Object<TaskSpec>, PlatformError> {
         let app = env.meta.label.clone().unwrap_or_default();
         let spec = TaskSpec {
@@ -864,8 +897,14 @@ impl Platform {
         };
         let mut settled = false;
         let task = loop {
-            match self.registry.create(req.clone(), Utc::now()).await {
+            match self.registry.create_guarded(req.clone(), Utc::now(), guard).await {
                 Ok(t) => break t,
+                Err(RegistryError::Conflict { field: Some(f), .. }) if f == "guard" => {
+                    return Err(PlatformError::Conflict(format!(
+                        "the account's use changed while this change of {app} was checked against its \
+                         quota (another deploy or scale in the account); try again"
+                    )));
+                }
                 // The name is the app's running slot. A task that ended without giving it up
                 // (cancelled through the API) gives it up now; a running one keeps it.
                 Err(RegistryError::Conflict { .. }) if !settled && self.settle_running_name(&app).await? => {

@@ -452,6 +452,22 @@ pub async fn settle(p: &Arc<Platform>, task: &mut TaskHandle) -> Result<String, 
     }
 }
 
+/// Remove instances a stopped rollout made after it was settled, when it was undone (it had
+/// not gone live): those are the rollout's own, and nothing routes them.
+pub async fn remove_late_instances(p: &Arc<Platform>, task: &TaskHandle) {
+    if task.recorded_step() == Some(RolloutStep::Live) {
+        return;
+    }
+    match p.instances_where(ROLLOUT_LABEL, &task.uuid().to_string()).await {
+        Ok(nodes) if !nodes.is_empty() => {
+            tracing::info!(task = %task.uuid(), instances = nodes.len(), "removing instances a stopped rollout made late");
+            remove(p, &nodes.iter().map(|n| n.meta.uuid).collect::<Vec<_>>()).await;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(task = %task.uuid(), error = %e, "the rollout's instances were not found"),
+    }
+}
+
 /// The rest of a rollout whose instances had gone live: see [`resume`].
 async fn finish_live(
     p: &Arc<Platform>,

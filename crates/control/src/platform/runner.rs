@@ -28,6 +28,10 @@ use crate::cache::Change;
 use crate::controller::{Action, ReconcileError, Reconciler};
 use crate::registry::RegistryError;
 
+/// How many times, and how far apart, a cancelled rollout's late instances are looked for.
+const LATE_WRITE_CHECKS: u32 = 3;
+const LATE_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Runs the platform's rollouts; see the module's documentation.
 pub(super) struct RolloutRunner {
     platform: Arc<Platform>,
@@ -116,6 +120,12 @@ impl Reconciler for RolloutRunner {
                 match rollout::settle(&self.platform, &mut handle).await {
                     Ok(m) => tracing::info!(task = %id, "rollout cancelled: {m}"),
                     Err(e) => tracing::info!(task = %id, "rollout cancelled: {e}"),
+                }
+                // A write the stopped rollout had sent may still land after it stopped (the
+                // store commits what it was given): an instance made then is removed too.
+                for _ in 0..LATE_WRITE_CHECKS {
+                    tokio::time::sleep(LATE_WRITE_PAUSE).await;
+                    rollout::remove_late_instances(&self.platform, &handle).await;
                 }
             } else {
                 self.running().remove(id);

@@ -703,3 +703,71 @@ async fn a_tenant_cannot_write_the_platforms_releases_and_rollouts() {
     );
     s.stop().await;
 }
+
+/// A quota holds against deploys that race: two deploys of different apps in one account, each
+/// within the quota alone but not together, are not both let through (the second is refused
+/// by the quota or by the guard the first moved), and a rollout whose instances do not all
+/// exist yet counts as what it will leave running.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_deploys_cannot_both_pass_a_quota() {
+    let s = TestServer::start().await;
+    let m = s.create_id("nodes", machine("m")).await;
+    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
+        "spec": {"parent": m, "strategy": "process"}});
+    let host = s.create_id("nodes", host).await;
+    heartbeat(&s, &host).await;
+    let (acme, a) = tenant(&s, "acme").await;
+    let acct = s.fetch("accounts", &acme).await;
+    let quota = json!({"revision": acct["revision"], "label": "acme", "spec": {"quota": {"instances": 2}}});
+    assert_eq!(s.put(&format!("/v1/accounts/{acme}"), &quota).await.status, StatusCode::OK);
+    let package = send(
+        s.http
+            .post(s.url("/v1/packages"))
+            .bearer_auth(a.clone())
+            .header("Content-Type", "application/zstd")
+            .body(b"acme's code".to_vec()),
+    )
+    .await
+    .body["package"]
+        .clone();
+    let deploy = |name: &str, n: u32| {
+        json!({"manifest": {"name": name, "processes": {"web": {"command": "sleep 1000", "instances": n,
+            "health": {"type": "process"}}}}, "package": package})
+    };
+    for round in 0..5 {
+        let (one, two) = (format!("one{round}"), format!("two{round}"));
+        let (p1, p2) = (format!("/v1/apps/{one}/deploys"), format!("/v1/apps/{two}/deploys"));
+        let (d1, d2) = (deploy(&one, 2), deploy(&two, 2));
+        let (r1, r2) = tokio::join!(
+            call(&s, &a, Method::POST, &p1, Some(&d1)),
+            call(&s, &a, Method::POST, &p2, Some(&d2)),
+        );
+        let accepted: Vec<&Reply> =
+            [&r1, &r2].into_iter().filter(|r| r.status == StatusCode::ACCEPTED).collect();
+        assert_eq!(accepted.len(), 1, "round {round}: {} / {}", r1.body, r2.body);
+        let refused = if r1.status == StatusCode::ACCEPTED { &r2 } else { &r1 };
+        assert!(matches!(refused.status.as_u16(), 403 | 409), "round {round}: {}", refused.body);
+        // Still rolling out (no agent reports health), yet counted at its two instances.
+        let r = call(&s, &a, Method::POST, "/v1/apps/third/deploys", Some(&deploy("third", 1))).await;
+        assert_problem_status(&r, 403);
+        // Cancel the winner so that the next round starts from nothing.
+        let task = accepted[0].body["task"].as_str().expect("task").to_string();
+        let path = format!("/v1/tasks/{task}");
+        let held = call(&s, &a, Method::GET, &path, None).await.body;
+        let mut spec = held["spec"].clone();
+        spec["state"] = json!("cancelled");
+        let body = json!({"revision": held["revision"], "label": held["label"], "labels": held["labels"], "spec": spec});
+        assert_eq!(call(&s, &a, Method::PUT, &path, Some(&body)).await.status, StatusCode::OK);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the cancelled rollout's instances stayed: {} {}",
+                call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await.body,
+                call(&s, &a, Method::GET, &path, None).await.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    s.stop().await;
+}
