@@ -132,7 +132,7 @@ pub enum HostsError {
         #[source]
         source: enjin_control::bus::BusError,
     },
-    /// A host's or the edge's `agent.toml` could not be written.
+    /// A host's or the edge's `agent.json` could not be written.
     #[error(transparent)]
     Agent(#[from] enjin_agent::ConfigError),
     /// The edge's listen file could not be written.
