@@ -98,7 +98,7 @@ pub enum EdgeError {
     NotListening {
         /// How long the parent waited.
         patience: Duration,
-        /// The directory the edge's log should be found in.
+        /// `logs` beside the edge's directory, named in the message as where to look.
         log: PathBuf,
     },
 }
