@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use enjin_model::Ring;
 
+/// The whole command line, as the binary parses it from `argv` and hands it to
+/// [`run`](crate::run). Its help text comes from the `about` attribute and the fields' types,
+/// not from this comment.
 #[derive(Debug, Parser)]
 #[command(
     name = "enjin",
@@ -13,8 +16,12 @@ use enjin_model::Ring;
     about = "A cloud in one binary: machines, hosts and apps, each ring supervising the next"
 )]
 pub struct Cli {
+    /// The flags every command takes, before or after its name: which server, token, CA,
+    /// context and data directory to use, and the output format. Each may also come from its
+    /// `ENJIN_*` variable; a flag wins over the variable.
     #[command(flatten)]
     pub global: Global,
+    /// The one command to run; exactly one is required.
     #[command(subcommand)]
     pub command: Command,
 }

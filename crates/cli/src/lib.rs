@@ -4,6 +4,7 @@
 //! are `enjin_node`, `agent` is `enjin_agent::process`, `edge` is `enjin_edge`, each given the
 //! shutdown future the binary passes in; it installs no signal handler.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod args;

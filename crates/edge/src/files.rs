@@ -13,7 +13,10 @@ use crate::EdgeError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeFile {
+    /// The HTTP router's TCP address; port 0 picks a free one, reported in [`Listening`].
     pub router_listen: SocketAddr,
+    /// The DNS service's address, bound for both UDP and TCP; port 0 picks a free UDP port and
+    /// TCP then binds the same one.
     pub dns_listen: SocketAddr,
     /// Where instances query DNS: the hosts network's gateway, port 53 (the instances'
     /// firewalls admit exactly that). `None` without a hosts network.
@@ -41,8 +44,11 @@ impl EdgeFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listening {
+    /// The edge process; [`wait_listening`] trusts the file only while this pid exists.
     pub pid: u32,
+    /// The router's bound address (its real port, even if 0 was asked for).
     pub router: SocketAddr,
+    /// The DNS service's bound address, the same for UDP and TCP.
     pub dns: SocketAddr,
 }
 

@@ -10,6 +10,7 @@
 //! it only through the bus. It reads no environment and installs no signal handler: shutdown is
 //! an argument.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod error;
@@ -40,8 +41,11 @@ pub use files::{EdgeFile, Listening, wait_listening};
 use files::{routes_file, zone_file};
 use report::{edge_report, publish};
 
-/// The label and role of the edge node.
+/// The label of the edge node, unique among the ring 1 nodes under one machine: its parent
+/// finds the node by it at every start rather than making another.
 pub const LABEL: &str = "edge";
+/// The label (key, value) that marks the edge node, so that listings of a machine's hosts can
+/// leave it out: it is a ring 1 node, but runs no instances.
 pub const ROLE: (&str, &str) = ("enjin.dev/role", "edge");
 
 /// How often the edge says it is alive, and reports its counters.
@@ -54,6 +58,8 @@ const DRAIN: Duration = Duration::from_secs(15);
 /// keys, certificates, bundle), where it also keeps its snapshots.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
+    /// The edge's directory; it must already hold what the parent wrote (`enjin up` prepares
+    /// it before starting the edge).
     pub dir: PathBuf,
 }
 

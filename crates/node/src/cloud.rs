@@ -21,43 +21,72 @@ use enjin_sys::{Pid, Signal};
 /// Why a cloud's record could not be made, or its resources not taken apart.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
+    /// The cloud id or pid file could not be written into the data directory.
     #[error("failed to write {}", path.display())]
     Write {
+        /// `<data-dir>/cloud-id` or `<data-dir>/enjin.pid`.
         path: PathBuf,
+        /// The operating system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// `/proc/self/stat` could not be read: without the start time a pid cannot be told apart
+    /// from a later process that reuses it.
     #[error("failed to read this process's start time")]
     StartTime(#[source] enjin_sys::proc::ReadStatError),
+    /// Another live `enjin up` holds the data directory: two would fight over its store, hosts
+    /// and network.
     #[error("enjin up already runs for {} (pid {pid}); stop it first (Ctrl-C, or `enjin down`)", dir.display())]
-    AlreadyUp { dir: PathBuf, pid: u32 },
+    AlreadyUp {
+        /// The data directory both would run on.
+        dir: PathBuf,
+        /// The `enjin up` already running, from its pid file (checked against its start time).
+        pid: u32,
+    },
+    /// The data directory could not be made absolute for the record, which must name it from
+    /// any working directory.
     #[error("failed to resolve {}", path.display())]
     Resolve {
+        /// The data directory as given.
         path: PathBuf,
+        /// Usually the current directory is gone.
         #[source]
         source: std::io::Error,
     },
+    /// The cloud's record under `/run/enjin/clouds` could not be saved or removed.
     #[error("{what}")]
     Record {
+        /// The step, as a whole message.
         what: &'static str,
+        /// The record store's reason.
         #[source]
         source: RecordError,
     },
+    /// A namespace, veth or bridge could not be deleted; [`take_apart`] stops there and may be
+    /// run again.
     #[error("failed to remove {what}")]
     Remove {
+        /// The object, as `namespace <name>` or `bridge <name>`.
         what: String,
+        /// Why `ip` failed.
         #[source]
         source: NetError,
     },
+    /// What runs in a host's cgroups could not be killed.
     #[error("failed to stop host {node}'s instances")]
     KillCgroup {
+        /// The host's node uuid, which names its cgroup `enjin/<node>`.
         node: String,
+        /// Why the processes could not be killed (or did not die in time).
         #[source]
         source: enjin_sys::cgroup::KillAllError,
     },
+    /// A host's emptied cgroup directories could not be removed.
     #[error("failed to remove host {node}'s cgroups")]
     DeleteCgroup {
+        /// The host's node uuid, which names its cgroup `enjin/<node>`.
         node: String,
+        /// Why the directories could not be removed.
         #[source]
         source: enjin_sys::cgroup::DeleteGroupError,
     },
@@ -175,14 +204,22 @@ fn namespaces(record: &CloudRecord) -> Vec<String> {
 /// What [`take_apart`] removed.
 #[derive(Debug, Default)]
 pub struct Removed {
+    /// Pids found running in the cloud's namespaces, each listed once, all stopped (SIGTERM,
+    /// SIGKILL after 10 s) before anything else was removed.
     pub stopped: Vec<u32>,
+    /// Network namespaces that existed and were removed: instances' first, then hosts'.
     pub namespaces: Vec<String>,
+    /// Interfaces that existed and were removed: the hosts' veths, then the bridge.
     pub links: Vec<String>,
+    /// Cgroup directories removed, in every hierarchy.
     pub cgroups: Vec<PathBuf>,
+    /// Loop devices detached because their backing files are in the data directory.
     pub loop_devices: Vec<PathBuf>,
 }
 
 impl Removed {
+    /// True when nothing was left to remove (the record alone was forgotten), as when
+    /// [`take_apart`] runs a second time.
     pub fn is_empty(&self) -> bool {
         self.stopped.is_empty()
             && self.namespaces.is_empty()

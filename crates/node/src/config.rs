@@ -23,8 +23,10 @@ pub const DEFAULT_HOSTS_CIDR: Cidr = Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 2
 pub const DEFAULT_INSTANCE_CIDR: Cidr = Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 252, 0, 0)), prefix: 16 };
 /// How many ring 1 hosts `enjin up` runs.
 pub const DEFAULT_HOSTS: usize = 2;
-/// Silence before a host is *disconnected*, and before it is *lost*.
+/// Silence (no heartbeat) before a host is marked *disconnected*.
 pub const DEFAULT_DISCONNECTED_AFTER: Duration = Duration::from_secs(10);
+/// Silence before a host is marked *lost*; counted from its last heartbeat, not from when it
+/// was marked disconnected.
 pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(300);
 
 const fn local(port: u16) -> SocketAddr {
@@ -44,6 +46,8 @@ pub enum Mode {
 /// The configuration of one `enjin up` or `enjin server`.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// Whole cloud or control plane alone; every field marked "`up` only" is ignored by
+    /// `Server`.
     pub mode: Mode,
     /// The data directory: the store, keys, certificates, the hosts' and the edge's directories.
     pub data_dir: PathBuf,
@@ -53,9 +57,11 @@ pub struct NodeConfig {
     pub insecure_http: bool,
     /// Names the API certificate carries besides localhost, loopback and the listen address.
     pub tls_names: Vec<String>,
+    /// Rate limits, the connection cap and timeouts at the API's door (`[api]` in `enjin.toml`).
     pub api_limits: ApiLimits,
     /// Limits for instances that leave them out.
     pub instances: InstanceDefaults,
+    /// How long the audit log of changes is kept.
     pub audit: AuditConfig,
     /// Where the ring 1 bus hub listens (`up` only).
     pub bus_listen: SocketAddr,
@@ -67,10 +73,15 @@ pub struct NodeConfig {
     pub hosts_cidr: Cidr,
     /// The instance network (`up` as root), used when it is first made; its range then stays.
     pub instance_cidr: Cidr,
+    /// A host whose heartbeat is this late is marked *disconnected*; its children are presumed
+    /// still running, so nothing is rescheduled yet.
     pub disconnected_after: Duration,
+    /// A host whose heartbeat is this late is marked *lost*; meant to be longer than
+    /// `disconnected_after` (not checked).
     pub lost_after: Duration,
-    /// Where the edge's router and DNS listen (`up` only).
+    /// Where the edge's HTTP router listens (`up` only).
     pub router_listen: SocketAddr,
+    /// Where the edge's DNS service listens, UDP and TCP on the same port (`up` only).
     pub dns_listen: SocketAddr,
     /// Apps are served at `<app>.<domain>`; `None` keeps the platform's default.
     pub domain: Option<String>,
@@ -120,11 +131,17 @@ impl NodeConfig {
 /// What is wrong with a [`NodeConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `insecure_http` with a listen address other than loopback: tokens would cross the
+    /// network in the clear.
     #[error(
         "refusing --insecure-http on {listen}: plain HTTP is allowed only on a loopback address \
          (127.0.0.1, ::1); drop --insecure-http to serve TLS, or listen on loopback"
     )]
-    PlainHttpOffLoopback { listen: SocketAddr },
+    PlainHttpOffLoopback {
+        /// The refused listen address.
+        listen: SocketAddr,
+    },
+    /// `data_dir` is the empty path, which would put the store in the working directory.
     #[error("the data directory is empty: give a path")]
     NoDataDir,
 }

@@ -32,81 +32,128 @@ use uuid::Uuid;
 /// Why the hosts (or the edge beside them) could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
+    /// Reading or writing a node, network or interface object failed.
     #[error("{what}")]
     Registry {
+        /// The step, as a whole message (`"failed to create host-2"`).
         what: String,
+        /// The registry's reason.
         #[source]
         source: RegistryError,
     },
+    /// The hosts network's range is too small to hold a gateway address (a /31 or /32).
     #[error("the hosts network has no room for a gateway")]
     NoGateway,
+    /// The cloud's record could not be saved before the bridge or a host namespace was made;
+    /// the resource is not made, so nothing goes unrecorded.
     #[error("{what}")]
     Record {
+        /// The step, as a whole message.
         what: &'static str,
+        /// The record store's reason.
         #[source]
         source: RecordError,
     },
+    /// The hosts' bridge could not be created or given its gateway address.
     #[error(
         "failed to set up the hosts' bridge {bridge} (its range is set with --hosts-cidr or [hosts] cidr){owner}"
     )]
     Bridge {
+        /// The bridge's name, derived from the hosts network's uuid.
         bridge: String,
-        /// Whose the bridge in the way is, when a cloud on this machine recorded it.
+        /// Whose the bridge in the way is, when a cloud on this machine recorded it: a clause
+        /// starting with `; `, or empty.
         owner: String,
+        /// Why `ip` failed; [`NetError::AddressInUse`] when another interface holds the gateway.
         #[source]
         source: NetError,
     },
+    /// The instance network, about to be made, would share addresses with the hosts network.
     #[error(
         "the instance network {instances} overlaps the hosts network {hosts}: give [hosts] instance_cidr another range"
     )]
-    Overlap { instances: Cidr, hosts: Cidr },
+    Overlap {
+        /// The instance network's range asked for.
+        instances: Cidr,
+        /// The hosts network's range.
+        hosts: Cidr,
+    },
+    /// The instance network asked for cannot hold even one host's block.
     #[error("the instance network {0} is narrower than one host's block (a /24)")]
     TooNarrow(Cidr),
+    /// A route or a host's namespace could not be set up.
     #[error("{what}")]
     Net {
+        /// The step, as a whole message naming the block or namespace.
         what: String,
+        /// Why `ip` failed.
         #[source]
         source: NetError,
     },
+    /// One host's interface or namespace could not be set up.
     #[error("failed to set up {label}'s network")]
     HostNetwork {
+        /// The host's label (`host-1`), or its uuid when it has none.
         label: String,
+        /// What failed: its interface, record or namespace.
         #[source]
         source: Box<HostsError>,
     },
+    /// IPAM left a host's interface on the hosts network without an address (the network is
+    /// full).
     #[error("the host's interface has no address")]
     NoAddress,
+    /// The path of the running binary, which the agents and the edge are run from, is unknown.
     #[error("{what}")]
     Exe {
+        /// The step, as a whole message.
         what: &'static str,
+        /// The operating system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// A directory under `<data-dir>/hosts` could not be created or made private.
     #[error("failed to {action} {}", path.display())]
     Io {
+        /// What was being done, completing "failed to …".
         action: &'static str,
+        /// The directory acted on.
         path: PathBuf,
+        /// The operating system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// A host or the edge could not be given its identity and certificate in its directory.
     #[error("failed to enrol {label}")]
     Enrol {
+        /// The host's label, or `the edge`.
         label: String,
+        /// The key service's reason.
         #[source]
         source: enjin_control::bus::BusError,
     },
+    /// A host's or the edge's `agent.json` could not be written.
     #[error(transparent)]
     Agent(#[from] enjin_agent::ConfigError),
+    /// The edge's listen file could not be written.
     #[error(transparent)]
     Edge(#[from] enjin_edge::EdgeError),
+    /// A node uuid was refused as a supervisor child id (should not happen).
     #[error(transparent)]
     ChildId(#[from] enjin_supervisor::ChildIdError),
+    /// A blocking task (named) panicked; a bug.
     #[error("{0} panicked")]
     Panicked(&'static str),
+    /// The supervisor of the hosts' agents could not start: its directory
+    /// `<data-dir>/hosts/supervisor` could not be made, or another supervisor (another
+    /// `enjin up` on this data directory) holds it.
     #[error("failed to start the hosts' supervisor")]
     Supervisor(#[source] enjin_supervisor::StartError),
+    /// The supervisor refused the set of agents (and the edge) to run.
     #[error("failed to start the hosts' agents")]
     Desired(#[source] enjin_supervisor::EnsureError),
+    /// A host's sandbox label could not be written in five tries: each time, someone else had
+    /// updated the node first. Holds the host's label.
     #[error("failed to record the sandbox of host {0}: it kept changing")]
     KeptChanging(String),
 }
@@ -128,9 +175,13 @@ fn net_error(what: String) -> impl FnOnce(NetError) -> HostsError {
 /// The hosts' network on this machine, when hosts get network namespaces.
 #[derive(Debug, Clone)]
 pub struct HostsNetwork {
+    /// The ring 1 network object labelled `hosts`.
     pub network: Uuid,
+    /// Its range, as stored: the one given when it was first made, whatever is configured now.
     pub cidr: Cidr,
+    /// This machine's address on the bridge, which hosts route through and reach the hub at.
     pub gateway: IpAddr,
+    /// The bridge's interface name on this machine.
     pub bridge: String,
     /// The instance network: its range, each host owning a block of it.
     pub instances: Cidr,
@@ -271,10 +322,16 @@ fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<(), Ho
 /// how many there are.
 #[derive(Debug)]
 pub struct HostsPlan<'a> {
+    /// This machine's ring 0 node, the hosts' parent.
     pub machine: &'a Object<NodeSpec>,
+    /// The data directory; hosts get `<data-dir>/hosts/<label>`.
     pub data_dir: &'a Path,
+    /// The ring 1 hub the agents connect to.
     pub hub: SocketAddr,
+    /// The hosts network when running as root; `None` runs the agents as plain processes.
     pub net: Option<&'a HostsNetwork>,
+    /// How many hosts (`host-1` … `host-<count>`) must exist; hosts already in the store beyond
+    /// that are kept and run too, never deleted.
     pub count: usize,
     /// Other ring 1 processes of this machine to supervise beside the agents (the edge).
     pub also: Vec<ChildSpec>,

@@ -7,7 +7,7 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub const ENDPOINT_FILE: &str = "endpoint";
 /// The CA the API server's certificate comes from (the ring 0 CA), for clients to trust.
 pub const CA_FILE: &str = "ca.crt";
-/// The store.
+/// The SQLite store, beside its `-wal` and `-shm` files; all three 0600.
 pub const STATE_FILE: &str = "state.db";
 /// `<data>/bus/hub.addr`: where the ring 1 hub listened last.
 pub(crate) const HUB_ADDR_FILE: &str = "hub.addr";

@@ -7,6 +7,7 @@
 //! reads the environment or installs a signal handler: it is given a validated [`NodeConfig`]
 //! and a shutdown future.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod banner;
