@@ -213,26 +213,9 @@ impl BusNode {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Envelope, NodeError> {
-        let inbox = self.transport.new_inbox();
-        // Subscribing first: the transport keeps per-connection order, so the inbox is
-        // registered at the hub before the request can reach anyone who answers it.
-        let mut replies = self.subscribe(&inbox)?;
-        let sealed = self.publisher().seal(topic, Some(&inbox), payload, now_ms())?;
-        self.transport.publish(topic, Some(&inbox), sealed)?;
-        let first = async {
-            while let Some(env) = replies.next().await {
-                if env.topic() == inbox {
-                    return Some(env);
-                }
-                tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), "reply sealed for another inbox ignored");
-            }
-            None
-        };
-        match tokio::time::timeout(timeout, first).await {
-            Ok(Some(env)) => Ok(env),
-            Ok(None) => Err(TransportError::Closed.into()),
-            Err(_) => Err(NodeError::RequestTimeout { topic: topic.to_string(), after: timeout }),
-        }
+        let publisher = self.publisher();
+        request(self.transport.as_ref(), &publisher, topic, payload, timeout, |inbox| self.subscribe(inbox))
+            .await
     }
 
     /// Answer `request` (an envelope this node accepted) on its reply-to inbox, signed — only
@@ -264,6 +247,41 @@ impl BusNode {
     }
 }
 
+/// Ask on `topic` over `transport`, signed by `publisher`, with a fresh inbox as reply-to, and
+/// return the first verified reply sealed for that inbox (a verified answer sealed for another
+/// inbox is a replayed one, and is skipped). `replies` subscribes to the inbox with the caller's
+/// verification. The one request procedure: [`BusNode::request`] and the ring parent's, which
+/// holds its trust set itself rather than following it ([`NodeSubscription::with_bundle`]).
+pub async fn request(
+    transport: &dyn Transport,
+    publisher: &Publisher,
+    topic: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+    replies: impl FnOnce(&str) -> Result<NodeSubscription, NodeError>,
+) -> Result<Envelope, NodeError> {
+    let inbox = transport.new_inbox();
+    // Subscribing first: the transport keeps per-connection order, so the inbox is registered
+    // at the hub before the request can reach anyone who answers it.
+    let mut replies = replies(&inbox)?;
+    let sealed = publisher.seal(topic, Some(&inbox), payload, now_ms())?;
+    transport.publish(topic, Some(&inbox), sealed)?;
+    let first = async {
+        while let Some(env) = replies.next().await {
+            if env.topic() == inbox {
+                return Some(env);
+            }
+            tracing::debug!(topic = %env.topic(), sender = %env.sender().short(), "reply sealed for another inbox ignored");
+        }
+        None
+    };
+    match tokio::time::timeout(timeout, first).await {
+        Ok(Some(env)) => Ok(env),
+        Ok(None) => Err(TransportError::Closed.into()),
+        Err(_) => Err(NodeError::RequestTimeout { topic: topic.to_string(), after: timeout }),
+    }
+}
+
 /// A subscription that yields only envelopes the node's trust set accepts; the rest are
 /// counted by reason and dropped.
 #[derive(Debug)]
@@ -274,6 +292,23 @@ pub struct NodeSubscription {
 }
 
 impl NodeSubscription {
+    /// Verified envelopes on `pattern`, under `bundle` for as long as the subscription lasts:
+    /// for the ring's parent, which holds the ring's trust set itself rather than following
+    /// it on the bus.
+    pub fn with_bundle(
+        transport: &dyn Transport,
+        pattern: &str,
+        bundle: TrustBundle,
+        config: VerifierConfig,
+        counters: Arc<Counters>,
+    ) -> Result<NodeSubscription, NodeError> {
+        let sub = transport.subscribe(pattern)?;
+        let verifier = Verifier::new(bundle.clone(), config, counters)?;
+        // Nothing sends on it: the bundle never changes.
+        let (_, trust) = watch::channel(bundle);
+        Ok(NodeSubscription { sub, verifier, trust })
+    }
+
     /// The next envelope that verifies, under the node's current trust set (adopted before
     /// checking each message). `None` once the underlying subscription has ended: the
     /// transport closed it, refused it, or its queue overflowed; resubscribe to continue.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use enjin_bus::acl::{self, Member, MemberNameError, Role};
 use enjin_bus::counters::Counters;
 use enjin_bus::envelope::{Envelope, SealError};
@@ -18,27 +18,27 @@ use enjin_bus::hub::HubStats;
 use enjin_bus::identity::{GenerateError, Identity, KeyId, LoadKeyError, SaveKeyError};
 use enjin_bus::tls::TlsMaterial;
 use enjin_bus::transport::{Transport, TransportError};
-use enjin_bus::trust::{
-    BundleError, KeyRole, Publisher, TRUST_UPDATE_TOPIC, TrustBundle, TrustChange, TrustUpdate, TrustedKey,
-    Verifier, VerifierConfig,
-};
-use enjin_model::api::{BusMessage, JoinRequest, JoinResponse, KeyInfo, desired_topic};
-use enjin_model::kinds::NodeSpec;
-use enjin_model::{Ring, validate_label};
+use enjin_bus::trust::{BundleError, KeyRole, Publisher, Verifier, VerifierConfig};
+use enjin_model::Ring;
+use enjin_model::api::{BusMessage, desired_topic};
 use enjin_pki::RingCa;
 use enjin_store::{Compare, Op, Store, StoreError, Txn};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::auth::JoinGrant;
 use crate::cache::WatchCache;
 use crate::controller::{Controllers, Reconciler};
 use crate::registry::{Registry, RegistryError};
 
 mod controllers;
 mod intake;
+mod keys;
 mod members;
+mod requests;
+
+use keys::{KeyRecord, key_key};
+pub use requests::{LOGS_TIMEOUT, RequestHandler, STATS_STALE_AFTER};
 
 /// The node label that makes a node's bus member the edge (router and DNS), not a host.
 pub const EDGE_ROLE_LABEL: (&str, &str) = ("enjin.dev/role", "edge");
@@ -115,6 +115,9 @@ pub enum BusError {
     /// A node asked over the bus did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// A request over the bus failed for a reason none of the above names.
+    #[error("the request over the bus failed: {0}")]
+    Request(enjin_bus::node::NodeError),
     /// The store failed a read or a write of the ring's keys.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -144,59 +147,6 @@ pub struct BusConfig {
     pub certificate_validity: Duration,
     /// How long a member's old key stays accepted after it rotates ([`DEFAULT_OVERLAP`]).
     pub member_key_overlap: Duration,
-}
-
-/// A key as stored: public half and life cycle only.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeyRecord {
-    id: KeyId,
-    ring: u8,
-    role: KeyRole,
-    label: String,
-    #[serde(default)]
-    node: Option<Uuid>,
-    /// The machine label that holds the private half, when that machine is a parent here.
-    #[serde(default)]
-    holder: Option<String>,
-    revoked: bool,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    not_after: Option<DateTime<Utc>>,
-    #[serde(default)]
-    replaced_by: Option<KeyId>,
-}
-
-impl KeyRecord {
-    /// A newly recorded, active key.
-    fn new(
-        id: KeyId,
-        ring: u8,
-        role: KeyRole,
-        label: &str,
-        node: Option<Uuid>,
-        holder: Option<String>,
-    ) -> Self {
-        KeyRecord {
-            id,
-            ring,
-            role,
-            label: label.to_string(),
-            node,
-            holder,
-            revoked: false,
-            created_at: Utc::now(),
-            not_after: None,
-            replaced_by: None,
-        }
-    }
-}
-
-fn keys_prefix(ring: u8) -> String {
-    format!("/keys/{ring}/")
-}
-
-fn key_key(ring: u8, id: &KeyId) -> String {
-    format!("/keys/{ring}/{id}")
 }
 
 fn now_ms() -> i64 {
@@ -315,17 +265,6 @@ impl BusAuthority {
         // Fills the hub's tables, before any hub asks them.
         authority.bundle().await?;
         Ok(Arc::new(authority))
-    }
-
-    async fn record_own_key(&self, id: KeyId) -> Result<(), BusError> {
-        let k = key_key(self.ring, &id);
-        let label = &self.config.label;
-        let record =
-            KeyRecord::new(id, self.ring, KeyRole::Parent, label, self.config.node, Some(label.clone()));
-        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        // Only the first start writes it; later starts find it.
-        self.store.txn(Txn::new().when([Compare::absent(&k)]).then([Op::put(&k, value)])).await?;
-        Ok(())
     }
 
     /// The ring whose bus this service is the parent of.
@@ -531,269 +470,6 @@ impl BusAuthority {
         Ok(self.messages.subscribe())
     }
 
-    /// The ring's trust set as the store has it, versioned by the store revision it was read
-    /// at, so versions only grow.
-    pub async fn bundle(&self) -> Result<TrustBundle, BusError> {
-        let range = self.store.range(&keys_prefix(self.ring)).await?;
-        let mut keys = Vec::new();
-        let mut records = Vec::new();
-        for kv in &range.kvs {
-            let r: KeyRecord = serde_json::from_slice(&kv.value)
-                .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-            keys.push(TrustedKey {
-                id: r.id,
-                role: r.role,
-                label: r.label.clone(),
-                not_after_ms: r.not_after.map(|t| t.timestamp_millis()),
-                revoked: r.revoked,
-            });
-            records.push(r);
-        }
-        if let Ok(mut p) = self.parents.write() {
-            *p = keys
-                .iter()
-                .filter(|k| k.role == KeyRole::Parent && !k.revoked)
-                .map(|k| (k.id, k.not_after_ms))
-                .collect();
-        }
-        let table = members::AdmissionTable::from_records(&records);
-        if let Ok(mut a) = self.admitted.write() {
-            *a = table;
-        }
-        let version = u64::try_from(range.revision).unwrap_or(0);
-        self.trust_version.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
-        Ok(TrustBundle { ring: self.ring, version, keys })
-    }
-
-    /// The newest trust bundle version this server has read.
-    pub(crate) fn latest_trust_version(&self) -> u64 {
-        self.trust_version.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The current bundle as a signed envelope, for a child's birth.
-    async fn sealed_bundle(&self, publisher: &Publisher) -> Result<Vec<u8>, BusError> {
-        let bundle = self.bundle().await?;
-        let update = TrustUpdate { version: bundle.version, change: TrustChange::Replace(bundle) };
-        let payload = update.to_json().map_err(BusError::from)?;
-        publisher.seal(TRUST_UPDATE_TOPIC, None, payload, now_ms()).map_err(BusError::from)
-    }
-
-    /// Publish the whole bundle on the retained trust topic (level-triggered).
-    pub async fn publish_trust(&self) -> Result<(), BusError> {
-        self.publish_trust_as(&self.publisher()).await
-    }
-
-    async fn publish_trust_as(&self, publisher: &Publisher) -> Result<(), BusError> {
-        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Ok(()) };
-        let sealed = self.sealed_bundle(publisher).await?;
-        match t.publish(TRUST_UPDATE_TOPIC, None, sealed) {
-            Ok(()) => Ok(()),
-            // The bundle is state: the next change or reconnect publishes it again.
-            Err(TransportError::Full) => {
-                tracing::warn!(ring = self.ring, "bus queue full; trust bundle will be republished");
-                Ok(())
-            }
-            Err(e) => Err(BusError::from(e)),
-        }
-    }
-
-    /// Every key of the ring, public halves and life cycle only, as the API lists them.
-    pub async fn list(&self) -> Result<Vec<KeyInfo>, BusError> {
-        let range = self.store.range(&keys_prefix(self.ring)).await?;
-        let mut out = Vec::new();
-        for kv in &range.kvs {
-            let r: KeyRecord = serde_json::from_slice(&kv.value)
-                .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-            out.push(self.info(&r));
-        }
-        out.sort_by_key(|k| k.created_at);
-        Ok(out)
-    }
-
-    fn info(&self, r: &KeyRecord) -> KeyInfo {
-        let now = Utc::now();
-        let state = if r.revoked {
-            "revoked"
-        } else if r.not_after.is_some_and(|t| t <= now) {
-            "retired"
-        } else if r.not_after.is_some() {
-            "retiring"
-        } else {
-            "active"
-        };
-        KeyInfo {
-            id: r.id.to_string(),
-            ring: Ring::new(i64::from(r.ring)).unwrap_or(Ring::INFRASTRUCTURE),
-            role: match r.role {
-                KeyRole::Parent => "parent".into(),
-                KeyRole::Member => "member".into(),
-            },
-            label: r.label.clone(),
-            node: r.node,
-            state: state.into(),
-            created_at: r.created_at,
-            not_after: r.not_after,
-            replaced_by: r.replaced_by.map(|k| k.to_string()),
-            local: r.holder.as_deref() == Some(self.config.label.as_str()),
-        }
-    }
-
-    async fn record(&self, id: &str) -> Result<(KeyRecord, i64), BusError> {
-        let key: KeyId = id.parse().map_err(|_| BusError::NoSuchKey(id.to_string(), self.ring))?;
-        let kv = self.store.get(&key_key(self.ring, &key)).await?;
-        let kv = kv.ok_or_else(|| BusError::NoSuchKey(id.to_string(), self.ring))?;
-        let r: KeyRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-        Ok((r, kv.mod_revision))
-    }
-
-    /// Rotate a key this machine holds: a new key takes over at once, the old one stays
-    /// accepted for `overlap`. The bundle announcing it is signed by the old key, which every
-    /// node still trusts; from then on this machine signs with the new one.
-    pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<KeyInfo, BusError> {
-        let (old, rev) = self.record(id).await?;
-        let current = self.publisher();
-        if old.id != current.identity().key_id() || old.revoked || old.not_after.is_some() {
-            return Err(BusError::Refused(format!(
-                "key {} is not the active key this machine holds; a node rotates its own key",
-                old.id.short()
-            )));
-        }
-        let fresh = Identity::generate().map_err(BusError::from)?;
-        let path = self.config.keys_dir.join(format!("ring-{}-parent.key", self.ring));
-        let next_path = path.with_extension("key.next");
-        let _ = std::fs::remove_file(&next_path);
-        fresh.save(&next_path).map_err(BusError::from)?;
-        let now = Utc::now();
-        let overlap = TimeDelta::from_std(overlap).unwrap_or(TimeDelta::seconds(300));
-        let new = KeyRecord {
-            id: fresh.key_id(),
-            created_at: now,
-            not_after: None,
-            replaced_by: None,
-            ..old.clone()
-        };
-        let retiring = KeyRecord { not_after: Some(now + overlap), replaced_by: Some(new.id), ..old.clone() };
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(key_key(self.ring, &old.id), rev),
-                Compare::absent(key_key(self.ring, &new.id)),
-            ])
-            .then([
-                Op::put(key_key(self.ring, &old.id), to_json(&retiring)?),
-                Op::put(key_key(self.ring, &new.id), to_json(&new)?),
-            ]);
-        if !self.store.txn(txn).await?.succeeded {
-            let _ = std::fs::remove_file(&next_path);
-            return Err(BusError::Refused(format!("key {} changed meanwhile; retry", old.id.short())));
-        }
-        self.publish_trust_as(&current).await?;
-        enjin_sys::fs::rename_durable(&next_path, &path).map_err(file_error(&path))?;
-        let publisher = Publisher::starting_now(fresh, self.ring, self.counters.clone());
-        if let Ok(mut p) = self.publisher.lock() {
-            *p = Arc::new(publisher);
-        }
-        tracing::info!(ring = self.ring, old = %old.id.short(), new = %new.id.short(), "rotated key");
-        Ok(self.info(&new))
-    }
-
-    /// Revoke a key: every node of the ring stops accepting it with the next bundle.
-    pub async fn revoke(&self, id: &str) -> Result<KeyInfo, BusError> {
-        let (r, rev) = self.record(id).await?;
-        if r.id == self.publisher().identity().key_id() {
-            return Err(BusError::Refused(
-                "this is the key this machine signs the ring's trust with; rotate it instead".into(),
-            ));
-        }
-        let revoked = KeyRecord { revoked: true, ..r };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key_key(self.ring, &revoked.id), rev)])
-            .then([Op::put(key_key(self.ring, &revoked.id), to_json(&revoked)?)]);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(BusError::Refused(format!("key {} changed meanwhile; retry", revoked.id.short())));
-        }
-        self.publish_trust().await?;
-        tracing::info!(ring = self.ring, key = %revoked.id.short(), "revoked key");
-        Ok(self.info(&revoked))
-    }
-
-    /// A child joins with a join token: its public key is whitelisted, its CSR signed by the
-    /// ring CA, and it gets the signed bundle — its trust at birth. The token is consumed in
-    /// the same transaction that records the key, so it works exactly once.
-    pub async fn join(&self, grant: &JoinGrant, req: JoinRequest) -> Result<JoinResponse, BusError> {
-        if grant.ring.get() != self.ring {
-            return Err(BusError::Refused(format!(
-                "this join token is for ring {}; this server runs ring {}",
-                grant.ring, self.ring
-            )));
-        }
-        validate_label(&req.label).map_err(|m| BusError::Invalid { field: "label", message: m })?;
-        let id: KeyId = req.public_key.parse().map_err(|_| BusError::Invalid {
-            field: "public_key",
-            message: "not a hex Ed25519 public key".into(),
-        })?;
-        if id.verifying_key().is_none() {
-            return Err(BusError::Invalid {
-                field: "public_key",
-                message: "not a valid Ed25519 point".into(),
-            });
-        }
-        if let Some(node) = req.node {
-            let n = match self.registry.get::<NodeSpec>(node).await {
-                Ok(n) => n,
-                Err(RegistryError::NotFound { .. }) => {
-                    return Err(BusError::Invalid {
-                        field: "node",
-                        message: format!("node {node} does not exist"),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if n.meta.ring != grant.ring || n.spec.parent != Some(grant.parent) {
-                return Err(BusError::Invalid {
-                    field: "node",
-                    message: format!("node {node} is not a ring {} node under {}", grant.ring, grant.parent),
-                });
-            }
-        }
-        // The role is the key service's to say, from what it knows of the node, never the
-        // joiner's: the certificate names it, and the hub's access rules follow it.
-        let member = match req.node {
-            Some(node) => self.node_member(node).await?,
-            None => Member::keyed(&id.to_string()).map_err(BusError::from)?,
-        };
-        let cert_pem = self
-            .ca
-            .sign_csr(
-                &member.common_name(),
-                Some(&id.to_string()),
-                &req.csr_pem,
-                self.config.certificate_validity,
-            )
-            .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
-        let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, req.node, None);
-        let k = key_key(self.ring, &id);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(&grant.key, grant.revision), Compare::absent(&k)])
-            .then([Op::delete(&grant.key), Op::put(&k, to_json(&record)?)]);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(BusError::Refused(
-                "the join token was already used, or the key is already known".into(),
-            ));
-        }
-        let bundle = self.sealed_bundle(&self.publisher()).await?;
-        self.publish_trust().await?;
-        tracing::info!(ring = self.ring, label = %req.label, key = %id.short(), "node joined");
-        Ok(JoinResponse {
-            ring: grant.ring,
-            parent: grant.parent,
-            cert_pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-            bundle: bundle.iter().map(|b| format!("{b:02x}")).collect(),
-            hub: self.hub_addr().map(|a| a.to_string()),
-        })
-    }
-
     /// Prometheus lines: this server's receive-side counters and the hub's.
     pub fn render_metrics(&self) -> String {
         let mut out = enjin_bus::counters::render_prometheus(&[(self.ring, &self.counters)]);
@@ -873,209 +549,16 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, BusError> {
     serde_json::to_vec(v).map_err(BusError::from)
 }
 
-/// Answers one request's payload with a reply's payload.
-pub type RequestHandler = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
-
-/// Retained state and request serving for the platform's ring 1 services.
-impl BusAuthority {
-    /// Publish `payload` on a retained `state.*` topic, signed by the parent key.
-    pub fn publish_state(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
-        let sealed = self.publisher().seal(topic, None, payload, now_ms()).map_err(BusError::from)?;
-        match t.publish(topic, None, sealed) {
-            Ok(()) | Err(TransportError::Full) => Ok(()),
-            Err(e) => Err(BusError::from(e)),
-        }
-    }
-
-    /// Answer requests on `topic` from the ring's keys with `handler`, signed by the parent key,
-    /// on each request's reply inbox; runs until the bus goes away. Handlers run on a blocking
-    /// thread (they may read files).
-    ///
-    /// A reply goes only to an inbox of the request's verified sender (`_inbox.<its id>.…`, the
-    /// id from its key's record: see [`BusAuthority::inbox_id_of_key`]); a request naming any
-    /// other reply-to is not answered, and is counted in `replies_refused`. Otherwise anyone
-    /// who can have bytes served (by uploading a package) could have the parent sign them onto
-    /// a topic of their choosing, such as another host's desired set.
-    pub async fn serve_requests(&self, topic: &str, handler: RequestHandler) -> Result<(), BusError> {
-        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
-        let mut sub = t.subscribe(topic).map_err(BusError::from)?;
-        let bundle = self.bundle().await?;
-        let mut verifier = Verifier::new(bundle, VerifierConfig::default(), self.counters.clone())
-            .map_err(BusError::from)?;
-        let mut refreshed = std::time::Instant::now();
-        while let Some(m) = sub.next().await {
-            // Follow trust changes (joins, revocations) now and then.
-            if refreshed.elapsed() > Duration::from_secs(5) {
-                if let Ok(b) = self.bundle().await
-                    && let Err(e) = verifier.adopt(&b)
-                {
-                    tracing::warn!(error = %e, "request server cannot adopt the trust bundle");
-                }
-                refreshed = std::time::Instant::now();
-            }
-            let Ok(env) = verifier.accept(&m.payload, now_ms()) else { continue };
-            let Some(inbox) = env.reply_to().map(str::to_string) else { continue };
-            let requester = match self.inbox_id_of_key(&env.sender()).await {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "cannot look up the requester's key; request dropped");
-                    continue;
-                }
-            };
-            if !requester.as_deref().is_some_and(|id| acl::reply_allowed(id, &inbox)) {
-                self.counters.reply_refused();
-                tracing::warn!(
-                    %topic,
-                    sender = %env.sender().short(),
-                    reply_to = %inbox,
-                    "request refused: its reply-to is not an inbox of its sender"
-                );
-                continue;
-            }
-            let handler = handler.clone();
-            let payload = env.into_payload();
-            let reply = match tokio::task::spawn_blocking(move || handler(&payload)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "request handler panicked");
-                    continue;
-                }
-            };
-            let sealed = match self.publisher().seal(&inbox, None, reply, now_ms()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "reply not sealed");
-                    continue;
-                }
-            };
-            if let Err(e) = t.publish(&inbox, None, sealed) {
-                tracing::debug!(%topic, error = %e, "reply not sent");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How long a log request waits for its host.
-pub const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Use reports older than this are left out of `/metrics`: the host stopped reporting.
-pub const STATS_STALE_AFTER: Duration = Duration::from_secs(60);
-
-/// Requests to hosts, and what hosts report of their instances' use.
-impl BusAuthority {
-    /// Ask on `topic`, signed by the parent key, and return the payload of the first reply
-    /// that the ring's trust set accepts (see [`BusAuthority::logs`] for a reply that must come
-    /// from one host in particular).
-    pub async fn request(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, BusError> {
-        Ok(self.request_envelope(topic, payload, timeout).await?.into_payload())
-    }
-
-    async fn request_envelope(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Envelope, BusError> {
-        let Some(t) = self.transport.lock().ok().and_then(|t| t.clone()) else { return Err(BusError::NoHub) };
-        let bundle = self.bundle().await?;
-        // Counted apart: the monitor already counts every envelope on the bus, replies included.
-        let mut verifier = Verifier::new(bundle, VerifierConfig::default(), Arc::new(Counters::new()))
-            .map_err(BusError::from)?;
-        // `_inbox.parent.<random>`: hosts answer only on the parent's inboxes.
-        let inbox = t.new_inbox();
-        // Subscribed before publishing, so the inbox is known at the hub before anyone answers.
-        let mut replies = t.subscribe(&inbox).map_err(BusError::from)?;
-        let sealed = self.publisher().seal(topic, Some(&inbox), payload, now_ms()).map_err(BusError::from)?;
-        t.publish(topic, Some(&inbox), sealed)?;
-        let first = async {
-            while let Some(m) = replies.next().await {
-                // A verified envelope sealed for another inbox is a replayed answer.
-                if let Ok(env) = verifier.accept(&m.payload, now_ms())
-                    && env.topic() == inbox
-                {
-                    return Some(env);
-                }
-            }
-            None
-        };
-        match tokio::time::timeout(timeout, first).await {
-            Ok(Some(env)) => Ok(env),
-            Ok(None) => Err(BusError::NoHub),
-            Err(_) => Err(BusError::Timeout(format!(
-                "no verified reply to the request on {topic} within {timeout:?}"
-            ))),
-        }
-    }
-
-    /// The logs of instances `host` runs, asked of the host's agent; the reply must be signed
-    /// by the key bound to `host`.
-    pub async fn logs(
-        &self,
-        host: Uuid,
-        req: &enjin_model::api::LogsRequest,
-    ) -> Result<enjin_model::api::LogsReply, BusError> {
-        let topic = enjin_model::api::logs_topic(host);
-        let env = self.request_envelope(&topic, to_json(req)?, LOGS_TIMEOUT).await?;
-        if self.node_of_key(&env.sender()).await? != Some(host) {
-            return Err(BusError::Refused(format!(
-                "the reply to the log request of host {host} is not signed by that host's key"
-            )));
-        }
-        if let Ok(reply) = serde_json::from_slice::<enjin_model::api::LogsReply>(env.payload()) {
-            return Ok(reply);
-        }
-        match serde_json::from_slice::<enjin_model::api::LogsRefused>(env.payload()) {
-            Ok(refused) => Err(BusError::Refused(format!("host {host}: {}", refused.error))),
-            Err(e) => Err(BusError::Invalid {
-                field: "reply",
-                message: format!("host {host} sent an unreadable log reply: {e}"),
-            }),
-        }
-    }
-
-    /// Who the certificate of `node` names on the bus: the edge when the node carries the
-    /// edge's role label, a host otherwise.
-    async fn node_member(&self, node: Uuid) -> Result<Member, BusError> {
-        let n = self.registry.get::<NodeSpec>(node).await?;
-        let role = match n.meta.labels.get(EDGE_ROLE_LABEL.0).map(String::as_str) {
-            Some(v) if v == EDGE_ROLE_LABEL.1 => Role::Edge,
-            _ => Role::Host,
-        };
-        Member::node(role, &node.to_string()).map_err(BusError::from)
-    }
-
-    /// The id a key's holder has in inbox topics, as its certificate names it (see
-    /// [`enjin_bus::acl`]): `parent` for parent keys, the node for a key bound to one, the
-    /// key's first 128 bits otherwise. `None` for a key this ring does not know.
-    async fn inbox_id_of_key(&self, key: &KeyId) -> Result<Option<String>, BusError> {
-        let Some(kv) = self.store.get(&key_key(self.ring, key)).await? else { return Ok(None) };
-        let r: KeyRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), error: e.to_string() })?;
-        Ok(Some(match (r.role, r.node) {
-            (KeyRole::Parent, _) => acl::PARENT_ID.to_string(),
-            (KeyRole::Member, Some(node)) => node.to_string(),
-            (KeyRole::Member, None) => {
-                Member::keyed(&key.to_string()).map_err(BusError::from)?.id().to_string()
-            }
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use enjin_bus::client::{BusClient, ClientConfig};
     use enjin_bus::hub::{Hub, HubConfig};
     use enjin_bus::node::{BusNode, bundle_from_birth};
+    use enjin_bus::trust::TRUST_UPDATE_TOPIC;
     use enjin_model::api::CreateRequest;
     use enjin_model::api::PACKAGES_TOPIC;
-    use enjin_model::kinds::Strategy;
+    use enjin_model::kinds::{NodeSpec, Strategy};
     use enjin_store::{SqliteStore, SqliteStoreConfig};
     use tokio::sync::watch;
 

@@ -166,6 +166,7 @@ impl From<BusError> for ApiError {
             | BusError::Bundle(_)
             | BusError::Seal(_)
             | BusError::Transport(_)
+            | BusError::Request(_)
             | BusError::Encode(_) => {
                 // The server's own files and keys: logged in full here, not shown to the client.
                 tracing::error!(error = %e, "the ring bus failed");
