@@ -1,9 +1,18 @@
-//! Keys and trust, a ring 0 service: the ring's certificate authority, this machine's identity
-//! as the ring's parent, the public keys of the ring's nodes (in the store; private halves never
-//! leave the machine that made them), join tokens for children that start elsewhere, rotation
-//! and revocation — and the trust bundle, published whole on the ring bus's retained trust topic
-//! after every change, signed by the parent key, so every node learns whom to trust from the
-//! ring that runs it and a reconnecting node is brought level at once.
+//! The ring's parent service (a ring 0 service): the ring's certificate authority, this
+//! machine's identity as the ring's parent, and everything the parent does on the ring's bus.
+//! Its parts, one concern each:
+//!
+//! - `keys.rs`: the public keys of the ring's nodes (in the store; private halves never leave
+//!   the machine that made them), join, rotation and revocation, and the trust bundle, published
+//!   whole on the retained trust topic after every change, signed by the parent key, so every
+//!   node learns whom to trust from the ring that runs it;
+//! - `members.rs`: who may connect to the hub (certificates bound to current member keys);
+//! - `intake.rs`: one task that turns every verified report into a closed `Report`;
+//! - `controllers.rs`: the desired-state publisher and host liveness, on the watch cache;
+//! - `requests.rs`: retained state, the services it answers, and requests to hosts.
+//!
+//! This file holds the service's state, its start ([`BusAuthority::open`],
+//! [`BusAuthority::attach`]) and stop, TLS for this machine's own components, and metrics.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
