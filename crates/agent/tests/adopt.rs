@@ -8,11 +8,7 @@ use enjin_agent::SandboxLauncher;
 use enjin_supervisor::{ChildId, ChildSpec, Launcher};
 use enjin_sys::Pid;
 use enjin_sys::cgroup::CgroupConfig;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-}
+use enjin_testkit::root_or_skip;
 
 fn sleeper(group: Option<u32>) -> Child {
     let mut c = Command::new("sleep");
@@ -22,8 +18,7 @@ fn sleeper(group: Option<u32>) -> Child {
 
 #[test]
 fn the_oldest_live_group_leader_in_a_childs_cgroup_is_found() {
-    if !is_root() {
-        eprintln!("skipped: cgroups need root");
+    if !root_or_skip("cgroups") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, is_root, stderr, stdout};
+use common::{Running, cli, root_or_skip, stderr, stdout};
 
 /// Cycles when `ENJIN_CLEANUP_CYCLES` is not set: a hundred deploys and a hundred rollbacks,
 /// about nine minutes.
@@ -189,8 +189,7 @@ impl Measure {
 
 #[test]
 fn deploy_and_rollback_leave_the_data_directory_bounded() {
-    if !is_root() {
-        eprintln!("skipped: the unix-user sandbox needs root");
+    if !root_or_skip("the unix-user sandbox") {
         return;
     }
     let cycles: usize = std::env::var("ENJIN_CLEANUP_CYCLES")

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Running, cli, is_root, stderr, stdout, wait_until};
+use common::{Running, cli, root_or_skip, stderr, stdout, wait_until};
 
 /// A second pair of ranges of this test process's own, apart from `common::own_range`'s.
 fn other_ranges() -> (String, String) {
@@ -103,8 +103,7 @@ fn down_purge(data: &Path) -> String {
 
 #[test]
 fn up_starts_again_after_its_data_directory_is_removed() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !root_or_skip("network namespaces") {
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
@@ -132,8 +131,7 @@ fn up_starts_again_after_its_data_directory_is_removed() {
 
 #[test]
 fn down_purge_removes_one_cloud_and_leaves_another_running() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !root_or_skip("network namespaces") {
         return;
     }
     // Not under /tmp: sandboxed instances get a private /tmp.
@@ -202,8 +200,7 @@ fn down_purge_removes_one_cloud_and_leaves_another_running() {
 /// `enjin down` still finds the cloud by its recorded path and takes it apart.
 #[test]
 fn down_takes_apart_a_crashed_cloud_whose_data_directory_is_gone() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !root_or_skip("network namespaces") {
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");

@@ -34,14 +34,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Running, cli, is_root, stderr, stdout};
+use common::{Running, cli, root_or_skip, stderr, stdout};
 
 const MIB: u64 = 1 << 20;
 
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: the unix-user sandbox needs root");
+        if !root_or_skip("the unix-user sandbox") {
             return;
         }
     };

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Running, cli, is_root, stderr, stdout, wait_until};
+use common::{Running, cli, root_or_skip, stderr, stdout, wait_until};
 use serde_json::Value;
 
 const APP: &str = "slowstart";
@@ -194,8 +194,7 @@ fn crash_during_a_deploy(at: At) {
 
 #[test]
 fn a_rollout_caught_starting_is_undone() {
-    if !is_root() {
-        eprintln!("skipped: instances need the unix-user sandbox (root)");
+    if !root_or_skip("the unix-user sandbox of instances") {
         return;
     }
     crash_during_a_deploy(At::Starting);
@@ -203,8 +202,7 @@ fn a_rollout_caught_starting_is_undone() {
 
 #[test]
 fn a_rollout_caught_going_live_ends_with_one_live_release() {
-    if !is_root() {
-        eprintln!("skipped: instances need the unix-user sandbox (root)");
+    if !root_or_skip("the unix-user sandbox of instances") {
         return;
     }
     crash_during_a_deploy(At::Live);
@@ -212,8 +210,7 @@ fn a_rollout_caught_going_live_ends_with_one_live_release() {
 
 #[test]
 fn a_rollout_caught_draining_is_finished() {
-    if !is_root() {
-        eprintln!("skipped: instances need the unix-user sandbox (root)");
+    if !root_or_skip("the unix-user sandbox of instances") {
         return;
     }
     crash_during_a_deploy(At::Draining);

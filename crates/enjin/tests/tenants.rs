@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{BIN, Running, example_copy, is_root, stderr, stdout, wait_until};
+use common::{BIN, Running, example_copy, root_or_skip, stderr, stdout, wait_until};
 
 /// `enjin` as a tenant: the data directory for the server and CA, the tenant's token.
 fn as_tenant(data: &Path, token: &str, args: &[&str]) -> Output {
@@ -64,8 +64,7 @@ const ABSENT: &[&str] = &["not found", "no app named", "no account is labelled",
 
 #[test]
 fn a_tenant_cannot_touch_another_tenants_app() {
-    if !is_root() {
-        eprintln!("skipped: tenants' apps run only in the sandbox, which needs root");
+    if !root_or_skip("the sandbox tenants' apps run in") {
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");

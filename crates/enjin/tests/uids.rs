@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Running, cli, example_copy, is_root, stderr};
+use common::{Running, cli, example_copy, root_or_skip, stderr};
 
 /// Every ring 2 node of the app: uuid → reserved uid.
 fn reserved(data: &Path) -> BTreeMap<String, u64> {
@@ -97,8 +97,7 @@ fn check_no_shared_uid(data: &Path, hosts: &BTreeSet<String>, want: usize) -> BT
 
 #[test]
 fn twelve_hosts_a_restart_and_a_deploy_never_share_a_uid() {
-    if !is_root() {
-        eprintln!("skipped: sandboxed instances need root");
+    if !root_or_skip("sandboxed instances") {
         return;
     }
     // Under /tmp, which instances used to see privately: a data directory anywhere works.

@@ -12,16 +12,8 @@ use enjin_model::api::{FirewallInstance, FirewallRule, HostFirewall};
 use enjin_model::kinds::{Action, Cidr, PortRange, Protocol};
 use enjin_net::firewall::{apply_in, compile, set_rp_filter_in};
 use enjin_net::{INSTANCE_PREFIX, exec_prefix};
+use enjin_testkit::is_root;
 use uuid::Uuid;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");

@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 
 use enjin_net::instance::{InstanceNames, ensure_instance, instance_names, prepare_host, remove_instance};
 use enjin_net::{ensure_bridge, ensure_host, exec_prefix, remove_bridge, remove_host};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use enjin_testkit::root_or_skip;
 
 /// What the inner half (run inside the host namespace) is asked to do.
 const INNER: &str = "ENJIN_NET_TEST_INSTANCES";
@@ -106,8 +98,7 @@ fn inner_make_instances() {
 
 #[test]
 fn instances_get_their_own_namespace_address_and_route() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !root_or_skip("network namespaces") {
         return;
     }
     let tag = format!("{:04x}", std::process::id() % 0xffff);

@@ -7,15 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enjin_net::{ensure_bridge, ensure_host, exec_prefix, remove_bridge, remove_host, set_link};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use enjin_testkit::root_or_skip;
 
 struct Cleanup {
     hosts: Vec<(String, String)>,
@@ -62,8 +54,7 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn hosts_on_a_bridge_reach_each_other_and_a_cut_link_partitions_one() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !root_or_skip("network namespaces") {
         return;
     }
     let tag = format!("{:04x}", std::process::id() % 0xffff);

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+#[allow(unused_imports, reason = "each test file uses a different part of the harness")]
+pub use enjin_testkit::{root_or_skip, wait_until};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_enjin");
 
 /// A hosts' network range of this test process's own (10.251.x.0/24), so that it meets neither
@@ -194,18 +197,6 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
-/// Poll `f` every 100 ms until it gives a value; fail the test after `limit`.
-pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A plain-HTTP client (for the router): it trusts no CA, and is handed its TLS setup since
 /// reqwest has no crypto provider of its own in this build.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
@@ -264,13 +255,6 @@ fn remove_host_networks(list: &serde_json::Value, networks: &serde_json::Value) 
         let uuid = n["uuid"].as_str().unwrap_or_default();
         let _ = Command::new("ip").args(["link", "del", &format!("ejb-{}", short(uuid))]).status();
     }
-}
-
-/// Whether this process runs as root (the sandbox tests need it; they never skip in CI, which
-/// runs as root).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 /// The Python example copied where the test may change it.

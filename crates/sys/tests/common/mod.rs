@@ -3,27 +3,17 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use enjin_sys::cgroup::{self, CgroupConfig, Cgroups, Group, Placement};
 use enjin_sys::sandbox::Sandbox;
 
-/// True as root. Otherwise prints why the test does nothing: these tests need root and are
-/// never skipped when they have it.
+/// True as root; otherwise the test does nothing, saying so (see [`enjin_testkit::root_or_skip`]).
 pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root (namespaces, setuid, cgroups); it always runs as root");
-    false
+    enjin_testkit::root_or_skip(&format!("{test} (namespaces, setuid, cgroups)"))
 }
 
-/// A name no other test run uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
+pub use enjin_testkit::unique;
 
 /// The host's hierarchy, with test groups under this process's own cgroup (so they stay inside
 /// whatever limits the test runner has) in `enjin-sys-test`.
