@@ -5,11 +5,74 @@
 //! without a memory or disk limit counts as unbounded where the account has that quota.
 
 use enjin_model::api::{AccountUsage, ListQuery};
-use enjin_model::kinds::{AccountSpec, CompartmentSpec, CompartmentType, NodeSpec, Quota, Resources};
+use enjin_model::kinds::{
+    AccountSpec, AppManifest, CompartmentSpec, CompartmentType, NodeSpec, Quota, ReleaseSpec, Resources,
+    TaskKind, TaskSpec,
+};
 use enjin_model::{Object, Ring};
 use uuid::Uuid;
 
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Guard, Registry, RegistryError};
+
+/// Where each account's quota guard lives (`<prefix><account>`). Every change checked against a
+/// quota is committed only if the guard is where the check read it, and moves it: two checks of
+/// one account can never both pass on the same reading.
+const GUARDS_PREFIX: &str = "/quota/guards/";
+
+/// Read `account`'s quota guard; read it before anything the check reads.
+pub async fn guard(registry: &Registry, account: Uuid) -> Result<Guard, RegistryError> {
+    let what = format!("the use of account {account} (another change in the account)");
+    Guard::read(registry.store().as_ref(), format!("{GUARDS_PREFIX}{account}"), what).await
+}
+
+/// What `m`'s instances take, with the cloud's default limits filled in.
+pub fn footprint_of_manifest(registry: &Registry, m: &AppManifest) -> Footprint {
+    let defaults = registry.instance_defaults();
+    m.processes.values().fold(Footprint::default(), |f, pt| {
+        f.plus(Footprint::instances(pt.instances, &defaults.applied(&pt.resources)))
+    })
+}
+
+/// The account's instances once its rollouts under way have ended, leaving out app `except`:
+/// an app with a rollout running counts at its release's counts (a rollout makes its
+/// instances one by one), every other instance as it is. Tasks are read before instances, so a
+/// rollout that ends in between is counted at its counts, never below.
+pub async fn settled_instances(
+    registry: &Registry,
+    account: Uuid,
+    except: Option<&str>,
+) -> Result<Footprint, RegistryError> {
+    let app_of =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(crate::platform::APP_LABEL).cloned();
+    let q = ListQuery { account: Some(account), ..ListQuery::default() };
+    let mut rolling: std::collections::BTreeMap<String, Footprint> = std::collections::BTreeMap::new();
+    for t in registry.list::<TaskSpec>(&q).await?.0 {
+        let Some(app) = app_of(&t.meta.labels) else { continue };
+        if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() {
+            continue;
+        }
+        let Some(release) = t.spec.subject else { continue };
+        let Ok(release) = registry.get::<ReleaseSpec>(release).await else { continue };
+        rolling.insert(app, footprint_of_manifest(registry, &release.spec.manifest));
+    }
+    let q = ListQuery { account: Some(account), ring: Some(Ring::PLATFORM), ..ListQuery::default() };
+    let (nodes, _) = registry.list::<NodeSpec>(&q).await?;
+    let mut total = Footprint::default();
+    for n in &nodes {
+        if let Some(app) = app_of(&n.meta.labels)
+            && (Some(app.as_str()) == except || rolling.contains_key(&app))
+        {
+            continue;
+        }
+        total = total.plus(Footprint::instances(1, &n.spec.resources));
+    }
+    for (app, target) in rolling {
+        if Some(app.as_str()) != except {
+            total = total.plus(target);
+        }
+    }
+    Ok(total)
+}
 
 /// A change refused by a quota: which, its limit, and the use the change would reach.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

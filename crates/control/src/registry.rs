@@ -139,13 +139,19 @@ pub struct Guard {
     pub key: String,
     /// Its revision when read; 0 when it did not exist.
     pub revision: i64,
+    /// What it stands for, for the error when it moved (`the use of account …`).
+    pub what: String,
 }
 
 impl Guard {
-    /// Read `key`'s revision now.
-    pub async fn read(store: &dyn enjin_store::Store, key: String) -> Result<Guard, RegistryError> {
+    /// Read `key`'s revision now; `what` names what it guards.
+    pub async fn read(
+        store: &dyn enjin_store::Store,
+        key: String,
+        what: String,
+    ) -> Result<Guard, RegistryError> {
         let revision = store.get(&key).await?.map_or(0, |kv| kv.mod_revision);
-        Ok(Guard { key, revision })
+        Ok(Guard { key, revision, what })
     }
 
     fn compare(&self) -> Compare {
@@ -602,7 +608,10 @@ impl Registry {
             if let Some(g) = guard
                 && g.revision != self.store.get(&g.key).await?.map_or(0, |kv| kv.mod_revision)
             {
-                return Err(RegistryError::conflict(Some("guard"), format!("{} changed meanwhile", g.key)));
+                return Err(RegistryError::conflict(
+                    Some("guard"),
+                    format!("{} changed while this write was checked; try again", g.what),
+                ));
             }
             let skip = usize::from(lkey.is_some());
             if lkey.is_some()

@@ -49,10 +49,6 @@ use crate::controller::Controllers;
 use crate::quota::Footprint;
 use crate::registry::{Guard, Registry, RegistryError};
 
-/// Where an account's quota guard lives (`<prefix><account>`): moved by every rollout task
-/// created after a quota check, compared against the revision the check read.
-const QUOTA_GUARDS_PREFIX: &str = "/quota/guards/";
-
 /// Labels the platform puts on the nodes it makes. This one, the app's name, is also on its
 /// releases and rollout tasks.
 pub const APP_LABEL: &str = "enjin.dev/app";
@@ -371,46 +367,22 @@ impl Platform {
             return Ok(None);
         }
         // Read before anything it guards.
-        let guard =
-            Guard::read(self.registry.store().as_ref(), format!("{QUOTA_GUARDS_PREFIX}{account}")).await?;
+        let guard = crate::quota::guard(&self.registry, account).await?;
         let mut now = crate::quota::usage(&self.registry, account).await?;
         now.package_bytes = self.package_bytes(account).await?;
-        let instances_of = |name: &str| {
-            let q = ListQuery {
-                account: Some(account),
-                ring: Some(Ring::PLATFORM),
-                selector: Some(format!("{APP_LABEL}={name}")),
-                ..ListQuery::default()
-            };
-            async move { self.registry.list::<NodeSpec>(&q).await.map(|(nodes, _)| nodes) }
-        };
-        let current = instances_of(app).await?;
         let exists = match self.app_env(app, account, false).await {
             Ok(_) => true,
             Err(PlatformError::NoApp(_)) => false,
             Err(e) => return Err(e),
         };
-        let defaults = self.registry.instance_defaults();
-        let footprint = |m: &AppManifest| {
-            m.processes.values().fold(Footprint::default(), |f, pt| {
-                f.plus(Footprint::instances(pt.instances, &defaults.applied(&pt.resources)))
-            })
-        };
-        let mut after = Footprint::of_usage(&now)
-            .minus(crate::quota::footprint_of(&current))
-            .plus(footprint(manifest))
-            .plus(Footprint { apps: u64::from(!exists), ..Footprint::default() });
-        let q = ListQuery { account: Some(account), ..ListQuery::default() };
-        for t in self.registry.list::<TaskSpec>(&q).await?.0 {
-            let Some(other) = t.meta.labels.get(APP_LABEL) else { continue };
-            if t.spec.task_type != TaskKind::Deploy || t.spec.state.is_final() || other == app {
-                continue;
-            }
-            let Some(r) = t.spec.subject else { continue };
-            let Ok(release) = self.registry.get::<ReleaseSpec>(r).await else { continue };
-            let theirs = crate::quota::footprint_of(&instances_of(other).await?);
-            after = after.plus(footprint(&release.spec.manifest)).minus(theirs);
+        let others = crate::quota::settled_instances(&self.registry, account, Some(app)).await?;
+        let after = Footprint {
+            apps: u64::from(now.apps) + u64::from(!exists),
+            package_bytes: now.package_bytes,
+            ..Footprint::default()
         }
+        .plus(others)
+        .plus(crate::quota::footprint_of_manifest(&self.registry, manifest));
         crate::quota::check(&label, &quota, &now, after)?;
         Ok(Some(guard))
     }
@@ -899,11 +871,8 @@ impl Platform {
         let task = loop {
             match self.registry.create_guarded(req.clone(), Utc::now(), guard).await {
                 Ok(t) => break t,
-                Err(RegistryError::Conflict { field: Some(f), .. }) if f == "guard" => {
-                    return Err(PlatformError::Conflict(format!(
-                        "the account's use changed while this change of {app} was checked against its \
-                         quota (another deploy or scale in the account); try again"
-                    )));
+                Err(RegistryError::Conflict { field: Some(f), detail }) if f == "guard" => {
+                    return Err(PlatformError::Conflict(format!("app {app} was not changed: {detail}")));
                 }
                 // The name is the app's running slot. A task that ended without giving it up
                 // (cancelled through the API) gives it up now; a running one keeps it.

@@ -24,7 +24,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::placement::{SANDBOX_LABEL, Sandbox};
 use crate::problem::ApiError;
 use crate::quota::Footprint;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Guard, Registry, RegistryError};
 
 /// The account whose grants govern `verb` on an object of `kind` owned by `owner`: accounts
 /// are read by their members and created, changed and deleted by the operator alone (a
@@ -108,10 +108,10 @@ pub async fn create<S: Spec>(
     }
     check_grant(&state.registry, &principal, account, &req.spec).await?;
     check_tenant_node(&state.registry, system, account, req.ring, &req.spec).await?;
-    check_node_quota(&state.registry, account, &req.spec).await?;
+    let guard = check_node_quota(&state.registry, account, &req.spec).await?;
     let network = own_network(&state.registry, system, account, req.ring, &mut req.spec).await?;
     req.account = (S::KIND != Kind::Account).then_some(account);
-    let obj = state.registry.create(req, Utc::now()).await?;
+    let obj = state.registry.create_guarded(req, Utc::now(), guard.as_ref()).await?;
     if let Some((instances, block)) = network {
         let node: Object<NodeSpec> = Object { meta: obj.meta.clone(), spec: as_kind(&obj.spec)? };
         if let Err(e) = crate::platform::network::attach(&state.registry, &node, instances, &block).await {
@@ -440,24 +440,34 @@ fn check_platform_owned_update<S: Spec>(old: &Object<S>, req: &UpdateRequest<S>)
     .into())
 }
 
-/// A node made in an account counts against its instance, memory and disk quotas.
-async fn check_node_quota<S: Spec>(registry: &Registry, account: Uuid, spec: &S) -> Result<(), ApiError> {
+/// A node made in an account counts against its instance, memory and disk quotas, as does
+/// what the account's rollouts under way will leave running; the guard returned is what the
+/// node is created against (see `quota.rs`).
+async fn check_node_quota<S: Spec>(
+    registry: &Registry,
+    account: Uuid,
+    spec: &S,
+) -> Result<Option<Guard>, ApiError> {
     if S::KIND != Kind::Node {
-        return Ok(());
+        return Ok(None);
     }
-    let Some((label, quota)) = crate::quota::quota_of(registry, account).await? else { return Ok(()) };
+    let Some((label, quota)) = crate::quota::quota_of(registry, account).await? else { return Ok(None) };
     if quota.is_unlimited() {
-        return Ok(());
+        return Ok(None);
     }
     let node: NodeSpec = as_kind(spec)?;
     if node.run.is_none() {
-        return Ok(());
+        return Ok(None);
     }
+    let guard = crate::quota::guard(registry, account).await?;
     let now = crate::quota::usage(registry, account).await?;
     let resources = registry.instance_defaults().applied(&node.resources);
-    let after = Footprint::of_usage(&now).plus(Footprint::instances(1, &resources));
+    let after = Footprint { apps: u64::from(now.apps), ..Footprint::default() }
+        .plus(crate::quota::settled_instances(registry, account, None).await?)
+        .plus(Footprint::instances(1, &resources));
     crate::quota::check(&label, &quota, &now, after)
-        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", e.to_string()))
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", e.to_string()))?;
+    Ok(Some(guard))
 }
 
 /// A generic spec as its own kind's type (only called with `S::KIND` matching `T::KIND`).

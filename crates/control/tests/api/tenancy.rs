@@ -602,6 +602,23 @@ async fn chain(
     }
 }
 
+/// Cancel the rollout task at `path` as `token`: its state to `cancelled`, nothing else. The
+/// rollout writes its progress meanwhile, so a lost compare is tried again.
+async fn cancel(s: &TestServer, token: &str, path: &str) -> Reply {
+    let mut r = Reply { status: StatusCode::CONFLICT, headers: Default::default(), body: Value::Null };
+    for _ in 0..20 {
+        let held = call(s, token, Method::GET, path, None).await.body;
+        let mut spec = held["spec"].clone();
+        spec["state"] = json!("cancelled");
+        let body = json!({"revision": held["revision"], "label": held["label"], "labels": held["labels"], "spec": spec});
+        r = call(s, token, Method::PUT, path, Some(&body)).await;
+        if r.status != StatusCode::CONFLICT {
+            break;
+        }
+    }
+    r
+}
+
 /// What the platform makes for a tenant's app, and carries out from the store, is not the
 /// tenant's to write: a release rewritten to run another package, a rollout task recorded by
 /// hand with an unsandboxed plan, a running rollout deleted out from under its controller. A
@@ -665,9 +682,7 @@ async fn a_tenant_cannot_write_the_platforms_releases_and_rollouts() {
     unsandboxed["rollout"]["isolation"] = json!("optional");
     assert_problem_status(&call(&s, &a, Method::PUT, &path, Some(&put(unsandboxed))).await, 422);
     assert_problem_status(&call(&s, &a, Method::DELETE, &path, None).await, 409);
-    let mut cancel = held["spec"].clone();
-    cancel["state"] = json!("cancelled");
-    let r = call(&s, &a, Method::PUT, &path, Some(&put(cancel))).await;
+    let r = cancel(&s, &a, &path).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Cancelled: the rollout stops, its instances go, its release is failed.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -735,6 +750,8 @@ async fn racing_deploys_cannot_both_pass_a_quota() {
             "health": {"type": "process"}}}}, "package": package})
     };
     for round in 0..5 {
+        // A host that has not beaten for a while is not placed on: the rollouts would fail at once.
+        heartbeat(&s, &host).await;
         let (one, two) = (format!("one{round}"), format!("two{round}"));
         let (p1, p2) = (format!("/v1/apps/{one}/deploys"), format!("/v1/apps/{two}/deploys"));
         let (d1, d2) = (deploy(&one, 2), deploy(&two, 2));
@@ -749,15 +766,19 @@ async fn racing_deploys_cannot_both_pass_a_quota() {
         assert!(matches!(refused.status.as_u16(), 403 | 409), "round {round}: {}", refused.body);
         // Still rolling out (no agent reports health), yet counted at its two instances.
         let r = call(&s, &a, Method::POST, "/v1/apps/third/deploys", Some(&deploy("third", 1))).await;
-        assert_problem_status(&r, 403);
+        let winner = accepted[0].body["task"].as_str().unwrap_or_default();
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "round {round}: {} (the winner: {}, the loser: {})",
+            r.body,
+            call(&s, &a, Method::GET, &format!("/v1/tasks/{winner}"), None).await.body,
+            refused.body
+        );
         // Cancel the winner so that the next round starts from nothing.
         let task = accepted[0].body["task"].as_str().expect("task").to_string();
         let path = format!("/v1/tasks/{task}");
-        let held = call(&s, &a, Method::GET, &path, None).await.body;
-        let mut spec = held["spec"].clone();
-        spec["state"] = json!("cancelled");
-        let body = json!({"revision": held["revision"], "label": held["label"], "labels": held["labels"], "spec": spec});
-        assert_eq!(call(&s, &a, Method::PUT, &path, Some(&body)).await.status, StatusCode::OK);
+        assert_eq!(cancel(&s, &a, &path).await.status, StatusCode::OK, "round {round}");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).is_empty() {
             assert!(
@@ -769,5 +790,41 @@ async fn racing_deploys_cannot_both_pass_a_quota() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    s.stop().await;
+}
+
+/// Instances made through the node API race for a quota the same way: of eight creates at once
+/// in an account allowed two instances, at most two are made.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_node_creates_cannot_pass_a_quota() {
+    let s = TestServer::start().await;
+    let m = s.create_id("nodes", machine("m")).await;
+    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
+        "spec": {"parent": m, "strategy": "process"}});
+    let host = s.create_id("nodes", host).await;
+    let (acme, a) = tenant(&s, "acme").await;
+    let acct = s.fetch("accounts", &acme).await;
+    let quota = json!({"revision": acct["revision"], "label": "acme", "spec": {"quota": {"instances": 2}}});
+    assert_eq!(s.put(&format!("/v1/accounts/{acme}"), &quota).await.status, StatusCode::OK);
+    let bodies: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({"ring": 2, "label": format!("n{i}"), "spec": {"parent": host, "strategy": "unix-user",
+                "run": {"command": ["sleep", "1000"]}}})
+        })
+        .collect();
+    let replies = futures_util::future::join_all(
+        bodies.iter().map(|b| call(&s, &a, Method::POST, "/v1/nodes", Some(b))),
+    )
+    .await;
+    let made = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    for r in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert!(matches!(r.status.as_u16(), 403 | 409), "{}", r.body);
+    }
+    assert!(
+        (1..=2).contains(&made),
+        "{made} made: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).len(), made);
     s.stop().await;
 }
