@@ -50,6 +50,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const LOG_READERS: usize = 2;
 /// How long the collector may take to finish its last poll when the agent stops.
 const COLLECTOR_STOP: Duration = Duration::from_secs(5);
+/// How long the agent waits before subscribing again to desired children it was cut off from,
+/// so that a subscription refused at once does not spin.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
 
 /// The branch of the cgroup tree the host's sandboxed children run in (`enjin/<node>`).
 pub fn cgroup_parent(node: Uuid) -> String {
@@ -87,8 +90,9 @@ pub enum AgentError {
 }
 
 /// Run the agent until `shutdown` completes. `observations` carries what the supervisor saw
-/// of the children, to be reported upwards. It also returns `Ok` when the subscription to its
-/// desired children ends (the transport closed, or the subscriber was cut off).
+/// of the children, to be reported upwards. A subscription to its desired children that ends
+/// (cut off for falling behind) is made again; the agent also returns `Ok` when that fails
+/// (the transport is gone for good).
 pub async fn run(
     config: AgentConfig,
     children: Arc<dyn Children>,
@@ -150,7 +154,21 @@ pub async fn run(
             }
             Some(obs) = observations.recv() => report(&node, obs),
             env = desired.next() => {
-                let Some(env) = env else { break };
+                let Some(env) = env else {
+                    // Cut off (it fell behind) or refused: what runs here keeps running, and the
+                    // retained set comes again with the new subscription. Only a transport that
+                    // is gone for good (subscribing fails) ends the agent.
+                    tracing::warn!("desired children subscription ended; subscribing again");
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                    match node.subscribe(&desired_topic(config.node)) {
+                        Ok(s) => desired = s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot subscribe to the desired children again");
+                            break;
+                        }
+                    }
+                    continue;
+                };
                 // Only the ring's parent says what runs here.
                 if !node.is_from_parent(&env) {
                     tracing::warn!(sender = %env.sender().short(), "desired children from a non-parent key ignored");
