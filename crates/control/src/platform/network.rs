@@ -67,9 +67,9 @@ pub async fn networks(
         label: Some(label.into()),
         ..ListQuery::default()
     };
-    let (instances, _) = registry.list::<NetworkSpec>(&find(Ring::PLATFORM, INSTANCES)).await?;
+    let Some(instances) = crate::firewall::instance_network(registry).await? else { return Ok(None) };
     let (hosts, _) = registry.list::<NetworkSpec>(&find(Ring::INFRASTRUCTURE, HOSTS)).await?;
-    Ok(instances.into_iter().next().zip(hosts.into_iter().next()))
+    Ok(hosts.into_iter().next().map(|h| (instances, h)))
 }
 
 /// The label of each account's own rule set on the instance network, which `enjin access-rule
@@ -83,8 +83,8 @@ pub async fn ensure_default_rule_sets(
     registry: &Registry,
     account: Option<Uuid>,
 ) -> Result<(), RegistryError> {
-    let q = ListQuery { ring: Some(Ring::PLATFORM), label: Some(INSTANCES.into()), ..ListQuery::default() };
-    let Some(network) = registry.list::<NetworkSpec>(&q).await?.0.into_iter().next() else { return Ok(()) };
+    // The operator's: a tenant can name a network of its own `instances` too.
+    let Some(network) = crate::firewall::instance_network(registry).await? else { return Ok(()) };
     let system = registry.system_account().await?;
     let accounts: Vec<Uuid> = match account {
         Some(a) => vec![a],

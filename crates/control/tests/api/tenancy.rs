@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::fixtures::{account, machine, membership};
+use crate::fixtures::{account, machine, membership, network};
 use crate::harness::{PATIENCE, Reply, TestServer, assert_problem_status, call, send, uuid_of};
 
 async fn role_id(s: &TestServer, label: &str) -> String {
@@ -826,5 +826,23 @@ async fn racing_node_creates_cannot_pass_a_quota() {
         replies.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert_eq!(ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).len(), made);
+    s.stop().await;
+}
+
+/// A tenant can name a network of its own `instances`, but the instance network is the
+/// operator's alone: a new account's default rule set is made on the operator's, even when the
+/// tenant's is older.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_network_named_instances_is_not_the_instance_network() {
+    let s = TestServer::start().await;
+    let (_, a) = tenant(&s, "acme").await;
+    let r = call(&s, &a, Method::POST, "/v1/networks", Some(&network(2, "instances", "10.252.0.0/16"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let theirs = uuid_of(&r.body);
+    let ours = s.create_id("networks", network(2, "instances", "10.251.0.0/16")).await;
+    let globex = s.create_id("accounts", account("globex")).await;
+    let (sets, _) = s.list("access-rule-sets", &[("account", &globex)]).await;
+    let networks: Vec<&Value> = sets.iter().map(|set| &set["spec"]["network"]).collect();
+    assert_eq!(networks, vec![&json!(ours)], "not on acme's {theirs}: {sets:?}");
     s.stop().await;
 }
