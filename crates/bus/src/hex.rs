@@ -8,7 +8,8 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 
 /// The bytes `s` spells in hex (either case), or `None` if it is not hex of whole bytes.
 pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+    // Digits only: `from_str_radix` alone would take a sign (`"+f"` is 15).
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -27,6 +28,14 @@ mod tests {
         #[test]
         fn never_panics(s in ".{0,80}") {
             let _ = super::decode(&s);
+        }
+    }
+
+    #[test]
+    fn only_hex_digits_decode() {
+        assert_eq!(super::decode("0aFf"), Some(vec![0x0a, 0xff]));
+        for bad in ["+f", "-1", "0x", " 1", "g0", "abc"] {
+            assert_eq!(super::decode(bad), None, "{bad}");
         }
     }
 }
