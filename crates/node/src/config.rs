@@ -76,8 +76,7 @@ pub struct NodeConfig {
     /// A host whose heartbeat is this late is marked *disconnected*; its children are presumed
     /// still running, so nothing is rescheduled yet.
     pub disconnected_after: Duration,
-    /// A host whose heartbeat is this late is marked *lost*; meant to be longer than
-    /// `disconnected_after` (not checked).
+    /// A host whose heartbeat is this late is marked *lost*; longer than `disconnected_after`.
     pub lost_after: Duration,
     /// Where the edge's HTTP router listens (`up` only).
     pub router_listen: SocketAddr,
@@ -124,6 +123,19 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::NoDataDir);
         }
+        // A host beats every `HEARTBEAT_EVERY`: a shorter patience marks healthy hosts.
+        if self.disconnected_after <= enjin_agent::HEARTBEAT_EVERY {
+            return Err(ConfigError::Patience {
+                disconnected_after: self.disconnected_after,
+                lost_after: self.lost_after,
+            });
+        }
+        if self.lost_after <= self.disconnected_after {
+            return Err(ConfigError::Patience {
+                disconnected_after: self.disconnected_after,
+                lost_after: self.lost_after,
+            });
+        }
         Ok(())
     }
 }
@@ -144,6 +156,21 @@ pub enum ConfigError {
     /// `data_dir` is the empty path, which would put the store in the working directory.
     #[error("the data directory is empty: give a path")]
     NoDataDir,
+    /// The liveness thresholds are out of order: `disconnected_after` must be longer than a
+    /// host's heartbeat period, and `lost_after` longer than `disconnected_after`.
+    #[error(
+        "hosts.disconnected_after_seconds ({}s) must be more than a host's heartbeat period ({}s), and \
+         hosts.lost_after_seconds ({}s) more than it",
+        disconnected_after.as_secs_f64(),
+        enjin_agent::HEARTBEAT_EVERY.as_secs(),
+        lost_after.as_secs_f64()
+    )]
+    Patience {
+        /// The configured `disconnected_after`.
+        disconnected_after: Duration,
+        /// The configured `lost_after`.
+        lost_after: Duration,
+    },
 }
 
 #[cfg(test)]
@@ -165,6 +192,22 @@ mod tests {
             let err = config(true, refused).validate().expect_err(refused);
             let msg = err.to_string();
             assert!(msg.contains("--insecure-http") && msg.contains(refused), "{msg}");
+        }
+    }
+
+    #[test]
+    fn liveness_thresholds_must_be_in_order() {
+        let config = |disconnected: u64, lost: u64| NodeConfig {
+            disconnected_after: Duration::from_secs(disconnected),
+            lost_after: Duration::from_secs(lost),
+            ..NodeConfig::new(Mode::Server, "/tmp/enjin".into())
+        };
+        assert!(config(10, 60).validate().is_ok());
+        assert!(NodeConfig::new(Mode::Up, "/tmp/enjin".into()).validate().is_ok(), "the defaults");
+        for (disconnected, lost) in [(60, 10), (10, 10), (1, 60), (0, 0)] {
+            let err = config(disconnected, lost).validate().expect_err("out of order");
+            assert!(matches!(err, ConfigError::Patience { .. }), "{err}");
+            assert!(err.to_string().contains("hosts.lost_after_seconds"), "{err}");
         }
     }
 
