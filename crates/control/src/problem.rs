@@ -101,6 +101,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Conflict { field, detail } => {
                 ApiError { status: StatusCode::CONFLICT, slug: "conflict", detail, field }
             }
+            RegistryError::GuardMoved(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
             RegistryError::StillReferenced { detail } => {
                 ApiError::new(StatusCode::CONFLICT, "still-referenced", detail)
             }

@@ -105,6 +105,10 @@ pub enum RegistryError {
         /// What collided, naming the object it collided with where there is one.
         detail: String,
     },
+    /// A write checked against a guard (see [`Registry::create_guarded`]) found it moved: what
+    /// the check read has changed. Checking again and retrying may succeed.
+    #[error("{0}")]
+    GuardMoved(String),
     /// A delete refused because another object still refers to the target (or to an object the
     /// delete would cascade to); change or delete the referrer first.
     #[error("{detail}")]
@@ -476,8 +480,7 @@ impl Registry {
 
     /// [`Registry::create`], only if `guard` is still as it was read (its key's revision, 0
     /// for absent), moving it in the same transaction: the commit of a check made on what the
-    /// guard covers (an account's quota). [`RegistryError::Conflict`] on `guard` at once when
-    /// it moved.
+    /// guard covers (an account's quota). [`RegistryError::GuardMoved`] at once when it moved.
     pub async fn create_guarded<S: Spec>(
         &self,
         req: CreateRequest<S>,
@@ -608,10 +611,10 @@ impl Registry {
             if let Some(g) = guard
                 && g.revision != self.store.get(&g.key).await?.map_or(0, |kv| kv.mod_revision)
             {
-                return Err(RegistryError::conflict(
-                    Some("guard"),
-                    format!("{} changed while this write was checked; try again", g.what),
-                ));
+                return Err(RegistryError::GuardMoved(format!(
+                    "{} changed while this write was checked; try again",
+                    g.what
+                )));
             }
             let skip = usize::from(lkey.is_some());
             if lkey.is_some()

@@ -871,7 +871,7 @@ impl Platform {
         let task = loop {
             match self.registry.create_guarded(req.clone(), Utc::now(), guard).await {
                 Ok(t) => break t,
-                Err(RegistryError::Conflict { field: Some(f), detail }) if f == "guard" => {
+                Err(RegistryError::GuardMoved(detail)) => {
                     return Err(PlatformError::Conflict(format!("app {app} was not changed: {detail}")));
                 }
                 // The name is the app's running slot. A task that ended without giving it up

@@ -458,13 +458,23 @@ pub async fn remove_late_instances(p: &Arc<Platform>, task: &TaskHandle) {
     if task.recorded_step() == Some(RolloutStep::Live) {
         return;
     }
+    let late = remove_own_instances(p, task).await;
+    if late > 0 {
+        tracing::info!(task = %task.uuid(), instances = late, "removed instances a stopped rollout made late");
+    }
+}
+
+/// Remove every instance the rollout of `task` started (by their rollout label); how many.
+async fn remove_own_instances(p: &Arc<Platform>, task: &TaskHandle) -> usize {
     match p.instances_where(ROLLOUT_LABEL, &task.uuid().to_string()).await {
-        Ok(nodes) if !nodes.is_empty() => {
-            tracing::info!(task = %task.uuid(), instances = nodes.len(), "removing instances a stopped rollout made late");
+        Ok(nodes) => {
             remove(p, &nodes.iter().map(|n| n.meta.uuid).collect::<Vec<_>>()).await;
+            nodes.len()
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(task = %task.uuid(), error = %e, "the rollout's instances were not found"),
+        Err(e) => {
+            tracing::warn!(task = %task.uuid(), error = %e, "the rollout's instances were not found");
+            0
+        }
     }
 }
 
@@ -510,10 +520,7 @@ async fn finish_scale(p: &Arc<Platform>, release: &Object<ReleaseSpec>) -> Resul
 
 /// The undoing of a rollout that had not gone live: see [`resume`].
 async fn undo(p: &Arc<Platform>, task: &TaskHandle, release: Option<&Object<ReleaseSpec>>) {
-    match p.instances_where(ROLLOUT_LABEL, &task.uuid().to_string()).await {
-        Ok(nodes) => remove(p, &nodes.iter().map(|n| n.meta.uuid).collect::<Vec<_>>()).await,
-        Err(e) => tracing::warn!(task = %task.uuid(), error = %e, "the rollout's instances were not found"),
-    }
+    remove_own_instances(p, task).await;
     if let Some(r) = release
         && r.spec.state == ReleaseState::Deploying
     {

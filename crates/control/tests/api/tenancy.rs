@@ -38,6 +38,36 @@ async fn tenant(s: &TestServer, label: &str) -> (String, String) {
     (id, token_for(s, &principal).await)
 }
 
+/// A ring 1 host `h` that sandboxes instances (`enjin.dev/sandbox=unix-user`), on a new
+/// machine; its uuid.
+async fn sandbox_host(s: &TestServer) -> String {
+    let m = s.create_id("nodes", machine("m")).await;
+    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
+        "spec": {"parent": m, "strategy": "process"}});
+    s.create_id("nodes", host).await
+}
+
+/// Give `account` (labelled as `tenant` labels it) this quota, as the operator.
+async fn set_quota(s: &TestServer, account: &str, quota: Value) {
+    let acct = s.fetch("accounts", account).await;
+    let body = json!({"revision": acct["revision"], "label": acct["label"], "spec": {"quota": quota}});
+    assert_eq!(s.put(&format!("/v1/accounts/{account}"), &body).await.status, StatusCode::OK);
+}
+
+/// Upload `bytes` as a package with `token`; the package's reference.
+async fn upload_as(s: &TestServer, token: &str, bytes: &[u8]) -> Value {
+    let r = send(
+        s.http
+            .post(s.url("/v1/packages"))
+            .bearer_auth(token)
+            .header("Content-Type", "application/zstd")
+            .body(bytes.to_vec()),
+    )
+    .await;
+    assert!(r.status.is_success(), "upload: {}", r.body);
+    r.body["package"].clone()
+}
+
 fn ids(r: &Reply) -> Vec<String> {
     r.body["items"].as_array().map(|a| a.iter().map(uuid_of).collect()).unwrap_or_default()
 }
@@ -240,10 +270,7 @@ async fn watched(s: &TestServer, token: &str, from: i64, batches: usize) -> Vec<
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_apps_are_their_own() {
     let s = TestServer::start().await;
-    let m = s.create_id("nodes", machine("m")).await;
-    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
-        "spec": {"parent": m, "strategy": "process"}});
-    s.create("nodes", host).await;
+    sandbox_host(&s).await;
     let (_, a) = tenant(&s, "acme").await;
     let (_, g) = tenant(&s, "globex").await;
     let upload = |token: &str| {
@@ -402,16 +429,10 @@ async fn tokens_expire_narrow_and_never_outlive_their_maker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_refuse_what_goes_past_them_naming_the_quota() {
     let s = TestServer::start().await;
-    let m = s.create_id("nodes", machine("m")).await;
-    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
-        "spec": {"parent": m, "strategy": "process"}});
-    s.create("nodes", host).await;
+    let host = sandbox_host(&s).await;
     let (acme, a) = tenant(&s, "acme").await;
-    heartbeat(&s, &s.list_ids("nodes", &[("label", "h")]).await[0]).await;
-    let acct = s.fetch("accounts", &acme).await;
-    let quota = json!({"revision": acct["revision"], "label": "acme",
-        "spec": {"quota": {"apps": 1, "instances": 2, "package_bytes": 100}}});
-    assert_eq!(s.put(&format!("/v1/accounts/{acme}"), &quota).await.status, StatusCode::OK);
+    heartbeat(&s, &host).await;
+    set_quota(&s, &acme, json!({"apps": 1, "instances": 2, "package_bytes": 100})).await;
 
     let upload = |bytes: Vec<u8>| {
         s.http
@@ -627,22 +648,10 @@ async fn cancel(s: &TestServer, token: &str, path: &str) -> Reply {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_cannot_write_the_platforms_releases_and_rollouts() {
     let s = TestServer::start().await;
-    let m = s.create_id("nodes", machine("m")).await;
-    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
-        "spec": {"parent": m, "strategy": "process"}});
-    let host = s.create_id("nodes", host).await;
+    let host = sandbox_host(&s).await;
     heartbeat(&s, &host).await;
     let (_, a) = tenant(&s, "acme").await;
-    let package = send(
-        s.http
-            .post(s.url("/v1/packages"))
-            .bearer_auth(a.clone())
-            .header("Content-Type", "application/zstd")
-            .body(b"acme's code".to_vec()),
-    )
-    .await
-    .body["package"]
-        .clone();
+    let package = upload_as(&s, &a, b"acme's code").await;
     // No agent reports on the instances: the rollout waits for their health.
     let deploy = json!({"manifest": {"name": "shop", "processes": {"web": {"command": "sleep 1000",
         "instances": 2, "health": {"type": "process"}}}}, "package": package});
@@ -726,25 +735,11 @@ async fn a_tenant_cannot_write_the_platforms_releases_and_rollouts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_deploys_cannot_both_pass_a_quota() {
     let s = TestServer::start().await;
-    let m = s.create_id("nodes", machine("m")).await;
-    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
-        "spec": {"parent": m, "strategy": "process"}});
-    let host = s.create_id("nodes", host).await;
+    let host = sandbox_host(&s).await;
     heartbeat(&s, &host).await;
     let (acme, a) = tenant(&s, "acme").await;
-    let acct = s.fetch("accounts", &acme).await;
-    let quota = json!({"revision": acct["revision"], "label": "acme", "spec": {"quota": {"instances": 2}}});
-    assert_eq!(s.put(&format!("/v1/accounts/{acme}"), &quota).await.status, StatusCode::OK);
-    let package = send(
-        s.http
-            .post(s.url("/v1/packages"))
-            .bearer_auth(a.clone())
-            .header("Content-Type", "application/zstd")
-            .body(b"acme's code".to_vec()),
-    )
-    .await
-    .body["package"]
-        .clone();
+    set_quota(&s, &acme, json!({"instances": 2})).await;
+    let package = upload_as(&s, &a, b"acme's code").await;
     let deploy = |name: &str, n: u32| {
         json!({"manifest": {"name": name, "processes": {"web": {"command": "sleep 1000", "instances": n,
             "health": {"type": "process"}}}}, "package": package})
@@ -798,14 +793,9 @@ async fn racing_deploys_cannot_both_pass_a_quota() {
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_node_creates_cannot_pass_a_quota() {
     let s = TestServer::start().await;
-    let m = s.create_id("nodes", machine("m")).await;
-    let host = json!({"ring": 1, "label": "h", "labels": {"enjin.dev/sandbox": "unix-user"},
-        "spec": {"parent": m, "strategy": "process"}});
-    let host = s.create_id("nodes", host).await;
+    let host = sandbox_host(&s).await;
     let (acme, a) = tenant(&s, "acme").await;
-    let acct = s.fetch("accounts", &acme).await;
-    let quota = json!({"revision": acct["revision"], "label": "acme", "spec": {"quota": {"instances": 2}}});
-    assert_eq!(s.put(&format!("/v1/accounts/{acme}"), &quota).await.status, StatusCode::OK);
+    set_quota(&s, &acme, json!({"instances": 2})).await;
     let bodies: Vec<Value> = (0..8)
         .map(|i| {
             json!({"ring": 2, "label": format!("n{i}"), "spec": {"parent": host, "strategy": "unix-user",
