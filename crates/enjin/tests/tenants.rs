@@ -182,6 +182,30 @@ fn a_tenant_cannot_touch_another_tenants_app() {
         &["access-rule", "create", "into-acme", "--from", "10.0.0.0/8", "--to", "acme-web", "--port", "8080"],
     );
     assert!(!out.status.success(), "bob named alice's app in a rule: {}", stdout(&out));
+    // What the platform made for alice's app is not hers to rewrite: her release, pointed at
+    // other code, or a rollout task of her own making, to run it unsandboxed.
+    let out = as_tenant(&data, &alice, &["-o", "json", "releases", "acme-web"]);
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("releases json");
+    let release = releases["items"][0]["uuid"].as_str().expect("a release").to_string();
+    let other = format!("package.digest=sha256:{}", "0".repeat(64));
+    refused(
+        &as_tenant(&data, &alice, &["release", "update", &release, "--set", &other]),
+        "alice's rewrite of her release",
+        &["kept by the platform"],
+    );
+    let task = serde_json::json!({"type": "deploy", "state": "running", "subject": release, "step": "starting",
+        "rollout": {"mode": "replace", "isolation": "optional"}});
+    let file = dir.path().join("alice-task.json");
+    std::fs::write(&file, task.to_string()).expect("write");
+    refused(
+        &as_tenant(
+            &data,
+            &alice,
+            &["task", "create", "acme-web-x", "--ring", "2", "-f", file.to_str().expect("utf-8")],
+        ),
+        "alice's rollout task",
+        &["made by deploying"],
+    );
     // Alice's app is untouched: still v1, still serving.
     let out = as_tenant(&data, &alice, &["-o", "json", "app", "status", "acme-web"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
