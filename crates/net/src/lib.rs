@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cloud;
+pub mod fastpath;
 pub mod firewall;
 pub mod instance;
 
@@ -56,7 +57,7 @@ pub enum NetError {
 }
 
 /// Run `ip` with `args`.
-fn ip(args: &[&str]) -> Result<String, NetError> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, NetError> {
     let joined = args.join(" ");
     let out = Command::new("ip")
         .args(args)

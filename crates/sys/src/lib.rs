@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bpf;
 pub mod cgroup;
 pub mod disk;
 pub mod fs;
