@@ -57,8 +57,12 @@ enum Path3 {
     /// The router to a backend in a host's namespace, on the hosts' bridge (instances before
     /// they had namespaces of their own).
     EnjinHostNs,
-    /// The router to a backend in an instance's own namespace, through its host.
+    /// The router to a backend in an instance's own namespace, through its host's eBPF fast
+    /// path (how instances are reached).
     EnjinNetns,
+    /// The same, a second instance left on the ordinary path through the host's IP stack and
+    /// nftables.
+    EnjinNetnsPlain,
     Nginx,
 }
 
@@ -68,7 +72,8 @@ impl Path3 {
             Path3::Direct => "direct to the backend",
             Path3::Enjin => "through enjin-router",
             Path3::EnjinHostNs => "through enjin-router, backend in a host namespace (before)",
-            Path3::EnjinNetns => "through enjin-router, backend in an instance namespace",
+            Path3::EnjinNetns => "through enjin-router, backend in an instance namespace (eBPF fast path)",
+            Path3::EnjinNetnsPlain => "through enjin-router, backend in an instance namespace (ordinary path)",
             Path3::Nginx => "through nginx",
         }
     }
@@ -154,7 +159,7 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
     let mut log = Vec::new();
     if crate::netns_backend::possible() {
         let rounds = if quick { 1 } else { NETNS_ROUNDS };
-        let (before, now) = netns_rows(
+        let (before, now, plain) = netns_rows(
             &backend_rt,
             rounds,
             &|addr| load(addr, &|| Some(thread_ticks("enjin-router"))),
@@ -162,6 +167,7 @@ fn section(quick: bool) -> anyhow::Result<Vec<Failure>> {
         );
         rows.push(Row { path: Path3::EnjinHostNs, outcome: before });
         rows.push(Row { path: Path3::EnjinNetns, outcome: now });
+        rows.push(Row { path: Path3::EnjinNetnsPlain, outcome: plain });
     }
     let nginx_outcome = match Nginx::start(&nginx, dir.path(), backend) {
         Ok(mut n) => {
@@ -266,46 +272,48 @@ fn serve_hello(listener: tokio::net::TcpListener) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-/// The router (a second one, the same configuration) to a backend in a host's namespace, and a
-/// third to one in an instance's own namespace behind that host's firewall, reached through the
-/// host as the edge reaches instances. Both stay up while wrk alternates between them for
-/// `rounds` rounds (which goes first alternates too), so that a slow spell of the machine falls
-/// on both rows alike; each row is its median round by req/s. What every round measured goes
-/// to `log`.
+/// The router (a second one, the same configuration) to a backend in a host's namespace, a
+/// third to one in an instance's own namespace behind that host's firewall and fast path,
+/// reached through the host as the edge reaches instances, and a fourth to a second instance
+/// there on the ordinary path. All stay up while wrk goes round them for `rounds` rounds (the
+/// order rotates), so that a slow spell of the machine falls on every row alike; each row is
+/// its median round by req/s. What every round measured goes to `log`.
 fn netns_rows(
     backend_rt: &Runtime,
     rounds: usize,
     load: &dyn Fn(SocketAddr) -> Result<Wrk, String>,
     log: &mut Vec<String>,
-) -> (Result<Wrk, String>, Result<Wrk, String>) {
-    let failed = |e: String| (Err(e.clone()), Err(e));
+) -> (Result<Wrk, String>, Result<Wrk, String>, Result<Wrk, String>) {
+    let failed = |e: String| (Err(e.clone()), Err(e.clone()), Err(e));
     let mut made = match crate::netns_backend::InstanceBackend::make() {
         Ok(m) => m,
         Err(e) => return failed(format!("{e:#}")),
     };
-    let (Some(instance), Some(host)) = (made.listener.take(), made.host_listener.take()) else {
+    let (Some(instance), Some(host), Some(plain)) =
+        (made.listener.take(), made.host_listener.take(), made.plain_listener.take())
+    else {
         return failed("no listener".into());
     };
-    let routers = RouterInFront::start(backend_rt, host, "bench-host")
-        .and_then(|h| Ok((h, RouterInFront::start(backend_rt, instance, "bench-ns")?)));
-    let (before, now) = match routers {
-        Ok((host, ns)) => {
-            let (mut before, mut now) = (Vec::new(), Vec::new());
+    let routers = RouterInFront::start(backend_rt, host, "bench-host").and_then(|h| {
+        let ns = RouterInFront::start(backend_rt, instance, "bench-ns")?;
+        Ok((h, ns, RouterInFront::start(backend_rt, plain, "bench-plain")?))
+    });
+    let mut runs: [Vec<Result<Wrk, String>>; 3] = Default::default();
+    match routers {
+        Ok((host, ns, plain)) => {
+            let addrs = [host.addr, ns.addr, plain.addr];
             for round in 0..rounds {
-                if round % 2 == 0 {
-                    before.push(load(host.addr));
-                    now.push(load(ns.addr));
-                } else {
-                    now.push(load(ns.addr));
-                    before.push(load(host.addr));
+                for i in 0..3 {
+                    let which = (round + i) % 3;
+                    runs[which].push(load(addrs[which]));
                 }
             }
             host.stop();
             ns.stop();
-            (before, now)
+            plain.stop();
         }
         Err(e) => return failed(e),
-    };
+    }
     drop(made);
     let rates = |runs: &[Result<Wrk, String>]| -> String {
         let each: Vec<String> = runs
@@ -315,11 +323,14 @@ fn netns_rows(
         each.join(", ")
     };
     log.push(format!(
-        "Host namespace vs instance namespace, {rounds} alternating rounds (req/s): before [{}], now [{}].",
-        rates(&before),
-        rates(&now)
+        "Host namespace vs instance namespace, {rounds} rounds in rotating order (req/s): host namespace [{}], \
+         instance on the fast path [{}], instance on the ordinary path [{}].",
+        rates(&runs[0]),
+        rates(&runs[1]),
+        rates(&runs[2])
     ));
-    (median(before), median(now))
+    let [before, now, plain] = runs;
+    (median(before), median(now), median(plain))
 }
 
 /// The median run by req/s; the first failure if any run failed.
@@ -665,8 +676,16 @@ fn print(rows: &[Row], seconds: u32, stats: Option<&enjin_router::AppStats>, log
         && before > 0.0
     {
         println!(
-            "Instance namespace vs host namespace (medians): {:.2}x ({now:.0} vs {before:.0}).",
+            "Instance namespace (fast path) vs host namespace (medians): {:.2}x ({now:.0} vs {before:.0}).",
             now / before
+        );
+    }
+    if let (Some(before), Some(plain)) = (rate(Path3::EnjinHostNs), rate(Path3::EnjinNetnsPlain))
+        && before > 0.0
+    {
+        println!(
+            "Instance namespace (ordinary path) vs host namespace (medians): {:.2}x ({plain:.0} vs {before:.0}).",
+            plain / before
         );
     }
     for line in log {
