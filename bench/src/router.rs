@@ -73,7 +73,9 @@ impl Path3 {
             Path3::Enjin => "through enjin-router",
             Path3::EnjinHostNs => "through enjin-router, backend in a host namespace (before)",
             Path3::EnjinNetns => "through enjin-router, backend in an instance namespace (eBPF fast path)",
-            Path3::EnjinNetnsPlain => "through enjin-router, backend in an instance namespace (ordinary path)",
+            Path3::EnjinNetnsPlain => {
+                "through enjin-router, backend in an instance namespace (ordinary path)"
+            }
             Path3::Nginx => "through nginx",
         }
     }

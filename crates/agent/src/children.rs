@@ -74,6 +74,9 @@ pub struct RoutingLauncher {
     /// Packages children run, and where plain-process children get their directories.
     packages: Option<(Arc<PackageCache>, PathBuf)>,
     digests: Mutex<HashMap<String, String>>,
+    /// The host's firewall and fast path, shared with the sandbox (which makes instances'
+    /// networks).
+    network: Arc<crate::network::HostNetwork>,
 }
 
 impl RoutingLauncher {
@@ -81,12 +84,14 @@ impl RoutingLauncher {
     /// has one (`None`: they run as plain processes, with a warning). No child is launched
     /// until a desired set has described it.
     pub fn new(process: ProcessLauncher, sandbox: Option<SandboxLauncher>) -> Self {
+        let network = Arc::new(crate::network::HostNetwork::default());
         RoutingLauncher {
             process,
-            sandbox,
+            sandbox: sandbox.map(|s| s.with_network(network.clone())),
             strategies: Mutex::new(HashMap::new()),
             packages: None,
             digests: Mutex::new(HashMap::new()),
+            network,
         }
     }
 
@@ -112,6 +117,7 @@ impl RoutingLauncher {
             s.clean_up(&keep);
             if desired.firewall.is_some() {
                 s.clean_up_networks(&keep);
+                self.network.resync();
             }
             digests.extend(s.packages_in_use());
         }
@@ -262,7 +268,8 @@ async fn apply_sets(
         }
         // The firewall first: an instance never runs a moment under rules older than its set.
         if let Some(fw) = desired.firewall.clone() {
-            match tokio::task::spawn_blocking(move || crate::network::apply(&fw)).await {
+            let network = launcher.network.clone();
+            match tokio::task::spawn_blocking(move || network.apply(&fw)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::error!(revision = desired.revision, error = %e, "firewall not applied")

@@ -69,6 +69,8 @@ pub struct SandboxLauncher {
     next: std::sync::Arc<Mutex<HashMap<String, Prepared>>>,
     /// Loop devices and ext4 are there (else the writable layer is a sized tmpfs).
     disks: bool,
+    /// Told when an instance's network is made, so the fast path takes it up.
+    network: Option<std::sync::Arc<crate::network::HostNetwork>>,
 }
 
 impl std::fmt::Debug for SandboxLauncher {
@@ -165,7 +167,14 @@ impl SandboxLauncher {
             children: Mutex::new(HashMap::new()),
             next: std::sync::Arc::new(Mutex::new(HashMap::new())),
             disks,
+            network: None,
         })
+    }
+
+    /// Tell `network` whenever an instance's network is made.
+    pub fn with_network(mut self, network: std::sync::Arc<crate::network::HostNetwork>) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// What `id`'s next launch runs with.
@@ -372,6 +381,9 @@ impl Launcher for SandboxLauncher {
             let names = InstanceNames { netns: net.netns.clone(), veth: net.interface.clone() };
             enjin_net::instance::ensure_instance(&names, net.address)
                 .map_err(|e| spawn_error(&id, &name, format!("its network: {e}")))?;
+            if let Some(network) = &self.network {
+                network.resync();
+            }
             sandbox.netns = Some(enjin_net::instance::netns_path(&net.netns));
         }
         let resolv_conf = match child.network.as_ref().filter(|n| !n.nameservers.is_empty()) {

@@ -1341,9 +1341,13 @@ fn instances_reach_only_what_the_firewall_admits() {
     let _ = host_listener.kill();
     let _ = host_listener.wait();
     for target in ["victim", "peer", "hub", "api", "host"] {
-        let got = first.get(&format!("net.{target}"));
-        assert_ne!(got, "connected", "the tenant's instance reached {target}: {first:?}");
-        assert_ne!(got, "<missing>", "{target} was not tried: {first:?}");
+        // Also from the instance's own port, the one the edge's connections to it come to:
+        // replies from there may take the host's fast path, a connection it opens must not.
+        for key in [format!("net.{target}"), format!("net.{target}.fromport")] {
+            let got = first.get(&key);
+            assert_ne!(got, "connected", "the tenant's instance reached {key}: {first:?}");
+            assert_ne!(got, "<missing>", "{key} was not tried: {first:?}");
+        }
     }
     assert!(first.get("raw").starts_with("denied"), "a raw socket: {first:?}");
     let resolved = cloud.wait_runs("hostile-net", "dns.peer", 1, Duration::from_secs(30));
@@ -1357,6 +1361,40 @@ fn instances_reach_only_what_the_firewall_admits() {
     // Ports are the instance's own: the hostile app listens on 8080 too, and the victim still
     // answers through the router.
     assert_eq!(cloud.get("victim-a", "/").0, 200, "the victim still serves");
+    // The router's requests and the instances' replies cross the hosts on the eBPF fast path:
+    // a reply on the ordinary path would leave its host through the host's uplink.
+    let hosts: Vec<String> = ["host-1", "host-2", "host-3"]
+        .iter()
+        .filter_map(|h| {
+            let out = cli(&data, &["-o", "json", "node", "get", h]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let short: String =
+                v["uuid"].as_str()?.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+            Some(format!("enjin-{short}"))
+        })
+        .collect();
+    assert!(!hosts.is_empty(), "no hosts found");
+    let uplinks_tx = || -> u64 {
+        hosts
+            .iter()
+            .map(|ns| {
+                let out =
+                    Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", "eth0"]).output();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.expect("ip").stdout).expect("ip -j link");
+                v[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packets")
+            })
+            .sum()
+    };
+    let before = uplinks_tx();
+    for _ in 0..200 {
+        assert_eq!(cloud.get("victim-a", "/").0, 200, "the victim serves");
+    }
+    let sent = uplinks_tx() - before;
+    assert!(
+        sent < 100,
+        "the hosts' uplinks sent {sent} packets for 200 requests: replies took the ordinary path"
+    );
 
     // A rule of its own account opens the peer, within a second of its commit: the app tries
     // the peer every 50 ms and prints when the outcome changed (its clock is the machine's).

@@ -79,8 +79,10 @@ struct Link {
 
 fn links() -> Result<Vec<Link>, NetError> {
     let out = crate::ip(&["-j", "link", "show"])?;
-    serde_json::from_str(&out)
-        .map_err(|e| NetError::Failed { args: "-j link show".into(), stderr: format!("unreadable JSON: {e}") })
+    serde_json::from_str(&out).map_err(|e| NetError::Failed {
+        args: "-j link show".into(),
+        stderr: format!("unreadable JSON: {e}"),
+    })
 }
 
 fn bpf_err(what: &str, e: bpf::BpfError) -> NetError {
@@ -98,13 +100,15 @@ impl FastPath {
         if uplink.link_type.as_deref().is_some_and(|t| t != "ether") {
             return Ok(None);
         }
-        let instances = HashMap::create("enjin_inst", 4, 8, MAX_INSTANCES).map_err(|e| bpf_err("instances map", e))?;
+        let instances =
+            HashMap::create("enjin_inst", 4, 8, MAX_INSTANCES).map_err(|e| bpf_err("instances map", e))?;
         let edges = HashMap::create("enjin_edges", 4, 4, MAX_EDGES).map_err(|e| bpf_err("edges map", e))?;
         let to = program(Direction::ToInstance, &instances, &edges, netnsid as u32, uplink.ifindex);
         let to = bpf::load_sched_cls("enjin_to_inst", &to, LICENSE).map_err(|e| bpf_err("load", e))?;
         let from = program(Direction::FromInstance, &instances, &edges, netnsid as u32, uplink.ifindex);
         let from = bpf::load_sched_cls("enjin_from_inst", &from, LICENSE).map_err(|e| bpf_err("load", e))?;
-        let link = bpf::attach_tcx_ingress(&to, uplink.ifindex).map_err(|e| bpf_err("attach to the uplink", e))?;
+        let link =
+            bpf::attach_tcx_ingress(&to, uplink.ifindex).map_err(|e| bpf_err("attach to the uplink", e))?;
         Ok(Some(FastPath {
             instances,
             edges,
@@ -232,7 +236,8 @@ const TCX_NEXT: i32 = -1;
 /// TCP states of an edge socket whose connection may take the fast path: established,
 /// SYN-SENT, FIN-WAIT-1/2, TIME-WAIT, CLOSE-WAIT, LAST-ACK, CLOSING (not SYN-RECV, CLOSE,
 /// LISTEN or NEW-SYN-RECV: the edge's side of such a connection is not one it opened).
-const EDGE_STATES: i32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11);
+const EDGE_STATES: i32 =
+    (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11);
 
 // `struct __sk_buff` and `struct bpf_sock` offsets (UAPI, stable).
 const SKB_INGRESS_IFINDEX: i16 = 36;

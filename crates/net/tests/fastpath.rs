@@ -78,7 +78,9 @@ fn build() -> World {
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     // The uplink: eth0 in the host, its peer in the edge's namespace.
-    run(&["ip", "-n", &w.edge, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &w.host]);
+    run(&[
+        "ip", "-n", &w.edge, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &w.host,
+    ]);
     run(&["ip", "-n", &w.edge, "addr", "add", &format!("{EDGE_IP}/24"), "dev", "up0"]);
     run(&["ip", "-n", &w.edge, "link", "set", "up0", "up"]);
     run(&["ip", "-n", &w.host, "addr", "add", &format!("{HOST_IP}/24"), "dev", "eth0"]);
@@ -200,9 +202,15 @@ fn the_edge_reaches_instances_past_the_hosts_stack_and_nothing_else_does() {
     assert_eq!(fast.instances(), vec![INSTANCE_IP.parse::<std::net::Ipv4Addr>().expect("ip")]);
 
     let (before, uplink_before) = (host_side_tx(&w), tx(&w, "eth0"));
-    assert!(round_trips(&w.edge, INSTANCE_IP, PORT, 0, 200), "the edge reaches the instance on the fast path");
+    assert!(
+        round_trips(&w.edge, INSTANCE_IP, PORT, 0, 200),
+        "the edge reaches the instance on the fast path"
+    );
     let fast_tx = host_side_tx(&w) - before;
-    assert!(fast_tx < 20, "the fast path still forwarded {fast_tx} packets through the host (ordinary: {ordinary})");
+    assert!(
+        fast_tx < 20,
+        "the fast path still forwarded {fast_tx} packets through the host (ordinary: {ordinary})"
+    );
     // And the replies: handed to the uplink's peer, never transmitted by the uplink.
     let uplink_tx = tx(&w, "eth0") - uplink_before;
     assert!(uplink_tx < 20, "the replies' fast path still sent {uplink_tx} packets out of the uplink");

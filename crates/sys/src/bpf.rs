@@ -76,11 +76,8 @@ impl Attr {
     }
     fn name(&mut self, at: usize, name: &str) -> &mut Self {
         // BPF_OBJ_NAME_LEN is 16 with the terminating NUL; the kernel allows [A-Za-z0-9_.].
-        let clean: Vec<u8> = name
-            .bytes()
-            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
-            .take(15)
-            .collect();
+        let clean: Vec<u8> =
+            name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.').take(15).collect();
         self.0[at..at + clean.len()].copy_from_slice(&clean);
         self
     }
@@ -113,8 +110,13 @@ impl HashMap {
     /// Create a map of at most `max_entries` entries.
     pub fn create(name: &str, key_size: u32, value_size: u32, max_entries: u32) -> Result<HashMap, BpfError> {
         let mut attr = Attr::new();
-        attr.u32(0, BPF_MAP_TYPE_HASH).u32(4, key_size).u32(8, value_size).u32(12, max_entries).name(28, name);
-        let ret = bpf(BPF_MAP_CREATE, &mut attr).map_err(|errno| BpfError::Call { what: "map create", errno })?;
+        attr.u32(0, BPF_MAP_TYPE_HASH)
+            .u32(4, key_size)
+            .u32(8, value_size)
+            .u32(12, max_entries)
+            .name(28, name);
+        let ret =
+            bpf(BPF_MAP_CREATE, &mut attr).map_err(|errno| BpfError::Call { what: "map create", errno })?;
         Ok(HashMap { fd: fd(ret), key_size: key_size as usize, value_size: value_size as usize })
     }
 
@@ -216,6 +218,7 @@ pub fn load_sched_cls(name: &str, insns: &[Insn], license: &str) -> Result<Owned
 pub fn attach_tcx_ingress(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd, BpfError> {
     let mut attr = Attr::new();
     attr.u32(0, prog.as_raw_fd() as u32).u32(4, ifindex).u32(8, BPF_TCX_INGRESS);
-    let ret = bpf(BPF_LINK_CREATE, &mut attr).map_err(|errno| BpfError::Call { what: "tcx attach", errno })?;
+    let ret =
+        bpf(BPF_LINK_CREATE, &mut attr).map_err(|errno| BpfError::Call { what: "tcx attach", errno })?;
     Ok(fd(ret))
 }
