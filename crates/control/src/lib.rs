@@ -16,6 +16,7 @@ pub mod controller;
 mod extract;
 pub mod firewall;
 pub mod ipam;
+pub mod leader;
 pub mod limits;
 mod metrics;
 pub mod netpolicy;
@@ -62,6 +63,8 @@ pub struct ControlPlane {
     limits: ApiLimits,
     /// TLS for the API; plain HTTP without it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// This server among the cloud's control-plane servers (the leader key's value).
+    server_id: String,
 }
 
 impl ControlPlane {
@@ -94,7 +97,14 @@ impl ControlPlane {
             rate: config.api.rate.map(|r| Arc::new(limits::RateLimiter::new(r))),
             failed_auth: config.api.failed_auth.map(|r| Arc::new(limits::FailedAuthLimiter::new(r))),
         };
-        ControlPlane { state, stop: Arc::new(stop), audit: config.audit, limits: config.api, tls: None }
+        ControlPlane {
+            state,
+            stop: Arc::new(stop),
+            audit: config.audit,
+            limits: config.api,
+            tls: None,
+            server_id: default_server_id(),
+        }
     }
 
     /// Serve the API over TLS with this configuration (see [`tls::server_config`]).
@@ -159,9 +169,12 @@ impl ControlPlane {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router();
-        // The platform's controllers run while this server serves (one server runs them).
-        let controllers = self.state.platform.as_ref().map(platform::Platform::start_controllers);
+        // The platform's controllers run on the one server that leads (see `leader`).
         let stop = self.stop;
+        let controllers = self.state.platform.clone().map(|p| {
+            let who = leader::Candidate { id: self.server_id.clone(), ..leader::Candidate::controllers("") };
+            tokio::spawn(p.lead_controllers(who, stop.subscribe()))
+        });
         let store = self.state.registry.store().clone();
         tokio::spawn(compact_history(store.clone(), stop.subscribe()));
         tokio::spawn(record_token_use(self.state.auth.clone(), stop.subscribe()));
@@ -174,12 +187,22 @@ impl ControlPlane {
         let audit = self.state.audit.clone();
         let served = server::serve(listener, app, self.tls, self.limits, metrics, shutdown, stopping).await;
         if let Some(c) = controllers {
-            c.stop().await;
+            // `stopping` has made the server step down; its controllers stop with that.
+            let _ = c.await;
         }
         // The records of the last requests answered.
         audit.flush().await;
         served
     }
+}
+
+/// The machine's host name and a random suffix: unique among servers, readable in the leader
+/// key.
+fn default_server_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", if host.is_empty() { "server" } else { host }, &suffix[..8])
 }
 
 /// How often the times tokens were last used are written down.

@@ -102,6 +102,7 @@ impl From<RegistryError> for ApiError {
                 ApiError { status: StatusCode::CONFLICT, slug: "conflict", detail, field }
             }
             RegistryError::GuardMoved(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            RegistryError::Fenced(d) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d),
             RegistryError::StillReferenced { detail } => {
                 ApiError::new(StatusCode::CONFLICT, "still-referenced", detail)
             }

@@ -109,6 +109,10 @@ pub enum RegistryError {
     /// the check read has changed. Checking again and retrying may succeed.
     #[error("{0}")]
     GuardMoved(String),
+    /// A fenced write (see [`Registry::fenced`]) found that this server no longer leads; it
+    /// changed nothing. Whatever made it must stop: another server leads now.
+    #[error("{0}")]
+    Fenced(String),
     /// A delete refused because another object still refers to the target (or to an object the
     /// delete would cascade to); change or delete the referrer first.
     #[error("{detail}")]
@@ -325,6 +329,8 @@ pub struct Registry {
     uid_range: RangeInclusive<u32>,
     /// Where lists are answered from when the control plane runs one (see [`crate::cache`]).
     cache: Option<Arc<WatchCache>>,
+    /// Leadership every write must still hold (see [`Registry::fenced`]).
+    fence: Option<crate::leader::Fence>,
 }
 
 /// How long a list waits for the watch cache to catch up with the store before it reads the
@@ -345,7 +351,30 @@ impl Registry {
             instances: config.instances,
             uid_range: uids::RANGE,
             cache: None,
+            fence: None,
         }
+    }
+
+    /// This registry, with every write it makes fenced by `fence`: each transaction also
+    /// compares the leader key's revision, so once this server's leadership is gone (the key
+    /// expired or another leader wrote it) its writes fail with [`RegistryError::Fenced`]
+    /// instead of landing beside the new leader's.
+    pub fn fenced(&self, fence: crate::leader::Fence) -> Registry {
+        Registry { fence: Some(fence), ..self.clone() }
+    }
+
+    /// Commit a write: with this registry's fence, if any, as one more compare. A transaction
+    /// that failed because the fence moved is [`RegistryError::Fenced`].
+    async fn commit(&self, txn: Txn) -> Result<enjin_store::TxnResponse, RegistryError> {
+        let Some(fence) = &self.fence else { return Ok(self.store.txn(txn).await?) };
+        let resp = self.store.txn(txn.when([fence.compare()])).await?;
+        if !resp.succeeded && !fence.holds(self.store.as_ref()).await? {
+            return Err(RegistryError::Fenced(format!(
+                "this server no longer leads ({} was rewritten or expired after revision {})",
+                fence.key, fence.revision
+            )));
+        }
+        Ok(resp)
     }
 
     /// Answer lists from `cache` (kept by [`WatchCache::reflect`] over this registry's store).
@@ -603,7 +632,7 @@ impl Registry {
             }
             txn = txn.then_txn(add_refs(kind, uuid, &resolved));
             txn = txn.then([Op::put(&key, encode(&obj))]);
-            let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
+            let resp = self.commit(bump_auth(kind, txn).otherwise(failure)).await?;
             if resp.succeeded {
                 obj.meta.revision = resp.revision;
                 return Ok(obj);
@@ -780,7 +809,7 @@ impl Registry {
                 spec,
             };
             txn = txn.then([Op::put(&key, encode(&obj))]);
-            let resp = self.store.txn(bump_auth(kind, txn).otherwise(failure)).await?;
+            let resp = self.commit(bump_auth(kind, txn).otherwise(failure)).await?;
             if resp.succeeded {
                 let mut obj = obj;
                 obj.meta.revision = resp.revision;
@@ -871,7 +900,7 @@ impl Registry {
                     ])
                     .then(self.removal_ops(&source_kv)?);
             }
-            if self.store.txn(bump_auth(kind, txn)).await?.succeeded {
+            if self.commit(bump_auth(kind, txn)).await?.succeeded {
                 return Ok(());
             }
         }

@@ -179,7 +179,7 @@ pub struct Platform {
     registry: Registry,
     packages: PackageStore,
     config: PlatformConfig,
-    bus: Mutex<Option<Arc<BusAuthority>>>,
+    bus: Arc<Mutex<Option<Arc<BusAuthority>>>>,
     /// The oldest store revision the routers' table must reflect, asked for by rollouts that
     /// wait for it; every change wakes the route publisher, which publishes a table that new
     /// even when its content did not change (a release went live on instances already routed).
@@ -217,7 +217,7 @@ impl Platform {
             registry,
             packages,
             config,
-            bus: Mutex::new(None),
+            bus: Arc::new(Mutex::new(None)),
             routes_wanted,
             run: Uuid::new_v4(),
         }))
@@ -238,6 +238,50 @@ impl Platform {
         let mut controllers = Controllers::new(cache);
         controllers.start(runner::RolloutRunner::new(self.clone(), self.run));
         PlatformControllers { controllers, cache_stop }
+    }
+
+    /// This platform with every write of its registry fenced by `fence` (see
+    /// [`Registry::fenced`]): what the controllers of a leading server run on, so that once
+    /// another server leads, nothing they still do lands in the store.
+    pub fn fenced(self: &Arc<Self>, fence: crate::leader::Fence) -> Arc<Platform> {
+        Arc::new(Platform {
+            registry: self.registry.fenced(fence),
+            packages: self.packages.clone(),
+            config: self.config.clone(),
+            bus: self.bus.clone(),
+            routes_wanted: self.routes_wanted.clone(),
+            run: self.run,
+        })
+    }
+
+    /// Run the controllers while this server leads (see [`crate::leader`]): start them,
+    /// fenced by the leadership, when it leads; stop them when it no longer does; until `stop`.
+    pub async fn lead_controllers(
+        self: Arc<Self>,
+        who: crate::leader::Candidate,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut leading = crate::leader::campaign(self.registry.store().clone(), who, stop);
+        let mut running: Option<(crate::leader::Fence, PlatformControllers)> = None;
+        loop {
+            let fence = leading.borrow_and_update().clone();
+            if running.as_ref().map(|(f, _)| f) != fence.as_ref() {
+                if let Some((_, c)) = running.take() {
+                    c.stop().await;
+                    tracing::info!("controllers stopped: this server no longer leads");
+                }
+                if let Some(f) = fence {
+                    tracing::info!(revision = f.revision, "controllers started: this server leads");
+                    running = Some((f.clone(), self.fenced(f).start_controllers()));
+                }
+            }
+            if leading.changed().await.is_err() {
+                break;
+            }
+        }
+        if let Some((_, c)) = running {
+            c.stop().await;
+        }
     }
 
     /// The configuration it was opened with.
