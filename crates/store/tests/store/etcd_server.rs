@@ -22,6 +22,14 @@ pub(crate) struct EtcdServer {
     dir: TempDir,
 }
 
+/// PEM files that make the server speak TLS on its client port and require client
+/// certificates signed by `trusted_ca`.
+pub(crate) struct ServerTls {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) trusted_ca: std::path::PathBuf,
+}
+
 /// A port that was free a moment ago (etcd binds it itself; a clash makes it exit, and
 /// [`EtcdServer::start`] tries again with other ports).
 fn free_port() -> u16 {
@@ -33,6 +41,11 @@ impl EtcdServer {
     /// Starts etcd and waits until its client port accepts connections. Fails (never skips)
     /// when the `etcd` binary is missing.
     pub(crate) fn start() -> EtcdServer {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd, with TLS and client certificates on its client port when `tls` is given.
+    pub(crate) fn start_with(tls: Option<&ServerTls>) -> EtcdServer {
         let found =
             Command::new("etcd").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(
@@ -43,11 +56,20 @@ impl EtcdServer {
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir for etcd");
             let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = dir.path().join("etcd.log");
             let log_file = File::create(&log).expect("create the etcd log");
-            let child = Command::new("etcd")
+            let mut command = Command::new("etcd");
+            if let Some(tls) = tls {
+                command
+                    .arg(format!("--cert-file={}", tls.cert.display()))
+                    .arg(format!("--key-file={}", tls.key.display()))
+                    .arg(format!("--trusted-ca-file={}", tls.trusted_ca.display()))
+                    .arg("--client-cert-auth");
+            }
+            let child = command
                 .arg("--name=test")
                 .arg(format!("--data-dir={}", dir.path().join("data").display()))
                 .arg(format!("--listen-client-urls={endpoint}"))
@@ -75,7 +97,7 @@ impl EtcdServer {
 
     /// Whether the client port accepts connections before etcd exits or the patience ends.
     fn wait_listening(&mut self) -> bool {
-        let address = self.endpoint.trim_start_matches("http://").to_owned();
+        let address = self.endpoint.split_once("://").map_or("", |(_, address)| address).to_owned();
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             if TcpStream::connect(&address).is_ok() {
@@ -92,9 +114,14 @@ impl EtcdServer {
     /// A store connected to this server; waits until the server answers (it elects itself
     /// leader first).
     pub(crate) async fn connect(&self) -> EtcdStore {
+        self.connect_with(crate::etcd_config(&self.endpoint)).await
+    }
+
+    /// Like [`EtcdServer::connect`], with a configuration of the test's own.
+    pub(crate) async fn connect_with(&self, config: enjin_store::EtcdStoreConfig) -> EtcdStore {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match EtcdStore::connect(crate::etcd_config(&self.endpoint)).await {
+            match EtcdStore::connect(config.clone()).await {
                 Ok(store) => return store,
                 Err(e) => {
                     assert!(

@@ -33,6 +33,7 @@ mod etcd_server;
 mod kv;
 mod lease;
 mod replay;
+mod tls;
 mod watch;
 
 use std::future::Future;
