@@ -117,6 +117,9 @@ impl EtcdStoreConfig {
     }
 }
 
+/// How long [`EtcdStore::connect`] waits between attempts while the cluster does not answer.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
+
 /// How many times in a row a watch reopens its etcd stream after it failed before it gives up.
 const WATCH_ATTEMPTS: u32 = 5;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -151,7 +154,8 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the cluster and checks that it answers (within the request timeout).
+    /// Connects to the cluster and checks that it answers, trying again until the request
+    /// timeout is spent.
     pub async fn connect(config: EtcdStoreConfig) -> Result<EtcdStore, StoreError> {
         let name = config.endpoints.join(",");
         let open_error = |reason: String| StoreError::Open { path: PathBuf::from(&name), reason };
@@ -179,7 +183,19 @@ impl EtcdStore {
             timeout: config.request_timeout,
             etcd_compacted: AtomicI64::new(0),
         });
-        let revision = shared.current_revision().await.map_err(|e| open_error(e.to_string()))?;
+        // A cluster that has just started may still be electing its leader: ask again until
+        // the request timeout is spent.
+        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        let revision = loop {
+            match shared.current_revision().await {
+                Ok(revision) => break revision,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(open_error(e.to_string())),
+                Err(e) => {
+                    tracing::debug!(endpoints = %name, error = %e, "etcd does not answer yet");
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+            }
+        };
         tracing::info!(endpoints = %name, revision, "connected to etcd state store");
         Ok(EtcdStore {
             shared,

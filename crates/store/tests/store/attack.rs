@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use enjin_store::{Compare, CompareTarget, EventKind, Op, OpResponse, Store, Txn, WatchError};
 
-use crate::etcd_server::MAX_TXN_OPS;
 use crate::{Backend, TestStore, next_batch, next_item, put};
+use enjin_testkit::ETCD_MAX_TXN_OPS as MAX_TXN_OPS;
 
 on_both_backends!(
     any_bytes_and_odd_keys_round_trip,

@@ -42,12 +42,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enjin_store::{
-    EtcdStore, EtcdStoreConfig, KeyValue, Lease, LeaseId, Op, RangeResponse, Revision, SqliteStore,
-    SqliteStoreConfig, Store, StoreError, Txn, TxnResponse, WatchBatch, WatchError, WatchStream,
+    EtcdStore, KeyValue, Lease, LeaseId, Op, RangeResponse, Revision, SqliteStore, SqliteStoreConfig, Store,
+    StoreError, Txn, TxnResponse, WatchBatch, WatchError, WatchStream,
 };
 use tempfile::TempDir;
 
-use crate::etcd_server::EtcdServer;
+use enjin_testkit::EtcdServer;
 
 /// How long a test waits for something that should happen within milliseconds.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
@@ -147,7 +147,7 @@ impl TestStore {
             }
             Backend::Etcd => {
                 let server = EtcdServer::start();
-                let store = server.connect().await;
+                let store = etcd_server::connect(&server).await;
                 TestStore { store: AnyStore::Etcd(store), backend, home: Home::Etcd(server) }
             }
         }
@@ -160,7 +160,7 @@ impl TestStore {
         drop(self.store);
         let store = match &self.home {
             Home::Sqlite { path, .. } => AnyStore::Sqlite(open_at(path)),
-            Home::Etcd(server) => AnyStore::Etcd(server.connect().await),
+            Home::Etcd(server) => AnyStore::Etcd(etcd_server::connect(server).await),
         };
         TestStore { store, backend: self.backend, home: self.home }
     }
@@ -199,11 +199,6 @@ impl SqliteTestStore {
 
 pub(crate) fn open_at(path: &Path) -> SqliteStore {
     SqliteStore::open(SqliteStoreConfig::new(path)).expect("open store")
-}
-
-/// An etcd store for a server, for tests that configure the client themselves.
-pub(crate) fn etcd_config(endpoint: &str) -> EtcdStoreConfig {
-    EtcdStoreConfig::new([endpoint])
 }
 
 pub(crate) async fn put(store: &impl Store, key: &str, value: &str) -> TxnResponse {

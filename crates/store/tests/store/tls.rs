@@ -6,7 +6,9 @@ use std::time::Duration;
 use enjin_pki::RingCa;
 use enjin_store::{EtcdStore, EtcdStoreConfig, EtcdTlsConfig, Store, StoreError};
 
-use crate::etcd_server::{EtcdServer, ServerTls};
+use enjin_testkit::{EtcdServer, EtcdTls};
+
+use crate::etcd_server::connect_with;
 use crate::put;
 
 const VALIDITY: Duration = Duration::from_secs(3600);
@@ -30,18 +32,18 @@ async fn etcd_over_tls_with_a_client_certificate_from_the_ring_ca() {
         std::fs::write(&path, pem).expect("write pem");
         path
     };
-    let files = ServerTls {
+    let files = EtcdTls {
         cert: write("server.crt", &server.cert_pem),
         key: write("server.key", &server.key_pem),
         trusted_ca: write("ca.crt", ca.cert_pem()),
     };
     let etcd = EtcdServer::start_with(Some(&files));
-    assert!(etcd.endpoint.starts_with("https://"), "{}", etcd.endpoint);
+    assert!(etcd.endpoint().starts_with("https://"), "{}", etcd.endpoint());
 
     let client = ca.issue("enjin-control", &[], VALIDITY).expect("client cert");
-    let mut config = EtcdStoreConfig::new([etcd.endpoint.as_str()]);
+    let mut config = EtcdStoreConfig::new([etcd.endpoint()]);
     config.tls = Some(client_tls(&ca, &client));
-    let store = etcd.connect_with(config.clone()).await;
+    let store = connect_with(&etcd, config.clone()).await;
     assert_eq!(put(&store, "over/tls", "1").await.revision, 2);
     assert_eq!(store.get("over/tls").await.expect("get").expect("key").value, b"1");
     store.close().await.expect("close");
