@@ -117,6 +117,10 @@ impl EtcdStoreConfig {
     }
 }
 
+/// The largest answer taken from etcd: gRPC's default of 4 MiB is less than a range of every
+/// object of a busy store; etcd itself sends up to 2 GiB.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// How long [`EtcdStore::connect`] waits between attempts while the cluster does not answer.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
@@ -238,6 +242,11 @@ impl EtcdStore {
 }
 
 impl Shared {
+    /// A KV client that takes answers as large as etcd sends (a range of every object).
+    fn kv(&self) -> etcd::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
     /// One request, bounded by the timeout, its error mapped.
     async fn call<T>(
         &self,
@@ -279,7 +288,7 @@ impl Shared {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = self
             .call("read the revision", kv.get(vec![0], Some(etcd::GetOptions::new().with_count_only())))
             .await?;
@@ -294,7 +303,7 @@ impl Shared {
 
     /// Whether a read at `revision` is still possible (false: it is compacted).
     async fn readable_at(&self, revision: Revision) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let options = etcd::GetOptions::new().with_count_only().with_revision(revision);
         match tokio::time::timeout(self.timeout, kv.get(vec![0], Some(options))).await {
             Ok(Ok(_)) => Ok(true),
@@ -465,7 +474,7 @@ impl Store for EtcdStore {
         if key.is_empty() {
             return Err(StoreError::Invalid("key must not be empty".into()));
         }
-        let mut kv = self.shared.client.kv_client();
+        let mut kv = self.shared.kv();
         let response = self.shared.call("read a key", kv.get(key.as_bytes(), None)).await?;
         response.kvs().first().map(key_value).transpose()
     }
@@ -473,7 +482,7 @@ impl Store for EtcdStore {
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
         self.check_open()?;
         let (start, end) = prefix_range(prefix);
-        let mut kv = self.shared.client.kv_client();
+        let mut kv = self.shared.kv();
         let response = self
             .shared
             .call("read a range", kv.get(start, Some(etcd::GetOptions::new().with_range(end))))
@@ -499,7 +508,7 @@ impl Store for EtcdStore {
             .when(txn.compare.iter().map(compare).collect::<Vec<_>>())
             .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
             .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>());
-        let mut kv = self.shared.client.kv_client();
+        let mut kv = self.shared.kv();
         let response = match self.shared.call("apply a transaction", kv.txn(request)).await {
             Ok(response) => response,
             Err(e) if is_status(&e, LEASE_NOT_FOUND) => {
@@ -620,7 +629,7 @@ impl Store for EtcdStore {
         if revision == compacted {
             return Ok(());
         }
-        let mut kv = self.shared.client.kv_client();
+        let mut kv = self.shared.kv();
         match self.shared.call("compact", kv.compact(revision - 1, None)).await {
             Ok(_) => {
                 self.shared.etcd_compacted.fetch_max(revision - 1, Ordering::AcqRel);
@@ -762,7 +771,7 @@ impl WatchTask {
             .with_range(range.1.clone())
             .with_start_revision(self.next)
             .with_prev_key();
-        let mut watch = self.shared.client.watch_client();
+        let mut watch = self.shared.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
         self.shared.call("watch", watch.watch(range.0.clone(), Some(options))).await
     }
 

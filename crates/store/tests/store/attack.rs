@@ -14,6 +14,7 @@ on_both_backends!(
     a_huge_txn_is_one_revision_and_one_batch,
     a_watch_from_a_compacted_revision_fails_however_far_behind,
     exactly_one_of_many_racing_creates_wins,
+    ranges_and_watches_larger_than_a_grpc_message,
 );
 
 /// Keys with control characters, NUL, non-BMP characters and a long run; values of every byte.
@@ -142,4 +143,25 @@ async fn exactly_one_of_many_racing_creates_wins(backend: Backend) {
     let leader = store.get("leader").await.expect("get").expect("leader");
     assert_eq!((leader.version, leader.create_revision), (1, 2));
     assert_eq!(store.current_revision().await.expect("revision"), 2);
+}
+
+/// Values of a mebibyte: a range of them all, a transaction reading them all and a watch
+/// replaying them are each far larger than gRPC's default message limit of 4 MiB.
+async fn ranges_and_watches_larger_than_a_grpc_message(backend: Backend) {
+    let t = TestStore::open(backend).await;
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..8 {
+        let response = t.store.txn(Txn::new().then([Op::put(format!("big/{i}"), value.clone())])).await;
+        assert!(response.is_ok(), "put {i}: {response:?}");
+    }
+    let range = t.store.range("big/").await.expect("range of 8 MiB");
+    assert_eq!(range.kvs.len(), 8);
+    assert!(range.kvs.iter().all(|kv| kv.value == value));
+    let read = t.store.txn(Txn::new().then([Op::range("big/")])).await.expect("txn reading 8 MiB");
+    assert!(matches!(&read.responses[0], OpResponse::Range { kvs } if kvs.len() == 8));
+    let mut watch = t.store.watch("big/", 1).await.expect("watch");
+    for revision in 2..10 {
+        let batch = next_batch(&mut watch).await;
+        assert_eq!((batch.revision, batch.events[0].kv.value.len()), (revision, 1 << 20));
+    }
 }
