@@ -14,7 +14,10 @@
 //!   reads the rest of that history on every key, where each revision has an event.
 //! - **Leases** live in whole seconds, and etcd raises a TTL below its minimum (about three
 //!   election timeouts); the answer to a grant says what was granted. Keys of a lease are
-//!   deleted by etcd's lessor, which looks for expired leases twice a second.
+//!   deleted by etcd's lessor, which looks for expired leases twice a second, one revision per
+//!   lease (the SQLite store ends the leases due together in one revision).
+//! - **Fairness.** [`Txn::retry`] is a hint for the SQLite store's writer queue; etcd has none,
+//!   so it is ignored, as the trait allows.
 //!
 //! What etcd refuses, this backend refuses too, as [`StoreError::Invalid`]: a branch of a
 //! transaction that writes one key twice (two puts, or a put inside a range the branch
