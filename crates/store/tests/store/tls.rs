@@ -55,7 +55,7 @@ async fn etcd_over_tls_with_a_client_certificate_from_the_ring_ca() {
     let refused = |tls: Option<EtcdTlsConfig>| {
         let mut config = config.clone();
         config.tls = tls;
-        config.request_timeout = Duration::from_secs(2);
+        config.request_timeout = Duration::from_millis(500);
         async move { EtcdStore::connect(config).await.map(|_| ()) }
     };
     let foreign_client =
