@@ -14,7 +14,7 @@ use crate::contexts::{self, Contexts};
 
 pub const CONFIG_FILE: &str = "enjin.toml";
 pub use enjin_node::layout::{CA_FILE, ENDPOINT_FILE, TOKEN_FILE};
-use enjin_node::{DEFAULT_LISTEN, Mode, NodeConfig};
+use enjin_node::{DEFAULT_LISTEN, EtcdBackend, Mode, NodeConfig, StoreBackend};
 
 /// `enjin.toml` in the data directory. Every field is optional; defaults are in code and in
 /// docs/configuration.md.
@@ -35,6 +35,42 @@ pub struct FileConfig {
     pub instances: InstancesFileConfig,
     #[serde(default)]
     pub audit: AuditFileConfig,
+    #[serde(default)]
+    pub store: StoreFileConfig,
+}
+
+/// `[store]`: where the control plane keeps its objects. `backend` is `"sqlite"` (the default:
+/// `<data-dir>/state.db`) or `"etcd"`, which takes `endpoints` and, with `https://` ones,
+/// `ca_file`. The endpoints themselves are checked by `NodeConfig::validate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl StoreFileConfig {
+    /// The backend, with errors naming the key.
+    pub fn backend(&self) -> Result<StoreBackend> {
+        match self.backend.as_deref() {
+            None | Some("sqlite") => {
+                for (key, set) in
+                    [("endpoints", self.endpoints.is_some()), ("ca_file", self.ca_file.is_some())]
+                {
+                    if set {
+                        bail!("[store] {key}: only with backend = \"etcd\" (the backend is sqlite)");
+                    }
+                }
+                Ok(StoreBackend::Sqlite)
+            }
+            Some("etcd") => Ok(StoreBackend::Etcd(EtcdBackend {
+                endpoints: self.endpoints.clone().unwrap_or_default(),
+                ca_file: self.ca_file.clone(),
+            })),
+            Some(other) => bail!("[store] backend: {other:?} is neither \"sqlite\" nor \"etcd\""),
+        }
+    }
 }
 
 /// `[audit]`: how long the audit log keeps its records (`retention`, a duration such as
@@ -447,6 +483,7 @@ pub fn node_config(global: &Global, args: &ServeArgs, mode: Mode) -> Result<Node
         dns_listen: args.dns_listen.or(file.dns.listen).unwrap_or(d.dns_listen),
         domain: file.router.domain,
         zone: file.dns.zone,
+        store: file.store.backend()?,
         ..d
     };
     config.validate()?;
@@ -596,6 +633,43 @@ mod tests {
         let err = serve_config(dir.path(), "[api]\nlisten = \"0.0.0.0:7480\"\n", &["--insecure-http"])
             .expect_err("plain HTTP off loopback");
         assert!(format!("{err:#}").contains("refusing --insecure-http on 0.0.0.0:7480"), "{err:#}");
+    }
+
+    #[test]
+    fn the_store_backend_is_sqlite_unless_etcd_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = serve_config(dir.path(), "", &[]).expect("valid");
+        assert_eq!(c.store, StoreBackend::Sqlite);
+        let c = serve_config(dir.path(), "[store]\nbackend = \"sqlite\"\n", &[]).expect("valid");
+        assert_eq!(c.store, StoreBackend::Sqlite);
+        let toml = "[store]\nbackend = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n\
+                    ca_file = \"/etc/etcd/ca.crt\"\n";
+        let c = serve_config(dir.path(), toml, &[]).expect("valid");
+        let StoreBackend::Etcd(etcd) = &c.store else { panic!("etcd: {:?}", c.store) };
+        assert_eq!(etcd.endpoints, ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]);
+        assert_eq!(etcd.ca_file.as_deref(), Some(Path::new("/etc/etcd/ca.crt")));
+        assert!(etcd.tls());
+    }
+
+    #[test]
+    fn bad_store_settings_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (toml, says) in [
+            ("[store]\nbackend = \"postgres\"\n", "[store] backend: \"postgres\" is neither"),
+            (
+                "[store]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+                "[store] endpoints: only with backend = \"etcd\"",
+            ),
+            ("[store]\nbackend = \"etcd\"\n", "[store] endpoints: backend = \"etcd\" needs at least one"),
+            (
+                "[store]\nbackend = \"etcd\"\nendpoints = [\"http://10.1.2.3:2379\"]\n",
+                "plain HTTP off loopback",
+            ),
+            ("[store]\nbackend = \"etcd\"\nendpont = []\n", "endpont"),
+        ] {
+            let err = serve_config(dir.path(), toml, &[]).expect_err(says);
+            assert!(format!("{err:#}").contains(says), "{toml}: {err:#}");
+        }
     }
 
     #[test]

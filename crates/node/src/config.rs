@@ -33,6 +33,75 @@ const fn local(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
+/// Which state store the control plane keeps its objects in (`[store]` in `enjin.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded SQLite file `<data-dir>/state.db` (the default).
+    #[default]
+    Sqlite,
+    /// An etcd cluster.
+    Etcd(EtcdBackend),
+}
+
+/// How to reach the etcd cluster of [`StoreBackend::Etcd`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdBackend {
+    /// The members' client URLs: all `https://`, or all `http://` on loopback.
+    pub endpoints: Vec<String>,
+    /// With `https://` endpoints, the CA that signed the etcd servers' certificates; `None`
+    /// trusts the ring 0 CA. The client certificate always comes from the ring 0 CA, issued at
+    /// every start, so etcd must trust `<data-dir>/pki/ring-0-ca.crt` (`--trusted-ca-file`).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl EtcdBackend {
+    /// Whether the endpoints are `https://` (all of them, once validated).
+    pub fn tls(&self) -> bool {
+        self.endpoints.iter().all(|endpoint| endpoint.starts_with("https://"))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let refuse = |reason: String| Err(ConfigError::Store(reason));
+        if self.endpoints.is_empty() {
+            return refuse("[store] endpoints: backend = \"etcd\" needs at least one endpoint".into());
+        }
+        let https = self.endpoints.iter().filter(|endpoint| endpoint.starts_with("https://")).count();
+        if https != 0 && https != self.endpoints.len() {
+            return refuse("[store] endpoints: all https:// or all http://, not a mix".into());
+        }
+        for endpoint in &self.endpoints {
+            let Some((scheme, rest)) = endpoint.split_once("://") else {
+                return refuse(format!("[store] endpoints: {endpoint:?} is not an http:// or https:// URL"));
+            };
+            if scheme != "http" && scheme != "https" {
+                return refuse(format!("[store] endpoints: {endpoint:?} is not an http:// or https:// URL"));
+            }
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => host,
+                _ => {
+                    return refuse(format!(
+                        "[store] endpoints: {endpoint:?} has no port (etcd's is usually 2379)"
+                    ));
+                }
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            // Every object, token hash and secret reference crosses this link.
+            if scheme == "http" && !loopback {
+                return refuse(format!(
+                    "[store] endpoints: {endpoint:?} is plain HTTP off loopback; use https:// (the store's \
+                     client certificate comes from the ring 0 CA)"
+                ));
+            }
+        }
+        if self.ca_file.is_some() && https == 0 {
+            return refuse("[store] ca_file: only with https:// endpoints".into());
+        }
+        Ok(())
+    }
+}
+
 /// Which of the two commands runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -86,6 +155,8 @@ pub struct NodeConfig {
     pub domain: Option<String>,
     /// The DNS zone of apps, instances and hosts; `None` keeps the platform's default.
     pub zone: Option<String>,
+    /// Where the control plane's objects are kept.
+    pub store: StoreBackend,
 }
 
 impl NodeConfig {
@@ -111,6 +182,7 @@ impl NodeConfig {
             dns_listen: DEFAULT_DNS_LISTEN,
             domain: None,
             zone: None,
+            store: StoreBackend::Sqlite,
         }
     }
 
@@ -135,6 +207,9 @@ impl NodeConfig {
                 disconnected_after: self.disconnected_after,
                 lost_after: self.lost_after,
             });
+        }
+        if let StoreBackend::Etcd(etcd) = &self.store {
+            etcd.validate()?;
         }
         Ok(())
     }
@@ -171,6 +246,9 @@ pub enum ConfigError {
         /// The configured `lost_after`.
         lost_after: Duration,
     },
+    /// The `[store]` settings are wrong; says which key and why.
+    #[error("{0}")]
+    Store(String),
 }
 
 #[cfg(test)]
@@ -192,6 +270,37 @@ mod tests {
             let err = config(true, refused).validate().expect_err(refused);
             let msg = err.to_string();
             assert!(msg.contains("--insecure-http") && msg.contains(refused), "{msg}");
+        }
+    }
+
+    #[test]
+    fn etcd_endpoints_are_checked() {
+        let config = |endpoints: &[&str], ca_file: Option<&str>| NodeConfig {
+            store: StoreBackend::Etcd(EtcdBackend {
+                endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+                ca_file: ca_file.map(PathBuf::from),
+            }),
+            ..NodeConfig::new(Mode::Server, "/tmp/enjin".into())
+        };
+        for fine in [
+            config(&["http://127.0.0.1:2379"], None),
+            config(&["http://localhost:2379", "http://[::1]:2379"], None),
+            config(&["https://10.0.0.1:2379", "https://etcd.example:2379"], None),
+            config(&["https://10.0.0.1:2379"], Some("/etc/etcd/ca.crt")),
+        ] {
+            assert!(fine.validate().is_ok(), "{:?}", fine.store);
+        }
+        for (refused, says) in [
+            (config(&[], None), "at least one endpoint"),
+            (config(&["http://10.0.0.1:2379"], None), "plain HTTP off loopback"),
+            (config(&["https://10.0.0.1:2379", "http://127.0.0.1:2379"], None), "not a mix"),
+            (config(&["127.0.0.1:2379"], None), "not an http"),
+            (config(&["unix:///run/etcd.sock"], None), "not an http"),
+            (config(&["https://10.0.0.1"], None), "no port"),
+            (config(&["http://127.0.0.1:2379"], Some("/ca.crt")), "only with https"),
+        ] {
+            let message = refused.validate().expect_err(says).to_string();
+            assert!(message.contains(says) && message.contains("[store]"), "{message}");
         }
     }
 

@@ -37,10 +37,10 @@ pub enum NodeError {
     /// when another `enjin up` already runs on it.
     #[error(transparent)]
     Cloud(#[from] CloudError),
-    /// The SQLite store could not be opened.
+    /// The store could not be opened.
     #[error("failed to open the state store {}", path.display())]
     OpenStore {
-        /// The database file, `<data-dir>/state.db`.
+        /// The database file, `<data-dir>/state.db`, or the etcd endpoints.
         path: PathBuf,
         /// The store's reason.
         #[source]

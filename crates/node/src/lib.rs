@@ -23,7 +23,7 @@ mod machine;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +34,13 @@ use enjin_control::cache::WatchCache;
 use enjin_control::platform::{Platform, PlatformConfig};
 use enjin_control::{ControlConfig, ControlPlane, Registry};
 use enjin_model::Ring;
-use enjin_store::{SqliteStore, SqliteStoreConfig, Store};
+use enjin_store::{EtcdStore, EtcdStoreConfig, EtcdTlsConfig, SqliteStore, SqliteStoreConfig, Store};
 use tokio::net::TcpListener;
 
 pub use config::{
     ConfigError, DEFAULT_BUS_LISTEN, DEFAULT_DISCONNECTED_AFTER, DEFAULT_DNS_LISTEN, DEFAULT_HOSTS,
     DEFAULT_HOSTS_CIDR, DEFAULT_INSTANCE_CIDR, DEFAULT_LISTEN, DEFAULT_LOST_AFTER, DEFAULT_ROUTER_LISTEN,
-    Mode, NodeConfig,
+    EtcdBackend, Mode, NodeConfig, StoreBackend,
 };
 pub use error::NodeError;
 use layout::{CA_FILE, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
@@ -65,7 +65,7 @@ pub async fn run(
     if whole_cloud {
         cloud::claim(&dir)?;
     }
-    let store = open_store(&dir).await?;
+    let store = open_store(&dir, &config.store).await?;
     tracing::info!(instances = ?config.instances, "limits for instances that leave them out");
     tracing::info!(retention_seconds = config.audit.retention.as_secs(), "audit log retention");
     tracing::info!(api_limits = ?config.api_limits, "limits at the API's door");
@@ -249,8 +249,49 @@ fn ensure_data_dir(dir: &Path) -> Result<(), NodeError> {
     })
 }
 
+/// The store the configuration names.
+async fn open_store(dir: &Path, backend: &StoreBackend) -> Result<Arc<dyn Store>, NodeError> {
+    match backend {
+        StoreBackend::Sqlite => open_sqlite(dir).await,
+        StoreBackend::Etcd(etcd) => open_etcd(dir, etcd).await,
+    }
+}
+
+/// How long the etcd client certificate is valid. A new one is issued at every start, and a
+/// running control plane keeps its connections, so this only bounds a stolen one.
+const ETCD_CLIENT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// The store on an etcd cluster; over TLS, with a client certificate the ring 0 CA issues now
+/// (kept in memory only) and the servers checked against `ca_file` or that CA.
+async fn open_etcd(dir: &Path, etcd: &EtcdBackend) -> Result<Arc<dyn Store>, NodeError> {
+    let mut config = EtcdStoreConfig::new(etcd.endpoints.iter().cloned());
+    if etcd.tls() {
+        let ca = enjin_pki::RingCa::load_or_create(&dir.join("pki"), Ring::META.get())
+            .map_err(NodeError::RingCa)?;
+        let client = ca.issue("enjin-control", &[], ETCD_CLIENT_VALIDITY).map_err(NodeError::RingCa)?;
+        let ca_pem = match &etcd.ca_file {
+            Some(path) => std::fs::read(path).map_err(|source| NodeError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?,
+            None => ca.cert_pem().as_bytes().to_vec(),
+        };
+        config.tls = Some(EtcdTlsConfig {
+            ca_pem,
+            cert_pem: client.cert_pem.into_bytes(),
+            key_pem: client.key_pem.into_bytes(),
+            domain: None,
+        });
+    }
+    let store = EtcdStore::connect(config)
+        .await
+        .map_err(|source| NodeError::OpenStore { path: PathBuf::from(etcd.endpoints.join(",")), source })?;
+    Ok(Arc::new(store))
+}
+
 /// The store in `dir`, readable by the owner alone: it holds every object.
-async fn open_store(dir: &Path) -> Result<Arc<dyn Store>, NodeError> {
+async fn open_sqlite(dir: &Path) -> Result<Arc<dyn Store>, NodeError> {
     let db = dir.join(STATE_FILE);
     let path = db.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(SqliteStoreConfig::new(db)))

@@ -1,11 +1,14 @@
 //! The state store: one interface with etcd's semantics (a monotonic revision, prefix ranges,
 //! compare-and-swap transactions, watches that resume from a revision, leases, compaction) and
-//! its embedded SQLite backend. It knows nothing of the model: keys are strings, values bytes.
+//! two backends: the embedded SQLite store and an etcd cluster. One conformance suite
+//! (`tests/store`) runs against both. It knows nothing of the model: keys are strings, values
+//! bytes.
 //! It must never reorder or drop a committed event, and never acknowledge a write that a
 //! `kill -9` could lose.
 
 #![warn(missing_docs)]
 
+mod etcd;
 mod sqlite;
 
 use std::time::Duration;
@@ -13,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+pub use etcd::{EtcdStore, EtcdStoreConfig, EtcdTlsConfig};
 pub use sqlite::{MAX_LEASE_TTL, SqliteStore, SqliteStoreConfig};
 
 /// A store revision. Starts at 1 for an empty store (as etcd does); every transaction that
@@ -342,7 +346,7 @@ pub struct Lease {
     /// Positive, and never reused by the same store.
     pub id: LeaseId,
     /// How long the lease lives without a keep-alive, as the store keeps it (the SQLite store:
-    /// whole milliseconds, at most [`MAX_LEASE_TTL`]). Its clock restarts at every keep-alive
+    /// whole milliseconds, at most [`MAX_LEASE_TTL`]; etcd: whole seconds, at least its minimum). Its clock restarts at every keep-alive
     /// and when the store is opened again.
     pub ttl: Duration,
 }
@@ -428,8 +432,8 @@ pub struct StoreStats {
     pub txns: u64,
 }
 
-/// The store interface. Backends: [`SqliteStore`] (embedded default); an etcd backend drops in
-/// behind the same trait.
+/// The store interface. Backends: [`SqliteStore`] (embedded default) and [`EtcdStore`] (an etcd
+/// cluster), with the same semantics but for what etcd itself refuses (see [`EtcdStore`]).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The revision of the last committed write.

@@ -187,7 +187,7 @@ impl SqliteStore {
     }
 }
 
-fn validate_ttl(ttl: Duration) -> Result<(), StoreError> {
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<(), StoreError> {
     if ttl < Duration::from_millis(1) {
         return Err(StoreError::Invalid(format!("lease ttl {ttl:?} is shorter than 1ms")));
     }
@@ -197,7 +197,7 @@ fn validate_ttl(ttl: Duration) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate_lease_id(id: LeaseId) -> Result<(), StoreError> {
+pub(crate) fn validate_lease_id(id: LeaseId) -> Result<(), StoreError> {
     if id <= 0 { Err(StoreError::LeaseNotFound(id)) } else { Ok(()) }
 }
 

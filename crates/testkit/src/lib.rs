@@ -1,7 +1,7 @@
 //! What the workspace's tests share, so that each test binary does not carry its own copy: the
 //! root check of privileged tests, unique names for what they make on the host, and waiting for
-//! a condition. A dependency of tests only (`[dev-dependencies]`), never of the product, and
-//! with no dependency of its own.
+//! a condition, and a throwaway etcd ([`EtcdServer`]). A dependency of tests only
+//! (`[dev-dependencies]`), never of the product, and with no dependency of its own.
 //!
 //! Privileged tests (namespaces, cgroups, the unix-user sandbox) do nothing without root, saying
 //! so; where `ENJIN_REQUIRE_ROOT` is set (CI sets it, and runs as root) such a test fails instead
@@ -9,7 +9,11 @@
 
 #![warn(missing_docs)]
 
+mod etcd;
+
 use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use etcd::{ETCD_MAX_TXN_OPS, EtcdServer, EtcdTls};
 use std::time::{Duration, Instant};
 
 /// Set where privileged tests must run, never skip.

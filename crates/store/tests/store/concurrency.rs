@@ -5,11 +5,16 @@ use std::sync::Arc;
 
 use enjin_store::{Compare, Op, OpResponse, Store, StoreError, Txn};
 
-use crate::TestStore;
+use crate::{Backend, SqliteTestStore, TestStore};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_txns_get_distinct_consecutive_revisions() {
-    let t = TestStore::new();
+on_both_backends!(
+    concurrent_txns_get_distinct_consecutive_revisions,
+    failing_txns_do_not_affect_their_group,
+    cas_increments_from_many_tasks_lose_nothing,
+);
+
+async fn concurrent_txns_get_distinct_consecutive_revisions(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let store = Arc::new(t.store);
     let (tasks, per_task) = (8, 50);
     let mut handles = Vec::new();
@@ -39,9 +44,8 @@ async fn concurrent_txns_get_distinct_consecutive_revisions() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_txns_do_not_affect_their_group() {
-    let t = TestStore::new();
+async fn failing_txns_do_not_affect_their_group(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let store = Arc::new(t.store);
     let mut handles = Vec::new();
     for i in 0..200 {
@@ -68,9 +72,8 @@ async fn failing_txns_do_not_affect_their_group() {
 }
 
 /// Read-modify-write with compare-and-swap from many tasks: no increment is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cas_increments_from_many_tasks_lose_nothing() {
-    let t = TestStore::new();
+async fn cas_increments_from_many_tasks_lose_nothing(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let store = Arc::new(t.store);
     let (tasks, per_task) = (6, 20);
     let mut handles = Vec::new();
@@ -119,7 +122,7 @@ enum Relearn {
 /// mod revision, telling the store how often the update already lost. Returns the most
 /// attempts one increment lost before it won, per writer.
 async fn contend(tasks: u32, per_task: u32, relearn: Relearn) -> Vec<u32> {
-    let t = TestStore::new();
+    let t = SqliteTestStore::new();
     let store = Arc::new(t.store);
     store.txn(Txn::new().then([Op::put("counter", "0")])).await.expect("seed");
     let mut handles = Vec::new();

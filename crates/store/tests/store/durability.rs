@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use enjin_store::{EventKind, Op, Store, Txn};
 
-use crate::{PATIENCE, TestStore, assert_quiet, next_batch, open_at, put};
+use crate::{PATIENCE, SqliteTestStore, assert_quiet, next_batch, open_at, put};
 
 #[tokio::test]
 async fn reopen_resumes_data_revision_history_and_compaction() {
-    let t = TestStore::new();
+    let t = SqliteTestStore::new();
     put(&t.store, "a", "1").await; // 2
     put(&t.store, "b", "1").await; // 3
     put(&t.store, "a", "2").await; // 4

@@ -5,15 +5,29 @@ use enjin_store::{
     StoreError, Txn,
 };
 
-use crate::{TestStore, delete, put};
+use crate::{Backend, SqliteTestStore, TestStore, delete, put};
+
+on_both_backends!(
+    empty_store_is_at_revision_one,
+    put_tracks_version_and_revisions,
+    range_is_by_prefix_in_key_order,
+    non_ascii_prefixes_cover_exactly_their_keys,
+    delete_and_delete_prefix,
+    compare_targets_and_operators,
+    cas_success_writes_and_failure_runs_the_other_branch,
+    txn_reads_its_own_writes_and_bumps_once,
+    read_only_and_empty_txns_keep_the_revision,
+    failed_txn_leaves_nothing_behind,
+    invalid_requests_are_refused,
+    close_refuses_later_calls,
+);
 
 fn keys(kvs: &[KeyValue]) -> Vec<&str> {
     kvs.iter().map(|kv| kv.key.as_str()).collect()
 }
 
-#[tokio::test]
-async fn empty_store_is_at_revision_one() {
-    let t = TestStore::new();
+async fn empty_store_is_at_revision_one(backend: Backend) {
+    let t = TestStore::open(backend).await;
     assert_eq!(t.store.current_revision().await.expect("revision"), 1);
     assert_eq!(t.store.compacted_revision().await.expect("compacted"), 1);
     let range = t.store.range("").await.expect("range");
@@ -22,9 +36,8 @@ async fn empty_store_is_at_revision_one() {
     assert_eq!(t.store.get("missing").await.expect("get"), None);
 }
 
-#[tokio::test]
-async fn put_tracks_version_and_revisions() {
-    let t = TestStore::new();
+async fn put_tracks_version_and_revisions(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let first = put(&t.store, "a", "1").await;
     assert_eq!(first.revision, 2);
     assert!(first.succeeded);
@@ -53,9 +66,8 @@ async fn put_tracks_version_and_revisions() {
     assert_eq!(t.store.current_revision().await.expect("revision"), 4);
 }
 
-#[tokio::test]
-async fn range_is_by_prefix_in_key_order() {
-    let t = TestStore::new();
+async fn range_is_by_prefix_in_key_order(backend: Backend) {
+    let t = TestStore::open(backend).await;
     for key in ["b", "a/2", "a0", "a/10", "a/1", "a"] {
         put(&t.store, key, key).await;
     }
@@ -67,9 +79,8 @@ async fn range_is_by_prefix_in_key_order() {
     assert!(t.store.range("c").await.expect("range").kvs.is_empty());
 }
 
-#[tokio::test]
-async fn non_ascii_prefixes_cover_exactly_their_keys() {
-    let t = TestStore::new();
+async fn non_ascii_prefixes_cover_exactly_their_keys(backend: Backend) {
+    let t = TestStore::open(backend).await;
     for key in ["é", "é/1", "éa", "ê", "e", "f", "\u{10FFFF}", "\u{10FFFF}x"] {
         put(&t.store, key, "v").await;
     }
@@ -83,9 +94,8 @@ async fn non_ascii_prefixes_cover_exactly_their_keys() {
     );
 }
 
-#[tokio::test]
-async fn delete_and_delete_prefix() {
-    let t = TestStore::new();
+async fn delete_and_delete_prefix(backend: Backend) {
+    let t = TestStore::open(backend).await;
     for key in ["d/1", "d/2", "d/3", "dx", "k"] {
         put(&t.store, key, "v").await;
     }
@@ -116,9 +126,8 @@ async fn delete_and_delete_prefix() {
 }
 
 /// Every target and operator of a compare, against a present and a missing key.
-#[tokio::test]
-async fn compare_targets_and_operators() {
-    let t = TestStore::new();
+async fn compare_targets_and_operators(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let lease = t.store.lease_grant(std::time::Duration::from_secs(60)).await.expect("grant");
     put(&t.store, "k", "a").await; // rev 2
     t.store.txn(Txn::new().then([Op::put_with_lease("k", "m", lease.id)])).await.expect("put"); // rev 3
@@ -179,9 +188,8 @@ async fn compare_targets_and_operators() {
     }
 }
 
-#[tokio::test]
-async fn cas_success_writes_and_failure_runs_the_other_branch() {
-    let t = TestStore::new();
+async fn cas_success_writes_and_failure_runs_the_other_branch(backend: Backend) {
+    let t = TestStore::open(backend).await;
     // Create only if absent.
     let create =
         Txn::new().when([Compare::absent("lock")]).then([Op::put("lock", "me")]).otherwise([Op::get("lock")]);
@@ -218,9 +226,45 @@ async fn cas_success_writes_and_failure_runs_the_other_branch() {
     assert_eq!(t.store.get("never").await.expect("get"), None);
 }
 
+async fn txn_reads_its_own_writes_and_bumps_once(backend: Backend) {
+    let t = TestStore::open(backend).await;
+    put(&t.store, "a", "0").await; // rev 2
+    put(&t.store, "c", "0").await; // rev 3
+    let txn = Txn::new().then([
+        Op::get("a"),
+        Op::put("a", "1"),
+        Op::get("a"),
+        Op::put("b", "1"),
+        Op::range(""),
+        Op::delete("c"),
+        Op::get("c"),
+        Op::range(""),
+    ]);
+    let response = t.store.txn(txn).await.expect("txn");
+    assert_eq!(response.revision, 4);
+    assert_eq!(t.store.current_revision().await.expect("revision"), 4);
+    let r = &response.responses;
+    let OpResponse::Get { kv: Some(before) } = &r[0] else { panic!("get a") };
+    assert_eq!((before.value.as_slice(), before.version, before.mod_revision), (&b"0"[..], 1, 2));
+    let OpResponse::Put { prev: Some(prev) } = &r[1] else { panic!("put a") };
+    assert_eq!(prev, before);
+    let OpResponse::Get { kv: Some(a) } = &r[2] else { panic!("get a") };
+    assert_eq!((a.value.as_slice(), a.version, a.mod_revision, a.create_revision), (&b"1"[..], 2, 4, 2));
+    assert_eq!(r[3], OpResponse::Put { prev: None });
+    let OpResponse::Range { kvs } = &r[4] else { panic!("range") };
+    assert_eq!(keys(kvs), ["a", "b", "c"]);
+    assert_eq!((kvs[1].value.as_slice(), kvs[1].version, kvs[1].create_revision), (&b"1"[..], 1, 4));
+    let OpResponse::Delete { deleted } = &r[5] else { panic!("delete") };
+    assert_eq!(keys(deleted), ["c"]);
+    assert_eq!(r[6], OpResponse::Get { kv: None });
+    let OpResponse::Range { kvs } = &r[7] else { panic!("range") };
+    assert_eq!(keys(kvs), ["a", "b"]);
+}
+
+/// The SQLite store runs a branch that writes one key twice; etcd refuses it (below).
 #[tokio::test]
-async fn txn_reads_its_own_writes_and_bumps_once() {
-    let t = TestStore::new();
+async fn a_branch_may_write_one_key_twice() {
+    let t = SqliteTestStore::new();
     put(&t.store, "a", "0").await; // rev 2
     let txn = Txn::new().then([
         Op::put("a", "1"),
@@ -248,9 +292,50 @@ async fn txn_reads_its_own_writes_and_bumps_once() {
     assert_eq!(keys(kvs), ["a"]);
 }
 
+/// etcd refuses a branch that writes one key twice, whether or not the branch would run; the
+/// etcd store says so before sending it, and changes nothing.
 #[tokio::test]
-async fn read_only_and_empty_txns_keep_the_revision() {
-    let t = TestStore::new();
+async fn etcd_refuses_a_branch_that_writes_one_key_twice() {
+    let t = TestStore::open(Backend::Etcd).await;
+    put(&t.store, "a", "0").await; // rev 2
+    let twice = [
+        Txn::new().then([Op::put("a", "1"), Op::put("a", "2")]),
+        Txn::new().then([Op::put("b", "1"), Op::delete("b")]),
+        Txn::new().then([Op::delete_prefix("d/"), Op::put("d/x", "1")]),
+        Txn::new().when([Compare::absent("a")]).otherwise([Op::put("a", "1"), Op::put("a", "1")]),
+    ];
+    for txn in twice {
+        let err = t.store.txn(txn.clone()).await.expect_err("refused");
+        assert!(matches!(&err, StoreError::Invalid(message) if message.contains("twice")), "{txn:?}: {err}");
+    }
+    assert_eq!(t.store.current_revision().await.expect("revision"), 2);
+    // Reads of one key, and deletes whose ranges overlap, are fine.
+    let fine = Txn::new().then([Op::get("a"), Op::get("a"), Op::delete_prefix(""), Op::delete("a")]);
+    assert_eq!(t.store.txn(fine).await.expect("txn").revision, 3);
+}
+
+/// The etcd store checks its configuration and says which endpoint does not answer.
+#[tokio::test]
+async fn etcd_connection_errors_name_the_endpoint() {
+    use enjin_store::{EtcdStore, EtcdStoreConfig};
+    let none = EtcdStore::connect(EtcdStoreConfig::new(Vec::<String>::new())).await.expect_err("no endpoint");
+    assert!(none.to_string().contains("no etcd endpoint"), "{none}");
+    let https = EtcdStore::connect(EtcdStoreConfig::new(["https://127.0.0.1:1"])).await.expect_err("no tls");
+    assert!(https.to_string().contains("https://127.0.0.1:1"), "{https}");
+    let bare = EtcdStore::connect(EtcdStoreConfig::new(["127.0.0.1:1"])).await.expect_err("no scheme");
+    assert!(bare.to_string().contains("not an http"), "{bare}");
+    // A port nothing listens on: a loopback port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut config = EtcdStoreConfig::new([endpoint.as_str()]);
+    config.request_timeout = std::time::Duration::from_secs(1);
+    let dead = EtcdStore::connect(config).await.expect_err("nothing listens");
+    assert!(matches!(dead, StoreError::Open { .. }), "{dead}");
+    assert!(dead.to_string().contains(&endpoint), "{dead}");
+}
+
+async fn read_only_and_empty_txns_keep_the_revision(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "a", "1").await;
     let read = t.store.txn(Txn::new().then([Op::get("a"), Op::range("")])).await.expect("txn");
     assert_eq!(read.revision, 2);
@@ -262,9 +347,8 @@ async fn read_only_and_empty_txns_keep_the_revision() {
     assert_eq!(put(&t.store, "a", "2").await.revision, 3);
 }
 
-#[tokio::test]
-async fn failed_txn_leaves_nothing_behind() {
-    let t = TestStore::new();
+async fn failed_txn_leaves_nothing_behind(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "a", "1").await;
     let txn = Txn::new().then([Op::put("x", "1"), Op::delete("a"), Op::put_with_lease("y", "1", 999)]);
     let err = t.store.txn(txn).await.expect_err("unknown lease");
@@ -275,9 +359,8 @@ async fn failed_txn_leaves_nothing_behind() {
     assert_eq!(put(&t.store, "z", "1").await.revision, 3, "the failed txn used no revision");
 }
 
-#[tokio::test]
-async fn invalid_requests_are_refused() {
-    let t = TestStore::new();
+async fn invalid_requests_are_refused(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let invalid = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Invalid(_)));
     assert!(invalid(t.store.txn(Txn::new().then([Op::put("", "v")])).await.map(|_| ())));
     assert!(invalid(t.store.txn(Txn::new().then([Op::delete("")])).await.map(|_| ())));
@@ -292,9 +375,8 @@ async fn invalid_requests_are_refused() {
     assert_eq!(t.store.current_revision().await.expect("revision"), 1);
 }
 
-#[tokio::test]
-async fn close_refuses_later_calls() {
-    let t = TestStore::new();
+async fn close_refuses_later_calls(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "a", "1").await;
     t.store.close().await.expect("close");
     let closed = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Closed));
@@ -310,7 +392,7 @@ async fn close_refuses_later_calls() {
 
 #[tokio::test]
 async fn a_file_has_one_owner() {
-    let t = TestStore::new();
+    let t = SqliteTestStore::new();
     let second = SqliteStore::open(SqliteStoreConfig::new(&t.path)).expect_err("already open");
     let message = second.to_string();
     assert!(matches!(second, StoreError::Open { .. }));
@@ -341,7 +423,7 @@ async fn open_errors_name_the_path() {
 
 #[tokio::test]
 async fn stats_count_reads_keys_returned_and_transactions() {
-    let t = TestStore::new();
+    let t = SqliteTestStore::new();
     let before = t.store.stats().expect("the SQLite store counts");
     put(&t.store, "a/1", "1").await;
     put(&t.store, "a/2", "2").await;

@@ -5,13 +5,24 @@ use std::time::Duration;
 use enjin_store::{Compare, CompareOp, CompareTarget, EventKind, Op, Store, StoreError, Txn};
 use tokio::time::Instant;
 
-use crate::{TestStore, eventually, next_batch, put};
+use crate::{Backend, TestStore, eventually, next_batch, put};
 
-#[tokio::test]
-async fn expiry_deletes_the_attached_keys_in_one_revision() {
-    let t = TestStore::new();
+on_both_backends!(
+    expiry_deletes_the_attached_keys_in_one_revision,
+    keep_alive_prevents_expiry,
+    revoke_deletes_the_attached_keys_in_one_revision,
+    revoking_a_lease_without_keys_keeps_the_revision,
+    leases_survive_reopen_with_a_fresh_deadline,
+);
+
+async fn expiry_deletes_the_attached_keys_in_one_revision(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let lease = t.store.lease_grant(Duration::from_millis(300)).await.expect("grant");
-    assert_eq!(lease.ttl, Duration::from_millis(300));
+    // The SQLite store keeps milliseconds; etcd whole seconds, and at least its minimum.
+    match backend {
+        Backend::Sqlite => assert_eq!(lease.ttl, Duration::from_millis(300)),
+        Backend::Etcd => assert!(lease.ttl >= Duration::from_secs(1), "{lease:?}"),
+    }
     let txn =
         Txn::new().then([Op::put_with_lease("a", "1", lease.id), Op::put_with_lease("b", "1", lease.id)]);
     t.store.txn(txn).await.expect("txn"); // 2
@@ -37,9 +48,8 @@ async fn expiry_deletes_the_attached_keys_in_one_revision() {
     assert!(matches!(put_gone, Err(StoreError::LeaseNotFound(_))), "{put_gone:?}");
 }
 
-#[tokio::test]
-async fn keep_alive_prevents_expiry() {
-    let t = TestStore::new();
+async fn keep_alive_prevents_expiry(backend: Backend) {
+    let t = TestStore::open(backend).await;
     // Generous against the keep-alive period so that a loaded machine does not make it flaky.
     let lease = t.store.lease_grant(Duration::from_millis(800)).await.expect("grant");
     t.store.txn(Txn::new().then([Op::put_with_lease("k", "v", lease.id)])).await.expect("txn");
@@ -56,9 +66,8 @@ async fn keep_alive_prevents_expiry() {
     .await;
 }
 
-#[tokio::test]
-async fn revoke_deletes_the_attached_keys_in_one_revision() {
-    let t = TestStore::new();
+async fn revoke_deletes_the_attached_keys_in_one_revision(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let lease = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     let other = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     assert_ne!(lease.id, other.id);
@@ -89,17 +98,15 @@ async fn revoke_deletes_the_attached_keys_in_one_revision() {
     assert!(matches!(unknown, Err(StoreError::LeaseNotFound(12345))), "{unknown:?}");
 }
 
-#[tokio::test]
-async fn revoking_a_lease_without_keys_keeps_the_revision() {
-    let t = TestStore::new();
+async fn revoking_a_lease_without_keys_keeps_the_revision(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let lease = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     t.store.lease_revoke(lease.id).await.expect("revoke");
     assert_eq!(t.store.current_revision().await.expect("revision"), 1);
 }
 
-#[tokio::test]
-async fn leases_survive_reopen_with_a_fresh_deadline() {
-    let t = TestStore::new();
+async fn leases_survive_reopen_with_a_fresh_deadline(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let long = t.store.lease_grant(Duration::from_secs(60)).await.expect("grant");
     let short = t.store.lease_grant(Duration::from_millis(300)).await.expect("grant");
     let txn = Txn::new()

@@ -2,7 +2,20 @@
 
 use enjin_store::{Event, EventKind, KeyValue, Op, Store, StoreError, Txn, WatchBatch, WatchError};
 
-use crate::{TestStore, assert_quiet, delete, next_batch, next_item, put};
+use crate::{Backend, SqliteTestStore, TestStore, assert_quiet, delete, next_batch, next_item, put};
+
+on_both_backends!(
+    watch_from_an_old_revision_replays_then_goes_live,
+    watch_from_zero_starts_after_the_current_revision,
+    watch_from_a_future_revision_waits_for_it,
+    a_multi_key_txn_arrives_as_one_batch,
+    a_txn_larger_than_one_read_is_still_one_batch,
+    watches_filter_by_prefix,
+    watch_from_before_compaction_fails_with_compacted,
+    compaction_bounds,
+    two_watchers_see_identical_sequences,
+    closing_the_store_ends_watches_after_the_last_events,
+);
 
 fn summary(batch: &WatchBatch) -> (i64, Vec<(EventKind, String)>) {
     (batch.revision, batch.events.iter().map(|e| (e.kind, e.kv.key.clone())).collect())
@@ -12,9 +25,8 @@ fn puts(rev: i64, keys: &[&str]) -> (i64, Vec<(EventKind, String)>) {
     (rev, keys.iter().map(|k| (EventKind::Put, (*k).to_owned())).collect())
 }
 
-#[tokio::test]
-async fn watch_from_an_old_revision_replays_then_goes_live() {
-    let t = TestStore::new();
+async fn watch_from_an_old_revision_replays_then_goes_live(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "a", "1").await; // 2
     put(&t.store, "b", "1").await; // 3
     put(&t.store, "a", "2").await; // 4
@@ -66,9 +78,8 @@ async fn watch_from_an_old_revision_replays_then_goes_live() {
     assert_eq!(summary(&next_batch(&mut stream).await), puts(6, &["c"]));
 }
 
-#[tokio::test]
-async fn watch_from_zero_starts_after_the_current_revision() {
-    let t = TestStore::new();
+async fn watch_from_zero_starts_after_the_current_revision(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "old", "1").await;
     let mut stream = t.store.watch("", 0).await.expect("watch");
     assert_quiet(&mut stream).await;
@@ -76,18 +87,16 @@ async fn watch_from_zero_starts_after_the_current_revision() {
     assert_eq!(summary(&next_batch(&mut stream).await), puts(3, &["new"]));
 }
 
-#[tokio::test]
-async fn watch_from_a_future_revision_waits_for_it() {
-    let t = TestStore::new();
+async fn watch_from_a_future_revision_waits_for_it(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let mut stream = t.store.watch("", 3).await.expect("watch");
     put(&t.store, "a", "1").await; // 2, before the start
     put(&t.store, "b", "1").await; // 3
     assert_eq!(summary(&next_batch(&mut stream).await), puts(3, &["b"]));
 }
 
-#[tokio::test]
-async fn a_multi_key_txn_arrives_as_one_batch() {
-    let t = TestStore::new();
+async fn a_multi_key_txn_arrives_as_one_batch(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "d", "1").await;
     let mut stream = t.store.watch("", 0).await.expect("watch");
     let txn = Txn::new().then([Op::put("a", "1"), Op::put("b", "1"), Op::delete("d"), Op::put("c", "1")]);
@@ -107,9 +116,8 @@ async fn a_multi_key_txn_arrives_as_one_batch() {
     assert_quiet(&mut stream).await;
 }
 
-#[tokio::test]
-async fn a_txn_larger_than_one_read_is_still_one_batch() {
-    let t = TestStore::with(|config| config.watch_rows_per_read = 3);
+async fn a_txn_larger_than_one_read_is_still_one_batch(backend: Backend) {
+    let t = TestStore::open_tuned(backend, |config| config.watch_rows_per_read = 3).await;
     put(&t.store, "first", "1").await; // 2
     let ops: Vec<Op> = (0..10).map(|i| Op::put(format!("k{i}"), "v")).collect();
     t.store.txn(Txn::new().then(ops)).await.expect("txn"); // 3
@@ -124,9 +132,8 @@ async fn a_txn_larger_than_one_read_is_still_one_batch() {
     assert_eq!(summary(&next_batch(&mut stream).await), puts(5, &["y"]));
 }
 
-#[tokio::test]
-async fn watches_filter_by_prefix() {
-    let t = TestStore::new();
+async fn watches_filter_by_prefix(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let mut apps = t.store.watch("app/", 0).await.expect("watch");
     put(&t.store, "app/x", "1").await; // 2
     put(&t.store, "other", "1").await; // 3
@@ -153,9 +160,8 @@ async fn watches_filter_by_prefix() {
     assert_quiet(&mut replay).await;
 }
 
-#[tokio::test]
-async fn watch_from_before_compaction_fails_with_compacted() {
-    let t = TestStore::new();
+async fn watch_from_before_compaction_fails_with_compacted(backend: Backend) {
+    let t = TestStore::open(backend).await;
     for i in 0..5 {
         put(&t.store, "k", &i.to_string()).await; // 2..=6
     }
@@ -172,9 +178,8 @@ async fn watch_from_before_compaction_fails_with_compacted() {
     assert_eq!(next_batch(&mut kept).await.revision, 6);
 }
 
-#[tokio::test]
-async fn compaction_bounds() {
-    let t = TestStore::new();
+async fn compaction_bounds(backend: Backend) {
+    let t = TestStore::open(backend).await;
     put(&t.store, "a", "1").await; // 2
     put(&t.store, "a", "2").await; // 3
     let future = t.store.compact(4).await;
@@ -190,7 +195,7 @@ async fn compaction_bounds() {
 
 #[tokio::test]
 async fn a_lagging_watcher_whose_next_revision_is_compacted_gets_compacted() {
-    let t = TestStore::with(|config| {
+    let t = SqliteTestStore::with(|config| {
         config.watch_buffer = 1;
         config.watch_rows_per_read = 2;
     });
@@ -219,9 +224,8 @@ async fn a_lagging_watcher_whose_next_revision_is_compacted_gets_compacted() {
     assert_eq!(next_item(&mut stream).await, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_watchers_see_identical_sequences() {
-    let t = TestStore::new();
+async fn two_watchers_see_identical_sequences(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let mut early = t.store.watch("", 1).await.expect("watch");
     let store = std::sync::Arc::new(t.store);
     let mut writers = Vec::new();
@@ -256,9 +260,8 @@ async fn two_watchers_see_identical_sequences() {
     }
 }
 
-#[tokio::test]
-async fn closing_the_store_ends_watches_after_the_last_events() {
-    let t = TestStore::new();
+async fn closing_the_store_ends_watches_after_the_last_events(backend: Backend) {
+    let t = TestStore::open(backend).await;
     let mut stream = t.store.watch("", 0).await.expect("watch");
     put(&t.store, "a", "1").await;
     put(&t.store, "b", "1").await;
