@@ -222,10 +222,33 @@ mod tests {
     use super::*;
     use crate::registry::{Registry, RegistryError};
 
-    fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    /// What keeps a test's store alive: its directory, or its etcd.
+    #[allow(dead_code)]
+    enum Keep {
+        Dir(tempfile::TempDir),
+        Etcd(enjin_testkit::EtcdServer),
+    }
+
+    fn store() -> (Arc<dyn Store>, Keep) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(SqliteStoreConfig::new(dir.path().join("s.db"))).expect("store");
-        (Arc::new(store), dir)
+        (Arc::new(store), Keep::Dir(dir))
+    }
+
+    /// A store on an etcd of the test's own (which grants leases in whole seconds, 2 s at least).
+    async fn etcd() -> (Arc<dyn Store>, Keep) {
+        let server = enjin_testkit::EtcdServer::start();
+        let config = enjin_store::EtcdStoreConfig::new([server.endpoint()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match enjin_store::EtcdStore::connect(config.clone()).await {
+                Ok(s) => return (Arc::new(s), Keep::Etcd(server)),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "etcd does not answer: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     fn who(id: &str) -> Candidate {
@@ -253,7 +276,17 @@ mod tests {
 
     #[tokio::test]
     async fn one_leads_and_the_next_takes_over_when_it_steps_down() {
-        let (store, _dir) = store();
+        let (store, _keep) = store();
+        takes_over_when_it_steps_down(store).await;
+    }
+
+    #[tokio::test]
+    async fn on_etcd_one_leads_and_the_next_takes_over_when_it_steps_down() {
+        let (store, _keep) = etcd().await;
+        takes_over_when_it_steps_down(store).await;
+    }
+
+    async fn takes_over_when_it_steps_down(store: Arc<dyn Store>) {
         let (stop_a, stop_a_rx) = watch::channel(false);
         let mut a = campaign(store.clone(), who("a"), stop_a_rx);
         let fa = until_leads(&mut a, Duration::from_secs(5)).await;
@@ -274,32 +307,70 @@ mod tests {
     #[test]
     fn a_dead_leader_is_replaced_within_its_ttl() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let (store, _dir) = {
+        let dying = dying_runtime();
+        let (store, _keep) = {
             let _in = rt.enter();
             store()
         };
-        // The leader runs on a runtime of its own, dropped without stepping down: its process died.
-        let dying =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
-        let (_stop_a, stop_a_rx) = watch::channel(false);
-        let mut a = dying.block_on(async { campaign(store.clone(), who("a"), stop_a_rx) });
-        dying.block_on(until_leads(&mut a, Duration::from_secs(5)));
-        let (_stop_b, stop_b_rx) = watch::channel(false);
-        let mut b = rt.block_on(async { campaign(store.clone(), who("b"), stop_b_rx) });
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
-        assert!(b.borrow().is_none());
-        let died = Instant::now();
-        drop(dying);
-        rt.block_on(until_leads(&mut b, Duration::from_secs(5)));
-        let took = died.elapsed();
+        let took = dead_leader_replaced(&rt, dying, store.clone(), store);
         // The lease outlives its holder by at most its TTL; the follower reads the key at least
         // once per TTL.
         assert!(took <= Duration::from_millis(600) * 2 + Duration::from_millis(300), "took {took:?}");
     }
 
+    #[test]
+    fn on_etcd_a_dead_leader_is_replaced_within_its_ttl() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let dying = dying_runtime();
+        let (b, keep) = rt.block_on(etcd());
+        let Keep::Etcd(server) = &keep else { unreachable!() };
+        // Each server has its own connection, made on its own runtime.
+        let config = enjin_store::EtcdStoreConfig::new([server.endpoint()]);
+        let a: Arc<dyn Store> =
+            Arc::new(dying.block_on(enjin_store::EtcdStore::connect(config)).expect("a's connection"));
+        let took = dead_leader_replaced(&rt, dying, a, b);
+        // etcd's least TTL (2 s with its default election timeout), and its expiry check.
+        assert!(took <= Duration::from_millis(3500), "took {took:?}");
+    }
+
+    /// The runtime a leader runs on and dies with (dropped without stepping down).
+    fn dying_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt")
+    }
+
+    /// How long after the leader's runtime died the next leads.
+    fn dead_leader_replaced(
+        rt: &tokio::runtime::Runtime,
+        dying: tokio::runtime::Runtime,
+        store_a: Arc<dyn Store>,
+        store_b: Arc<dyn Store>,
+    ) -> Duration {
+        let (_stop_a, stop_a_rx) = watch::channel(false);
+        let mut a = dying.block_on(async { campaign(store_a, who("a"), stop_a_rx) });
+        dying.block_on(until_leads(&mut a, Duration::from_secs(5)));
+        let (_stop_b, stop_b_rx) = watch::channel(false);
+        let mut b = rt.block_on(async { campaign(store_b, who("b"), stop_b_rx) });
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        assert!(b.borrow().is_none());
+        let died = Instant::now();
+        drop(dying);
+        rt.block_on(until_leads(&mut b, Duration::from_secs(15)));
+        died.elapsed()
+    }
+
     #[tokio::test]
     async fn a_deposed_leaders_writes_fail_and_the_new_leaders_land() {
-        let (store, _dir) = store();
+        let (store, _keep) = store();
+        deposed_leaders_writes_fail(store).await;
+    }
+
+    #[tokio::test]
+    async fn on_etcd_a_deposed_leaders_writes_fail_and_the_new_leaders_land() {
+        let (store, _keep) = etcd().await;
+        deposed_leaders_writes_fail(store).await;
+    }
+
+    async fn deposed_leaders_writes_fail(store: Arc<dyn Store>) {
         let (_stop_a, stop_a_rx) = watch::channel(false);
         let mut a = campaign(store.clone(), who("a"), stop_a_rx);
         let fa = until_leads(&mut a, Duration::from_secs(5)).await;
