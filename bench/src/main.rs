@@ -16,6 +16,7 @@ mod deploy;
 mod firewall;
 mod idle;
 mod idle_load;
+mod leader;
 mod list;
 mod netns_backend;
 mod procfs;
@@ -93,6 +94,8 @@ enum Section {
     Firewall,
     /// CPU and store reads per minute of an idle `enjin up` with 2 hosts and 10 apps
     IdleLoad,
+    /// Leader hand-over: the leading server killed → another leads and writes (SQLite, etcd)
+    Leader,
 }
 
 impl Args {
@@ -242,6 +245,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::IdleLoad) {
         failures.extend(idle_load::run(args.quick).await?);
+    }
+    if args.runs(Section::Leader) {
+        failures.extend(leader::run(args.quick).await?);
     }
 
     dir.close().context("failed to remove the temporary directory")?;
