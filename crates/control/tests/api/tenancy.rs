@@ -774,8 +774,13 @@ async fn racing_deploys_cannot_both_pass_a_quota() {
         let task = accepted[0].body["task"].as_str().expect("task").to_string();
         let path = format!("/v1/tasks/{task}");
         assert_eq!(cancel(&s, &a, &path).await.status, StatusCode::OK, "round {round}");
+        // Gone, and still gone after the window in which a create the stopped rollout had
+        // already sent may land (and is then removed by the rollout controller).
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).is_empty() {
+        let mut empty_since: Option<tokio::time::Instant> = None;
+        while empty_since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+            let empty = ids(&call(&s, &a, Method::GET, "/v1/nodes?ring=2", None).await).is_empty();
+            empty_since = if empty { empty_since.or(Some(tokio::time::Instant::now())) } else { None };
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "round {round}: the cancelled rollout's instances stayed: {} {}",
