@@ -31,6 +31,38 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 /// Every API row, against one server over a fresh store in `dir`.
 pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let store = store::open(dir).await?;
+    serve_and_measure(store, limits, Rows::All).await
+}
+
+/// The create and paced-write rows again, the server's store on an etcd of its own (one
+/// member on loopback, its data in a temp dir).
+pub async fn etcd_rows(limits: Limits) -> anyhow::Result<Vec<Row>> {
+    let server = tokio::task::spawn_blocking(enjin_testkit::EtcdServer::start).await.context("etcd")?;
+    let config = enjin_store::EtcdStoreConfig::new([server.endpoint()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let store = loop {
+        match enjin_store::EtcdStore::connect(config.clone()).await {
+            Ok(s) => break Arc::new(s),
+            Err(e) if Instant::now() > deadline => return Err(e).context("etcd does not answer"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let rows = serve_and_measure(store, limits, Rows::Etcd).await;
+    drop(server);
+    rows
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    All,
+    Etcd,
+}
+
+async fn serve_and_measure<S: Store + 'static>(
+    store: Arc<S>,
+    limits: Limits,
+    which: Rows,
+) -> anyhow::Result<Vec<Row>> {
     // The rows measure the API, not the per-principal rate limit in front of it.
     let mut config = ControlConfig::default();
     config.api.rate = None;
@@ -61,8 +93,14 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     let base = format!("https://{addr}");
     let client =
         Client::with_ca(&base, Some(token), Some(ca.cert_pem())).context("failed to build the API client")?;
-    let mut measured = measure(&client, limits).await;
-    if let Ok(rows) = &mut measured {
+    let mut measured = if which == Rows::All {
+        measure(&client, limits).await
+    } else {
+        create_rows(&client, limits, &[8], " on etcd").await.map(|(rows, _)| rows)
+    };
+    if which == Rows::All
+        && let Ok(rows) = &mut measured
+    {
         match attenuation_rows(&base, ca.cert_pem(), &client, &root, public, limits).await {
             Ok(more) => rows.extend(more),
             Err(e) => measured = Err(e),
@@ -71,7 +109,10 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
     if let Ok(rows) = &mut measured {
         match tenant_client(&client, &base, ca.cert_pem()).await {
             Ok(tenant) => rows.push(Row::write(
-                format!("POST /v1/tiers as a tenant, paced at {PACED_RATE}/s (scoped write)"),
+                format!(
+                    "POST /v1/tiers as a tenant, paced at {PACED_RATE}/s (scoped write){}",
+                    if which == Rows::Etcd { " on etcd" } else { "" }
+                ),
                 paced_writes(&tenant, limits).await,
             )),
             Err(e) => measured = Err(e),
@@ -91,11 +132,35 @@ pub async fn rows(dir: &Path, limits: Limits) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn measure(client: &Client, limits: Limits) -> anyhow::Result<Vec<Row>> {
+    let (mut rows, created) = create_rows(client, limits, &CREATE_CONCURRENCY, "").await?;
+    let uuids: Arc<[Uuid]> = created.into();
+    anyhow::ensure!(!uuids.is_empty(), "no node was created, so none can be read");
+    warm_up(client, GET_CONCURRENCY).await?;
+    let sample = timed(GET_CONCURRENCY, limits, client, move |client, i| {
+        let uuids = Arc::clone(&uuids);
+        async move {
+            let uuid = uuids[(i % uuids.len() as u64) as usize];
+            client.get_json(Kind::Node, uuid).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    rows.push(Row::read("GET /v1/nodes/{uuid} (read)", sample));
+    Ok(rows)
+}
+
+/// The create rows at each of `levels`, and the nodes they made.
+async fn create_rows(
+    client: &Client,
+    limits: Limits,
+    levels: &[usize],
+    suffix: &str,
+) -> anyhow::Result<(Vec<Row>, Vec<Uuid>)> {
     // Labels must be unique among ring-0 nodes across all rows.
     let next_label = Arc::new(AtomicU64::new(0));
     let created = Arc::new(Mutex::new(Vec::new()));
     let mut rows = Vec::new();
-    for concurrency in CREATE_CONCURRENCY {
+    for &concurrency in levels {
         warm_up(client, concurrency).await?;
         let (next_label, created) = (Arc::clone(&next_label), Arc::clone(&created));
         let sample = timed(concurrency, limits, client, move |client, _| {
@@ -117,24 +182,11 @@ async fn measure(client: &Client, limits: Limits) -> anyhow::Result<Vec<Row>> {
             }
         })
         .await?;
-        rows.push(Row::write("POST /v1/nodes (create ring-0 node)", sample));
+        rows.push(Row::write(format!("POST /v1/nodes (create ring-0 node){suffix}"), sample));
     }
-
-    let uuids: Arc<[Uuid]> =
-        created.lock().map_err(|_| anyhow::anyhow!("the list of created nodes is poisoned"))?.clone().into();
-    anyhow::ensure!(!uuids.is_empty(), "no node was created, so none can be read");
-    warm_up(client, GET_CONCURRENCY).await?;
-    let sample = timed(GET_CONCURRENCY, limits, client, move |client, i| {
-        let uuids = Arc::clone(&uuids);
-        async move {
-            let uuid = uuids[(i % uuids.len() as u64) as usize];
-            client.get_json(Kind::Node, uuid).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    rows.push(Row::read("GET /v1/nodes/{uuid} (read)", sample));
-    Ok(rows)
+    let created =
+        created.lock().map_err(|_| anyhow::anyhow!("the list of created nodes is poisoned"))?.clone();
+    Ok((rows, created))
 }
 
 /// The rate of the paced tenant-write row.

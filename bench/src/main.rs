@@ -284,6 +284,8 @@ async fn disk(args: &Args, dir: &Path, limits: Limits) -> anyhow::Result<Vec<Fai
     if args.runs(Section::Api) {
         eprintln!("measuring the HTTP API…");
         api_rows = api::rows(&api_dir, limits).await?;
+        eprintln!("measuring the HTTP API on etcd…");
+        api_rows.extend(api::etcd_rows(limits).await?);
     }
     // Measured again at the end: the disk is shared, and its rate can drift during the run.
     eprintln!("measuring the fsync anchor again…");
