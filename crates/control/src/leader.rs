@@ -166,7 +166,7 @@ async fn hold(
                 renewals = renewals.wrapping_add(1);
                 // The key itself may have gone (an operator deleted it): then so has the lead.
                 // Looked at once per TTL; fenced writes fail at once either way.
-                if renewals % 3 == 0 && !fence.holds(store.as_ref()).await? {
+                if renewals.is_multiple_of(3) && !fence.holds(store.as_ref()).await? {
                     tracing::warn!(key = %who.key, "the leader key is no longer this server's; stepping down");
                     return Ok(());
                 }
