@@ -226,7 +226,7 @@ mod tests {
     use crate::registry::{Registry, RegistryError};
 
     /// What keeps a test's store alive: its directory, or its etcd.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "held only to keep the store alive")]
     enum Keep {
         Dir(tempfile::TempDir),
         Etcd(enjin_testkit::EtcdServer),
