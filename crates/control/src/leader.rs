@@ -166,7 +166,7 @@ async fn hold(
                 renewals = renewals.wrapping_add(1);
                 // The key itself may have gone (an operator deleted it): then so has the lead.
                 // Looked at once per TTL; fenced writes fail at once either way.
-                if renewals % 3 == 0 && !fence.holds(store.as_ref()).await? {
+                if renewals.is_multiple_of(3) && !fence.holds(store.as_ref()).await? {
                     tracing::warn!(key = %who.key, "the leader key is no longer this server's; stepping down");
                     return Ok(());
                 }
@@ -226,7 +226,10 @@ mod tests {
     use crate::registry::{Registry, RegistryError};
 
     /// What keeps a test's store alive: its directory, or its etcd.
-    #[allow(dead_code)]
+    #[allow(
+        dead_code,
+        reason = "held for its drop only: the directory or the server lives as long as the store"
+    )]
     enum Keep {
         Dir(tempfile::TempDir),
         Etcd(enjin_testkit::EtcdServer),
