@@ -345,6 +345,10 @@ async fn forward(
     let mut state = match retained {
         Some((stream, filter, deliver_subject)) => {
             let config = OrderedConfig {
+                // Named, so that the create request's subject carries the name and the filter
+                // (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`): the server's
+                // permissions then decide which `state.*` a member may read.
+                name: Some(random_inbox().map_or_else(|_| fallback_suffix(), |i| i.replace("_inbox.", "c"))),
                 deliver_subject,
                 filter_subject: filter,
                 deliver_policy: DeliverPolicy::LastPerSubject,
@@ -420,6 +424,50 @@ async fn next_state(
     state: &mut Option<jetstream::consumer::push::Ordered>,
 ) -> Option<Result<jetstream::Message, jetstream::consumer::push::OrderedError>> {
     state.as_mut()?.next().await
+}
+
+/// The subjects a member may publish and subscribe to on NATS, from its row of the ACL table:
+/// its topics, and for each `state.*` pattern it may read, the JetStream requests that read it
+/// (creating a consumer filtered to that pattern, its flow control, looking up the stream and
+/// consumers; not deleting them: ephemeral consumers expire once their reader is gone).
+/// The parent gets everything, including creating the stream.
+pub fn nats_permissions(member: &acl::Member) -> acl::Permissions {
+    let mut permissions = member.permissions();
+    if permissions.reply_to.is_none() {
+        return permissions;
+    }
+    let state: Vec<String> = permissions.subscribe.iter().filter(|p| is_state(p)).cloned().collect();
+    for pattern in state {
+        permissions.publish.push(format!("$JS.API.CONSUMER.CREATE.{STATE_STREAM}.*.{pattern}"));
+    }
+    permissions.publish.extend([
+        format!("$JS.API.STREAM.INFO.{STATE_STREAM}"),
+        format!("$JS.API.CONSUMER.INFO.{STATE_STREAM}.*"),
+        format!("$JS.FC.{STATE_STREAM}.>"),
+    ]);
+    permissions
+}
+
+/// A nats-server `authorization` block: one user per member, named by its certificate's common
+/// name, with its password and [`nats_permissions`]. What NATS cannot express is left out: a
+/// member role's topics outside the platform's namespaces, and the rule that a reply-to must be
+/// the publisher's own inbox (subscribers' verifiers still check every envelope).
+pub fn authorization(members: &[(&acl::Member, &str)]) -> String {
+    let users: Vec<serde_json::Value> = members
+        .iter()
+        .map(|(member, password)| {
+            let permissions = nats_permissions(member);
+            serde_json::json!({
+                "user": member.common_name(),
+                "password": password,
+                "permissions": {
+                    "publish": { "allow": permissions.publish },
+                    "subscribe": { "allow": permissions.subscribe },
+                },
+            })
+        })
+        .collect();
+    format!("authorization: {}\n", serde_json::json!({ "users": users }))
 }
 
 #[cfg(test)]
