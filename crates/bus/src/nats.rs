@@ -12,7 +12,8 @@
 //! - Retained `state.*`: a JetStream stream over `state.>` keeps one message per subject; a
 //!   subscription whose pattern can match `state.*` topics reads them through an ordered
 //!   consumer that delivers the last message of each matching subject, then new ones. Its
-//!   non-`state` topics come from a plain NATS subscription.
+//!   non-`state` topics come from a plain NATS subscription. An empty payload clears a topic:
+//!   live subscribers get it, later ones do not.
 //! - `new_inbox` is `_inbox.<member id>.<random hex>` when the member id is configured.
 
 use std::sync::Arc;
@@ -342,6 +343,9 @@ async fn forward(
     tx: mpsc::Sender<Message>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // How many of the consumer's first messages are the retained ones: among those, an empty
+    // payload is a cleared topic, as on the hub, and not delivered.
+    let mut retained_left: u64 = 0;
     let mut state = match retained {
         Some((stream, filter, deliver_subject)) => {
             let config = OrderedConfig {
@@ -358,16 +362,18 @@ async fn forward(
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 consumer = stream.create_consumer(config) => consumer,
             };
-            match consumer {
-                Ok(consumer) => match consumer.messages().await {
-                    Ok(messages) => Some(messages),
-                    Err(error) => {
-                        warn!(%error, %pattern, "nats: reading retained state failed");
-                        return;
-                    }
-                },
+            let consumer = match consumer {
+                Ok(consumer) => consumer,
                 Err(error) => {
                     warn!(%error, %pattern, "nats: creating the retained-state consumer failed");
+                    return;
+                }
+            };
+            retained_left = consumer.cached_info().num_pending;
+            match consumer.messages().await {
+                Ok(messages) => Some(messages),
+                Err(error) => {
+                    warn!(%error, %pattern, "nats: reading retained state failed");
                     return;
                 }
             }
@@ -390,7 +396,13 @@ async fn forward(
                             return;
                         }
                     };
-                    let reply_to = m.headers.as_ref()
+                    if retained_left > 0 {
+                    retained_left -= 1;
+                    if m.payload.is_empty() {
+                        continue;
+                    }
+                }
+                let reply_to = m.headers.as_ref()
                         .and_then(|h| h.get(REPLY_HEADER))
                         .map(|v| v.as_str().to_owned());
                     Message { topic: m.subject.to_string(), reply_to, payload: m.payload.to_vec() }

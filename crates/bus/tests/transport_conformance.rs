@@ -150,6 +150,12 @@ async fn retained_state_is_delivered_on_subscribe_and_replaced(b: Backend) {
         );
         assert_quiet(&mut all).await;
     }
+
+    publisher.publish("state.node.a", None, Vec::new()).expect("publish");
+    assert_eq!(recv(&mut a).await.payload, b"", "live subscribers see the clear");
+    settle(&*publisher).await;
+    let mut after_clear = later.subscribe("state.node.a").expect("subscribe");
+    assert_quiet(&mut after_clear).await;
 }
 
 async fn dropping_a_subscription_unsubscribes(b: Backend) {
