@@ -500,4 +500,29 @@ mod tests {
         assert!(!matches_beyond_state("state.>"));
         assert!(matches_beyond_state("state"));
     }
+
+    #[test]
+    fn a_host_may_read_only_its_rows_state_through_jetstream() {
+        let id = "0f6c1a52-3f0e-4d37-9a51-6b2d8c1e7a01";
+        let host = acl::Member::node(acl::Role::Host, id).expect("host");
+        let p = nats_permissions(&host);
+        assert!(p.subscribe.contains(&format!("state.desired.{id}")));
+        let creates: Vec<&String> = p.publish.iter().filter(|s| s.contains("CONSUMER.CREATE")).collect();
+        assert_eq!(
+            creates,
+            [
+                &format!("$JS.API.CONSUMER.CREATE.{STATE_STREAM}.*.state.trust"),
+                &format!("$JS.API.CONSUMER.CREATE.{STATE_STREAM}.*.state.desired.{id}"),
+            ]
+        );
+        assert!(!p.publish.iter().any(|s| s.contains("STREAM.CREATE") || s.contains("DELETE") || s == ">"));
+        let parent = acl::Member::parent("control").expect("parent");
+        assert_eq!(nats_permissions(&parent).publish, [">"]);
+
+        let block = authorization(&[(&host, "secret")]);
+        let json = block.strip_prefix("authorization: ").expect("prefix");
+        let parsed: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON");
+        assert_eq!(parsed["users"][0]["user"], format!("host:{id}"));
+        assert_eq!(parsed["users"][0]["permissions"]["subscribe"]["allow"][0], "state.trust");
+    }
 }
