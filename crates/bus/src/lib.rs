@@ -14,6 +14,7 @@ pub mod frame;
 mod hex;
 pub mod hub;
 pub mod identity;
+pub mod nats;
 pub mod node;
 pub mod renewal;
 pub mod retained;

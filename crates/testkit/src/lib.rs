@@ -1,7 +1,8 @@
 //! What the workspace's tests share, so that each test binary does not carry its own copy: the
-//! root check of privileged tests, unique names for what they make on the host, and waiting for
-//! a condition, and a throwaway etcd ([`EtcdServer`]). A dependency of tests only
-//! (`[dev-dependencies]`), never of the product, and with no dependency of its own.
+//! root check of privileged tests, unique names for what they make on the host, waiting for a
+//! condition, a throwaway etcd ([`EtcdServer`]) and a throwaway nats-server ([`NatsServer`]). A
+//! dependency of tests only (`[dev-dependencies]`), never of the product, and with no dependency
+//! of its own.
 //!
 //! Privileged tests (namespaces, cgroups, the unix-user sandbox) do nothing without root, saying
 //! so; where `ENJIN_REQUIRE_ROOT` is set (CI sets it, and runs as root) such a test fails instead
@@ -10,10 +11,12 @@
 #![warn(missing_docs)]
 
 mod etcd;
+mod nats;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use etcd::{ETCD_MAX_TXN_OPS, EtcdServer, EtcdTls};
+pub use nats::{NATS_MAX_PAYLOAD, NatsServer};
 use std::time::{Duration, Instant};
 
 /// Set where privileged tests must run, never skip.
