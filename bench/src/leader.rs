@@ -105,17 +105,8 @@ fn measure(kills: usize) -> anyhow::Result<Vec<Row>> {
     let etcd = enjin_testkit::EtcdServer::start();
     let config = EtcdStoreConfig::new([etcd.endpoint()]);
     let connect = |rt: &tokio::runtime::Runtime| -> anyhow::Result<Arc<dyn Store>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match rt.block_on(EtcdStore::connect(config.clone())) {
-                Ok(s) => return Ok(Arc::new(s)),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e).context("etcd does not answer"),
-            }
-        }
+        let store = rt.block_on(EtcdStore::connect(config.clone())).context("etcd does not answer")?;
+        Ok(Arc::new(store))
     };
     let b = connect(&rt)?;
     let lease = rt.block_on(b.lease_grant(enjin_control::leader::DEFAULT_TTL))?;

@@ -227,6 +227,15 @@ pub fn exec_prefix(netns: &str) -> Vec<String> {
     vec!["nsenter".into(), format!("--net=/run/netns/{netns}"), "--".into()]
 }
 
+/// `argv` (a program and its arguments) as a command that runs inside `netns`, through
+/// [`exec_prefix`].
+pub fn command_in(netns: &str, argv: &[&str]) -> Command {
+    let prefix = exec_prefix(netns);
+    let mut c = Command::new(&prefix[0]);
+    c.args(&prefix[1..]).args(argv);
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use enjin_model::api::{FirewallInstance, HostFirewall};
-use enjin_net::exec_prefix;
+use enjin_net::command_in;
 use enjin_net::fastpath::FastPath;
 use enjin_net::instance::{InstanceNames, ensure_instance, instance_names, netns_path, prepare_host};
 use enjin_testkit::{root_or_skip, wait_until};
@@ -22,13 +22,6 @@ const PORT: u16 = 8080;
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn in_ns(ns: &str, program: &[&str]) -> Command {
-    let prefix = exec_prefix(ns);
-    let mut c = Command::new(&prefix[0]);
-    c.args(&prefix[1..]).args(program);
-    c
 }
 
 /// Run `f` on a thread inside namespace `ns`.
@@ -129,14 +122,19 @@ def h(c):
 while True:
     c, _ = s.accept(); threading.Thread(target=h, args=(c,), daemon=True).start()
 "#;
-    let child = in_ns(ns, &["python3", "-c", ECHO, addr, &port.to_string()])
+    let child = command_in(ns, &["python3", "-c", ECHO, addr, &port.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .expect("echo server");
     w.children.push(child);
     let probe = format!("import socket; socket.create_connection(('{addr}', {port}), timeout=1).close()");
     wait_until("the echo server", Duration::from_secs(10), || {
-        in_ns(ns, &["python3", "-c", &probe]).stderr(Stdio::null()).status().ok()?.success().then_some(())
+        command_in(ns, &["python3", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
     });
 }
 
@@ -154,7 +152,7 @@ fn round_trips(ns: &str, addr: &str, port: u16, from: u16, rounds: u32) -> bool 
              while len(got) < 1024: got += s.recv(1024 - len(got))\n\
          s.close()"
     );
-    in_ns(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    command_in(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Packets the host side of the instance's veth has transmitted (what the ordinary path
@@ -165,7 +163,7 @@ fn host_side_tx(w: &World) -> u64 {
 
 /// Packets interface `dev` of the host has transmitted.
 fn tx(w: &World, dev: &str) -> u64 {
-    let out = in_ns(&w.host, &["ip", "-s", "-j", "link", "show", "dev", dev]).output().expect("ip");
+    let out = command_in(&w.host, &["ip", "-s", "-j", "link", "show", "dev", dev]).output().expect("ip");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
     v[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packets")
 }

@@ -11,20 +11,13 @@ use std::time::{Duration, Instant};
 use enjin_model::api::{FirewallInstance, FirewallRule, HostFirewall};
 use enjin_model::kinds::{Action, Cidr, PortRange, Protocol};
 use enjin_net::firewall::{apply_in, compile, set_rp_filter_in};
-use enjin_net::{INSTANCE_PREFIX, exec_prefix};
+use enjin_net::{INSTANCE_PREFIX, command_in, exec_prefix};
 use enjin_testkit::is_root;
 use uuid::Uuid;
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn in_ns(ns: &str, program: &[&str]) -> Command {
-    let prefix = exec_prefix(ns);
-    let mut c = Command::new(&prefix[0]);
-    c.args(&prefix[1..]).args(program);
-    c
 }
 
 /// Removes this test's namespaces (which takes their veths with them) and children.
@@ -86,7 +79,7 @@ for line in sys.stdin:
 
 fn connects(ns: &str, addr: IpAddr, port: u16) -> bool {
     let script = format!("import socket; socket.create_connection(('{addr}', {port}), timeout=1).close()");
-    in_ns(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    command_in(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn eventually(mut cond: impl FnMut() -> bool) -> bool {
@@ -169,7 +162,7 @@ fn spawn_echo(world: &mut World, ns: &str, ports: &[u16]) {
     let mut args = vec!["python3".to_string(), "-c".into(), ECHO.into()];
     args.extend(ports.iter().map(u16::to_string));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    world.children.push(in_ns(ns, &argv).stdout(Stdio::null()).spawn().expect("echo server"));
+    world.children.push(command_in(ns, &argv).stdout(Stdio::null()).spawn().expect("echo server"));
     for p in ports {
         assert!(eventually(|| connects(ns, ip("127.0.0.1"), *p)), "echo server on {ns}:{p}");
     }
@@ -227,7 +220,7 @@ struct Hold {
 
 impl Hold {
     fn open(ns: &str, addr: &str, port: u16) -> Hold {
-        let mut child = in_ns(ns, &["python3", "-c", HOLD, addr, &port.to_string()])
+        let mut child = command_in(ns, &["python3", "-c", HOLD, addr, &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -310,7 +303,7 @@ fn instances_are_isolated_by_default_and_rules_open_exactly_what_they_say() {
     assert!(connects(&n.edge, ip(A_IP), 8080), "edge still reaches a after the change");
 
     // Only enjin's table was ever written.
-    let out = in_ns(&n.host, &["nft", "list", "tables"]).output().expect("nft");
+    let out = command_in(&n.host, &["nft", "list", "tables"]).output().expect("nft");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "table inet enjin");
 }
 
@@ -336,7 +329,7 @@ fn a_spoofed_source_is_dropped_and_other_tables_are_left_alone() {
     // Someone else's table in the host namespace, which the firewall must not touch.
     run(&["ip", "netns", "exec", &n.host, "nft", "add", "table", "ip", "other"]);
     run(&["ip", "netns", "exec", &n.host, "nft", "add", "chain", "ip", "other", "keep"]);
-    let mut log = in_ns(&n.edge, &["python3", "-u", "-c", UDP_LOG, "7200"])
+    let mut log = command_in(&n.edge, &["python3", "-u", "-c", UDP_LOG, "7200"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("udp log");
@@ -383,16 +376,16 @@ fn a_spoofed_source_is_dropped_and_other_tables_are_left_alone() {
     assert!(seen.iter().any(|l| l == A_IP), "a's own address still gets out: {seen:?}");
     assert!(!seen.iter().any(|l| l == spoofed), "the spoofed source was dropped: {seen:?}");
 
-    let out = in_ns(&n.host, &["nft", "list", "tables"]).output().expect("nft");
+    let out = command_in(&n.host, &["nft", "list", "tables"]).output().expect("nft");
     let tables = String::from_utf8_lossy(&out.stdout);
     assert!(tables.contains("table ip other"), "{tables}");
     apply_in(&n.host, &firewall(&n, vec![], vec![])).expect("apply again");
-    let out = in_ns(&n.host, &["nft", "list", "chain", "ip", "other", "keep"]).output().expect("nft");
+    let out = command_in(&n.host, &["nft", "list", "chain", "ip", "other", "keep"]).output().expect("nft");
     assert!(out.status.success(), "the other table's chain is still there");
 
     // rp_filter: set to strict on the instance's veth.
     set_rp_filter_in(&n.host, &n.a_if).expect("rp_filter");
-    let out = in_ns(&n.host, &["sysctl", "-n", &format!("net.ipv4.conf.{}.rp_filter", n.a_if)])
+    let out = command_in(&n.host, &["sysctl", "-n", &format!("net.ipv4.conf.{}.rp_filter", n.a_if)])
         .output()
         .expect("sysctl");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
@@ -416,7 +409,8 @@ fn nft_refusals_name_what_was_refused_and_change_nothing() {
     };
     let good = firewall(&n, vec![], vec![]);
     apply_in(&ns, &good).expect("apply");
-    let before = in_ns(&ns, &["nft", "-j", "list", "table", "inet", "enjin"]).output().expect("nft").stdout;
+    let before =
+        command_in(&ns, &["nft", "-j", "list", "table", "inet", "enjin"]).output().expect("nft").stdout;
     // A document nft cannot take: a jump to a chain that does not exist, after the table's
     // delete in the same transaction.
     let mut doc = compile(&good);
@@ -429,6 +423,7 @@ fn nft_refusals_name_what_was_refused_and_change_nothing() {
     let n = doc["nftables"].as_array().expect("array").len();
     assert!(msg.contains(&format!("command {n} of {n}: add rule in forward")), "the culprit is named: {msg}");
     assert!(msg.contains("nowhere"), "{msg}");
-    let after = in_ns(&ns, &["nft", "-j", "list", "table", "inet", "enjin"]).output().expect("nft").stdout;
+    let after =
+        command_in(&ns, &["nft", "-j", "list", "table", "inet", "enjin"]).output().expect("nft").stdout;
     assert_eq!(before, after, "a refused transaction leaves the old table whole");
 }

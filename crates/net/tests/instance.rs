@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enjin_net::instance::{InstanceNames, ensure_instance, instance_names, prepare_host, remove_instance};
-use enjin_net::{ensure_bridge, ensure_host, exec_prefix, remove_bridge, remove_host};
+use enjin_net::{command_in, ensure_bridge, ensure_host, remove_bridge, remove_host};
 use enjin_testkit::root_or_skip;
 
 /// What the inner half (run inside the host namespace) is asked to do.
@@ -39,13 +39,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn in_ns(ns: &str, program: &[&str]) -> Command {
-    let prefix = exec_prefix(ns);
-    let mut c = Command::new(&prefix[0]);
-    c.args(&prefix[1..]).args(program);
-    c
-}
-
 /// A TCP connection from `ns` (the machine's own with `None`), optionally from `source`.
 fn connects(ns: Option<&str>, addr: IpAddr, port: u16, source: Option<IpAddr>) -> bool {
     let bind = source.map_or_else(|| "None".to_string(), |s| format!("('{s}', 0)"));
@@ -53,7 +46,7 @@ fn connects(ns: Option<&str>, addr: IpAddr, port: u16, source: Option<IpAddr>) -
         "import socket; socket.create_connection(('{addr}', {port}), timeout=1, source_address={bind}).close()"
     );
     let mut cmd = match ns {
-        Some(ns) => in_ns(ns, &["python3", "-c", &script]),
+        Some(ns) => command_in(ns, &["python3", "-c", &script]),
         None => {
             let mut c = Command::new("python3");
             c.args(["-c", &script]);
@@ -64,7 +57,7 @@ fn connects(ns: Option<&str>, addr: IpAddr, port: u16, source: Option<IpAddr>) -
 }
 
 fn listen(ns: &str, port: u16) -> Child {
-    in_ns(ns, &["python3", "-m", "http.server", "--bind", "0.0.0.0", &port.to_string()])
+    command_in(ns, &["python3", "-m", "http.server", "--bind", "0.0.0.0", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -123,11 +116,13 @@ fn instances_get_their_own_namespace_address_and_route() {
 
     // The instances are made from inside the host's namespace, like the agent makes them.
     let exe = std::env::current_exe().expect("test binary");
-    let status =
-        in_ns(&host.0, &[exe.to_str().expect("utf-8"), "--exact", "inner_make_instances", "--nocapture"])
-            .env(INNER, format!("{a_id}={a_ip},{b_id}={b_ip}"))
-            .status()
-            .expect("inner half");
+    let status = command_in(
+        &host.0,
+        &[exe.to_str().expect("utf-8"), "--exact", "inner_make_instances", "--nocapture"],
+    )
+    .env(INNER, format!("{a_id}={a_ip},{b_id}={b_ip}"))
+    .status()
+    .expect("inner half");
     assert!(status.success(), "making the instances inside the host failed");
 
     // The machine routes the host's block through the host.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use enjin_net::{ensure_bridge, ensure_host, exec_prefix, remove_bridge, remove_host, set_link};
+use enjin_net::{command_in, ensure_bridge, ensure_host, remove_bridge, remove_host, set_link};
 use enjin_testkit::root_or_skip;
 
 struct Cleanup {
@@ -28,17 +28,10 @@ impl Drop for Cleanup {
     }
 }
 
-fn in_ns(ns: &str, program: &[&str]) -> Command {
-    let prefix = exec_prefix(ns);
-    let mut c = Command::new(&prefix[0]);
-    c.args(&prefix[1..]).args(program);
-    c
-}
-
 /// Try a TCP connection from `ns` to `addr:port` with python (present on the machine).
 fn connects(ns: &str, addr: IpAddr, port: u16) -> bool {
     let script = format!("import socket; socket.create_connection(('{addr}', {port}), timeout=1).close()");
-    in_ns(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    command_in(ns, &["python3", "-c", &script]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn eventually(mut cond: impl FnMut() -> bool) -> bool {
@@ -82,7 +75,7 @@ fn hosts_on_a_bridge_reach_each_other_and_a_cut_link_partitions_one() {
         "{refused:?}"
     );
 
-    let server = in_ns(&b.0, &["python3", "-c", "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7999)); s.listen(16)\nwhile True:\n  c,_=s.accept(); c.close()"])
+    let server = command_in(&b.0, &["python3", "-c", "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7999)); s.listen(16)\nwhile True:\n  c,_=s.accept(); c.close()"])
         .spawn()
         .expect("server in b");
     cleanup.children.push(server);

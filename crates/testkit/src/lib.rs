@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod daemon;
 mod etcd;
 mod nats;
 

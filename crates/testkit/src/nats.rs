@@ -2,14 +2,9 @@
 //! in the server's own temporary directory, killed, reaped and removed on drop. A missing
 //! `nats-server` binary fails the test, naming `scripts/install-deps`.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-/// How long the server gets to listen.
-const START_PATIENCE: Duration = Duration::from_secs(10);
+use crate::daemon::{Daemon, free_port};
 
 /// The largest message the test server accepts: room for the bus's largest payload (2 MiB)
 /// and its headers.
@@ -18,14 +13,8 @@ pub const NATS_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// A running nats-server on loopback; killed, reaped and its directory removed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Child,
+    daemon: Daemon,
     url: String,
-    dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
-    listener.local_addr().expect("local address").port()
 }
 
 impl NatsServer {
@@ -37,16 +26,7 @@ impl NatsServer {
     /// Starts nats-server with `extra` appended to its configuration file (an
     /// `authorization { … }` block, say), and waits until its client port accepts connections.
     pub fn start_with(extra: &str) -> NatsServer {
-        let found =
-            Command::new("nats-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-        assert!(
-            found.is_ok_and(|status| status.success()),
-            "the nats-server binary is missing: run scripts/install-deps (it installs Debian's nats-server)"
-        );
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let dir = std::env::temp_dir().join(crate::unique("enjin-nats"));
-            std::fs::create_dir_all(&dir).expect("create the nats test directory");
+        let (daemon, url) = Daemon::start("nats-server", "nats-server", |dir, command| {
             let port = free_port();
             let config = dir.join("nats.conf");
             let store = dir.join("jetstream");
@@ -59,38 +39,10 @@ impl NatsServer {
                 ),
             )
             .expect("write the nats config");
-            let log = dir.join("nats.log");
-            let log_file = File::create(&log).expect("create the nats log");
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("log file"))
-                .stderr(log_file)
-                .spawn()
-                .expect("start nats-server");
-            let mut server = NatsServer { child, url: format!("nats://127.0.0.1:{port}"), dir };
-            if server.wait_listening(port) {
-                return server;
-            }
-            last_log = std::fs::read_to_string(&log).unwrap_or_default();
-        }
-        panic!("nats-server did not start on loopback; its last log:\n{last_log}");
-    }
-
-    /// Whether the client port accepts connections before the server exits or patience ends.
-    fn wait_listening(&mut self, port: u16) -> bool {
-        let deadline = Instant::now() + START_PATIENCE;
-        while Instant::now() < deadline {
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return true;
-            }
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+            command.arg("-c").arg(&config);
+            (port, format!("nats://127.0.0.1:{port}"))
+        });
+        NatsServer { daemon, url }
     }
 
     /// The client URL, `nats://127.0.0.1:<port>`.
@@ -98,16 +50,8 @@ impl NatsServer {
         &self.url
     }
 
-    /// The server's directory: its configuration, JetStream store and log (`nats.log`).
+    /// The server's directory: its configuration, JetStream store and log (`nats-server.log`).
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.daemon.dir()
     }
 }
