@@ -12,6 +12,7 @@
 mod children;
 mod config;
 pub mod credentials;
+pub mod join;
 pub mod logs;
 mod network;
 mod packages;

@@ -65,8 +65,12 @@ pub enum Command {
     Down(DownArgs),
     /// Run the control plane only
     Server(ServeArgs),
-    /// Run a ring agent from the directory its parent prepared (started by the parent)
+    /// Run a ring agent from the directory its parent prepared (started by the parent), or
+    /// join a ring from this machine (`enjin agent join`)
     Agent(AgentArgs),
+    /// Ring 1 hosts on other machines
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Run the ring 1 edge (HTTP router and DNS) from the directory its parent prepared
     /// (started by `enjin up`)
     Edge(EdgeArgs),
@@ -211,13 +215,63 @@ pub struct EdgeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
     /// The ring this agent's node is in
-    #[arg(long)]
-    pub ring: u8,
-    /// The directory its parent prepared (agent.json, keys, certificates, trust bundle)
-    #[arg(long)]
+    #[arg(long, required = true)]
+    pub ring: Option<u8>,
+    /// The directory its parent (or `enjin agent join`) prepared (agent.json, keys,
+    /// certificates, trust bundle)
+    #[arg(long, required = true)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Join ring 1 from this machine as the host a join token was made for (`enjin host add`
+    /// prints the command), writing the agent's directory; then run `enjin agent --ring 1
+    /// --dir DIR` (the unit in dist/ does)
+    Join(AgentJoinArgs),
+}
+
+/// `enjin agent join --server https://… --token JOIN-TOKEN --ca FILE`: the server, the
+/// single-use join token and the CA the API's certificate must come from (the server's
+/// `ca.crt`) are the global flags, all three required.
+#[derive(Debug, Args)]
+pub struct AgentJoinArgs {
+    /// The agent's directory to create
+    #[arg(long, default_value = "/var/lib/enjin/agent")]
     pub dir: std::path::PathBuf,
+    /// The label of this machine's bus key (default: its hostname)
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Where this machine reaches the ring 1 hub, when not at the address the server gives
+    #[arg(long)]
+    pub hub: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Add a machine that runs its own agent as a ring 1 host: its node, its address on the
+    /// hosts network and a join token for `enjin agent join` on the machine
+    Add(HostAddArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostAddArgs {
+    /// The host's label
+    pub name: String,
+    /// The machine's address on the hosts network (default: the next free one)
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+    /// The ring 0 machine that is its parent (uuid or label; default: the only one)
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Seconds the join token stays valid
+    #[arg(long)]
+    pub ttl: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -571,6 +625,10 @@ pub enum JoinTokenCommand {
         /// Seconds the token stays valid
         #[arg(long)]
         ttl: Option<u64>,
+        /// The node the joiner will speak for (uuid or label): a node of the ring under the
+        /// parent
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

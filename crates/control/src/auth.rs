@@ -162,6 +162,8 @@ pub struct JoinGrant {
     pub ring: Ring,
     /// The machine the joiner becomes a child of.
     pub parent: Uuid,
+    /// The node the joiner speaks for, when the token is bound to one.
+    pub node: Option<Uuid>,
     /// The store key of the join token's record, deleted by the join that consumes it.
     pub key: String,
     /// The record's `mod_revision` when read: the join deletes it only if it is unchanged, so two
@@ -174,6 +176,8 @@ struct JoinRecord {
     id: Uuid,
     ring: Ring,
     parent: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<Uuid>,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 }
@@ -503,6 +507,7 @@ impl Auth {
                 id: record.id,
                 ring: record.ring,
                 parent: record.parent,
+                node: record.node,
                 key,
                 revision: kv.mod_revision,
             }),
@@ -515,6 +520,7 @@ impl Auth {
         &self,
         ring: Ring,
         parent: Uuid,
+        bound: Option<Uuid>,
         ttl_seconds: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<JoinTokenCreated, RegistryError> {
@@ -544,12 +550,29 @@ impl Auth {
             )
             .into());
         }
+        if let Some(id) = bound {
+            let child = match self.registry.get::<NodeSpec>(id).await {
+                Ok(n) => n,
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(FieldError::new("node", format!("node {id} does not exist")).into());
+                }
+                Err(e) => return Err(e),
+            };
+            if child.meta.ring != ring || child.spec.parent != Some(parent) {
+                return Err(FieldError::new(
+                    "node",
+                    format!("node {id} is not a ring {ring} node under {parent}"),
+                )
+                .into());
+            }
+        }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
         let token = format!("{JOIN_MARK}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let expires_at = now + chrono::TimeDelta::seconds(i64::try_from(ttl).unwrap_or(900));
-        let record = JoinRecord { id: Uuid::new_v4(), ring, parent, created_at: now, expires_at };
+        let record =
+            JoinRecord { id: Uuid::new_v4(), ring, parent, node: bound, created_at: now, expires_at };
         let key = format!("{JOIN_PREFIX}{}", hash(&token));
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let resp =
@@ -557,7 +580,7 @@ impl Auth {
         if !resp.succeeded {
             return Err(RegistryError::Conflict { field: None, detail: "token collision; retry".into() });
         }
-        Ok(JoinTokenCreated { id: record.id, ring, parent, expires_at, token })
+        Ok(JoinTokenCreated { id: record.id, ring, parent, expires_at, node: bound, token })
     }
 
     /// What `principal`'s memberships grant: a membership of the system account everywhere,

@@ -404,7 +404,7 @@ impl BusAuthority {
     }
 
     /// Run `task` until [`BusAuthority::stop`].
-    pub(crate) fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             tokio::select! {

@@ -386,6 +386,10 @@ pub struct JoinTokenCreateRequest {
     /// How long the token may be used, in seconds (default 900, at most 86400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// The node the joiner will speak for: a node of `ring` under `parent`. A token bound to a
+    /// node joins as that node (a host, or the edge) whatever the join request says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
 }
 
 /// A join token; the secret is shown this once and works once.
@@ -399,6 +403,9 @@ pub struct JoinTokenCreated {
     pub parent: Uuid,
     /// When the token stops working, used or not.
     pub expires_at: DateTime<Utc>,
+    /// The node the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
     /// The secret the child presents once, as its bearer token on `POST /v1/join`.
     pub token: String,
 }
@@ -458,6 +465,10 @@ pub struct JoinResponse {
     /// Where the ring's hub listens, if one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
+    /// The node the child's key speaks for, when it joined as one (from its request or its
+    /// token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
 }
 
 /// One bus message as `enjin bus tail` shows it, after verification by the control plane.

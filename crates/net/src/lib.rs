@@ -213,6 +213,22 @@ pub fn route_replace(netns: Option<&str>, dest: &str, via: IpAddr) -> Result<(),
     }
 }
 
+/// `ip route del DEST`, in `netns` or (with `None`) in the caller's namespace; a route that is
+/// not there is no error.
+pub fn route_delete(netns: Option<&str>, dest: &str) -> Result<(), NetError> {
+    let r = match netns {
+        Some(ns) => {
+            check_name(ns)?;
+            ip(&["-n", ns, "route", "del", dest])
+        }
+        None => ip(&["route", "del", dest]),
+    };
+    match r {
+        Err(NetError::Failed { stderr, .. }) if stderr.contains("No such process") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Cut a host off its network (`up = false`) or bring it back: its supervisor-side link goes
 /// down, as when a cable is pulled.
 pub fn set_link(veth: &str, up: bool) -> Result<(), NetError> {

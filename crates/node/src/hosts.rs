@@ -318,6 +318,78 @@ fn route_blocks(net: &HostsNetwork, hosts: &[(String, IpAddr)]) -> Result<(), Ho
     Ok(())
 }
 
+/// How often the routes to joined hosts' blocks are brought in line with the store.
+const JOINED_ROUTES_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep routes to the blocks of the hosts that joined from other machines (strategy
+/// `joined`), through their addresses on the hosts network: on this machine, where the router
+/// reaches instances from, and in each host namespace `local` names. A joined host gets its
+/// route once its interface has an address; a deleted one loses it. Until the bus authority stops.
+async fn route_joined(registry: enjin_control::Registry, net: HostsNetwork, local: Vec<(String, IpAddr)>) {
+    let mut routed: std::collections::BTreeMap<String, IpAddr> = std::collections::BTreeMap::new();
+    let mut tick = tokio::time::interval(JOINED_ROUTES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let wanted = match joined_blocks(&registry, &net).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the joined hosts; their routes stay as they are");
+                continue;
+            }
+        };
+        if wanted == routed {
+            continue;
+        }
+        let (before, after, namespaces) = (routed.clone(), wanted.clone(), local.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let spaces = std::iter::once(None).chain(namespaces.iter().map(|(ns, _)| Some(ns.as_str())));
+            for ns in spaces {
+                for (block, via) in &after {
+                    if before.get(block) != Some(via) {
+                        enjin_net::route_replace(ns, block, *via)?;
+                    }
+                }
+                for block in before.keys().filter(|b| !after.contains_key(*b)) {
+                    enjin_net::route_delete(ns, block)?;
+                }
+            }
+            Ok::<(), NetError>(())
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => {
+                tracing::info!(routes = ?wanted, "routes to joined hosts' instances");
+                routed = wanted;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "failed to route to a joined host's instances"),
+            Err(_) => tracing::error!("routing to joined hosts panicked"),
+        }
+    }
+}
+
+/// Each joined host's block of the instance network and its address, by block.
+async fn joined_blocks(
+    registry: &enjin_control::Registry,
+    net: &HostsNetwork,
+) -> Result<std::collections::BTreeMap<String, IpAddr>, RegistryError> {
+    let (nodes, _) = registry
+        .list::<NodeSpec>(&ListQuery { ring: Some(Ring::INFRASTRUCTURE), ..ListQuery::default() })
+        .await?;
+    let joined: std::collections::HashSet<Uuid> =
+        nodes.iter().filter(|n| n.spec.strategy == Some(Strategy::Joined)).map(|n| n.meta.uuid).collect();
+    let (interfaces, _) = registry.list::<NetworkInterfaceSpec>(&ListQuery::default()).await?;
+    Ok(interfaces
+        .iter()
+        .filter(|i| i.spec.network == net.network && joined.contains(&i.spec.node))
+        .filter_map(|i| {
+            let addr = *i.spec.addresses.first()?;
+            let block = enjin_control::platform::network::host_block(&net.instances, &net.cidr, addr)?;
+            Some((block.to_string(), addr))
+        })
+        .collect())
+}
+
 /// What [`start`] needs besides the control plane: where the hosts connect, their network and
 /// how many there are.
 #[derive(Debug)]
@@ -362,8 +434,10 @@ pub async fn start(
     let q = ListQuery { parent: Some(machine.meta.uuid), ..ListQuery::default() };
     let (mut hosts, _) =
         cp.registry().list::<NodeSpec>(&q).await.map_err(registry("failed to list this machine's hosts"))?;
-    // The edge is this machine's ring 1 node too, but no host.
+    // The edge is this machine's ring 1 node too, but no host; joined hosts run their own
+    // agents on their own machines (this machine only routes to them).
     hosts.retain(|h| h.meta.labels.get(enjin_edge::ROLE.0).map(String::as_str) != Some(enjin_edge::ROLE.1));
+    hosts.retain(|h| h.spec.strategy != Some(Strategy::Joined));
     for i in 1..=count {
         let label = format!("host-{i}");
         if hosts.iter().any(|h| h.meta.label.as_deref() == Some(label.as_str())) {
@@ -443,10 +517,11 @@ pub async fn start(
         specs.push(ring1_child(id, command, "info"));
     }
     if let Some(n) = net {
-        let (n, routed) = (n.clone(), routed.clone());
-        tokio::task::spawn_blocking(move || route_blocks(&n, &routed))
+        let (net, local) = (n.clone(), routed.clone());
+        tokio::task::spawn_blocking(move || route_blocks(&net, &local))
             .await
             .map_err(|_| HostsError::Panicked("routing"))??;
+        authority.until_stopped(route_joined(cp.registry().clone(), n.clone(), routed));
     }
     std::fs::create_dir_all(root.join("logs")).map_err(io("create", &root))?;
     let (obs_tx, mut obs_rx) = mpsc::channel(256);

@@ -56,9 +56,13 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> Result<()> {
 
 pub async fn join_token(g: &Global, cmd: JoinTokenCommand) -> Result<()> {
     let c = client(g)?;
-    let JoinTokenCommand::Create { ring, parent, ttl } = cmd;
+    let JoinTokenCommand::Create { ring, parent, ttl, node } = cmd;
     let parent = resolve(&c, Kind::Node, &parent).await?;
-    let t = c.join_token_create(&JoinTokenCreateRequest { ring, parent, ttl_seconds: ttl }).await?;
+    let node = match node {
+        Some(n) => Some(resolve(&c, Kind::Node, &n).await?),
+        None => None,
+    };
+    let t = c.join_token_create(&JoinTokenCreateRequest { ring, parent, ttl_seconds: ttl, node }).await?;
     match g.output {
         Output::Json => output::json(&t),
         Output::Table => {

@@ -5,6 +5,7 @@ mod apps;
 mod audit;
 mod bus;
 mod down;
+mod hosts;
 mod keys;
 mod login;
 mod objects;
@@ -20,7 +21,10 @@ use clap::CommandFactory;
 use enjin_client::Client;
 use enjin_model::Kind;
 
-use crate::args::{AccountCommand, AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
+use crate::args::{
+    AccountCommand, AgentArgs, AgentCommand, AppCommand, Cli, Command, CompartmentCommand, Global,
+    HostCommand, NodeCommand,
+};
 use crate::config;
 
 /// Run one command; `shutdown` completes when the process is asked to stop (the long-running
@@ -39,11 +43,17 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
             enjin_sys::proc::private_umask();
             serve::run(g, &args, enjin_node::Mode::Server, shutdown).await
         }
-        Command::Agent(args) => {
+        Command::Agent(AgentArgs { command: Some(AgentCommand::Join(args)), .. }) => {
             enjin_sys::proc::private_umask();
-            let config = enjin_agent::process::ProcessConfig { ring: args.ring, dir: args.dir };
+            hosts::join(g, &args).await
+        }
+        Command::Agent(AgentArgs { ring: Some(ring), dir: Some(dir), .. }) => {
+            enjin_sys::proc::private_umask();
+            let config = enjin_agent::process::ProcessConfig { ring, dir };
             Ok(enjin_agent::process::run(config, shutdown).await?)
         }
+        Command::Agent(_) => anyhow::bail!("`enjin agent` needs --ring and --dir, or a subcommand"),
+        Command::Host(HostCommand::Add(args)) => hosts::add(g, &args).await,
         Command::Edge(args) => {
             enjin_sys::proc::private_umask();
             Ok(enjin_edge::run(enjin_edge::EdgeConfig { dir: args.dir }, shutdown).await?)

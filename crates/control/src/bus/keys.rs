@@ -297,7 +297,16 @@ impl BusAuthority {
                 message: "not a valid Ed25519 point".into(),
             });
         }
-        if let Some(node) = req.node {
+        let node = match (req.node, grant.node) {
+            (Some(asked), Some(bound)) if asked != bound => {
+                return Err(BusError::Invalid {
+                    field: "node",
+                    message: format!("this join token is for node {bound}, not {asked}"),
+                });
+            }
+            (asked, bound) => asked.or(bound),
+        };
+        if let Some(node) = node {
             let n = match self.registry.get::<NodeSpec>(node).await {
                 Ok(n) => n,
                 Err(RegistryError::NotFound { .. }) => {
@@ -317,7 +326,7 @@ impl BusAuthority {
         }
         // The role is the key service's to say, from what it knows of the node, never the
         // joiner's: the certificate names it, and the hub's access rules follow it.
-        let member = match req.node {
+        let member = match node {
             Some(node) => self.node_member(node).await?,
             None => Member::keyed(&id.to_string()).map_err(BusError::from)?,
         };
@@ -330,7 +339,7 @@ impl BusAuthority {
                 self.config.certificate_validity,
             )
             .map_err(|e| BusError::Invalid { field: "csr_pem", message: e.to_string() })?;
-        let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, req.node, None);
+        let record = KeyRecord::new(id, self.ring, KeyRole::Member, &req.label, node, None);
         let k = key_key(self.ring, &id);
         let txn = Txn::new()
             .when([Compare::mod_revision(&grant.key, grant.revision), Compare::absent(&k)])
@@ -350,6 +359,7 @@ impl BusAuthority {
             ca_pem: self.ca.cert_pem().to_string(),
             bundle: bundle.iter().map(|b| format!("{b:02x}")).collect(),
             hub: self.hub_addr().map(|a| a.to_string()),
+            node,
         })
     }
 

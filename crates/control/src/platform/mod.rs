@@ -169,8 +169,10 @@ impl Caller {
 
 /// Whether a ring 1 node runs instances: a host (not the edge, which has a role of its own).
 pub(crate) fn runs_instances(h: &Object<NodeSpec>) -> bool {
-    matches!(h.spec.strategy, Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh))
-        && !h.meta.labels.contains_key("enjin.dev/role")
+    matches!(
+        h.spec.strategy,
+        Some(Strategy::Netns | Strategy::Process | Strategy::Vm | Strategy::Ssh | Strategy::Joined)
+    ) && !h.meta.labels.contains_key("enjin.dev/role")
 }
 
 /// The platform service of one control plane.

@@ -45,7 +45,7 @@ pub async fn create_join_token(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<JoinTokenCreateRequest>,
 ) -> Result<(StatusCode, Json<JoinTokenCreated>), ApiError> {
-    let created = state.auth.issue_join(req.ring, req.parent, req.ttl_seconds, Utc::now()).await?;
+    let created = state.auth.issue_join(req.ring, req.parent, req.node, req.ttl_seconds, Utc::now()).await?;
     tracing::info!(id = %created.id, ring = %created.ring, parent = %created.parent, "join token issued");
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -216,6 +216,51 @@ impl Ring1 {
         resp.json().await.expect("json")
     }
 
+    /// `POST path` with `token`: the status and the body, whatever they are.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// A join token for ring 1 under m0, bound to `node` if given: `(status, body)`.
+    pub async fn join_token_for(&self, node: Option<uuid::Uuid>) -> (u16, serde_json::Value) {
+        let mut body = json!({"ring": 1, "parent": self.machine});
+        if let Some(n) = node {
+            body["node"] = json!(n);
+        }
+        self.post_raw("/v1/join-tokens", &self.token, body).await
+    }
+
+    /// A join request for a fresh key and CSR, naming `node` if given.
+    pub fn join_request(label: &str, node: Option<uuid::Uuid>) -> serde_json::Value {
+        let identity = Identity::generate().expect("identity");
+        let tls_key = rcgen::KeyPair::generate().expect("tls key");
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .serialize_request(&tls_key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let mut body = json!({"label": label, "public_key": identity.key_id().to_string(), "csr_pem": csr});
+        if let Some(n) = node {
+            body["node"] = json!(n);
+        }
+        body
+    }
+
     /// A child that joins as the key of `node`.
     pub async fn join_as(&self, label: &str, node: Option<uuid::Uuid>) -> Child {
         let token =

@@ -317,3 +317,40 @@ async fn a_host_gets_its_desired_children_from_its_parent_and_goes_disconnected_
     eventually_async(&ring, &path, "lost").await;
     ring.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bound_to_a_host_joins_as_that_host_and_nothing_else() {
+    let ring = Ring1::start().await;
+    let a = ring.create_host("machine-a").await;
+    let b = ring.create_host("machine-b").await;
+
+    // A token can be bound only to a ring 1 node under its parent.
+    let (status, body) = ring.join_token_for(Some(uuid::Uuid::new_v4())).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "node", "{body}");
+
+    let (status, created) = ring.join_token_for(Some(a)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["node"], serde_json::json!(a));
+    let token = created["token"].as_str().expect("token").to_string();
+
+    // Asking to speak for another node is refused, and does not use the token up.
+    let (status, body) = ring.post_raw("/v1/join", &token, Ring1::join_request("m", Some(b))).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains(&format!("for node {a}, not {b}")), "{body}");
+
+    // Without a node in the request, the token's node is the one joined as.
+    let (status, joined) = ring.post_raw("/v1/join", &token, Ring1::join_request("m", None)).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["node"], serde_json::json!(a), "{joined}");
+    let cert = joined["cert_pem"].as_str().expect("certificate");
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem");
+    assert!(
+        der.windows(format!("host:{a}").len()).any(|w| w == format!("host:{a}").as_bytes()),
+        "the certificate names the host's role and node"
+    );
+    // It worked once.
+    let (status, _) = ring.post_raw("/v1/join", &token, Ring1::join_request("m", None)).await;
+    assert_eq!(status, 401);
+}

@@ -52,7 +52,9 @@ impl Running {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([mode, "--listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0"])
+            .arg(mode)
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+            .args(["--bus-listen", "127.0.0.1:0"])
             .args(if mode == "up" {
                 [
                     "--hosts-cidr",

@@ -20,6 +20,9 @@ pub enum Strategy {
     Ssh,
     /// A dedicated UNIX user with cgroup limits and private namespaces.
     UnixUser,
+    /// A machine that runs its own agent and joined the ring over the network with a join
+    /// token bound to this node (`enjin host add`, then `enjin agent join` on the machine).
+    Joined,
 }
 
 impl Strategy {
@@ -31,6 +34,7 @@ impl Strategy {
             Strategy::Vm => "vm",
             Strategy::Ssh => "ssh",
             Strategy::UnixUser => "unix-user",
+            Strategy::Joined => "joined",
         }
     }
 
@@ -38,7 +42,7 @@ impl Strategy {
     pub fn supports(self, ring: Ring) -> bool {
         match self {
             Strategy::Process => ring != Ring::META,
-            Strategy::Netns | Strategy::Ssh => ring == Ring::INFRASTRUCTURE,
+            Strategy::Netns | Strategy::Ssh | Strategy::Joined => ring == Ring::INFRASTRUCTURE,
             Strategy::Vm => ring != Ring::META,
             Strategy::UnixUser => ring == Ring::PLATFORM,
         }
