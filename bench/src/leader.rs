@@ -116,6 +116,9 @@ fn measure(kills: usize) -> anyhow::Result<Vec<Row>> {
         times.push(one_kill(&rt, connect, b.clone(), kills + n)?);
     }
     rows.push(Row { backend: "etcd (one member, a connection per server)", ttl: lease.ttl, times });
+    let mut processes = measure_processes(&rt, kills)?;
+    processes.ttl = lease.ttl;
+    rows.push(processes);
     Ok(rows)
 }
 
@@ -151,10 +154,130 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<crate::Failure>> {
                 "\nThe leader renews its lease at a third of the TTL; killed, its lease runs out \
                  within the TTL of its last renewal, and the follower, watching the key, campaigns \
                  at once. The lease TTL column is what the store granted (etcd keeps whole \
-                 seconds).\n"
+                 seconds). In the last row the clock stops when a surviving process's `/metrics` \
+                 says its controllers run and a write through its API is accepted.\n"
             );
             Ok(Vec::new())
         }
         Err(e) => Ok(vec![crate::Failure { row: "leader".into(), why: format!("{e:#}") }]),
     }
+}
+
+/// One `enjin server` process of the cross-process row, and a client of its API.
+struct ServerProcess {
+    child: std::process::Child,
+    client: enjin_client::Client,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `enjin server` on `dir` (its enjin.toml names the etcd) and wait for its API line.
+fn start_server(dir: &std::path::Path) -> anyhow::Result<ServerProcess> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::idle::binary()?)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env("ENJIN_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("failed to run enjin server")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).context("enjin server printed no API address")?;
+        if let Some(rest) = line.trim().strip_prefix("API:") {
+            break rest.split_whitespace().next().context("an address after API:")?.to_string();
+        }
+    };
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let token = std::fs::read_to_string(dir.join("admin.token")).context("admin token")?;
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).context("CA")?;
+    let client = enjin_client::Client::with_ca(&url, Some(token.trim().to_string()), Some(&ca))?;
+    Ok(ServerProcess { child, client })
+}
+
+/// Whether the server's `/metrics` says it runs the controllers.
+async fn process_leads(s: &ServerProcess) -> bool {
+    s.client.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "enjin_controllers_leading 1"))
+}
+
+/// Kill -9 the leading one of three `enjin server` processes on one etcd, `kills` times: the
+/// time until another server's metrics say its controllers run and a write through it is
+/// accepted. The killed server is started again (as a follower) before the next kill.
+fn measure_processes(rt: &tokio::runtime::Runtime, kills: usize) -> anyhow::Result<Row> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let etcd = enjin_testkit::EtcdServer::start();
+    let config = format!("[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\n", etcd.endpoint());
+    let dirs: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.path().join(format!("server-{i}"))).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(d.join("enjin.toml"), &config)?;
+    }
+    let mut servers = vec![Some(start_server(&dirs[0])?)];
+    // Every server of one cloud shares its CAs and signing keys.
+    for d in &dirs[1..] {
+        for sub in ["pki", "keys"] {
+            std::fs::create_dir_all(d.join(sub))?;
+            std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(0o700))?;
+            for entry in std::fs::read_dir(dirs[0].join(sub))? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), d.join(sub).join(entry.file_name()))?;
+            }
+        }
+        servers.push(Some(start_server(d)?));
+    }
+    let ttl = enjin_control::leader::DEFAULT_TTL;
+    let mut times = Vec::new();
+    for n in 0..kills {
+        let leader = rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                for (i, s) in servers.iter().enumerate() {
+                    if let Some(s) = s
+                        && process_leads(s).await
+                    {
+                        return Ok(i);
+                    }
+                }
+                anyhow::ensure!(Instant::now() < deadline, "no server leads");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })?;
+        let killed = Instant::now();
+        drop(servers[leader].take());
+        let took = rt.block_on(async {
+            let deadline = killed + Duration::from_secs(20);
+            loop {
+                for s in servers.iter().flatten() {
+                    if process_leads(s).await {
+                        let body =
+                            serde_json::json!({"ring": 0, "label": format!("handover-{n}"), "spec": {}});
+                        s.client.create_json(enjin_model::Kind::Node, &body).await.context("the write")?;
+                        return anyhow::Ok(killed.elapsed());
+                    }
+                }
+                anyhow::ensure!(Instant::now() < deadline, "no server took over within 20 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })?;
+        times.push(took);
+        servers[leader] = Some(start_server(&dirs[leader])?);
+    }
+    Ok(Row { backend: "etcd, three `enjin server` processes, the leader killed -9", ttl, times })
 }

@@ -173,7 +173,7 @@ impl ControlPlane {
         let stop = self.stop;
         let controllers = self.state.platform.clone().map(|p| {
             let who = leader::Candidate { id: self.server_id.clone(), ..leader::Candidate::controllers("") };
-            tokio::spawn(p.lead_controllers(who, stop.subscribe()))
+            tokio::spawn(p.lead_controllers(who, stop.subscribe(), Arc::clone(&self.state.metrics)))
         });
         let store = self.state.registry.store().clone();
         tokio::spawn(compact_history(store.clone(), stop.subscribe()));

@@ -31,9 +31,23 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Whether this server runs the controllers now (it leads).
+    leading: std::sync::atomic::AtomicBool,
+    /// How many times this server has started leading.
+    terms: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
+    /// This server started (`true`) or stopped leading the controllers.
+    pub fn set_leading(&self, leading: bool) {
+        use std::sync::atomic::Ordering;
+        if leading && !self.leading.swap(true, Ordering::Relaxed) {
+            self.terms.fetch_add(1, Ordering::Relaxed);
+        } else if !leading {
+            self.leading.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
         let Ok(mut m) = self.inner.lock() else { return };
         *m.requests.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
@@ -105,7 +119,20 @@ impl Metrics {
     }
 
     pub fn render(&self, store_revision: i64) -> String {
+        use std::sync::atomic::Ordering;
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP enjin_controllers_leading Whether this server runs the controllers (1) or follows (0)."
+        );
+        let _ = writeln!(out, "# TYPE enjin_controllers_leading gauge");
+        let _ = writeln!(out, "enjin_controllers_leading {}", u8::from(self.leading.load(Ordering::Relaxed)));
+        let _ = writeln!(
+            out,
+            "# HELP enjin_controllers_terms_total Times this server started leading the controllers."
+        );
+        let _ = writeln!(out, "# TYPE enjin_controllers_terms_total counter");
+        let _ = writeln!(out, "enjin_controllers_terms_total {}", self.terms.load(Ordering::Relaxed));
         let Ok(m) = self.inner.lock() else { return out };
         let _ = writeln!(out, "# HELP enjin_http_requests_total API requests by method, route and status.");
         let _ = writeln!(out, "# TYPE enjin_http_requests_total counter");

@@ -258,10 +258,11 @@ impl Platform {
 
     /// Run the controllers while this server leads (see [`crate::leader`]): start them,
     /// fenced by the leadership, when it leads; stop them when it no longer does; until `stop`.
-    pub async fn lead_controllers(
+    pub(crate) async fn lead_controllers(
         self: Arc<Self>,
         who: crate::leader::Candidate,
         stop: tokio::sync::watch::Receiver<bool>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) {
         let mut leading = crate::leader::campaign(self.registry.store().clone(), who, stop);
         let mut running: Option<(crate::leader::Fence, PlatformControllers)> = None;
@@ -269,12 +270,14 @@ impl Platform {
             let fence = leading.borrow_and_update().clone();
             if running.as_ref().map(|(f, _)| f) != fence.as_ref() {
                 if let Some((_, c)) = running.take() {
+                    metrics.set_leading(false);
                     c.stop().await;
                     tracing::info!("controllers stopped: this server no longer leads");
                 }
                 if let Some(f) = fence {
                     tracing::info!(revision = f.revision, "controllers started: this server leads");
                     running = Some((f.clone(), self.fenced(f).start_controllers()));
+                    metrics.set_leading(true);
                 }
             }
             if leading.changed().await.is_err() {
@@ -282,6 +285,7 @@ impl Platform {
             }
         }
         if let Some((_, c)) = running {
+            metrics.set_leading(false);
             c.stop().await;
         }
     }
