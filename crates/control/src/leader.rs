@@ -142,6 +142,9 @@ async fn term(
 /// Renew the lease at a third of the TTL until it is lost, the key is no longer this leader's,
 /// or `stop`. A renewal the store does not answer in time counts as lost once 90 % of the TTL
 /// has passed since the last one it did.
+/// How long a failed renewal waits before the next try.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 async fn hold(
     store: &Arc<dyn Store>,
     who: &Candidate,
@@ -157,10 +160,28 @@ async fn hold(
             _ = tokio::time::sleep(who.ttl / 3) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        // The lease may expire at `renewed + ttl`; stop acting a little before.
+        // The lease may expire at `renewed + ttl`; stop acting a little before. Until then a
+        // renewal that fails or hangs (on a member that lost its cluster, a connection that
+        // went silent) is tried again, each try bounded by a third of the TTL.
         let deadline = renewed + who.ttl.mul_f64(0.9);
+        let renewal = async {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left.min(who.ttl / 3), store.lease_keep_alive(lease)).await {
+                    Ok(Ok(l)) => return Ok(l),
+                    Ok(Err(e @ StoreError::LeaseNotFound(_))) => return Err(e),
+                    Ok(Err(e)) => {
+                        tracing::debug!(key = %who.key, error = %e, "renewing the leader lease failed; trying again");
+                        tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                    }
+                    Err(_) => {
+                        tracing::debug!(key = %who.key, "a renewal of the leader lease hung; trying again")
+                    }
+                }
+            }
+        };
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, store.lease_keep_alive(lease)).await {
+        match tokio::time::timeout(left, renewal).await {
             Ok(Ok(_)) => {
                 renewed = Instant::now();
                 renewals = renewals.wrapping_add(1);

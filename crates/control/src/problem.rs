@@ -123,7 +123,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) | StoreError::FutureRevision { .. } => {
                 ApiError::bad_request(e.to_string())
             }
-            StoreError::Closed => {
+            // The store did not answer (an etcd member without a quorum, a timeout): worth
+            // trying again, maybe through another server.
+            StoreError::Closed | StoreError::Backend(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
             }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),

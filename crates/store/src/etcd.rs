@@ -60,6 +60,35 @@ impl std::fmt::Debug for EtcdTlsConfig {
     }
 }
 
+/// The pause before a request that reached no working member goes again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether an error proves the request was not applied: no connection to the member, or the
+/// member refused it for want of a leader (`hasleader`), before doing anything.
+fn never_applied(e: &etcd::Error) -> bool {
+    match e {
+        etcd::Error::TransportError(_) => true,
+        etcd::Error::GRpcStatus(s) => {
+            unavailable(e)
+                && ["tcp connect error", "error trying to connect", "Connection refused", "no leader"]
+                    .iter()
+                    .any(|m| s.message().contains(m))
+        }
+        _ => false,
+    }
+}
+
+/// gRPC's UNAVAILABLE (tonic, the client's transport, is not ours to name): the cluster could
+/// not answer now (a leader election, a member without a quorum).
+fn unavailable(e: &etcd::Error) -> bool {
+    matches!(e, etcd::Error::GRpcStatus(s) if i32::from(s.code()) == 14)
+}
+
+/// How often an idle connection to a member is pinged, and how long the pong may take before
+/// the connection is dropped.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How to reach an etcd cluster. Build it with [`EtcdStoreConfig::new`] and override fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdStoreConfig {
@@ -139,6 +168,29 @@ struct Shared {
     timeout: Duration,
     /// etcd's compacted revision as last found (0: never compacted); it only grows.
     etcd_compacted: AtomicI64,
+    /// The open keep-alive stream of each lease renewed through this store, so that a renewal
+    /// is one round trip on a stream already open; dropped on an error or a revoke.
+    keepers: std::sync::Mutex<std::collections::HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>>,
+}
+
+/// A lease's keep-alive stream: requests go out on the keeper, answers come back on the stream.
+type Keeper = (etcd::LeaseKeeper, etcd::LeaseKeepAliveStream);
+
+/// Drops a lease's keep-alive stream when a renewal ends without its answer, however it ends.
+struct ForgetKeeper<'a> {
+    shared: &'a Shared,
+    id: LeaseId,
+    armed: bool,
+}
+
+impl Drop for ForgetKeeper<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Ok(mut k) = self.shared.keepers.lock()
+        {
+            k.remove(&self.id);
+        }
+    }
 }
 
 /// The [`Store`] over an etcd cluster. Cheap to share behind an `Arc`; every call is one or a
@@ -167,7 +219,14 @@ impl EtcdStore {
         let name = config.endpoints.join(",");
         let open_error = |reason: String| StoreError::Open { path: PathBuf::from(&name), reason };
         config.validate().map_err(open_error)?;
-        let mut options = etcd::ConnectOptions::new().with_connect_timeout(config.request_timeout);
+        // A member cut off from the others must not hold requests or watches: it answers
+        // "no leader" at once (`hasleader`), and a connection to a member that went silent is
+        // dropped after a missed keep-alive, so the client goes to the other members.
+        let mut options = etcd::ConnectOptions::new()
+            .with_connect_timeout(config.request_timeout)
+            .with_require_leader(true)
+            .with_keep_alive(KEEP_ALIVE_EVERY, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true);
         if let Some(tls) = &config.tls {
             let mut tls_options = etcd::TlsOptions::new()
                 .ca_certificate(etcd::Certificate::from_pem(&tls.ca_pem))
@@ -189,6 +248,7 @@ impl EtcdStore {
             name: name.clone(),
             timeout: config.request_timeout,
             etcd_compacted: AtomicI64::new(0),
+            keepers: std::sync::Mutex::default(),
         });
         // A cluster that has just started may still be electing its leader: ask again until
         // the request timeout is spent.
@@ -234,8 +294,14 @@ impl EtcdStore {
             return *only;
         }
         for &lease in &leases {
-            let mut client = self.shared.client.lease_client();
-            let ttl = self.shared.call("look up a lease", client.time_to_live(lease, None)).await;
+            let client = self.shared.client.lease_client();
+            let ttl = self
+                .shared
+                .read("look up a lease", || {
+                    let mut client = client.clone();
+                    async move { client.time_to_live(lease, None).await }
+                })
+                .await;
             if ttl.is_ok_and(|ttl| ttl.ttl() < 0) {
                 return lease;
             }
@@ -251,7 +317,8 @@ impl Shared {
     }
 
     /// One request, bounded by the timeout, its error mapped.
-    async fn call<T>(
+    /// One request that cannot go again (a message on an open stream), bounded by the timeout.
+    async fn call_once<T>(
         &self,
         doing: &str,
         request: impl Future<Output = Result<T, etcd::Error>>,
@@ -263,6 +330,59 @@ impl Shared {
                 "etcd at {} did not answer within {:?} ({doing})",
                 self.name, self.timeout
             ))),
+        }
+    }
+
+    /// A request, bounded by the timeout; made again by `request` while it reaches no working
+    /// member.
+    async fn call<T, F>(&self, doing: &str, request: impl FnMut() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd::Error>>,
+    {
+        self.again(doing, request, never_applied).await
+    }
+
+    /// A read: made again while the cluster is unavailable however (it changes nothing), until
+    /// the timeout.
+    async fn read<T, F>(&self, doing: &str, request: impl FnMut() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd::Error>>,
+    {
+        self.again(doing, request, |e| never_applied(e) || unavailable(e)).await
+    }
+
+    async fn again<T, F>(
+        &self,
+        doing: &str,
+        mut request: impl FnMut() -> F,
+        retry: impl Fn(&etcd::Error) -> bool,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd::Error>>,
+    {
+        // A request that provably reached no working member (the connection to a dead member
+        // was refused, or the member has lost its cluster and refused it) goes again: the
+        // client balances over the members, so the next try may reach a live one. Anything
+        // else may have been applied and is the caller's to judge.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut tries = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, request()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if retry(&e) && tokio::time::Instant::now() < deadline => {
+                    tries += 1;
+                    tracing::debug!(doing, tries, error = %e, "etcd request reached no working member; again");
+                    tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                }
+                Ok(Err(e)) => return Err(self.error(doing, &e)),
+                Err(_) => {
+                    return Err(StoreError::Backend(format!(
+                        "etcd at {} did not answer within {:?} ({doing})",
+                        self.name, self.timeout
+                    )));
+                }
+            }
         }
     }
 
@@ -291,9 +411,12 @@ impl Shared {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.kv();
+        let kv = self.kv();
         let response = self
-            .call("read the revision", kv.get(vec![0], Some(etcd::GetOptions::new().with_count_only())))
+            .read("read the revision", || {
+                let mut kv = kv.clone();
+                async move { kv.get(vec![0], Some(etcd::GetOptions::new().with_count_only())).await }
+            })
             .await?;
         self.revision(response.header())
     }
@@ -477,18 +600,27 @@ impl Store for EtcdStore {
         if key.is_empty() {
             return Err(StoreError::Invalid("key must not be empty".into()));
         }
-        let mut kv = self.shared.kv();
-        let response = self.shared.call("read a key", kv.get(key.as_bytes(), None)).await?;
+        let kv = self.shared.kv();
+        let response = self
+            .shared
+            .read("read a key", || {
+                let mut kv = kv.clone();
+                async move { kv.get(key.as_bytes(), None).await }
+            })
+            .await?;
         response.kvs().first().map(key_value).transpose()
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
         self.check_open()?;
         let (start, end) = prefix_range(prefix);
-        let mut kv = self.shared.kv();
+        let kv = self.shared.kv();
         let response = self
             .shared
-            .call("read a range", kv.get(start, Some(etcd::GetOptions::new().with_range(end))))
+            .read("read a range", || {
+                let (mut kv, start, end) = (kv.clone(), start.clone(), end.clone());
+                async move { kv.get(start, Some(etcd::GetOptions::new().with_range(end))).await }
+            })
             .await?;
         Ok(RangeResponse {
             kvs: key_values(response.kvs())?,
@@ -511,8 +643,15 @@ impl Store for EtcdStore {
             .when(txn.compare.iter().map(compare).collect::<Vec<_>>())
             .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
             .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>());
-        let mut kv = self.shared.kv();
-        let response = match self.shared.call("apply a transaction", kv.txn(request)).await {
+        let kv = self.shared.kv();
+        let response = match self
+            .shared
+            .call("apply a transaction", || {
+                let (mut kv, request) = (kv.clone(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await
+        {
             Ok(response) => response,
             Err(e) if is_status(&e, LEASE_NOT_FOUND) => {
                 return Err(StoreError::LeaseNotFound(self.missing_lease(&txn).await));
@@ -567,8 +706,14 @@ impl Store for EtcdStore {
         validate_ttl(ttl)?;
         // etcd keeps whole seconds: round up, so that a lease never ends before it was asked to.
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let mut lease = self.shared.client.lease_client();
-        let granted = self.shared.call("grant a lease", lease.grant(seconds, None)).await?;
+        let lease = self.shared.client.lease_client();
+        let granted = self
+            .shared
+            .call("grant a lease", || {
+                let mut lease = lease.clone();
+                async move { lease.grant(seconds, None).await }
+            })
+            .await?;
         if !granted.error().is_empty() || granted.id() <= 0 || granted.ttl() <= 0 {
             return Err(StoreError::Backend(format!(
                 "etcd at {} refused a lease of {seconds}s: {}",
@@ -582,19 +727,47 @@ impl Store for EtcdStore {
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<Lease, StoreError> {
         self.check_open()?;
         validate_lease_id(id)?;
-        let mut lease = self.shared.client.lease_client();
-        let (mut keeper, mut answers) =
-            match self.shared.call("keep a lease alive", lease.keep_alive(id)).await {
-                Ok(stream) => stream,
-                // The client reads the first answer itself and reports a TTL of 0 as this.
-                Err(e) if is_status(&e, "lease not found") => return Err(StoreError::LeaseNotFound(id)),
-                Err(e) => return Err(e),
-            };
-        // The stream's first request is already answered; one more gives the TTL as refreshed.
-        self.shared.call("keep a lease alive", keeper.keep_alive()).await?;
-        let answer = self.shared.call("keep a lease alive", answers.message()).await?;
-        match answer {
+        let open = self.shared.keepers.lock().ok().and_then(|k| k.get(&id).cloned());
+        let keeper = match open {
+            Some(k) => k,
+            None => {
+                let lease = self.shared.client.lease_client();
+                // Opening the stream renews the lease once: the client reads that first answer
+                // itself, and reports a TTL of 0 as "lease not found".
+                let stream = match self
+                    .shared
+                    .call("keep a lease alive", || {
+                        let mut lease = lease.clone();
+                        async move { lease.keep_alive(id).await }
+                    })
+                    .await
+                {
+                    Ok(stream) => stream,
+                    Err(e) if is_status(&e, "lease not found") => return Err(StoreError::LeaseNotFound(id)),
+                    Err(e) => return Err(e),
+                };
+                let keeper = Arc::new(tokio::sync::Mutex::new(stream));
+                if let Ok(mut k) = self.shared.keepers.lock() {
+                    k.insert(id, keeper.clone());
+                }
+                keeper
+            }
+        };
+        // Unless this renewal is answered, the stream is dropped: one that failed, timed out
+        // or was abandoned half-way (the caller gave up waiting) may be stuck on a member that
+        // went away, or hold an answer to a request nobody waits for any more.
+        let mut forget = ForgetKeeper { shared: &self.shared, id, armed: true };
+        let answer = {
+            let mut stream = keeper.lock().await;
+            let (keeper, answers) = &mut *stream;
+            match self.shared.call_once("keep a lease alive", keeper.keep_alive()).await {
+                Ok(()) => self.shared.call_once("keep a lease alive", answers.message()).await,
+                Err(e) => Err(e),
+            }
+        };
+        match answer? {
             Some(answer) if answer.ttl() > 0 => {
+                forget.armed = false;
                 Ok(Lease { id, ttl: Duration::from_secs(answer.ttl().unsigned_abs()) })
             }
             Some(_) => Err(StoreError::LeaseNotFound(id)),
@@ -608,8 +781,18 @@ impl Store for EtcdStore {
     async fn lease_revoke(&self, id: LeaseId) -> Result<(), StoreError> {
         self.check_open()?;
         validate_lease_id(id)?;
-        let mut lease = self.shared.client.lease_client();
-        match self.shared.call("revoke a lease", lease.revoke(id)).await {
+        if let Ok(mut k) = self.shared.keepers.lock() {
+            k.remove(&id);
+        }
+        let lease = self.shared.client.lease_client();
+        match self
+            .shared
+            .call("revoke a lease", || {
+                let mut lease = lease.clone();
+                async move { lease.revoke(id).await }
+            })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, LEASE_NOT_FOUND) => Err(StoreError::LeaseNotFound(id)),
             Err(e) => Err(e),
@@ -632,8 +815,15 @@ impl Store for EtcdStore {
         if revision == compacted {
             return Ok(());
         }
-        let mut kv = self.shared.kv();
-        match self.shared.call("compact", kv.compact(revision - 1, None)).await {
+        let kv = self.shared.kv();
+        match self
+            .shared
+            .call("compact", || {
+                let mut kv = kv.clone();
+                async move { kv.compact(revision - 1, None).await }
+            })
+            .await
+        {
             Ok(_) => {
                 self.shared.etcd_compacted.fetch_max(revision - 1, Ordering::AcqRel);
                 tracing::info!(revision, "compacted history");
@@ -774,8 +964,13 @@ impl WatchTask {
             .with_range(range.1.clone())
             .with_start_revision(self.next)
             .with_prev_key();
-        let mut watch = self.shared.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
-        self.shared.call("watch", watch.watch(range.0.clone(), Some(options))).await
+        let watch = self.shared.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        self.shared
+            .read("watch", || {
+                let (mut watch, key, options) = (watch.clone(), range.0.clone(), options.clone());
+                async move { watch.watch(key, Some(options)).await }
+            })
+            .await
     }
 
     /// Hands the batches of one answer to the watcher. `Err` ends the watch.
