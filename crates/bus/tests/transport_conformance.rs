@@ -23,7 +23,7 @@ use transport_common::*;
 enum Backend {
     Hub { ca: Box<Ca>, hub: Box<RunningHub> },
     Nats(NatsServer),
-    NatsJwt { server: NatsServer, account: NatsAccount },
+    NatsJwt { server: NatsServer, account: Box<NatsAccount> },
 }
 
 impl Backend {
@@ -41,7 +41,7 @@ impl Backend {
         let operator = NatsOperator::generate().expect("operator");
         let account = operator.account("conformance");
         let server = NatsServer::start_with(&server_config(&operator, &[&account]));
-        Backend::NatsJwt { server, account }
+        Backend::NatsJwt { server, account: Box::new(account) }
     }
 
     /// A connected transport named `name`, with the default subscription queue.
