@@ -140,3 +140,32 @@ async fn users_the_operator_did_not_vouch_for_or_that_expired_are_refused_at_con
     let mut mine = agent.subscribe(&format!("state.desired.{HOST_A}")).expect("subscribe");
     assert_eq!(recv(&mut mine).await.payload, b"mine");
 }
+
+#[tokio::test]
+async fn a_creds_file_is_read_by_a_stock_nats_client() {
+    let (_operator, account, server) = start();
+    let host = Member::node(Role::Host, HOST_A).expect("host");
+    let credentials = account.mint_user(&host, VALID).expect("mint");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("host.creds");
+    credentials.write_creds_file(&path).expect("write the creds file");
+
+    let client = async_nats::ConnectOptions::with_credentials_file(&path)
+        .await
+        .expect("the client parses the creds file")
+        .connect(server.url())
+        .await
+        .expect("connect with the creds file");
+    // Within its row (its inbox) and outside it (another host's logs): only the first arrives.
+    let mut inbox = client.subscribe(format!("_inbox.{HOST_A}.x")).await.expect("subscribe");
+    let mut foreign = client.subscribe(format!("logs.{HOST_B}")).await.expect("subscribe");
+    client.flush().await.expect("flush the subscriptions");
+    let parent = Member::parent("control").expect("parent");
+    let control = connect(&server, &account, &parent).await;
+    control.publish(&format!("logs.{HOST_B}"), None, b"not yours".to_vec()).expect("publish");
+    control.publish(&format!("_inbox.{HOST_A}.x"), None, b"yours".to_vec()).expect("publish");
+    let got = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut inbox)).await.expect("in time");
+    assert_eq!(got.expect("a message").payload.as_ref(), b"yours");
+    let refused = tokio::time::timeout(REFUSED_WINDOW, futures_util::StreamExt::next(&mut foreign)).await;
+    assert!(!matches!(refused, Ok(Some(_))), "another host's logs arrived: {refused:?}");
+}
