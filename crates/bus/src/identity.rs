@@ -4,14 +4,14 @@
 //! file is private to its owner from the moment it exists.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::private_file::{ReadPrivateError, read_private, wipe, write_private};
 
 /// An Ed25519 public key, which is also the key's identity on the bus: whitelists name keys, not
 /// hosts, so a node that moves keeps its identity and a node that is rebuilt gets a new one.
@@ -225,51 +225,26 @@ impl Identity {
     /// renamed over `path`, and the directory is fsynced so the rename survives a crash. An
     /// existing file at `path` is replaced.
     pub fn save(&self, path: &Path) -> Result<(), SaveKeyError> {
-        let io_err = |source| SaveKeyError::Io { path: path.to_path_buf(), source };
-        let name = path.file_name().ok_or_else(|| SaveKeyError::NoFileName(path.to_path_buf()))?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix).map_err(|e| io_err(io::Error::other(e.to_string())))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", u64::from_be_bytes(suffix)));
-        let tmp = dir.join(tmp_name);
-
-        let mut text = self.key_file_text();
-        let written = write_new_private(&tmp, &text);
-        wipe(&mut text);
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(e));
+        if path.file_name().is_none() {
+            return Err(SaveKeyError::NoFileName(path.to_path_buf()));
         }
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)
+        let mut text = self.key_file_text();
+        let written = write_private(path, &text);
+        wipe(&mut text);
+        written.map_err(|source| SaveKeyError::Io { path: path.to_path_buf(), source })
     }
 
     /// Reads a key file written by [`Identity::save`]. Refuses a file that group or others can
     /// read, write or execute: a secret others could read may already be someone else's, and one
     /// others could write may be someone else's key put there for us to use.
     pub fn load(path: &Path) -> Result<Self, LoadKeyError> {
-        let io_err = |source| LoadKeyError::Io { path: path.to_path_buf(), source };
-        // Checked before opening too, because opening a FIFO would block.
-        if !fs::metadata(path).map_err(io_err)?.is_file() {
-            return Err(LoadKeyError::NotAFile(path.to_path_buf()));
-        }
-        let file = File::open(path).map_err(io_err)?;
-        // The checks use the opened file's metadata, not the path's, so the file cannot be
-        // swapped between the check and the read.
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(LoadKeyError::NotAFile(path.to_path_buf()));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(LoadKeyError::Permissions { path: path.to_path_buf(), mode });
-        }
-        let mut buf = Vec::new();
-        file.take(KEY_FILE_MAX_LEN + 1).read_to_end(&mut buf).map_err(io_err)?;
+        let mut buf = read_private(path, KEY_FILE_MAX_LEN).map_err(|e| match e {
+            ReadPrivateError::Io(source) => LoadKeyError::Io { path: path.to_path_buf(), source },
+            ReadPrivateError::NotAFile => LoadKeyError::NotAFile(path.to_path_buf()),
+            ReadPrivateError::Permissions(mode) => {
+                LoadKeyError::Permissions { path: path.to_path_buf(), mode }
+            }
+        })?;
         let parsed = parse_key_file(&buf);
         wipe(&mut buf);
         let format = |reason| LoadKeyError::Format { path: path.to_path_buf(), reason };
@@ -299,12 +274,6 @@ impl Identity {
     }
 }
 
-fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
 fn parse_key_file(buf: &[u8]) -> Result<([u8; 32], KeyId), &'static str> {
     if buf.len() as u64 > KEY_FILE_MAX_LEN {
         return Err("file is too large");
@@ -330,20 +299,15 @@ fn parse_key_file(buf: &[u8]) -> Result<([u8; 32], KeyId), &'static str> {
     Ok((secret, key_id))
 }
 
-/// Best-effort erasure of a copy of secret material. `black_box` keeps the compiler from
-/// dropping the writes as dead stores in practice, though (unlike the `zeroize` crate that
-/// `SigningKey` itself uses) it is not a guarantee; we avoid an extra dependency for buffers
-/// that live for microseconds.
-fn wipe(bytes: &mut [u8]) {
-    bytes.fill(0);
-    std::hint::black_box(bytes);
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+    use crate::private_file::write_new_private;
 
     fn fixed() -> Identity {
         Identity::from_secret_bytes(&[7u8; 32])

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod identity;
 pub mod nats;
 pub mod node;
+mod private_file;
 pub mod renewal;
 pub mod retained;
 pub mod tls;

@@ -16,6 +16,8 @@
 //!   live subscribers get it, later ones do not.
 //! - `new_inbox` is `_inbox.<member id>.<random hex>` when the member id is configured.
 
+pub mod auth;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +84,9 @@ pub enum NatsAuth {
     },
     /// An nkey seed (`SU…`); the server knows the public key.
     Nkey(String),
+    /// A user JWT and its seed, minted by the ring's account ([`auth`]): the server trusts
+    /// the operator that signed the account, and knows nothing of the user beforehand.
+    Credentials(auth::NatsCredentials),
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -89,6 +94,7 @@ impl std::fmt::Debug for NatsAuth {
         match self {
             Self::UserPassword { user, .. } => f.debug_struct("UserPassword").field("user", user).finish(),
             Self::Nkey(_) => f.write_str("Nkey"),
+            Self::Credentials(credentials) => f.debug_tuple("Credentials").field(credentials).finish(),
         }
     }
 }
@@ -107,6 +113,9 @@ pub enum NatsConnectError {
     /// The stream that retains `state.*` could not be found or created.
     #[error("failed to get or create the {STATE_STREAM} stream: {0}")]
     Stream(String),
+    /// The credentials' seed is not a user nkey seed.
+    #[error("the nats credentials' seed is not an nkey seed: {0}")]
+    Seed(nkeys::error::Error),
     /// Connecting or creating the stream took longer than the configured timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -169,6 +178,14 @@ impl NatsTransport {
                 options.user_and_password(user.clone(), password.clone())
             }
             Some(NatsAuth::Nkey(seed)) => options.nkey(seed.clone()),
+            Some(NatsAuth::Credentials(credentials)) => {
+                let key =
+                    Arc::new(nkeys::KeyPair::from_seed(&credentials.seed).map_err(NatsConnectError::Seed)?);
+                options.jwt(credentials.jwt.clone(), move |nonce| {
+                    let key = Arc::clone(&key);
+                    async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+                })
+            }
             None => options,
         };
         let timeout = config.connect_timeout;

@@ -1,15 +1,20 @@
-//! The `Transport` contract, written once against `dyn Transport` and run twice: against the
-//! embedded hub (`hub::…`) and against a nats-server each test starts (`nats::…`).
+//! The `Transport` contract, written once against `dyn Transport` and run three times: against
+//! the embedded hub (`hub::…`), against a nats-server each test starts (`nats::…`), and against
+//! one in operator mode whose clients connect as `parent` users minted by the ring's account
+//! after it started (`nats_jwt::…`).
 
 mod transport_common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
+use enjin_bus::acl::Member;
 use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::frame::MAX_PAYLOAD;
 use enjin_bus::hub::HubConfig;
-use enjin_bus::nats::{NatsConfig, NatsTransport};
+use enjin_bus::nats::auth::{NatsAccount, NatsOperator, server_config};
+use enjin_bus::nats::{NatsAuth, NatsConfig, NatsTransport};
 use enjin_bus::transport::{Transport, TransportError, request};
 use enjin_testkit::NatsServer;
 use transport_common::*;
@@ -18,6 +23,7 @@ use transport_common::*;
 enum Backend {
     Hub { ca: Box<Ca>, hub: Box<RunningHub> },
     Nats(NatsServer),
+    NatsJwt { server: NatsServer, account: Box<NatsAccount> },
 }
 
 impl Backend {
@@ -29,6 +35,13 @@ impl Backend {
 
     async fn nats() -> Backend {
         Backend::Nats(NatsServer::start())
+    }
+
+    async fn nats_jwt() -> Backend {
+        let operator = NatsOperator::generate().expect("operator");
+        let account = operator.account("conformance");
+        let server = NatsServer::start_with(&server_config(&operator, &[&account]));
+        Backend::NatsJwt { server, account: Box::new(account) }
     }
 
     /// A connected transport named `name`, with the default subscription queue.
@@ -49,6 +62,19 @@ impl Backend {
             Backend::Nats(server) => {
                 let config = NatsConfig { subscription_queue, ..NatsConfig::new(server.url()) };
                 Arc::new(NatsTransport::connect(config).await.expect("connect to nats-server"))
+            }
+            Backend::NatsJwt { server, account } => {
+                let member = Member::parent(name).expect("a parent member");
+                let credentials = account.mint_user(&member, Duration::from_secs(600)).expect("mint");
+                let config = NatsConfig {
+                    subscription_queue,
+                    member_id: Some(member.id().to_owned()),
+                    auth: Some(NatsAuth::Credentials(credentials)),
+                    ..NatsConfig::new(server.url())
+                };
+                Arc::new(
+                    NatsTransport::connect(config).await.expect("connect to nats-server as a minted user"),
+                )
             }
         }
     }
@@ -260,6 +286,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Backend::nats().await).await;
+                }
+            )*
+        }
+        mod nats_jwt {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::nats_jwt().await).await;
                 }
             )*
         }
