@@ -83,12 +83,18 @@ pub struct CopyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// The target holds keys; nothing was written.
-    #[error("the target store is not empty: it holds {count} keys, among them {}", first.join(", "))]
+    #[error(
+        "the target store is not empty: it holds {count} keys, among them {}{}",
+        first.join(", "),
+        marker.as_ref().map(|m| format!("; it holds a finished copy ({COPY_MARKER_KEY} = {m})")).unwrap_or_default()
+    )]
     TargetNotEmpty {
         /// How many keys it holds.
         count: usize,
         /// The first few, in key order.
         first: Vec<String>,
+        /// The value of [`COPY_MARKER_KEY`], if the target holds one.
+        marker: Option<String>,
     },
     /// One key with its value is larger than one request may carry; nothing was written.
     #[error("key {key} is {size} bytes with its value, more than one transaction may carry ({limit} bytes)")]
@@ -155,6 +161,11 @@ pub async fn copy_with(
         return Err(CopyError::TargetNotEmpty {
             count: present.kvs.len(),
             first: present.kvs.iter().take(5).map(|kv| kv.key.clone()).collect(),
+            marker: present
+                .kvs
+                .iter()
+                .find(|kv| kv.key == COPY_MARKER_KEY)
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
         });
     }
 

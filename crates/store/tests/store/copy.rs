@@ -104,8 +104,8 @@ async fn a_target_that_is_not_empty_is_refused_and_left_untouched() {
     let before = target.range("").await.expect("range");
 
     match copy_all(&source.store, &target).await {
-        Err(CopyError::TargetNotEmpty { count, first }) => {
-            assert_eq!((count, first), (1, vec!["/registry/thing/0001".to_string()]));
+        Err(CopyError::TargetNotEmpty { count, first, marker }) => {
+            assert_eq!((count, first, marker), (1, vec!["/registry/thing/0001".to_string()], None));
         }
         other => panic!("expected TargetNotEmpty, got {other:?}"),
     }
