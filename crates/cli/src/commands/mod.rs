@@ -9,6 +9,7 @@ mod keys;
 mod login;
 mod objects;
 mod serve;
+mod store;
 mod token;
 mod tree;
 mod watch;
@@ -20,7 +21,9 @@ use clap::CommandFactory;
 use enjin_client::Client;
 use enjin_model::Kind;
 
-use crate::args::{AccountCommand, AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand};
+use crate::args::{
+    AccountCommand, AppCommand, Cli, Command, CompartmentCommand, Global, NodeCommand, StoreCommand,
+};
 use crate::config;
 
 /// Run one command; `shutdown` completes when the process is asked to stop (the long-running
@@ -39,6 +42,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
             enjin_sys::proc::private_umask();
             serve::run(g, &args, enjin_node::Mode::Server, shutdown).await
         }
+        Command::Store(StoreCommand::Copy(args)) => store::copy(g, &args).await,
         Command::Agent(args) => {
             enjin_sys::proc::private_umask();
             let config = enjin_agent::process::ProcessConfig { ring: args.ring, dir: args.dir };
