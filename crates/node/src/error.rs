@@ -5,8 +5,8 @@ use crate::cloud::CloudError;
 use crate::config::ConfigError;
 use crate::hosts::HostsError;
 
-/// Why `enjin up` or `enjin server` could not start, or stopped badly, or `enjin store copy` failed. Each variant names the
-/// step and the object; its source says why.
+/// Why `enjin up` or `enjin server` could not start or stopped badly, or `enjin store copy`
+/// failed. Each variant names the step and the object; its source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The configuration was refused before anything started; nothing was touched.
