@@ -65,6 +65,9 @@ pub enum Command {
     Down(DownArgs),
     /// Run the control plane only
     Server(ServeArgs),
+    /// The state store of a stopped cloud: copy it to etcd
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run a ring agent from the directory its parent prepared (started by the parent), or
     /// join a ring from this machine (`enjin agent join`)
     Agent(AgentArgs),
@@ -309,6 +312,31 @@ pub struct DownArgs {
     /// Remove the data directory too: the cloud is gone for good
     #[arg(long)]
     pub purge: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the data directory's SQLite store into an empty etcd cluster and verify it; the
+    /// cloud must be stopped. Then set `[store] backend = "etcd"` in enjin.toml
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreTarget {
+    Etcd,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The backend to copy to
+    #[arg(long, value_enum)]
+    pub to: StoreTarget,
+    /// etcd's client URLs, comma-separated: all https://host:port, or all http:// on loopback
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// With https:// endpoints, the CA of etcd's server certificates (default: the ring 0 CA)
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -60,7 +60,8 @@ impl EtcdBackend {
         self.endpoints.iter().all(|endpoint| endpoint.starts_with("https://"))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the endpoints and `ca_file` (as `[store]` keys in its messages).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let refuse = |reason: String| Err(ConfigError::Store(reason));
         if self.endpoints.is_empty() {
             return refuse("[store] endpoints: backend = \"etcd\" needs at least one endpoint".into());

@@ -5,8 +5,8 @@ use crate::cloud::CloudError;
 use crate::config::ConfigError;
 use crate::hosts::HostsError;
 
-/// Why `enjin up` or `enjin server` could not start, or stopped badly. Each variant names the
-/// step and the object; its source says why.
+/// Why `enjin up` or `enjin server` could not start or stopped badly, or `enjin store copy`
+/// failed. Each variant names the step and the object; its source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The configuration was refused before anything started; nothing was touched.
@@ -45,6 +45,18 @@ pub enum NodeError {
         /// The store's reason.
         #[source]
         source: enjin_store::StoreError,
+    },
+    /// `enjin store copy` found no store to copy in the data directory.
+    #[error("no state store at {}: nothing to copy (is this the cloud's data directory?)", .0.display())]
+    NoStore(PathBuf),
+    /// `enjin store copy` was refused or failed; the source store is untouched.
+    #[error("failed to copy the state store to {}", to.display())]
+    StoreCopy {
+        /// The etcd endpoints.
+        to: PathBuf,
+        /// What went wrong, and what the target holds now.
+        #[source]
+        source: enjin_store::CopyError,
     },
     /// The store failed to close at shutdown, after the API and the hosts had stopped.
     #[error("failed to close the state store")]

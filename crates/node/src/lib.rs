@@ -13,6 +13,7 @@
 mod banner;
 pub mod cloud;
 mod config;
+mod copy;
 pub mod edge;
 mod error;
 pub mod hosts;
@@ -42,6 +43,8 @@ pub use config::{
     DEFAULT_HOSTS_CIDR, DEFAULT_INSTANCE_CIDR, DEFAULT_LISTEN, DEFAULT_LOST_AFTER, DEFAULT_ROUTER_LISTEN,
     EtcdBackend, Mode, NodeConfig, StoreBackend,
 };
+pub use copy::copy_store;
+pub use enjin_store::{COPY_MARKER_KEY, CopyReport};
 pub use error::NodeError;
 use layout::{CA_FILE, ENDPOINT_FILE, STATE_FILE, TOKEN_FILE};
 

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod copy;
 mod etcd;
 mod sqlite;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+pub use copy::{COPY_MARKER_KEY, CopyError, CopyLimits, CopyReport, copy_all, copy_with};
 pub use etcd::{EtcdStore, EtcdStoreConfig, EtcdTlsConfig};
 pub use sqlite::{MAX_LEASE_TTL, SqliteStore, SqliteStoreConfig};
 

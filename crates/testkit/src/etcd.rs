@@ -38,6 +38,17 @@ impl EtcdServer {
 
     /// Starts etcd, with TLS and client certificates on its client port when `tls` is given.
     pub fn start_with(tls: Option<&EtcdTls>) -> EtcdServer {
+        Self::launch(tls, true)
+    }
+
+    /// Starts etcd with plain HTTP and etcd's own request limits (128 operations per
+    /// transaction, 1.5 MiB per request), for code that must stay within what a production
+    /// cluster accepts.
+    pub fn start_with_default_limits() -> EtcdServer {
+        Self::launch(None, false)
+    }
+
+    fn launch(tls: Option<&EtcdTls>, roomy: bool) -> EtcdServer {
         let (daemon, endpoint) = Daemon::start("etcd", "etcd-server", |dir, command| {
             let (client, peer) = (free_port(), free_port());
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -59,9 +70,10 @@ impl EtcdServer {
                 .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                 .arg(format!("--initial-cluster=test={peer_url}"))
                 .arg("--heartbeat-interval=10")
-                .arg("--election-timeout=100")
-                .arg(format!("--max-txn-ops={ETCD_MAX_TXN_OPS}"))
-                .arg("--max-request-bytes=33554432");
+                .arg("--election-timeout=100");
+            if roomy {
+                command.arg(format!("--max-txn-ops={ETCD_MAX_TXN_OPS}")).arg("--max-request-bytes=33554432");
+            }
             (client, endpoint)
         });
         EtcdServer { daemon, endpoint }

@@ -10,6 +10,7 @@ mod keys;
 mod login;
 mod objects;
 mod serve;
+mod store;
 mod token;
 mod tree;
 mod watch;
@@ -23,7 +24,7 @@ use enjin_model::Kind;
 
 use crate::args::{
     AccountCommand, AgentArgs, AgentCommand, AppCommand, Cli, Command, CompartmentCommand, Global,
-    HostCommand, NodeCommand,
+    HostCommand, NodeCommand, StoreCommand,
 };
 use crate::config;
 
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
             enjin_sys::proc::private_umask();
             serve::run(g, &args, enjin_node::Mode::Server, shutdown).await
         }
+        Command::Store(StoreCommand::Copy(args)) => store::copy(g, &args).await,
         Command::Agent(AgentArgs { command: Some(AgentCommand::Join(args)), .. }) => {
             enjin_sys::proc::private_umask();
             hosts::join(g, &args).await

@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 
 mod attack;
 mod concurrency;
+mod copy;
 mod durability;
 mod etcd_server;
 mod kv;
