@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     bus_window: Option<u64>,
     /// Messages a second in the fan-out section's paced rows, lowered where the row's deliveries
-    /// would exceed 10,000 a second [default: 1000]
+    /// would exceed 5,000 a second [default: 1000]
     #[arg(long, value_name = "N")]
     fanout_rate: Option<u64>,
     /// Run only these sections (repeat the flag or separate with commas) [default: all]
