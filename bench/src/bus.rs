@@ -49,7 +49,7 @@ pub const LATENCY_DELIVERIES: u64 = 20_000;
 const QUICK_MESSAGES: u64 = 200;
 const QUICK_LATENCY_MESSAGES: u64 = 50;
 
-const RING: u8 = 1;
+pub const RING: u8 = 1;
 const TOPIC: &str = "bench.broadcast";
 /// Time allowed to connect, subscribe and have the hub confirm it.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -64,7 +64,7 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 const CERT_VALIDITY: Duration = Duration::from_secs(3600);
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -120,12 +120,12 @@ pub fn ns_per_op(rows: &[CryptoRow], op: CryptoOp, payload: usize) -> Option<f64
 
 /// A trust set as a parent would hand it out: a parent key (a bundle needs one; it never signs
 /// here) and the publisher as a member.
-struct Keys {
-    publisher: Identity,
-    bundle: TrustBundle,
+pub struct Keys {
+    pub publisher: Identity,
+    pub bundle: TrustBundle,
 }
 
-fn keys() -> anyhow::Result<Keys> {
+pub fn keys() -> anyhow::Result<Keys> {
     let parent = Identity::generate().context("failed to generate the parent's bus identity")?;
     let publisher = Identity::generate().context("failed to generate the publisher's bus identity")?;
     let bundle = TrustBundle {
@@ -472,7 +472,7 @@ async fn measure(
 /// How many messages each subscriber has received, shared with the publisher so that it can
 /// stay within its window of the slowest one.
 #[derive(Debug)]
-struct Progress {
+pub struct Progress {
     received: Vec<AtomicU64>,
     /// The count the publisher is waiting for every subscriber to reach; a subscriber that
     /// reaches it wakes the publisher, which then looks at all of them.
@@ -481,7 +481,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(subscribers: usize) -> Self {
+    pub fn new(subscribers: usize) -> Self {
         Progress {
             received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
             target: AtomicU64::new(u64::MAX),
@@ -489,11 +489,11 @@ impl Progress {
         }
     }
 
-    fn slowest(&self) -> u64 {
+    pub fn slowest(&self) -> u64 {
         self.received.iter().map(|r| r.load(Ordering::SeqCst)).min().unwrap_or(u64::MAX)
     }
 
-    fn advance(&self, subscriber: usize, received: u64) {
+    pub fn advance(&self, subscriber: usize, received: u64) {
         if let Some(r) = self.received.get(subscriber) {
             r.store(received, Ordering::SeqCst);
         }
@@ -505,7 +505,7 @@ impl Progress {
     }
 
     /// A subscriber whose subscription ended holds no one back; its shortfall shows as missing.
-    fn finish(&self, subscriber: usize) {
+    pub fn finish(&self, subscriber: usize) {
         if let Some(r) = self.received.get(subscriber) {
             r.store(u64::MAX, Ordering::SeqCst);
         }
@@ -513,14 +513,14 @@ impl Progress {
     }
 
     /// Messages received so far by the subscribers still subscribed.
-    fn delivered(&self) -> u64 {
+    pub fn delivered(&self) -> u64 {
         let counts = self.received.iter().map(|r| r.load(Ordering::SeqCst));
         counts.filter(|&n| n != u64::MAX).fold(0, u64::saturating_add)
     }
 
     /// Waits until every subscriber has received `target` messages, for as long as messages keep
     /// arriving; false once none has for [`STALL_PATIENCE`].
-    async fn drain(&self, target: u64) -> bool {
+    pub async fn drain(&self, target: u64) -> bool {
         let mut before = self.delivered();
         loop {
             if self.wait_until(target, Instant::now() + STALL_PATIENCE).await {
@@ -535,7 +535,7 @@ impl Progress {
     }
 
     /// Waits until every subscriber has received `target` messages; false if `deadline` came first.
-    async fn wait_until(&self, target: u64, deadline: Instant) -> bool {
+    pub async fn wait_until(&self, target: u64, deadline: Instant) -> bool {
         self.target.store(target, Ordering::SeqCst);
         loop {
             if self.slowest() >= target {
@@ -605,7 +605,7 @@ async fn publish(node: &BusNode, progress: &Progress, plan: Plan, start: Instant
     sent
 }
 
-fn message(index: u64, sent: Duration) -> Vec<u8> {
+pub fn message(index: u64, sent: Duration) -> Vec<u8> {
     let mut payload = vec![0; BROADCAST_PAYLOAD];
     payload[..8].copy_from_slice(&index.to_be_bytes());
     payload[8..16].copy_from_slice(&u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX).to_be_bytes());
@@ -613,7 +613,7 @@ fn message(index: u64, sent: Duration) -> Vec<u8> {
 }
 
 /// A message's index and send time.
-fn parse_message(payload: &[u8]) -> Option<(u64, Duration)> {
+pub fn parse_message(payload: &[u8]) -> Option<(u64, Duration)> {
     let index = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
     let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
     Some((index, Duration::from_nanos(sent)))

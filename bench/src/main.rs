@@ -1,10 +1,10 @@
 //! `enjin-bench`: measures store transactions and the meta API in one run and prints Markdown
 //! tables, next to the disk's raw fsync rate measured in the same directory; and the ring bus,
-//! next to raw Ed25519; and supervised restarts in the unix-user sandbox, next to plain processes,
-//! with the idle memory of `enjin up` and its agent; and the HTTP router under wrk, next to the
-//! backend alone and to nginx. It only ever talks to loopback and writes only
-//! inside its own temporary directories, and the cgroups, network namespaces and links it makes
-//! it removes again.
+//! next to raw Ed25519, and its signed fan-out next to the same over nats-server; and supervised
+//! restarts in the unix-user sandbox, next to plain processes, with the idle memory of `enjin up`
+//! and its agent; and the HTTP router under wrk, next to the backend alone and to nginx. It only
+//! ever talks to loopback and writes only inside its own temporary directories, and the cgroups,
+//! network namespaces and links it makes it removes again.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,7 @@ mod bus;
 mod bus_flood;
 mod bus_standing;
 mod deploy;
+mod fanout;
 mod firewall;
 mod idle;
 mod idle_load;
@@ -65,6 +66,10 @@ struct Args {
     /// and the run fails with missing deliveries.
     #[arg(long, value_name = "N")]
     bus_window: Option<u64>,
+    /// Messages a second in the fan-out section's paced rows, lowered where the row's deliveries
+    /// would exceed 5,000 a second [default: 1000]
+    #[arg(long, value_name = "N")]
+    fanout_rate: Option<u64>,
     /// Run only these sections (repeat the flag or separate with commas) [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
@@ -84,6 +89,8 @@ enum Section {
     Bus,
     /// The bus hub under 2,000 half-open connections: member connect time and round trip
     BusFlood,
+    /// Signed fan-out to 1, 10 and 100 subscribers: the embedded hub against nats-server
+    Fanout,
     /// Supervision: SIGKILL to replacement, processes per instance, idle memory of `enjin up`
     Supervise,
     /// The HTTP router under wrk: direct, through enjin-router, through nginx
@@ -116,6 +123,12 @@ impl Args {
         Ok(Limits { ops, time })
     }
 
+    fn fanout_rate(&self) -> anyhow::Result<u64> {
+        let rate = self.fanout_rate.unwrap_or(fanout::PACED_RATE);
+        anyhow::ensure!(rate >= 1, "--fanout-rate must be at least 1");
+        Ok(rate)
+    }
+
     fn bus_window(&self) -> anyhow::Result<u64> {
         let window = self.bus_window.unwrap_or(bus::WINDOW);
         anyhow::ensure!(window >= 1, "--bus-window must be at least 1");
@@ -128,7 +141,8 @@ fn main() -> ExitCode {
     if let Some(port) = args.serve_token {
         return supervise::serve(port);
     }
-    let (limits, window) = match args.limits().and_then(|l| Ok((l, args.bus_window()?))) {
+    let settings = args.limits().and_then(|l| Ok((l, args.bus_window()?, args.fanout_rate()?)));
+    let (limits, window, rate) = match settings {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -142,7 +156,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench(&args, limits, window)) {
+    match runtime.block_on(bench(&args, limits, window, rate)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -157,7 +171,7 @@ struct Failure {
     why: String,
 }
 
-async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
+async fn bench(args: &Args, limits: Limits, window: u64, rate: u64) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("enjin-bench-")
         .tempdir()
@@ -198,6 +212,23 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
             bus::STALL_PATIENCE.as_secs(),
         );
     }
+    let fanout_plans = fanout::plans(args.quick, rate);
+    if args.runs(Section::Fanout) {
+        let rows: Vec<String> = fanout_plans
+            .iter()
+            .filter(|p| p.via == fanout::Via::Hub)
+            .map(|p| match p.pace {
+                fanout::Pace::Window(w) => format!("{}x{} (window {w})", p.subscribers, p.messages),
+                fanout::Pace::Rate(r) => format!("{}x{} ({r} msg/s)", p.subscribers, p.messages),
+            })
+            .collect();
+        println!(
+            "- fanout: rows (subscribers x messages) {}, each on the hub and on nats-server; a row \
+             publishes for at most {} s",
+            rows.join(", "),
+            fanout::ROW_TIME.as_secs(),
+        );
+    }
     let supervise_settings = supervise::Settings::new(args.quick);
     if args.runs(Section::Supervise) {
         let uids = supervise::uid_range();
@@ -230,6 +261,9 @@ async fn bench(args: &Args, limits: Limits, window: u64) -> anyhow::Result<()> {
     }
     if args.runs(Section::BusFlood) {
         failures.extend(bus_flood(args.quick).await?);
+    }
+    if args.runs(Section::Fanout) {
+        failures.extend(fan_out(&fanout_plans).await?);
     }
     if args.runs(Section::Supervise) {
         failures.extend(supervision(supervise_settings).await?);
@@ -356,6 +390,21 @@ async fn bus_flood(quick: bool) -> anyhow::Result<Vec<Failure>> {
     failures
         .extend(standing.iter().filter_map(|r| Some(Failure { row: r.name.to_owned(), why: r.failure()? })));
     Ok(failures)
+}
+
+/// Signed fan-out, on the hub and on nats-server.
+async fn fan_out(plans: &[fanout::Plan]) -> anyhow::Result<Vec<Failure>> {
+    eprintln!("measuring signed fan-out on the hub and on nats-server…");
+    let rows = fanout::rows(plans).await?;
+    report::print_fanout(&rows);
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let row =
+                format!("{}, subscribers: {}, {:?}", r.plan.via.name(), r.plan.subscribers, r.plan.pace);
+            Some(Failure { row, why: r.failure()? })
+        })
+        .collect())
 }
 
 /// The supervision section: restarts after SIGKILL, what an instance is made of, and the idle

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::bus::{self, BroadcastRow, CryptoOp, CryptoRow};
+use crate::fanout::{self, FanoutRow, Pace};
 use crate::idle::Outcome;
 use crate::procfs::Memory;
 use crate::run::Sample;
@@ -381,6 +382,80 @@ pub fn print_bus_broadcast(rows: &[BroadcastRow], crypto: &[CryptoRow]) {
          subscribers) per second of the row; \"sign+verify cores\" is the part the single-thread seal \
          and accept costs above account for (msgs x seal + deliveries x accept, per second).\n",
     );
+}
+
+pub fn print_fanout(rows: &[FanoutRow]) {
+    println!(
+        "## Signed fan-out: embedded hub against nats-server (mutual TLS 1.3 on 127.0.0.1 for both; \
+         a signing publisher, verifying subscribers; {} B payloads)\n",
+        bus::BROADCAST_PAYLOAD
+    );
+    println!(
+        "| fan-out | subscribers | pace | msgs published | time (s) | deliveries/s | p50 (ms) | p99 (ms) | max (ms) | missing deliveries | subscribers cut off | publish Full retries | notes |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let s = &r.deliveries;
+        let msgs = if r.time_limited {
+            format!("{} of {} (time limit)", r.published, r.plan.messages)
+        } else {
+            r.published.to_string()
+        };
+        let pace = match r.plan.pace {
+            Pace::Window(w) => format!("saturating (window {w})"),
+            Pace::Rate(rate) => format!("paced {rate} msg/s"),
+        };
+        let mut notes = Vec::new();
+        if r.rejected > 0 {
+            notes.push(format!("envelopes refused: {}", r.rejected));
+        }
+        if s.errors > 0 {
+            notes.push(format!("errors: {}", s.errors));
+        }
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.plan.via.name(),
+            r.plan.subscribers,
+            pace,
+            msgs,
+            secs(s.elapsed),
+            per_sec(s.per_sec()),
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99)),
+            ms(s.max()),
+            r.missing,
+            r.cut_off,
+            r.full_retries,
+            notes.join("; "),
+        );
+    }
+    println!();
+    println!(
+        "Both transports run with mutual TLS 1.3 from one ring CA: the hub in this process with its \
+         defaults, and nats-server ({}) with a `tls` block (`verify: true`) and one user per member \
+         from `authorization()`, in a process of its own. Every subscriber has its own connection \
+         and certificate and verifies every envelope with its own Verifier; the publisher seals \
+         each one (Ed25519). Latency is verification time minus the send time in the payload \
+         (one clock); time runs from the first measured publish to the last delivery. Saturating \
+         rows keep the publisher at most \"window\" messages ahead of the slowest subscriber; \
+         paced rows publish on a fixed schedule and take the scheduled time as the send time, \
+         lowered so that rate x subscribers stays within {}/s. A subscriber is cut off when its \
+         subscription ended or it got fewer messages than were published. nats-server's CPU is \
+         another process's; the hub's is this one's.\n",
+        nats_version(),
+        fanout::PACED_DELIVERIES_PER_SEC,
+    );
+}
+
+/// `nats-server --version`, or why not.
+fn nats_version() -> String {
+    std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "version unknown".into())
 }
 
 pub fn print_supervise_restarts(rows: &[KillRow]) {

@@ -144,6 +144,7 @@ fn quick_run_prints_every_table_with_nonzero_rates() {
     let stdout = quick_run(&["--quick"]);
     assert_positive(&stdout, &TABLES);
     assert_bus_tables(&stdout);
+    assert_fanout_table(&stdout);
     assert_supervise_tables(&stdout);
     assert_deploy_table(&stdout);
     assert_firewall_table(&stdout);
@@ -183,6 +184,33 @@ fn only_bus_runs_the_bus_section_alone() {
     assert_bus_tables(&stdout);
     for (header, _) in TABLES {
         assert!(!stdout.contains(header), "{header:?} should not run with --only bus:\n{stdout}");
+    }
+}
+
+/// The fan-out table: both transports at each subscriber count, saturating and paced, each
+/// row delivering and nothing lost.
+fn assert_fanout_table(stdout: &str) {
+    let transports = column(stdout, "| fan-out |", "fan-out");
+    assert_eq!(transports.len(), 8, "{stdout}");
+    for via in ["embedded hub", "nats-server"] {
+        assert_eq!(transports.iter().filter(|t| *t == via).count(), 4, "{via} rows:\n{stdout}");
+    }
+    assert_eq!(rates(stdout, "| fan-out |", "subscribers"), [1.0, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0, 10.0]);
+    assert_positive(stdout, &[("| fan-out |", "deliveries/s"), ("| fan-out |", "p50 (ms)")]);
+    for zero in ["missing deliveries", "subscribers cut off"] {
+        let counts = rates(stdout, "| fan-out |", zero);
+        assert!(counts.iter().all(|c| *c == 0.0), "non-zero {zero:?}:\n{stdout}");
+    }
+    let paced = column(stdout, "| fan-out |", "pace");
+    assert_eq!(paced.iter().filter(|p| p.starts_with("paced")).count(), 4, "{stdout}");
+}
+
+#[test]
+fn only_fanout_runs_the_fanout_section_alone() {
+    let stdout = quick_run(&["--quick", "--only", "fanout"]);
+    assert_fanout_table(&stdout);
+    for (header, _) in TABLES.iter().chain(&BUS_TABLES) {
+        assert!(!stdout.contains(header), "{header:?} should not run with --only fanout:\n{stdout}");
     }
 }
 

@@ -15,6 +15,8 @@
 //!   non-`state` topics come from a plain NATS subscription. An empty payload clears a topic:
 //!   live subscribers get it, later ones do not.
 //! - `new_inbox` is `_inbox.<member id>.<random hex>` when the member id is configured.
+//! - With [`NatsConfig::tls`], mutual TLS from the ring's certificates, as on the hub: the
+//!   server's `tls` block names the ring CA as `ca_file` with `verify: true`.
 
 pub mod auth;
 
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::frame::MAX_PAYLOAD;
+use crate::tls::{self, TlsError, TlsMaterial};
 use crate::transport::{Message, Subscription, Transport, TransportError, random_inbox};
 use crate::{acl, topic};
 
@@ -55,6 +58,9 @@ pub struct NatsConfig {
     pub subscription_queue: usize,
     /// Time allowed to connect and to create the state stream or a consumer.
     pub connect_timeout: Duration,
+    /// Mutual TLS with the ring's certificates, as on the hub: TLS 1.3, only the ring CA
+    /// trusted, this member's certificate presented. `None` connects as the URL says.
+    pub tls: Option<TlsMaterial>,
 }
 
 impl NatsConfig {
@@ -68,6 +74,7 @@ impl NatsConfig {
             outbound_queue: client.outbound_queue,
             subscription_queue: client.subscription_queue,
             connect_timeout: client.connect_timeout,
+            tls: None,
         }
     }
 }
@@ -119,6 +126,9 @@ pub enum NatsConnectError {
     /// Connecting or creating the stream took longer than the configured timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS material could not be made into a client configuration.
+    #[error("invalid TLS material: {0}")]
+    Tls(#[from] TlsError),
 }
 
 enum Command {
@@ -188,6 +198,12 @@ impl NatsTransport {
             }
             None => options,
         };
+        if let Some(material) = &config.tls {
+            let mut tls = rustls::ClientConfig::clone(&*tls::client_config(material)?);
+            // The hub's ALPN name versions the hub's wire format, not NATS's.
+            tls.alpn_protocols.clear();
+            options = options.require_tls(true).tls_client_config(tls);
+        }
         let timeout = config.connect_timeout;
         let client = tokio::time::timeout(timeout, options.connect(config.url.as_str()))
             .await
