@@ -44,6 +44,15 @@ pub enum ConfigError {
     Key(String),
 }
 
+/// An agent's connection to its ring's bus.
+#[allow(missing_debug_implementations, reason = "transports are trait objects without Debug")]
+pub struct BusConnection {
+    /// What it publishes and subscribes on.
+    pub transport: std::sync::Arc<dyn enjin_bus::transport::Transport>,
+    /// The hub's client, when the bus is the hub (certificates are renewed on it).
+    pub hub: Option<std::sync::Arc<enjin_bus::client::BusClient>>,
+}
+
 /// `agent.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +76,10 @@ pub struct AgentFile {
     /// never on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_key_after_seconds: Option<u64>,
+    /// The ring's bus is NATS at this URL (`nats://…`), joined as the user in `nats.creds`;
+    /// `hub` is then not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<String>,
 }
 
 /// How old an agent's bus key gets before the agent rotates it, unless configured.
@@ -94,6 +107,8 @@ pub struct AgentConfig {
     pub sandbox: bool,
     /// When the agent rotates its bus key; `None`: never on its own.
     pub rotate_key_after: Option<Duration>,
+    /// See [`AgentFile::nats`].
+    pub nats: Option<String>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -121,6 +136,7 @@ impl AgentConfig {
                 Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s)),
             },
+            nats: f.nats,
         })
     }
 
@@ -157,6 +173,45 @@ impl AgentConfig {
     /// The agent's credentials and how it keeps them fresh.
     pub fn credentials(&self) -> crate::credentials::Credentials {
         crate::credentials::Credentials { dir: self.dir.clone(), rotate_key_after: self.rotate_key_after }
+    }
+
+    /// `<dir>/nats.creds`: the agent's NATS user (JWT and seed, 0600), when its bus is NATS.
+    pub fn nats_creds_file(&self) -> PathBuf {
+        self.dir.join("nats.creds")
+    }
+
+    /// Connect to the ring's bus: NATS when the directory names a server, else the hub over
+    /// mutual TLS (whose client is returned too: the agent renews its certificate on it).
+    pub async fn connect_bus(&self) -> Result<BusConnection, String> {
+        use enjin_bus::client::{BusClient, ClientConfig};
+        use enjin_bus::nats::auth::NatsCredentials;
+        use enjin_bus::nats::{NatsAuth, NatsConfig, NatsTransport};
+        match &self.nats {
+            Some(url) => {
+                let path = self.nats_creds_file();
+                let text = String::from_utf8(read(&path).map_err(|e| e.to_string())?)
+                    .map_err(|_| format!("{} is not text", path.display()))?;
+                let creds = NatsCredentials::from_creds_file(&text)
+                    .ok_or_else(|| format!("{} holds no NATS user", path.display()))?;
+                let mut config = NatsConfig::new(url.clone());
+                config.member_id = Some(self.node.to_string());
+                config.auth = Some(NatsAuth::Credentials(creds));
+                // Mutual TLS with the agent's ring certificate, as on the hub.
+                if url.starts_with("tls://") {
+                    config.tls = Some(self.tls().map_err(|e| e.to_string())?);
+                }
+                let transport = NatsTransport::connect(config).await.map_err(|e| e.to_string())?;
+                Ok(BusConnection { transport: std::sync::Arc::new(transport), hub: None })
+            }
+            None => {
+                let tls = self.tls().map_err(|e| e.to_string())?;
+                let client = std::sync::Arc::new(
+                    BusClient::connect(self.hub, &self.server_name, &tls, ClientConfig::default())
+                        .map_err(|e| e.to_string())?,
+                );
+                Ok(BusConnection { transport: client.clone(), hub: Some(client) })
+            }
+        }
     }
 
     /// Where the agent keeps its children's state and logs.

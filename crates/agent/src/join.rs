@@ -56,6 +56,8 @@ pub enum JoinError {
 pub struct Joining {
     identity: Identity,
     tls_key_pem: String,
+    /// The seed of the NATS user key whose public half the request carries.
+    nats_seed: String,
     /// What to send on `POST /v1/join`.
     pub request: JoinRequest,
 }
@@ -68,13 +70,16 @@ impl Joining {
             .map_err(|e| JoinError::Generate { what: "bus identity", message: e.to_string() })?;
         let csr = enjin_pki::new_csr()
             .map_err(|e| JoinError::Generate { what: "TLS key", message: e.to_string() })?;
+        let (nats_user, nats_seed) = enjin_bus::nats::auth::new_user()
+            .map_err(|e| JoinError::Generate { what: "NATS user key", message: e.to_string() })?;
         let request = JoinRequest {
             label: label.to_string(),
             public_key: identity.key_id().to_string(),
             csr_pem: csr.csr_pem.clone(),
             node: None,
+            nats_user: Some(nats_user),
         };
-        Ok(Joining { identity, tls_key_pem: csr.key_pem, request })
+        Ok(Joining { identity, tls_key_pem: csr.key_pem, nats_seed, request })
     }
 
     /// Keep the answer in `dir` as an agent's directory (0700, every file 0600; `agent.json`
@@ -112,6 +117,12 @@ impl Joining {
             let path = dir.join(name);
             enjin_sys::fs::write_private(&path, contents).map_err(write_error(&path))?;
         }
+        if let Some(n) = &answer.nats {
+            let creds =
+                enjin_bus::nats::auth::NatsCredentials { jwt: n.jwt.clone(), seed: self.nats_seed.clone() };
+            let path = dir.join("nats.creds");
+            creds.write_creds_file(&path).map_err(write_error(&path))?;
+        }
         AgentConfig::write(dir, &file)
             .map_err(|e| JoinError::Write { path: dir.join(AgentConfig::FILE), message: e.to_string() })?;
         Ok(file)
@@ -131,12 +142,18 @@ fn agent_file(answer: &JoinResponse, hub: Option<SocketAddr>, sandbox: bool) -> 
             "names no node: the token was not made for a host (`enjin host add NAME` makes one)".into(),
         )
     })?;
-    let hub = match (hub, answer.hub.as_deref()) {
-        (Some(h), _) => h,
-        (None, Some(h)) => {
+    let hub = match (hub, answer.hub.as_deref(), &answer.nats) {
+        (Some(h), _, _) => h,
+        (None, Some(h), _) => {
             h.parse().map_err(|_| JoinError::Answer(format!("names a hub address that is not one: {h:?}")))?
         }
-        (None, None) => {
+        // The bus is NATS: `hub` is not used; it names the server.
+        (None, None, Some(n)) => {
+            n.url.split_once("://").and_then(|(_, a)| a.trim_end_matches('/').parse().ok()).ok_or_else(
+                || JoinError::Answer(format!("names a NATS server that is not tls://IP:PORT: {:?}", n.url)),
+            )?
+        }
+        (None, None, None) => {
             return Err(JoinError::Answer(
                 "names no hub: the server runs none (`enjin up` does); give its address with --hub".into(),
             ));
@@ -149,6 +166,7 @@ fn agent_file(answer: &JoinResponse, hub: Option<SocketAddr>, sandbox: bool) -> 
         server_name: "localhost".into(),
         sandbox,
         rotate_key_after_seconds: None,
+        nats: answer.nats.as_ref().map(|n| n.url.clone()),
     })
 }
 
@@ -172,6 +190,7 @@ mod tests {
             bundle: "00ff10".into(),
             hub: Some("10.1.2.3:7481".into()),
             node: Some(uuid::Uuid::new_v4()),
+            nats: None,
         }
     }
 

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::envelope::Envelope;
 use enjin_bus::identity::Identity;
 use enjin_bus::node::{BusNode, NodeSubscription, bundle_from_birth};
@@ -39,7 +38,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 pub use children::{RoutingLauncher, SupervisedChildren, child_spec, forward_observations, report_of};
-pub use config::{AgentConfig, AgentFile, ConfigError, DEFAULT_KEY_ROTATION};
+pub use config::{AgentConfig, AgentFile, BusConnection, ConfigError, DEFAULT_KEY_ROTATION};
 pub use packages::{BusPackageSource, ChunkError, PackageCache, PackageError, PackageSource, install};
 pub use sandbox::{APP_DIR, SandboxChild, SandboxError, SandboxLauncher};
 
@@ -101,17 +100,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let identity = Identity::load(&config.key_file()).map_err(|e| ConfigError::Key(e.to_string()))?;
-    let tls = config.tls()?;
     let bundle = bundle_from_birth(&config.bundle()?).map_err(|e| AgentError::Bus(e.to_string()))?;
-    let client = Arc::new(
-        BusClient::connect(config.hub, &config.server_name, &tls, ClientConfig::default())
-            .map_err(|e| AgentError::Bus(e.to_string()))?,
-    );
+    let bus = config.connect_bus().await.map_err(AgentError::Bus)?;
     let node = Arc::new(
-        BusNode::start(client.clone(), identity, bundle, VerifierConfig::default())
+        BusNode::start(bus.transport, identity, bundle, VerifierConfig::default())
             .map_err(|e| AgentError::Bus(e.to_string()))?,
     );
-    let upkeep = tokio::spawn(config.credentials().keep_fresh(node.clone(), client));
+    // On the hub the agent keeps its certificate fresh; a NATS user lives as long as its JWT.
+    let upkeep = bus.hub.map(|client| tokio::spawn(config.credentials().keep_fresh(node.clone(), client)));
     children.attach(&node);
     let mut desired =
         node.subscribe(&desired_topic(config.node)).map_err(|e| AgentError::Bus(e.to_string()))?;
@@ -128,7 +124,7 @@ pub async fn run(
     let (running_tx, running) = watch::channel(Arc::new(Vec::<Uuid>::new()));
     let stats_task = tokio::spawn(stats_loop(node.clone(), config.node, config.sandbox, running.clone()));
     let readers = Arc::new(Semaphore::new(LOG_READERS));
-    tracing::info!(node = %config.node, ring = config.ring, hub = %config.hub, key = %node.key_id().short(), "agent started");
+    tracing::info!(node = %config.node, ring = config.ring, hub = %config.hub, nats = ?config.nats, key = %node.key_id().short(), "agent started");
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut newest = i64::MIN;
     tokio::pin!(shutdown);
@@ -193,7 +189,9 @@ pub async fn run(
     }
     tracing::info!(node = %config.node, "agent stopping");
     stats_task.abort();
-    upkeep.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     if let Some(c) = collector {
         let stopped = tokio::task::spawn_blocking(move || c.stop());
         if tokio::time::timeout(COLLECTOR_STOP, stopped).await.is_err() {

@@ -150,6 +150,7 @@ mod tests {
             server_name: "localhost".into(),
             sandbox: false,
             rotate_key_after_seconds: None,
+            nats: None,
         };
         AgentConfig::write(dir.path(), &file).expect("write agent.json");
         let config = ProcessConfig { ring: 2, dir: dir.path().to_path_buf() };

@@ -68,6 +68,9 @@ pub enum Command {
     /// The state store of a stopped cloud: copy it to etcd
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The ring 1 bus on a NATS server: what the server needs
+    #[command(subcommand)]
+    Nats(NatsCommand),
     /// Run a ring agent from the directory its parent prepared (started by the parent), or
     /// join a ring from this machine (`enjin agent join`)
     Agent(AgentArgs),
@@ -312,6 +315,25 @@ pub struct DownArgs {
     /// Remove the data directory too: the cloud is gone for good
     #[arg(long)]
     pub purge: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Print a nats-server configuration for this cloud's ring 1 bus (`[bus] nats_url`): its
+    /// operator and account, JetStream, and mutual TLS with a certificate from the ring 1 CA
+    /// (written, 0600, to `<data-dir>/nats`)
+    Config(NatsConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NatsConfigArgs {
+    /// Where the server listens
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub listen: SocketAddr,
+    /// Names (IP addresses or DNS names) its certificate carries besides the listen address,
+    /// such as the hosts' gateway (repeatable)
+    #[arg(long = "name")]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -265,6 +265,9 @@ pub struct BusFileConfig {
     /// How long the certificates of the ring's members are valid (default a day); members
     /// renew theirs over the bus when two thirds of it have passed.
     pub certificate_validity_seconds: Option<u64>,
+    /// The ring 1 bus on a NATS server (`nats://host:port`) instead of the embedded hub
+    /// (`up` only; `enjin nats config` prints what the server needs).
+    pub nats_url: Option<String>,
 }
 
 impl BusFileConfig {
@@ -471,6 +474,7 @@ pub fn node_config(global: &Global, args: &ServeArgs, mode: Mode) -> Result<Node
         audit: file.audit.0,
         bus_listen: args.bus_listen.or(file.bus.listen).unwrap_or(d.bus_listen),
         certificate_validity: file.bus.certificate_validity()?,
+        bus_nats: file.bus.nats_url.clone(),
         hosts: args.hosts.or(file.hosts.count).unwrap_or(d.hosts),
         hosts_cidr: args.hosts_cidr.or(file.hosts.cidr).unwrap_or(d.hosts_cidr),
         instance_cidr: args.instance_cidr.or(file.hosts.instance_cidr).unwrap_or(d.instance_cidr),

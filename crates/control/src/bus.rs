@@ -196,6 +196,9 @@ pub struct BusAuthority {
     host_stats: Mutex<std::collections::HashMap<Uuid, enjin_model::api::HostStats>>,
     /// The latest report of each edge node (router and DNS), from its own key.
     edge_reports: Mutex<std::collections::HashMap<Uuid, enjin_model::api::EdgeReport>>,
+    /// When the ring's bus is NATS: the ring's account, which vouches for joiners' users, and
+    /// where joiners reach the server.
+    nats: Mutex<Option<(enjin_bus::nats::auth::NatsAccount, String)>>,
 }
 
 /// Each parent key and the time (ms) it stops being accepted, if it is retiring.
@@ -269,6 +272,7 @@ impl BusAuthority {
             controllers: Mutex::new(None),
             host_stats: Mutex::default(),
             edge_reports: Mutex::default(),
+            nats: Mutex::new(None),
         };
         authority.record_own_key(key).await?;
         // Fills the hub's tables, before any hub asks them.
@@ -334,6 +338,28 @@ impl BusAuthority {
         if let Ok(mut h) = self.hub.lock() {
             *h = Some((addr, stats));
         }
+    }
+
+    /// The ring's bus is NATS at `url` (as joiners reach it): joins that bring a user key get
+    /// a JWT of `account` for it.
+    pub fn set_nats(&self, account: enjin_bus::nats::auth::NatsAccount, url: String) {
+        if let Ok(mut n) = self.nats.lock() {
+            *n = Some((account, url));
+        }
+    }
+
+    /// A joiner's user on the NATS bus, when the bus is NATS and it sent a user key.
+    pub(crate) fn nats_join(
+        &self,
+        member: &Member,
+        user_key: Option<&str>,
+    ) -> Result<Option<enjin_model::api::NatsJoin>, BusError> {
+        let Some(key) = user_key else { return Ok(None) };
+        let Some((account, url)) = self.nats.lock().ok().and_then(|n| n.clone()) else { return Ok(None) };
+        let jwt = account
+            .user_jwt_for(key, member, enjin_bus::nats::auth::USER_VALIDITY)
+            .map_err(|e| BusError::Invalid { field: "nats_user", message: e.to_string() })?;
+        Ok(Some(enjin_model::api::NatsJoin { url, jwt }))
     }
 
     fn hub_addr(&self) -> Option<SocketAddr> {

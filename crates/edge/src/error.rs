@@ -85,10 +85,11 @@ pub enum EdgeError {
     /// lists itself.
     #[error("the edge's trust bundle")]
     Bundle(#[source] enjin_bus::node::NodeError),
-    /// The bus client could not be built (its TLS material is unusable). An unreachable hub is
-    /// not this error: the client connects, and reconnects, in the background.
-    #[error("failed to connect to the ring bus")]
-    Connect(#[source] enjin_bus::client::ClientError),
+    /// The bus client could not be built (its TLS material or NATS credentials are unusable,
+    /// or NATS did not answer). An unreachable hub is not this error: its client connects, and
+    /// reconnects, in the background.
+    #[error("failed to connect to the bus: {0}")]
+    Bus(String),
     /// The edge could not start as a bus node, or subscribe to the route and DNS topics.
     #[error("failed to join the ring bus")]
     Join(#[source] enjin_bus::node::NodeError),

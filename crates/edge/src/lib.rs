@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use enjin_agent::AgentConfig;
-use enjin_bus::client::{BusClient, ClientConfig};
 use enjin_bus::identity::Identity;
 use enjin_bus::node::{BusNode, bundle_from_birth};
 use enjin_bus::trust::VerifierConfig;
@@ -139,20 +138,13 @@ pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let identity = Identity::load(&config.key_file()).map_err(EdgeError::Identity)?;
     let bundle =
         bundle_from_birth(&config.bundle().map_err(EdgeError::Config)?).map_err(EdgeError::Bundle)?;
-    let client = Arc::new(
-        BusClient::connect(
-            config.hub,
-            &config.server_name,
-            &config.tls().map_err(EdgeError::Config)?,
-            ClientConfig::default(),
-        )
-        .map_err(EdgeError::Connect)?,
-    );
+    let bus = config.connect_bus().await.map_err(EdgeError::Bus)?;
     let node = Arc::new(
-        BusNode::start(client.clone(), identity, bundle, VerifierConfig::default())
+        BusNode::start(bus.transport, identity, bundle, VerifierConfig::default())
             .map_err(EdgeError::Join)?,
     );
-    let upkeep = tokio::spawn(config.credentials().keep_fresh(node.clone(), client));
+    // On the hub the edge keeps its certificate fresh; a NATS user lives as long as its JWT.
+    let upkeep = bus.hub.map(|client| tokio::spawn(config.credentials().keep_fresh(node.clone(), client)));
     let mut routes = node.subscribe(ROUTES_TOPIC).map_err(EdgeError::Join)?;
     let mut zones = node.subscribe(DNS_TOPIC).map_err(EdgeError::Join)?;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -208,7 +200,9 @@ pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     tracing::info!("edge stopping: draining requests in flight");
-    upkeep.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     stop_tx.send_replace(true);
     let drained = tokio::time::timeout(DRAIN, async {
         let _ = serving_router.await;

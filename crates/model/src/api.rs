@@ -424,6 +424,10 @@ pub struct JoinRequest {
     /// key bound to a node may report observations of it and of the nodes it supervises.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Uuid>,
+    /// The joiner's NATS user public key (`U…`; it keeps the seed): on a cloud whose bus is
+    /// NATS, the answer carries a user JWT for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_user: Option<String>,
 }
 
 /// What an agent reports about a node it runs (or about itself), on the bus topic
@@ -469,6 +473,19 @@ pub struct JoinResponse {
     /// token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Uuid>,
+    /// Where the ring's bus is and the child's user on it, when the bus is NATS and the request
+    /// named a user key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsJoin>,
+}
+
+/// A joiner's place on a ring bus that runs on NATS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NatsJoin {
+    /// The server, `tls://address:port`.
+    pub url: String,
+    /// The user JWT for the joiner's key, signed by the ring's account.
+    pub jwt: String,
 }
 
 /// One bus message as `enjin bus tail` shows it, after verification by the control plane.

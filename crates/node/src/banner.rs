@@ -16,12 +16,14 @@ pub(crate) struct Banner<'a> {
     pub ca: Option<&'a Path>,
     pub machine: Option<&'a Object<NodeSpec>>,
     pub hub: Option<SocketAddr>,
+    /// The ring 1 bus's NATS server, when it is not the hub.
+    pub nats: Option<&'a str>,
     pub edge: Option<&'a Listening>,
 }
 
 impl Banner<'_> {
     pub(crate) fn print(&self) {
-        let Banner { url, dir, token, ca, machine, hub, edge } = *self;
+        let Banner { url, dir, token, ca, machine, hub, nats, edge } = *self;
         println!("enjin is up");
         println!("  API:        {url}   (OpenAPI document: {url}/v1/openapi.json)");
         println!("  data:       {}", dir.display());
@@ -37,7 +39,9 @@ impl Banner<'_> {
                 m.meta.uuid
             );
         }
-        if let Some(h) = hub {
+        if let Some(n) = nats {
+            println!("  bus:        ring 1 on NATS at {n} (operator and account in {}/nats)", dir.display());
+        } else if let Some(h) = hub {
             println!("  bus:        ring 1 hub on {h} (mutual TLS, certificates from {}/pki)", dir.display());
         }
         if let Some(e) = edge {

@@ -137,6 +137,9 @@ pub struct NodeConfig {
     pub bus_listen: SocketAddr,
     /// How long the ring's members' certificates are valid.
     pub certificate_validity: Duration,
+    /// The ring 1 bus on this NATS server (`nats://…`) instead of the embedded hub (`up`
+    /// only): the cloud's NATS operator is kept in `<data-dir>/nats`.
+    pub bus_nats: Option<String>,
     /// How many ring 1 hosts run (`up` only).
     pub hosts: usize,
     /// The hosts network (`up` as root).
@@ -174,6 +177,7 @@ impl NodeConfig {
             audit: AuditConfig::default(),
             bus_listen: DEFAULT_BUS_LISTEN,
             certificate_validity: enjin_control::bus::CERT_VALIDITY,
+            bus_nats: None,
             hosts: DEFAULT_HOSTS,
             hosts_cidr: DEFAULT_HOSTS_CIDR,
             instance_cidr: DEFAULT_INSTANCE_CIDR,

@@ -25,6 +25,7 @@ pub async fn prepare(
     dir: &Path,
     hub: std::net::SocketAddr,
     listen: EdgeFile,
+    nats: Option<&crate::hosts::NatsPlan>,
 ) -> Result<ChildSpec, HostsError> {
     let q = ListQuery { parent: Some(machine.meta.uuid), label: Some(LABEL.into()), ..ListQuery::default() };
     let (found, _) =
@@ -52,6 +53,11 @@ pub async fn prepare(
         .enroll_local(node.meta.uuid, LABEL, dir)
         .await
         .map_err(|source| HostsError::Enrol { label: "the edge".into(), source })?;
+    if let Some(n) = nats {
+        let member = enjin_bus::acl::Member::node(enjin_bus::acl::Role::Edge, &node.meta.uuid.to_string())
+            .map_err(|e| HostsError::Nats(e.to_string()))?;
+        crate::hosts::write_nats_user(n, &member, dir)?;
+    }
     let file = AgentFile {
         ring: 1,
         node: node.meta.uuid,
@@ -59,6 +65,7 @@ pub async fn prepare(
         server_name: "localhost".into(),
         sandbox: false,
         rotate_key_after_seconds: None,
+        nats: nats.map(|n| n.local_url.clone()),
     };
     AgentConfig::write(dir, &file)?;
     listen.write(dir)?;

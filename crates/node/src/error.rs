@@ -9,6 +9,10 @@ use crate::hosts::HostsError;
 /// failed. Each variant names the step and the object; its source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The ring's bus on NATS could not be set up: its URL, the operator's seeds in
+    /// `<data-dir>/nats`, a user, or the server itself.
+    #[error("NATS: {0}")]
+    Nats(String),
     /// The configuration was refused before anything started; nothing was touched.
     #[error(transparent)]
     Config(#[from] ConfigError),

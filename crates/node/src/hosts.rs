@@ -132,6 +132,9 @@ pub enum HostsError {
         #[source]
         source: enjin_control::bus::BusError,
     },
+    /// A node's NATS user could not be minted.
+    #[error("failed to mint a NATS user: {0}")]
+    Nats(String),
     /// A host's or the edge's `agent.json` could not be written.
     #[error(transparent)]
     Agent(#[from] enjin_agent::ConfigError),
@@ -407,6 +410,34 @@ pub struct HostsPlan<'a> {
     pub count: usize,
     /// Other ring 1 processes of this machine to supervise beside the agents (the edge).
     pub also: Vec<ChildSpec>,
+    /// The ring's bus is NATS: where hosts reach it, and the account their users are minted in.
+    pub nats: Option<&'a NatsPlan>,
+}
+
+/// The ring 1 bus on NATS: the URL each kind of node reaches the server at, and the ring's
+/// account, which mints each node's user.
+#[derive(Debug)]
+pub struct NatsPlan {
+    /// Where processes of this machine's own namespace reach it (the control plane, the edge).
+    pub local_url: String,
+    /// Where hosts in their namespaces reach it (through the bridge's gateway).
+    pub hosts_url: String,
+    /// The ring's account.
+    pub account: enjin_bus::nats::auth::NatsAccount,
+}
+
+/// How long a node's NATS user is valid.
+pub use enjin_bus::nats::auth::USER_VALIDITY as NATS_USER_VALIDITY;
+
+/// Mint `member`'s NATS user in `nats`'s account into `<dir>/nats.creds` (0600).
+pub fn write_nats_user(
+    nats: &NatsPlan,
+    member: &enjin_bus::acl::Member,
+    dir: &Path,
+) -> Result<(), HostsError> {
+    let creds =
+        nats.account.mint_user(member, NATS_USER_VALIDITY).map_err(|e| HostsError::Nats(e.to_string()))?;
+    creds.write_creds_file(&dir.join("nats.creds")).map_err(io("write", &dir.join("nats.creds")))
 }
 
 /// Make sure `count` hosts exist under `machine`, prepare each one's directory (and network
@@ -416,7 +447,7 @@ pub async fn start(
     authority: &Arc<BusAuthority>,
     plan: HostsPlan<'_>,
 ) -> Result<Supervisor, HostsError> {
-    let HostsPlan { machine, data_dir, hub, net, count, also } = plan;
+    let HostsPlan { machine, data_dir, hub, net, count, also, nats } = plan;
     let strategy = if net.is_some() { Strategy::Netns } else { Strategy::Process };
     if net.is_none() {
         tracing::warn!("not root: ring 1 hosts run as plain processes, without network namespaces");
@@ -484,6 +515,12 @@ pub async fn start(
             .await
             .map_err(|source| HostsError::Enrol { label: label.clone(), source })?;
         // Sandboxed children run as the uids the control plane reserved for them.
+        if let Some(n) = nats {
+            let member =
+                enjin_bus::acl::Member::node(enjin_bus::acl::Role::Host, &host.meta.uuid.to_string())
+                    .map_err(|e| HostsError::Nats(e.to_string()))?;
+            write_nats_user(n, &member, &dir)?;
+        }
         let file = AgentFile {
             ring: 1,
             node: host.meta.uuid,
@@ -491,6 +528,7 @@ pub async fn start(
             server_name: "localhost".into(),
             sandbox: root_user,
             rotate_key_after_seconds: None,
+            nats: nats.map(|n| if net.is_some() { n.hosts_url.clone() } else { n.local_url.clone() }),
         };
         AgentConfig::write(&dir, &file)?;
         let agent = vec![

@@ -20,6 +20,8 @@ pub mod hosts;
 mod hub;
 pub mod layout;
 mod machine;
+mod nats;
+pub use nats::{account as nats_account, server_config as nats_server_config};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -135,6 +137,7 @@ pub async fn run(
         .await
         .map_err(|source| NodeError::Bus { what: "failed to start the key service", source })?;
     let mut hub_addr = None;
+    let mut nats_plan: Option<hosts::NatsPlan> = None;
     let mut host_supervisor = None;
     let mut edge = None;
     if whole_cloud {
@@ -157,20 +160,39 @@ pub async fn run(
         } else {
             None
         };
-        let hub = hub::bind(&dir, bus_listen, &authority).await?;
-        let addr = hub.local_addr();
-        authority.set_hub(addr, hub.stats());
-        tokio::spawn(hub.run(stopped(stop_rx.clone())));
         let own_tls = authority.local_tls("control-plane", &[]).map_err(|source| NodeError::Bus {
             what: "failed to make the control plane's certificate",
             source,
         })?;
-        let client = BusClient::connect(addr, "localhost", &own_tls, ClientConfig::default())
-            .map_err(NodeError::BusClient)?;
-        authority
-            .attach(Arc::new(client))
-            .await
-            .map_err(|source| NodeError::Bus { what: "failed to join the ring 1 bus", source })?;
+        let addr = match &config.bus_nats {
+            // The ring's bus on NATS: no hub here; every node a user of the ring's account.
+            Some(url) => {
+                let gateway = hosts_net.as_ref().map(|n| n.gateway);
+                let (plan, transport) = nats::connect(&dir, url, gateway, own_tls).await?;
+                authority
+                    .attach(Arc::new(transport))
+                    .await
+                    .map_err(|source| NodeError::Bus { what: "failed to join the ring 1 bus", source })?;
+                let addr = plan.server;
+                // Machines that join reach the server as the hosts do, on the hosts' network.
+                authority.set_nats(plan.plan.account.clone(), plan.plan.hosts_url.clone());
+                nats_plan = Some(plan.plan);
+                addr
+            }
+            None => {
+                let hub = hub::bind(&dir, bus_listen, &authority).await?;
+                let addr = hub.local_addr();
+                authority.set_hub(addr, hub.stats());
+                tokio::spawn(hub.run(stopped(stop_rx.clone())));
+                let client = BusClient::connect(addr, "localhost", &own_tls, ClientConfig::default())
+                    .map_err(NodeError::BusClient)?;
+                authority
+                    .attach(Arc::new(client))
+                    .await
+                    .map_err(|source| NodeError::Bus { what: "failed to join the ring 1 bus", source })?;
+                addr
+            }
+        };
         hub_addr = Some(addr);
         if let Some(machine) = &machine {
             let listen = enjin_edge::EdgeFile {
@@ -181,9 +203,10 @@ pub async fn run(
                     .map(|n| SocketAddr::new(n.gateway, enjin_control::netpolicy::DNS_PORT)),
             };
             let edge_dir = dir.join("edge");
-            let edge_spec = edge::prepare(&cp, &authority, machine, &edge_dir, addr, listen)
-                .await
-                .map_err(NodeError::HostsNetwork)?;
+            let edge_spec =
+                edge::prepare(&cp, &authority, machine, &edge_dir, addr, listen, nats_plan.as_ref())
+                    .await
+                    .map_err(NodeError::HostsNetwork)?;
             let plan = hosts::HostsPlan {
                 machine,
                 data_dir: &dir,
@@ -191,6 +214,7 @@ pub async fn run(
                 net: hosts_net.as_ref(),
                 count: config.hosts,
                 also: vec![edge_spec],
+                nats: nats_plan.as_ref(),
             };
             let sup = hosts::start(&cp, &authority, plan).await.map_err(NodeError::Hosts)?;
             host_supervisor = Some(sup);
@@ -221,6 +245,7 @@ pub async fn run(
         ca: ca.as_deref(),
         machine: machine.as_ref(),
         hub: hub_addr,
+        nats: config.bus_nats.as_deref(),
         edge: edge.as_ref(),
     }
     .print();

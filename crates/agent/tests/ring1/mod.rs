@@ -122,6 +122,7 @@ impl Ring1 {
             server_name: "localhost".into(),
             sandbox: false,
             rotate_key_after_seconds: None,
+            nats: None,
         };
         AgentConfig::write(&dir, &file).expect("agent.json");
         (host, AgentConfig::load(&dir).expect("agent config"))

@@ -118,6 +118,9 @@ pub enum MintUserError {
         /// How long it was to be valid.
         valid_for: Duration,
     },
+    /// The key a node sent to be vouched for is not a NATS user's public key (`U…`).
+    #[error("not a nats user public key")]
+    NotAUserKey,
 }
 
 /// A cloud's NATS operator: the key nats-server trusts, and the root the ring accounts' keys
@@ -212,6 +215,10 @@ impl NatsOperator {
     }
 }
 
+/// How long a node's NATS user is valid. Nothing renews it yet: a node enrolled again (an
+/// agent restarted by `enjin up`) gets a new one.
+pub const USER_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
+
 /// A ring's NATS account: its key signs the ring's users; its JWT, signed by the operator,
 /// tells nats-server the account's limits.
 #[derive(Clone)]
@@ -295,10 +302,34 @@ impl NatsAccount {
         let iat = i64::try_from(iat).map_err(|_| expiry())?;
         let exp =
             i64::try_from(valid_for.as_secs()).ok().and_then(|v| iat.checked_add(v)).ok_or_else(expiry)?;
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(MintUserError::Random)?;
-        let user = key_pair(KeyPairType::User, raw);
-        wipe(&mut raw);
+        let user = new_user_key()?;
+        let jwt = self.user_jwt(&user.public_key(), member, iat, exp);
+        Ok(NatsCredentials { jwt, seed: seed_text(&user) })
+    }
+
+    /// A JWT of this account for the user key `public_key` (`U…`, made and kept by the node
+    /// that will use it: its seed never leaves it), for `member`, valid for `valid_for` from
+    /// now.
+    pub fn user_jwt_for(
+        &self,
+        public_key: &str,
+        member: &acl::Member,
+        valid_for: Duration,
+    ) -> Result<String, MintUserError> {
+        let user = KeyPair::from_public_key(public_key).map_err(|_| MintUserError::NotAUserKey)?;
+        if user.key_pair_type() != KeyPairType::User {
+            return Err(MintUserError::NotAUserKey);
+        }
+        let now = SystemTime::now();
+        let expiry = || MintUserError::Expiry { now, valid_for };
+        let iat = now.duration_since(UNIX_EPOCH).map_err(|_| expiry())?.as_secs();
+        let iat = i64::try_from(iat).map_err(|_| expiry())?;
+        let exp =
+            i64::try_from(valid_for.as_secs()).ok().and_then(|v| iat.checked_add(v)).ok_or_else(expiry)?;
+        Ok(self.user_jwt(&user.public_key(), member, iat, exp))
+    }
+
+    fn user_jwt(&self, user: &str, member: &acl::Member, iat: i64, exp: i64) -> String {
         let permissions = nats_permissions(member);
         let nats = json!({
             "pub": allow_list(&permissions.publish),
@@ -309,9 +340,24 @@ impl NatsAccount {
             "type": "user",
             "version": 2,
         });
-        let jwt = encode_jwt(&self.key, &user.public_key(), &member.common_name(), iat, Some(exp), nats);
-        Ok(NatsCredentials { jwt, seed: seed_text(&user) })
+        encode_jwt(&self.key, user, &member.common_name(), iat, Some(exp), nats)
     }
+}
+
+/// A fresh user key pair (`U…`), from the operating system's random source.
+fn new_user_key() -> Result<KeyPair, MintUserError> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(MintUserError::Random)?;
+    let user = key_pair(KeyPairType::User, raw);
+    wipe(&mut raw);
+    Ok(user)
+}
+
+/// A fresh user key for a node that asks for its own JWT: its public key (`U…`, to send) and
+/// its seed (`SU…`, to keep).
+pub fn new_user() -> Result<(String, String), MintUserError> {
+    let user = new_user_key()?;
+    Ok((user.public_key(), seed_text(&user)))
 }
 
 /// A NATS permission from an allow list: an empty list denies everything, because NATS reads
@@ -348,6 +394,20 @@ impl NatsCredentials {
              *************************************************************\n",
             self.jwt, self.seed
         )
+    }
+
+    /// The credentials in a `.creds` file's text; `None` unless it holds one JWT and one user
+    /// seed in the standard markers.
+    pub fn from_creds_file(text: &str) -> Option<NatsCredentials> {
+        fn between(text: &str, begin: &str) -> Option<String> {
+            let mut lines = text.lines().skip_while(|l| l.trim() != begin);
+            lines.next()?;
+            let value = lines.next()?.trim();
+            (!value.is_empty() && !value.starts_with('-')).then(|| value.to_string())
+        }
+        let jwt = between(text, "-----BEGIN NATS USER JWT-----")?;
+        let seed = between(text, "-----BEGIN USER NKEY SEED-----")?;
+        seed.starts_with("SU").then_some(NatsCredentials { jwt, seed })
     }
 
     /// Writes [`NatsCredentials::to_creds_file`] to `path` atomically, mode 0600.
@@ -616,6 +676,37 @@ mod tests {
         // One file without the other is an error, not a new operator.
         std::fs::remove_file(&operator_file).unwrap();
         assert!(matches!(NatsOperator::load_or_create(&keys), Err(NatsOperatorError::Read { .. })));
+    }
+
+    #[test]
+    fn a_node_keeps_its_seed_and_gets_a_jwt_for_its_public_key_only() {
+        let operator = NatsOperator::generate().expect("operator");
+        let account = operator.account("ring-1");
+        let host = acl::Member::node(acl::Role::Host, HOST).expect("host");
+        let (public, seed) = new_user().expect("user key");
+        assert!(public.starts_with('U') && seed.starts_with("SU"));
+        let jwt = account.user_jwt_for(&public, &host, Duration::from_secs(60)).expect("jwt");
+        let (_, claims) = verified(&jwt, &account.public_key());
+        assert_eq!(claims["sub"], public.as_str());
+        assert_eq!(claims["name"], host.common_name());
+        // Only a user key is vouched for: an account's or an operator's is refused.
+        for not_user in [account.public_key(), operator.public_key(), "garbage".into()] {
+            assert!(account.user_jwt_for(&not_user, &host, Duration::from_secs(60)).is_err(), "{not_user}");
+        }
+    }
+
+    #[test]
+    fn creds_files_read_back_and_garbage_is_refused() {
+        let operator = NatsOperator::generate().expect("operator");
+        let host = acl::Member::node(acl::Role::Host, HOST).expect("host");
+        let creds = operator.account("ring-1").mint_user(&host, Duration::from_secs(60)).expect("mint");
+        let back = NatsCredentials::from_creds_file(&creds.to_creds_file()).expect("parsed");
+        assert_eq!((back.jwt.as_str(), back.seed.as_str()), (creds.jwt.as_str(), creds.seed.as_str()));
+        for bad in
+            ["", "-----BEGIN NATS USER JWT-----\n", "garbage\n\n", &creds.to_creds_file().replace("SU", "SA")]
+        {
+            assert!(NatsCredentials::from_creds_file(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

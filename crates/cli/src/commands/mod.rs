@@ -24,7 +24,7 @@ use enjin_model::Kind;
 
 use crate::args::{
     AccountCommand, AgentArgs, AgentCommand, AppCommand, Cli, Command, CompartmentCommand, Global,
-    HostCommand, NodeCommand, StoreCommand,
+    HostCommand, NatsCommand, NodeCommand, StoreCommand,
 };
 use crate::config;
 
@@ -45,6 +45,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
             serve::run(g, &args, enjin_node::Mode::Server, shutdown).await
         }
         Command::Store(StoreCommand::Copy(args)) => store::copy(g, &args).await,
+        Command::Nats(NatsCommand::Config(args)) => store::nats_config(g, &args),
         Command::Agent(AgentArgs { command: Some(AgentCommand::Join(args)), .. }) => {
             enjin_sys::proc::private_umask();
             hosts::join(g, &args).await

@@ -79,3 +79,10 @@ fn toml_hint(etcd: &EtcdBackend) -> String {
     }
     hint
 }
+
+/// `enjin nats config`: see [`enjin_node::nats_server_config`].
+pub fn nats_config(g: &Global, args: &crate::args::NatsConfigArgs) -> Result<()> {
+    let dir = config::data_dir(g)?;
+    print!("{}", enjin_node::nats_server_config(&dir, args.listen, &args.names)?);
+    Ok(())
+}

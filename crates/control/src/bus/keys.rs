@@ -330,6 +330,8 @@ impl BusAuthority {
             Some(node) => self.node_member(node).await?,
             None => Member::keyed(&id.to_string()).map_err(BusError::from)?,
         };
+        // Checked before anything is written: a bad user key refuses the join.
+        let nats = self.nats_join(&member, req.nats_user.as_deref())?;
         let cert_pem = self
             .ca
             .sign_csr(
@@ -360,6 +362,7 @@ impl BusAuthority {
             bundle: bundle.iter().map(|b| format!("{b:02x}")).collect(),
             hub: self.hub_addr().map(|a| a.to_string()),
             node,
+            nats,
         })
     }
 
