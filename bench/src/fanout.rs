@@ -31,14 +31,9 @@ use tokio::sync::{oneshot, watch};
 use crate::bus::{self, Keys, Progress};
 use crate::run::{Limits, Sample, TaskReport};
 
-/// Subscriber counts.
-pub const SUBSCRIBERS: [usize; 3] = [1, 10, 100];
-/// Saturating rows: most messages in flight to the slowest subscriber (as in the bus section:
-/// well under the 1024-message queues, so that pacing and not a queue limit decides).
-pub const WINDOW: u64 = 128;
-/// Saturating rows: most messages, and most deliveries (messages × subscribers), per row.
-pub const MESSAGES: u64 = 20_000;
-pub const DELIVERIES: u64 = 200_000;
+/// Subscriber counts, messages in flight to the slowest subscriber, and most messages and
+/// deliveries of a saturating row: the bus section's, so that the two tables compare.
+pub use crate::bus::{DELIVERIES, MESSAGES, SUBSCRIBERS, WINDOW};
 /// Paced rows: the publishing rate unless `--fanout-rate` says otherwise, lowered for a row
 /// where rate × subscribers would exceed `PACED_DELIVERIES_PER_SEC`: about half of what the
 /// saturating rows deliver on two cores (10,000 to 14,000 verified envelopes a second), so

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, root_or_skip, stderr, stdout};
+use common::{Running, cli, heartbeat, root_or_skip, stderr, stdout};
 
 /// Cycles when `ENJIN_CLEANUP_CYCLES` is not set: a hundred deploys and a hundred rollbacks,
 /// about nine minutes.
@@ -30,14 +30,6 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn heartbeat(data: &Path, label: &str) -> bool {
-    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["items"].as_array().is_some_and(|items| {
-        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-    })
 }
 
 fn uuid_of(data: &Path, label: &str) -> String {

@@ -316,6 +316,7 @@ async fn servers_on_three_machines_survive_kills_partitions_and_a_dead_etcd_memb
     c.cut(cut, true);
     let next = leader(&c, &majority, Duration::from_secs(15)).await;
     eprintln!("partitioned: server {cut} → server {next} leads after {:?}", cut_at.elapsed());
+    // The majority keeps writing for a while under its new leader, with the machine still cut.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.send_replace(true);
     let (acked, failed) = w.await.expect("writer");
@@ -364,6 +365,8 @@ async fn servers_on_three_machines_survive_kills_partitions_and_a_dead_etcd_memb
     for (i, tag) in [(next, "member-dead-a"), (victim, "member-dead-b")] {
         writers.push(writer(&c, i, tag));
     }
+    // Writing goes on through the member's death and etcd's election (well under a second
+    // with its 500 ms election timeout), then for a while with two members.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (stop, w) in writers {
         stop.send_replace(true);

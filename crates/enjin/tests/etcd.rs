@@ -8,33 +8,15 @@ use std::time::Duration;
 
 use common::Running;
 use enjin_model::Kind;
-use enjin_pki::RingCa;
-use enjin_testkit::{EtcdServer, EtcdTls};
+use enjin_testkit::EtcdServer;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_keeps_its_objects_in_etcd_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     // The ring 0 CA the server will find in its data directory: etcd trusts it for clients,
     // and it issues etcd's own certificate, which the server checks against it by default.
-    let ca = RingCa::load_or_create(&data.join("pki"), 0).expect("ring 0 CA");
-    let issued = ca.issue("etcd", &["127.0.0.1".into()], Duration::from_secs(3600)).expect("etcd cert");
-    let tls_dir = dir.path().join("etcd-tls");
-    std::fs::create_dir_all(&tls_dir).expect("tls dir");
-    let write = |name: &str, pem: &str| {
-        let path = tls_dir.join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    let tls = EtcdTls {
-        cert: write("server.crt", &issued.cert_pem),
-        key: write("server.key", &issued.key_pem),
-        trusted_ca: write("ca.crt", ca.cert_pem()),
-    };
-    let etcd = EtcdServer::start_with(Some(&tls));
+    let (data, etcd) = common::data_dir_with_etcd(dir.path());
     let config = format!("[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\n", etcd.endpoint());
     std::fs::write(data.join("enjin.toml"), config).expect("write enjin.toml");
 
@@ -111,6 +93,8 @@ async fn three_servers_on_one_etcd_hand_the_controllers_over_when_the_leader_is_
 
     // Exactly one leads.
     let leader = wait_leader(&servers, None).await;
+    // Two lease TTLs: long enough for a second server to have taken the lead too, were the
+    // election not exclusive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut states = Vec::new();
     for s in servers.iter().flatten() {
@@ -150,6 +134,8 @@ async fn three_servers_on_one_etcd_hand_the_controllers_over_when_the_leader_is_
 
     // The killed server comes back as a follower; the leader stays.
     servers[leader] = Some(Running::start("server", &dirs[leader]));
+    // Three lease TTLs with the returned server campaigning: time enough to take the lead
+    // were it (wrongly) able to while the leader renews.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(leads(servers[leader].as_ref().expect("back")).await, Some(false), "it follows");
     assert_eq!(leads(servers[next].as_ref().expect("leader")).await, Some(true), "the leader stays");

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Running, cli, root_or_skip, stderr, stdout};
+use common::{Running, cli, heartbeat, root_or_skip, stderr, stdout};
 
 const MIB: u64 = 1 << 20;
 
@@ -379,15 +379,6 @@ fn get(router: SocketAddr, app: &str, path: &str) -> (u16, String) {
     let text = stdout(&out);
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-/// Whether ring 1 node `label`'s agent says it is alive.
-fn heartbeat(data: &Path, label: &str) -> bool {
-    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["items"].as_array().is_some_and(|items| {
-        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-    })
 }
 
 /// Host pids of the processes of instance `label` of `app` (by their environment).

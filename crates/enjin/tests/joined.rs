@@ -8,53 +8,12 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Running, cli, example_copy, root_or_skip, stderr, stdout, wait_until};
+use common::{Machine, Running, cli, example_copy, heartbeat, root_or_skip, stderr, stdout, wait_until};
 use enjin_model::api::ListQuery;
 use enjin_model::kinds::{NetworkSpec, NodeSpec};
-
-/// The joined machine's agent, stopped (SIGTERM: it stops its children) and its namespace
-/// removed on drop.
-struct Machine {
-    netns: String,
-    veth: String,
-    agent: Option<Child>,
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = Command::new("kill").arg(agent.id().to_string()).status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while std::time::Instant::now() < deadline {
-                if matches!(agent.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        let _ = enjin_net::remove_host(&self.netns, &self.veth);
-    }
-}
-
-/// `enjin …` inside the machine's namespace.
-fn in_machine(netns: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{netns}")).arg(BIN).args(args).env("ENJIN_LOG", "warn");
-    c
-}
-
-fn heartbeat(data: &Path, label: &str) -> bool {
-    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["items"].as_array().is_some_and(|items| {
-        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-    })
-}
 
 fn curl(router: SocketAddr, app: &str) -> u16 {
     let out = Command::new("curl")
@@ -108,7 +67,8 @@ fn a_machine_joins_over_the_network_with_a_token_and_serves_through_the_router()
     let ca = data.join("ca.crt");
     let agent_dir = dir.path().join("machine-agent");
     let join = |token: &str, dir: &Path| {
-        in_machine(&names.netns, &["agent", "join", "--server", &server, "--ca"])
+        machine
+            .enjin(&["agent", "join", "--server", &server, "--ca"])
             .arg(&ca)
             .args(["--token", token, "--dir"])
             .arg(dir)
@@ -148,7 +108,8 @@ fn a_machine_joins_over_the_network_with_a_token_and_serves_through_the_router()
     assert!(stderr(&out).contains("already holds a joined agent"), "{}", stderr(&out));
 
     machine.agent = Some(
-        in_machine(&names.netns, &["agent", "--ring", "1", "--dir"])
+        machine
+            .enjin(&["agent", "--ring", "1", "--dir"])
             .arg(&agent_dir)
             .stdin(Stdio::null())
             .spawn()

@@ -11,45 +11,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Running, cli, example_copy, root_or_skip, stderr, stdout, wait_until};
+use common::{Machine, Running, cli, example_copy, heartbeat, root_or_skip, stderr, stdout, wait_until};
 
 struct NatsProcess(Child);
-
-/// A joined machine: its namespace on the hosts' bridge and its agent, gone on drop.
-struct Machine {
-    netns: String,
-    veth: String,
-    agent: Option<Child>,
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = Command::new("kill").arg(agent.id().to_string()).status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while std::time::Instant::now() < deadline && !matches!(agent.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        let _ = enjin_net::remove_host(&self.netns, &self.veth);
-    }
-}
 
 impl Drop for NatsProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn heartbeat(data: &std::path::Path, label: &str) -> bool {
-    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["items"].as_array().is_some_and(|items| {
-        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-    })
 }
 
 #[test]
@@ -136,16 +106,9 @@ fn a_whole_cloud_runs_its_ring_bus_on_nats() {
     enjin_net::ensure_host(&names.netns, &names.veth, &bridge, address, range.prefix, gateway.into())
         .expect("the machine's namespace");
     let agent_dir = dir.path().join("machine-agent");
-    let in_machine = |args: &[&str]| {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", names.netns))
-            .arg(common::BIN)
-            .args(args)
-            .env("ENJIN_LOG", "warn");
-        c
-    };
     let server = format!("https://{gateway}:{api_port}");
-    let out = in_machine(&["agent", "join", "--server", &server, "--token", &token, "--ca"])
+    let out = machine
+        .enjin(&["agent", "join", "--server", &server, "--token", &token, "--ca"])
         .arg(data.join("ca.crt"))
         .arg("--dir")
         .arg(&agent_dir)
@@ -160,7 +123,8 @@ fn a_whole_cloud_runs_its_ring_bus_on_nats() {
     let agent_json = std::fs::read_to_string(agent_dir.join("agent.json")).expect("agent.json");
     assert!(agent_json.contains(&format!("tls://{gateway}:{port}")), "{agent_json}");
     machine.agent = Some(
-        in_machine(&["agent", "--ring", "1", "--dir"])
+        machine
+            .enjin(&["agent", "--ring", "1", "--dir"])
             .arg(&agent_dir)
             .stdin(Stdio::null())
             .spawn()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Running, cli, example_copy, stderr, stdout, wait_until};
+use common::{Running, cli, example_copy, heartbeat, stderr, stdout, wait_until};
 
 const APP: &str = "python-hello";
 
@@ -39,15 +39,6 @@ fn set_env(dir: &Path, key: &str, value: &str) {
     }
     assert!(done, "the manifest has an [env] table");
     std::fs::write(&path, out).expect("write manifest");
-}
-
-/// Whether ring 1 node `label`'s agent says it is alive.
-fn heartbeat(data: &Path, label: &str) -> bool {
-    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["items"].as_array().is_some_and(|items| {
-        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
-    })
 }
 
 fn status(data: &Path) -> serde_json::Value {

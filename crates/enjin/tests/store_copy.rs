@@ -3,38 +3,16 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
-
 use common::Running;
 use enjin_model::Kind;
 use enjin_model::api::ListQuery;
-use enjin_pki::RingCa;
-use enjin_testkit::{EtcdServer, EtcdTls};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_copied_from_sqlite_to_etcd_keeps_its_objects_and_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     // etcd over TLS, trusting the ring 0 CA for clients and serving a certificate it issued.
-    let ca = RingCa::load_or_create(&data.join("pki"), 0).expect("ring 0 CA");
-    let issued = ca.issue("etcd", &["127.0.0.1".into()], Duration::from_secs(3600)).expect("etcd cert");
-    let tls_dir = dir.path().join("etcd-tls");
-    std::fs::create_dir_all(&tls_dir).expect("tls dir");
-    let write = |name: &str, pem: &str| {
-        let path = tls_dir.join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    let tls = EtcdTls {
-        cert: write("server.crt", &issued.cert_pem),
-        key: write("server.key", &issued.key_pem),
-        trusted_ca: write("ca.crt", ca.cert_pem()),
-    };
-    let etcd = EtcdServer::start_with(Some(&tls));
+    let (data, etcd) = common::data_dir_with_etcd(dir.path());
     let endpoint = etcd.endpoint().to_owned();
     let copy = ["store", "copy", "--to", "etcd", "--endpoints", endpoint.as_str()];
 

@@ -246,6 +246,11 @@ impl Ring1 {
 
     /// A join request for a fresh key and CSR, naming `node` if given.
     pub fn join_request(label: &str, node: Option<uuid::Uuid>) -> serde_json::Value {
+        Self::joining(label, node).2
+    }
+
+    /// A fresh bus identity and TLS key, and the join request naming them (and `node`).
+    fn joining(label: &str, node: Option<uuid::Uuid>) -> (Identity, rcgen::KeyPair, serde_json::Value) {
         let identity = Identity::generate().expect("identity");
         let tls_key = rcgen::KeyPair::generate().expect("tls key");
         let csr = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -258,7 +263,7 @@ impl Ring1 {
         if let Some(n) = node {
             body["node"] = json!(n);
         }
-        body
+        (identity, tls_key, body)
     }
 
     /// A child that joins as the key of `node`.
@@ -266,20 +271,9 @@ impl Ring1 {
         let token =
             self.post("/v1/join-tokens", &self.token, json!({"ring": 1, "parent": self.machine})).await;
         let token = token["token"].as_str().expect("join token").to_string();
-        let identity = Identity::generate().expect("identity");
+        let (identity, tls_key, body) = Self::joining(label, node);
         let key_file = self.dir.path().join(format!("{label}-{}.key", identity.key_id().short()));
         identity.save(&key_file).expect("save key");
-        let tls_key = rcgen::KeyPair::generate().expect("tls key");
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .expect("params")
-            .serialize_request(&tls_key)
-            .expect("csr")
-            .pem()
-            .expect("pem");
-        let mut body = json!({"label": label, "public_key": identity.key_id().to_string(), "csr_pem": csr});
-        if let Some(n) = node {
-            body["node"] = json!(n);
-        }
         let joined: JoinResponse =
             serde_json::from_value(self.post("/v1/join", &token, body).await).expect("join response");
         // The token works once.

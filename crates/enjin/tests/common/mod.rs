@@ -269,3 +269,68 @@ pub fn example_copy(into: &Path) -> PathBuf {
     }
     dst
 }
+
+/// Whether ring 1 node `label`'s agent says it is alive.
+pub fn heartbeat(data: &Path, label: &str) -> bool {
+    let out = cli(data, &["-o", "json", "node-observation", "list", "--parent", label]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["items"].as_array().is_some_and(|items| {
+        items.iter().any(|o| o["spec"]["strategy"] == "heartbeat" && o["spec"]["state"] == "running")
+    })
+}
+
+/// A machine of its own for a joined host: a network namespace on the hosts' bridge and the
+/// agent run in it; the agent stopped (SIGTERM: it stops its children) and the namespace
+/// removed on drop.
+pub struct Machine {
+    pub netns: String,
+    pub veth: String,
+    pub agent: Option<Child>,
+}
+
+impl Machine {
+    /// `enjin …` inside the machine's namespace.
+    pub fn enjin(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns)).arg(BIN).args(args).env("ENJIN_LOG", "warn");
+        c
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = Command::new("kill").arg(agent.id().to_string()).status();
+            if wait_timeout(&mut agent, Duration::from_secs(20)).is_none() {
+                let _ = agent.kill();
+                let _ = agent.wait();
+            }
+        }
+        let _ = enjin_net::remove_host(&self.netns, &self.veth);
+    }
+}
+
+/// A data directory (0700) under `dir`, with the ring 0 CA the server will find in it, and an
+/// etcd over TLS that trusts that CA for clients and serves a certificate it issued for
+/// 127.0.0.1 (which the server checks against it by default).
+pub fn data_dir_with_etcd(dir: &Path) -> (PathBuf, enjin_testkit::EtcdServer) {
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let ca = enjin_pki::RingCa::load_or_create(&data.join("pki"), 0).expect("ring 0 CA");
+    let issued = ca.issue("etcd", &["127.0.0.1".into()], Duration::from_secs(3600)).expect("etcd cert");
+    let tls_dir = dir.join("etcd-tls");
+    std::fs::create_dir_all(&tls_dir).expect("tls dir");
+    let write = |name: &str, pem: &str| {
+        let path = tls_dir.join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path
+    };
+    let tls = enjin_testkit::EtcdTls {
+        cert: write("server.crt", &issued.cert_pem),
+        key: write("server.key", &issued.key_pem),
+        trusted_ca: write("ca.crt", ca.cert_pem()),
+    };
+    (data, enjin_testkit::EtcdServer::start_with(Some(&tls)))
+}
